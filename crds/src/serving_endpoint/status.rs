@@ -1,0 +1,207 @@
+//! Observed state of a ServingEndpoint, mirroring the upstream `state`, `config` and
+//! `pending_config` objects. Defaults are published here, never written into the spec.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, ExternalProvider, ShadowRoute, WorkloadSize, WorkloadType};
+
+/// Observed state of a ServingEndpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingEndpointStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Readiness of the active config and progress of any update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<EndpointState>,
+    /// The config being served now; the gateway routes by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<EndpointConfigStatus>,
+    /// The config being rolled out; promoted to `config` when all its entities are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_config: Option<EndpointConfigStatus>,
+    /// Where the endpoint is called: the gateway path of its invocations route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// One-line summary of the active traffic split, e.g. `champion:90,challenger:10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_summary: Option<String>,
+    /// `Ready`, `ConfigUpdated`, `Degraded` and others, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Endpoint readiness and update progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointState {
+    /// `READY` when every entity of the active config is ready, else `NOT_READY`.
+    pub ready: ReadyState,
+    /// `NOT_UPDATING`, `IN_PROGRESS` (a pending config is rolling out), `UPDATE_FAILED` (it
+    /// failed; the old config keeps serving) or `UPDATE_CANCELED`.
+    pub config_update: ConfigUpdateState,
+}
+
+// Endpoint readiness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum ReadyState {
+    /// Every entity of the active config is ready.
+    READY,
+    /// At least one entity of the active config is not ready.
+    #[default]
+    NOT_READY,
+}
+
+// Config update progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[allow(non_camel_case_types)]
+pub enum ConfigUpdateState {
+    /// No update is rolling out.
+    #[default]
+    NOT_UPDATING,
+    /// A pending config is rolling out.
+    IN_PROGRESS,
+    /// The last update failed; the previous config keeps serving.
+    UPDATE_FAILED,
+    /// The last update was cancelled.
+    UPDATE_CANCELED,
+}
+
+/// A resolved config: entities with their defaults filled in, and the traffic split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConfigStatus {
+    /// Increases by one with every config the endpoint rolls out.
+    pub config_version: i64,
+    /// The `metadata.generation` of the spec this config was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_generation: Option<i64>,
+    /// When the rollout of this config started (pending configs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// The entities of this config, resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_entities: Vec<ServedEntityStatus>,
+    /// Live routes by entity name, percentages adding up to 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ResolvedRoute>,
+    /// Shadow routes by entity name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_routes: Vec<ShadowRoute>,
+    /// Resolved capture settings, when capture is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_capture: Option<ResolvedCapture>,
+}
+
+/// A live route by resolved entity name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedRoute {
+    /// Entity name.
+    pub served_entity_name: String,
+    /// Share of requests, 0–100.
+    pub traffic_percentage: i32,
+}
+
+/// Capture settings with defaults applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedCapture {
+    /// Root URI of the payload table.
+    pub table_uri: String,
+    /// Fraction of requests recorded.
+    pub sampling_fraction: f64,
+}
+
+/// One served entity of a config, with every default resolved.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedEntityStatus {
+    /// Entity name.
+    pub name: String,
+    /// Registered model name (absent for external models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Resolved model version (aliases are resolved to the version they pointed at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The alias the version was resolved from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Resolved artifact location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_uri: Option<String>,
+    /// External provider, for external models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_provider: Option<ExternalProvider>,
+    /// Effective workload size (absent when explicit concurrency bounds were given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_size: Option<WorkloadSize>,
+    /// Effective workload type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_type: Option<WorkloadType>,
+    /// Effective engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// Whether the entity may scale to zero.
+    #[serde(default)]
+    pub scale_to_zero_enabled: bool,
+    /// Lower bound of provisioned concurrency.
+    #[serde(default)]
+    pub min_provisioned_concurrency: i32,
+    /// Upper bound of provisioned concurrency.
+    #[serde(default)]
+    pub max_provisioned_concurrency: i32,
+    /// Name of the Deployment (and Service) running the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_name: Option<String>,
+    /// Deployment progress of the entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServedEntityState>,
+    /// Replica counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaStatus>,
+}
+
+/// Deployment progress of one entity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedEntityState {
+    /// `DEPLOYMENT_CREATING`, `DEPLOYMENT_READY`, `DEPLOYMENT_FAILED`, `DEPLOYMENT_ABORTED` or
+    /// `DEPLOYMENT_RECOVERING`.
+    pub deployment: DeploymentState,
+    /// Human-readable detail of the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_state_message: Option<String>,
+}
+
+// Upstream deployment states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[allow(non_camel_case_types)]
+pub enum DeploymentState {
+    /// Pods are being created or are loading the model.
+    #[default]
+    DEPLOYMENT_CREATING,
+    /// Serving.
+    DEPLOYMENT_READY,
+    /// Cannot become ready (bad artifact, unschedulable, crashing).
+    DEPLOYMENT_FAILED,
+    /// Replaced before it became ready.
+    DEPLOYMENT_ABORTED,
+    /// Was ready, lost pods, and is coming back.
+    DEPLOYMENT_RECOVERING,
+}
+
+/// Replica counts of one entity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replicas the autoscaler wants.
+    pub desired: i32,
+    /// Replicas ready to serve.
+    pub ready: i32,
+}
