@@ -13,3 +13,12 @@ pub fn repo_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default()
 }
+
+/// A Python tool from the project's virtual environment (`.venv`, made by `.ci/setup`), or
+/// `SLUICE_VENV` when set. Panics with the fix when the tool is missing.
+pub fn venv_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
+    let tool = venv.join("bin").join(name);
+    assert!(tool.exists(), "{} not found: run `bash .ci/setup` first", tool.display());
+    tool
+}

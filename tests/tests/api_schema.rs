@@ -169,3 +169,20 @@ fn effective_entity_names_follow_the_schema_rule() {
         .collect();
     assert_eq!(names, ["fraud-3", "fraud-champion", "explicit"]);
 }
+
+#[test]
+fn generated_crds_pass_kubernetes_validate_strict() {
+    let tool = sluice_tests::venv_tool("kubernetes-validate");
+    let files = yaml_files(&repo_root().join("crds/generated")).expect("generated CRDs");
+    let out = std::process::Command::new(tool)
+        .args(["--strict", "--kubernetes-version", "1.37.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate rejected the CRDs:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
