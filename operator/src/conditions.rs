@@ -1,0 +1,96 @@
+//! Kubernetes-style conditions: set one, keeping `lastTransitionTime` unless its status flips,
+//! so a status computed twice from the same inputs is identical and is not rewritten.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+
+/// Condition status values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `"True"`.
+    True,
+    /// `"False"`.
+    False,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+        }
+    }
+}
+
+/// A condition to set: type, status, a PascalCase reason and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// Condition type, e.g. `Ready`.
+    pub type_: &'static str,
+    /// True or False.
+    pub status: Status,
+    /// PascalCase reason.
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// Builds the condition list for `desired`, reusing `previous` transition times where the
+/// status did not change, and stamping `now` where it did.
+pub fn merge(
+    previous: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    desired
+        .iter()
+        .map(|d| {
+            let status = d.status.as_str().to_string();
+            let last_transition_time = previous
+                .iter()
+                .find(|p| p.type_ == d.type_ && p.status == status)
+                .map(|p| p.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: d.type_.to_string(),
+                status,
+                reason: d.reason.to_string(),
+                message: d.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(status: Status, reason: &'static str) -> Desired {
+        Desired {
+            type_: "Ready",
+            status,
+            reason,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn transition_time_survives_an_unchanged_status_and_moves_on_a_flip() {
+        let t0 = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let t1 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let first = merge(&[], &[ready(Status::False, "Checking")], Some(1), t0);
+        let same = merge(&first, &[ready(Status::False, "Checking")], Some(1), t1);
+        assert_eq!(
+            first, same,
+            "recomputing an unchanged condition must not change it"
+        );
+        let flipped = merge(&same, &[ready(Status::True, "Checked")], Some(1), t1);
+        assert_eq!(flipped[0].last_transition_time, Time(t1));
+        assert_eq!(flipped[0].status, "True");
+    }
+}

@@ -1,0 +1,286 @@
+//! The pure step of the ModelVersion controller: from one version, its siblings (every version
+//! of the same model in the namespace) and what the reconciler saw of its Secret, compute the
+//! status it should have.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
+use kube::ResourceExt;
+use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
+
+use crate::conditions::{self, Desired, Status};
+
+/// Condition type: the version was checked and may be served.
+pub const READY: &str = "Ready";
+/// Condition type: another version of the same model claims one of this version's aliases.
+pub const ALIAS_CONFLICT: &str = "AliasConflict";
+
+/// What the reconciler observed about the credentials Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// The version names no Secret.
+    NotNeeded,
+    /// The Secret exists.
+    Found,
+    /// The Secret does not exist (yet).
+    Missing,
+}
+
+/// The status `mv` should have. `siblings` may include `mv` itself; only versions of the same
+/// model in the same namespace are considered.
+pub fn evaluate(
+    mv: &ModelVersion,
+    siblings: &[ModelVersion],
+    secret: SecretCheck,
+    now: Timestamp,
+) -> ModelVersionStatus {
+    let others: Vec<&ModelVersion> = siblings
+        .iter()
+        .filter(|o| {
+            o.name_any() != mv.name_any()
+                && o.namespace() == mv.namespace()
+                && o.spec.model == mv.spec.model
+        })
+        .collect();
+
+    let ready = readiness(mv, &others, secret);
+    let (effective_aliases, conflicts) = alias_conflicts(mv, &others);
+    let mut desired = vec![ready];
+    desired.push(if conflicts.is_empty() {
+        Desired {
+            type_: ALIAS_CONFLICT,
+            status: Status::False,
+            reason: "AliasesUnique",
+            message: String::new(),
+        }
+    } else {
+        Desired {
+            type_: ALIAS_CONFLICT,
+            status: Status::True,
+            reason: "AliasClaimedTwice",
+            message: conflicts.join("; "),
+        }
+    });
+    let previous: &[Condition] = mv
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    ModelVersionStatus {
+        observed_generation: mv.metadata.generation,
+        conditions: conditions::merge(previous, &desired, mv.metadata.generation, now),
+        resolved_uri: Some(mv.spec.source.uri.clone()),
+        effective_aliases,
+    }
+}
+
+fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -> Desired {
+    let not_ready = |reason, message: String| Desired {
+        type_: READY,
+        status: Status::False,
+        reason,
+        message,
+    };
+    if let Some(message) = format_task_mismatch(mv.spec.format, mv.spec.task) {
+        return not_ready("UnsupportedTask", message);
+    }
+    if let Some(first) = others
+        .iter()
+        .find(|o| o.spec.version == mv.spec.version && is_older(o, mv))
+    {
+        return not_ready(
+            "DuplicateVersion",
+            format!(
+                "version {} of model {} is already registered by ModelVersion {}",
+                mv.spec.version,
+                mv.spec.model,
+                first.name_any()
+            ),
+        );
+    }
+    if secret == SecretCheck::Missing {
+        let name = mv
+            .spec
+            .source
+            .secret_ref
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
+        return not_ready(
+            "SecretNotFound",
+            format!("Secret {name} named by spec.source.secretRef does not exist"),
+        );
+    }
+    Desired {
+        type_: READY,
+        status: Status::True,
+        reason: "Checked",
+        message: format!(
+            "{} artifact at {}",
+            format_name(mv.spec.format),
+            mv.spec.source.uri
+        ),
+    }
+}
+
+/// Which tasks each format can serve; `None` when the pair is fine.
+fn format_task_mismatch(format: ModelFormat, task: Option<ModelTask>) -> Option<String> {
+    let task = task.unwrap_or(ModelTask::Predict);
+    let ok = match format {
+        ModelFormat::Mlflow | ModelFormat::Custom => true,
+        ModelFormat::Onnx => task == ModelTask::Predict,
+        ModelFormat::Safetensors => task != ModelTask::Predict,
+        ModelFormat::Gguf | ModelFormat::Prompt => {
+            matches!(task, ModelTask::Chat | ModelTask::Completions)
+        }
+    };
+    (!ok).then(|| {
+        format!(
+            "format {} cannot serve task {}",
+            format_name(format),
+            task_name(task)
+        )
+    })
+}
+
+fn format_name(format: ModelFormat) -> &'static str {
+    match format {
+        ModelFormat::Mlflow => "mlflow",
+        ModelFormat::Onnx => "onnx",
+        ModelFormat::Safetensors => "safetensors",
+        ModelFormat::Gguf => "gguf",
+        ModelFormat::Prompt => "prompt",
+        ModelFormat::Custom => "custom",
+    }
+}
+
+fn task_name(task: ModelTask) -> &'static str {
+    match task {
+        ModelTask::Chat => "llm/v1/chat",
+        ModelTask::Completions => "llm/v1/completions",
+        ModelTask::Embeddings => "llm/v1/embeddings",
+        ModelTask::Predict => "predict",
+    }
+}
+
+/// Creation order, ties broken by name, so exactly one of two duplicates wins.
+fn is_older(a: &ModelVersion, b: &ModelVersion) -> bool {
+    let key = |m: &ModelVersion| {
+        (
+            m.metadata.creation_timestamp.clone().map(|t| t.0),
+            m.name_any(),
+        )
+    };
+    key(a) < key(b)
+}
+
+/// The aliases `mv` holds alone, and one message per alias another version also claims.
+fn alias_conflicts(mv: &ModelVersion, others: &[&ModelVersion]) -> (Vec<String>, Vec<String>) {
+    let mut effective = Vec::new();
+    let mut conflicts = Vec::new();
+    for alias in &mv.spec.aliases {
+        let mut claimants: Vec<String> = others
+            .iter()
+            .filter(|o| o.spec.aliases.contains(alias))
+            .map(|o| o.name_any())
+            .collect();
+        if claimants.is_empty() {
+            effective.push(alias.clone());
+        } else {
+            claimants.sort();
+            conflicts.push(format!(
+                "alias {alias} of model {} is also claimed by {}; endpoints keep the version they resolved before",
+                mv.spec.model,
+                claimants.join(", ")
+            ));
+        }
+    }
+    (effective, conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mv(yaml: &str) -> ModelVersion {
+        serde_norway::from_str(yaml).expect("fixture")
+    }
+
+    fn version(name: &str, v: i64, aliases: &str) -> ModelVersion {
+        mv(&format!(
+            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {{name: {name}, namespace: ns, generation: 1}}\n\
+             spec: {{model: churn, version: {v}, aliases: [{aliases}], source: {{uri: 's3://b/churn/{v}'}}, format: onnx}}"
+        ))
+    }
+
+    fn condition<'a>(s: &'a ModelVersionStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn a_lone_version_is_ready_with_its_aliases() {
+        let a = version("churn-7", 7, "champion");
+        let s = evaluate(
+            &a,
+            std::slice::from_ref(&a),
+            SecretCheck::NotNeeded,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(condition(&s, READY).status, "True");
+        assert_eq!(condition(&s, ALIAS_CONFLICT).status, "False");
+        assert_eq!(s.effective_aliases, ["champion"]);
+        assert_eq!(s.resolved_uri.as_deref(), Some("s3://b/churn/7"));
+        assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn an_alias_claimed_twice_is_reported_on_both_and_held_by_neither() {
+        let a = version("churn-7", 7, "champion");
+        let b = version("churn-8", 8, "champion, challenger");
+        let all = [a.clone(), b.clone()];
+        for (me, other) in [(&a, "churn-8"), (&b, "churn-7")] {
+            let s = evaluate(me, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+            let c = condition(&s, ALIAS_CONFLICT);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("True", "AliasClaimedTwice")
+            );
+            assert!(c.message.contains(other), "{}", c.message);
+            assert!(!s.effective_aliases.contains(&"champion".to_string()));
+        }
+        let s = evaluate(&b, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+        assert_eq!(s.effective_aliases, ["challenger"]);
+    }
+
+    #[test]
+    fn a_duplicate_version_number_is_not_ready_for_the_younger_object() {
+        let a = version("churn-a", 7, "x");
+        let b = version("churn-b", 7, "y");
+        let all = [a.clone(), b.clone()];
+        let sa = evaluate(&a, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+        let sb = evaluate(&b, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+        assert_eq!(condition(&sa, READY).status, "True");
+        assert_eq!(condition(&sb, READY).reason, "DuplicateVersion");
+    }
+
+    #[test]
+    fn format_and_task_must_fit_and_the_secret_must_exist() {
+        let mut onnx_chat = version("churn-9", 9, "z");
+        onnx_chat.spec.task = Some(ModelTask::Chat);
+        let s = evaluate(
+            &onnx_chat,
+            &[],
+            SecretCheck::NotNeeded,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            condition(&s, READY).message,
+            "format onnx cannot serve task llm/v1/chat"
+        );
+
+        let a = version("churn-7", 7, "champion");
+        let s = evaluate(&a, &[], SecretCheck::Missing, Timestamp::UNIX_EPOCH);
+        assert_eq!(condition(&s, READY).reason, "SecretNotFound");
+    }
+}

@@ -1,0 +1,184 @@
+//! The ModelVersion controller: checks each version (format, task, duplicate numbers, its
+//! credentials Secret), enforces alias uniqueness per model, and publishes the result in status.
+//!
+//! Pipeline: gather (the version's siblings from the cache, its Secret) → [`evaluate`] (pure)
+//! → write status only when it changed → an event for each decision that changed.
+
+mod evaluate;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use sluice_crds::{ModelVersion, ModelVersionStatus};
+use tracing::{info, instrument, warn};
+
+pub use evaluate::{ALIAS_CONFLICT, READY, SecretCheck, evaluate};
+
+use crate::{
+    STATUS_MANAGER,
+    error::{Error, kube_err},
+};
+
+/// What every reconcile of this controller shares.
+struct Context {
+    client: Client,
+    store: Store<ModelVersion>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until the watch streams end.
+pub async fn run(client: Client, reporter: Reporter) {
+    let api: Api<ModelVersion> = Api::all(client.clone());
+    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let siblings = store.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        store,
+        recorder: Recorder::new(client, reporter),
+    });
+    controller
+        // A change to one version can change its siblings' alias conflicts and duplicates.
+        .watches(
+            api,
+            watcher::Config::default().any_semantic(),
+            move |changed: ModelVersion| sibling_refs(&siblings, &changed),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "model version reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn sibling_refs(
+    store: &Store<ModelVersion>,
+    changed: &ModelVersion,
+) -> Vec<ObjectRef<ModelVersion>> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == changed.namespace() && o.spec.model == changed.spec.model)
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+#[instrument(skip_all, fields(namespace = mv.namespace(), name = mv.name_any()))]
+async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = mv
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let siblings: Vec<ModelVersion> = ctx
+        .store
+        .state()
+        .iter()
+        .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && o.spec.model == mv.spec.model)
+        .map(|o| o.as_ref().clone())
+        .collect();
+    let secret = match &mv.spec.source.secret_ref {
+        None => SecretCheck::NotNeeded,
+        Some(r) => {
+            let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_metadata_opt(&r.name)
+                .await
+                .map_err(kube_err(format!("reading Secret {}", r.name)))?;
+            if found.is_some() {
+                SecretCheck::Found
+            } else {
+                SecretCheck::Missing
+            }
+        }
+    };
+    let status = evaluate(&mv, &siblings, secret, Timestamp::now());
+    if mv.status.as_ref() != Some(&status) {
+        write_status(&ctx.client, &mv, &ns, &status).await?;
+        publish_changes(&ctx.recorder, &mv, &status).await;
+    }
+    // A missing Secret is not watched: look again later instead of hot-looping.
+    Ok(if secret == SecretCheck::Missing {
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::await_change()
+    })
+}
+
+async fn write_status(
+    client: &Client,
+    mv: &ModelVersion,
+    ns: &str,
+    status: &ModelVersionStatus,
+) -> Result<(), Error> {
+    let api: Api<ModelVersion> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": ModelVersion::api_version(&()),
+        "kind": ModelVersion::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &mv.name_any(),
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "writing status of ModelVersion {}",
+        mv.name_any()
+    )))?;
+    Ok(())
+}
+
+/// One event per condition whose status or reason changed.
+async fn publish_changes(recorder: &Recorder, mv: &ModelVersion, status: &ModelVersionStatus) {
+    let before = mv
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for c in &status.conditions {
+        let unchanged = before
+            .iter()
+            .any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason);
+        let noteworthy = c.type_ == READY || c.status == "True";
+        if unchanged || !noteworthy {
+            continue;
+        }
+        let warning = (c.type_ == READY && c.status != "True")
+            || (c.type_ == ALIAS_CONFLICT && c.status == "True");
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.clone(),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: "Evaluate".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &mv.object_ref(&())).await {
+            warn!(error = %e, "publishing event failed");
+        }
+        info!(condition = %c.type_, status = %c.status, reason = %c.reason, "{}", c.message);
+    }
+}
+
+fn error_policy(_mv: Arc<ModelVersion>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(category = error.category(), error = %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}

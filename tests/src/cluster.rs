@@ -1,0 +1,359 @@
+//! The local control plane for tests: Kubernetes' own etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler, built from their Go modules
+//! (`tests/controlplane/`), started once per test binary on loopback.
+//!
+//! Tests call [`shared`] for the control plane and [`fresh_namespace`] for a namespace of their
+//! own. The `up` process is tied to this process through its stdin: when the test binary exits
+//! (normally or after a panic) the pipe closes, `up` stops every component and removes the state
+//! directory, so no process or temp dir outlives the run.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{Patch, PatchParams, PostParams},
+    config::{AuthInfo, KubeConfigOptions, Kubeconfig},
+    runtime::wait::{await_condition, conditions},
+};
+
+use crate::repo_root;
+
+/// Errors of the control plane harness.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The Go control plane could not be built.
+    #[error("building the control plane with tests/controlplane/build.sh failed: {0}")]
+    Build(String),
+    /// A process could not be started or talked to.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// `up` exited or never printed its READY line.
+    #[error("the control plane did not become ready: {0}")]
+    NotReady(String),
+    /// The kubeconfig could not be loaded.
+    #[error("loading kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The kubeconfig path.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A Kubernetes API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// Underlying error.
+        source: kube::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// Builds the Go control plane binary (cached under `~/.cache/sluice/controlplane/<hash>/`) and
+/// returns its path.
+pub fn build_control_plane() -> Result<PathBuf, ClusterError> {
+    let script = repo_root().join("tests/controlplane/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(io("running build.sh"))?;
+    if !out.status.success() {
+        return Err(ClusterError::Build(format!("exit status {}", out.status)));
+    }
+    let path = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    if path.is_empty() || !Path::new(&path).exists() {
+        return Err(ClusterError::Build(format!(
+            "build.sh printed no binary path (got {path:?})"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// State directory (certificates, etcd data, component logs).
+    pub state_dir: PathBuf,
+    /// API server URL, `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// Seconds from start to READY.
+    pub startup: Duration,
+    child: Mutex<Child>,
+    // Held open while the control plane should run; `up` stops when it reads EOF, which also
+    // happens when this process dies.
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+impl ControlPlane {
+    /// Starts `up` in `state_dir` and waits for its READY line. `up` stops when this process
+    /// exits or [`ControlPlane::stop`] is called; with `remove_state_dir` it then deletes
+    /// `state_dir` too.
+    pub fn start(state_dir: &Path, remove_state_dir: bool) -> Result<Self, ClusterError> {
+        let binary = build_control_plane()?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(io(format!("creating {}", state_dir.display())))?;
+        let mut cmd = Command::new(&binary);
+        cmd.arg("up")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--stop-on-stdin-eof");
+        if remove_state_dir {
+            cmd.arg("--remove-state-dir");
+        }
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(io(format!("starting {}", binary.display())))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| ClusterError::NotReady("no stdin pipe".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| ClusterError::NotReady("no stdout pipe".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("READY ") => break line,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ClusterError::NotReady(e.to_string())),
+                None => {
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    return Err(ClusterError::NotReady(format!(
+                        "`up` exited ({status}) before READY; logs in {}/logs",
+                        state_dir.display()
+                    )));
+                }
+            }
+        };
+        // Keep draining stdout so `up` never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            kubeconfig: PathBuf::from(field("kubeconfig=")),
+            state_dir: state_dir.to_path_buf(),
+            server: field("server="),
+            startup: started.elapsed(),
+            child: Mutex::new(child),
+            stdin: Mutex::new(Some(stdin)),
+        })
+    }
+
+    /// Stops every component (closing `up`'s stdin) and waits for `up` to exit.
+    pub fn stop(&self) -> Result<(), ClusterError> {
+        if let Ok(mut stdin) = self.stdin.lock() {
+            stdin.take();
+        }
+        let mut child = self
+            .child
+            .lock()
+            .map_err(|_| ClusterError::NotReady("control plane lock poisoned".into()))?;
+        child.wait().map_err(io("waiting for `up` to exit"))?;
+        Ok(())
+    }
+
+    /// A client with admin rights. Make one per test: clients are bound to the runtime that
+    /// made them.
+    pub async fn client(&self) -> Result<Client, ClusterError> {
+        let config = self.config().await?;
+        Client::try_from(config).map_err(|source| ClusterError::Kube {
+            what: "building a client".into(),
+            source,
+        })
+    }
+
+    /// A client that authenticates with a bearer token only (e.g. a ServiceAccount token), so
+    /// RBAC decides what it may do.
+    pub async fn client_with_token(&self, token: &str) -> Result<Client, ClusterError> {
+        let mut config = self.config().await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Client::try_from(config).map_err(|source| ClusterError::Kube {
+            what: "building a token client".into(),
+            source,
+        })
+    }
+
+    async fn config(&self) -> Result<Config, ClusterError> {
+        let kubeconfig_err = |message: String| ClusterError::Kubeconfig {
+            path: self.kubeconfig.display().to_string(),
+            message,
+        };
+        let kc =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| kubeconfig_err(e.to_string()))?;
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| kubeconfig_err(e.to_string()))
+    }
+
+    /// The API server's port.
+    pub fn apiserver_port(&self) -> u16 {
+        self.server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// Process id of `up`.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().map(|c| c.id()).unwrap_or_default()
+    }
+
+    /// The tail of every component log, for a failing test to print.
+    pub fn dump_logs(&self) -> String {
+        let mut out = String::new();
+        for component in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
+            let path = self.state_dir.join("logs").join(format!("{component}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<_> = text.lines().rev().take(40).collect();
+            out.push_str(&format!(
+                "==== {} (last {} lines)\n",
+                path.display(),
+                tail.len()
+            ));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The control plane of this test binary, started on first use with the Sluice CRDs installed.
+/// Panics (failing the test) with the reason when it cannot start.
+pub fn shared() -> &'static ControlPlane {
+    SHARED.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sluice-cp-{}", std::process::id()));
+        let cp = ControlPlane::start(&dir, true).unwrap_or_else(|e| panic!("control plane: {e}"));
+        // A runtime of its own: the caller may be inside a test's runtime.
+        let installed = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(io("runtime"))?;
+                rt.block_on(async {
+                    let client = cp.client().await?;
+                    install_crds(&client, &repo_root().join("crds/generated")).await
+                })
+            })
+            .join()
+        });
+        match installed {
+            Ok(Ok(())) => cp,
+            Ok(Err(e)) => panic!("installing CRDs: {e}\n{}", cp.dump_logs()),
+            Err(_) => panic!("installing CRDs panicked\n{}", cp.dump_logs()),
+        }
+    })
+}
+
+/// Applies every CRD in `dir` with server-side apply and waits until each is Established.
+pub async fn install_crds(client: &Client, dir: &Path) -> Result<(), ClusterError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("sluice-tests").force();
+    for path in crate::manifests::yaml_files(dir).map_err(|e| ClusterError::Build(e.to_string()))? {
+        for doc in crate::manifests::read_documents(&path)
+            .map_err(|e| ClusterError::Build(e.to_string()))?
+        {
+            let crd: CustomResourceDefinition = serde_json::from_value(doc).map_err(|e| {
+                ClusterError::Build(format!("{} is not a CRD: {e}", path.display()))
+            })?;
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &pp, &Patch::Apply(&crd))
+                .await
+                .map_err(|source| ClusterError::Kube {
+                    what: format!("applying CRD {name}"),
+                    source,
+                })?;
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                await_condition(api.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .map_err(|_| ClusterError::NotReady(format!("CRD {name} not Established after 60 s")))?
+            .map_err(|e| ClusterError::NotReady(format!("waiting for CRD {name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a namespace `<prefix>-<random>` for one test and returns its name. Namespaces go away
+/// with the control plane at the end of the run.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", random_suffix());
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    name
+}
+
+/// Six lowercase hex characters, distinct across calls in one process.
+pub fn random_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = u64::from(nanos)
+        ^ (u64::from(std::process::id()) << 20)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9);
+    format!("{:06x}", n & 0xff_ffff)
+}
