@@ -1,6 +1,8 @@
 //! Test support for Sluice: offline schema validation, manifest fixtures, and (in later
 //! modules) the local control plane harness.
 
+pub mod apply;
+pub mod cluster;
 pub mod manifests;
 pub mod schema;
 
@@ -17,8 +19,14 @@ pub fn repo_root() -> PathBuf {
 /// A Python tool from the project's virtual environment (`.venv`, made by `.ci/setup`), or
 /// `SLUICE_VENV` when set. Panics with the fix when the tool is missing.
 pub fn venv_tool(name: &str) -> PathBuf {
-    let venv = std::env::var_os("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
+    let venv = std::env::var_os("SLUICE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
     let tool = venv.join("bin").join(name);
-    assert!(tool.exists(), "{} not found: run `bash .ci/setup` first", tool.display());
+    assert!(
+        tool.exists(),
+        "{} not found: run `bash .ci/setup` first",
+        tool.display()
+    );
     tool
 }
