@@ -2,6 +2,7 @@
 //! modules) the local control plane harness.
 
 pub mod apply;
+pub mod binaries;
 pub mod cluster;
 pub mod manifests;
 pub mod schema;
