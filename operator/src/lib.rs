@@ -6,6 +6,7 @@
 //! prune, write status) that talk to the API server.
 
 pub mod conditions;
+pub mod config;
 pub mod error;
 pub mod model_version;
 

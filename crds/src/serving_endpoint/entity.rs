@@ -122,7 +122,9 @@ pub struct ServedEntity {
 }
 
 // Provisioned concurrency presets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum WorkloadSize {
     /// 4 requests in flight (0–4 with scale to zero).
     Small,

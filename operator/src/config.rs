@@ -1,0 +1,294 @@
+//! The operator's configuration: an admin-editable file (a ConfigMap in a cluster) read once at
+//! startup, never inside reconcile. It holds the workload table (workloadType → GPUs, node
+//! selector, tolerations, runtime class, CPU and memory), the workload sizes (→ provisioned
+//! concurrency), default images, the lake root of inference tables and autoscaling defaults.
+
+use std::{collections::BTreeMap, path::Path};
+
+use k8s_openapi::api::core::v1::Toleration;
+use serde::{Deserialize, Serialize};
+use sluice_crds::{Engine, WorkloadSize, WorkloadType};
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading operator config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("parsing operator config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What was wrong, with the line.
+        message: String,
+    },
+    /// The configuration is well-formed but inconsistent.
+    #[error("operator config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is inconsistent.
+        message: String,
+    },
+}
+
+/// The whole operator configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// Images of Sluice's own containers and of the engines.
+    pub images: Images,
+    /// Root URI under which `catalogName/schemaName/<prefix>_payload` inference tables live.
+    pub lake_root: String,
+    /// Resources and placement of each workload type.
+    pub workload_types: BTreeMap<WorkloadType, WorkloadClass>,
+    /// Provisioned concurrency of each workload size.
+    pub workload_sizes: BTreeMap<WorkloadSize, ConcurrencyRange>,
+    /// Autoscaling defaults.
+    pub autoscaling: AutoscalingDefaults,
+}
+
+/// Container images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Images {
+    /// The data-plane image: `serve`, `capture`, `fetch` and the gateway.
+    pub inference_server: String,
+    /// Default image per engine (`vllm`, `sglang`, `tgi`, `llamacpp`, `mlflow`).
+    pub engines: BTreeMap<String, String>,
+}
+
+/// Resources and placement of one workload type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct WorkloadClass {
+    /// `nvidia.com/gpu` per replica.
+    pub gpu_count: u32,
+    /// CPU request per replica (Kubernetes quantity).
+    pub cpu: String,
+    /// Memory request and limit per replica (Kubernetes quantity).
+    pub memory: String,
+    /// Node labels replicas require.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations replicas carry.
+    pub tolerations: Vec<Toleration>,
+    /// RuntimeClass of replicas, e.g. `nvidia`.
+    pub runtime_class_name: Option<String>,
+}
+
+/// A provisioned concurrency range (requests in flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConcurrencyRange {
+    /// Lower bound.
+    pub min: u32,
+    /// Upper bound.
+    pub max: u32,
+}
+
+/// Autoscaling defaults, overridable per entity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AutoscalingDefaults {
+    /// Requests in flight one replica of the builtin runtime handles.
+    pub per_replica_concurrency: u32,
+    /// Per-replica concurrency of engine runtimes (continuous batching takes more).
+    pub engine_per_replica_concurrency: u32,
+    /// Idle seconds before a scale-to-zero entity goes to zero.
+    pub idle_timeout_seconds: u32,
+    /// Requests the gateway holds per waking entity.
+    pub max_held_requests: u32,
+    /// Seconds a held request waits.
+    pub hold_timeout_seconds: u32,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        let gpu = |count: u32, cpu: &str, memory: &str| WorkloadClass {
+            gpu_count: count,
+            cpu: cpu.into(),
+            memory: memory.into(),
+            node_selector: BTreeMap::from([(
+                "nvidia.com/gpu.present".to_string(),
+                "true".to_string(),
+            )]),
+            tolerations: vec![Toleration {
+                key: Some("nvidia.com/gpu".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            }],
+            runtime_class_name: None,
+        };
+        let cpu = |cpu: &str, memory: &str| WorkloadClass {
+            cpu: cpu.into(),
+            memory: memory.into(),
+            ..Default::default()
+        };
+        Self {
+            images: Images::default(),
+            lake_root: "file:///var/lib/sluice/lake".into(),
+            // Seeded from the upstream table (T4 / A10G / A100 / H100 classes); edit per cluster.
+            workload_types: BTreeMap::from([
+                (WorkloadType::CPU, cpu("1", "2Gi")),
+                (WorkloadType::CPU_MEDIUM, cpu("4", "8Gi")),
+                (WorkloadType::CPU_LARGE, cpu("8", "16Gi")),
+                (WorkloadType::GPU_SMALL, gpu(1, "4", "16Gi")),
+                (WorkloadType::GPU_MEDIUM, gpu(1, "8", "32Gi")),
+                (WorkloadType::GPU_LARGE, gpu(1, "12", "96Gi")),
+                (WorkloadType::GPU_XLARGE, gpu(1, "16", "128Gi")),
+                (WorkloadType::GPU_XLARGE_8, gpu(8, "96", "1Ti")),
+                (WorkloadType::MULTIGPU_MEDIUM, gpu(4, "32", "128Gi")),
+            ]),
+            workload_sizes: BTreeMap::from([
+                (WorkloadSize::Small, ConcurrencyRange { min: 4, max: 4 }),
+                (WorkloadSize::Medium, ConcurrencyRange { min: 8, max: 16 }),
+                (WorkloadSize::Large, ConcurrencyRange { min: 16, max: 64 }),
+            ]),
+            autoscaling: AutoscalingDefaults::default(),
+        }
+    }
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Self {
+            inference_server: format!("ghcr.io/sluice-dev/inference-server:{version}"),
+            engines: BTreeMap::from(
+                [
+                    ("vllm", "vllm/vllm-openai:v0.11.0"),
+                    ("sglang", "lmsysorg/sglang:v0.5.3"),
+                    ("tgi", "ghcr.io/huggingface/text-generation-inference:3.3.6"),
+                    ("llamacpp", "ghcr.io/ggml-org/llama.cpp:server"),
+                    ("mlflow", "ghcr.io/mlflow/mlflow:v3.4.0"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            ),
+        }
+    }
+}
+
+impl Default for AutoscalingDefaults {
+    fn default() -> Self {
+        Self {
+            per_replica_concurrency: 4,
+            engine_per_replica_concurrency: 32,
+            idle_timeout_seconds: 300,
+            max_held_requests: 100,
+            hold_timeout_seconds: 120,
+        }
+    }
+}
+
+impl OperatorConfig {
+    /// Reads and checks a config file; absent keys take the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (size, range) in &self.workload_sizes {
+            if range.min > range.max || range.max == 0 {
+                return Err(format!(
+                    "workloadSizes.{size:?}: min {} must be ≤ max {} and max > 0",
+                    range.min, range.max
+                ));
+            }
+        }
+        if self.autoscaling.per_replica_concurrency == 0
+            || self.autoscaling.engine_per_replica_concurrency == 0
+        {
+            return Err("autoscaling: per-replica concurrency must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The workload class of a type (a type missing from the table falls back to `CPU`).
+    pub fn workload_class(&self, workload_type: WorkloadType) -> WorkloadClass {
+        self.workload_types
+            .get(&workload_type)
+            .or_else(|| self.workload_types.get(&WorkloadType::CPU))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Default image of an engine (`None` for builtin, which uses the inference-server image,
+    /// and for custom, whose image is in the spec).
+    pub fn engine_image(&self, engine: Engine) -> Option<&str> {
+        let key = match engine {
+            Engine::Builtin | Engine::Custom => return None,
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::Tgi => "tgi",
+            Engine::Llamacpp => "llamacpp",
+            Engine::Mlflow => "mlflow",
+        };
+        self.images.engines.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_map_gpu_types_to_gpus_and_tolerations() {
+        let c = OperatorConfig::default();
+        let medium = c.workload_class(WorkloadType::GPU_MEDIUM);
+        assert_eq!(medium.gpu_count, 1);
+        assert_eq!(medium.tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(c.workload_class(WorkloadType::MULTIGPU_MEDIUM).gpu_count, 4);
+        assert_eq!(c.workload_class(WorkloadType::CPU).gpu_count, 0);
+        assert_eq!(
+            c.workload_sizes[&WorkloadSize::Medium],
+            ConcurrencyRange { min: 8, max: 16 }
+        );
+    }
+
+    #[test]
+    fn an_admin_table_replaces_the_defaults_and_bad_values_are_named() {
+        let c = OperatorConfig::parse(
+            "workloadTypes:\n  GPU_SMALL:\n    gpuCount: 2\n    nodeSelector: {accelerator: l4}\n    runtimeClassName: nvidia\n",
+            "test",
+        )
+        .expect("valid");
+        let small = c.workload_class(WorkloadType::GPU_SMALL);
+        assert_eq!(
+            (small.gpu_count, small.runtime_class_name.as_deref()),
+            (2, Some("nvidia"))
+        );
+        assert_eq!(small.node_selector["accelerator"], "l4");
+
+        let err = OperatorConfig::parse("workloadSizes:\n  Small: {min: 8, max: 4}\n", "cfg.yaml")
+            .expect_err("refused");
+        assert!(err.to_string().contains("workloadSizes.Small"), "{err}");
+        let err =
+            OperatorConfig::parse("lakeRot: x\n", "cfg.yaml").expect_err("unknown key refused");
+        assert!(err.to_string().contains("lakeRot"), "{err}");
+    }
+}
