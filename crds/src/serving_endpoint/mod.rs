@@ -39,8 +39,8 @@ pub const MAX_SERVED_ENTITIES: usize = 15;
     category = "sluice",
     namespaced,
     status = "ServingEndpointStatus",
-    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 30")
-        .message("metadata.name must be a DNS-1035 label of at most 30 characters (it prefixes the entity Deployments and Services)")
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 24")
+        .message("metadata.name must be a DNS-1035 label of at most 24 characters (it prefixes the names of the entity Deployments and Services)")
         .field_path(".metadata.name"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.state.ready"}"#,
     printcolumn = r#"{"name":"Config Update","type":"string","jsonPath":".status.state.configUpdate"}"#,
