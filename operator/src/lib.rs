@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod model_version;
 

@@ -1,0 +1,4 @@
+//! The ServingEndpoint controller pipeline: resolve → validate → build desired objects (pure),
+//! then apply → prune → status (side effects).
+
+pub mod resolve;
