@@ -1,4 +1,5 @@
 //! The ServingEndpoint controller pipeline: resolve → validate → build desired objects (pure),
 //! then apply → prune → status (side effects).
 
+pub mod desired;
 pub mod resolve;

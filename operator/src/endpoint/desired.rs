@@ -1,0 +1,654 @@
+//! Build desired objects: the pure step that renders one Deployment and one Service per served
+//! entity revision. Names are `<endpoint>-<entity>-<revision>`, so a changed entity gets new
+//! pods beside the old ones (blue/green) and a traffic-only change renders identical objects.
+//!
+//! Containers of a pod reach each other on the pod's own IP (`$(POD_IP)` from the downward
+//! API), never on 127.0.0.1, which keeps pods apart where several share one network namespace.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
+            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use sluice_crds::Engine;
+
+use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
+
+/// `app.kubernetes.io/managed-by` value on every child.
+pub const MANAGED_BY: &str = "sluice";
+/// Label naming the endpoint a child belongs to.
+pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
+/// Label naming the served entity.
+pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
+/// Label naming the entity revision.
+pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
+/// Where the fetch step puts the model and the model server reads it.
+pub const MODEL_DIR: &str = "/models";
+
+/// What the build step needs besides the entity.
+#[derive(Clone, Debug)]
+pub struct BuildContext<'a> {
+    /// Endpoint name.
+    pub endpoint: &'a str,
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Owner reference to the ServingEndpoint.
+    pub owner: OwnerReference,
+    /// The data-plane image (fetch and capture containers).
+    pub data_plane_image: &'a str,
+    /// Resolved payload table URI and sampling fraction, when capture is on.
+    pub capture: Option<(&'a str, f64)>,
+}
+
+/// The objects of one entity revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityObjects {
+    /// Child name, `<endpoint>-<entity>-<revision>`.
+    pub name: String,
+    /// The Deployment.
+    pub deployment: Deployment,
+    /// The Service the gateway finds pods through (its EndpointSlices).
+    pub service: Service,
+}
+
+/// Renders the Deployment and Service of `entity` at `revision` with `replicas` pods.
+pub fn build(
+    entity: &ResolvedEntity,
+    revision: &str,
+    replicas: i32,
+    ctx: &BuildContext<'_>,
+) -> Option<EntityObjects> {
+    let runtime = entity.runtime.as_ref()?;
+    let EntitySource::Registered {
+        artifact_uri,
+        secret,
+        model,
+        version,
+        ..
+    } = &entity.source
+    else {
+        return None;
+    };
+    let name = format!("{}-{}-{revision}", ctx.endpoint, entity.name);
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-entity".to_string(),
+        ),
+        (LABEL_ENDPOINT.to_string(), ctx.endpoint.to_string()),
+        (LABEL_ENTITY.to_string(), entity.name.clone()),
+        (LABEL_REVISION.to_string(), revision.to_string()),
+    ]);
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(ctx.namespace.to_string()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![ctx.owner.clone()]),
+        ..Default::default()
+    };
+    let mut containers = vec![model_container(entity, runtime, ctx.capture.is_none())];
+    let mut volumes = vec![empty_dir("models")];
+    if let Some((table, fraction)) = ctx.capture {
+        containers.push(capture_container(
+            ctx,
+            entity,
+            runtime.port,
+            table,
+            fraction,
+            model,
+            *version,
+        ));
+        volumes.push(empty_dir("spool"));
+    }
+    let pod = PodSpec {
+        init_containers: Some(vec![fetch_container(
+            ctx.data_plane_image,
+            artifact_uri,
+            secret.as_deref(),
+        )]),
+        containers,
+        volumes: Some(volumes),
+        node_selector: (!entity.class.node_selector.is_empty())
+            .then(|| entity.class.node_selector.clone()),
+        tolerations: (!entity.class.tolerations.is_empty())
+            .then(|| entity.class.tolerations.clone()),
+        runtime_class_name: entity.class.runtime_class_name.clone(),
+        service_account_name: entity.service_account.clone(),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(30),
+        ..Default::default()
+    };
+    let deployment = Deployment {
+        metadata: meta.clone(),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            // Surge first: a serving replica is never removed before its replacement is ready.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("100%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            selector: Some(labels),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: CAPTURE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some(EntityObjects {
+        name,
+        deployment,
+        service,
+    })
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Non-root, read-only, no privileges: for Sluice's own containers.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn models_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: "models".into(),
+        mount_path: MODEL_DIR.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, port: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn fetch_container(image: &str, uri: &str, secret: Option<&str>) -> Container {
+    Container {
+        name: "fetch".into(),
+        image: Some(image.into()),
+        args: Some(vec![
+            "fetch".into(),
+            "--uri".into(),
+            uri.into(),
+            "--dest".into(),
+            MODEL_DIR.into(),
+        ]),
+        env_from: secret.map(|s| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: s.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]
+        }),
+        volume_mounts: Some(vec![models_mount(false)]),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+/// Engine command lines: model from /models, listening on the pod IP.
+fn engine_args(entity: &ResolvedEntity, rt: &ResolvedRuntime) -> Vec<String> {
+    let port = rt.port.to_string();
+    let mut args = match rt.engine {
+        Engine::Builtin => strings(&[
+            "serve",
+            "--model-dir",
+            MODEL_DIR,
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            &port,
+        ]),
+        Engine::Vllm => strings(&[
+            "--model",
+            MODEL_DIR,
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            &port,
+            "--served-model-name",
+            &entity.name,
+        ]),
+        Engine::Sglang => strings(&[
+            "--model-path",
+            MODEL_DIR,
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            &port,
+        ]),
+        Engine::Tgi => strings(&[
+            "--model-id",
+            MODEL_DIR,
+            "--hostname",
+            "$(POD_IP)",
+            "--port",
+            &port,
+        ]),
+        Engine::Llamacpp => strings(&[
+            "--model",
+            "/models/model.gguf",
+            "--host",
+            "$(POD_IP)",
+            "--port",
+            &port,
+        ]),
+        Engine::Mlflow => strings(&[
+            "models",
+            "serve",
+            "-m",
+            MODEL_DIR,
+            "-h",
+            "$(POD_IP)",
+            "-p",
+            &port,
+            "--env-manager",
+            "local",
+        ]),
+        Engine::Custom => Vec::new(),
+    };
+    args.extend(rt.args.iter().cloned());
+    args
+}
+
+fn env_vars(entity: &ResolvedEntity) -> Vec<EnvVar> {
+    let mut env = vec![pod_ip_env()];
+    for (name, value) in &entity.env {
+        let secret = value
+            .strip_prefix("{{secrets/")
+            .and_then(|r| r.strip_suffix("}}"))
+            .and_then(|r| r.split_once('/'));
+        env.push(match secret {
+            Some((secret, key)) => EnvVar {
+                name: name.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.into(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            None => EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                ..Default::default()
+            },
+        });
+    }
+    env
+}
+
+fn resources(entity: &ResolvedEntity) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if !entity.class.cpu.is_empty() {
+        requests.insert("cpu".to_string(), Quantity(entity.class.cpu.clone()));
+    }
+    if !entity.class.memory.is_empty() {
+        requests.insert("memory".to_string(), Quantity(entity.class.memory.clone()));
+        limits.insert("memory".to_string(), Quantity(entity.class.memory.clone()));
+    }
+    if entity.class.gpu_count > 0 {
+        let gpus = Quantity(entity.class.gpu_count.to_string());
+        requests.insert("nvidia.com/gpu".to_string(), gpus.clone());
+        limits.insert("nvidia.com/gpu".to_string(), gpus);
+    }
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -> Container {
+    // Without capture the model container is the pod's front door and owns the `http` port.
+    let port_name = if front { "http" } else { "model" };
+    let ours = rt.engine == Engine::Builtin;
+    Container {
+        name: "model".into(),
+        image: Some(rt.image.clone()),
+        args: Some(engine_args(entity, rt)),
+        env: Some(env_vars(entity)),
+        ports: Some(vec![ContainerPort {
+            name: Some(port_name.into()),
+            container_port: rt.port,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe(&rt.health_path, port_name, 2)),
+        // Loading a model may take minutes: liveness only checks the process answers at all.
+        liveness_probe: ours.then(|| Probe {
+            initial_delay_seconds: Some(10),
+            ..http_probe("/ping", port_name, 10)
+        }),
+        resources: Some(resources(entity)),
+        volume_mounts: Some(vec![models_mount(true)]),
+        security_context: ours.then(restricted),
+        ..Default::default()
+    }
+}
+
+fn capture_container(
+    ctx: &BuildContext<'_>,
+    entity: &ResolvedEntity,
+    model_port: i32,
+    table: &str,
+    fraction: f64,
+    model: &str,
+    version: i64,
+) -> Container {
+    let args = strings(&[
+        "capture",
+        "--listen",
+        &format!("$(POD_IP):{CAPTURE_PORT}"),
+        "--upstream",
+        &format!("$(POD_IP):{model_port}"),
+        "--table",
+        table,
+        "--endpoint",
+        ctx.endpoint,
+        "--entity",
+        &entity.name,
+        "--model",
+        model,
+        "--model-version",
+        &version.to_string(),
+        "--sampling-fraction",
+        &fraction.to_string(),
+        "--spool-dir",
+        "/spool",
+    ]);
+    Container {
+        name: "capture".into(),
+        image: Some(ctx.data_plane_image.into()),
+        args: Some(args),
+        env: Some(vec![pod_ip_env()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: CAPTURE_PORT,
+            ..Default::default()
+        }]),
+        // Ready only while the model behind it is ready.
+        readiness_probe: Some(http_probe("/health", "http", 2)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(5),
+            ..http_probe("/ping", "http", 10)
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "spool".into(),
+            mount_path: "/spool".into(),
+            ..Default::default()
+        }]),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_crds::{ModelVersion, ServingEndpoint};
+
+    use super::*;
+    use crate::{
+        config::OperatorConfig,
+        endpoint::resolve::{resolve, revision},
+    };
+
+    fn entity(spec: &str) -> ResolvedEntity {
+        let ep: ServingEndpoint = serde_norway::from_str(&format!(
+            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: fraud, namespace: ns}}\nspec:\n  servedEntities:\n  - {spec}"
+        ))
+        .expect("endpoint");
+        let mut mv: ModelVersion = serde_norway::from_str(
+            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {name: fraud-3, namespace: ns}\n\
+             spec: {model: fraud, version: 3, source: {uri: 's3://b/fraud/3', secretRef: {name: store}}, format: mlflow}",
+        )
+        .expect("mv");
+        mv.status = Some(
+            serde_json::from_value(
+                serde_json::json!({"conditions": [{"type": "Ready", "status": "True",
+            "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+            )
+            .expect("status"),
+        );
+        resolve(&ep, &[mv], &BTreeMap::new(), &OperatorConfig::default())
+            .expect("resolves")
+            .remove(0)
+    }
+
+    fn ctx(capture: Option<(&'static str, f64)>) -> BuildContext<'static> {
+        BuildContext {
+            endpoint: "fraud",
+            namespace: "ns",
+            owner: OwnerReference {
+                api_version: "serving.sluice.dev/v1alpha1".into(),
+                kind: "ServingEndpoint".into(),
+                name: "fraud".into(),
+                uid: "u1".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+            data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
+            capture,
+        }
+    }
+
+    fn pod(o: &EntityObjects) -> &PodSpec {
+        o.deployment.spec.template.spec.as_ref().expect("pod spec")
+    }
+
+    #[test]
+    fn a_builtin_entity_gets_fetch_serve_and_a_service_on_its_front_port() {
+        let e = entity("{model: fraud, version: 3}");
+        let o = build(&e, "abcde", 1, &ctx(None)).expect("objects");
+        assert_eq!(o.name, "fraud-fraud-3-abcde");
+        let p = pod(&o);
+        let fetch = &p.init_containers.as_ref().expect("init")[0];
+        assert_eq!(fetch.args.as_deref().expect("args")[2], "s3://b/fraud/3");
+        assert_eq!(
+            fetch.env_from.as_ref().expect("creds")[0]
+                .secret_ref
+                .as_ref()
+                .map(|s| s.name.as_str()),
+            Some("store")
+        );
+        assert_eq!(
+            p.containers.len(),
+            1,
+            "no capture sidecar when capture is off"
+        );
+        let model = &p.containers[0];
+        assert_eq!(
+            model.args.as_deref().expect("args").join(" "),
+            "serve --model-dir /models --host $(POD_IP) --port 8081"
+        );
+        assert_eq!(
+            model.ports.as_ref().expect("ports")[0].name.as_deref(),
+            Some("http")
+        );
+        let svc = o.service.spec.as_ref().expect("service");
+        assert_eq!(
+            svc.ports.as_ref().expect("ports")[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
+        assert_eq!(
+            svc.selector.as_ref().expect("selector")[LABEL_REVISION],
+            "abcde"
+        );
+    }
+
+    #[test]
+    fn capture_puts_the_sidecar_in_front_and_gpu_types_request_gpus() {
+        let e = entity(
+            "{model: fraud, version: 3, workloadType: GPU_MEDIUM, runtime: {engine: vllm, args: [--dtype, half]}, environmentVars: {HF_TOKEN: '{{secrets/hf/token}}', MODE: fast}}",
+        );
+        let o = build(
+            &e,
+            &revision(&e, Some("s3://lake/t")),
+            2,
+            &ctx(Some(("s3://lake/t", 0.5))),
+        )
+        .expect("objects");
+        let p = pod(&o);
+        let names: Vec<_> = p.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["model", "capture"]);
+        let model = &p.containers[0];
+        assert_eq!(model.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
+        assert!(
+            model
+                .args
+                .as_deref()
+                .expect("args")
+                .ends_with(&["--dtype".to_string(), "half".to_string()])
+        );
+        assert_eq!(
+            model.ports.as_ref().expect("ports")[0].name.as_deref(),
+            Some("model")
+        );
+        let limits = model
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("1".into()));
+        let hf = model
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .find(|v| v.name == "HF_TOKEN")
+            .expect("HF_TOKEN");
+        assert_eq!(
+            hf.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|s| (s.name.as_str(), s.key.as_str())),
+            Some(("hf", "token"))
+        );
+        assert_eq!(
+            p.tolerations.as_ref().expect("tolerations")[0]
+                .key
+                .as_deref(),
+            Some("nvidia.com/gpu")
+        );
+        let capture = &p.containers[1];
+        assert!(
+            capture
+                .args
+                .as_deref()
+                .expect("args")
+                .join(" ")
+                .contains("--upstream $(POD_IP):8000 --table s3://lake/t")
+        );
+        assert!(
+            p.volumes
+                .as_ref()
+                .expect("volumes")
+                .iter()
+                .any(|v| v.name == "spool")
+        );
+        assert_eq!(o.deployment.spec.replicas, Some(2));
+    }
+
+    #[test]
+    fn external_entities_render_nothing() {
+        let mut e = entity("{model: fraud, version: 3}");
+        e.runtime = None;
+        assert!(build(&e, "abcde", 1, &ctx(None)).is_none());
+    }
+}
