@@ -2,4 +2,5 @@
 //! then apply → prune → status (side effects).
 
 pub mod desired;
+pub mod plan;
 pub mod resolve;
