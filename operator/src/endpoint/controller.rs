@@ -1,0 +1,305 @@
+//! The side-effecting half of the ServingEndpoint pipeline: gather inputs (ModelVersions, child
+//! Deployments), run the pure steps, then apply children with server-side apply, write status
+//! when it changed, prune children no config uses, and publish an event per decision.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpointStatus};
+use tracing::{instrument, warn};
+
+use super::{
+    desired::{BuildContext, LABEL_ENDPOINT, MANAGED_BY, build},
+    plan::{ChildState, plan},
+    resolve::resolve,
+};
+use crate::{
+    STATUS_MANAGER,
+    config::OperatorConfig,
+    error::{Error, kube_err},
+};
+
+/// Field manager of the children the operator applies.
+pub const CHILD_MANAGER: &str = "sluice-operator";
+
+struct Context {
+    client: Client,
+    config: OperatorConfig,
+    recorder: Recorder,
+}
+
+/// Runs the ServingEndpoint controller until shutdown.
+pub async fn run(client: Client, config: OperatorConfig, reporter: Reporter) {
+    let endpoints: Api<ServingEndpoint> = Api::all(client.clone());
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config,
+    });
+    let controller = Controller::new(endpoints, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed)
+        // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
+        // namespace that serves its model.
+        .watches(
+            Api::<ModelVersion>::all(client.clone()),
+            watcher::Config::default(),
+            move |mv| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|ep| {
+                        ep.namespace() == mv.namespace() && serves_model(ep, &mv.spec.model)
+                    })
+                    .map(|ep| ObjectRef::from_obj(ep.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "serving endpoint reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn serves_model(ep: &ServingEndpoint, model: &str) -> bool {
+    ep.spec
+        .served_entities
+        .iter()
+        .any(|e| e.model.as_deref() == Some(model))
+}
+
+#[instrument(skip_all, fields(namespace = ep.namespace(), name = ep.name_any()))]
+async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ep
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = ep.name_any();
+    let client = &ctx.client;
+    let models = Api::<ModelVersion>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing ModelVersions"))?
+        .items;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let selector = ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}"));
+    let existing = deployments
+        .list(&selector)
+        .await
+        .map_err(kube_err("listing entity Deployments"))?
+        .items;
+    let children: BTreeMap<String, ChildState> = existing
+        .iter()
+        .map(|d| (d.name_any(), child_state(d)))
+        .collect();
+
+    // Pure steps.
+    let previous_versions: BTreeMap<String, i64> = ep
+        .status
+        .iter()
+        .flat_map(|s| s.config.iter())
+        .flat_map(|c| c.served_entities.iter())
+        .filter_map(|e| Some((e.name.clone(), e.version?)))
+        .collect();
+    let capture = resolve_capture(&ep, &ctx.config);
+    let resolved = resolve(&ep, &models, &previous_versions, &ctx.config);
+    let planned = plan(&ep, resolved, capture.clone(), &children, Timestamp::now());
+
+    // Apply the children the plan wants.
+    let owner = ep
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let build_ctx = BuildContext {
+        endpoint: &name,
+        namespace: &ns,
+        owner,
+        data_plane_image: &ctx.config.images.inference_server,
+        capture: capture
+            .as_ref()
+            .map(|c| (c.table_uri.as_str(), c.sampling_fraction)),
+    };
+    let apply = PatchParams::apply(CHILD_MANAGER).force();
+    for wanted in &planned.apply {
+        let Some(objects) = build(
+            &wanted.entity,
+            &wanted.revision,
+            wanted.initial_replicas,
+            &build_ctx,
+        ) else {
+            continue;
+        };
+        let mut deployment = serde_json::to_value(&objects.deployment)?;
+        if children.contains_key(&objects.name) {
+            // The autoscaler owns replicas once the Deployment exists.
+            if let Some(spec) = deployment.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                spec.remove("replicas");
+            }
+        }
+        deployment["apiVersion"] = json!("apps/v1");
+        deployment["kind"] = json!("Deployment");
+        deployments
+            .patch(&objects.name, &apply, &Patch::Apply(&deployment))
+            .await
+            .map_err(kube_err(format!("applying Deployment {}", objects.name)))?;
+        let mut service = serde_json::to_value(&objects.service)?;
+        service["apiVersion"] = json!("v1");
+        service["kind"] = json!("Service");
+        services
+            .patch(&objects.name, &apply, &Patch::Apply(&service))
+            .await
+            .map_err(kube_err(format!("applying Service {}", objects.name)))?;
+    }
+
+    // Status before pruning: the gateway stops routing to a child before it disappears.
+    if ep.status.as_ref() != Some(&planned.status) {
+        write_status(client, &ns, &name, &planned.status).await?;
+    }
+    for (warning, reason, note) in &planned.events {
+        publish(&ctx.recorder, &ep, *warning, reason, note).await;
+    }
+    for d in existing
+        .iter()
+        .filter(|d| !planned.keep.contains(&d.name_any()))
+    {
+        let child = d.name_any();
+        deployments
+            .delete(&child, &DeleteParams::background())
+            .await
+            .map_err(kube_err(format!("pruning Deployment {child}")))?;
+        match services.delete(&child, &DeleteParams::background()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(kube_err(format!("pruning Service {child}"))(e)),
+        }
+        publish(
+            &ctx.recorder,
+            &ep,
+            false,
+            "Pruned",
+            &format!("removed {child}, which no config uses"),
+        )
+        .await;
+    }
+    let rolling = planned.status.pending_config.is_some();
+    Ok(if rolling {
+        Action::requeue(Duration::from_secs(10))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+fn child_state(d: &Deployment) -> ChildState {
+    let status = d.status.clone().unwrap_or_default();
+    let failed = status.conditions.iter().flatten().find_map(|c| {
+        let stalled =
+            c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False");
+        stalled.then(|| {
+            c.message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_default()
+        })
+    });
+    ChildState {
+        desired: d.spec.replicas.unwrap_or(1),
+        ready: status.ready_replicas.unwrap_or(0),
+        failed,
+    }
+}
+
+/// The payload table of the endpoint: an explicit URI, or `<lakeRoot>/<catalog>/<schema>/<prefix>_payload`.
+pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<ResolvedCapture> {
+    let c = ep.spec.auto_capture.as_ref().filter(|c| c.enabled)?;
+    let prefix = c
+        .table_name_prefix
+        .clone()
+        .unwrap_or_else(|| ep.name_any().replace('-', "_"));
+    let table_uri = match &c.uri {
+        Some(uri) => uri.clone(),
+        None => format!(
+            "{}/{}/{}/{prefix}_payload",
+            config.lake_root.trim_end_matches('/'),
+            c.catalog_name.as_deref().unwrap_or("default"),
+            c.schema_name.as_deref().unwrap_or("default")
+        ),
+    };
+    Some(ResolvedCapture {
+        table_uri,
+        sampling_fraction: c.sampling_fraction.unwrap_or(1.0),
+    })
+}
+
+async fn write_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &ServingEndpointStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": ServingEndpoint::api_version(&()),
+        "kind": ServingEndpoint::kind(&()),
+        "status": status,
+    });
+    Api::<ServingEndpoint>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(STATUS_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "writing status of ServingEndpoint {name}"
+        )))?;
+    Ok(())
+}
+
+async fn publish(
+    recorder: &Recorder,
+    ep: &ServingEndpoint,
+    warning: bool,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &ep.object_ref(&())).await {
+        warn!(error = %e, "publishing event failed");
+    }
+}
+
+fn error_policy(_ep: Arc<ServingEndpoint>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(category = error.category(), error = %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
