@@ -24,8 +24,13 @@ pub fn built(package: &str, bin: &str) -> PathBuf {
         .args(["build", "--quiet", "-p", package, "--bin", bin])
         .status()
         .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
-    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     let path = target.join("debug").join(bin);
     assert!(path.exists(), "{} missing after build", path.display());
     cache.insert(bin.to_string(), path.clone());

@@ -16,10 +16,20 @@ use sluice_tests::{
 };
 
 fn condition(mv: &ModelVersion, type_: &str) -> Option<(String, String)> {
-    mv.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+    mv.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-async fn wait_for(api: &Api<ModelVersion>, name: &str, what: &str, check: impl Fn(&ModelVersion) -> bool) -> ModelVersion {
+async fn wait_for(
+    api: &Api<ModelVersion>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ModelVersion) -> bool,
+) -> ModelVersion {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mv) = api.get(name).await {
@@ -27,7 +37,10 @@ async fn wait_for(api: &Api<ModelVersion>, name: &str, what: &str, check: impl F
                 return mv;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("{name}: timed out waiting for {what}; status is {:#?}", mv.status);
+                panic!(
+                    "{name}: timed out waiting for {what}; status is {:#?}",
+                    mv.status
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -57,23 +70,55 @@ async fn alias_conflicts_are_reported_on_both_versions_and_clear_when_resolved()
 
     let api: Api<ModelVersion> = Api::namespaced(client, &ns);
     let apply = PatchParams::apply("test-user");
-    api.patch("churn-7", &apply, &Patch::Apply(version("churn-7", 7, &["champion"]))).await.expect("v7");
+    api.patch(
+        "churn-7",
+        &apply,
+        &Patch::Apply(version("churn-7", 7, &["champion"])),
+    )
+    .await
+    .expect("v7");
     let ready = |mv: &ModelVersion| condition(mv, "Ready").is_some_and(|(s, _)| s == "True");
     let v7 = wait_for(&api, "churn-7", "Ready", ready).await;
-    assert_eq!(v7.status.as_ref().map(|s| s.effective_aliases.clone()), Some(vec!["champion".to_string()]));
+    assert_eq!(
+        v7.status.as_ref().map(|s| s.effective_aliases.clone()),
+        Some(vec!["champion".to_string()])
+    );
 
-    api.patch("churn-8", &apply, &Patch::Apply(version("churn-8", 8, &["champion"]))).await.expect("v8");
-    let conflicted = |mv: &ModelVersion| condition(mv, "AliasConflict").is_some_and(|(s, _)| s == "True");
+    api.patch(
+        "churn-8",
+        &apply,
+        &Patch::Apply(version("churn-8", 8, &["champion"])),
+    )
+    .await
+    .expect("v8");
+    let conflicted =
+        |mv: &ModelVersion| condition(mv, "AliasConflict").is_some_and(|(s, _)| s == "True");
     for name in ["churn-7", "churn-8"] {
         let mv = wait_for(&api, name, "AliasConflict=True", conflicted).await;
-        assert!(ready(&mv), "{name}: a conflict does not make the version itself unready");
-        assert!(mv.status.as_ref().is_some_and(|s| s.effective_aliases.is_empty()), "{name} must hold no contested alias");
+        assert!(
+            ready(&mv),
+            "{name}: a conflict does not make the version itself unready"
+        );
+        assert!(
+            mv.status
+                .as_ref()
+                .is_some_and(|s| s.effective_aliases.is_empty()),
+            "{name} must hold no contested alias"
+        );
     }
 
     // Moving the alias away resolves the conflict on both objects.
-    api.patch("churn-7", &apply, &Patch::Apply(version("churn-7", 7, &[]))).await.expect("move alias");
-    let clear = |mv: &ModelVersion| condition(mv, "AliasConflict").is_some_and(|(s, _)| s == "False");
+    api.patch("churn-7", &apply, &Patch::Apply(version("churn-7", 7, &[])))
+        .await
+        .expect("move alias");
+    let clear =
+        |mv: &ModelVersion| condition(mv, "AliasConflict").is_some_and(|(s, _)| s == "False");
     wait_for(&api, "churn-7", "AliasConflict=False", clear).await;
     let v8 = wait_for(&api, "churn-8", "AliasConflict=False", clear).await;
-    assert_eq!(v8.status.and_then(|s| s.effective_aliases.first().cloned()).as_deref(), Some("champion"));
+    assert_eq!(
+        v8.status
+            .and_then(|s| s.effective_aliases.first().cloned())
+            .as_deref(),
+        Some("champion")
+    );
 }
