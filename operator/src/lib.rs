@@ -9,6 +9,8 @@ pub mod conditions;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod model_version;
 
 /// Field manager of every write the operator makes to a status subresource.

@@ -481,8 +481,6 @@ fn capture_container(
 mod tests {
     use std::collections::BTreeMap;
 
-    use sluice_crds::{ModelVersion, ServingEndpoint};
-
     use super::*;
     use crate::{
         config::OperatorConfig,
@@ -490,22 +488,11 @@ mod tests {
     };
 
     fn entity(spec: &str) -> ResolvedEntity {
-        let ep: ServingEndpoint = serde_norway::from_str(&format!(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: fraud, namespace: ns}}\nspec:\n  servedEntities:\n  - {spec}"
-        ))
-        .expect("endpoint");
-        let mut mv: ModelVersion = serde_norway::from_str(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {name: fraud-3, namespace: ns}\n\
-             spec: {model: fraud, version: 3, source: {uri: 's3://b/fraud/3', secretRef: {name: store}}, format: mlflow}",
-        )
-        .expect("mv");
-        mv.status = Some(
-            serde_json::from_value(
-                serde_json::json!({"conditions": [{"type": "Ready", "status": "True",
-            "reason": "Checked", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
-            )
-            .expect("status"),
-        );
+        let ep = crate::fixtures::endpoint("fraud", &format!("  servedEntities:\n  - {spec}"));
+        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        mv.spec.source.secret_ref = Some(sluice_crds::common::SecretRef {
+            name: "store".into(),
+        });
         resolve(&ep, &[mv], &BTreeMap::new(), &OperatorConfig::default())
             .expect("resolves")
             .remove(0)

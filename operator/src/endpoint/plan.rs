@@ -448,24 +448,11 @@ mod tests {
     use crate::{config::OperatorConfig, endpoint::resolve::resolve};
 
     fn mv(v: i64) -> ModelVersion {
-        let mut mv: ModelVersion = serde_norway::from_str(&format!(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {{name: m-{v}, namespace: ns}}\n\
-             spec: {{model: m, version: {v}, source: {{uri: 's3://b/m/{v}'}}, format: onnx}}"
-        ))
-        .expect("mv");
-        mv.status = Some(
-            serde_json::from_value(serde_json::json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Checked",
-                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
-            .expect("status"),
-        );
-        mv
+        crate::fixtures::checked_version("m", v, &[], true)
     }
 
     fn endpoint(entities: &str, status: Option<ServingEndpointStatus>) -> ServingEndpoint {
-        let mut ep: ServingEndpoint = serde_norway::from_str(&format!(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep, namespace: ns, generation: 1}}\nspec:\n{entities}"
-        ))
-        .expect("endpoint");
+        let mut ep = crate::fixtures::endpoint("ep", entities);
         ep.status = status;
         ep
     }

@@ -379,24 +379,11 @@ mod tests {
     use super::*;
 
     fn endpoint(spec: &str) -> ServingEndpoint {
-        serde_norway::from_str(&format!(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep, namespace: ns}}\nspec:\n{spec}"
-        ))
-        .expect("endpoint fixture")
+        crate::fixtures::endpoint("ep", spec)
     }
 
     fn version(v: i64, aliases: &[&str], ready: bool) -> ModelVersion {
-        let mut mv: ModelVersion = serde_norway::from_str(&format!(
-            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {{name: churn-{v}, namespace: ns}}\n\
-             spec: {{model: churn, version: {v}, source: {{uri: 's3://b/churn/{v}'}}, format: onnx}}"
-        ))
-        .expect("version fixture");
-        mv.status = Some(serde_json::from_value(serde_json::json!({
-            "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}, "reason": "R", "message": "checked",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-            "effectiveAliases": aliases,
-        })).expect("status"));
-        mv
+        crate::fixtures::checked_version("churn", v, aliases, ready)
     }
 
     #[test]
