@@ -156,8 +156,13 @@ impl SchemaValidator {
         }
         unknown_fields(&k.schema, &body, "", &mut errors);
         for e in k.json.iter_errors(&body) {
+            let mut field = pointer_to_field(e.instance_path().as_str());
+            // Like the API server, name the missing field itself, not the object lacking it.
+            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
+                field = format!("{field}.{}", property.as_str().unwrap_or_default());
+            }
             errors.push(FieldError {
-                field: pointer_to_field(e.instance_path().as_str()),
+                field,
                 message: e.to_string(),
             });
         }

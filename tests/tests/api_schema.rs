@@ -151,26 +151,6 @@ fn model_version_identity_is_immutable_but_aliases_move() {
 }
 
 #[test]
-fn effective_entity_names_follow_the_schema_rule() {
-    let se: ServingEndpoint = serde_json::from_value(json!({
-        "apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint", "metadata": {"name": "x"},
-        "spec": {"servedEntities": [
-            {"model": "fraud", "version": 3},
-            {"model": "fraud", "alias": "champion"},
-            {"name": "explicit", "model": "fraud", "version": 4}
-        ]}
-    }))
-    .expect("typed");
-    let names: Vec<_> = se
-        .spec
-        .served_entities
-        .iter()
-        .map(|e| e.effective_name())
-        .collect();
-    assert_eq!(names, ["fraud-3", "fraud-champion", "explicit"]);
-}
-
-#[test]
 fn generated_crds_pass_kubernetes_validate_strict() {
     let tool = sluice_tests::venv_tool("kubernetes-validate");
     let files = yaml_files(&repo_root().join("crds/generated")).expect("generated CRDs");

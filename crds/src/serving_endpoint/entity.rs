@@ -18,9 +18,6 @@ use crate::common::SecretKeyRef;
         .message("a served entity must name exactly one of version, alias or externalModel"),
     validation = Rule::new("has(self.model) != has(self.externalModel)")
         .message("model is required with version or alias, and must not be set with externalModel"),
-    validation = Rule::new("!has(self.externalModel) || has(self.name)")
-        .message("name is required for an externalModel entity (provider model names are not valid Kubernetes names)")
-        .field_path(".name"),
     validation = Rule::new("!has(self.externalModel) || !(has(self.workloadSize) || has(self.workloadType) || has(self.scaleToZeroEnabled) || has(self.runtime) || has(self.minProvisionedConcurrency) || has(self.maxProvisionedConcurrency) || has(self.scheduling) || has(self.autoscaling))")
         .message("an externalModel entity runs no pods: workloadSize, workloadType, scaleToZeroEnabled, runtime, scheduling, autoscaling and provisioned concurrency must not be set"),
     validation = Rule::new("!(has(self.workloadSize) && (has(self.minProvisionedConcurrency) || has(self.maxProvisionedConcurrency)))")
@@ -31,14 +28,15 @@ use crate::common::SecretKeyRef;
 )]
 pub struct ServedEntity {
     /// Name of the entity, unique in the endpoint, used by routes, the `served-model-name`
-    /// response header and the `/served-models/{name}/invocations` path. Defaults to
-    /// `<model>-<version>` (or `<model>-<alias>`); required for external models.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// response header, the `/served-models/{name}/invocations` path and the names of its
+    /// Deployment and Service (a DNS label of at most 32 characters). Required: unlike the
+    /// upstream API there is no `<model>-<version>` default, so routes never depend on a
+    /// computed name.
     #[schemars(
         length(min = 1, max = 32),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
-    pub name: Option<String>,
+    pub name: String,
 
     /// Registered model name: the `spec.model` of the ModelVersion to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,20 +315,4 @@ pub enum ExternalTask {
     /// Embeddings.
     #[serde(rename = "llm/v1/embeddings")]
     Embeddings,
-}
-
-impl ServedEntity {
-    /// The entity's effective name: `name`, else `<model>-<version>` / `<model>-<alias>`.
-    /// Mirrors the CEL rules of the schema.
-    pub fn effective_name(&self) -> String {
-        if let Some(name) = &self.name {
-            return name.clone();
-        }
-        let model = self.model.as_deref().unwrap_or_default();
-        match (&self.version, &self.alias) {
-            (Some(v), _) => format!("{model}-{v}"),
-            (None, Some(a)) => format!("{model}-{a}"),
-            (None, None) => model.to_string(),
-        }
-    }
 }

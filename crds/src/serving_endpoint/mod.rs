@@ -11,7 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::Tag;
-use cel::{cel_entity_name, cel_route_target};
+use cel::cel_route_target;
 
 pub use ai_gateway::*;
 pub use capture::*;
@@ -40,8 +40,7 @@ pub const MAX_SERVED_ENTITIES: usize = 15;
     namespaced,
     status = "ServingEndpointStatus",
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 24")
-        .message("metadata.name must be a DNS-1035 label of at most 24 characters (it prefixes the names of the entity Deployments and Services)")
-        .field_path(".metadata.name"),
+        .message("metadata.name must be a DNS-1035 label of at most 24 characters (it prefixes the names of the entity Deployments and Services)"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.state.ready"}"#,
     printcolumn = r#"{"name":"Config Update","type":"string","jsonPath":".status.state.configUpdate"}"#,
     printcolumn = r#"{"name":"Traffic","type":"string","jsonPath":".status.trafficSummary"}"#,
@@ -51,19 +50,16 @@ pub const MAX_SERVED_ENTITIES: usize = 15;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new(concat!("self.servedEntities.all(a, self.servedEntities.exists_one(b, ", cel_entity_name!("b"), " == ", cel_entity_name!("a"), "))"))
-        .message("servedEntities: names must be unique (an entity without a name is called <model>-<version> or <model>-<alias>)")
-        .field_path(".servedEntities"),
-    validation = Rule::new(concat!("self.servedEntities.all(e, size(", cel_entity_name!("e"), ") <= 32)"))
-        .message("servedEntities: an entity name (default <model>-<version>) must be at most 32 characters; set servedEntities[].name")
+    validation = Rule::new("self.servedEntities.all(a, self.servedEntities.exists_one(b, b.name == a.name))")
+        .message("servedEntities: names must be unique")
         .field_path(".servedEntities"),
     validation = Rule::new("size(self.servedEntities) == 1 || has(self.trafficConfig)")
         .message("trafficConfig is required when more than one entity is served")
         .field_path(".trafficConfig"),
-    validation = Rule::new(concat!("!has(self.trafficConfig) || self.trafficConfig.routes.all(r, self.servedEntities.exists(e, ", cel_entity_name!("e"), " == ", cel_route_target!("r"), "))"))
+    validation = Rule::new(concat!("!has(self.trafficConfig) || self.trafficConfig.routes.all(r, self.servedEntities.exists(e, e.name == ", cel_route_target!("r"), "))"))
         .message("trafficConfig.routes: every route must name a served entity of this endpoint")
         .field_path(".trafficConfig.routes"),
-    validation = Rule::new(concat!("!has(self.trafficConfig) || !has(self.trafficConfig.shadowRoutes) || self.trafficConfig.shadowRoutes.all(s, self.servedEntities.exists(e, ", cel_entity_name!("e"), " == s.servedEntityName))"))
+    validation = Rule::new("!has(self.trafficConfig) || !has(self.trafficConfig.shadowRoutes) || self.trafficConfig.shadowRoutes.all(s, self.servedEntities.exists(e, e.name == s.servedEntityName))")
         .message("trafficConfig.shadowRoutes: every shadow route must name a served entity of this endpoint")
         .field_path(".trafficConfig.shadowRoutes"),
 )]

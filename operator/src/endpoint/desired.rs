@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_builtin_entity_gets_fetch_serve_and_a_service_on_its_front_port() {
-        let e = entity("{model: fraud, version: 3}");
+        let e = entity("{name: fraud-3, model: fraud, version: 3}");
         let o = build(&e, "abcde", 1, &ctx(None)).expect("objects");
         assert_eq!(o.name, "fraud-fraud-3-abcde");
         let p = pod(&o);
@@ -562,7 +562,7 @@ mod tests {
     #[test]
     fn capture_puts_the_sidecar_in_front_and_gpu_types_request_gpus() {
         let e = entity(
-            "{model: fraud, version: 3, workloadType: GPU_MEDIUM, runtime: {engine: vllm, args: [--dtype, half]}, environmentVars: {HF_TOKEN: '{{secrets/hf/token}}', MODE: fast}}",
+            "{name: fraud-3, model: fraud, version: 3, workloadType: GPU_MEDIUM, runtime: {engine: vllm, args: [--dtype, half]}, environmentVars: {HF_TOKEN: '{{secrets/hf/token}}', MODE: fast}}",
         );
         let o = build(
             &e,
@@ -634,7 +634,7 @@ mod tests {
 
     #[test]
     fn external_entities_render_nothing() {
-        let mut e = entity("{model: fraud, version: 3}");
+        let mut e = entity("{name: fraud-3, model: fraud, version: 3}");
         e.runtime = None;
         assert!(build(&e, "abcde", 1, &ctx(None)).is_none());
     }

@@ -169,7 +169,7 @@ fn resolve_entity(
     previous: &BTreeMap<String, i64>,
     config: &OperatorConfig,
 ) -> Result<ResolvedEntity, ResolveProblem> {
-    let name = entity.effective_name();
+    let name = entity.name.clone();
     let source = match &entity.external_model {
         Some(external) => EntitySource::External(external.clone()),
         None => registered_source(&name, entity, models, previous)?,
@@ -389,7 +389,7 @@ mod tests {
     #[test]
     fn versions_and_aliases_resolve_with_defaults_published() {
         let ep = endpoint(
-            "  servedEntities:\n  - {model: churn, version: 7}\n  - {name: champ, model: churn, alias: champion, workloadType: GPU_SMALL, workloadSize: Medium, scaleToZeroEnabled: true}\n  trafficConfig: {routes: [{servedEntityName: churn-7, trafficPercentage: 50}, {servedEntityName: champ, trafficPercentage: 50}]}",
+            "  servedEntities:\n  - {name: churn-7, model: churn, version: 7}\n  - {name: champ, model: churn, alias: champion, workloadType: GPU_SMALL, workloadSize: Medium, scaleToZeroEnabled: true}\n  trafficConfig: {routes: [{servedEntityName: churn-7, trafficPercentage: 50}, {servedEntityName: champ, trafficPercentage: 50}]}",
         );
         let models = [version(7, &[], true), version(8, &["champion"], true)];
         let r =
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn missing_or_unready_versions_are_named() {
         let ep = endpoint(
-            "  servedEntities:\n  - {model: churn, version: 9}\n  - {name: c, model: churn, alias: champion}\n  - {name: d, model: churn, version: 7}\n  trafficConfig: {routes: [{servedEntityName: c, trafficPercentage: 100}]}",
+            "  servedEntities:\n  - {name: churn-9, model: churn, version: 9}\n  - {name: c, model: churn, alias: champion}\n  - {name: d, model: churn, version: 7}\n  trafficConfig: {routes: [{servedEntityName: c, trafficPercentage: 100}]}",
         );
         let problems = resolve(
             &ep,
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn revisions_change_with_the_pods_and_only_with_them() {
-        let ep = endpoint("  servedEntities:\n  - {model: churn, version: 7}");
+        let ep = endpoint("  servedEntities:\n  - {name: churn-7, model: churn, version: 7}");
         let models = [version(7, &[], true)];
         let r =
             resolve(&ep, &models, &BTreeMap::new(), &OperatorConfig::default()).expect("resolves");
