@@ -357,3 +357,66 @@ pub fn random_suffix() -> String {
             .wrapping_mul(0x9E37_79B9);
     format!("{:06x}", n & 0xff_ffff)
 }
+
+/// The test kubelet of this test binary: a CPU node and a GPU node (2 GPUs) on the shared
+/// control plane, running our images as local processes. It lives on a runtime of its own, so
+/// it outlives each test's runtime.
+pub struct LocalNodes {
+    /// The kubelet.
+    pub kubelet: crate::kubelet::Kubelet,
+    /// Name of the CPU node.
+    pub cpu_node: String,
+    /// Name of the GPU node.
+    pub gpu_node: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Image names the test kubelet maps to local binaries.
+pub mod images {
+    /// The data-plane image.
+    pub const INFERENCE_SERVER: &str = "ghcr.io/sluice-dev/inference-server";
+    /// The operator image.
+    pub const OPERATOR: &str = "ghcr.io/sluice-dev/operator";
+    /// `/usr/bin/python3`, for test workloads.
+    pub const PYTHON: &str = "test.local/python3";
+    /// `/bin/sh`, for test workloads.
+    pub const SHELL: &str = "test.local/sh";
+}
+
+static NODES: OnceLock<LocalNodes> = OnceLock::new();
+
+/// Starts (once) the test kubelet on the shared control plane.
+pub fn shared_nodes() -> &'static LocalNodes {
+    NODES.get_or_init(|| {
+        let cp = shared();
+        let images = std::collections::BTreeMap::from([
+            (images::INFERENCE_SERVER.to_string(), crate::binaries::built("inference-server", "inference-server")),
+            (images::OPERATOR.to_string(), crate::binaries::built("sluice-operator", "sluice-operator")),
+            (images::PYTHON.to_string(), PathBuf::from("/usr/bin/python3")),
+            (images::SHELL.to_string(), PathBuf::from("/bin/sh")),
+        ]);
+        let mut config = crate::kubelet::KubeletConfig::standard("local", cp.state_dir.join("kubelet"), cp.apiserver_port());
+        config.images = images;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("test-kubelet")
+            .build()
+            .unwrap_or_else(|e| panic!("kubelet runtime: {e}"));
+        let kubelet = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime.block_on(async {
+                    let client = cp.client().await.unwrap_or_else(|e| panic!("kubelet client: {e}"));
+                    crate::kubelet::Kubelet::start(client, config).await
+                })
+            })
+            .join()
+        });
+        let kubelet = match kubelet {
+            Ok(Ok(k)) => k,
+            Ok(Err(e)) => panic!("starting the test kubelet: {e}"),
+            Err(_) => panic!("starting the test kubelet panicked"),
+        };
+        LocalNodes { kubelet, cpu_node: "local-cpu".into(), gpu_node: "local-gpu".into(), _runtime: runtime }
+    })
+}

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod binaries;
 pub mod cluster;
+pub mod http;
 pub mod kubelet;
 pub mod manifests;
 pub mod schema;

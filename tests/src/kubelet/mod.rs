@@ -250,6 +250,18 @@ impl Kubelet {
         out
     }
 
+    /// The log of one container of one pod, if it ran.
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
+        let logs = self.shared.logs.lock().map(|l| l.clone()).unwrap_or_default();
+        let prefix = format!("{namespace}_{pod}_");
+        logs.iter()
+            .find(|p| {
+                p.file_name().is_some_and(|f| f == format!("{container}.log").as_str())
+                    && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with(&prefix))
+            })
+            .and_then(|p| std::fs::read_to_string(p).ok())
+    }
+
     /// `(namespace/pod/container, pid)` of every running container process.
     pub fn running_processes(&self) -> Vec<(String, u32)> {
         self.shared.processes.running()

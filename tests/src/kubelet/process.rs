@@ -156,17 +156,22 @@ pub fn spawn(table: &ProcessTable, launch: &Launch) -> Result<Child, KubeletErro
     let err_log = log
         .try_clone()
         .map_err(io_err("duplicating the log handle"))?;
-    let mut cmd = Command::new("unshare");
+    // setpriv: the container dies with the kubelet's process, even when a test is killed.
+    let mut cmd = Command::new("setpriv");
     cmd.args([
+        "--pdeathsig",
+        "KILL",
+        "--",
+        "unshare",
         "--mount",
         "--propagation",
         "private",
         "--",
         "/bin/sh",
         "-c",
-        &script,
-        "sh",
     ])
+    .arg(&script)
+    .arg("sh")
     .arg(&launch.binary)
     .args(&launch.args)
     .env_clear()
