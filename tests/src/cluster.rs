@@ -390,12 +390,25 @@ pub fn shared_nodes() -> &'static LocalNodes {
     NODES.get_or_init(|| {
         let cp = shared();
         let images = std::collections::BTreeMap::from([
-            (images::INFERENCE_SERVER.to_string(), crate::binaries::built("inference-server", "inference-server")),
-            (images::OPERATOR.to_string(), crate::binaries::built("sluice-operator", "sluice-operator")),
-            (images::PYTHON.to_string(), PathBuf::from("/usr/bin/python3")),
+            (
+                images::INFERENCE_SERVER.to_string(),
+                crate::binaries::built("inference-server", "inference-server"),
+            ),
+            (
+                images::OPERATOR.to_string(),
+                crate::binaries::built("sluice-operator", "sluice-operator"),
+            ),
+            (
+                images::PYTHON.to_string(),
+                PathBuf::from("/usr/bin/python3"),
+            ),
             (images::SHELL.to_string(), PathBuf::from("/bin/sh")),
         ]);
-        let mut config = crate::kubelet::KubeletConfig::standard("local", cp.state_dir.join("kubelet"), cp.apiserver_port());
+        let mut config = crate::kubelet::KubeletConfig::standard(
+            "local",
+            cp.state_dir.join("kubelet"),
+            cp.apiserver_port(),
+        );
         config.images = images;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -406,7 +419,10 @@ pub fn shared_nodes() -> &'static LocalNodes {
         let kubelet = std::thread::scope(|s| {
             s.spawn(|| {
                 runtime.block_on(async {
-                    let client = cp.client().await.unwrap_or_else(|e| panic!("kubelet client: {e}"));
+                    let client = cp
+                        .client()
+                        .await
+                        .unwrap_or_else(|e| panic!("kubelet client: {e}"));
                     crate::kubelet::Kubelet::start(client, config).await
                 })
             })
@@ -417,6 +433,11 @@ pub fn shared_nodes() -> &'static LocalNodes {
             Ok(Err(e)) => panic!("starting the test kubelet: {e}"),
             Err(_) => panic!("starting the test kubelet panicked"),
         };
-        LocalNodes { kubelet, cpu_node: "local-cpu".into(), gpu_node: "local-gpu".into(), _runtime: runtime }
+        LocalNodes {
+            kubelet,
+            cpu_node: "local-cpu".into(),
+            gpu_node: "local-gpu".into(),
+            _runtime: runtime,
+        }
     })
 }

@@ -166,14 +166,14 @@ impl SchemaValidator {
                 message: e.to_string(),
             });
         }
-        if errors.is_empty() {
-            if let Err(cel_errors) = self.cel.validate_compiled(&k.cel, object, old) {
-                for e in cel_errors.as_slice() {
-                    errors.push(FieldError {
-                        field: e.field_path.trim_start_matches('.').to_string(),
-                        message: e.message.clone(),
-                    });
-                }
+        if errors.is_empty()
+            && let Err(cel_errors) = self.cel.validate_compiled(&k.cel, object, old)
+        {
+            for e in cel_errors.as_slice() {
+                errors.push(FieldError {
+                    field: e.field_path.trim_start_matches('.').to_string(),
+                    message: e.message.clone(),
+                });
             }
         }
         if errors.is_empty() {

@@ -1,10 +1,18 @@
-//! `local-cluster up --state-dir DIR`: the test control plane (and, with it, the test kubelet's
-//! nodes) in the foreground, for people and tools to use with kubectl.
+//! `local-cluster up --state-dir DIR`: the test control plane and the test kubelet's nodes (one
+//! CPU node, one GPU node) in the foreground, for people and tools to use with kubectl. Pods of
+//! Sluice's images run as local processes on their own 127.x addresses.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use sluice_tests::{cluster::ControlPlane, repo_root};
+use std::collections::BTreeMap;
+
+use sluice_tests::{
+    binaries::built,
+    cluster::{ControlPlane, images},
+    kubelet::{Kubelet, KubeletConfig},
+    repo_root,
+};
 
 #[derive(Parser)]
 #[command(about = "A local Kubernetes control plane built from Kubernetes' own Go modules")]
@@ -23,6 +31,9 @@ enum Cmd {
         /// Do not install the Sluice CRDs.
         #[arg(long)]
         no_crds: bool,
+        /// Do not start the test kubelet (its CPU and GPU nodes); pods then stay Pending.
+        #[arg(long)]
+        no_kubelet: bool,
     },
 }
 
@@ -32,13 +43,35 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let Cmd::Up { state_dir, no_crds } = Cli::parse().command;
+    let Cmd::Up {
+        state_dir,
+        no_crds,
+        no_kubelet,
+    } = Cli::parse().command;
     let state_dir = std::path::absolute(&state_dir)?;
     let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&state_dir, false)).await??;
     let client = cp.client().await?;
     if !no_crds {
         sluice_tests::cluster::install_crds(&client, &repo_root().join("crds/generated")).await?;
     }
+    let kubelet = if no_kubelet {
+        None
+    } else {
+        let mut config =
+            KubeletConfig::standard("local", cp.state_dir.join("kubelet"), cp.apiserver_port());
+        config.restart_backoff_base = std::time::Duration::from_secs(10);
+        config.images = BTreeMap::from([
+            (
+                images::INFERENCE_SERVER.to_string(),
+                built("inference-server", "inference-server"),
+            ),
+            (
+                images::OPERATOR.to_string(),
+                built("sluice-operator", "sluice-operator"),
+            ),
+        ]);
+        Some(Kubelet::start(client.clone(), config).await?)
+    };
     println!(
         "local cluster ready in {:.1}s: export KUBECONFIG={} (server {})",
         cp.startup.as_secs_f64(),
@@ -47,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
     );
     wait_for_signal().await?;
     eprintln!("stopping the local cluster");
+    if let Some(kubelet) = kubelet {
+        kubelet.shutdown().await;
+    }
     tokio::task::spawn_blocking(move || cp.stop()).await??;
     Ok(())
 }

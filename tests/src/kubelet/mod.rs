@@ -252,12 +252,20 @@ impl Kubelet {
 
     /// The log of one container of one pod, if it ran.
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
-        let logs = self.shared.logs.lock().map(|l| l.clone()).unwrap_or_default();
+        let logs = self
+            .shared
+            .logs
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
         let prefix = format!("{namespace}_{pod}_");
         logs.iter()
             .find(|p| {
-                p.file_name().is_some_and(|f| f == format!("{container}.log").as_str())
-                    && p.parent().and_then(|d| d.file_name()).is_some_and(|d| d.to_string_lossy().starts_with(&prefix))
+                p.file_name()
+                    .is_some_and(|f| f == format!("{container}.log").as_str())
+                    && p.parent()
+                        .and_then(|d| d.file_name())
+                        .is_some_and(|d| d.to_string_lossy().starts_with(&prefix))
             })
             .and_then(|p| std::fs::read_to_string(p).ok())
     }

@@ -114,10 +114,10 @@ pub async fn heartbeat(client: Client, node: NodeConfig) {
         {
             tracing::warn!(node = %node.name, error = %e, "renewing node lease failed");
         }
-        if tick % 3 == 2 {
-            if let Err(e) = publish_status(&nodes, &node).await {
-                tracing::warn!(node = %node.name, error = %e, "node status heartbeat failed");
-            }
+        if tick % 3 == 2
+            && let Err(e) = publish_status(&nodes, &node).await
+        {
+            tracing::warn!(node = %node.name, error = %e, "node status heartbeat failed");
         }
         tick += 1;
         tokio::time::sleep(Duration::from_secs(10)).await;

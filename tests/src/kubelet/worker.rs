@@ -235,10 +235,10 @@ impl Worker {
             None => (binary, words),
         };
         let log = self.dir.join(format!("{}.log", spec.name));
-        if let Ok(mut logs) = self.shared.logs.lock() {
-            if !logs.contains(&log) {
-                logs.push(log.clone());
-            }
+        if let Ok(mut logs) = self.shared.logs.lock()
+            && !logs.contains(&log)
+        {
+            logs.push(log.clone());
         }
         let launch = Launch {
             key,
