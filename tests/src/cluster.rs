@@ -240,27 +240,15 @@ impl ControlPlane {
 
     /// The tail of every component log, for a failing test to print.
     pub fn dump_logs(&self) -> String {
-        let mut out = String::new();
-        for component in [
+        [
             "etcd",
             "kube-apiserver",
             "kube-controller-manager",
             "kube-scheduler",
-        ] {
-            let path = self.state_dir.join("logs").join(format!("{component}.log"));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<_> = text.lines().rev().take(40).collect();
-            out.push_str(&format!(
-                "==== {} (last {} lines)\n",
-                path.display(),
-                tail.len()
-            ));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+        ]
+        .iter()
+        .map(|c| crate::log_tail(&self.state_dir.join("logs").join(format!("{c}.log")), 40))
+        .collect()
     }
 }
 

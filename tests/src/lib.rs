@@ -33,3 +33,15 @@ pub fn venv_tool(name: &str) -> PathBuf {
     );
     tool
 }
+
+/// The last `lines` lines of a log file under a `==== path` header (empty when unreadable).
+pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    let mut out = format!("==== {} (last {} lines)\n", path.display(), tail.len());
+    for line in tail.into_iter().rev() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::{Client, ResourceExt};
 
-use super::{KubeletError, kube_err};
+use super::{
+    KubeletError,
+    objects::{config_map_data, secret_data},
+};
 
 /// What a pod knows about itself for the downward API.
 pub struct PodFacts<'a> {
@@ -74,34 +77,11 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-async fn secret_value(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    key: &str,
-) -> Result<Option<String>, KubeletError> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading Secret {name}")))?;
-    Ok(secret.and_then(|s| {
-        s.data?
-            .get(key)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    }))
-}
-
-async fn config_map_value(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    key: &str,
-) -> Result<Option<String>, KubeletError> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading ConfigMap {name}")))?;
-    Ok(cm.and_then(|c| c.data?.get(key).cloned()))
+/// One key of a ConfigMap's or Secret's data, as text.
+fn key_of(data: Option<BTreeMap<String, Vec<u8>>>, key: &str) -> Option<String> {
+    data?
+        .get(key)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 /// The full environment of `container`.
@@ -130,26 +110,16 @@ pub async fn build(
     ]);
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = &from.config_map_ref {
-            let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(kube_err(format!("reading ConfigMap {}", r.name)))?;
-            for (k, v) in cm.and_then(|c| c.data).unwrap_or_default() {
-                vars.insert(format!("{prefix}{k}"), v);
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            let s = Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(kube_err(format!("reading Secret {}", r.name)))?;
-            for (k, v) in s.and_then(|s| s.data).unwrap_or_default() {
-                vars.insert(
-                    format!("{prefix}{k}"),
-                    String::from_utf8_lossy(&v.0).into_owned(),
-                );
-            }
+        let data = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => config_map_data(client, &ns, &r.name).await?,
+            (None, Some(r)) => secret_data(client, &ns, &r.name).await?,
+            (None, None) => None,
+        };
+        for (k, v) in data.unwrap_or_default() {
+            vars.insert(
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
         }
     }
     for e in container.env.iter().flatten() {
@@ -159,9 +129,9 @@ pub async fn build(
                 if let Some(f) = &from.field_ref {
                     facts.field(&f.field_path)
                 } else if let Some(s) = &from.secret_key_ref {
-                    secret_value(client, &ns, &s.name, &s.key).await?
+                    key_of(secret_data(client, &ns, &s.name).await?, &s.key)
                 } else if let Some(c) = &from.config_map_key_ref {
-                    config_map_value(client, &ns, &c.name, &c.key).await?
+                    key_of(config_map_data(client, &ns, &c.name).await?, &c.key)
                 } else if from.resource_field_ref.is_some() {
                     Some("0".into())
                 } else {

@@ -17,6 +17,7 @@
 
 mod env;
 mod node;
+mod objects;
 mod probe;
 mod process;
 mod status;
@@ -231,33 +232,23 @@ impl Kubelet {
 
     /// Every container log, for a failing test to print.
     pub fn dump_logs(&self) -> String {
-        let logs = self
-            .shared
+        self.log_files()
+            .iter()
+            .map(|p| crate::log_tail(p, 30))
+            .collect()
+    }
+
+    fn log_files(&self) -> Vec<PathBuf> {
+        self.shared
             .logs
             .lock()
             .map(|l| l.clone())
-            .unwrap_or_default();
-        let mut out = String::new();
-        for path in logs {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            out.push_str(&format!("==== {}\n", path.display()));
-            for line in tail.into_iter().rev() {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
+            .unwrap_or_default()
     }
 
     /// The log of one container of one pod, if it ran.
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
-        let logs = self
-            .shared
-            .logs
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
+        let logs = self.log_files();
         let prefix = format!("{namespace}_{pod}_");
         logs.iter()
             .find(|p| {

@@ -8,13 +8,17 @@ use std::{
 
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{
-        ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume,
-    },
+    core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, ServiceAccount, Volume},
 };
 use kube::{Api, Client, ResourceExt, api::PostParams};
 
-use super::{KubeletError, env::PodFacts, io_err, kube_err, process::Mount};
+use super::{
+    KubeletError,
+    env::PodFacts,
+    io_err, kube_err,
+    objects::{config_map_data, secret_data},
+    process::Mount,
+};
 
 fn write(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), KubeletError> {
     let path = dir.join(rel);
@@ -46,50 +50,6 @@ fn write_keys(
         }
     }
     Ok(())
-}
-
-async fn config_map_data(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, KubeletError> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading ConfigMap {name}")))?;
-    Ok(cm.map(|c| {
-        let mut data: BTreeMap<String, Vec<u8>> = c
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        data.extend(
-            c.binary_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0)),
-        );
-        data
-    }))
-}
-
-async fn secret_data(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, KubeletError> {
-    let s = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("reading Secret {name}")))?;
-    Ok(s.map(|s| {
-        s.data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect()
-    }))
 }
 
 fn write_downward(
