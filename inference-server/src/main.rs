@@ -1,1 +1,60 @@
-fn main() {}
+//! `inference-server`: the Sluice data plane, one binary with one subcommand per role.
+//!
+//! - `serve`: the builtin model server of every entity pod ([`serve`]).
+//!
+//! `capture`, `gateway`, `fetch` and `monitor` join as sibling modules over the shared
+//! [`protocol`] module.
+
+mod metrics;
+mod protocol;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// The Sluice data plane.
+#[derive(Debug, Parser)]
+#[command(name = "inference-server", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve one model directory over HTTP (MLflow scoring protocol and OpenAI routes).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("inference-server: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "inference-server exits");
+            eprintln!("inference-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

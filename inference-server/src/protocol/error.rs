@@ -1,0 +1,188 @@
+//! The one error body every route answers with: `{"error_code": "...", "message": "..."}`.
+//!
+//! Codes follow MLflow's `ErrorCode` names where one fits (`BAD_REQUEST`,
+//! `INVALID_PARAMETER_VALUE`, `ENDPOINT_NOT_FOUND`, `REQUEST_LIMIT_EXCEEDED`,
+//! `TEMPORARILY_UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL_ERROR`), so MLflow clients read them
+//! as they read MLflow's own scoring server.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, which decides the HTTP status and the `error_code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The body could not be read as the protocol says (malformed JSON, no input key, ...): 400.
+    BadRequest,
+    /// The body parsed, but a value is wrong for the model (type, shape, missing column): 400.
+    InvalidParameterValue,
+    /// No such route: 404.
+    NotFound,
+    /// The route exists but not for this method: 405.
+    MethodNotAllowed,
+    /// The client did not finish sending its body in time: 408.
+    RequestTimeout,
+    /// The body is larger than `--max-body-bytes`: 413.
+    PayloadTooLarge,
+    /// A content type other than JSON or CSV, or a charset other than UTF-8: 415.
+    UnsupportedMediaType,
+    /// Too many requests: 429.
+    RequestLimitExceeded,
+    /// An unexpected failure inside the server: 500.
+    Internal,
+    /// An upstream (the chat endpoint of a prompt model) failed or answered garbage: 502.
+    BadGateway,
+    /// The model is not loaded (yet, or ever): 503, with `Retry-After` where retrying helps.
+    Unavailable,
+    /// The request ran past its deadline: 504.
+    DeadlineExceeded,
+}
+
+impl ErrorKind {
+    /// The HTTP status for this kind.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadRequest | Self::InvalidParameterValue => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `error_code` string of the body; also the bounded `error_code` metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BadRequest => "BAD_REQUEST",
+            Self::InvalidParameterValue => "INVALID_PARAMETER_VALUE",
+            Self::NotFound => "ENDPOINT_NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
+            Self::PayloadTooLarge => "REQUEST_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::RequestLimitExceeded => "REQUEST_LIMIT_EXCEEDED",
+            Self::Internal => "INTERNAL_ERROR",
+            Self::BadGateway => "UPSTREAM_ERROR",
+            Self::Unavailable => "TEMPORARILY_UNAVAILABLE",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        }
+    }
+}
+
+/// The wire form of an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `BAD_REQUEST`.
+    pub error_code: String,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+/// An error answered to a client; renders as [`ErrorBody`] with the kind's status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", kind.code())]
+pub struct ApiError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// What was wrong, for a person.
+    pub message: String,
+    /// For 503 and 429: how long the client should wait before retrying.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `BAD_REQUEST`: the body does not follow the protocol.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    /// 400 `INVALID_PARAMETER_VALUE`: a value does not fit the model.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParameterValue, message)
+    }
+
+    /// 500 `INTERNAL_ERROR`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Adds a `Retry-After` to the response.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The wire body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error_code: self.kind.code().to_string(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.kind.status(), axum::Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        // Lets the metrics layer label the error without re-parsing the body.
+        response.extensions_mut().insert(self.kind);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_statuses_and_codes() {
+        assert_eq!(
+            ErrorKind::RequestLimitExceeded.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            ErrorKind::RequestLimitExceeded.code(),
+            "REQUEST_LIMIT_EXCEEDED"
+        );
+        assert_eq!(
+            ErrorKind::DeadlineExceeded.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ErrorKind::InvalidParameterValue.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let response = ApiError::new(ErrorKind::Unavailable, "loading")
+            .with_retry_after(Duration::from_millis(200))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,143 @@
+//! `inference-server serve`: the builtin model server of an entity pod.
+//!
+//! Startup reads the model directory contract ([`model_dir`]); a directory that breaks it ends
+//! the process with a non-zero status and the reason. Otherwise the server listens at once and
+//! loads the weights in the background: `/ping` answers as soon as the process is up, `/health`
+//! only once the model is loaded (before that, and for good if loading fails, it answers 503
+//! with the reason).
+//!
+//! - [`args`]: flags and their `SLUICE_*` variables.
+//! - [`http`]: routes, deadlines and request metrics.
+//! - [`body`]: content types, size limit, slow clients.
+//! - [`batcher`]: micro-batching of concurrent requests.
+//! - [`signature`]: checking requests against the model signature.
+//! - [`state`]: the model slot (loading, ready, failed).
+//! - [`runtime`]: the runtimes (ONNX, embeddings, prompt).
+
+mod args;
+mod batcher;
+mod body;
+mod http;
+pub mod model_dir;
+pub mod runtime;
+mod signature;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use args::ServeArgs;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use self::batcher::BatchPolicy;
+use self::model_dir::{ModelDirError, ModelSpec};
+use self::runtime::LoadContext;
+use self::state::ModelSlot;
+use crate::metrics::ServeMetrics;
+
+/// Why `serve` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The model directory breaks the contract.
+    #[error("model directory: {0}")]
+    ModelDir(#[from] ModelDirError),
+    /// The address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let spec = model_dir::read(&args.model_dir)?;
+    let mut registry = Registry::with_prefix("sluice_serve");
+    let metrics = ServeMetrics::register(&mut registry);
+    let address = SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let address = listener.local_addr().unwrap_or(address);
+    tracing::info!(%address, model = %spec.name, runtime = ?spec.runtime, "listening; loading the model");
+
+    let slot = Arc::new(ModelSlot::loading(spec.name.clone()));
+    let context = LoadContext {
+        batch: BatchPolicy {
+            window: Duration::from_millis(args.batch_window_ms),
+            max_items: args.max_batch as usize,
+        },
+        metrics: metrics.clone(),
+        request_timeout: args.request_timeout,
+    };
+    tokio::spawn(load_in_background(spec, context, Arc::clone(&slot)));
+
+    let router = http::router(http::AppState {
+        model: slot,
+        metrics,
+        registry: Arc::new(registry),
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout,
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// Loads the model into `slot`; a failure, or a panic inside a runtime, marks it failed.
+async fn load_in_background(spec: ModelSpec, context: LoadContext, slot: Arc<ModelSlot>) {
+    let started = Instant::now();
+    let metrics = context.metrics.clone();
+    let loading = tokio::spawn(async move { runtime::load(&spec, &context).await });
+    match loading.await {
+        Ok(Ok(runtime)) => {
+            let elapsed = started.elapsed();
+            metrics.model_loaded(elapsed);
+            tracing::info!(
+                runtime = runtime.name(),
+                seconds = elapsed.as_secs_f64(),
+                "model loaded"
+            );
+            slot.set_ready(runtime);
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "model failed to load");
+            slot.set_failed(error.to_string());
+        }
+        Err(panic) => {
+            tracing::error!(%panic, "model loader panicked");
+            slot.set_failed(format!("the loader crashed: {panic}"));
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes' stop signal) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        // Without a Ctrl-C handler the server still stops on SIGTERM.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,188 @@
+//! Test harness: starts the real `inference-server serve` binary on 127.0.0.1 with a model
+//! directory made for the test, and stops it when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-serve-test-{label}-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A model directory with `files` (name, contents).
+pub fn model_dir(label: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let dir = temp_dir(label);
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+    dir
+}
+
+/// The iris ONNX fixture's bytes.
+pub fn iris_onnx() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iris.onnx")).unwrap()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `serve --model-dir dir` plus `extra` flags and waits until `/ping` answers.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(BINARY)
+            .args(["serve", "--model-dir"])
+            .arg(dir)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if server.client.get(server.url("/ping")).send().await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not answer /ping within 20 s");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Polls `/health` until it is 200 (panics after 60 s).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let response = self.client.get(self.url("/health")).send().await.unwrap();
+            if response.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the model did not become ready within 60 s");
+    }
+
+    /// POSTs a JSON value; answers status and JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.post(path, "application/json", body.to_string()).await
+    }
+
+    /// POSTs raw bytes with a content type; answers status and JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, value)
+    }
+
+    /// GETs a path; answers status and body text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `serve` expecting it to exit; answers its output.
+pub fn run_to_exit(dir: &Path) -> Output {
+    let port = free_port().to_string();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--model-dir"])
+        .arg(dir)
+        .args(["--port", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("serve did not exit within 20 s");
+}
+
+/// Asserts an error body with `code` whose message contains `needle`.
+pub fn assert_error(
+    status: u16,
+    body: &serde_json::Value,
+    expected_status: u16,
+    code: &str,
+    needle: &str,
+) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error_code"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "message {message:?} lacks {needle:?}"
+    );
+}
