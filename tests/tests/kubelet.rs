@@ -82,20 +82,30 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_deployment_runs_as_processes_on_their_own_pod_ips() {
+async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
     let (nodes, client, ns) = setup("deploy").await;
+    // A real model: the iris ONNX classifier, handed to the pods as a ConfigMap volume.
+    let onnx = std::fs::read(sluice_tests::repo_root().join("inference-server/tests/fixtures/iris.onnx")).expect("iris.onnx");
+    let manifest = "format: onnx\ntask: predict\nfiles: {model: iris.onnx}\n";
+    let _: ConfigMap = create(&client, &ns, json!({
+        "metadata": {"name": "iris"},
+        "data": {"sluice-model.yaml": manifest},
+        "binaryData": {"iris.onnx": k8s_openapi::ByteString(onnx)}
+    })).await;
     let labels = json!({"app": "web"});
     let _: Deployment = create(&client, &ns, json!({
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
             "metadata": {"labels": labels},
             "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-                "name": "web", "image": format!("{}:1", images::PYTHON),
-                "args": ["-m", "http.server", "--bind", "$(POD_IP)", "8080"],
+                "name": "model", "image": format!("{}:test", images::INFERENCE_SERVER),
+                "args": ["serve", "--model-dir", "/models", "--host", "$(POD_IP)", "--port", "8080"],
                 "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                 "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
-            }]}
+                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/ping", "port": "http"}, "periodSeconds": 5},
+                "volumeMounts": [{"name": "model", "mountPath": "/models", "readOnly": true}]
+            }], "volumes": [{"name": "model", "configMap": {"name": "iris"}}]}
         }}
     })).await;
     let _: k8s_openapi::api::core::v1::Service = create(&client, &ns, json!({
@@ -120,10 +130,10 @@ async fn a_deployment_runs_as_processes_on_their_own_pod_ips() {
             ip.starts_with("127.") && ip != "127.0.0.1",
             "pod IPs are their own loopback addresses: {ip}"
         );
-        let (code, _) = http::get(ip, 8080, "/")
-            .await
-            .unwrap_or_else(|| panic!("nothing answers on {ip}:8080"));
-        assert_eq!(code, 200);
+        let body = r#"{"inputs": [[5.1, 3.5, 1.4, 0.2]]}"#;
+        let (code, answer) = http::post_json(ip, 8080, "/invocations", body).await.unwrap_or_else(|| panic!("nothing answers on {ip}:8080"));
+        assert_eq!(code, 200, "{answer}");
+        assert!(answer.contains("predictions"), "{answer}");
     }
     assert_eq!(processes_in(nodes, &ns), 2);
 
@@ -191,7 +201,7 @@ async fn a_deployment_runs_as_processes_on_their_own_pod_ips() {
     .await;
     for ip in &ips {
         assert!(
-            http::get(ip, 8080, "/").await.is_none(),
+            http::get(ip, 8080, "/ping").await.is_none(),
             "{ip} still answers after scale to 0"
         );
     }

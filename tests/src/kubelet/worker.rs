@@ -177,9 +177,8 @@ impl Worker {
 
     async fn run(&mut self, mut rx: watch::Receiver<Pod>) -> Result<(), KubeletError> {
         loop {
-            if rx.has_changed().unwrap_or(false) {
-                self.pod = rx.borrow_and_update().clone();
-            }
+            // `changed()` below marks updates as seen, so always read the latest pod.
+            self.pod = rx.borrow_and_update().clone();
             if self.pod.metadata.deletion_timestamp.is_some() {
                 return self.terminate().await;
             }
