@@ -10,7 +10,12 @@ use tokio::{
 /// `GET http://{ip}:{port}{path}`; the status code and body, or `None` when nothing answers
 /// within two seconds. Refuses any address outside 127.0.0.0/8.
 pub async fn get(ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
-    exchange(ip, port, format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n")).await
+    exchange(
+        ip,
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 /// `POST` of a JSON body; as [`get`].
@@ -32,8 +37,14 @@ async fn exchange(ip: &str, port: u16, request: String) -> Option<(u16, String)>
         stream.read_to_end(&mut raw).await.ok()?;
         let text = String::from_utf8_lossy(&raw).into_owned();
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((code, body))
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
 }

@@ -85,13 +85,20 @@ where
 async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
     let (nodes, client, ns) = setup("deploy").await;
     // A real model: the iris ONNX classifier, handed to the pods as a ConfigMap volume.
-    let onnx = std::fs::read(sluice_tests::repo_root().join("inference-server/tests/fixtures/iris.onnx")).expect("iris.onnx");
+    let onnx =
+        std::fs::read(sluice_tests::repo_root().join("inference-server/tests/fixtures/iris.onnx"))
+            .expect("iris.onnx");
     let manifest = "format: onnx\ntask: predict\nfiles: {model: iris.onnx}\n";
-    let _: ConfigMap = create(&client, &ns, json!({
-        "metadata": {"name": "iris"},
-        "data": {"sluice-model.yaml": manifest},
-        "binaryData": {"iris.onnx": k8s_openapi::ByteString(onnx)}
-    })).await;
+    let _: ConfigMap = create(
+        &client,
+        &ns,
+        json!({
+            "metadata": {"name": "iris"},
+            "data": {"sluice-model.yaml": manifest},
+            "binaryData": {"iris.onnx": k8s_openapi::ByteString(onnx)}
+        }),
+    )
+    .await;
     let labels = json!({"app": "web"});
     let _: Deployment = create(&client, &ns, json!({
         "metadata": {"name": "web"},
@@ -131,7 +138,9 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
             "pod IPs are their own loopback addresses: {ip}"
         );
         let body = r#"{"inputs": [[5.1, 3.5, 1.4, 0.2]]}"#;
-        let (code, answer) = http::post_json(ip, 8080, "/invocations", body).await.unwrap_or_else(|| panic!("nothing answers on {ip}:8080"));
+        let (code, answer) = http::post_json(ip, 8080, "/invocations", body)
+            .await
+            .unwrap_or_else(|| panic!("nothing answers on {ip}:8080"));
         assert_eq!(code, 200, "{answer}");
         assert!(answer.contains("predictions"), "{answer}");
     }
