@@ -1,10 +1,12 @@
 //! `inference-server`: the Sluice data plane, one binary with one subcommand per role.
 //!
 //! - `serve`: the builtin model server of every entity pod ([`serve`]).
+//! - `fetch`: the init step that copies a model artifact into the pod's model folder ([`fetch`]).
 //!
-//! `capture`, `gateway`, `fetch` and `monitor` join as sibling modules over the shared
+//! `capture`, `gateway` and `monitor` join as sibling modules over the shared
 //! [`protocol`] module.
 
+mod fetch;
 mod metrics;
 mod protocol;
 mod serve;
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Serve one model directory over HTTP (MLflow scoring protocol and OpenAI routes).
     Serve(serve::ServeArgs),
+    /// Copy a model artifact from its URI into the model folder (the entity pod's init step).
+    Fetch(fetch::FetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,8 +50,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)).map_err(Into::into),
+        Command::Fetch(args) => runtime.block_on(fetch::run(args)).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
