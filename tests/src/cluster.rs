@@ -233,6 +233,27 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// Starts the real `sluice-operator` (built from this workspace) against this control plane;
+    /// it is killed when the returned child is dropped. Its log is `logs/operator.log`.
+    pub fn start_operator(&self) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.join("logs").join("operator.log"))
+            .unwrap_or_else(|e| panic!("operator log: {e}"));
+        tokio::process::Command::new(crate::binaries::built("sluice-operator", "sluice-operator"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(
+                log.try_clone()
+                    .unwrap_or_else(|e| panic!("operator log: {e}")),
+            )
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting sluice-operator: {e}"))
+    }
+
     /// Process id of `up`.
     pub fn pid(&self) -> u32 {
         self.child.lock().map(|c| c.id()).unwrap_or_default()
@@ -245,6 +266,7 @@ impl ControlPlane {
             "kube-apiserver",
             "kube-controller-manager",
             "kube-scheduler",
+            "operator",
         ]
         .iter()
         .map(|c| crate::log_tail(&self.state_dir.join("logs").join(format!("{c}.log")), 40))

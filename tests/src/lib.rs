@@ -8,6 +8,7 @@ pub mod http;
 pub mod kubelet;
 pub mod manifests;
 pub mod schema;
+pub mod wait;
 
 use std::path::PathBuf;
 

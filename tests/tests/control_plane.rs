@@ -22,22 +22,12 @@ use sluice_tests::{
     repo_root,
 };
 
-/// Polls `check` every 250 ms until it yields a value or `timeout` passes.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Waits for `check`, printing the control plane's logs on timeout.
+async fn eventually<T, Fut>(what: &str, timeout: Duration, check: impl FnMut() -> Fut) -> T
 where
-    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", shared().dump_logs());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    sluice_tests::wait::eventually(what, timeout, || shared().dump_logs(), check).await
 }
 
 async fn admin() -> Client {

@@ -2,7 +2,7 @@
 //! plane: entity Deployments and Services with owner references and labels, a pending config
 //! rolling out, and garbage collection of the children when the endpoint goes.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
@@ -11,26 +11,19 @@ use kube::{
 };
 use serde_json::json;
 use sluice_crds::ServingEndpoint;
-use sluice_tests::{
-    binaries::built,
-    cluster::{fresh_namespace, shared},
-};
+use sluice_tests::cluster::{fresh_namespace, shared};
 
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    sluice_tests::wait::eventually(
+        what,
+        Duration::from_secs(60),
+        || shared().dump_logs(),
+        check,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,12 +31,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
     let cp = shared();
     let client = cp.client().await.expect("client");
     let ns = fresh_namespace(&client, "se").await;
-    let _operator = tokio::process::Command::new(built("sluice-operator", "sluice-operator"))
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let _operator = cp.start_operator();
 
     let apply = PatchParams::apply("test-user");
     let mvs: Api<sluice_crds::ModelVersion> = Api::namespaced(client.clone(), &ns);
@@ -96,13 +84,15 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
         );
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let svc_count = services
-        .list(&ListParams::default().labels("serving.sluice.dev/endpoint=fraud"))
-        .await
-        .expect("services")
-        .items
-        .len();
-    assert_eq!(svc_count, 2);
+    // Each entity's Service is applied right after its Deployment.
+    eventually("two entity Services", || async {
+        let list = services
+            .list(&ListParams::default().labels("serving.sluice.dev/endpoint=fraud"))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(())
+    })
+    .await;
 
     // No kubelet runs here, so pods never become ready: the first config stays pending.
     let status = eventually("a pending config in status", || async {

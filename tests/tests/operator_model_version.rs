@@ -2,7 +2,7 @@
 //! control plane: readiness, alias conflicts reported on both objects, and recovery when the
 //! conflict is resolved.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use kube::{
     Api,
@@ -10,10 +10,7 @@ use kube::{
 };
 use serde_json::json;
 use sluice_crds::ModelVersion;
-use sluice_tests::{
-    binaries::built,
-    cluster::{fresh_namespace, shared},
-};
+use sluice_tests::cluster::{fresh_namespace, shared};
 
 fn condition(mv: &ModelVersion, type_: &str) -> Option<(String, String)> {
     mv.status
@@ -60,13 +57,7 @@ async fn alias_conflicts_are_reported_on_both_versions_and_clear_when_resolved()
     let cp = shared();
     let client = cp.client().await.expect("client");
     let ns = fresh_namespace(&client, "mv").await;
-    let _operator = tokio::process::Command::new(built("sluice-operator", "sluice-operator"))
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let _operator = cp.start_operator();
 
     let api: Api<ModelVersion> = Api::namespaced(client, &ns);
     let apply = PatchParams::apply("test-user");

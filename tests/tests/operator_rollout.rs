@@ -3,7 +3,7 @@
 //! change rolls out blue/green: the old revision keeps serving until the new one is ready, then
 //! it is pruned.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
@@ -13,28 +13,16 @@ use kube::{
 use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
-    binaries::built,
     cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
     http, repo_root,
 };
 
-async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, mut check: impl FnMut() -> Fut) -> T
+async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, check: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}\n{}",
-                nodes.kubelet.dump_logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let logs = || format!("{}{}", shared().dump_logs(), nodes.kubelet.dump_logs());
+    sluice_tests::wait::eventually(what, Duration::from_secs(120), logs, check).await
 }
 
 fn model_version(name: &str, version: i64, uri: &str) -> serde_json::Value {
@@ -53,12 +41,7 @@ async fn an_endpoint_becomes_ready_through_real_pods_and_rolls_blue_green() {
     let cp = shared();
     let client = cp.client().await.expect("client");
     let ns = fresh_namespace(&client, "rollout").await;
-    let _operator = tokio::process::Command::new(built("sluice-operator", "sluice-operator"))
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let _operator = cp.start_operator();
 
     // A model artifact on local disk, which the pods' fetch step copies in.
     let artifact = cp.state_dir.join(format!("artifacts-{ns}/iris"));
