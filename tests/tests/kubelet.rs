@@ -1,11 +1,14 @@
 //! The test kubelet on the real control plane: the real scheduler places pods on its CPU and GPU
 //! nodes, and it runs them as local processes on their own loopback addresses.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Event, Pod, Secret},
+    core::v1::{ConfigMap, Event, Node, Pod, Secret, Taint},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -14,33 +17,18 @@ use kube::{
 };
 use serde_json::{Value, json};
 use sluice_tests::{
-    cluster::{LocalNodes, fresh_namespace, images, shared, shared_nodes},
+    cluster::{LocalNodes, fresh_namespace, images, random_suffix, shared, shared_nodes},
     http,
+    kubelet::{Kubelet, KubeletConfig, NodeConfig},
 };
 
-/// Polls `check` until it yields, or fails the test with the kubelet's container logs.
-async fn eventually<T, Fut>(
-    nodes: &LocalNodes,
-    what: &str,
-    secs: u64,
-    mut check: impl FnMut() -> Fut,
-) -> T
+/// Polls `check` until it yields, or fails the test after `secs` (each test's `logs_on_panic`
+/// guard then prints the kubelet's journal and container logs).
+async fn eventually<T, Fut>(what: &str, secs: u64, check: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}\n{}",
-                nodes.kubelet.dump_logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    sluice_tests::wait::eventually(what, Duration::from_secs(secs), String::new, check).await
 }
 
 async fn setup(prefix: &str) -> (&'static LocalNodes, Client, String) {
@@ -84,6 +72,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
     let (nodes, client, ns) = setup("deploy").await;
+    let _logs = nodes.kubelet.logs_on_panic();
     // A real model: the iris ONNX classifier, handed to the pods as a ConfigMap volume.
     let onnx =
         std::fs::read(sluice_tests::repo_root().join("inference-server/tests/fixtures/iris.onnx"))
@@ -121,7 +110,7 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
     })).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let ips: BTreeSet<String> = eventually(nodes, "two ready pods", 60, || async {
+    let ips: BTreeSet<String> = eventually("two ready pods", 60, || async {
         let list = pods.list(&ListParams::default()).await.ok()?;
         let ready: BTreeSet<String> = list
             .items
@@ -152,7 +141,6 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
     // the Ready condition). This test pins that behaviour so a change in it is noticed.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let refusal = eventually(
-        nodes,
         "the EndpointSlice controller's report on the Service",
         60,
         || async {
@@ -199,7 +187,6 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
         .await
         .expect("scale to 0");
     eventually(
-        nodes,
         "processes stopped and pods removed after scaling to 0",
         60,
         || async {
@@ -223,7 +210,7 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
         )
         .await
         .expect("scale to 1");
-    eventually(nodes, "one process again", 60, || async {
+    eventually("one process again", 60, || async {
         (processes_in(nodes, &ns) == 1).then_some(())
     })
     .await;
@@ -232,7 +219,6 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
         .await
         .expect("delete");
     eventually(
-        nodes,
         "no process left after deleting the Deployment",
         60,
         || async {
@@ -260,6 +246,7 @@ fn sleeper(name: &str, resources: Value, tolerate_gpu: bool) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scheduler_places_gpu_pods_on_the_gpu_node_only() {
     let (nodes, client, ns) = setup("gpu").await;
+    let _logs = nodes.kubelet.logs_on_panic();
     let gpu = json!({"limits": {"nvidia.com/gpu": "1"}});
     let _: Pod = create(&client, &ns, sleeper("wants-gpu", gpu, true)).await;
     let _: Pod = create(&client, &ns, sleeper("cpu-only", json!({}), false)).await;
@@ -279,12 +266,9 @@ async fn the_scheduler_places_gpu_pods_on_the_gpu_node_only() {
         let pods = pods.clone();
         async move { pods.get(name).await.ok()?.spec?.node_name }
     };
-    let on = eventually(nodes, "the GPU pod to be bound", 60, || {
-        node_of("wants-gpu")
-    })
-    .await;
+    let on = eventually("the GPU pod to be bound", 60, || node_of("wants-gpu")).await;
     assert_eq!(on, nodes.gpu_node);
-    let on = eventually(nodes, "the CPU pod to be bound", 60, || node_of("cpu-only")).await;
+    let on = eventually("the CPU pod to be bound", 60, || node_of("cpu-only")).await;
     assert_eq!(
         on, nodes.cpu_node,
         "a pod without the GPU toleration never lands on the tainted GPU node"
@@ -292,7 +276,6 @@ async fn the_scheduler_places_gpu_pods_on_the_gpu_node_only() {
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let message = eventually(
-        nodes,
         "FailedScheduling for the pod asking for 8 GPUs",
         60,
         || async {
@@ -319,12 +302,13 @@ async fn the_scheduler_places_gpu_pods_on_the_gpu_node_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_exits_is_restarted_and_counted() {
     let (nodes, client, ns) = setup("restart").await;
+    let _logs = nodes.kubelet.logs_on_panic();
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "crasher"},
         "spec": {"containers": [{"name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", "echo started; exit 3"]}]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let status = eventually(nodes, "two restarts", 60, || async {
+    let status = eventually("two restarts", 60, || async {
         let s = pods.get("crasher").await.ok()?.status?;
         let c = s.container_statuses.as_ref()?.first()?.clone();
         (c.restart_count >= 2).then_some(c)
@@ -345,6 +329,7 @@ async fn a_container_that_exits_is_restarted_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn env_volumes_and_the_service_account_token_are_what_kubernetes_gives() {
     let (nodes, client, ns) = setup("env").await;
+    let _logs = nodes.kubelet.logs_on_panic();
     let _: ConfigMap = create(&client, &ns, json!({"metadata": {"name": "cfg"}, "data": {"mode": "fast", "file.txt": "from-configmap"}})).await;
     let _: Secret = create(
         &client,
@@ -353,44 +338,75 @@ async fn env_volumes_and_the_service_account_token_are_what_kubernetes_gives() {
     )
     .await;
     let script = r#"
-import json, os, ssl, urllib.request
+import json, os, ssl, sys, urllib.request
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
-out = {k: os.environ.get(k) for k in ["POD_NAME", "POD_IP", "NODE", "SECRET", "MODE", "KUBERNETES_SERVICE_HOST"]}
-out["cm_file"] = open("/etc/cfg/file.txt").read()
-out["secret_file"] = open("/etc/sec/token").read()
-out["labels"] = open("/etc/podinfo/labels").read()
+names = ["POD_NAME", "POD_IP", "POD_UID", "NS", "NODE", "SA_NAME", "HOST_IP", "TEAM", "SECRET", "MODE",
+         "CFG_mode", "GREETING", "MEM_MI", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"]
+out = {k: os.environ.get(k) for k in names}
+out["service_links"] = sorted(k for k in os.environ if k.endswith("_SERVICE_HOST"))
+out["argv"] = sys.argv[1:]
+out["cwd"] = os.getcwd()
+out["cm_file"] = open("/config/cfg/file.txt").read()
+out["cm_item"] = open("/config/items/renamed/mode.txt").read()
+out["sub_path"] = open("/config/app.conf").read()
+out["secret_file"] = open("/secrets/sec/token").read()
+out["labels"] = open("/podinfo/labels").read()
 out["namespace"] = open(sa + "/namespace").read()
+try:
+    open("/config/cfg/new", "w")
+    out["cm_writable"] = True
+except OSError:
+    out["cm_writable"] = False
+open("scratch.txt", "w").write("kept")
+out["scratch"] = open("/scratch/scratch.txt").read()
 ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
 req = urllib.request.Request("https://%s:%s/api" % (os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]),
                              headers={"Authorization": "Bearer " + open(sa + "/token").read()})
 out["api_status"] = urllib.request.urlopen(req, context=ctx).status
 print("RESULT " + json.dumps(out), flush=True)
 "#;
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "inspect", "labels": {"team": "ml"}},
         "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": images::PYTHON, "args": ["-c", script],
+            "name": "main", "image": images::PYTHON,
+            "args": ["-c", script, "$(POD_NAME)-arg", "$$(POD_NAME)"],
+            "workingDir": "/scratch",
+            "resources": {"limits": {"memory": "256Mi"}},
+            "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "cfg"}}],
             "env": [
-                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                field("POD_NAME", "metadata.name"),
+                field("POD_IP", "status.podIP"),
+                field("POD_UID", "metadata.uid"),
+                field("NS", "metadata.namespace"),
+                field("NODE", "spec.nodeName"),
+                field("SA_NAME", "spec.serviceAccountName"),
+                field("HOST_IP", "status.hostIP"),
+                field("TEAM", "metadata.labels['team']"),
                 {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
-                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}}
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+                {"name": "GREETING", "value": "hello $(POD_NAME) $$(POD_NAME)"},
+                {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}
             ],
             "volumeMounts": [
-                {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true},
-                {"name": "sec", "mountPath": "/etc/sec", "readOnly": true},
-                {"name": "podinfo", "mountPath": "/etc/podinfo"}
+                {"name": "cfg", "mountPath": "/config/cfg", "readOnly": true},
+                {"name": "items", "mountPath": "/config/items"},
+                {"name": "cfg", "mountPath": "/config/app.conf", "subPath": "file.txt"},
+                {"name": "sec", "mountPath": "/secrets/sec", "readOnly": true},
+                {"name": "podinfo", "mountPath": "/podinfo"},
+                {"name": "scratch", "mountPath": "/scratch"}
             ]
         }],
         "volumes": [
             {"name": "cfg", "configMap": {"name": "cfg"}},
+            {"name": "items", "configMap": {"name": "cfg", "items": [{"key": "mode", "path": "renamed/mode.txt"}]}},
             {"name": "sec", "secret": {"secretName": "sec"}},
-            {"name": "podinfo", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels['team']"}}]}}
+            {"name": "podinfo", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels['team']"}}]}},
+            {"name": "scratch", "emptyDir": {}}
         ]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually(nodes, "the inspecting pod to succeed", 60, || async {
+    eventually("the inspecting pod to succeed", 60, || async {
         let phase = pods.get("inspect").await.ok()?.status?.phase?;
         (phase == "Succeeded").then_some(())
     })
@@ -404,20 +420,78 @@ print("RESULT " + json.dumps(out), flush=True)
         .find_map(|l| l.strip_prefix("RESULT "))
         .unwrap_or_else(|| panic!("no result in log:\n{log}"));
     let got: Value = serde_json::from_str(line).expect("json");
-    let ip = pods
-        .get("inspect")
-        .await
-        .expect("pod")
+    let pod = pods.get("inspect").await.expect("pod");
+    let ip = pod
         .status
-        .and_then(|s| s.pod_ip)
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
         .expect("pod ip");
+    let status = pod.status.clone().unwrap_or_default();
+    let listed: Vec<String> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.clone())
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&ip), "podIPs");
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+    let conditions: BTreeMap<String, String> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    assert_eq!(
+        conditions.get("PodScheduled").map(String::as_str),
+        Some("True"),
+        "the scheduler's condition stays: {conditions:?}"
+    );
+    assert_eq!(
+        conditions.get("Initialized").map(String::as_str),
+        Some("True"),
+        "{conditions:?}"
+    );
+    assert_eq!(
+        conditions.get("Ready").map(String::as_str),
+        Some("False"),
+        "a completed pod is not ready: {conditions:?}"
+    );
     assert_eq!(got["POD_NAME"], "inspect");
     assert_eq!(got["POD_IP"], ip.as_str());
+    assert_eq!(
+        got["POD_UID"],
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    );
+    assert_eq!(got["NS"], ns.as_str());
     assert_eq!(got["NODE"], nodes.cpu_node.as_str());
+    assert_eq!(got["SA_NAME"], "default");
+    assert_eq!(got["HOST_IP"], "127.0.0.1");
+    assert_eq!(got["TEAM"], "ml");
     assert_eq!(got["SECRET"], "s3cret");
     assert_eq!(got["MODE"], "fast");
+    assert_eq!(got["CFG_mode"], "fast", "envFrom with a prefix");
+    assert_eq!(
+        got["GREETING"], "hello inspect $(POD_NAME)",
+        "$(VAR) expansion"
+    );
+    assert_eq!(got["MEM_MI"], "256", "resourceFieldRef with a divisor");
     assert_eq!(got["KUBERNETES_SERVICE_HOST"], "127.0.0.1");
+    assert_eq!(
+        got["KUBERNETES_SERVICE_PORT"],
+        shared().apiserver_port().to_string().as_str()
+    );
+    assert_eq!(
+        got["service_links"],
+        json!(["KUBERNETES_SERVICE_HOST"]),
+        "no Service links but the API server's"
+    );
+    assert_eq!(got["argv"], json!(["inspect-arg", "$(POD_NAME)"]));
+    assert_eq!(got["cwd"], "/scratch");
     assert_eq!(got["cm_file"], "from-configmap");
+    assert_eq!(got["cm_item"], "fast", "configMap items");
+    assert_eq!(got["sub_path"], "from-configmap", "subPath of a configMap");
+    assert_eq!(got["cm_writable"], false, "configMap volumes are read-only");
+    assert_eq!(got["scratch"], "kept");
     assert_eq!(got["secret_file"], "s3cret");
     assert_eq!(got["labels"], "ml");
     assert_eq!(got["namespace"], ns.as_str());
@@ -428,8 +502,69 @@ print("RESULT " + json.dumps(out), flush=True)
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
+    let (nodes, client, ns) = setup("late").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "patient"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "main", "image": images::SHELL,
+            "command": ["/bin/sh", "-c", "echo \"$TOKEN $(cat /late/word)\""],
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}],
+            "volumeMounts": [{"name": "late", "mountPath": "/late"}]
+        }], "volumes": [{"name": "late", "configMap": {"name": "late"}}]}
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let waiting = |reason: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let s = pods.get("patient").await.ok()?.status?;
+            let w = s.container_statuses?.first()?.state.clone()?.waiting?;
+            (w.reason.as_deref() == Some(reason)).then(|| w.message.unwrap_or_default())
+        }
+    };
+    let message = eventually("ContainerCreating for the missing ConfigMap", 60, || {
+        waiting("ContainerCreating")
+    })
+    .await;
+    assert!(
+        message.contains("configmap \"late\" not found"),
+        "{message}"
+    );
+    let _: ConfigMap = create(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "late"}, "data": {"word": "world"}}),
+    )
+    .await;
+    let message = eventually(
+        "CreateContainerConfigError for the missing Secret",
+        60,
+        || waiting("CreateContainerConfigError"),
+    )
+    .await;
+    assert!(message.contains("secret \"late\" not found"), "{message}");
+    let _: Secret = create(
+        &client,
+        &ns,
+        json!({"metadata": {"name": "late"}, "stringData": {"token": "hello"}}),
+    )
+    .await;
+    eventually("the pod to run once both exist", 60, || async {
+        (pods.get("patient").await.ok()?.status?.phase? == "Succeeded").then_some(())
+    })
+    .await;
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "patient", "main")
+        .unwrap_or_default();
+    assert_eq!(log.trim(), "hello world");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn init_containers_run_in_order_and_foreign_images_run_without_a_process() {
     let (nodes, client, ns) = setup("init").await;
+    let _logs = nodes.kubelet.logs_on_panic();
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "ordered"},
         "spec": {"restartPolicy": "Never",
@@ -451,7 +586,7 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually(nodes, "the ordered pod to succeed", 60, || async {
+    eventually("the ordered pod to succeed", 60, || async {
         (pods.get("ordered").await.ok()?.status?.phase? == "Succeeded").then_some(())
     })
     .await;
@@ -461,15 +596,10 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
         .unwrap_or_default();
     assert_eq!(log.lines().collect::<Vec<_>>(), ["one", "two", "main"]);
 
-    let engine = eventually(
-        nodes,
-        "the engine pod to be Running and Ready",
-        60,
-        || async {
-            let p = pods.get("engine").await.ok()?;
-            (pod_ready(&p) && p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
-        },
-    )
+    let engine = eventually("the engine pod to be Running and Ready", 60, || async {
+        let p = pods.get("engine").await.ok()?;
+        (pod_ready(&p) && p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+    })
     .await;
     assert!(engine.status.and_then(|s| s.pod_ip).is_some());
     assert!(
@@ -480,4 +610,291 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
             .any(|(k, _)| k.starts_with(&format!("{ns}/engine/"))),
         "a foreign image runs no process"
     );
+}
+
+/// A shell loop that reports SIGTERM (or, with `ignore`, ignores it) and otherwise runs forever.
+fn term_script(ignore: bool) -> &'static str {
+    if ignore {
+        "trap '' TERM; echo up; while :; do sleep 0.2; done"
+    } else {
+        "trap 'echo got SIGTERM; exit 0' TERM; echo up; while :; do sleep 0.2; done"
+    }
+}
+
+fn shell_pod(name: &str, script: &str, grace: u32) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": grace, "containers": [{
+            "name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", script]
+        }]}
+    })
+}
+
+/// Whether a process is still alive (present and not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+fn pid_of(kubelet: &Kubelet, key: &str) -> Option<u32> {
+    kubelet
+        .running_processes()
+        .into_iter()
+        .find_map(|(k, pid)| (k == key).then_some(pid))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
+    let (nodes, client, ns) = setup("term").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    // 60 s of grace that the polite pod does not need: it exits on SIGTERM.
+    let _: Pod = create(&client, &ns, shell_pod("polite", term_script(false), 60)).await;
+    // 2 s of grace for a pod that ignores SIGTERM: SIGKILL ends it.
+    let _: Pod = create(&client, &ns, shell_pod("stubborn", term_script(true), 2)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut pids = Vec::new();
+    for name in ["polite", "stubborn"] {
+        let key = format!("{ns}/{name}/main");
+        let pid = eventually("the process to run", 60, || async {
+            let log = nodes.kubelet.container_log(&ns, name, "main")?;
+            log.contains("up")
+                .then(|| pid_of(&nodes.kubelet, &key))
+                .flatten()
+        })
+        .await;
+        pids.push(pid);
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    eventually("both pod objects removed", 30, || async {
+        let left = pods.list(&ListParams::default()).await.ok()?.items.len();
+        (left == 0).then_some(())
+    })
+    .await;
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived its pod");
+    }
+    assert_eq!(processes_in(nodes, &ns), 0);
+    let polite = nodes
+        .kubelet
+        .container_log(&ns, "polite", "main")
+        .unwrap_or_default();
+    assert!(polite.contains("got SIGTERM"), "{polite}");
+    let stubborn = nodes
+        .kubelet
+        .container_log(&ns, "stubborn", "main")
+        .unwrap_or_default();
+    assert!(!stubborn.contains("got SIGTERM"), "{stubborn}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_drive_readiness_and_restarts() {
+    let (nodes, client, ns) = setup("probes").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    // Serves /srv: `ready` appears after 5 s, `alive` disappears 4 s later.
+    let script = r#"cd /srv; rm -f ready; touch alive
+( sleep 5; touch ready; sleep 4; rm alive ) &
+exec python3 -m http.server --bind "$POD_IP" 8080"#;
+    let probe = |path: &str, failures: u32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 1, "failureThreshold": failures});
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "probed"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "web", "image": images::SHELL, "command": ["/bin/sh", "-c", script],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "startupProbe": probe("/alive", 30),
+            "readinessProbe": probe("/ready", 1),
+            "livenessProbe": probe("/alive", 2),
+            "volumeMounts": [{"name": "srv", "mountPath": "/srv"}]
+        }], "volumes": [{"name": "srv", "emptyDir": {}}]}
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let state = || async {
+        let pod = pods.get("probed").await.ok()?;
+        let c = pod
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .clone();
+        Some((pod, c))
+    };
+    eventually("running, started, not yet ready", 60, || async {
+        let (pod, c) = state().await?;
+        let running = c.state.as_ref()?.running.is_some();
+        (running && c.started == Some(true) && !c.ready && !pod_ready(&pod)).then_some(())
+    })
+    .await;
+    eventually("ready once /ready exists", 60, || async {
+        let (pod, c) = state().await?;
+        (c.ready && pod_ready(&pod)).then_some(())
+    })
+    .await;
+    let restarted = eventually("a liveness restart once /alive is gone", 60, || async {
+        let (_, c) = state().await?;
+        (c.restart_count >= 1).then_some(c)
+    })
+    .await;
+    let last = restarted
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_ne!(last.exit_code, 0, "killed by the kubelet: {last:?}");
+    eventually("ready again after the restart", 60, || async {
+        let (pod, c) = state().await?;
+        (c.ready && pod_ready(&pod) && c.state?.running.is_some()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_policies_decide_what_runs_again_and_the_phase() {
+    let (nodes, client, ns) = setup("policy").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let pod = |name: &str, policy: &str, script: &str, init: Option<&str>| {
+        let init: Vec<Value> = init
+            .map(|s| json!({"name": "init", "image": images::SHELL, "command": ["/bin/sh", "-c", s]}))
+            .into_iter()
+            .collect();
+        json!({
+            "metadata": {"name": name},
+            "spec": {"restartPolicy": policy, "initContainers": init, "containers": [{
+                "name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", script]
+            }]}
+        })
+    };
+    let _: Pod = create(
+        &client,
+        &ns,
+        pod("done", "OnFailure", "echo ran; exit 0", None),
+    )
+    .await;
+    let _: Pod = create(
+        &client,
+        &ns,
+        pod("failed", "Never", "echo ran; exit 3", None),
+    )
+    .await;
+    let _: Pod = create(
+        &client,
+        &ns,
+        pod("bad-init", "Never", "echo ran", Some("exit 1")),
+    )
+    .await;
+    // OnFailure retries a failing init container (it fails once: its emptyDir remembers), then
+    // runs the main one.
+    let retry = "if [ -e /state/tried ]; then exit 0; fi; touch /state/tried; exit 1";
+    let mut retried = pod("retried", "OnFailure", "echo ran", Some(retry));
+    retried["spec"]["initContainers"][0]["volumeMounts"] =
+        json!([{"name": "state", "mountPath": "/state"}]);
+    retried["spec"]["volumes"] = json!([{"name": "state", "emptyDir": {}}]);
+    let _: Pod = create(&client, &ns, retried).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, phase) in [
+        ("done", "Succeeded"),
+        ("failed", "Failed"),
+        ("bad-init", "Failed"),
+        ("retried", "Succeeded"),
+    ] {
+        let status = eventually(&format!("{name} to be {phase}"), 60, || async {
+            let s = pods.get(name).await.ok()?.status?;
+            (s.phase.as_deref() == Some(phase)).then_some(s)
+        })
+        .await;
+        let main = status.container_statuses.unwrap_or_default().remove(0);
+        assert_eq!(main.restart_count, 0, "{name}: {main:?}");
+        let ran = nodes.kubelet.container_log(&ns, name, "main").is_some();
+        assert_eq!(ran, name != "bad-init", "{name}: the main container ran?");
+        if name == "retried" {
+            let init = status.init_container_statuses.unwrap_or_default().remove(0);
+            assert_eq!(init.restart_count, 1, "{init:?}");
+        }
+    }
+}
+
+/// A kubelet of its own with one tainted node, for tests that stop it.
+async fn extra_kubelet(client: &Client, name: &str, ip_base: u8) -> Kubelet {
+    let cp = shared();
+    let mut config = KubeletConfig::standard(name, cp.state_dir.join(name), cp.apiserver_port());
+    let mut node = NodeConfig::cpu(name);
+    node.taints.push(Taint {
+        key: "sluice.dev/extra".into(),
+        value: Some(name.into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    });
+    config.nodes = vec![node];
+    config.images = BTreeMap::from([(images::SHELL.to_string(), "/bin/sh".into())]);
+    config.ip_base = ip_base;
+    Kubelet::start(client.clone(), config)
+        .await
+        .expect("extra kubelet")
+}
+
+/// A pod pinned to `node` that reports SIGTERM.
+fn pinned(name: &str, node: &str) -> Value {
+    let mut pod = shell_pod(name, term_script(false), 30);
+    pod["spec"]["nodeName"] = json!(node);
+    pod["spec"]["tolerations"] = json!([{"key": "sluice.dev/extra", "operator": "Exists"}]);
+    pod
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_and_drop_leave_no_process_behind() {
+    let (nodes, client, ns) = setup("stop").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let suffix = random_suffix();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let node_api: Api<Node> = Api::all(client.clone());
+    for (i, how) in ["shutdown", "drop"].into_iter().enumerate() {
+        let name = format!("extra-{how}-{suffix}");
+        let kubelet = extra_kubelet(&client, &name, 11 + u8::try_from(i).unwrap_or(0)).await;
+        let _logs = kubelet.logs_on_panic();
+        let _: Pod = create(&client, &ns, pinned(how, &name)).await;
+        let key = format!("{ns}/{how}/main");
+        let pid = eventually(
+            &format!("the pod on the {how} kubelet to run"),
+            60,
+            || async {
+                let log = kubelet.container_log(&ns, how, "main")?;
+                log.contains("up").then(|| pid_of(&kubelet, &key)).flatten()
+            },
+        )
+        .await;
+        let ip = pods
+            .get(how)
+            .await
+            .ok()
+            .and_then(|p| p.status?.pod_ip)
+            .unwrap_or_default();
+        assert!(ip.starts_with(&format!("127.{}.", 11 + i)), "{ip}");
+        let log = kubelet.state_dir().join("pods");
+        drop(_logs);
+        if how == "shutdown" {
+            kubelet.shutdown().await;
+        } else {
+            drop(kubelet);
+        }
+        eventually(&format!("the process gone after {how}"), 20, || async {
+            (!alive(pid)).then_some(())
+        })
+        .await;
+        if how == "shutdown" {
+            // Shutdown is graceful: the container saw SIGTERM.
+            let logs: String = std::fs::read_dir(&log)
+                .expect("pod folders")
+                .flatten()
+                .filter_map(|d| std::fs::read_to_string(d.path().join("main.log")).ok())
+                .collect();
+            assert!(logs.contains("got SIGTERM"), "{logs}");
+        }
+        node_api
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete node");
+    }
 }

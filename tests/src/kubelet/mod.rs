@@ -1,45 +1,79 @@
 //! A small kubelet for tests: registers CPU and GPU nodes with the real control plane and runs
-//! the pods the real scheduler binds to them.
+//! the pods the real kube-scheduler binds to them as local processes.
 //!
-//! - Containers whose image is in the image map run as real local processes, each pod on its own
-//!   loopback address (`127.<base>.x.y`, reported as `status.podIP`, so EndpointSlices carry it).
-//! - Every container runs in its own mount namespace (`unshare --mount`) so it sees its volumes
-//!   at the exact `mountPath` of the spec, with no test-only paths in product code.
-//! - Other images are reported Running and Ready without a process (as kwok does), so engine
-//!   pods can still be scheduled and counted.
+//! - **Nodes** ([`NodeConfig`]): capacity and allocatable (`cpu`, `memory`, `pods`, and
+//!   `nvidia.com/gpu` on GPU nodes), labels, taints, `Ready=True`, address 127.0.0.1, and the
+//!   node Lease renewed every 10 s, so the real scheduler and node lifecycle controller treat
+//!   them as healthy nodes.
+//! - **Images** ([`KubeletConfig::images`]): a container whose image is in the map runs as a
+//!   real process of the mapped binary with the pod's command and args (`$(VAR)` expanded) and
+//!   environment (including `valueFrom` and `envFrom`). Other images (vLLM and the like) are
+//!   reported Running and Ready without a process, as kwok does, so engine pods can still be
+//!   scheduled and counted.
+//! - **Addresses**: each pod gets a loopback address of its own (`127.<ip_base>.x.y`, never
+//!   127.0.0.1), reported as `status.podIP`/`podIPs`; `hostIP` is 127.0.0.1.
+//! - **Volumes**: every container runs in its own mount namespace (`unshare --mount`) and sees
+//!   its volumes (emptyDir, configMap, secret, downwardAPI, hostPath, projected: the
+//!   service-account token from the TokenRequest API, `kube-root-ca.crt`, the namespace) at
+//!   the exact `mountPath` of its spec, so the standard
+//!   `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` works and product
+//!   code has no test-only paths. Host folders live under
+//!   `<state_dir>/pods/<namespace>_<name>_<uid>/volumes/<volume>`.
+//! - **Lifecycle**: startup, readiness and liveness probes drive `started`, `ready` and the pod's
+//!   `ContainersReady`/`Ready` conditions; init containers run in order; restart policies with
+//!   exponential backoff, `restartCount` and `lastState`; deletion sends SIGTERM to every
+//!   container's process group, waits the grace period, sends SIGKILL, then removes the pod
+//!   object. Status goes through `pods/status`.
+//! - **Logs**: `<state_dir>/pods/<namespace>_<name>_<uid>/<container>.log` (appended across
+//!   restarts), plus the kubelet's own journal `<state_dir>/kubelet.log`;
+//!   [`Kubelet::dump_logs`] prints their tails for a failing test.
+//!
+//! # Differences from a real node that product code must respect
 //!
 //! Containers of a Kubernetes pod share `localhost`; here a pod's processes share the pod's own
 //! 127.x address instead. Product code therefore binds to and dials `$(POD_IP)` from the
-//! downward API (`status.podIP`), which real pods have too.
+//! downward API (`fieldRef: status.podIP`), which real pods have too. Pods do not get an
+//! isolated filesystem, user or network: `securityContext` is not applied, and files outside
+//! volumes are the host's.
 //!
-//! Network rule: in-cluster clients get `KUBERNETES_SERVICE_HOST=127.0.0.1` and the API
-//! server's port, and no Service environment variables (those would be ClusterIPs).
+//! # Network rule
+//!
+//! Every connection stays inside 127.0.0.0/8. In-cluster clients get
+//! `KUBERNETES_SERVICE_HOST=<apiserver_host>` (loopback) and `KUBERNETES_SERVICE_PORT`, which
+//! with the mounted token and `ca.crt` is exactly what kube-rs's in-cluster config reads. No
+//! Service link variables of other Services are injected (those would be ClusterIPs).
+//!
+//! Note that the real API server refuses loopback addresses in EndpointSlices, so the
+//! EndpointSlice controller cannot publish these pods (see `docs/testing.md`).
 
+mod config;
+mod container;
 mod env;
+mod ip;
 mod node;
 mod objects;
-mod probe;
+mod pod_watch;
+mod pod_worker;
+mod probes;
 mod process;
+mod resources;
 mod status;
 mod volumes;
-mod worker;
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
+    io::Write,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Taint};
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
-use tokio::{sync::watch, task::JoinHandle};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use tokio::task::AbortHandle;
 
-pub use process::ProcessTable;
+pub use config::{KubeletConfig, NodeConfig};
+use ip::IpPool;
+use process::ProcessTable;
 
 /// Errors of the test kubelet.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +97,15 @@ pub enum KubeletError {
     /// The machine cannot run containers the way this kubelet needs.
     #[error("unsupported machine: {0}")]
     Unsupported(String),
+    /// The configuration is unusable.
+    #[error("kubelet configuration: {0}")]
+    Config(String),
+    /// Something a pod needs (a ConfigMap, Secret, key, hostPath) does not exist (yet).
+    #[error("{0}")]
+    Missing(String),
+    /// The kubelet is shutting down and starts no more processes.
+    #[error("the kubelet is stopping")]
+    Stopping,
 }
 
 pub(crate) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeletError {
@@ -75,95 +118,9 @@ pub(crate) fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -
     move |source| KubeletError::Io { action, source }
 }
 
-/// One node this kubelet registers.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// Node name.
-    pub name: String,
-    /// CPU capacity.
-    pub cpu: String,
-    /// Memory capacity.
-    pub memory: String,
-    /// Pod capacity.
-    pub pods: u32,
-    /// `nvidia.com/gpu` capacity.
-    pub gpus: u32,
-    /// Node labels.
-    pub labels: BTreeMap<String, String>,
-    /// Node taints.
-    pub taints: Vec<Taint>,
-}
-
-impl NodeConfig {
-    /// A CPU node.
-    pub fn cpu(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            cpu: "16".into(),
-            memory: "64Gi".into(),
-            pods: 110,
-            gpus: 0,
-            labels: BTreeMap::new(),
-            taints: Vec::new(),
-        }
-    }
-
-    /// A GPU node: `nvidia.com/gpu` capacity, GPU labels and the NoSchedule GPU taint.
-    pub fn gpu(name: &str, gpus: u32) -> Self {
-        let mut node = Self::cpu(name);
-        node.gpus = gpus;
-        node.labels
-            .insert("nvidia.com/gpu.present".into(), "true".into());
-        node.labels
-            .insert("serving.sluice.dev/accelerator".into(), "nvidia".into());
-        node.taints.push(Taint {
-            key: "nvidia.com/gpu".into(),
-            value: Some("present".into()),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        });
-        node
-    }
-}
-
-/// Kubelet settings.
-#[derive(Clone, Debug)]
-pub struct KubeletConfig {
-    /// Nodes to register.
-    pub nodes: Vec<NodeConfig>,
-    /// Image (without tag or digest) → local binary.
-    pub images: BTreeMap<String, PathBuf>,
-    /// Where pod volumes and logs live.
-    pub state_dir: PathBuf,
-    /// API server port on 127.0.0.1, given to in-cluster clients.
-    pub apiserver_port: u16,
-    /// First restart delay; doubles per restart up to five minutes (kubelet uses 10 s).
-    pub restart_backoff_base: Duration,
-    /// Second octet of pod addresses (`127.<base>.x.y`).
-    pub ip_base: u8,
-}
-
-impl KubeletConfig {
-    /// One CPU node and one GPU node (2 GPUs) named after `prefix`.
-    pub fn standard(prefix: &str, state_dir: PathBuf, apiserver_port: u16) -> Self {
-        Self {
-            nodes: vec![
-                NodeConfig::cpu(&format!("{prefix}-cpu")),
-                NodeConfig::gpu(&format!("{prefix}-gpu"), 2),
-            ],
-            images: BTreeMap::new(),
-            state_dir,
-            apiserver_port,
-            restart_backoff_base: Duration::from_secs(1),
-            ip_base: 10,
-        }
-    }
-}
-
-/// A running test kubelet.
+/// A running test kubelet. Dropping it SIGKILLs every container process it started.
 pub struct Kubelet {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 /// State shared by the kubelet's tasks.
@@ -171,71 +128,103 @@ pub(crate) struct Shared {
     pub client: Client,
     pub config: KubeletConfig,
     pub processes: ProcessTable,
-    pub ips: Mutex<IpAllocator>,
-    pub logs: Mutex<Vec<PathBuf>>,
+    pub ips: Arc<Mutex<IpPool>>,
+    logs: Mutex<Vec<PathBuf>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    journal: PathBuf,
 }
 
-/// Hands out pod addresses `127.<base>.x.y`, never 127.0.0.1.
-pub(crate) struct IpAllocator {
-    base: u8,
-    next: u32,
-}
+impl Shared {
+    /// Appends a line to the kubelet's journal (and traces it).
+    pub fn note(&self, line: &str) {
+        tracing::info!("{line}");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal);
+        if let Ok(mut file) = file {
+            // One write per line: appends from concurrent workers do not interleave.
+            let _ = file.write_all(format!("{} {line}\n", Timestamp::now()).as_bytes());
+        }
+    }
 
-impl IpAllocator {
-    pub fn allocate(&mut self) -> String {
-        self.next += 1;
-        let n = self.next;
-        format!(
-            "127.{}.{}.{}",
-            self.base,
-            (n >> 8) & 0xff,
-            (n & 0xff).max(1)
-        )
+    /// Remembers a container log for [`Kubelet::dump_logs`].
+    pub fn register_log(&self, path: &Path) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if !logs.iter().any(|l| l == path) {
+            logs.push(path.to_path_buf());
+        }
+    }
+
+    /// Keeps a task to abort at shutdown.
+    pub fn track(&self, task: AbortHandle) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    fn abort_tasks(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
     }
 }
 
 impl Kubelet {
-    /// Registers the nodes, starts their heartbeats and starts running their pods.
+    /// Checks the machine (`unshare --mount` must work), registers the nodes, starts their
+    /// heartbeats and starts running the pods bound to them.
     pub async fn start(client: Client, config: KubeletConfig) -> Result<Kubelet, KubeletError> {
-        process::check_machine().await?;
+        config.validate()?;
         std::fs::create_dir_all(&config.state_dir)
             .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
+        process::check_machine(&config.state_dir).await?;
+        let since = Timestamp::now();
         let shared = Arc::new(Shared {
             client: client.clone(),
-            ips: Mutex::new(IpAllocator {
-                base: config.ip_base,
-                next: 1,
-            }),
+            ips: Arc::new(Mutex::new(IpPool::starting_at(
+                config.ip_base,
+                u8::try_from(std::process::id() % 200).unwrap_or(0),
+            ))),
+            journal: config.state_dir.join("kubelet.log"),
             config,
             processes: ProcessTable::default(),
             logs: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
         });
-        let mut tasks = Vec::new();
+        let kubelet = Kubelet {
+            shared: shared.clone(),
+        };
         for node in &shared.config.nodes {
-            node::register(&client, node).await?;
-            tasks.push(tokio::spawn(node::heartbeat(client.clone(), node.clone())));
-            tasks.push(tokio::spawn(watch_pods(shared.clone(), node.name.clone())));
+            node::register(&client, node, since).await?;
+            shared.note(&format!("registered node {}", node.name));
+            let heartbeat = tokio::spawn(node::heartbeat(client.clone(), node.clone(), since));
+            shared.track(heartbeat.abort_handle());
+            let pods = tokio::spawn(pod_watch::run(shared.clone(), node.name.clone()));
+            shared.track(pods.abort_handle());
         }
-        Ok(Kubelet { shared, tasks })
+        Ok(kubelet)
     }
 
-    /// Stops every container (SIGTERM, then SIGKILL) and the heartbeats.
+    /// Stops heartbeats and pod workers, then every container (SIGTERM, SIGKILL after 5 s).
+    /// Pod objects and nodes stay as they are.
     pub async fn shutdown(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.shared.abort_tasks();
         self.shared
             .processes
             .terminate_all(Duration::from_secs(5))
             .await;
+        self.shared.note("shut down");
     }
 
-    /// Every container log, for a failing test to print.
+    /// The tail of the kubelet's journal and of every container log, for a failing test to
+    /// print.
     pub fn dump_logs(&self) -> String {
-        self.log_files()
-            .iter()
-            .map(|p| crate::log_tail(p, 30))
-            .collect()
+        let mut out = crate::log_tail(&self.shared.journal, 80);
+        for log in self.log_files() {
+            out.push_str(&crate::log_tail(&log, 30));
+        }
+        out
     }
 
     fn log_files(&self) -> Vec<PathBuf> {
@@ -246,14 +235,15 @@ impl Kubelet {
             .unwrap_or_default()
     }
 
-    /// The log of one container of one pod, if it ran.
+    /// The whole log of one container of one pod (the latest pod of that name), if it ran.
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Option<String> {
-        let logs = self.log_files();
         let prefix = format!("{namespace}_{pod}_");
-        logs.iter()
+        let file = format!("{container}.log");
+        self.log_files()
+            .iter()
+            .rev()
             .find(|p| {
-                p.file_name()
-                    .is_some_and(|f| f == format!("{container}.log").as_str())
+                p.file_name().is_some_and(|f| f == file.as_str())
                     && p.parent()
                         .and_then(|d| d.file_name())
                         .is_some_and(|d| d.to_string_lossy().starts_with(&prefix))
@@ -265,45 +255,33 @@ impl Kubelet {
     pub fn running_processes(&self) -> Vec<(String, u32)> {
         self.shared.processes.running()
     }
+
+    /// A guard that prints [`Self::dump_logs`] to stderr if the thread panics while it is held:
+    /// `let _logs = kubelet.logs_on_panic();` at the top of a test.
+    pub fn logs_on_panic(&self) -> LogsOnPanic<'_> {
+        LogsOnPanic(self)
+    }
+
+    /// The folder holding pod volumes, logs and the journal.
+    pub fn state_dir(&self) -> &Path {
+        &self.shared.config.state_dir
+    }
+}
+
+/// Prints the kubelet's logs when dropped during a panic (see [`Kubelet::logs_on_panic`]).
+pub struct LogsOnPanic<'a>(&'a Kubelet);
+
+impl Drop for LogsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== test kubelet logs\n{}", self.0.dump_logs());
+        }
+    }
 }
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.shared.abort_tasks();
         self.shared.processes.kill_all();
-    }
-}
-
-/// Watches the pods bound to one node and keeps one worker per pod.
-async fn watch_pods(shared: Arc<Shared>, node: String) {
-    let pods: Api<Pod> = Api::all(shared.client.clone());
-    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut workers: HashMap<String, (watch::Sender<Pod>, JoinHandle<()>)> = HashMap::new();
-    let mut stream = watcher(pods, cfg)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let Ok(pod) = event else { continue };
-        let uid = pod.uid().unwrap_or_default();
-        workers.retain(|_, (_, handle)| !handle.is_finished());
-        match workers.get(&uid) {
-            Some((tx, _)) => {
-                let _ = tx.send(pod);
-            }
-            None if pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|p| p == "Succeeded" || p == "Failed")
-                && pod.metadata.deletion_timestamp.is_none() => {}
-            None => {
-                let (tx, rx) = watch::channel(pod);
-                let handle = tokio::spawn(worker::run(shared.clone(), rx));
-                workers.insert(uid, (tx, handle));
-            }
-        }
     }
 }
