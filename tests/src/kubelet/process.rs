@@ -227,30 +227,32 @@ fn setup_script(launch: &Launch) -> String {
     script
 }
 
+/// `setpriv` arguments that give a process a parent-death signal and a private mount
+/// namespace (`unshare`); the program and its arguments follow a `--`.
+const ISOLATE: [&str; 7] = [
+    "--pdeathsig",
+    "KILL",
+    "--",
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+];
+
 /// The command line of a container process: its own group, mount namespace and a
 /// parent-death signal.
 fn command(launch: &Launch) -> Command {
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--pdeathsig",
-        "KILL",
-        "--",
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "/bin/sh",
-        "-c",
-    ])
-    .arg(setup_script(launch))
-    .arg("sh")
-    .arg(&launch.program)
-    .args(&launch.args)
-    .env_clear()
-    .envs(&launch.env)
-    .stdin(Stdio::null())
-    .process_group(0);
+    cmd.args(ISOLATE)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(setup_script(launch))
+        .arg("sh")
+        .arg(&launch.program)
+        .args(&launch.args)
+        .env_clear()
+        .envs(&launch.env)
+        .stdin(Stdio::null())
+        .process_group(0);
     cmd
 }
 
@@ -259,15 +261,7 @@ fn command(launch: &Launch) -> Command {
 pub async fn check_machine(scratch: &Path) -> Result<(), KubeletError> {
     let dir = scratch.to_string_lossy();
     let out = Command::new("setpriv")
-        .args([
-            "--pdeathsig",
-            "KILL",
-            "--",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-        ])
+        .args(ISOLATE)
         .args([
             "--",
             "/bin/sh",
