@@ -14,7 +14,7 @@
 //! - [`state`]: the model slot (loading, ready, failed).
 //! - [`runtime`]: the runtimes (ONNX, embeddings, prompt).
 
-mod args;
+pub(crate) mod args;
 mod batcher;
 mod body;
 mod http;
@@ -119,8 +119,9 @@ async fn load_in_background(spec: ModelSpec, context: LoadContext, slot: Arc<Mod
     }
 }
 
-/// Resolves on SIGTERM (Kubernetes' stop signal) or Ctrl-C.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (Kubernetes' stop signal) or Ctrl-C; shared by every long-running
+/// subcommand.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         // Without a Ctrl-C handler the server still stops on SIGTERM.
         if tokio::signal::ctrl_c().await.is_err() {

@@ -1,0 +1,138 @@
+//! Per-entity demand, published on the admin port (`GET /demand`) for the operator's
+//! autoscaler: requests in flight, requests held, and the recent request rate.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Seconds the recent rate averages over.
+pub const RATE_WINDOW_SECONDS: u64 = 10;
+const SLOTS: usize = 16;
+
+/// Live demand counters of one entity.
+#[derive(Debug, Default)]
+pub struct Demand {
+    in_flight: AtomicI64,
+    total: AtomicU64,
+    counts: [AtomicU64; SLOTS],
+    stamps: [AtomicU64; SLOTS],
+}
+
+impl Demand {
+    /// Counts a request arriving (routed to the entity, held or not).
+    pub fn arrived(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let now = now_seconds();
+        let slot = (now % SLOTS as u64) as usize;
+        if self.stamps[slot].swap(now, Ordering::Relaxed) != now {
+            self.counts[slot].store(0, Ordering::Relaxed);
+        }
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request started on a backend.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request on a backend finished.
+    pub fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests on backends now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed).max(0)
+    }
+
+    /// Requests that ever arrived.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Requests per second over the last [`RATE_WINDOW_SECONDS`] complete seconds.
+    pub fn rate(&self) -> f64 {
+        let now = now_seconds();
+        let oldest = now.saturating_sub(RATE_WINDOW_SECONDS);
+        let sum: u64 = (0..SLOTS)
+            .filter(|&slot| {
+                let stamp = self.stamps[slot].load(Ordering::Relaxed);
+                stamp >= oldest && stamp < now
+            })
+            .map(|slot| self.counts[slot].load(Ordering::Relaxed))
+            .sum();
+        sum as f64 / RATE_WINDOW_SECONDS as f64
+    }
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The demand of one entity, as published.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityDemand {
+    /// Namespace of the endpoint.
+    pub namespace: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Entity name.
+    pub entity: String,
+    /// Requests being answered by the entity's pods now.
+    pub in_flight: i64,
+    /// Requests held while the entity has no ready pod.
+    pub held: usize,
+    /// Requests that arrived since the gateway started (for rates across scrapes).
+    pub requests_total: u64,
+    /// Requests per second over the last 10 seconds.
+    pub recent_rate: f64,
+    /// Ready pods the gateway routes to.
+    pub ready_backends: usize,
+}
+
+/// What `GET /demand` answers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DemandReport {
+    /// Milliseconds since the Unix epoch when the report was made.
+    pub timestamp_ms: u128,
+    /// One row per routed entity.
+    pub entities: Vec<EntityDemand>,
+}
+
+impl DemandReport {
+    /// A report of `entities` stamped now.
+    pub fn new(entities: Vec<EntityDemand>) -> Self {
+        Self {
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+            entities,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_in_flight_and_arrivals() {
+        let demand = Demand::default();
+        demand.arrived();
+        demand.arrived();
+        demand.started();
+        assert_eq!(demand.total(), 2);
+        assert_eq!(demand.in_flight(), 1);
+        demand.finished();
+        assert_eq!(demand.in_flight(), 0);
+        // The current second is not complete yet, so it is not in the rate.
+        assert!(demand.rate() <= 0.2);
+    }
+}

@@ -1,0 +1,116 @@
+//! Cluster mode: reflectors over ServingEndpoints and entity Pods feed the routing table.
+//!
+//! Every change to either rebuilds the table from the two stores (a pure step,
+//! [`routing::from_cluster`]); bursts of events coalesce into one rebuild.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use sluice_crds::ServingEndpoint;
+use tokio::sync::Notify;
+
+use super::GatewayError;
+use super::routing::{self, HoldPolicy, LABEL_ENDPOINT};
+use super::state::State;
+
+/// Watches the cluster and keeps `state` in step until an error ends a watch for good.
+pub async fn run(
+    client: Client,
+    namespaces: &[String],
+    defaults: HoldPolicy,
+    state: Arc<State>,
+) -> Result<(), GatewayError> {
+    let changed = Arc::new(Notify::new());
+    let mut stores = Vec::new();
+    let mut watches = Vec::new();
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    for namespace in scopes {
+        let endpoints: Api<ServingEndpoint> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let pods: Api<Pod> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (endpoint_store, endpoint_watch) =
+            watch(endpoints, watcher::Config::default(), changed.clone());
+        let (pod_store, pod_watch) = watch(
+            pods,
+            watcher::Config::default().labels(LABEL_ENDPOINT),
+            changed.clone(),
+        );
+        stores.push((endpoint_store, pod_store));
+        watches.push(endpoint_watch);
+        watches.push(pod_watch);
+    }
+    let rebuild = async {
+        for (endpoints, pods) in &stores {
+            endpoints.wait_until_ready().await.map_err(|e| GatewayError::Watch(e.to_string()))?;
+            pods.wait_until_ready().await.map_err(|e| GatewayError::Watch(e.to_string()))?;
+        }
+        tracing::info!("ServingEndpoint and Pod watches synced");
+        loop {
+            let notified = changed.notified();
+            let endpoints: Vec<ServingEndpoint> = stores
+                .iter()
+                .flat_map(|(e, _)| e.state())
+                .map(|e| (*e).clone())
+                .collect();
+            let pods: Vec<Pod> = stores
+                .iter()
+                .flat_map(|(_, p)| p.state())
+                .map(|p| (*p).clone())
+                .collect();
+            state.apply(&routing::from_cluster(&endpoints, &pods, defaults));
+            notified.await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), GatewayError>(())
+    };
+    tokio::select! {
+        result = futures::future::try_join_all(watches) => result.map(|_| ()),
+        result = rebuild => result,
+    }
+}
+
+type Watch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send>>;
+
+fn watch<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> (Store<K>, Watch)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer);
+    let task = async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.try_next().await {
+                // Applied, deleted or relisted: the stores changed, rebuild.
+                Ok(Some(_)) => changed.notify_one(),
+                Ok(None) => return Err(GatewayError::Watch("a watch stream ended".into())),
+                Err(error) => {
+                    // The watcher retries with backoff; a failure is logged, never fatal.
+                    tracing::warn!(%error, "watch error");
+                }
+            }
+        }
+    };
+    (reader, Box::pin(task))
+}

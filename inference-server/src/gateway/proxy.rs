@@ -1,0 +1,828 @@
+//! The request path: find the endpoint, pick an entity by weight and a pod by load, hold the
+//! request while a scale-to-zero entity wakes, mirror a share to shadow entities, and stream
+//! the pod's answer back.
+//!
+//! The request body is read once, up to `--max-body-bytes` (the OpenAI routes name the endpoint
+//! inside it, and a retry on another pod or a shadow copy needs it again); the response body is
+//! never buffered, so server-sent events flow through as the model writes them.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::backend::{self, Backend, InFlight};
+use super::hold::HoldRefused;
+use super::state::{EntityPool, LiveConfig, Lookup, State};
+use crate::protocol::{ApiError, ErrorKind};
+
+/// Header naming the entity that answered.
+pub const SERVED_MODEL_NAME: &str = "served-model-name";
+/// Header carrying the request id (propagated, or assigned by the gateway).
+pub const REQUEST_ID: &str = "x-request-id";
+/// Header naming the `configVersion` of the endpoint config that routed the request.
+pub const CONFIG_VERSION: &str = "x-sluice-config-version";
+/// Header marking a mirrored request, so the capture sidecar can tell it apart.
+pub const SHADOW_HEADER: &str = "x-sluice-shadow";
+
+/// Limits of the request path.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyConfig {
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its body (408 past it).
+    pub body_timeout: Duration,
+    /// How long a pod may take to start answering (504 past it).
+    pub request_timeout: Duration,
+    /// Pods tried when connecting fails.
+    pub max_attempts: usize,
+    /// Most shadow requests in flight; more are shed and counted.
+    pub max_shadow_in_flight: usize,
+}
+
+/// The proxy shared by every request.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<State>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ProxyConfig,
+    shadow_permits: Arc<Semaphore>,
+}
+
+type Shared = Arc<Proxy>;
+
+impl Proxy {
+    /// A proxy routing by `state`.
+    pub fn new(state: Arc<State>, config: ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self {
+            state,
+            client,
+            shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
+            config,
+        }
+    }
+
+    /// The HTTP routes of the gateway.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/serving-endpoints/{name}/invocations",
+                post(endpoint_invocations),
+            )
+            .route(
+                "/serving-endpoints/{name}/served-models/{entity}/invocations",
+                post(entity_invocations),
+            )
+            .route("/serving-endpoints/v1/chat/completions", post(chat))
+            .route("/serving-endpoints/v1/completions", post(completions))
+            .route("/serving-endpoints/v1/embeddings", post(embeddings))
+            .fallback(unknown_route)
+            .method_not_allowed_fallback(wrong_method)
+            .with_state(self)
+    }
+
+    fn fail(&self, namespace: &str, endpoint: &str, error: ApiError) -> Response {
+        self.state
+            .metrics()
+            .error(namespace, endpoint, error.kind.code());
+        error.into_response()
+    }
+
+    async fn handle(
+        &self,
+        name: Option<String>,
+        entity: Option<String>,
+        upstream_path: &'static str,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(error) => return self.fail("", "", error),
+        };
+        let name = match name.map_or_else(|| endpoint_from_body(&body), Ok) {
+            Ok(name) => name,
+            Err(error) => return self.fail("", "", error),
+        };
+        let table = self.state.table();
+        let endpoint = match table.get(&name) {
+            Ok(endpoint) => endpoint,
+            Err(Lookup::Unknown) => {
+                return self.fail(
+                    "",
+                    "",
+                    ApiError::new(
+                        ErrorKind::NotFound,
+                        format!("no serving endpoint named {name:?}"),
+                    ),
+                );
+            }
+            Err(Lookup::Ambiguous(namespaces)) => {
+                return self.fail(
+                    "",
+                    "",
+                    ApiError::bad_request(format!(
+                        "serving endpoint {name:?} exists in namespaces {}; call it as \
+                         <namespace>.{name}",
+                        namespaces.join(", ")
+                    )),
+                );
+            }
+        };
+        let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
+        let Some(config) = endpoint.config.as_ref() else {
+            return self.fail(
+                namespace,
+                endpoint_name,
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "serving endpoint {endpoint_name:?} has no ready config yet; it is \
+                         still rolling out"
+                    ),
+                )
+                .with_retry_after(Duration::from_secs(5)),
+            );
+        };
+        let mut rng = fastrand::Rng::new();
+        let pool = match entity {
+            Some(entity) => match config.entities.iter().find(|e| e.name == entity) {
+                Some(pool) => pool,
+                None => {
+                    return self.fail(
+                        namespace,
+                        endpoint_name,
+                        ApiError::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "serving endpoint {endpoint_name:?} serves no entity named \
+                                 {entity:?}"
+                            ),
+                        ),
+                    );
+                }
+            },
+            None => match pick_entity(config, &mut rng) {
+                Some(pool) => {
+                    self.mirror(config, &parts, &body, upstream_path, &mut rng);
+                    pool
+                }
+                None => {
+                    return self.fail(
+                        namespace,
+                        endpoint_name,
+                        ApiError::new(
+                            ErrorKind::Unavailable,
+                            format!("serving endpoint {endpoint_name:?} routes no traffic"),
+                        )
+                        .with_retry_after(Duration::from_secs(5)),
+                    );
+                }
+            },
+        };
+        match self
+            .forward(pool, &parts, body, upstream_path, peer, &mut rng)
+            .await
+        {
+            Ok(mut response) => {
+                response.headers_mut().insert(
+                    HeaderName::from_static(CONFIG_VERSION),
+                    HeaderValue::from(config.version),
+                );
+                response
+            }
+            Err(error) => self.fail(namespace, endpoint_name, error),
+        }
+    }
+
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+        let limit = self.config.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(too_large());
+        }
+        match tokio::time::timeout(
+            self.config.body_timeout,
+            Limited::new(body, limit).collect(),
+        )
+        .await
+        {
+            Err(_) => Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    self.config.body_timeout
+                ),
+            )),
+            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(too_large())
+            }
+            Ok(Err(error)) => Err(ApiError::bad_request(format!(
+                "could not read the request body: {error}"
+            ))),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        }
+    }
+
+    /// Sends the request to a ready pod of `pool`, holding it first if the entity is waking.
+    async fn forward(
+        &self,
+        pool: &Arc<EntityPool>,
+        parts: &Parts,
+        body: Bytes,
+        upstream_path: &str,
+        peer: SocketAddr,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Response, ApiError> {
+        pool.demand.arrived();
+        if let Some(why) = pool.unsupported() {
+            return Err(ApiError::new(ErrorKind::BadGateway, why));
+        }
+        if !pool.has_ready() {
+            self.hold(pool).await?;
+        }
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = String::new();
+        while tried.len() < self.config.max_attempts {
+            let backends = pool.backends();
+            let Some(backend) = backend::pick(&backends, &tried, rng) else {
+                break;
+            };
+            let request = upstream_request(
+                backend.addr,
+                upstream_path,
+                parts,
+                body.clone(),
+                &request_id,
+                Some(peer),
+            );
+            let guard = RequestGuard::start(backend, pool);
+            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!(
+                            "entity {:?} did not start answering within {:?}",
+                            pool.name, self.config.request_timeout
+                        ),
+                    ));
+                }
+                Ok(Ok(response)) => {
+                    backend.record_success();
+                    return Ok(self
+                        .respond(pool, response, guard, request_id)
+                        .await);
+                }
+                Ok(Err(error)) => {
+                    last_error = error_chain(&error);
+                    if !error.is_connect() {
+                        return Err(ApiError::new(
+                            ErrorKind::BadGateway,
+                            format!(
+                                "entity {:?} failed while answering: {last_error}",
+                                pool.name
+                            ),
+                        ));
+                    }
+                    backend.record_failure();
+                    tried.push(backend.addr);
+                    pool.metrics.retries.inc();
+                    tracing::debug!(backend = %backend.addr, error = %last_error, "connect failed; trying another pod");
+                }
+            }
+        }
+        Err(ApiError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "no pod of entity {:?} accepted the connection ({} tried): {last_error}",
+                pool.name,
+                tried.len()
+            ),
+        ))
+    }
+
+    /// Holds the request until the entity has a ready pod, or refuses it (503 + Retry-After).
+    async fn hold(&self, pool: &Arc<EntityPool>) -> Result<(), ApiError> {
+        if !pool.scale_to_zero() {
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("entity {:?} has no ready pod", pool.name),
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        }
+        let policy = pool.hold_policy();
+        let started = Instant::now();
+        pool.metrics.held.inc();
+        let result = pool
+            .hold
+            .wait(
+                policy,
+                || pool.has_ready(),
+                |first| {
+                    if first {
+                        tracing::info!(endpoint = %pool.labels().endpoint, entity = %pool.name, "holding requests until a pod is ready");
+                        self.state.wake.notify_waiters();
+                    }
+                },
+            )
+            .await;
+        pool.metrics.held.dec();
+        let waited = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) if pool.has_ready() => {
+                pool.metrics.hold_ended(0, waited);
+                Ok(())
+            }
+            Ok(()) => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("entity {:?} left the routed config while the request was held", pool.name),
+            )
+            .with_retry_after(Duration::from_secs(1))),
+            Err(refused) => {
+                let outcome = match refused {
+                    HoldRefused::TimedOut(_) => 1,
+                    HoldRefused::Full(_) => 2,
+                };
+                pool.metrics.hold_ended(outcome, waited);
+                Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!("entity {:?} is scaled to zero and waking: {refused}", pool.name),
+                )
+                .with_retry_after(policy.timeout.min(Duration::from_secs(30)).max(Duration::from_secs(1))))
+            }
+        }
+    }
+
+    async fn respond(
+        &self,
+        pool: &Arc<EntityPool>,
+        response: hyper::Response<Incoming>,
+        guard: RequestGuard,
+        request_id: HeaderValue,
+    ) -> Response {
+        let (mut parts, body) = response.into_parts();
+        pool.metrics.response(parts.status.as_u16());
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(name) = HeaderValue::from_str(&pool.name) {
+            parts
+                .headers
+                .insert(HeaderName::from_static(SERVED_MODEL_NAME), name);
+        }
+        parts
+            .headers
+            .insert(HeaderName::from_static(REQUEST_ID), request_id);
+        if parts.status.is_client_error() || parts.status.is_server_error() {
+            let is_json = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if !is_json {
+                return upstream_error(pool, parts, body, guard).await;
+            }
+        }
+        Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard }))
+    }
+
+    /// Sends a copy of the request to each shadow entity whose percentage comes up; the
+    /// answers are counted and dropped, never waited for.
+    fn mirror(
+        &self,
+        config: &LiveConfig,
+        parts: &Parts,
+        body: &Bytes,
+        upstream_path: &'static str,
+        rng: &mut fastrand::Rng,
+    ) {
+        for (pool, percent) in &config.shadows {
+            if rng.u32(..100) >= *percent {
+                continue;
+            }
+            let Ok(permit) = self.shadow_permits.clone().try_acquire_owned() else {
+                pool.metrics.shadow(3);
+                continue;
+            };
+            let backends = pool.backends();
+            let Some(backend) = backend::pick(&backends, &[], rng).cloned() else {
+                pool.metrics.shadow(2);
+                continue;
+            };
+            let mut request = upstream_request(
+                backend.addr,
+                upstream_path,
+                parts,
+                body.clone(),
+                &parts
+                    .headers
+                    .get(REQUEST_ID)
+                    .cloned()
+                    .unwrap_or_else(new_request_id),
+                None,
+            );
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static(SHADOW_HEADER), HeaderValue::from_static("true"));
+            let client = self.client.clone();
+            let pool = pool.clone();
+            let timeout = self.config.request_timeout;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _in_flight = backend.start();
+                let outcome = match tokio::time::timeout(timeout, async {
+                    let response = client.request(request).await.ok()?;
+                    let ok = response.status().is_success();
+                    response.into_body().collect().await.ok()?;
+                    Some(ok)
+                })
+                .await
+                {
+                    Ok(Some(true)) => 0,
+                    _ => 1,
+                };
+                pool.metrics.shadow(outcome);
+            });
+        }
+    }
+}
+
+/// Picks a live entity by weight, among entities that can take the request now (a ready pod,
+/// or a hold queue); when none can, by the plain weights (the request then waits or fails with
+/// the entity's own reason).
+fn pick_entity<'a>(config: &'a LiveConfig, rng: &mut fastrand::Rng) -> Option<&'a Arc<EntityPool>> {
+    let usable: Vec<u32> = config
+        .entities
+        .iter()
+        .zip(&config.weights)
+        .map(|(pool, weight)| {
+            if pool.has_ready() || pool.scale_to_zero() {
+                *weight
+            } else {
+                0
+            }
+        })
+        .collect();
+    let index = backend::pick_weighted(&usable, rng)
+        .or_else(|| backend::pick_weighted(&config.weights, rng))?;
+    config.entities.get(index)
+}
+
+/// Reads the endpoint name from an OpenAI-style body's `model` field.
+fn endpoint_from_body(body: &Bytes) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    struct Model {
+        model: Option<serde_json::Value>,
+    }
+    let parsed: Model = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    match parsed.model {
+        Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name),
+        Some(other) => Err(ApiError::invalid(format!(
+            "`model` must be the serving endpoint's name as a string, got {other}"
+        ))),
+        None => Err(ApiError::bad_request(
+            "the request body has no `model`; set it to the serving endpoint's name",
+        )),
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn upstream_request(
+    addr: SocketAddr,
+    path: &str,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+    peer: Option<SocketAddr>,
+) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    let uri = match parts.uri.query() {
+        Some(query) => format!("http://{addr}{path}?{query}"),
+        None => format!("http://{addr}{path}"),
+    };
+    *request.uri_mut() = uri.parse().unwrap_or_default();
+    let headers = request.headers_mut();
+    headers.clone_from(&parts.headers);
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
+    if let Some(peer) = peer
+        && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
+    {
+        headers.append(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    request
+}
+
+/// Turns a non-JSON error from a pod (an engine's plain-text 500, a proxy's HTML 502) into the
+/// error body, keeping the status.
+async fn upstream_error(
+    pool: &Arc<EntityPool>,
+    parts: axum::http::response::Parts,
+    body: Incoming,
+    guard: RequestGuard,
+) -> Response {
+    const KEEP: usize = 1024;
+    let status = parts.status;
+    let text = match tokio::time::timeout(
+        Duration::from_secs(5),
+        Limited::new(body, 64 * 1024).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => {
+            let bytes = collected.to_bytes();
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(KEEP)]).into_owned();
+            text.trim().to_string()
+        }
+        _ => "(body unreadable)".to_string(),
+    };
+    drop(guard);
+    let kind = if status.is_server_error() {
+        ErrorKind::BadGateway
+    } else {
+        ErrorKind::BadRequest
+    };
+    let mut response = ApiError::new(
+        kind,
+        format!("entity {:?} answered {status}: {text}", pool.name),
+    )
+    .into_response();
+    *response.status_mut() = status;
+    for name in [SERVED_MODEL_NAME, REQUEST_ID] {
+        if let Some(value) = parts.headers.get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Accounts one proxied request: in flight on its backend and entity until the response body
+/// ends (or the client goes away), then its duration.
+struct RequestGuard {
+    _in_flight: InFlight,
+    pool: Arc<EntityPool>,
+    started: Instant,
+}
+
+impl RequestGuard {
+    fn start(backend: &Arc<Backend>, pool: &Arc<EntityPool>) -> Self {
+        pool.demand.started();
+        Self {
+            _in_flight: backend.start(),
+            pool: pool.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.pool.demand.finished();
+        self.pool
+            .metrics
+            .latency
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The pod's response body, streamed through, holding the request's accounting until it ends.
+struct GuardedBody {
+    inner: Incoming,
+    guard: RequestGuard,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let _ = &self.guard;
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn endpoint_invocations(
+    AxumState(proxy): AxumState<Shared>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(Some(name), None, "/invocations", peer, request)
+        .await
+}
+
+async fn entity_invocations(
+    AxumState(proxy): AxumState<Shared>,
+    Path((name, entity)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(Some(name), Some(entity), "/invocations", peer, request)
+        .await
+}
+
+async fn chat(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/chat/completions", peer, request)
+        .await
+}
+
+async fn completions(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/completions", peer, request)
+        .await
+}
+
+async fn embeddings(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/embeddings", peer, request)
+        .await
+}
+
+const ROUTES: &str = "POST /serving-endpoints/{name}/invocations, \
+     /serving-endpoints/{name}/served-models/{entity}/invocations, \
+     /serving-endpoints/v1/chat/completions, /serving-endpoints/v1/completions, \
+     /serving-endpoints/v1/embeddings";
+
+async fn unknown_route(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
+    proxy.fail(
+        "",
+        "",
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "no route {} {}; routes: {ROUTES}",
+                request.method(),
+                request.uri().path()
+            ),
+        ),
+    )
+}
+
+async fn wrong_method(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
+    let mut response = proxy.fail(
+        "",
+        "",
+        ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; use POST",
+                request.method(),
+                request.uri().path()
+            ),
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openai_routes_read_the_endpoint_from_model() {
+        assert_eq!(
+            endpoint_from_body(&Bytes::from_static(br#"{"model":"chat","messages":[]}"#))
+                .expect("name"),
+            "chat"
+        );
+        let missing = endpoint_from_body(&Bytes::from_static(br#"{"messages":[]}"#))
+            .expect_err("no model");
+        assert_eq!(missing.kind, ErrorKind::BadRequest);
+        assert!(missing.message.contains("no `model`"), "{}", missing.message);
+        let malformed = endpoint_from_body(&Bytes::from_static(b"{nope")).expect_err("bad json");
+        assert!(malformed.message.contains("not valid JSON"), "{}", malformed.message);
+        let typed = endpoint_from_body(&Bytes::from_static(br#"{"model":3}"#)).expect_err("type");
+        assert!(typed.message.contains("got 3"), "{}", typed.message);
+    }
+
+    #[test]
+    fn requests_to_pods_drop_hop_by_hop_headers_and_carry_ids() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .method("POST")
+            .uri("/serving-endpoints/x/invocations?a=1")
+            .header("connection", "keep-alive")
+            .header("host", "gateway")
+            .header("authorization", "Bearer t")
+            .body(())
+            .expect("request")
+            .into_parts();
+        parts.headers.insert("te", HeaderValue::from_static("trailers"));
+        let request = upstream_request(
+            "127.0.0.5:8080".parse().expect("addr"),
+            "/invocations",
+            &parts,
+            Bytes::from_static(b"{}"),
+            &HeaderValue::from_static("abc"),
+            Some("127.0.0.9:5555".parse().expect("addr")),
+        );
+        assert_eq!(request.uri(), "http://127.0.0.5:8080/invocations?a=1");
+        let headers = request.headers();
+        assert!(headers.get("connection").is_none());
+        assert!(headers.get("te").is_none());
+        assert!(headers.get("host").is_none());
+        assert_eq!(headers["authorization"], "Bearer t");
+        assert_eq!(headers[REQUEST_ID], "abc");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.9");
+    }
+}

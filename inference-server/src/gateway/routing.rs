@@ -1,0 +1,336 @@
+//! What the gateway routes by, as plain data: the pure step between the cluster (or a standalone
+//! manifest) and the live routing state.
+//!
+//! In a cluster the gateway routes by `status.config` of each ServingEndpoint — the config the
+//! operator promoted once all its entities were ready — never by `spec`. An entity's backends
+//! are the ready pods of the Deployment that `status.config` names, found by the pod labels the
+//! operator sets (`serving.sluice.dev/{endpoint,entity,revision}`). Pods, not EndpointSlices:
+//! the API server refuses loopback addresses in EndpointSlices, and every local pod of the test
+//! cluster lives on 127.0.0.0/8 (docs/testing.md); a Pod's Ready condition is the same signal
+//! the EndpointSlice controller publishes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use sluice_crds::{ServedEntity, ServingEndpoint};
+
+/// Pod label naming the endpoint (set by the operator).
+pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
+/// Pod label naming the served entity.
+pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
+/// Pod label naming the entity revision (the suffix of its Deployment name).
+pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
+/// Name of the container port that fronts an entity pod (the capture sidecar, or the model
+/// container when capture is off).
+pub const FRONT_PORT_NAME: &str = "http";
+
+/// How long a held request may wait and how many may wait, per entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldPolicy {
+    /// Most requests held at once; past it, 503 with `Retry-After`.
+    pub max_held: usize,
+    /// How long one request may be held before a 503.
+    pub timeout: Duration,
+}
+
+/// One endpoint as the gateway routes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSpec {
+    /// Namespace of the ServingEndpoint (`default` in standalone mode).
+    pub namespace: String,
+    /// Name of the ServingEndpoint.
+    pub name: String,
+    /// The routed config; `None` while the endpoint has no promoted config yet.
+    pub config: Option<ConfigSpec>,
+}
+
+/// The routed config of an endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigSpec {
+    /// `status.config.configVersion`.
+    pub version: i64,
+    /// Every entity of the config, live and shadow.
+    pub entities: Vec<EntitySpec>,
+    /// Live routes: entity name and weight (percent).
+    pub routes: Vec<(String, u32)>,
+    /// Shadow routes: entity name and the percentage of live requests mirrored to it.
+    pub shadows: Vec<(String, u32)>,
+}
+
+/// One entity and the addresses of its ready backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntitySpec {
+    /// Entity name; answered in the `served-model-name` header.
+    pub name: String,
+    /// Whether requests are held while the entity has no ready pod.
+    pub scale_to_zero: bool,
+    /// Hold queue limits.
+    pub hold: HoldPolicy,
+    /// Ready backends.
+    pub backends: Vec<SocketAddr>,
+    /// Why the entity cannot be served by this gateway at all (an external model), if so.
+    pub unsupported: Option<String>,
+}
+
+/// Builds the routing data of every endpoint from the watched ServingEndpoints and entity pods.
+pub fn from_cluster(
+    endpoints: &[ServingEndpoint],
+    pods: &[Pod],
+    defaults: HoldPolicy,
+) -> Vec<EndpointSpec> {
+    // (namespace, endpoint, entity, revision) → ready addresses.
+    let mut ready: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
+    for pod in pods {
+        let Some(address) = ready_address(pod) else {
+            continue;
+        };
+        let labels = match pod.metadata.labels.as_ref() {
+            Some(labels) => labels,
+            None => continue,
+        };
+        let (Some(ns), Some(endpoint), Some(entity), Some(revision)) = (
+            pod.metadata.namespace.as_deref(),
+            labels.get(LABEL_ENDPOINT),
+            labels.get(LABEL_ENTITY),
+            labels.get(LABEL_REVISION),
+        ) else {
+            continue;
+        };
+        ready
+            .entry((ns, endpoint, entity, revision))
+            .or_default()
+            .push(address);
+    }
+    let mut out = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let (Some(namespace), Some(name)) = (
+            endpoint.metadata.namespace.as_deref(),
+            endpoint.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let config = endpoint
+            .status
+            .as_ref()
+            .and_then(|status| status.config.as_ref())
+            .map(|config| {
+                let entities = config
+                    .served_entities
+                    .iter()
+                    .map(|entity| {
+                        let revision = entity
+                            .deployment_name
+                            .as_deref()
+                            .and_then(|d| d.strip_prefix(&format!("{name}-{}-", entity.name)));
+                        let mut backends = revision
+                            .and_then(|rev| {
+                                ready.get(&(namespace, name, entity.name.as_str(), rev))
+                            })
+                            .cloned()
+                            .unwrap_or_default();
+                        backends.sort();
+                        EntitySpec {
+                            name: entity.name.clone(),
+                            scale_to_zero: entity.scale_to_zero_enabled,
+                            hold: hold_policy(spec_entity(endpoint, &entity.name), defaults),
+                            backends,
+                            unsupported: entity.external_provider.map(|provider| {
+                                format!(
+                                    "entity {} is an external model ({provider:?}); this gateway \
+                                     does not call external providers yet",
+                                    entity.name
+                                )
+                            }),
+                        }
+                    })
+                    .collect();
+                ConfigSpec {
+                    version: config.config_version,
+                    entities,
+                    routes: config
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.served_entity_name.clone(),
+                                r.traffic_percentage.max(0) as u32,
+                            )
+                        })
+                        .collect(),
+                    shadows: config
+                        .shadow_routes
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.served_entity_name.clone(),
+                                r.mirror_percentage.max(0) as u32,
+                            )
+                        })
+                        .collect(),
+                }
+            });
+        out.push(EndpointSpec {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            config,
+        });
+    }
+    out
+}
+
+fn spec_entity<'a>(endpoint: &'a ServingEndpoint, name: &str) -> Option<&'a ServedEntity> {
+    endpoint
+        .spec
+        .served_entities
+        .iter()
+        .find(|entity| entity.name == name)
+}
+
+/// The hold limits of an entity: its `autoscaling` overrides, else the gateway's defaults.
+pub fn hold_policy(entity: Option<&ServedEntity>, defaults: HoldPolicy) -> HoldPolicy {
+    let autoscaling = entity.and_then(|e| e.autoscaling.as_ref());
+    HoldPolicy {
+        max_held: autoscaling
+            .and_then(|a| a.max_held_requests)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(defaults.max_held),
+        timeout: autoscaling
+            .and_then(|a| a.hold_timeout_seconds)
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.timeout),
+    }
+}
+
+/// The address a ready, running, not-terminating pod answers on, at its front (`http`) port.
+fn ready_address(pod: &Pod) -> Option<SocketAddr> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !ready {
+        return None;
+    }
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(FRONT_PORT_NAME))?
+        .container_port;
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: HoldPolicy = HoldPolicy {
+        max_held: 100,
+        timeout: Duration::from_secs(30),
+    };
+
+    fn endpoint() -> ServingEndpoint {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.sluice.dev/v1alpha1",
+            "kind": "ServingEndpoint",
+            "metadata": {"name": "fraud", "namespace": "ml"},
+            "spec": {
+                "servedEntities": [
+                    {"name": "a", "model": "m", "version": 1},
+                    {"name": "b", "model": "m", "version": 2, "scaleToZeroEnabled": true,
+                     "autoscaling": {"maxHeldRequests": 7, "holdTimeoutSeconds": 3}}
+                ],
+                "trafficConfig": {"routes": [
+                    {"servedEntityName": "a", "trafficPercentage": 90},
+                    {"servedEntityName": "b", "trafficPercentage": 10}
+                ]}
+            },
+            "status": {"config": {
+                "configVersion": 4,
+                "servedEntities": [
+                    {"name": "a", "deploymentName": "fraud-a-1111a", "scaleToZeroEnabled": false,
+                     "minProvisionedConcurrency": 4, "maxProvisionedConcurrency": 4},
+                    {"name": "b", "deploymentName": "fraud-b-2222b", "scaleToZeroEnabled": true,
+                     "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 4}
+                ],
+                "routes": [
+                    {"servedEntityName": "a", "trafficPercentage": 90},
+                    {"servedEntityName": "b", "trafficPercentage": 10}
+                ],
+                "shadowRoutes": [{"servedEntityName": "b", "mirrorPercentage": 25}]
+            }}
+        }))
+        .expect("endpoint fixture")
+    }
+
+    fn pod(entity: &str, revision: &str, ip: &str, ready: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("p-{ip}"), "namespace": "ml", "labels": {
+                LABEL_ENDPOINT: "fraud", LABEL_ENTITY: entity, LABEL_REVISION: revision}},
+            "spec": {"containers": [
+                {"name": "model", "ports": [{"name": "model", "containerPort": 8081}]},
+                {"name": "capture", "ports": [{"name": "http", "containerPort": 8080}]}
+            ]},
+            "status": {"podIP": ip, "conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .expect("pod fixture")
+    }
+
+    #[test]
+    fn routes_by_status_config_to_ready_pods_of_the_named_revision() {
+        let pods = [
+            pod("a", "1111a", "127.0.3.2", true),
+            pod("a", "1111a", "127.0.3.1", true),
+            pod("a", "1111a", "127.0.3.3", false),
+            // An old revision of `a`: not in the routed config.
+            pod("a", "0000a", "127.0.3.9", true),
+        ];
+        let specs = from_cluster(&[endpoint()], &pods, DEFAULTS);
+        let config = specs[0].config.as_ref().expect("config");
+        assert_eq!(config.version, 4);
+        assert_eq!(
+            config.entities[0].backends,
+            vec![
+                "127.0.3.1:8080".parse().expect("addr"),
+                "127.0.3.2:8080".parse().expect("addr")
+            ]
+        );
+        assert!(config.entities[1].backends.is_empty());
+        assert!(config.entities[1].scale_to_zero);
+        assert_eq!(config.entities[1].hold.max_held, 7);
+        assert_eq!(config.entities[1].hold.timeout, Duration::from_secs(3));
+        assert_eq!(config.entities[0].hold, DEFAULTS);
+        assert_eq!(config.routes, vec![("a".into(), 90), ("b".into(), 10)]);
+        assert_eq!(config.shadows, vec![("b".into(), 25)]);
+    }
+
+    #[test]
+    fn an_endpoint_without_a_promoted_config_is_known_but_not_routable() {
+        let mut endpoint = endpoint();
+        endpoint.status = None;
+        let specs = from_cluster(&[endpoint], &[], DEFAULTS);
+        assert_eq!(specs[0].name, "fraud");
+        assert!(specs[0].config.is_none());
+    }
+
+    #[test]
+    fn terminating_pods_are_not_backends() {
+        let mut terminating = pod("a", "1111a", "127.0.3.1", true);
+        terminating.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        );
+        let specs = from_cluster(&[endpoint()], &[terminating], DEFAULTS);
+        assert!(specs[0].config.as_ref().expect("config").entities[0].backends.is_empty());
+    }
+}
