@@ -32,7 +32,7 @@ enum Command {
     /// Copy a model artifact from its URI into the model folder (the entity pod's init step).
     Fetch(fetch::FetchArgs),
     /// The entry point users call: weighted routing, shadow traffic, hold-while-waking.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
 }
 
 fn main() -> ExitCode {
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)).map_err(Into::into),
         Command::Fetch(args) => runtime.block_on(fetch::run(args)).map_err(Into::into),
-        Command::Gateway(args) => runtime.block_on(gateway::run(args)).map_err(Into::into),
+        Command::Gateway(args) => runtime.block_on(gateway::run(*args)).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

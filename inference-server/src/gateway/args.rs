@@ -16,10 +16,18 @@ pub struct GatewayArgs {
     #[arg(long, env = "SLUICE_GATEWAY_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
     /// Address of the admin routes: `/metrics`, `/demand`, `/healthz`, `/readyz`.
-    #[arg(long, env = "SLUICE_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "SLUICE_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     pub admin_listen: SocketAddr,
     /// Namespaces to watch (repeat the flag or separate with commas); all when empty.
-    #[arg(long = "namespace", env = "SLUICE_GATEWAY_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "SLUICE_GATEWAY_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
     /// Serve the endpoints of this manifest (ServingEndpoints and the ModelVersions they name)
     /// without Kubernetes.
@@ -54,7 +62,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "SLUICE_GATEWAY_HOLD_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub hold_timeout: Duration,
     /// Most shadow requests in flight at once; more are shed and counted.
-    #[arg(long, env = "SLUICE_GATEWAY_MAX_SHADOW_IN_FLIGHT", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "SLUICE_GATEWAY_MAX_SHADOW_IN_FLIGHT",
+        default_value_t = 256
+    )]
     pub max_shadow_in_flight: usize,
     /// How often every backend is health-checked (`0s` turns active checks off).
     #[arg(long, env = "SLUICE_GATEWAY_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -114,10 +126,21 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_upstream("ep/a=127.0.0.1:80").expect("parse").endpoint.as_deref(),
+            parse_upstream("ep/a=127.0.0.1:80")
+                .expect("parse")
+                .endpoint
+                .as_deref(),
             Some("ep")
         );
-        assert!(parse_upstream("a").expect_err("no =").contains("ENTITY=HOST:PORT"));
-        assert!(parse_upstream("a=nowhere").expect_err("addr").contains("not HOST:PORT"));
+        assert!(
+            parse_upstream("a")
+                .expect_err("no =")
+                .contains("ENTITY=HOST:PORT")
+        );
+        assert!(
+            parse_upstream("a=nowhere")
+                .expect_err("addr")
+                .contains("not HOST:PORT")
+        );
     }
 }

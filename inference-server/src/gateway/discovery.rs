@@ -54,8 +54,13 @@ pub async fn run(
     }
     let rebuild = async {
         for (endpoints, pods) in &stores {
-            endpoints.wait_until_ready().await.map_err(|e| GatewayError::Watch(e.to_string()))?;
-            pods.wait_until_ready().await.map_err(|e| GatewayError::Watch(e.to_string()))?;
+            endpoints
+                .wait_until_ready()
+                .await
+                .map_err(|e| GatewayError::Watch(e.to_string()))?;
+            pods.wait_until_ready()
+                .await
+                .map_err(|e| GatewayError::Watch(e.to_string()))?;
         }
         tracing::info!("ServingEndpoint and Pod watches synced");
         loop {
@@ -95,9 +100,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer);
+    let stream = watcher(api, config).default_backoff().reflect(writer);
     let task = async move {
         let mut stream = std::pin::pin!(stream);
         loop {

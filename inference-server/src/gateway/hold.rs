@@ -114,7 +114,10 @@ mod tests {
             let waiter = queue.clone();
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
-                waiter.wait(POLICY, || false, |_| {}).await.expect("released");
+                waiter
+                    .wait(POLICY, || false, |_| {})
+                    .await
+                    .expect("released");
                 order.lock().expect("lock").push(i);
             }));
             // Join strictly one after another.

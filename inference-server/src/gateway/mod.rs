@@ -58,7 +58,9 @@ pub enum GatewayError {
         source: std::io::Error,
     },
     /// No Kubernetes client could be made (no kubeconfig, no in-cluster account).
-    #[error("cannot reach the Kubernetes API (set KUBECONFIG, run in a pod, or use --standalone FILE): {0}")]
+    #[error(
+        "cannot reach the Kubernetes API (set KUBECONFIG, run in a pod, or use --standalone FILE): {0}"
+    )]
     Kube(String),
     /// A watch failed for good.
     #[error("watching the cluster failed: {0}")]
@@ -116,35 +118,39 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     });
 
     // The source of routes: a manifest, or the cluster.
-    let mut local = None;
-    let source: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send>> =
-        match &args.standalone {
-            Some(path) => {
-                let manifest = standalone::read(path)?;
-                let work_dir = match &args.work_dir {
-                    Some(dir) => dir.clone(),
-                    None => std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id())),
-                };
-                let mut entities = standalone::start(&manifest, &args.upstreams, &work_dir).await?;
-                entities.wait_ready(args.request_timeout).await?;
-                state.apply(&standalone::specs(&manifest, &entities.addresses, defaults));
-                for endpoint in &manifest.endpoints {
-                    let (path, body) = standalone::example_request(&manifest, endpoint);
-                    println!(
-                        "READY {} curl -s http://{listen}{path} -H 'content-type: application/json' -d '{body}'",
-                        endpoint.metadata.name.as_deref().unwrap_or("")
-                    );
-                }
-                local = Some(entities);
-                Box::pin(std::future::pending())
-            }
-            None => {
-                let client = kube::Client::try_default()
-                    .await
-                    .map_err(|e| GatewayError::Kube(e.to_string()))?;
-                Box::pin(discovery::run(client, &args.namespaces, defaults, state.clone()))
-            }
-        };
+    let source: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send + '_>,
+    > = match &args.standalone {
+        Some(path) => {
+            let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id()))
+            });
+            let state = state.clone();
+            Box::pin(async move {
+                standalone::run(
+                    path,
+                    &args.upstreams,
+                    &work_dir,
+                    args.request_timeout,
+                    defaults,
+                    listen,
+                    &state,
+                )
+                .await
+            })
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| GatewayError::Kube(e.to_string()))?;
+            Box::pin(discovery::run(
+                client,
+                &args.namespaces,
+                defaults,
+                state.clone(),
+            ))
+        }
+    };
 
     let draining = Arc::new(tokio::sync::Notify::new());
     let signal = {
@@ -180,7 +186,6 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     if let Some(task) = health_task {
         task.abort();
     }
-    drop(local);
     result
 }
 

@@ -307,9 +307,7 @@ impl Proxy {
                 }
                 Ok(Ok(response)) => {
                     backend.record_success();
-                    return Ok(self
-                        .respond(pool, response, guard, request_id)
-                        .await);
+                    return Ok(self.respond(pool, response, guard, request_id).await);
                 }
                 Ok(Err(error)) => {
                     last_error = error_chain(&error);
@@ -373,7 +371,10 @@ impl Proxy {
             }
             Ok(()) => Err(ApiError::new(
                 ErrorKind::Unavailable,
-                format!("entity {:?} left the routed config while the request was held", pool.name),
+                format!(
+                    "entity {:?} left the routed config while the request was held",
+                    pool.name
+                ),
             )
             .with_retry_after(Duration::from_secs(1))),
             Err(refused) => {
@@ -384,9 +385,17 @@ impl Proxy {
                 pool.metrics.hold_ended(outcome, waited);
                 Err(ApiError::new(
                     ErrorKind::Unavailable,
-                    format!("entity {:?} is scaled to zero and waking: {refused}", pool.name),
+                    format!(
+                        "entity {:?} is scaled to zero and waking: {refused}",
+                        pool.name
+                    ),
                 )
-                .with_retry_after(policy.timeout.min(Duration::from_secs(30)).max(Duration::from_secs(1))))
+                .with_retry_after(
+                    policy
+                        .timeout
+                        .min(Duration::from_secs(30))
+                        .max(Duration::from_secs(1)),
+                ))
             }
         }
     }
@@ -457,9 +466,10 @@ impl Proxy {
                     .unwrap_or_else(new_request_id),
                 None,
             );
-            request
-                .headers_mut()
-                .insert(HeaderName::from_static(SHADOW_HEADER), HeaderValue::from_static("true"));
+            request.headers_mut().insert(
+                HeaderName::from_static(SHADOW_HEADER),
+                HeaderValue::from_static("true"),
+            );
             let client = self.client.clone();
             let pool = pool.clone();
             let timeout = self.config.request_timeout;
@@ -786,12 +796,20 @@ mod tests {
                 .expect("name"),
             "chat"
         );
-        let missing = endpoint_from_body(&Bytes::from_static(br#"{"messages":[]}"#))
-            .expect_err("no model");
+        let missing =
+            endpoint_from_body(&Bytes::from_static(br#"{"messages":[]}"#)).expect_err("no model");
         assert_eq!(missing.kind, ErrorKind::BadRequest);
-        assert!(missing.message.contains("no `model`"), "{}", missing.message);
+        assert!(
+            missing.message.contains("no `model`"),
+            "{}",
+            missing.message
+        );
         let malformed = endpoint_from_body(&Bytes::from_static(b"{nope")).expect_err("bad json");
-        assert!(malformed.message.contains("not valid JSON"), "{}", malformed.message);
+        assert!(
+            malformed.message.contains("not valid JSON"),
+            "{}",
+            malformed.message
+        );
         let typed = endpoint_from_body(&Bytes::from_static(br#"{"model":3}"#)).expect_err("type");
         assert!(typed.message.contains("got 3"), "{}", typed.message);
     }
@@ -807,7 +825,9 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        parts.headers.insert("te", HeaderValue::from_static("trailers"));
+        parts
+            .headers
+            .insert("te", HeaderValue::from_static("trailers"));
         let request = upstream_request(
             "127.0.0.5:8080".parse().expect("addr"),
             "/invocations",

@@ -327,10 +327,15 @@ mod tests {
     #[test]
     fn terminating_pods_are_not_backends() {
         let mut terminating = pod("a", "1111a", "127.0.3.1", true);
-        terminating.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-        );
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         let specs = from_cluster(&[endpoint()], &[terminating], DEFAULTS);
-        assert!(specs[0].config.as_ref().expect("config").entities[0].backends.is_empty());
+        assert!(
+            specs[0].config.as_ref().expect("config").entities[0]
+                .backends
+                .is_empty()
+        );
     }
 }

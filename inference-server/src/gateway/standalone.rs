@@ -7,7 +7,6 @@
 //! model is fetched (`file://` paths may be relative to the manifest's folder) and served by a
 //! child `inference-server serve` process on a free loopback port.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,6 +18,7 @@ use sluice_crds::{ModelTask, ModelVersion, ServedEntity, ServingEndpoint};
 use super::GatewayError;
 use super::args::Upstream;
 use super::routing::{self, ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
+use super::state::State;
 use crate::fetch::{self, FetchArgs};
 
 /// What the manifest holds.
@@ -79,10 +79,14 @@ pub fn read(path: &Path) -> Result<Manifest, GatewayError> {
     Ok(manifest)
 }
 
-/// The routed config of each endpoint, with `addresses` giving each entity's backend.
+/// Where each `(endpoint, entity)` answers.
+pub type Addresses = Vec<((String, String), SocketAddr)>;
+
+/// The routed config of each endpoint, with `addresses` giving each entity's backend (entities
+/// missing from it have no ready backend).
 pub fn specs(
     manifest: &Manifest,
-    addresses: &BTreeMap<(String, String), SocketAddr>,
+    addresses: &Addresses,
     defaults: HoldPolicy,
 ) -> Vec<EndpointSpec> {
     manifest
@@ -107,7 +111,12 @@ pub fn specs(
                 .map(|routes| {
                     routes
                         .iter()
-                        .map(|r| (r.served_entity_name.clone(), r.mirror_percentage.max(0) as u32))
+                        .map(|r| {
+                            (
+                                r.served_entity_name.clone(),
+                                r.mirror_percentage.max(0) as u32,
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -120,12 +129,12 @@ pub fn specs(
                         .iter()
                         .map(|entity| EntitySpec {
                             name: entity.name.clone(),
-                            scale_to_zero: false,
+                            scale_to_zero: entity.scale_to_zero_enabled.unwrap_or(false),
                             hold: routing::hold_policy(Some(entity), defaults),
                             backends: addresses
-                                .get(&(name.clone(), entity.name.clone()))
-                                .copied()
-                                .into_iter()
+                                .iter()
+                                .filter(|((e, n), _)| *e == name && *n == entity.name)
+                                .map(|(_, address)| *address)
                                 .collect(),
                             unsupported: entity.external_model.as_ref().map(|_| {
                                 format!(
@@ -177,12 +186,36 @@ fn resolve_uri(uri: &str, base: &Path) -> String {
     }
 }
 
+fn upstreams_for<'a>(
+    upstreams: &'a [Upstream],
+    endpoint: &'a str,
+    entity: &'a str,
+) -> impl Iterator<Item = &'a Upstream> + 'a {
+    upstreams
+        .iter()
+        .filter(move |u| u.entity == entity && u.endpoint.as_deref().is_none_or(|e| e == endpoint))
+}
+
+/// The addresses `--upstream` gives the entities of `manifest`.
+fn upstream_addresses(manifest: &Manifest, upstreams: &[Upstream]) -> Addresses {
+    let mut addresses = Addresses::new();
+    for endpoint in &manifest.endpoints {
+        let name = endpoint.metadata.name.clone().unwrap_or_default();
+        for entity in &endpoint.spec.served_entities {
+            for upstream in upstreams_for(upstreams, &name, &entity.name) {
+                addresses.push(((name.clone(), entity.name.clone()), upstream.address));
+            }
+        }
+    }
+    addresses
+}
+
 /// The entity processes started for a standalone gateway; they stop when this is dropped.
 #[derive(Debug, Default)]
 pub struct LocalEntities {
     children: Vec<tokio::process::Child>,
-    /// Where each `(endpoint, entity)` answers.
-    pub addresses: BTreeMap<(String, String), SocketAddr>,
+    /// Where each started `(endpoint, entity)` answers.
+    pub addresses: Addresses,
 }
 
 /// Starts every entity not given by `--upstream`: fetch, then `serve` on a free loopback port.
@@ -192,20 +225,18 @@ pub async fn start(
     work_dir: &Path,
 ) -> Result<LocalEntities, GatewayError> {
     let mut local = LocalEntities::default();
-    let exe = std::env::current_exe().map_err(|e| GatewayError::Start(format!(
-        "cannot find the inference-server executable: {e}"
-    )))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        GatewayError::Start(format!("cannot find the inference-server executable: {e}"))
+    })?;
     for endpoint in &manifest.endpoints {
         let name = endpoint.metadata.name.clone().unwrap_or_default();
         for entity in &endpoint.spec.served_entities {
             let key = (name.clone(), entity.name.clone());
-            if let Some(upstream) = upstreams.iter().find(|u| {
-                u.entity == entity.name && u.endpoint.as_deref().is_none_or(|e| e == name)
-            }) {
-                local.addresses.insert(key, upstream.address);
-                continue;
-            }
-            if entity.external_model.is_some() {
+            if upstreams_for(upstreams, &name, &entity.name)
+                .next()
+                .is_some()
+                || entity.external_model.is_some()
+            {
                 continue;
             }
             let version = version_for(manifest, entity).ok_or_else(|| {
@@ -232,7 +263,10 @@ pub async fn start(
             })
             .await
             .map_err(|e| {
-                GatewayError::Start(format!("entity {name}/{}: fetching {uri}: {e}", entity.name))
+                GatewayError::Start(format!(
+                    "entity {name}/{}: fetching {uri}: {e}",
+                    entity.name
+                ))
             })?;
             let port = free_port()?;
             let log_path = work_dir.join(format!("{name}-{}.log", entity.name));
@@ -260,7 +294,7 @@ pub async fn start(
             local.children.push(child);
             local
                 .addresses
-                .insert(key, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                .push((key, SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
         }
     }
     Ok(local)
@@ -271,7 +305,7 @@ impl LocalEntities {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), GatewayError> {
         let deadline = Instant::now() + timeout;
         let client = reqwest::Client::new();
-        for address in self.addresses.values() {
+        for (_, address) in &self.addresses {
             loop {
                 for child in &mut self.children {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -301,6 +335,112 @@ impl LocalEntities {
     }
 }
 
+/// The `(endpoint, entity)` keys of entities with `scaleToZeroEnabled`.
+fn scale_to_zero_entities(manifest: &Manifest) -> std::collections::BTreeSet<(String, String)> {
+    manifest
+        .endpoints
+        .iter()
+        .flat_map(|endpoint| {
+            let name = endpoint.metadata.name.clone().unwrap_or_default();
+            endpoint
+                .spec
+                .served_entities
+                .iter()
+                .filter(|e| e.scale_to_zero_enabled == Some(true))
+                .map(move |e| (name.clone(), e.name.clone()))
+        })
+        .collect()
+}
+
+/// Runs standalone mode: starts the local entities, then keeps the routing table in step with
+/// the manifest (re-read when it changes or on SIGHUP). Entities with `scaleToZeroEnabled` are
+/// routed only while their address answers `GET /health` below 500 (the role the kubelet's
+/// readiness probe plays in a cluster), so requests are held while they are down and released
+/// when they come up; other entities are always routed, and the active health checks take a
+/// failing address out of rotation. Prints one `READY` line per endpoint with a curl.
+pub async fn run(
+    path: &Path,
+    upstreams: &[Upstream],
+    work_dir: &Path,
+    startup_timeout: Duration,
+    defaults: HoldPolicy,
+    listen: SocketAddr,
+    state: &State,
+) -> Result<(), GatewayError> {
+    let mut manifest = read(path)?;
+    let mut local = start(&manifest, upstreams, work_dir).await?;
+    local.wait_ready(startup_timeout).await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| GatewayError::Start(format!("building an HTTP client: {e}")))?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| GatewayError::Start(format!("installing the SIGHUP handler: {e}")))?;
+    let mut modified = modified_time(path);
+    let mut applied: Option<Vec<EndpointSpec>> = None;
+    loop {
+        let mut addresses = upstream_addresses(&manifest, upstreams);
+        addresses.extend(local.addresses.clone());
+        let waking = scale_to_zero_entities(&manifest);
+        let checks = addresses.iter().map(|(key, address)| {
+            let client = client.clone();
+            let check = waking.contains(key);
+            async move {
+                if !check {
+                    return Some((key.clone(), *address));
+                }
+                let answered = client.get(format!("http://{address}/health")).send().await;
+                answered
+                    .is_ok_and(|r| !r.status().is_server_error())
+                    .then(|| (key.clone(), *address))
+            }
+        });
+        let ready: Addresses = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let specs = specs(&manifest, &ready, defaults);
+        if applied.as_ref() != Some(&specs) {
+            state.apply(&specs);
+            if applied.is_none() {
+                for endpoint in &manifest.endpoints {
+                    let (route, body) = example_request(&manifest, endpoint);
+                    println!(
+                        "READY {} curl -s http://{listen}{route} -H 'content-type: application/json' -d '{body}'",
+                        endpoint.metadata.name.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            applied = Some(specs);
+        }
+        let reload = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                let now = modified_time(path);
+                let changed = now != modified;
+                modified = now;
+                changed
+            }
+            _ = hangup.recv() => true,
+        };
+        if reload {
+            match read(path) {
+                Ok(next) => {
+                    tracing::info!(path = %path.display(), "manifest changed; routing by it");
+                    manifest = next;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the changed manifest is refused; routing by the previous one");
+                }
+            }
+        }
+    }
+}
+
+fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 fn free_port() -> Result<u16, GatewayError> {
     std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -320,7 +460,9 @@ pub fn example_request(manifest: &Manifest, endpoint: &ServingEndpoint) -> (Stri
     match version.and_then(|v| v.spec.task) {
         Some(ModelTask::Chat) => (
             "/serving-endpoints/v1/chat/completions".into(),
-            format!(r#"{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}"#),
+            format!(
+                r#"{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}"#
+            ),
         ),
         Some(ModelTask::Embeddings) => (
             "/serving-endpoints/v1/embeddings".into(),
@@ -368,10 +510,10 @@ mod tests {
     #[test]
     fn the_spec_is_the_routed_config_in_standalone_mode() {
         let m = manifest(include_str!("../../../examples/ab-test.yaml"));
-        let addresses = BTreeMap::from([(
+        let addresses = vec![(
             ("fraud".to_string(), "version-a".to_string()),
             "127.0.0.1:9".parse().expect("addr"),
-        )]);
+        )];
         let defaults = HoldPolicy {
             max_held: 1,
             timeout: Duration::from_secs(1),
@@ -394,10 +536,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-standalone-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("bad.yaml");
-        std::fs::write(&path, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        )
+        .expect("write");
         let error = read(&path).expect_err("refused").to_string();
-        assert!(error.contains("\"ConfigMap\" is not a ServingEndpoint"), "{error}");
+        assert!(
+            error.contains("\"ConfigMap\" is not a ServingEndpoint"),
+            "{error}"
+        );
         std::fs::write(&path, "").expect("write");
         let error = read(&path).expect_err("refused").to_string();
         assert!(error.contains("no ServingEndpoint"), "{error}");

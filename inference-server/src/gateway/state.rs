@@ -241,13 +241,11 @@ impl State {
                         pool.metrics.backends.set(list.len() as i64);
                         pool.scale_to_zero
                             .store(entity.scale_to_zero, Ordering::Relaxed);
-                        *pool.hold_policy.write().unwrap_or_else(|e| e.into_inner()) =
-                            entity.hold;
+                        *pool.hold_policy.write().unwrap_or_else(|e| e.into_inner()) = entity.hold;
                         *pool.unsupported.write().unwrap_or_else(|e| e.into_inner()) =
                             entity.unsupported.clone();
                         let has_ready = !list.is_empty();
-                        *pool.backends.write().unwrap_or_else(|e| e.into_inner()) =
-                            Arc::from(list);
+                        *pool.backends.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(list);
                         if has_ready {
                             released.push(pool.clone());
                         }
@@ -377,14 +375,24 @@ mod tests {
         let state = state();
         state.apply(&[spec("ml", &["127.0.0.2:80"], 1)]);
         let before = state.table();
-        let pool = before.get("fraud").expect("endpoint").config.as_ref().expect("config")
+        let pool = before
+            .get("fraud")
+            .expect("endpoint")
+            .config
+            .as_ref()
+            .expect("config")
             .entities[0]
             .clone();
         let backend = pool.backends()[0].clone();
         backend.record_failure();
         state.apply(&[spec("ml", &["127.0.0.2:80", "127.0.0.3:80"], 2)]);
         let after = state.table();
-        let config = after.get("fraud").expect("endpoint").config.as_ref().expect("config");
+        let config = after
+            .get("fraud")
+            .expect("endpoint")
+            .config
+            .as_ref()
+            .expect("config");
         assert_eq!(config.version, 2);
         assert!(Arc::ptr_eq(&config.entities[0], &pool));
         assert!(Arc::ptr_eq(&pool.backends()[0], &backend));
@@ -404,7 +412,10 @@ mod tests {
             table.get("fraud").map(|e| e.namespace.clone()),
             Err(Lookup::Ambiguous(vec!["ml".into(), "prod".into()]))
         );
-        assert_eq!(table.get("prod.fraud").expect("qualified").namespace, "prod");
+        assert_eq!(
+            table.get("prod.fraud").expect("qualified").namespace,
+            "prod"
+        );
         assert_eq!(table.get("dev.fraud").err(), Some(Lookup::Unknown));
         assert_eq!(table.get("nope").err(), Some(Lookup::Unknown));
     }
@@ -413,7 +424,13 @@ mod tests {
     async fn a_ready_pod_releases_held_requests() {
         let state = Arc::new(state());
         state.apply(&[spec("ml", &[], 1)]);
-        let pool = state.table().get("fraud").expect("endpoint").config.as_ref().expect("c")
+        let pool = state
+            .table()
+            .get("fraud")
+            .expect("endpoint")
+            .config
+            .as_ref()
+            .expect("c")
             .entities[0]
             .clone();
         let waiter = {

@@ -1,0 +1,13 @@
+//! The gateway binary, standalone mode, in front of real upstream processes (`serve` with the
+//! iris ONNX model, and `upstream.py` standing in for an engine): weighted splits, config
+//! changes under load, failing pods, holding, streaming, shadows, errors and draining.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod errors;
+mod failures;
+mod holding;
+mod split;
+mod streaming;
