@@ -5,13 +5,18 @@
 //! that take plain values and are tested from fixtures, and thin side-effecting steps (apply,
 //! prune, write status) that talk to the API server.
 
+pub mod backoff;
 pub mod conditions;
 pub mod config;
 pub mod endpoint;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod health;
+pub mod leader;
+pub mod metrics;
 pub mod model_version;
+pub mod runtime;
 
 /// Field manager of every write the operator makes to a status subresource.
 pub const STATUS_MANAGER: &str = "sluice-operator/status";

@@ -1,11 +1,31 @@
 //! `sluice-operator`: runs the Sluice controllers against the cluster it finds (in-cluster
 //! service account, or KUBECONFIG).
+//!
+//! Life cycle: the probe server starts first (`/healthz`, `/readyz`, `/metrics`); with
+//! `--leader-elect` the process stands by until it holds the Lease, then runs the controllers;
+//! `/readyz` turns true once their watches have synced. SIGTERM or SIGINT turns `/readyz` false,
+//! lets in-flight reconciles finish, releases the Lease and exits 0; a second signal exits at
+//! once. Losing the Lease exits 1 at once, so no write happens without it and the Deployment
+//! restarts the process as a candidate.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use clap::Parser;
-use kube::{Client, runtime::events::Reporter};
-use sluice_operator::{CONTROLLER_NAME, config::OperatorConfig, endpoint, model_version};
+use futures::FutureExt;
+use kube::{client::ClientBuilder, runtime::events::Reporter};
+use prometheus_client::registry::Registry;
+use sluice_operator::{
+    CONTROLLER_NAME,
+    config::OperatorConfig,
+    endpoint,
+    health::{self, Health, Phase},
+    leader::{Elector, LeaseConfig, default_identity},
+    metrics::{Metrics, verb_of},
+    model_version,
+    runtime::{Env, Shutdown},
+};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -16,32 +36,200 @@ struct Args {
     /// Operator configuration (workload table, images, lake root); defaults when absent.
     #[arg(long, env = "SLUICE_OPERATOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Identity reported on events (usually the pod name).
+    /// Identity on events and in the Lease (the pod name); `<hostname>-<pid>` when unset.
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Address of the probe server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, default_value = "0.0.0.0:8090")]
+    probe_addr: SocketAddr,
+    /// Watch only this namespace (the whole cluster when unset).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Run the controllers only while holding the Lease (for more than one replica).
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "sluice-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    lease_namespace: String,
+    /// Seconds a Lease stays taken after its holder's last renewal.
+    #[arg(long, default_value_t = 15.0)]
+    lease_duration_seconds: f64,
+    /// Seconds the holder keeps retrying a renewal before it stops leading (and exits).
+    #[arg(long, default_value_t = 10.0)]
+    renew_deadline_seconds: f64,
+    /// Seconds between looks at the Lease (candidates) and renewals (holder).
+    #[arg(long, default_value_t = 2.0)]
+    retry_period_seconds: f64,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
-    let args = Args::parse();
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
         Some(path) => OperatorConfig::load(path)?,
         None => OperatorConfig::default(),
     };
-    let client = Client::try_default().await?;
-    let reporter = Reporter {
-        controller: CONTROLLER_NAME.into(),
-        instance: args.instance,
+    let identity = args.instance.clone().unwrap_or_else(default_identity);
+
+    let mut registry = Registry::with_prefix("sluice_operator");
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let health = Health::new(&[endpoint::controller::WATCH, model_version::WATCH]);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown: Shutdown = wait_true(stop_rx).boxed().shared();
+    spawn_signal_handler(health.clone(), stop_tx);
+
+    // The probe server outlives the controllers: it stops last.
+    let (probes_tx, probes_rx) = tokio::sync::watch::channel(false);
+    let (bound, server) = health::serve(
+        args.probe_addr,
+        health.clone(),
+        Arc::new(registry),
+        wait_true(probes_rx),
+    )
+    .await
+    .with_context(|| format!("binding the probe server on {}", args.probe_addr))?;
+    let server = tokio::spawn(server);
+    info!(probe_addr = %bound, %identity, "sluice-operator starting");
+
+    let client = counted_client(metrics.clone()).await?;
+    let env = Env {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        reporter: Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(identity.clone()),
+        },
+        metrics: metrics.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
     };
-    tokio::join!(
-        model_version::run(client.clone(), reporter.clone()),
-        endpoint::controller::run(client, config, reporter),
+
+    let mut elector = if args.leader_elect {
+        let lease = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs_f64(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs_f64(args.renew_deadline_seconds),
+            retry_period: Duration::from_secs_f64(args.retry_period_seconds),
+        };
+        Some(Elector::new(client, lease)?)
+    } else {
+        None
+    };
+
+    if let Some(elector) = elector.as_mut() {
+        health.set_phase(Phase::StandingBy);
+        info!(lease = %args.lease_name, namespace = %args.lease_namespace, "standing by for the Lease");
+        tokio::select! {
+            () = elector.acquire(&health) => {}
+            () = shutdown.clone() => {
+                info!("shut down while standing by");
+                let _ = probes_tx.send(true);
+                let _ = server.await;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    health.set_phase(Phase::Leading);
+    metrics.set_leader(true);
+    info!("leading: starting the controllers");
+
+    let controllers = async {
+        tokio::join!(
+            model_version::run(env.clone()),
+            endpoint::controller::run(env.clone(), config),
+        );
+    };
+    match elector.as_mut() {
+        Some(elector) => {
+            tokio::select! {
+                lost = elector.hold() => {
+                    // Exit at once: a reconcile still running must not write without the Lease.
+                    error!(error = %lost, "lost the Lease; exiting");
+                    std::process::exit(1);
+                }
+                () = controllers => {}
+            }
+        }
+        None => controllers.await,
+    }
+    metrics.set_leader(false);
+    let requested = health.phase() == Phase::ShuttingDown;
+    if let Some(elector) = elector.as_mut()
+        && let Err(e) = elector.release().await
+    {
+        warn!(error = %e, "releasing the Lease");
+    }
+    let _ = probes_tx.send(true);
+    let _ = server.await;
+    if requested {
+        info!("shut down");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        error!("the controllers stopped without a shutdown request");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// A client over the inferred config (in-cluster or KUBECONFIG) that counts every request.
+async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("finding cluster credentials")?;
+    let count = tower::util::MapRequestLayer::new(
+        move |req: http::Request<kube::client::Body>| {
+            metrics.api_request(verb_of(req.method(), req.uri().query()));
+            req
+        },
     );
-    Ok(())
+    Ok(ClientBuilder::try_from(config)
+        .context("building the API client")?
+        .with_layer(&count)
+        .build())
+}
+
+/// Completes once `rx` holds true (or its sender is gone).
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// SIGTERM or SIGINT: readiness false, then shutdown; a second signal exits at once.
+fn spawn_signal_handler(health: Health, stop: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutdown requested: draining");
+        health.set_phase(Phase::ShuttingDown);
+        let _ = stop.send(true);
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
 }

@@ -15,7 +15,7 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Recorder},
         reflector::ObjectRef,
         watcher,
     },
@@ -33,6 +33,8 @@ use crate::{
     STATUS_MANAGER,
     config::OperatorConfig,
     error::{Error, kube_err},
+    metrics::ControllerName,
+    runtime::{Env, Tracked},
 };
 
 /// Field manager of the children the operator applies.
@@ -42,27 +44,33 @@ struct Context {
     client: Client,
     config: OperatorConfig,
     recorder: Recorder,
+    tracked: Tracked,
 }
 
-/// Runs the ServingEndpoint controller until shutdown.
-pub async fn run(client: Client, config: OperatorConfig, reporter: Reporter) {
-    let endpoints: Api<ServingEndpoint> = Api::all(client.clone());
+/// Runs the ServingEndpoint controller until `env.shutdown` completes and in-flight reconciles
+/// have finished.
+pub async fn run(env: Env, config: OperatorConfig) {
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
+        recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
+        client: env.client.clone(),
         config,
+        tracked: Tracked::new(ControllerName::ServingEndpoint, env.metrics.clone()),
     });
-    let controller = Controller::new(endpoints, watcher::Config::default().any_semantic());
+    let controller = Controller::new(
+        env.api::<ServingEndpoint>(),
+        watcher::Config::default().any_semantic(),
+    );
     let store = controller.store();
+    env.report_synced(WATCH, store.clone());
     controller
-        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-        .owns(Api::<Service>::all(client.clone()), managed)
+        .owns(env.api::<Deployment>(), managed.clone())
+        .owns(env.api::<Service>(), managed)
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
         // namespace that serves its model.
         .watches(
-            Api::<ModelVersion>::all(client.clone()),
+            env.api::<ModelVersion>(),
             watcher::Config::default(),
             move |mv| {
                 store
@@ -75,15 +83,18 @@ pub async fn run(client: Client, config: OperatorConfig, reporter: Reporter) {
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                warn!(error = %e, "serving endpoint reconcile failed");
+                warn!(error = %e, "serving endpoint controller");
             }
         })
         .await;
 }
+
+/// Name of this controller's main watch in readiness.
+pub const WATCH: &str = "servingendpoints";
 
 fn serves_model(ep: &ServingEndpoint, model: &str) -> bool {
     ep.spec
@@ -94,6 +105,10 @@ fn serves_model(ep: &ServingEndpoint, model: &str) -> bool {
 
 #[instrument(skip_all, fields(namespace = ep.namespace(), name = ep.name_any()))]
 async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.tracked.run(ep.as_ref(), reconcile_endpoint(&ep, &ctx)).await
+}
+
+async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Action, Error> {
     let ns = ep
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -125,9 +140,9 @@ async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action
         .flat_map(|c| c.served_entities.iter())
         .filter_map(|e| Some((e.name.clone(), e.version?)))
         .collect();
-    let capture = resolve_capture(&ep, &ctx.config);
-    let resolved = resolve(&ep, &models, &previous_versions, &ctx.config);
-    let planned = plan(&ep, resolved, capture.clone(), &children, Timestamp::now());
+    let capture = resolve_capture(ep, &ctx.config);
+    let resolved = resolve(ep, &models, &previous_versions, &ctx.config);
+    let planned = plan(ep, resolved, capture.clone(), &children, Timestamp::now());
 
     // Apply the children the plan wants.
     let owner = ep
@@ -177,9 +192,10 @@ async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action
     // Status before pruning: the gateway stops routing to a child before it disappears.
     if ep.status.as_ref() != Some(&planned.status) {
         write_status(client, &ns, &name, &planned.status).await?;
+        ctx.tracked.status_written();
     }
     for (warning, reason, note) in &planned.events {
-        publish(&ctx.recorder, &ep, *warning, reason, note).await;
+        publish(&ctx.recorder, ep, *warning, reason, note).await;
     }
     for d in existing
         .iter()
@@ -196,19 +212,31 @@ async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action
         }
         publish(
             &ctx.recorder,
-            &ep,
+            ep,
             false,
             "Pruned",
             &format!("removed {child}, which no config uses"),
         )
         .await;
     }
-    let rolling = planned.status.pending_config.is_some();
-    Ok(if rolling {
-        Action::requeue(Duration::from_secs(10))
+    Ok(next_action(&planned.status))
+}
+
+/// After a successful reconcile: a spec that cannot be resolved waits for the next change (of
+/// the endpoint or a ModelVersion, both watched) instead of polling; a rollout looks again
+/// soon in case a Deployment stalls without an event; a settled endpoint resyncs rarely.
+fn next_action(status: &ServingEndpointStatus) -> Action {
+    let unresolved = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Resolved" && c.status == "False");
+    if unresolved {
+        Action::await_change()
+    } else if status.pending_config.is_some() {
+        Action::requeue(Duration::from_secs(30))
     } else {
         Action::requeue(Duration::from_secs(300))
-    })
+    }
 }
 
 fn child_state(d: &Deployment) -> ChildState {
@@ -299,7 +327,6 @@ async fn publish(
     }
 }
 
-fn error_policy(_ep: Arc<ServingEndpoint>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(category = error.category(), error = %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(ep: Arc<ServingEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.tracked.retry(ep.as_ref(), error)
 }

@@ -16,7 +16,7 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Recorder},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -30,6 +30,8 @@ pub use evaluate::{ALIAS_CONFLICT, READY, SecretCheck, evaluate};
 use crate::{
     STATUS_MANAGER,
     error::{Error, kube_err},
+    metrics::ControllerName,
+    runtime::{Env, Tracked},
 };
 
 /// What every reconcile of this controller shares.
@@ -37,18 +39,24 @@ struct Context {
     client: Client,
     store: Store<ModelVersion>,
     recorder: Recorder,
+    tracked: Tracked,
 }
 
-/// Runs the controller until the watch streams end.
-pub async fn run(client: Client, reporter: Reporter) {
-    let api: Api<ModelVersion> = Api::all(client.clone());
+/// Name of this controller's watch in readiness.
+pub const WATCH: &str = "modelversions";
+
+/// Runs the controller until `env.shutdown` completes and in-flight reconciles have finished.
+pub async fn run(env: Env) {
+    let api: Api<ModelVersion> = env.api();
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
     let store = controller.store();
+    env.report_synced(WATCH, store.clone());
     let siblings = store.clone();
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: env.client.clone(),
         store,
-        recorder: Recorder::new(client, reporter),
+        recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
+        tracked: Tracked::new(ControllerName::ModelVersion, env.metrics.clone()),
     });
     controller
         // A change to one version can change its siblings' alias conflicts and duplicates.
@@ -57,11 +65,11 @@ pub async fn run(client: Client, reporter: Reporter) {
             watcher::Config::default().any_semantic(),
             move |changed: ModelVersion| sibling_refs(&siblings, &changed),
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                warn!(error = %e, "model version reconcile failed");
+                warn!(error = %e, "model version controller");
             }
         })
         .await;
@@ -81,6 +89,10 @@ fn sibling_refs(
 
 #[instrument(skip_all, fields(namespace = mv.namespace(), name = mv.name_any()))]
 async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.tracked.run(mv.as_ref(), reconcile_version(&mv, &ctx)).await
+}
+
+async fn reconcile_version(mv: &ModelVersion, ctx: &Context) -> Result<Action, Error> {
     let ns = mv
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -105,10 +117,11 @@ async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, E
             }
         }
     };
-    let status = evaluate(&mv, &siblings, secret, Timestamp::now());
+    let status = evaluate(mv, &siblings, secret, Timestamp::now());
     if mv.status.as_ref() != Some(&status) {
-        write_status(&ctx.client, &mv, &ns, &status).await?;
-        publish_changes(&ctx.recorder, &mv, &status).await;
+        write_status(&ctx.client, mv, &ns, &status).await?;
+        ctx.tracked.status_written();
+        publish_changes(&ctx.recorder, mv, &status).await;
     }
     // A missing Secret is not watched: look again later instead of hot-looping.
     Ok(if secret == SecretCheck::Missing {
@@ -178,7 +191,6 @@ async fn publish_changes(recorder: &Recorder, mv: &ModelVersion, status: &ModelV
     }
 }
 
-fn error_policy(_mv: Arc<ModelVersion>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(category = error.category(), error = %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(mv: Arc<ModelVersion>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.tracked.retry(mv.as_ref(), error)
 }

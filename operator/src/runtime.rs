@@ -1,0 +1,133 @@
+//! What every controller shares: the client and the namespace scope it watches, the event
+//! reporter, metrics, readiness, the shutdown signal, and the per-object bookkeeping around each
+//! reconcile ([`Tracked`]: metrics, backoff on errors, reset on success).
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use futures::future::{BoxFuture, Shared};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{controller::Action, events::Reporter, reflector::Store},
+};
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use crate::{
+    backoff::Backoff,
+    error::Error,
+    health::Health,
+    metrics::{ControllerName, Metrics},
+};
+
+/// Completes once when the process should shut down; clone it for each waiter.
+pub type Shutdown = Shared<BoxFuture<'static, ()>>;
+
+/// Shared by every controller of the process.
+#[derive(Clone)]
+pub struct Env {
+    /// The API client.
+    pub client: Client,
+    /// The namespace the controllers watch; `None` for the whole cluster.
+    pub namespace: Option<String>,
+    /// Who events are reported as.
+    pub reporter: Reporter,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Health,
+    /// Completes when the controllers should stop taking work and drain.
+    pub shutdown: Shutdown,
+}
+
+impl Env {
+    /// An `Api` over the watched scope.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Marks the watch `name` ready in [`Health`] once `store` has listed its objects.
+    pub fn report_synced<K>(&self, name: &'static str, store: Store<K>)
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+    {
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                tracing::info!(watch = name, "watch synced");
+                health.synced(name);
+            }
+        });
+    }
+}
+
+/// Metrics and per-object backoff around one controller's reconciles.
+pub struct Tracked {
+    controller: ControllerName,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+}
+
+/// `namespace/name` of an object: the backoff key.
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+impl Tracked {
+    /// Bookkeeping for `controller`, with the default backoff (1 s doubling to 5 min).
+    pub fn new(controller: ControllerName, metrics: Arc<Metrics>) -> Self {
+        Self {
+            controller,
+            metrics,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Runs one reconcile of `obj`: timed and counted; a success resets its backoff, a failure
+    /// is counted by category.
+    pub async fn run<K: Resource>(
+        &self,
+        obj: &K,
+        reconcile: impl Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let _timer = self.metrics.reconcile(self.controller);
+        let result = reconcile.await;
+        match &result {
+            Ok(_) => self.backoff.succeeded(&key_of(obj)),
+            Err(e) => self.metrics.failed(self.controller, e.category()),
+        }
+        result
+    }
+
+    /// The error policy: retry `obj` after its next backoff delay.
+    pub fn retry<K: Resource>(&self, obj: &K, error: &Error) -> Action {
+        let key = key_of(obj);
+        let delay: Duration = self.backoff.failed(&key);
+        warn!(
+            controller = self.controller.as_str(),
+            object = %key,
+            category = error.category(),
+            failures = self.backoff.failures(&key),
+            retry_in = ?delay,
+            error = %error,
+            "reconcile failed"
+        );
+        Action::requeue(delay)
+    }
+
+    /// Counts one status write.
+    pub fn status_written(&self) {
+        self.metrics.status_written(self.controller);
+    }
+}
