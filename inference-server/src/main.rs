@@ -2,15 +2,19 @@
 //!
 //! - `serve`: the builtin model server of every entity pod ([`serve`]).
 //! - `fetch`: the init step that copies a model artifact into the pod's model folder ([`fetch`]).
+//! - `capture`: the sidecar that records requests and responses in the inference table
+//!   ([`capture`], over the shared [`table`] module).
 //!
 //! `capture`, `gateway` and `monitor` join as sibling modules over the shared
 //! [`protocol`] module.
 
+mod capture;
 mod fetch;
 mod gateway;
 mod metrics;
 mod protocol;
 mod serve;
+mod table;
 
 use std::process::ExitCode;
 
@@ -33,6 +37,9 @@ enum Command {
     Fetch(fetch::FetchArgs),
     /// The entry point users call: weighted routing, shadow traffic, hold-while-waking.
     Gateway(Box<gateway::GatewayArgs>),
+    /// The auto-capture sidecar: proxies to the model and records every exchange in the
+    /// inference table.
+    Capture(Box<capture::CaptureArgs>),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve::run(args)).map_err(Into::into),
         Command::Fetch(args) => runtime.block_on(fetch::run(args)).map_err(Into::into),
         Command::Gateway(args) => runtime.block_on(gateway::run(*args)).map_err(Into::into),
+        Command::Capture(args) => runtime.block_on(capture::run(*args)).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

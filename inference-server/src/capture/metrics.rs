@@ -1,0 +1,178 @@
+//! Prometheus metrics of the capture sidecar, registered in an explicit [`Registry`].
+//!
+//! Labels are bounded: `reason` is one of [`DropReason`], `body` is `request` or `response`,
+//! `kind` one of the upstream failure kinds.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why rows were dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DropReason {
+    /// The in-memory queue was full (the spool writer fell behind): the oldest rows went.
+    QueueFull,
+    /// The spool was full (the table was unreachable for long): its oldest segment went.
+    SpoolFull,
+    /// The spool could not be written (disk error).
+    SpoolError,
+    /// A spooled line did not parse (torn by a crash).
+    Corrupt,
+    /// Rows the table format cannot hold (never retried).
+    Unencodable,
+}
+
+/// The `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Which body was cut.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Body {
+    /// The request body.
+    Request,
+    /// The response body.
+    Response,
+}
+
+/// The `body` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BodyLabels {
+    /// Which body.
+    pub body: Body,
+}
+
+/// How the model failed to answer.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UpstreamFailure {
+    /// No connection or a broken one.
+    Unreachable,
+    /// No response head within `--upstream-timeout-seconds`.
+    Timeout,
+}
+
+/// The `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// How it failed.
+    pub kind: UpstreamFailure,
+}
+
+/// The capture metrics; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureMetrics {
+    /// Requests proxied, captured or not.
+    pub requests: Counter,
+    /// Rows taken into the pipeline.
+    pub captured: Counter,
+    /// Rows in the table.
+    pub written: Counter,
+    /// Rows dropped, by reason.
+    pub dropped: Family<DropLabels, Counter>,
+    /// Bodies cut at `--max-payload-bytes` or by the memory budget.
+    pub truncated: Family<BodyLabels, Counter>,
+    /// Table files written.
+    pub files: Counter,
+    /// Failed attempts to write a table file.
+    pub upload_failures: Counter,
+    /// The model could not answer.
+    pub upstream_failures: Family<UpstreamLabels, Counter>,
+    /// Bytes of rows in the in-memory queue.
+    pub queue_bytes: Gauge,
+    /// Bytes of body copies held by requests in flight.
+    pub in_flight_bytes: Gauge,
+    /// Bytes in the on-disk spool.
+    pub spool_bytes: Gauge,
+    /// Rows in the on-disk spool.
+    pub spool_records: Gauge,
+    /// Age of the oldest row not yet in the table, in seconds.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl CaptureMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "requests",
+            "Requests proxied to the model",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "records_captured",
+            "Rows taken into the capture pipeline",
+            metrics.captured.clone(),
+        );
+        registry.register(
+            "records_written",
+            "Rows written to the inference table",
+            metrics.written.clone(),
+        );
+        registry.register(
+            "records_dropped",
+            "Rows dropped before reaching the table, by reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "payloads_truncated",
+            "Bodies recorded only in part",
+            metrics.truncated.clone(),
+        );
+        registry.register(
+            "files_written",
+            "Parquet files written to the table",
+            metrics.files.clone(),
+        );
+        registry.register(
+            "upload_failures",
+            "Failed attempts to write a table file (retried)",
+            metrics.upload_failures.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Requests the model did not answer",
+            metrics.upstream_failures.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of rows waiting in memory",
+            metrics.queue_bytes.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of body copies held by requests in flight",
+            metrics.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes in the on-disk spool",
+            metrics.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_records",
+            "Rows in the on-disk spool",
+            metrics.spool_records.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Age of the oldest row not yet in the table",
+            metrics.lag_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Counts `n` rows dropped for `reason`.
+    pub fn drop_records(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped.get_or_create(&DropLabels { reason }).inc_by(n);
+            tracing::warn!(?reason, records = n, "capture rows dropped");
+        }
+    }
+}

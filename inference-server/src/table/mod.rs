@@ -1,0 +1,136 @@
+//! The inference table: the rows the capture sidecar records and the monitor job reads.
+//!
+//! - [`record`]: one row ([`PayloadRecord`]), the Arrow schema, rows → Arrow batches.
+//! - [`parquet`]: rows → one Parquet file.
+//! - [`store`]: the table location (local folder / PVC, S3 with a custom endpoint, GCS,
+//!   Azure) through the `object_store` crate.
+//! - [`spool`]: the capped on-disk log of rows waiting for the table.
+//!
+//! Layout: Hive-partitioned Parquet, `<table>/date=YYYY-MM-DD/part-<instance>-<seq>.parquet`.
+//! `<instance>` is the writing sidecar's stable spool id and `<seq>` the spool segment the rows
+//! came from, so many sidecars write side by side without coordination and a retried upload
+//! replaces its own file instead of adding a second copy. DuckDB
+//! (`read_parquet('<table>/*/*.parquet', hive_partitioning = true)`), Spark, Polars and
+//! pyarrow read the folder as is.
+
+pub mod parquet;
+pub mod record;
+pub mod spool;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+
+pub use record::{PayloadRecord, schema};
+pub use store::TableStore;
+
+/// Why rows could not be added to the table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// Encoding the rows failed (a bug or a row the schema cannot hold); retrying will not help.
+    #[error(transparent)]
+    Encode(#[from] parquet::EncodeError),
+    /// The store failed; retrying may help.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+impl TableError {
+    /// Whether retrying the same rows later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
+}
+
+/// The object name of the rows of spool segment `seq` of `instance` dated `date`.
+pub fn part_path(date: NaiveDate, instance: &str, seq: u64) -> String {
+    format!("date={date}/part-{instance}-{seq:012}.parquet")
+}
+
+/// Splits rows by their `date` partition, keeping their order within a day.
+pub fn by_date(records: Vec<PayloadRecord>) -> BTreeMap<NaiveDate, Vec<PayloadRecord>> {
+    let mut days: BTreeMap<NaiveDate, Vec<PayloadRecord>> = BTreeMap::new();
+    for record in records {
+        days.entry(record.date()).or_default().push(record);
+    }
+    days
+}
+
+/// One Parquet file ready to write: its path under the table and its bytes.
+#[derive(Clone, Debug)]
+pub struct PartFile {
+    /// Path under the table root, such as `date=2026-11-26/part-….parquet`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: usize,
+    /// The encoded file.
+    pub bytes: bytes::Bytes,
+}
+
+/// Encodes the rows of spool segment `seq` of `instance`: one file per day they span. CPU
+/// work; callers on an async runtime run it on a blocking thread.
+pub fn encode_segment(
+    instance: &str,
+    seq: u64,
+    records: Vec<PayloadRecord>,
+) -> Result<Vec<PartFile>, parquet::EncodeError> {
+    by_date(records)
+        .into_iter()
+        .map(|(date, rows)| {
+            Ok(PartFile {
+                path: part_path(date, instance, seq),
+                rows: rows.len(),
+                bytes: parquet::encode(&rows)?,
+            })
+        })
+        .collect()
+}
+
+/// A table of Hive-partitioned Parquet files.
+#[derive(Clone, Debug)]
+pub struct ParquetTable {
+    store: TableStore,
+}
+
+impl ParquetTable {
+    /// The table at `store`.
+    pub fn new(store: TableStore) -> Self {
+        Self { store }
+    }
+
+    /// Writes encoded files. Idempotent: writing the same segment again replaces the same
+    /// files, so a retry never duplicates rows.
+    #[tracing::instrument(level = "debug", skip_all, fields(files = files.len()))]
+    pub async fn write(&self, files: &[PartFile]) -> Result<(), TableError> {
+        for file in files {
+            self.store.put(&file.path, file.bytes.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_paths_are_hive_partitions() {
+        let date = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        assert_eq!(
+            part_path(date, "ab12", 7),
+            "date=2026-11-26/part-ab12-000000000007.parquet"
+        );
+    }
+
+    #[test]
+    fn rows_split_by_day() {
+        let row = |ts| PayloadRecord {
+            timestamp_ms: ts,
+            ..Default::default()
+        };
+        let days = by_date(vec![row(0), row(86_400_000), row(1)]);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days.values().next().unwrap().len(), 2);
+    }
+}

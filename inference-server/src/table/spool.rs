@@ -1,0 +1,487 @@
+//! The on-disk spool: a capped write-ahead log of inference-table rows waiting for the table.
+//!
+//! Rows are appended as JSON lines to an *open* segment (`<seq>.open`); a segment is *sealed*
+//! (`<seq>.jsonl`) when it reaches the rotation size or age, and the uploader turns each sealed
+//! segment into Parquet files, writes them, and only then deletes the segment. A sidecar that
+//! is killed and restarted seals what it finds open and uploads everything left, under the
+//! same file names (the spool keeps a stable `instance-id`), so a segment written twice
+//! replaces its first copy instead of duplicating rows.
+//!
+//! The spool never grows past its cap: when a new batch would not fit, the oldest sealed
+//! segments not being uploaded are deleted and their rows counted as dropped; when nothing can
+//! be deleted, the new batch is refused and counted.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::record::PayloadRecord;
+
+const OPEN_EXT: &str = "open";
+const SEALED_EXT: &str = "jsonl";
+const INSTANCE_FILE: &str = "instance-id";
+
+/// Why the spool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation on the spool failed.
+    #[error("spool {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A row could not be serialized.
+    #[error("serializing a spooled row: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A sealed segment, ready to upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Position in the log; names the segment's table files.
+    pub seq: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Rows in it.
+    pub records: u64,
+    /// Timestamp of its first row (for lag), in ms since the epoch.
+    pub first_timestamp_ms: i64,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    seq: u64,
+    writer: BufWriter<File>,
+    bytes: u64,
+    records: u64,
+    first_timestamp_ms: i64,
+    opened: Instant,
+}
+
+#[derive(Debug)]
+struct Sealed {
+    segment: Segment,
+    claimed: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: Option<OpenSegment>,
+    sealed: VecDeque<Sealed>,
+    next_seq: u64,
+}
+
+/// What one [`Spool::append`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Rows written.
+    pub written: u64,
+    /// Rows of older segments deleted to make room.
+    pub evicted: u64,
+    /// Rows of this batch refused because nothing could be deleted.
+    pub refused: u64,
+}
+
+/// Totals for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Bytes on disk, open segment included.
+    pub bytes: u64,
+    /// Rows waiting, open segment included.
+    pub records: u64,
+    /// Timestamp of the oldest waiting row, if any.
+    pub oldest_timestamp_ms: Option<i64>,
+}
+
+/// The spool folder. Shared by the thread that appends and the task that uploads.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    instance: String,
+    state: Mutex<State>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, holding at most `max_bytes`; seals any segment
+    /// left open by a previous run so that it is uploaded. Returns the spool and the rows it
+    /// found waiting.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, u64), SpoolError> {
+        fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let instance = instance_id(dir)?;
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io("listing", dir))? {
+            let path = entry.map_err(io("listing", dir))?.path();
+            let ext = path.extension().and_then(|e| e.to_str());
+            let seq = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok());
+            match (seq, ext) {
+                (Some(seq), Some(OPEN_EXT)) => {
+                    let sealed = segment_path(dir, seq, SEALED_EXT);
+                    fs::rename(&path, &sealed).map_err(io("sealing", &path))?;
+                    found.push((seq, sealed));
+                }
+                (Some(seq), Some(SEALED_EXT)) => found.push((seq, path)),
+                _ => {}
+            }
+        }
+        found.sort();
+        let mut state = State::default();
+        let mut waiting = 0;
+        for (seq, path) in found {
+            let (records, first_timestamp_ms) = scan(&path)?;
+            let bytes = fs::metadata(&path).map_err(io("reading", &path))?.len();
+            if records == 0 {
+                fs::remove_file(&path).map_err(io("removing", &path))?;
+                continue;
+            }
+            waiting += records;
+            state.next_seq = seq + 1;
+            state.sealed.push_back(Sealed {
+                segment: Segment {
+                    seq,
+                    bytes,
+                    records,
+                    first_timestamp_ms,
+                },
+                claimed: false,
+            });
+        }
+        let spool = Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            instance,
+            state: Mutex::new(state),
+        };
+        Ok((spool, waiting))
+    }
+
+    /// The stable id of this spool (and so of the sidecar owning it), used in file names.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `records` to the open segment (opening one if needed), deleting the oldest
+    /// unclaimed sealed segments when the cap would be passed.
+    pub fn append(&self, records: &[PayloadRecord]) -> Result<AppendOutcome, SpoolError> {
+        let mut outcome = AppendOutcome::default();
+        if records.is_empty() {
+            return Ok(outcome);
+        }
+        let mut lines = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut lines, record)?;
+            lines.push(b'\n');
+        }
+        let size = lines.len() as u64;
+        let mut state = self.lock();
+        while total_bytes(&state) + size > self.max_bytes {
+            let Some(position) = state.sealed.iter().position(|s| !s.claimed) else {
+                break;
+            };
+            if let Some(victim) = state.sealed.remove(position) {
+                let path = segment_path(&self.dir, victim.segment.seq, SEALED_EXT);
+                fs::remove_file(&path).map_err(io("evicting", &path))?;
+                tracing::warn!(
+                    seq = victim.segment.seq,
+                    records = victim.segment.records,
+                    "spool full: dropped its oldest segment"
+                );
+                outcome.evicted += victim.segment.records;
+            }
+        }
+        if total_bytes(&state) + size > self.max_bytes {
+            outcome.refused = records.len() as u64;
+            return Ok(outcome);
+        }
+        if state.open.is_none() {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let path = segment_path(&self.dir, seq, OPEN_EXT);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io("creating", &path))?;
+            state.open = Some(OpenSegment {
+                seq,
+                writer: BufWriter::new(file),
+                bytes: 0,
+                records: 0,
+                first_timestamp_ms: records[0].timestamp_ms,
+                opened: Instant::now(),
+            });
+        }
+        if let Some(open) = state.open.as_mut() {
+            let path = segment_path(&self.dir, open.seq, OPEN_EXT);
+            open.writer
+                .write_all(&lines)
+                .and_then(|()| open.writer.flush())
+                .map_err(io("appending to", &path))?;
+            open.bytes += size;
+            open.records += records.len() as u64;
+            outcome.written = records.len() as u64;
+        }
+        Ok(outcome)
+    }
+
+    /// Seals the open segment when it holds at least `max_bytes` or is older than `max_age`
+    /// (or always, with `force`). Returns whether a segment was sealed.
+    pub fn seal_if_due(
+        &self,
+        max_bytes: u64,
+        max_age: Duration,
+        force: bool,
+    ) -> Result<bool, SpoolError> {
+        let mut state = self.lock();
+        let due = state.open.as_ref().is_some_and(|open| {
+            force || open.bytes >= max_bytes || open.opened.elapsed() >= max_age
+        });
+        if !due {
+            return Ok(false);
+        }
+        let Some(mut open) = state.open.take() else {
+            return Ok(false);
+        };
+        let from = segment_path(&self.dir, open.seq, OPEN_EXT);
+        open.writer.flush().map_err(io("flushing", &from))?;
+        open.writer
+            .get_ref()
+            .sync_data()
+            .map_err(io("syncing", &from))?;
+        let to = segment_path(&self.dir, open.seq, SEALED_EXT);
+        fs::rename(&from, &to).map_err(io("sealing", &from))?;
+        state.sealed.push_back(Sealed {
+            segment: Segment {
+                seq: open.seq,
+                bytes: open.bytes,
+                records: open.records,
+                first_timestamp_ms: open.first_timestamp_ms,
+            },
+            claimed: false,
+        });
+        Ok(true)
+    }
+
+    /// Claims the oldest sealed segment for upload; nobody evicts it until
+    /// [`Spool::complete`] or [`Spool::release`].
+    pub fn claim(&self) -> Option<Segment> {
+        let mut state = self.lock();
+        let sealed = state.sealed.iter_mut().find(|s| !s.claimed)?;
+        sealed.claimed = true;
+        Some(sealed.segment.clone())
+    }
+
+    /// Reads a claimed segment's rows. A line that does not parse (the tail of a segment cut
+    /// by a crash) is skipped and counted in the second value.
+    pub fn read(&self, segment: &Segment) -> Result<(Vec<PayloadRecord>, u64), SpoolError> {
+        let path = segment_path(&self.dir, segment.seq, SEALED_EXT);
+        let file = File::open(&path).map_err(io("opening", &path))?;
+        let mut records = Vec::with_capacity(segment.records as usize);
+        let mut corrupt = 0;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(io("reading", &path))?;
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_str(&line) {
+                Ok(record) => records.push(record),
+                Err(_) => corrupt += 1,
+            }
+        }
+        Ok((records, corrupt))
+    }
+
+    /// Deletes an uploaded segment.
+    pub fn complete(&self, seq: u64) -> Result<(), SpoolError> {
+        let mut state = self.lock();
+        state.sealed.retain(|s| s.segment.seq != seq);
+        let path = segment_path(&self.dir, seq, SEALED_EXT);
+        fs::remove_file(&path).map_err(io("removing", &path))
+    }
+
+    /// Gives a claimed segment back after a failed upload; it is retried first.
+    pub fn release(&self, seq: u64) {
+        let mut state = self.lock();
+        if let Some(sealed) = state.sealed.iter_mut().find(|s| s.segment.seq == seq) {
+            sealed.claimed = false;
+        }
+    }
+
+    /// Bytes, rows and the oldest row waiting.
+    pub fn stats(&self) -> SpoolStats {
+        let state = self.lock();
+        let mut stats = SpoolStats {
+            bytes: total_bytes(&state),
+            ..SpoolStats::default()
+        };
+        for sealed in &state.sealed {
+            stats.records += sealed.segment.records;
+        }
+        if let Some(open) = &state.open {
+            stats.records += open.records;
+        }
+        stats.oldest_timestamp_ms = state
+            .sealed
+            .front()
+            .map(|s| s.segment.first_timestamp_ms)
+            .or(state.open.as_ref().map(|o| o.first_timestamp_ms));
+        stats
+    }
+
+    /// Whether any sealed segment waits for upload.
+    pub fn has_sealed(&self) -> bool {
+        self.lock().sealed.iter().any(|s| !s.claimed)
+    }
+}
+
+fn total_bytes(state: &State) -> u64 {
+    state.sealed.iter().map(|s| s.segment.bytes).sum::<u64>()
+        + state.open.as_ref().map_or(0, |o| o.bytes)
+}
+
+fn segment_path(dir: &Path, seq: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{seq:020}.{ext}"))
+}
+
+/// Counts the rows of a segment found at startup and reads its first timestamp.
+fn scan(path: &Path) -> Result<(u64, i64), SpoolError> {
+    let file = File::open(path).map_err(io("opening", path))?;
+    let mut records = 0;
+    let mut first = None;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io("reading", path))?;
+        if line.is_empty() {
+            continue;
+        }
+        records += 1;
+        if first.is_none() {
+            first = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v.get("timestamp_ms").and_then(serde_json::Value::as_i64));
+        }
+    }
+    Ok((records, first.unwrap_or_default()))
+}
+
+/// The spool's stable id: read from `instance-id`, or made once and written there.
+fn instance_id(dir: &Path) -> Result<String, SpoolError> {
+    let path = dir.join(INSTANCE_FILE);
+    if let Ok(id) = fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    let temp = dir.join(format!("{INSTANCE_FILE}.tmp"));
+    fs::write(&temp, &id).map_err(io("writing", &temp))?;
+    fs::rename(&temp, &path).map_err(io("writing", &path))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-spool-{label}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn rows(n: usize, size: usize) -> Vec<PayloadRecord> {
+        (0..n)
+            .map(|i| PayloadRecord {
+                request_id: format!("r{i}"),
+                timestamp_ms: 1000 + i as i64,
+                request: Some("x".repeat(size)),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_survive_a_restart_and_keep_the_instance() {
+        let dir = temp("restart");
+        let (spool, waiting) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(waiting, 0);
+        let instance = spool.instance().to_string();
+        spool.append(&rows(3, 10)).unwrap();
+        spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
+        spool.append(&rows(2, 10)).unwrap();
+        drop(spool);
+        let (spool, waiting) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(waiting, 5);
+        assert_eq!(spool.instance(), instance);
+        let first = spool.claim().unwrap();
+        assert_eq!(spool.read(&first).unwrap().0.len(), 3);
+        spool.complete(first.seq).unwrap();
+        let second = spool.claim().unwrap();
+        assert!(second.seq > first.seq);
+        assert_eq!(spool.read(&second).unwrap().0.len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_spool_drops_its_oldest_unclaimed_segment() {
+        let dir = temp("cap");
+        let (spool, _) = Spool::open(&dir, 3000).unwrap();
+        for _ in 0..3 {
+            spool.append(&rows(1, 800)).unwrap();
+            spool.seal_if_due(0, Duration::MAX, true).unwrap();
+        }
+        let claimed = spool.claim().unwrap();
+        let outcome = spool.append(&rows(1, 800)).unwrap();
+        assert_eq!(outcome.written, 1);
+        assert_eq!(
+            outcome.evicted, 1,
+            "the second segment goes, not the claimed first"
+        );
+        assert!(spool.stats().bytes <= 3000);
+        spool.release(claimed.seq);
+        assert_eq!(spool.claim().unwrap().seq, claimed.seq);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped() {
+        let dir = temp("torn");
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&rows(2, 10)).unwrap();
+        drop(spool);
+        let open = segment_path(&dir, 0, OPEN_EXT);
+        let mut file = OpenOptions::new().append(true).open(&open).unwrap();
+        file.write_all(b"{\"request_id\": \"cut").unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        let segment = spool.claim().unwrap();
+        let (records, corrupt) = spool.read(&segment).unwrap();
+        assert_eq!((records.len(), corrupt), (2, 1));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
