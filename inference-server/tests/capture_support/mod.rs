@@ -1,0 +1,592 @@
+//! Harness of the capture tests: the real `inference-server capture` binary on 127.0.0.1, a
+//! small upstream model server (echo, status codes, streamed chat), a real S3-compatible
+//! server (moto from the project's `.venv`), and readers of the table (arrow-rs here, DuckDB
+//! from the venv).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, RecordBatch};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Value, json};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-capture-test-{label}-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Polls `check` every 50 ms until it answers `Some`, panicking with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A running capture sidecar.
+pub struct Sidecar {
+    child: Child,
+    pub base: String,
+    pub spool: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Sidecar {
+    /// Starts `capture` in front of `upstream`, writing to `table`, spooling in `spool`, with
+    /// test-friendly rotation (0.3 s) and retries (at most 1 s apart) unless `extra` says
+    /// otherwise; waits until `/ping` answers.
+    pub async fn start(
+        upstream: &str,
+        table: &str,
+        spool: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Sidecar {
+        let port = free_port();
+        let mut command = Command::new(BINARY);
+        command
+            .args(["capture", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", upstream, "--table", table, "--spool-dir"])
+            .arg(spool)
+            .args([
+                "--endpoint",
+                "iris",
+                "--entity",
+                "iris-1",
+                "--model",
+                "iris",
+            ])
+            .args(["--model-version", "1", "--rotate-seconds", "0.3"])
+            .args(["--retry-max-seconds", "1", "--shutdown-seconds", "10"])
+            .args(extra)
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        let sidecar = Sidecar {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            spool: spool.to_path_buf(),
+            client: client(),
+        };
+        eventually(Duration::from_secs(20), "capture answers /ping", || async {
+            sidecar
+                .client
+                .get(sidecar.url("/ping"))
+                .send()
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        sidecar
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) {
+        signal(self.pid(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "capture exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("capture did not exit within 30 s of SIGTERM");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The sidecar's metrics: `name{labels}` → value.
+    pub async fn metrics(&self) -> BTreeMap<String, f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The sum of every series of metric `name` (all label sets).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .iter()
+            .filter(|(series, _)| {
+                series.as_str() == name || series.starts_with(&format!("{name}{{"))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// Waits until metric `name` reaches at least `value`.
+    pub async fn wait_metric(&self, name: &str, value: f64, limit: Duration) {
+        eventually(limit, &format!("{name} >= {value}"), || async {
+            (self.metric(name).await >= value).then_some(())
+        })
+        .await;
+    }
+
+    /// Resident memory of the process, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small model server: echo, chosen statuses, a streamed or plain chat, a switchable health.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let app = axum::Router::new()
+            .route("/health", get(health))
+            .route("/echo", post(echo))
+            .route("/status/{code}", post(status))
+            .route("/v1/chat/completions", post(chat))
+            .with_state(healthy.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Upstream { addr, healthy }
+    }
+}
+
+async fn health(State(healthy): State<Arc<AtomicBool>>) -> Response {
+    if healthy.load(Ordering::Relaxed) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "loading"})),
+        )
+            .into_response()
+    }
+}
+
+/// Streams the request body back as it arrives.
+async fn echo(request: Request) -> Response {
+    let kind = request
+        .headers()
+        .get("content-type")
+        .cloned()
+        .unwrap_or_else(|| "application/octet-stream".parse().unwrap());
+    Response::builder()
+        .header("content-type", kind)
+        .body(Body::new(request.into_body()))
+        .unwrap()
+}
+
+async fn status(UrlPath(code): UrlPath<u16>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+    (
+        status,
+        Json(json!({"error_code": "CHOSEN", "message": format!("status {code}")})),
+    )
+        .into_response()
+}
+
+/// The words of the streamed answer, one chunk each.
+pub const CHAT_WORDS: [&str; 5] = ["The ", "iris ", "is ", "a ", "flower."];
+/// Pause between two streamed chunks.
+pub const CHUNK_PAUSE: Duration = Duration::from_millis(150);
+
+async fn chat(Json(body): Json<Value>) -> Response {
+    let head = |choices: Value| json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "tiny", "choices": choices});
+    if body["stream"] != json!(true) {
+        return Json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "tiny",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": CHAT_WORDS.concat()}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+        }))
+        .into_response();
+    }
+    let mut events = vec![head(
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+    )];
+    for word in CHAT_WORDS {
+        events.push(head(
+            json!([{"index": 0, "delta": {"content": word}, "finish_reason": null}]),
+        ));
+    }
+    events.push(head(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ));
+    let mut last = head(json!([]));
+    last["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
+    events.push(last);
+    let stream = futures::stream::iter(events.into_iter().map(Some).chain([None])).then(
+        |event| async move {
+            tokio::time::sleep(CHUNK_PAUSE).await;
+            let text = match event {
+                Some(event) => format!("data: {event}\n\n"),
+                None => "data: [DONE]\n\n".to_string(),
+            };
+            Ok::<_, std::convert::Infallible>(Bytes::from(text))
+        },
+    );
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+use futures::StreamExt;
+
+/// Every Parquet file under `dir`, recursively.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Reads Parquet bytes into batches with arrow-rs.
+pub fn read_parquet(bytes: Bytes) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Every row of the local table at `dir`, read with arrow-rs.
+pub fn read_local_table(dir: &Path) -> Vec<RecordBatch> {
+    parquet_files(dir)
+        .into_iter()
+        .flat_map(|file| read_parquet(Bytes::from(std::fs::read(file).unwrap())))
+        .collect()
+}
+
+/// The values of string column `name` in every batch, in order (`None` for nulls).
+pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    for batch in batches {
+        let column = batch.column_by_name(name).unwrap();
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        for i in 0..column.len() {
+            values.push(column.is_valid(i).then(|| column.value(i).to_string()));
+        }
+    }
+    values
+}
+
+/// The values of Int32 column `name`.
+pub fn int32s(batches: &[RecordBatch], name: &str) -> Vec<i32> {
+    batches
+        .iter()
+        .flat_map(|batch| {
+            let column = batch.column_by_name(name).unwrap();
+            column
+                .as_any()
+                .downcast_ref::<arrow_array::Int32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// The values of Int64 column `name` (`None` for nulls).
+pub fn int64s(batches: &[RecordBatch], name: &str) -> Vec<Option<i64>> {
+    let mut values = Vec::new();
+    for batch in batches {
+        let column = batch.column_by_name(name).unwrap();
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap();
+        for i in 0..column.len() {
+            values.push(column.is_valid(i).then(|| column.value(i)));
+        }
+    }
+    values
+}
+
+/// The `logging_error_codes` of every row.
+pub fn error_codes(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let column = batch.column_by_name("logging_error_codes").unwrap();
+        let list = column
+            .as_any()
+            .downcast_ref::<arrow_array::ListArray>()
+            .unwrap();
+        for i in 0..list.len() {
+            let items = list.value(i);
+            let items = items
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            rows.push(
+                (0..items.len())
+                    .map(|j| items.value(j).to_string())
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// The project's Python (`.venv`, made by `.ci/setup`).
+pub fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run .ci/setup (it installs duckdb and moto)",
+        python.display()
+    );
+    python
+}
+
+/// Runs a Python snippet from the venv and answers its stdout.
+pub fn run_python(code: &str) -> String {
+    let output = Command::new(python()).args(["-c", code]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A moto S3 server on 127.0.0.1, started from the venv.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+/// Credentials moto accepts (it checks none).
+pub const S3_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+impl Moto {
+    pub async fn start(port: u16) -> Moto {
+        let server = python().with_file_name("moto_server");
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto { child, port };
+        let client = client();
+        eventually(Duration::from_secs(30), "moto answers", || async {
+            client.get(moto.endpoint()).send().await.ok().map(drop)
+        })
+        .await;
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        let response = client()
+            .put(format!("{}/{bucket}", self.endpoint()))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
+    /// The `--table-option`s that point the sidecar at this server.
+    pub fn table_options(&self) -> Vec<String> {
+        vec![
+            "--table-option".into(),
+            format!("aws_endpoint={}", self.endpoint()),
+            "--table-option".into(),
+            "aws_allow_http=true".into(),
+        ]
+    }
+
+    /// Every row of the table at `s3://bucket/prefix`, read with arrow-rs through
+    /// object_store.
+    pub async fn read_table(&self, bucket: &str, prefix: &str) -> (Vec<String>, Vec<RecordBatch>) {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap();
+        let prefix = object_store::path::Path::from(prefix);
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        let mut names = Vec::new();
+        let mut batches = Vec::new();
+        for object in objects {
+            names.push(object.location.to_string());
+            let bytes = store
+                .get(&object.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            batches.extend(read_parquet(bytes));
+        }
+        names.sort();
+        (names, batches)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request to the sidecar with a chosen body size, answering (status, x-request-id, body
+/// length).
+pub async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, String, usize) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let length = response.bytes().await.unwrap().len();
+    (status, id, length)
+}
