@@ -41,6 +41,10 @@ pub struct GatewayArgs {
     /// Standalone: folder for fetched models and process logs (a temporary folder by default).
     #[arg(long, env = "SLUICE_GATEWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Standalone: where `pvc://<claim>/<path>` sources are read (`<root>/<claim>/<path>`);
+    /// the manifest's folder by default.
+    #[arg(long, env = "SLUICE_GATEWAY_PVC_ROOT")]
+    pub pvc_root: Option<PathBuf>,
     /// Largest request body accepted (413 past it).
     #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub max_body_bytes: usize,

@@ -131,6 +131,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
                     path,
                     &args.upstreams,
                     &work_dir,
+                    args.pvc_root.as_deref(),
                     args.request_timeout,
                     defaults,
                     listen,

@@ -4,8 +4,9 @@
 //! The manifest holds ServingEndpoints and the ModelVersions they name (the same YAML a cluster
 //! takes). In standalone mode the spec is the routed config. Each entity either already runs
 //! somewhere (`--upstream ENTITY=HOST:PORT`) or is started here as the pod would run it: the
-//! model is fetched (`file://` paths may be relative to the manifest's folder) and served by a
-//! child `inference-server serve` process on a free loopback port.
+//! model is fetched (`pvc://<claim>/<path>` reads `<pvc root>/<claim>/<path>`, the pvc root
+//! being the manifest's folder unless `--pvc-root` says otherwise) and served by a child
+//! `inference-server serve` process on a free loopback port.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -174,18 +175,6 @@ fn version_for<'a>(manifest: &'a Manifest, entity: &ServedEntity) -> Option<&'a 
     })
 }
 
-/// A `file://` URI whose path is relative resolves against the manifest's folder.
-fn resolve_uri(uri: &str, base: &Path) -> String {
-    match uri.strip_prefix("file://") {
-        Some(path) if !path.starts_with('/') => {
-            let absolute = base.join(path);
-            let absolute = absolute.canonicalize().unwrap_or(absolute);
-            format!("file://{}", absolute.display())
-        }
-        _ => uri.to_string(),
-    }
-}
-
 fn upstreams_for<'a>(
     upstreams: &'a [Upstream],
     endpoint: &'a str,
@@ -223,6 +212,7 @@ pub async fn start(
     manifest: &Manifest,
     upstreams: &[Upstream],
     work_dir: &Path,
+    pvc_root: &Path,
 ) -> Result<LocalEntities, GatewayError> {
     let mut local = LocalEntities::default();
     let exe = std::env::current_exe().map_err(|e| {
@@ -255,11 +245,11 @@ pub async fn start(
                 ))
             })?;
             let model_dir = work_dir.join("models").join(&name).join(&entity.name);
-            let uri = resolve_uri(&version.spec.source.uri, &manifest.base);
+            let uri = version.spec.source.uri.clone();
             fetch::run(FetchArgs {
                 uri: uri.clone(),
                 dest: model_dir.clone(),
-                pvc_root: PathBuf::from("/mnt/pvc"),
+                pvc_root: pvc_root.to_path_buf(),
             })
             .await
             .map_err(|e| {
@@ -362,13 +352,15 @@ pub async fn run(
     path: &Path,
     upstreams: &[Upstream],
     work_dir: &Path,
+    pvc_root: Option<&Path>,
     startup_timeout: Duration,
     defaults: HoldPolicy,
     listen: SocketAddr,
     state: &State,
 ) -> Result<(), GatewayError> {
     let mut manifest = read(path)?;
-    let mut local = start(&manifest, upstreams, work_dir).await?;
+    let pvc_root = pvc_root.map_or_else(|| manifest.base.clone(), Path::to_path_buf);
+    let mut local = start(&manifest, upstreams, work_dir, &pvc_root).await?;
     local.wait_ready(startup_timeout).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
@@ -549,15 +541,5 @@ mod tests {
         std::fs::write(&path, "").expect("write");
         let error = read(&path).expect_err("refused").to_string();
         assert!(error.contains("no ServingEndpoint"), "{error}");
-    }
-
-    #[test]
-    fn relative_file_uris_resolve_against_the_manifest() {
-        assert_eq!(
-            resolve_uri("file://models/iris", Path::new("/no/such/base")),
-            "file:///no/such/base/models/iris"
-        );
-        assert_eq!(resolve_uri("file:///abs", Path::new("/b")), "file:///abs");
-        assert_eq!(resolve_uri("s3://b/k", Path::new("/b")), "s3://b/k");
     }
 }

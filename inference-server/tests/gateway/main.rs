@@ -9,5 +9,6 @@ mod harness;
 mod errors;
 mod failures;
 mod holding;
+mod quickstart;
 mod split;
 mod streaming;
