@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::routing::HoldPolicy;
 use crate::serve::args::{parse_bytes, parse_duration};
 
 /// `inference-server gateway`: in a cluster (the default) it watches ServingEndpoints and
@@ -81,6 +82,16 @@ pub struct GatewayArgs {
     /// How long in-flight requests may finish after SIGTERM before the gateway exits.
     #[arg(long, env = "SLUICE_GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+}
+
+impl GatewayArgs {
+    /// The hold limits of entities that set none.
+    pub fn hold_defaults(&self) -> HoldPolicy {
+        HoldPolicy {
+            max_held: self.max_held,
+            timeout: self.hold_timeout,
+        }
+    }
 }
 
 /// An entity that already runs at an address (standalone mode).

@@ -35,7 +35,6 @@ use tokio::net::TcpListener;
 pub use args::GatewayArgs;
 use metrics::GatewayMetrics;
 use proxy::{Proxy, ProxyConfig};
-use routing::HoldPolicy;
 use state::State;
 
 /// Why the gateway could not start or stopped.
@@ -83,10 +82,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let mut registry = Registry::with_prefix("sluice_gateway");
     let metrics = GatewayMetrics::register(&mut registry);
     let state = Arc::new(State::new(metrics));
-    let defaults = HoldPolicy {
-        max_held: args.max_held,
-        timeout: args.hold_timeout,
-    };
+    let defaults = args.hold_defaults();
     let proxy = Arc::new(Proxy::new(
         state.clone(),
         ProxyConfig {
@@ -125,20 +121,8 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
             let work_dir = args.work_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id()))
             });
-            let state = state.clone();
-            Box::pin(async move {
-                standalone::run(
-                    path,
-                    &args.upstreams,
-                    &work_dir,
-                    args.pvc_root.as_deref(),
-                    args.request_timeout,
-                    defaults,
-                    listen,
-                    &state,
-                )
-                .await
-            })
+            let (state, args) = (state.clone(), &args);
+            Box::pin(async move { standalone::run(path, args, &work_dir, listen, &state).await })
         }
         None => {
             let client = kube::Client::try_default()

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sluice_crds::{ModelTask, ModelVersion, ServedEntity, ServingEndpoint};
 
 use super::GatewayError;
-use super::args::Upstream;
+use super::args::{GatewayArgs, Upstream};
 use super::routing::{self, ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
 use super::state::State;
 use crate::fetch::{self, FetchArgs};
@@ -350,18 +350,20 @@ fn scale_to_zero_entities(manifest: &Manifest) -> std::collections::BTreeSet<(St
 /// failing address out of rotation. Prints one `READY` line per endpoint with a curl.
 pub async fn run(
     path: &Path,
-    upstreams: &[Upstream],
+    args: &GatewayArgs,
     work_dir: &Path,
-    pvc_root: Option<&Path>,
-    startup_timeout: Duration,
-    defaults: HoldPolicy,
     listen: SocketAddr,
     state: &State,
 ) -> Result<(), GatewayError> {
+    let upstreams = args.upstreams.as_slice();
+    let defaults = args.hold_defaults();
     let mut manifest = read(path)?;
-    let pvc_root = pvc_root.map_or_else(|| manifest.base.clone(), Path::to_path_buf);
+    let pvc_root = args
+        .pvc_root
+        .clone()
+        .unwrap_or_else(|| manifest.base.clone());
     let mut local = start(&manifest, upstreams, work_dir, &pvc_root).await?;
-    local.wait_ready(startup_timeout).await?;
+    local.wait_ready(args.request_timeout).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
