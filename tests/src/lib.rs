@@ -4,9 +4,11 @@
 pub mod apply;
 pub mod binaries;
 pub mod cluster;
+pub mod gateway;
 pub mod http;
 pub mod kubelet;
 pub mod manifests;
+pub mod models;
 pub mod schema;
 pub mod wait;
 

@@ -1,0 +1,73 @@
+//! The real `inference-server gateway` in cluster mode against the local control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::binaries::built;
+use crate::cluster::ControlPlane;
+
+/// A running gateway; killed when dropped.
+pub struct GatewayProcess {
+    _child: tokio::process::Child,
+    /// Base URL of the serving routes.
+    pub base: String,
+    /// Base URL of the admin routes (`/metrics`, `/demand`, `/readyz`).
+    pub admin: String,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+}
+
+impl GatewayProcess {
+    /// Starts a gateway watching `namespace` with `kubeconfig`, and waits until `/readyz`
+    /// answers 200 (its watches synced).
+    pub async fn start(cp: &ControlPlane, kubeconfig: &std::path::Path, namespace: &str) -> Self {
+        // Pods live on 127.0.0.0/8 in the local cluster; the gateway dials them directly.
+        let (listen, admin) = (free_addr(), free_addr());
+        let log = cp
+            .state_dir
+            .join("logs")
+            .join(format!("gateway-{namespace}.log"));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("gateway log: {e}"));
+        let child = tokio::process::Command::new(built("inference-server", "inference-server"))
+            .arg("gateway")
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--namespace", namespace])
+            .env("KUBECONFIG", kubeconfig)
+            .env("SLUICE_LOG", "info,kube=warn")
+            .stdout(
+                file.try_clone()
+                    .unwrap_or_else(|e| panic!("gateway log: {e}")),
+            )
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
+        let gateway = Self {
+            _child: child,
+            base: format!("http://{listen}"),
+            admin: format!("http://{admin}"),
+            log,
+        };
+        let client = reqwest::Client::new();
+        let ready = format!("{}/readyz", gateway.admin);
+        crate::wait::eventually(
+            "the gateway's watches to sync",
+            Duration::from_secs(60),
+            || crate::log_tail(&gateway.log, 40),
+            || async {
+                let response = client.get(&ready).send().await.ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await;
+        gateway
+    }
+}
