@@ -5,14 +5,27 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// Gives a label enum snake_case label values.
+macro_rules! label_values {
+    ($kind:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, match self {
+                    $(Self::$variant => $text),+
+                })
+            }
+        }
+    };
+}
+
 /// Why rows were dropped.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DropReason {
     /// The in-memory queue was full (the spool writer fell behind): the oldest rows went.
     QueueFull,
@@ -26,6 +39,14 @@ pub enum DropReason {
     Unencodable,
 }
 
+label_values!(DropReason {
+    QueueFull => "queue_full",
+    SpoolFull => "spool_full",
+    SpoolError => "spool_error",
+    Corrupt => "corrupt",
+    Unencodable => "unencodable",
+});
+
 /// The `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
@@ -34,13 +55,18 @@ pub struct DropLabels {
 }
 
 /// Which body was cut.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Body {
     /// The request body.
     Request,
     /// The response body.
     Response,
 }
+
+label_values!(Body {
+    Request => "request",
+    Response => "response",
+});
 
 /// The `body` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,13 +76,18 @@ pub struct BodyLabels {
 }
 
 /// How the model failed to answer.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UpstreamFailure {
     /// No connection or a broken one.
     Unreachable,
     /// No response head within `--upstream-timeout-seconds`.
     Timeout,
 }
+
+label_values!(UpstreamFailure {
+    Unreachable => "unreachable",
+    Timeout => "timeout",
+});
 
 /// The `kind` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -22,8 +22,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload,
-    RetryConfig,
+    BackoffConfig, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, RetryConfig,
 };
 use url::Url;
 
@@ -96,10 +95,39 @@ fn client_retry() -> RetryConfig {
     }
 }
 
-fn client_options() -> ClientOptions {
-    ClientOptions::new()
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_connect_timeout(CONNECT_TIMEOUT)
+/// Applies the client defaults (short timeouts), then the user's options (which may override
+/// them), to a cloud store builder; environment settings read by `from_env` stay unless
+/// an option overrides them.
+fn configure<B, K>(
+    uri: &str,
+    mut builder: B,
+    options: &[(String, String)],
+    set: fn(B, K, String) -> B,
+) -> Result<B, StoreError>
+where
+    K: std::str::FromStr<Err = object_store::Error>,
+{
+    let defaults = [
+        ("timeout", format!("{}s", REQUEST_TIMEOUT.as_secs())),
+        ("connect_timeout", format!("{}s", CONNECT_TIMEOUT.as_secs())),
+    ];
+    let options = defaults
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .chain(
+            options
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        );
+    for (key, value) in options {
+        let parsed = key.parse().map_err(|source| StoreError::Option {
+            uri: uri.to_string(),
+            key: key.to_string(),
+            source,
+        })?;
+        builder = set(builder, parsed, value.to_string());
+    }
+    Ok(builder)
 }
 
 impl TableStore {
@@ -124,11 +152,6 @@ impl TableStore {
             uri: uri.to_string(),
             source,
         };
-        let option = |key: &str, source| StoreError::Option {
-            uri: uri.to_string(),
-            key: key.to_string(),
-            source,
-        };
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Local => {
                 let path = url
@@ -136,48 +159,39 @@ impl TableStore {
                     .map_err(|()| location("not a local path".into()))?;
                 return Self::local(uri, path);
             }
-            ObjectStoreScheme::AmazonS3 => {
-                let mut builder = AmazonS3Builder::from_env().with_url(uri);
-                for (key, value) in options {
-                    builder = builder
-                        .with_config(key.parse().map_err(|error| option(key, error))?, value);
-                }
-                Arc::new(
-                    builder
-                        .with_retry(client_retry())
-                        .with_client_options(client_options())
-                        .build()
-                        .map_err(open)?,
-                )
-            }
-            ObjectStoreScheme::GoogleCloudStorage => {
-                let mut builder = GoogleCloudStorageBuilder::from_env().with_url(uri);
-                for (key, value) in options {
-                    builder = builder
-                        .with_config(key.parse().map_err(|error| option(key, error))?, value);
-                }
-                Arc::new(
-                    builder
-                        .with_retry(client_retry())
-                        .with_client_options(client_options())
-                        .build()
-                        .map_err(open)?,
-                )
-            }
-            ObjectStoreScheme::MicrosoftAzure => {
-                let mut builder = MicrosoftAzureBuilder::from_env().with_url(uri);
-                for (key, value) in options {
-                    builder = builder
-                        .with_config(key.parse().map_err(|error| option(key, error))?, value);
-                }
-                Arc::new(
-                    builder
-                        .with_retry(client_retry())
-                        .with_client_options(client_options())
-                        .build()
-                        .map_err(open)?,
-                )
-            }
+            ObjectStoreScheme::AmazonS3 => Arc::new(
+                configure(
+                    uri,
+                    AmazonS3Builder::from_env().with_url(uri),
+                    options,
+                    AmazonS3Builder::with_config,
+                )?
+                .with_retry(client_retry())
+                .build()
+                .map_err(open)?,
+            ),
+            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+                configure(
+                    uri,
+                    GoogleCloudStorageBuilder::from_env().with_url(uri),
+                    options,
+                    GoogleCloudStorageBuilder::with_config,
+                )?
+                .with_retry(client_retry())
+                .build()
+                .map_err(open)?,
+            ),
+            ObjectStoreScheme::MicrosoftAzure => Arc::new(
+                configure(
+                    uri,
+                    MicrosoftAzureBuilder::from_env().with_url(uri),
+                    options,
+                    MicrosoftAzureBuilder::with_config,
+                )?
+                .with_retry(client_retry())
+                .build()
+                .map_err(open)?,
+            ),
             other => {
                 return Err(location(format!(
                     "{other:?} is not a table store (use a path, file://, s3://, gs:// or az://)"

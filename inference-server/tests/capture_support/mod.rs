@@ -116,8 +116,17 @@ impl Sidecar {
                 "--model",
                 "iris",
             ])
-            .args(["--model-version", "1", "--rotate-seconds", "0.3"])
-            .args(["--retry-max-seconds", "1", "--shutdown-seconds", "10"])
+            .args(["--model-version", "1"]);
+        for (flag, value) in [
+            ("--rotate-seconds", "0.3"),
+            ("--retry-max-seconds", "1"),
+            ("--shutdown-seconds", "10"),
+        ] {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        command
             .args(extra)
             .env(
                 "SLUICE_LOG",
@@ -129,23 +138,32 @@ impl Sidecar {
             command.env(key, value);
         }
         let child = command.spawn().unwrap();
-        let sidecar = Sidecar {
+        let mut sidecar = Sidecar {
             child,
             base: format!("http://127.0.0.1:{port}"),
             spool: spool.to_path_buf(),
             client: client(),
         };
-        eventually(Duration::from_secs(20), "capture answers /ping", || async {
-            sidecar
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if sidecar
                 .client
                 .get(sidecar.url("/ping"))
                 .send()
                 .await
-                .ok()
-                .map(drop)
-        })
-        .await;
-        sidecar
+                .is_ok()
+            {
+                return sidecar;
+            }
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                panic!("capture exited at start with {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "capture did not answer /ping in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
