@@ -71,6 +71,38 @@ pub struct Sampling {
     /// Whether to answer with server-sent events.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Options of a streamed answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Seed of sampled decoding: the same seed, prompt and parameters give the same text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// The stop sequences, as a list.
+    pub fn stop_sequences(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(StopSequences::One(stop)) => vec![stop.clone()],
+            Some(StopSequences::Many(stops)) => stops.clone(),
+        }
+    }
+
+    /// Whether a streamed answer ends with a chunk that carries only `usage`.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage)
+    }
+}
+
+/// `stream_options`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// `POST /v1/chat/completions`.
@@ -268,6 +300,82 @@ impl EmbeddingsResponse {
     }
 }
 
+/// The text of a chunk's `delta`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatDelta {
+    /// `assistant`, in the first chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a `chat.completion.chunk`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunkChoice {
+    /// Position among the choices.
+    pub index: u32,
+    /// What this chunk adds.
+    pub delta: ChatDelta,
+    /// Set in the last chunk of the choice.
+    pub finish_reason: Option<String>,
+}
+
+/// One server-sent event of a streamed chat (`object: "chat.completion.chunk"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// The same id in every chunk of one answer.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answers.
+    pub model: String,
+    /// The choices this chunk adds to (none in a usage-only chunk).
+    pub choices: Vec<ChatChunkChoice>,
+    /// Token counts, in the last chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One server-sent event of a streamed text completion (`object: "text_completion"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChunk {
+    /// The same id in every chunk of one answer.
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model that answers.
+    pub model: String,
+    /// The choices this chunk adds to (none in a usage-only chunk).
+    pub choices: Vec<CompletionChoice>,
+    /// Token counts, in the last chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// The last event of every stream.
+pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// One server-sent event carrying `value` as JSON.
+pub fn sse_event<T: Serialize>(value: &T) -> bytes::Bytes {
+    // Serialising these plain structs cannot fail; an empty object would still be valid JSON.
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string());
+    bytes::Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// The event that ends a stream which failed after it started: OpenAI's error shape, which
+/// the `openai` client raises as an `APIError`.
+pub fn sse_error(error: &super::ApiError) -> bytes::Bytes {
+    sse_event(&serde_json::json!({
+        "error": {"message": error.message, "type": error.kind.code(), "code": error.kind.code()}
+    }))
+}
+
 /// A fresh completion id such as `chatcmpl-18c6a1f0e2b3`.
 pub fn completion_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -301,6 +409,38 @@ mod tests {
         assert!(request.sampling.stream);
         assert_eq!(request.extra["user"], json!("ana"));
         assert_eq!(request.messages[0].text_content(), "hi");
+    }
+
+    #[test]
+    fn sampling_reads_seed_stop_lists_and_stream_options() {
+        let request: CompletionRequest = serde_json::from_value(json!({
+            "prompt": "x", "seed": 7, "stop": ["a", "b"],
+            "stream": true, "stream_options": {"include_usage": true}
+        }))
+        .unwrap();
+        assert_eq!(request.sampling.seed, Some(7));
+        assert_eq!(request.sampling.stop_sequences(), vec!["a", "b"]);
+        assert!(request.sampling.include_usage());
+        assert!(request.extra.is_empty(), "{:?}", request.extra);
+        let chunk = ChatChunk {
+            id: "c".into(),
+            object: "chat.completion.chunk".into(),
+            created: 1,
+            model: "m".into(),
+            choices: vec![ChatChunkChoice {
+                index: 0,
+                delta: ChatDelta {
+                    role: None,
+                    content: Some("hi".into()),
+                },
+                finish_reason: None,
+            }],
+            usage: None,
+        };
+        assert_eq!(
+            sse_event(&chunk),
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n"
+        );
     }
 
     #[test]

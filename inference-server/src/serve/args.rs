@@ -22,10 +22,15 @@ pub struct ServeArgs {
     /// Deadline of one request (e.g. `60s`, `500ms`, `2m`); past it the answer is 504.
     #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// After SIGTERM, how long in-flight requests (streams included) may take to finish before
+    /// the process exits anyway.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
     /// How long a batch of concurrent ONNX or embedding requests waits to fill, in ms.
     #[arg(long, env = "SLUICE_BATCH_WINDOW_MS", default_value_t = 5)]
     pub batch_window_ms: u64,
-    /// Most items (rows or texts) in one model call.
+    /// Most items (rows or texts) in one model call; for a language model, most sequences
+    /// generated side by side.
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use super::body::{BodyFormat, ReceivingBody, body_format, read_body};
-use super::runtime::{ChatReply, Runtime};
+use super::runtime::{Reply, Runtime};
 use super::state::ModelSlot;
 use crate::metrics::{ServeMetrics, render};
 use crate::protocol::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
@@ -199,14 +199,13 @@ async fn invocations(
             let value: Value = decode(&bytes, "scoring")?;
             // MLflow's "unified LLM input": answered raw, as the matching OpenAI route would.
             if value.get("messages").is_some() {
-                return answer_chat(&state, &runtime, from_value(value, "chat")?).await;
+                return answer_chat(&runtime, from_value(value, "chat")?).await;
             }
             if value.get("prompt").is_some() {
-                return answer_completions(&state, &runtime, from_value(value, "completions")?)
-                    .await;
+                return answer_completions(&runtime, from_value(value, "completions")?).await;
             }
             if value.get("input").is_some() {
-                return answer_embeddings(&state, &runtime, from_value(value, "embeddings")?).await;
+                return answer_embeddings(&runtime, from_value(value, "embeddings")?).await;
             }
             scoring::parse_value(value)?
         }
@@ -222,7 +221,7 @@ async fn chat(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (runtime, _, bytes) = receive(&state, &headers, body, &receiving, false).await?;
-    answer_chat(&state, &runtime, decode(&bytes, "chat")?).await
+    answer_chat(&runtime, decode(&bytes, "chat")?).await
 }
 
 async fn completions(
@@ -232,7 +231,7 @@ async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (runtime, _, bytes) = receive(&state, &headers, body, &receiving, false).await?;
-    answer_completions(&state, &runtime, decode(&bytes, "completions")?).await
+    answer_completions(&runtime, decode(&bytes, "completions")?).await
 }
 
 async fn embeddings(
@@ -242,28 +241,30 @@ async fn embeddings(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (runtime, _, bytes) = receive(&state, &headers, body, &receiving, false).await?;
-    answer_embeddings(&state, &runtime, decode(&bytes, "embeddings")?).await
+    answer_embeddings(&runtime, decode(&bytes, "embeddings")?).await
 }
 
-async fn answer_chat(
-    state: &AppState,
-    runtime: &Runtime,
-    request: ChatRequest,
-) -> Result<Response, ApiError> {
+async fn answer_chat(runtime: &Runtime, request: ChatRequest) -> Result<Response, ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` is empty; send at least one message",
         ));
     }
-    match runtime.chat(request).await? {
-        ChatReply::Full(response) => {
-            state.metrics.observe_tokens(
-                response.usage.prompt_tokens,
-                response.usage.completion_tokens,
-            );
-            Ok(Json(response).into_response())
-        }
-        ChatReply::Stream(stream) => Ok((
+    Ok(reply_response(runtime.chat(request).await?))
+}
+
+async fn answer_completions(
+    runtime: &Runtime,
+    request: CompletionRequest,
+) -> Result<Response, ApiError> {
+    Ok(reply_response(runtime.completions(request).await?))
+}
+
+/// A whole body as JSON, or a stream as server-sent events.
+fn reply_response<T: serde::Serialize>(reply: Reply<T>) -> Response {
+    match reply {
+        Reply::Full(body) => Json(body).into_response(),
+        Reply::Stream(stream) => (
             [
                 (
                     header::CONTENT_TYPE,
@@ -273,25 +274,11 @@ async fn answer_chat(
             ],
             Body::from_stream(stream),
         )
-            .into_response()),
+            .into_response(),
     }
 }
 
-async fn answer_completions(
-    state: &AppState,
-    runtime: &Runtime,
-    request: CompletionRequest,
-) -> Result<Response, ApiError> {
-    let response = runtime.completions(request).await?;
-    state.metrics.observe_tokens(
-        response.usage.prompt_tokens,
-        response.usage.completion_tokens,
-    );
-    Ok(Json(response).into_response())
-}
-
 async fn answer_embeddings(
-    state: &AppState,
     runtime: &Runtime,
     request: EmbeddingsRequest,
 ) -> Result<Response, ApiError> {
@@ -304,9 +291,5 @@ async fn answer_embeddings(
             "encoding_format `{format}` is not served; use `float`"
         )));
     }
-    let response = runtime.embeddings(request).await?;
-    state
-        .metrics
-        .observe_tokens(response.usage.prompt_tokens, 0);
-    Ok(Json(response).into_response())
+    Ok(Json(runtime.embeddings(request).await?).into_response())
 }

@@ -6,13 +6,16 @@
 //! only once the model is loaded (before that, and for good if loading fails, it answers 503
 //! with the reason).
 //!
+//! On SIGTERM the server stops accepting connections and lets in-flight requests, streams
+//! included, finish for up to `--drain-timeout`, then exits 0.
+//!
 //! - [`args`]: flags and their `SLUICE_*` variables.
 //! - [`http`]: routes, deadlines and request metrics.
 //! - [`body`]: content types, size limit, slow clients.
 //! - [`batcher`]: micro-batching of concurrent requests.
 //! - [`signature`]: checking requests against the model signature.
 //! - [`state`]: the model slot (loading, ready, failed).
-//! - [`runtime`]: the runtimes (ONNX, embeddings, prompt).
+//! - [`runtime`]: the runtimes (ONNX, embeddings, causal language models, prompt).
 
 pub(crate) mod args;
 mod batcher;
@@ -86,10 +89,25 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = signalled.send(());
+    });
+    let drain = args.drain_timeout;
+    tokio::select! {
+        served = server => served.map_err(ServeError::Serve),
+        () = async move {
+            // Only a signal starts the clock; a dropped sender never resolves.
+            if on_signal.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(?drain, "in-flight requests did not finish within the drain timeout; exiting");
+            Ok(())
+        }
+    }
 }
 
 /// Loads the model into `slot`; a failure, or a panic inside a runtime, marks it failed.

@@ -107,6 +107,10 @@ pub struct ModelFiles {
     /// The architecture's `config.json`.
     #[serde(default)]
     pub config: Option<PathBuf>,
+    /// A Jinja chat template (causal language models); by default the model's own
+    /// (`chat_template.jinja`, `tokenizer_config.json`, the GGUF metadata).
+    #[serde(default)]
+    pub chat_template: Option<PathBuf>,
 }
 
 /// A prompt template and the chat endpoint it is sent to.
@@ -273,6 +277,7 @@ fn resolve_files(dir: &Path, files: ModelFiles) -> ModelFiles {
         model: resolve(files.model),
         tokenizer: resolve(files.tokenizer),
         config: resolve(files.config),
+        chat_template: resolve(files.chat_template),
     }
 }
 
@@ -385,6 +390,7 @@ fn safetensors_files(dir: &Path, root: &Path) -> Option<ModelFiles> {
         model: Some(model),
         tokenizer: Some(tokenizer),
         config: Some(config),
+        chat_template: None,
     })
 }
 

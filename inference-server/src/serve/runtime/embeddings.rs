@@ -51,6 +51,7 @@ pub struct EmbeddingsModel {
     name: String,
     signature: Option<ModelSignature>,
     batcher: Batcher<Vec<String>, Embedded>,
+    metrics: crate::metrics::ServeMetrics,
 }
 
 impl EmbeddingsModel {
@@ -74,6 +75,7 @@ impl EmbeddingsModel {
             name: spec.name.clone(),
             signature: spec.signature.clone(),
             batcher,
+            metrics: context.metrics.clone(),
         })
     }
 
@@ -137,7 +139,9 @@ impl EmbeddingsModel {
 
     async fn embed(&self, texts: Vec<String>) -> Result<Embedded, ApiError> {
         let items = texts.len();
-        self.batcher.call(texts, items).await
+        let embedded = self.batcher.call(texts, items).await?;
+        self.metrics.observe_tokens(embedded.1, 0);
+        Ok(embedded)
     }
 }
 

@@ -2,12 +2,14 @@
 //!
 //! - [`onnx`]: tabular and classic-ML ONNX graphs (tract), micro-batched.
 //! - [`embeddings`]: BERT-family sentence embeddings (candle), micro-batched.
+//! - [`llm`]: causal language models (candle; Llama and Qwen2, safetensors or GGUF).
 //! - [`prompt`]: a prompt template sent to an OpenAI-compatible chat upstream.
 //!
 //! A runtime answers only the requests that make sense for it; the others get a 400 that says
 //! which routes the model does serve.
 
 pub mod embeddings;
+pub mod llm;
 pub mod onnx;
 pub mod prompt;
 
@@ -63,13 +65,18 @@ pub struct LoadContext {
     pub request_timeout: Duration,
 }
 
-/// A chat answer: a whole response, or server-sent events to pass through.
-pub enum ChatReply {
-    /// The whole `chat.completion` body.
-    Full(ChatResponse),
+/// An answer that may be streamed: a whole response body, or server-sent events.
+pub enum Reply<T> {
+    /// The whole body.
+    Full(T),
     /// `text/event-stream` bytes, ending with `data: [DONE]`.
     Stream(BoxStream<'static, Result<Bytes, std::io::Error>>),
 }
+
+/// A chat answer.
+pub type ChatReply = Reply<ChatResponse>;
+/// A text completion answer.
+pub type CompletionReply = Reply<CompletionResponse>;
 
 /// A loaded model.
 pub enum Runtime {
@@ -79,6 +86,8 @@ pub enum Runtime {
     Embeddings(embeddings::EmbeddingsModel),
     /// A prompt template with its upstream.
     Prompt(prompt::PromptModel),
+    /// A causal language model.
+    Llm(llm::LlmModel),
 }
 
 /// Loads the model `spec` describes. Heavy work runs on blocking threads.
@@ -89,12 +98,7 @@ pub async fn load(spec: &ModelSpec, context: &LoadContext) -> Result<Runtime, Lo
             embeddings::EmbeddingsModel::load(spec, context).await?,
         )),
         RuntimeKind::Prompt => Ok(Runtime::Prompt(prompt::PromptModel::load(spec, context)?)),
-        RuntimeKind::CausalLm => Err(LoadError::Unsupported(
-            "causal language models (safetensors or GGUF, tasks llm/v1/chat and \
-             llm/v1/completions) are not built into this server yet; serve them with an engine \
-             runtime (vLLM, llama.cpp) or a prompt model bound to one"
-                .to_string(),
-        )),
+        RuntimeKind::CausalLm => Ok(Runtime::Llm(llm::LlmModel::load(spec, context).await?)),
     }
 }
 
@@ -105,6 +109,7 @@ impl Runtime {
             Self::Onnx(_) => "onnx",
             Self::Embeddings(_) => "embeddings",
             Self::Prompt(_) => "prompt",
+            Self::Llm(_) => "llm",
         }
     }
 
@@ -114,6 +119,7 @@ impl Runtime {
             Self::Onnx(model) => model.predict(request).await,
             Self::Embeddings(model) => model.predict(request).await,
             Self::Prompt(model) => model.predict(request).await,
+            Self::Llm(model) => model.predict(request).await,
         }
     }
 
@@ -121,6 +127,7 @@ impl Runtime {
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatReply, ApiError> {
         match self {
             Self::Prompt(model) => model.chat(request).await,
+            Self::Llm(model) => model.chat(request).await,
             _ => Err(self.not_served("chat completions")),
         }
     }
@@ -129,9 +136,10 @@ impl Runtime {
     pub async fn completions(
         &self,
         request: CompletionRequest,
-    ) -> Result<CompletionResponse, ApiError> {
+    ) -> Result<CompletionReply, ApiError> {
         match self {
-            Self::Prompt(model) => model.completions(request).await,
+            Self::Prompt(model) => model.completions(request).await.map(Reply::Full),
+            Self::Llm(model) => model.completions(request).await,
             _ => Err(self.not_served("text completions")),
         }
     }
@@ -155,7 +163,9 @@ impl Runtime {
             Self::Embeddings(_) => {
                 "/v1/embeddings, and /invocations with `input`, `inputs` or `instances` of strings"
             }
-            Self::Prompt(_) => "/v1/chat/completions, /v1/completions and /invocations",
+            Self::Prompt(_) | Self::Llm(_) => {
+                "/v1/chat/completions, /v1/completions and /invocations"
+            }
         };
         ApiError::bad_request(format!(
             "this model ({} runtime) does not serve {what}; it serves {serves}",

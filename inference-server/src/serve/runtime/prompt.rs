@@ -26,6 +26,7 @@ pub struct PromptModel {
     api_key: Option<String>,
     client: reqwest::Client,
     timeout: std::time::Duration,
+    metrics: crate::metrics::ServeMetrics,
 }
 
 impl PromptModel {
@@ -65,6 +66,7 @@ impl PromptModel {
             api_key,
             client,
             timeout: context.request_timeout,
+            metrics: context.metrics.clone(),
         })
     }
 
@@ -217,12 +219,17 @@ impl PromptModel {
         sampling: &Sampling,
     ) -> Result<ChatResponse, ApiError> {
         let response = self.send(self.request(messages, sampling, false)).await?;
-        response.json::<ChatResponse>().await.map_err(|error| {
+        let response = response.json::<ChatResponse>().await.map_err(|error| {
             ApiError::new(
                 ErrorKind::BadGateway,
                 format!("the upstream answered an unreadable chat completion: {error}"),
             )
-        })
+        })?;
+        self.metrics.observe_tokens(
+            response.usage.prompt_tokens,
+            response.usage.completion_tokens,
+        );
+        Ok(response)
     }
 
     async fn stream(
