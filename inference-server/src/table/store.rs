@@ -45,7 +45,7 @@ pub enum StoreError {
         /// The option key.
         key: String,
         /// The store's complaint.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The local table folder could not be created.
     #[error("creating the table folder {path}: {source}")]
@@ -61,7 +61,7 @@ pub enum StoreError {
         /// The location as given.
         uri: String,
         /// The store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Writing one object failed.
     #[error("writing {location} to the table at {uri:?}: {source}")]
@@ -71,7 +71,7 @@ pub enum StoreError {
         /// The object written.
         location: String,
         /// The store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 }
 
@@ -123,7 +123,7 @@ where
         let parsed = key.parse().map_err(|source| StoreError::Option {
             uri: uri.to_string(),
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         builder = set(builder, parsed, value.to_string());
     }
@@ -150,7 +150,7 @@ impl TableStore {
             .map_err(|error| location(format!("unsupported location: {error}")))?;
         let open = |source| StoreError::Open {
             uri: uri.to_string(),
-            source,
+            source: Box::new(source),
         };
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Local => {
@@ -212,7 +212,7 @@ impl TableStore {
         })?;
         let store = LocalFileSystem::new_with_prefix(&path).map_err(|source| StoreError::Open {
             uri: uri.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             store: Arc::new(store),
@@ -241,7 +241,7 @@ impl TableStore {
             .map_err(|source| StoreError::Put {
                 uri: self.uri.clone(),
                 location: location.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 }
