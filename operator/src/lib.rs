@@ -5,6 +5,7 @@
 //! that take plain values and are tested from fixtures, and thin side-effecting steps (apply,
 //! prune, write status) that talk to the API server.
 
+pub mod autoscaler;
 pub mod backoff;
 pub mod conditions;
 pub mod config;

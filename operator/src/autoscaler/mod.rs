@@ -1,0 +1,314 @@
+//! The autoscaler: sizes the entity Deployments of every promoted config from the demand the
+//! gateways publish (`GET /demand` on each gateway's admin port).
+//!
+//! Every tick (and at once when a gateway's long poll reports a newly held request, so an
+//! entity at zero wakes within a second) it sums the demand of every gateway per entity, feeds
+//! it to the entity's [`algorithm::Scaler`], and writes `spec.replicas` of the entity
+//! Deployment when the decision differs — with its own field manager, since the endpoint
+//! controller stops owning `replicas` once a Deployment exists. Each change is an event on the
+//! ServingEndpoint; the endpoint controller reports desired and ready replicas in status.
+//!
+//! Metrics never carry object names: totals of desired and ready replicas and held requests,
+//! and the cold-start histogram by phase.
+
+pub mod algorithm;
+mod gateways;
+mod metrics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use sluice_crds::{ServedEntityStatus, ServingEndpoint};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+pub use algorithm::{Bounds, Windows};
+pub use gateways::GatewaySource;
+pub use metrics::AutoscalerMetrics;
+
+use crate::config::OperatorConfig;
+use crate::runtime::Env;
+use algorithm::{Decision, Demand, Reason, Scaler};
+
+/// Field manager of the autoscaler's replica writes.
+pub const FIELD_MANAGER: &str = "sluice-operator/autoscaler";
+
+/// How the autoscaler runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the gateways' demand comes from.
+    pub gateways: GatewaySource,
+    /// Time between two sizing rounds.
+    pub interval: Duration,
+    /// Averaging windows.
+    pub windows: Windows,
+}
+
+type EntityKey = (String, String, String);
+
+/// Runs until the shutdown signal.
+pub async fn run(
+    env: Env,
+    config: Arc<OperatorConfig>,
+    options: Options,
+    metrics: AutoscalerMetrics,
+) {
+    let (endpoints, endpoint_watch) =
+        store::<ServingEndpoint>(env.api(), watcher::Config::default());
+    let (deployments, deployment_watch) = store::<Deployment>(
+        env.api(),
+        watcher::Config::default().labels("serving.sluice.dev/endpoint"),
+    );
+    let woken = Arc::new(Notify::new());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let long_polls = gateways::long_poll(
+        env.clone(),
+        options.gateways.clone(),
+        http.clone(),
+        woken.clone(),
+    );
+    let recorder = Recorder::new(env.client.clone(), env.reporter.clone());
+    let rounds = async {
+        let _ = endpoints.wait_until_ready().await;
+        let _ = deployments.wait_until_ready().await;
+        info!("autoscaler running");
+        let mut scalers: HashMap<EntityKey, Scaler> = HashMap::new();
+        let mut wakes: HashMap<EntityKey, Instant> = HashMap::new();
+        loop {
+            let demand = gateways::demand(&env, &options.gateways, &http).await;
+            let round = Round {
+                env: &env,
+                config: &config,
+                options: &options,
+                recorder: &recorder,
+                metrics: &metrics,
+                deployments: &deployments,
+            };
+            round
+                .size_all(&endpoints.state(), &demand, &mut scalers, &mut wakes)
+                .await;
+            tokio::select! {
+                () = tokio::time::sleep(options.interval) => {}
+                () = woken.notified() => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = rounds => {}
+        () = endpoint_watch => {}
+        () = deployment_watch => {}
+        () = long_polls => {}
+        () = env.shutdown.clone() => info!("autoscaler stopped"),
+    }
+}
+
+fn store<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let task = async move {
+        use futures::StreamExt;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                warn!(%error, "autoscaler watch error");
+            }
+        }
+    };
+    (reader, task)
+}
+
+/// One sizing round's inputs.
+struct Round<'a> {
+    env: &'a Env,
+    config: &'a OperatorConfig,
+    options: &'a Options,
+    recorder: &'a Recorder,
+    metrics: &'a AutoscalerMetrics,
+    deployments: &'a Store<Deployment>,
+}
+
+impl Round<'_> {
+    async fn size_all(
+        &self,
+        endpoints: &[Arc<ServingEndpoint>],
+        demand: &BTreeMap<EntityKey, Demand>,
+        scalers: &mut HashMap<EntityKey, Scaler>,
+        wakes: &mut HashMap<EntityKey, Instant>,
+    ) {
+        let now = Instant::now();
+        let (mut desired_total, mut ready_total, mut held_total) = (0i64, 0i64, 0i64);
+        let mut seen = Vec::new();
+        for endpoint in endpoints {
+            let (Some(namespace), Some(config)) = (
+                endpoint.namespace(),
+                endpoint.status.as_ref().and_then(|s| s.config.as_ref()),
+            ) else {
+                continue;
+            };
+            for entity in &config.served_entities {
+                let Some(deployment_name) = entity.deployment_name.as_deref() else {
+                    continue;
+                };
+                let Some(deployment) = self
+                    .deployments
+                    .get(&reflector::ObjectRef::new(deployment_name).within(&namespace))
+                else {
+                    continue;
+                };
+                let key = (namespace.clone(), endpoint.name_any(), entity.name.clone());
+                seen.push(key.clone());
+                let current = deployment.spec.replicas.unwrap_or(1).max(0) as u32;
+                let ready = deployment
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+                    .max(0) as u32;
+                let observed = demand.get(&key).copied().unwrap_or_default();
+                let bounds = self.bounds(endpoint, entity);
+                let scaler = scalers
+                    .entry(key.clone())
+                    .or_insert_with(|| Scaler::new(now));
+                scaler.observe(now, observed, &self.options.windows);
+                let decision = scaler.decide(
+                    now,
+                    current,
+                    ready,
+                    observed.held,
+                    &bounds,
+                    &self.options.windows,
+                );
+                if decision.reason == Reason::Wake && current == 0 {
+                    wakes.entry(key.clone()).or_insert(now);
+                }
+                if ready > 0
+                    && let Some(started) = wakes.remove(&key)
+                {
+                    self.metrics.cold_start(started.elapsed());
+                }
+                desired_total += i64::from(decision.desired);
+                ready_total += i64::from(ready);
+                held_total += observed.held as i64;
+                if decision.desired != current {
+                    self.scale(
+                        endpoint,
+                        entity,
+                        deployment_name,
+                        &namespace,
+                        current,
+                        decision,
+                        observed,
+                    )
+                    .await;
+                }
+            }
+        }
+        scalers.retain(|key, _| seen.contains(key));
+        wakes.retain(|key, _| seen.contains(key));
+        self.metrics.totals(desired_total, ready_total, held_total);
+    }
+
+    fn bounds(&self, endpoint: &ServingEndpoint, entity: &ServedEntityStatus) -> Bounds {
+        let defaults = &self.config.autoscaling;
+        let overrides = endpoint
+            .spec
+            .served_entities
+            .iter()
+            .find(|e| e.name == entity.name)
+            .and_then(|e| e.autoscaling.as_ref());
+        let per_replica = overrides
+            .and_then(|a| a.per_replica_concurrency)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(if entity.engine.is_some() {
+                defaults.engine_per_replica_concurrency
+            } else {
+                defaults.per_replica_concurrency
+            })
+            .max(1);
+        let replicas_for = |concurrency: i32| {
+            u32::try_from(concurrency)
+                .unwrap_or(0)
+                .div_ceil(per_replica)
+        };
+        Bounds {
+            min: replicas_for(entity.min_provisioned_concurrency),
+            max: replicas_for(entity.max_provisioned_concurrency).max(1),
+            per_replica,
+            scale_to_zero: entity.scale_to_zero_enabled,
+            idle: Duration::from_secs(u64::from(
+                overrides
+                    .and_then(|a| a.idle_timeout_seconds)
+                    .and_then(|s| u32::try_from(s).ok())
+                    .unwrap_or(defaults.idle_timeout_seconds),
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn scale(
+        &self,
+        endpoint: &ServingEndpoint,
+        entity: &ServedEntityStatus,
+        deployment: &str,
+        namespace: &str,
+        current: u32,
+        decision: Decision,
+        demand: Demand,
+    ) {
+        let api: Api<Deployment> = Api::namespaced(self.env.client.clone(), namespace);
+        let patch = serde_json::json!({"spec": {"replicas": decision.desired}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        if let Err(error) = api.patch(deployment, &params, &Patch::Merge(&patch)).await {
+            warn!(%error, deployment, "scaling failed; retrying next round");
+            return;
+        }
+        let note = format!(
+            "entity {}: {current} -> {} replicas ({}; {:.1} in flight, {} held)",
+            entity.name,
+            decision.desired,
+            decision.reason.as_str(),
+            demand.in_flight,
+            demand.held
+        );
+        info!(endpoint = %endpoint.name_any(), %note, "scaled");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: decision.reason.as_str().into(),
+            note: Some(note),
+            action: "Scale".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &endpoint.object_ref(&()))
+            .await
+        {
+            warn!(%error, "publishing the scaling event failed");
+        }
+    }
+}
