@@ -500,3 +500,38 @@ fn the_flags_the_chart_passes_are_known_to_the_binaries() {
         }
     }
 }
+
+#[test]
+fn notes_tell_the_next_step() {
+    let chart = chart().display().to_string();
+    let notes = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            "sluice",
+            chart.as_str(),
+            "--dry-run=client",
+            "--namespace",
+            "sluice-system",
+        ];
+        args.extend_from_slice(extra);
+        let out = helm_run(&args).unwrap_or_else(|e| panic!("helm install --dry-run: {e}"));
+        out.split_once("NOTES:")
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| panic!("no NOTES:\n{out}"))
+    };
+    let default = notes(&[]);
+    for expected in [
+        "kubectl -n sluice-system get deploy,pods -l app.kubernetes.io/instance=sluice",
+        "examples/minimal-cpu.yaml",
+        "port-forward svc/sluice-gateway 8000:80",
+        "/serving-endpoints/iris/invocations",
+    ] {
+        assert!(
+            default.contains(expected),
+            "NOTES lack {expected:?}:\n{default}"
+        );
+    }
+    assert!(!default.contains("WARNING"), "{default}");
+    let single = notes(&["--set", "gateway.replicas=1"]);
+    assert!(single.contains("WARNING: gateway.replicas=1"), "{single}");
+}
