@@ -263,7 +263,64 @@ pub struct Embedding {
     /// Position of the input text.
     pub index: usize,
     /// The vector.
-    pub embedding: Vec<f32>,
+    pub embedding: EmbeddingVector,
+}
+
+/// A vector as `encoding_format` asks: a list of floats, or base64 of little-endian float32
+/// (which the `openai` Python client requests unless told otherwise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `float`.
+    Float(Vec<f32>),
+    /// `base64`.
+    Base64(String),
+}
+
+/// How embeddings are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncodingFormat {
+    /// Lists of floats.
+    #[default]
+    Float,
+    /// Base64 of little-endian float32.
+    Base64,
+}
+
+impl EmbeddingsRequest {
+    /// The requested encoding; 400 for one not served.
+    pub fn encoding(&self) -> Result<EncodingFormat, super::ApiError> {
+        match self.encoding_format.as_deref() {
+            None | Some("float") => Ok(EncodingFormat::Float),
+            Some("base64") => Ok(EncodingFormat::Base64),
+            Some(other) => Err(super::ApiError::invalid(format!(
+                "encoding_format `{other}` is not served; use `float` or `base64`"
+            ))),
+        }
+    }
+}
+
+/// Standard base64 (with padding) of `values` as little-endian float32.
+pub fn base64_f32(values: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The answer to an embeddings request (`object: "list"`).
@@ -281,14 +338,22 @@ pub struct EmbeddingsResponse {
 
 impl EmbeddingsResponse {
     /// Wraps vectors, in input order, as the OpenAI body.
-    pub fn new(model: &str, vectors: Vec<Vec<f32>>, prompt_tokens: u64) -> Self {
+    pub fn new(
+        model: &str,
+        vectors: Vec<Vec<f32>>,
+        prompt_tokens: u64,
+        encoding: EncodingFormat,
+    ) -> Self {
         let data = vectors
             .into_iter()
             .enumerate()
-            .map(|(index, embedding)| Embedding {
+            .map(|(index, vector)| Embedding {
                 object: "embedding".to_string(),
                 index,
-                embedding,
+                embedding: match encoding {
+                    EncodingFormat::Float => EmbeddingVector::Float(vector),
+                    EncodingFormat::Base64 => EmbeddingVector::Base64(base64_f32(&vector)),
+                },
             })
             .collect();
         Self {
@@ -441,6 +506,17 @@ mod tests {
             sse_event(&chunk),
             "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n"
         );
+    }
+
+    #[test]
+    fn base64_embeddings_are_little_endian_float32() {
+        // Python: base64.b64encode(array.array("f", [1.0, -2.5]).tobytes())
+        assert_eq!(base64_f32(&[1.0, -2.5]), "AACAPwAAIMA=");
+        assert_eq!(base64_f32(&[0.5]), "AAAAPw==");
+        assert_eq!(base64_f32(&[]), "");
+        let request: EmbeddingsRequest =
+            serde_json::from_value(json!({"input": "a", "encoding_format": "int8"})).unwrap();
+        assert!(request.encoding().unwrap_err().message.contains("int8"));
     }
 
     #[test]

@@ -282,14 +282,6 @@ async fn answer_embeddings(
     runtime: &Runtime,
     request: EmbeddingsRequest,
 ) -> Result<Response, ApiError> {
-    if let Some(format) = request
-        .encoding_format
-        .as_deref()
-        .filter(|format| *format != "float")
-    {
-        return Err(ApiError::invalid(format!(
-            "encoding_format `{format}` is not served; use `float`"
-        )));
-    }
+    request.encoding()?;
     Ok(Json(runtime.embeddings(request).await?).into_response())
 }

@@ -121,6 +121,8 @@ pub struct Model {
     pub layers: Vec<Layer>,
     pub norm: Vec<f32>,
     pub lm_head: Vec<f32>,
+    /// Round matrix-product inputs to Q8_0 blocks first, as GGML's quantised matmul does.
+    pub quantize_activations: bool,
 }
 
 /// How rotary embeddings pair dimensions.
@@ -170,6 +172,7 @@ impl Model {
             layers,
             norm: norm(()),
             lm_head,
+            quantize_activations: false,
         };
         for layer in &mut model.layers {
             layer.input_norm = norm(());
@@ -193,14 +196,14 @@ impl Model {
             let q: Vec<Vec<f32>> = h
                 .iter()
                 .enumerate()
-                .map(|(pos, row)| rotate(matvec(&layer.q, row), HEADS, pos, rope))
+                .map(|(pos, row)| rotate(self.project(&layer.q, row), HEADS, pos, rope))
                 .collect();
             let k: Vec<Vec<f32>> = h
                 .iter()
                 .enumerate()
-                .map(|(pos, row)| rotate(matvec(&layer.k, row), KV_HEADS, pos, rope))
+                .map(|(pos, row)| rotate(self.project(&layer.k, row), KV_HEADS, pos, rope))
                 .collect();
-            let v: Vec<Vec<f32>> = h.iter().map(|row| matvec(&layer.v, row)).collect();
+            let v: Vec<Vec<f32>> = h.iter().map(|row| self.project(&layer.v, row)).collect();
             for i in 0..n {
                 let mut attended = vec![0.0f32; HEADS * HEAD_DIM];
                 for head in 0..HEADS {
@@ -222,28 +225,36 @@ impl Model {
                         }
                     }
                 }
-                let out = matvec(&layer.o, &attended);
+                let out = self.project(&layer.o, &attended);
                 for d in 0..HIDDEN {
                     x[i][d] += out[d];
                 }
             }
             for row in &mut x {
                 let h = rms_norm(row, &layer.post_norm);
-                let gate = matvec(&layer.gate, &h);
-                let up = matvec(&layer.up, &h);
+                let gate = self.project(&layer.gate, &h);
+                let up = self.project(&layer.up, &h);
                 let mixed: Vec<f32> = gate
                     .iter()
                     .zip(&up)
                     .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
                     .collect();
-                let out = matvec(&layer.down, &mixed);
+                let out = self.project(&layer.down, &mixed);
                 for d in 0..HIDDEN {
                     row[d] += out[d];
                 }
             }
         }
         let last = rms_norm(&x[n - 1], &self.norm);
-        matvec(&self.lm_head, &last)
+        self.project(&self.lm_head, &last)
+    }
+
+    fn project(&self, w: &[f32], x: &[f32]) -> Vec<f32> {
+        if self.quantize_activations {
+            matvec(w, &q8_0_round_trip(x))
+        } else {
+            matvec(w, x)
+        }
     }
 
     /// Greedy continuation of `prompt`: at most `max_tokens`, ending early at end-of-sequence.
@@ -446,6 +457,7 @@ impl Model {
         write_tokenizer(dir);
         let take = |name: &str| dequantized[name].clone();
         Model {
+            quantize_activations: true,
             embed: take("model.embed_tokens.weight"),
             norm: take("model.norm.weight"),
             lm_head: take("lm_head.weight"),
@@ -505,6 +517,27 @@ fn permute_rows(w: &[f32], heads: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// `x` quantised to Q8_0 (blocks of 32 with an f16 scale) and back, as GGML quantises the
+/// input of a Q8_0 matrix product.
+fn q8_0_round_trip(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|block| {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let d16 = round_to_f16(d);
+            block.iter().map(move |v| (v * id).round() * d16)
+        })
+        .collect()
+}
+
+/// `x` rounded to the nearest half-precision value (normal range, ties to even).
+fn round_to_f16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let bias = 0x0fff + ((bits >> 13) & 1);
+    f32::from_bits((bits + bias) & !0x1fff)
 }
 
 fn rms_norm(x: &[f32], weight: &[f32]) -> Vec<f32> {

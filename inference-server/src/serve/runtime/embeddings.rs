@@ -84,6 +84,7 @@ impl EmbeddingsModel {
         &self,
         request: EmbeddingsRequest,
     ) -> Result<EmbeddingsResponse, ApiError> {
+        let encoding = request.encoding()?;
         let texts = request.input.into_vec();
         if texts.is_empty() {
             return Err(ApiError::invalid(
@@ -91,7 +92,9 @@ impl EmbeddingsModel {
             ));
         }
         let (vectors, tokens) = self.embed(texts).await?;
-        Ok(EmbeddingsResponse::new(&self.name, vectors, tokens))
+        Ok(EmbeddingsResponse::new(
+            &self.name, vectors, tokens, encoding,
+        ))
     }
 
     /// `/invocations` with strings (`inputs`/`instances` lists, or a one-column frame):
