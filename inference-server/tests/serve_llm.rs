@@ -544,10 +544,13 @@ async fn sigterm_lets_in_flight_streams_finish_then_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Damages a model directory.
+type Breakage = Box<dyn Fn(&std::path::Path)>;
+
 #[tokio::test]
 async fn a_model_that_fails_to_load_says_why_in_health() {
     let model = Model::random(SEED);
-    let cases: [(&str, Box<dyn Fn(&std::path::Path)>, &str); 3] = [
+    let cases: [(&str, Breakage, &str); 3] = [
         (
             "llm-garbage",
             Box::new(|dir| std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap()),

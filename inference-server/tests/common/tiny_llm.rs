@@ -396,8 +396,7 @@ impl Model {
     pub fn write_gguf(&self, dir: &Path) -> Model {
         let ggml = self.permuted_for_ggml();
         let rename = |name: &str| -> String {
-            let name = name
-                .replace("model.embed_tokens", "token_embd")
+            name.replace("model.embed_tokens", "token_embd")
                 .replace("model.norm", "output_norm")
                 .replace("lm_head", "output")
                 .replace("model.layers.", "blk.")
@@ -409,8 +408,7 @@ impl Model {
                 .replace("input_layernorm", "attn_norm")
                 .replace("mlp.gate_proj", "ffn_gate")
                 .replace("mlp.up_proj", "ffn_up")
-                .replace("mlp.down_proj", "ffn_down");
-            name
+                .replace("mlp.down_proj", "ffn_down")
         };
         let mut quantized: Vec<(String, QTensor)> = Vec::new();
         let mut dequantized: HashMap<String, Vec<f32>> = HashMap::new();

@@ -165,12 +165,13 @@ impl TextStream {
         self.ids.push(id);
         let prefix = self.decode(tokenizer, self.prefix_offset, self.read_offset)?;
         let window = self.decode(tokenizer, self.prefix_offset, self.ids.len())?;
-        if window.len() > prefix.len() && !window.ends_with('\u{FFFD}') {
-            if let Some(new) = window.get(prefix.len()..) {
-                self.text.push_str(new);
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-            }
+        if window.len() > prefix.len()
+            && !window.ends_with('\u{FFFD}')
+            && let Some(new) = window.get(prefix.len()..)
+        {
+            self.text.push_str(new);
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
         }
         Ok(self.release(false))
     }
