@@ -21,6 +21,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Error::category`] returns.
+    pub const CATEGORIES: &'static [&'static str] = &["kube_api", "invalid_object", "serialize"];
+
     /// A small, fixed set of labels: safe for metrics and event reasons.
     pub fn category(&self) -> &'static str {
         match self {

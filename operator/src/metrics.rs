@@ -83,6 +83,20 @@ impl Metrics {
             api_requests: Family::default(),
             leader: Gauge::default(),
         };
+        // Every series exists from the start (at 0), so rates and absence alerts work before
+        // the first reconcile or failure.
+        for controller in [ControllerName::ServingEndpoint, ControllerName::ModelVersion] {
+            let labels = ControllerLabels { controller };
+            let _ = metrics.reconciles.get_or_create(&labels);
+            let _ = metrics.duration.get_or_create(&labels);
+            let _ = metrics.status_writes.get_or_create(&labels);
+            for &category in crate::error::Error::CATEGORIES {
+                let _ = metrics.errors.get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                });
+            }
+        }
         registry.register(
             "reconciles",
             "Reconciles run, successful or not",
@@ -175,10 +189,8 @@ impl Drop for ReconcileTimer<'_> {
 
 /// The Kubernetes verb of an API request, from its method and query (`watch=true`/`1`).
 pub fn verb_of(method: &http::Method, query: Option<&str>) -> &'static str {
-    let watching = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1")
-    });
+    let watching =
+        query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     match *method {
         http::Method::GET if watching => "watch",
         http::Method::GET => "get",
@@ -224,11 +236,20 @@ mod tests {
         m.api_request("patch");
         m.set_leader(true);
         let text = encode(&registry);
-        assert!(text.contains("sluice_operator_reconciles_total{controller=\"servingendpoint\"} 1"));
+        assert!(
+            text.contains("sluice_operator_reconciles_total{controller=\"servingendpoint\"} 1")
+        );
+        // Series exist at 0 before anything happened.
+        assert!(text.contains("sluice_operator_reconciles_total{controller=\"modelversion\"} 0"));
+        assert!(text.contains(
+            "sluice_operator_reconcile_errors_total{controller=\"servingendpoint\",category=\"serialize\"} 0"
+        ));
         assert!(text.contains(
             "sluice_operator_reconcile_errors_total{controller=\"modelversion\",category=\"kube_api\"} 1"
         ));
-        assert!(text.contains("sluice_operator_reconcile_duration_seconds_count{controller=\"servingendpoint\"} 1"));
+        assert!(text.contains(
+            "sluice_operator_reconcile_duration_seconds_count{controller=\"servingendpoint\"} 1"
+        ));
         assert!(text.contains("sluice_operator_api_requests_total{verb=\"patch\"} 1"));
         assert!(text.contains("sluice_operator_leader 1"));
     }

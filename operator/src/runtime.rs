@@ -4,10 +4,14 @@
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use futures::future::{BoxFuture, Shared};
+use futures::{
+    StreamExt,
+    future::{BoxFuture, Shared},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    runtime::{controller::Action, events::Reporter, reflector::Store},
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt, controller::Action, events::Reporter, watcher},
 };
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -52,17 +56,39 @@ impl Env {
         }
     }
 
-    /// Marks the watch `name` ready in [`Health`] once `store` has listed its objects.
-    pub fn report_synced<K>(&self, name: &'static str, store: Store<K>)
+    /// Marks the watch `name` synced in [`Health`] once an initial list of `api`'s scope (the
+    /// controller's watch scope) has completed, retrying with backoff until it does.
+    ///
+    /// This runs a metadata-only watch of its own until its first `InitDone`, instead of
+    /// waiting on the controller's `Store::wait_until_ready`: that future is backed by a
+    /// one-shot channel with a single waker slot, so a second waiter would steal the
+    /// controller's own wake-up and could leave its runner waiting forever.
+    pub fn report_synced<K>(&self, name: &'static str)
     where
-        K: Resource + Clone + Send + Sync + 'static,
-        K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
     {
         let health = self.health.clone();
+        let api: Api<PartialObjectMeta<K>> = self.api();
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                tracing::info!(watch = name, "watch synced");
-                health.synced(name);
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        tracing::info!(watch = name, "watch synced");
+                        health.synced(name);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(watch = name, error = %e, "initial list failed; retrying"),
+                }
             }
         });
     }
@@ -77,11 +103,7 @@ pub struct Tracked {
 
 /// `namespace/name` of an object: the backoff key.
 pub fn key_of<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 impl Tracked {

@@ -233,17 +233,63 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
-    /// Starts the real `sluice-operator` (built from this workspace) against this control plane;
-    /// it is killed when the returned child is dropped. Its log is `logs/operator.log`.
+    /// Starts the real `sluice-operator` (built from this workspace) against this control plane,
+    /// watching every namespace without leader election; it is killed when the returned child is
+    /// dropped. Its log is `logs/operator.log`. See [`ControlPlane::start_operator_with`].
     pub fn start_operator(&self) -> tokio::process::Child {
+        self.start_operator_with(&OperatorOptions::default()).child
+    }
+
+    /// Starts one `sluice-operator` process as the `sluice-operator` ServiceAccount, bound to
+    /// exactly the rules of `charts/sluice/files/operator-rbac.yaml` (never as admin), with its
+    /// probe server on a free loopback port. It is killed when the returned value is dropped.
+    pub fn start_operator_with(&self, options: &OperatorOptions) -> OperatorProcess {
+        let kubeconfig = self.operator_kubeconfig();
+        let log_name = match &options.identity {
+            Some(id) => format!("operator-{id}.log"),
+            None => "operator.log".to_string(),
+        };
+        let log_path = self.state_dir.join("logs").join(log_name);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.state_dir.join("logs").join("operator.log"))
+            .open(&log_path)
             .unwrap_or_else(|e| panic!("operator log: {e}"));
-        tokio::process::Command::new(crate::binaries::built("sluice-operator", "sluice-operator"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+        let probe = free_loopback_addr();
+        let mut cmd = tokio::process::Command::new(crate::binaries::built(
+            "sluice-operator",
+            "sluice-operator",
+        ));
+        // SLUICE_OPERATOR_LOG overrides the operator's log filter when debugging a test.
+        let filter =
+            std::env::var("SLUICE_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into());
+        cmd.env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", filter)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("WATCH_NAMESPACE")
+            .arg("--probe-addr")
+            .arg(probe.to_string())
+            .arg("--lease-namespace")
+            .arg(OPERATOR_NAMESPACE);
+        if let Some(ns) = &options.namespace {
+            cmd.arg("--namespace").arg(ns);
+        }
+        if let Some(id) = &options.identity {
+            cmd.arg("--instance").arg(id);
+        }
+        if let Some(lease) = &options.lease {
+            cmd.arg("--leader-elect").arg("--lease-name").arg(lease);
+        }
+        if let Some(config) = &options.config_yaml {
+            let path = self
+                .state_dir
+                .join(format!("operator-config-{}.yaml", random_suffix()));
+            std::fs::write(&path, config).unwrap_or_else(|e| panic!("operator config: {e}"));
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&options.args);
+        let child = cmd
             .stdout(
                 log.try_clone()
                     .unwrap_or_else(|e| panic!("operator log: {e}")),
@@ -251,7 +297,162 @@ impl ControlPlane {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting sluice-operator: {e}"))
+            .unwrap_or_else(|e| panic!("starting sluice-operator: {e}"));
+        OperatorProcess {
+            child,
+            probe,
+            log: log_path,
+        }
+    }
+
+    /// The kubeconfig of the `sluice-operator` ServiceAccount (made once per control plane):
+    /// the ServiceAccount in [`OPERATOR_NAMESPACE`], a ClusterRole with the cluster-wide rules of
+    /// the rules file and a Role there with its Lease rule (as the chart binds them), and a token
+    /// from the TokenRequest API.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = made.as_ref().filter(|p| p.starts_with(&self.state_dir)) {
+            return path.clone();
+        }
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(io("runtime"))?;
+                rt.block_on(self.make_operator_kubeconfig())
+            })
+            .join()
+        });
+        let path = match result {
+            Ok(Ok(path)) => path,
+            Ok(Err(e)) => panic!("operator ServiceAccount: {e}\n{}", self.dump_logs()),
+            Err(_) => panic!("operator ServiceAccount setup panicked"),
+        };
+        *made = Some(path.clone());
+        path
+    }
+
+    async fn make_operator_kubeconfig(&self) -> Result<PathBuf, ClusterError> {
+        use k8s_openapi::api::{
+            authentication::v1::{TokenRequest, TokenRequestSpec},
+            core::v1::ServiceAccount,
+            rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+        };
+        let client = self.client().await?;
+        let kube = |what: &str| {
+            let what = what.to_string();
+            move |source| ClusterError::Kube { what, source }
+        };
+        let pp = PatchParams::apply("sluice-tests").force();
+        let name = "sluice-operator";
+        let ns_obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}});
+        Api::<Namespace>::all(client.clone())
+            .patch(OPERATOR_NAMESPACE, &pp, &Patch::Apply(ns_obj))
+            .await
+            .map_err(kube("applying the operator namespace"))?;
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+        sas.patch(name, &pp, &Patch::Apply(sa))
+            .await
+            .map_err(kube("applying the operator ServiceAccount"))?;
+
+        let rules_path = crate::repo_root().join("charts/sluice/files/operator-rbac.yaml");
+        let text = std::fs::read_to_string(&rules_path)
+            .map_err(io(format!("reading {}", rules_path.display())))?;
+        let rules: Vec<PolicyRule> = serde_norway::from_str(&text).map_err(|e| {
+            ClusterError::Build(format!("{} is not a rule list: {e}", rules_path.display()))
+        })?;
+        let (lease_rules, cluster_rules): (Vec<PolicyRule>, Vec<PolicyRule>) =
+            rules.into_iter().partition(|r| {
+                r.api_groups
+                    .iter()
+                    .flatten()
+                    .any(|g| g == "coordination.k8s.io")
+            });
+        let subject = serde_json::json!([{"kind": "ServiceAccount", "name": name, "namespace": OPERATOR_NAMESPACE}]);
+        let role_ref = |kind: &str| serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
+        let meta = |namespaced: bool| {
+            if namespaced {
+                serde_json::json!({"name": name, "namespace": OPERATOR_NAMESPACE})
+            } else {
+                serde_json::json!({"name": name})
+            }
+        };
+        Api::<ClusterRole>::all(client.clone())
+            .patch(
+                name,
+                &pp,
+                &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": meta(false), "rules": cluster_rules})),
+            )
+            .await
+            .map_err(kube("applying the operator ClusterRole"))?;
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .patch(
+                name,
+                &pp,
+                &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": meta(false), "roleRef": role_ref("ClusterRole"), "subjects": subject})),
+            )
+            .await
+            .map_err(kube("applying the operator ClusterRoleBinding"))?;
+        Api::<Role>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .patch(
+                name,
+                &pp,
+                &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": meta(true), "rules": lease_rules})),
+            )
+            .await
+            .map_err(kube("applying the operator Lease Role"))?;
+        Api::<RoleBinding>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+            .patch(
+                name,
+                &pp,
+                &Patch::Apply(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": meta(true), "roleRef": role_ref("Role"), "subjects": subject})),
+            )
+            .await
+            .map_err(kube("applying the operator Lease RoleBinding"))?;
+
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .map_err(kube("requesting an operator token"))?
+            .status
+            .and_then(|s| s.token)
+            .ok_or_else(|| ClusterError::NotReady("TokenRequest returned no token".into()))?;
+
+        // The admin kubeconfig's cluster (server, CA), with the token as the only credential.
+        let mut kc =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| ClusterError::Kubeconfig {
+                path: self.kubeconfig.display().to_string(),
+                message: e.to_string(),
+            })?;
+        for named in &mut kc.auth_infos {
+            named.auth_info = Some(AuthInfo {
+                token: Some(token.clone().into()),
+                ..Default::default()
+            });
+        }
+        let path = self.state_dir.join("operator.kubeconfig");
+        let yaml = serde_norway::to_string(&kc)
+            .map_err(|e| ClusterError::Build(format!("writing the operator kubeconfig: {e}")))?;
+        std::fs::write(&path, yaml).map_err(io(format!("writing {}", path.display())))?;
+        Ok(path)
     }
 
     /// Process id of `up`.
@@ -272,6 +473,82 @@ impl ControlPlane {
         .map(|c| crate::log_tail(&self.state_dir.join("logs").join(format!("{c}.log")), 40))
         .collect()
     }
+}
+
+/// Namespace of the operator's ServiceAccount and its leader Lease in tests (the chart's
+/// release namespace).
+pub const OPERATOR_NAMESPACE: &str = "sluice-system";
+
+/// How to run one operator process ([`ControlPlane::start_operator_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// Watch only this namespace (`--namespace`); every namespace when `None`.
+    pub namespace: Option<String>,
+    /// Leader election on this Lease in [`OPERATOR_NAMESPACE`] (`--leader-elect`).
+    pub lease: Option<String>,
+    /// Identity (`--instance`, the Lease holder); also names the log
+    /// `logs/operator-<identity>.log`.
+    pub identity: Option<String>,
+    /// Operator configuration (YAML), written to a file for `--config`.
+    pub config_yaml: Option<String>,
+    /// More arguments.
+    pub args: Vec<String>,
+}
+
+/// A running operator process; killed when dropped.
+pub struct OperatorProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its probe server (`/healthz`, `/readyz`, `/metrics`).
+    pub probe: std::net::SocketAddr,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// `GET` a probe path: status code and body, `None` when nothing answers.
+    pub async fn probe(&self, path: &str) -> Option<(u16, String)> {
+        crate::http::get(&self.probe.ip().to_string(), self.probe.port(), path).await
+    }
+
+    /// The value of the metric series `series` (name and labels exactly as exposed, e.g.
+    /// `sluice_operator_reconciles_total{controller="servingendpoint"}`); 0 when absent,
+    /// `None` when the probe server does not answer.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.probe("/metrics").await?;
+        Some(metric_value(&body, series))
+    }
+
+    /// The tail of its log.
+    pub fn log_tail(&self) -> String {
+        crate::log_tail(&self.log, 60)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or_default());
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+}
+
+/// The value of `series` in a Prometheus text exposition; 0 when absent.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A loopback address with a port free at the time of the call.
+fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
 }
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Pod, Service},
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -119,7 +122,19 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
         Some("/serving-endpoints/fraud/invocations")
     );
 
-    // Deleting the endpoint garbage-collects its children through the owner references.
+    // The real controller-manager made ReplicaSets and Pods below the Deployments.
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    eventually("ReplicaSets and Pods of both entities", || async {
+        let selector = ListParams::default().labels("serving.sluice.dev/endpoint=fraud");
+        let rs = replica_sets.list(&selector).await.ok()?.items.len();
+        let p = pods.list(&selector).await.ok()?.items.len();
+        (rs >= 2 && p >= 2).then_some(())
+    })
+    .await;
+
+    // Deleting the endpoint garbage-collects every child through the owner references (the
+    // real controller-manager's garbage collector): Deployments, Services, ReplicaSets, Pods.
     endpoints
         .delete("fraud", &DeleteParams::background())
         .await
@@ -137,7 +152,10 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
             .ok()?
             .items
             .len();
-        (d == 0 && s == 0).then_some(())
+        let selector = ListParams::default().labels("serving.sluice.dev/endpoint=fraud");
+        let rs = replica_sets.list(&selector).await.ok()?.items.len();
+        let p = pods.list(&selector).await.ok()?.items.len();
+        (d + s + rs + p == 0).then_some(())
     })
     .await;
 }

@@ -63,7 +63,7 @@ pub async fn run(env: Env, config: OperatorConfig) {
         watcher::Config::default().any_semantic(),
     );
     let store = controller.store();
-    env.report_synced(WATCH, store.clone());
+    env.report_synced::<ServingEndpoint>(WATCH);
     controller
         .owns(env.api::<Deployment>(), managed.clone())
         .owns(env.api::<Service>(), managed)
@@ -105,7 +105,9 @@ fn serves_model(ep: &ServingEndpoint, model: &str) -> bool {
 
 #[instrument(skip_all, fields(namespace = ep.namespace(), name = ep.name_any()))]
 async fn reconcile(ep: Arc<ServingEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.tracked.run(ep.as_ref(), reconcile_endpoint(&ep, &ctx)).await
+    ctx.tracked
+        .run(ep.as_ref(), reconcile_endpoint(&ep, &ctx))
+        .await
 }
 
 async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Action, Error> {

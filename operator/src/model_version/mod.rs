@@ -50,7 +50,7 @@ pub async fn run(env: Env) {
     let api: Api<ModelVersion> = env.api();
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
     let store = controller.store();
-    env.report_synced(WATCH, store.clone());
+    env.report_synced::<ModelVersion>(WATCH);
     let siblings = store.clone();
     let ctx = Arc::new(Context {
         client: env.client.clone(),
@@ -89,7 +89,9 @@ fn sibling_refs(
 
 #[instrument(skip_all, fields(namespace = mv.namespace(), name = mv.name_any()))]
 async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.tracked.run(mv.as_ref(), reconcile_version(&mv, &ctx)).await
+    ctx.tracked
+        .run(mv.as_ref(), reconcile_version(&mv, &ctx))
+        .await
 }
 
 async fn reconcile_version(mv: &ModelVersion, ctx: &Context) -> Result<Action, Error> {

@@ -1,0 +1,141 @@
+//! Where entity pods land and when they are replaced, with the real scheduler and the test
+//! kubelet: a GPU entity gets the workload table's `nvidia.com/gpu` resources and tolerations
+//! and runs on the GPU node; a traffic-only change is promoted without touching any pod.
+
+mod operator_support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use operator_support::{Scene, endpoint, engine_entity, model_version, served_versions};
+use serde_json::json;
+use sluice_operator::config::OperatorConfig;
+use sluice_tests::cluster::shared_nodes;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_entity_runs_on_the_gpu_node_with_the_tables_resources_and_tolerations() {
+    let scene = Scene::new("gpu", true).await;
+    scene.apply(model_version("llm-1", "llm", 1, &[])).await;
+    scene
+        .apply(endpoint(
+            "chat",
+            vec![
+                engine_entity(
+                    "big",
+                    "llm",
+                    json!({"version": 1}),
+                    json!({"workloadType": "GPU_SMALL"}),
+                ),
+                engine_entity(
+                    "small",
+                    "llm",
+                    json!({"version": 1}),
+                    json!({"workloadType": "CPU"}),
+                ),
+            ],
+            &[("big", 50), ("small", 50)],
+        ))
+        .await;
+    scene.settled("chat", "the endpoint READY", |_| true).await;
+
+    // The expected placement comes from the operator's table, not from constants here.
+    let table = OperatorConfig::default().workload_types;
+    let gpu_class = &table[&sluice_crds::WorkloadType::GPU_SMALL];
+    let pods = scene.pods_of("chat").await;
+    let by_entity: BTreeMap<String, &Pod> = pods
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.labels.as_ref().expect("labels")["serving.sluice.dev/entity"].clone(),
+                p,
+            )
+        })
+        .collect();
+    let nodes = shared_nodes();
+
+    let big = by_entity["big"];
+    let spec = big.spec.as_ref().expect("spec");
+    assert_eq!(spec.node_name.as_deref(), Some(nodes.gpu_node.as_str()));
+    let limits = spec.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(
+        limits.get("nvidia.com/gpu").map(|q| q.0.clone()),
+        Some(gpu_class.gpu_count.to_string())
+    );
+    for toleration in &gpu_class.tolerations {
+        assert!(
+            spec.tolerations.iter().flatten().any(|t| t == toleration),
+            "missing toleration {toleration:?} in {:?}",
+            spec.tolerations
+        );
+    }
+    for (key, value) in &gpu_class.node_selector {
+        assert_eq!(
+            spec.node_selector.as_ref().and_then(|s| s.get(key)),
+            Some(value)
+        );
+    }
+
+    let small = by_entity["small"].spec.as_ref().expect("spec");
+    assert!(
+        small.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_none_or(|l| !l.contains_key("nvidia.com/gpu")),
+        "a CPU entity requests no GPU"
+    );
+    assert!(small.node_name.is_some(), "the CPU entity is scheduled too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traffic_only_change_is_promoted_without_touching_a_pod() {
+    let scene = Scene::new("traffic", true).await;
+    for v in [1, 2] {
+        scene
+            .apply(model_version(&format!("fraud-{v}"), "fraud", v, &[]))
+            .await;
+    }
+    let entities = || {
+        vec![
+            engine_entity("a", "fraud", json!({"version": 1}), json!({})),
+            engine_entity("b", "fraud", json!({"version": 2}), json!({})),
+        ]
+    };
+    scene
+        .apply(endpoint("fraud", entities(), &[("a", 90), ("b", 10)]))
+        .await;
+    let before = scene
+        .settled("fraud", "the 90/10 config READY", |s| {
+            s.traffic_summary.as_deref() == Some("a:90,b:10")
+        })
+        .await;
+    let uids = |pods: Vec<Pod>| -> Vec<String> {
+        let mut uids: Vec<String> = pods.into_iter().filter_map(|p| p.metadata.uid).collect();
+        uids.sort();
+        uids
+    };
+    let pods_before = uids(scene.pods_of("fraud").await);
+    assert_eq!(pods_before.len(), 2);
+
+    scene
+        .apply(endpoint("fraud", entities(), &[("a", 20), ("b", 80)]))
+        .await;
+    let after = scene
+        .settled("fraud", "the 20/80 config READY", |s| {
+            s.traffic_summary.as_deref() == Some("a:20,b:80")
+        })
+        .await;
+    let version =
+        |s: &sluice_crds::ServingEndpointStatus| s.config.as_ref().map(|c| c.config_version);
+    assert_eq!(version(&after), version(&before).map(|v| v + 1));
+    assert_eq!(served_versions(&after), served_versions(&before));
+    assert_eq!(
+        uids(scene.pods_of("fraud").await),
+        pods_before,
+        "a traffic-only change must not replace any pod"
+    );
+}
