@@ -57,7 +57,7 @@ nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
 cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 2
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s

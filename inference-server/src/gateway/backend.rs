@@ -87,33 +87,32 @@ impl Drop for InFlight {
 
 /// Picks a backend: two random candidates among those in rotation and not in `exclude`, the
 /// one with fewer requests in flight wins. When every backend is ejected the ejected ones are
-/// tried rather than failing outright (an ejection is a guess; a refusal is certain).
+/// tried rather than failing outright (an ejection is a guess; a refusal is certain). No
+/// allocation: this runs on every request.
 pub fn pick<'a, B: AsRef<Backend>>(
     backends: &'a [B],
     exclude: &[SocketAddr],
     rng: &mut fastrand::Rng,
 ) -> Option<&'a B> {
     let usable = |b: &&B| !exclude.contains(&b.as_ref().addr);
-    let available: Vec<&B> = backends
-        .iter()
-        .filter(usable)
-        .filter(|b| b.as_ref().available())
-        .collect();
-    let candidates = if available.is_empty() {
-        backends.iter().filter(usable).collect()
+    let in_rotation = |b: &&B| usable(b) && b.as_ref().available();
+    let count = backends.iter().filter(in_rotation).count();
+    let (count, filter): (usize, &dyn Fn(&&B) -> bool) = if count > 0 {
+        (count, &in_rotation)
     } else {
-        available
+        (backends.iter().filter(usable).count(), &usable)
     };
-    match candidates.len() {
+    let nth = |n: usize| backends.iter().filter(|b| filter(b)).nth(n);
+    match count {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => nth(0),
         n => {
             let first = rng.usize(..n);
             let mut second = rng.usize(..n - 1);
             if second >= first {
                 second += 1;
             }
-            let (a, b) = (candidates[first], candidates[second]);
+            let (a, b) = (nth(first)?, nth(second)?);
             Some(if b.as_ref().in_flight() < a.as_ref().in_flight() {
                 b
             } else {
@@ -126,16 +125,26 @@ pub fn pick<'a, B: AsRef<Backend>>(
 /// Picks an index by weight; `weights` are percentages or any non-negative integers. `None`
 /// when every weight is zero.
 pub fn pick_weighted(weights: &[u32], rng: &mut fastrand::Rng) -> Option<usize> {
-    let total: u32 = weights.iter().sum();
+    pick_weighted_by(weights.len(), |i| weights[i], rng)
+}
+
+/// [`pick_weighted`] over `count` weights given by `weight(index)`, without a slice.
+pub fn pick_weighted_by(
+    count: usize,
+    weight: impl Fn(usize) -> u32,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    let total: u32 = (0..count).map(&weight).sum();
     if total == 0 {
         return None;
     }
     let mut point = rng.u32(..total);
-    for (index, weight) in weights.iter().enumerate() {
-        if point < *weight {
+    for index in 0..count {
+        let w = weight(index);
+        if point < w {
             return Some(index);
         }
-        point -= weight;
+        point -= w;
     }
     None
 }

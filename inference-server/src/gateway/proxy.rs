@@ -410,11 +410,10 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         pool.metrics.response(parts.status.as_u16());
         strip_hop_by_hop(&mut parts.headers);
-        if let Ok(name) = HeaderValue::from_str(&pool.name) {
-            parts
-                .headers
-                .insert(HeaderName::from_static(SERVED_MODEL_NAME), name);
-        }
+        parts.headers.insert(
+            HeaderName::from_static(SERVED_MODEL_NAME),
+            pool.served_name.clone(),
+        );
         parts
             .headers
             .insert(HeaderName::from_static(REQUEST_ID), request_id);
@@ -497,19 +496,15 @@ impl Proxy {
 /// or a hold queue); when none can, by the plain weights (the request then waits or fails with
 /// the entity's own reason).
 fn pick_entity<'a>(config: &'a LiveConfig, rng: &mut fastrand::Rng) -> Option<&'a Arc<EntityPool>> {
-    let usable: Vec<u32> = config
-        .entities
-        .iter()
-        .zip(&config.weights)
-        .map(|(pool, weight)| {
-            if pool.has_ready() || pool.scale_to_zero() {
-                *weight
-            } else {
-                0
-            }
-        })
-        .collect();
-    let index = backend::pick_weighted(&usable, rng)
+    let usable = |i: usize| {
+        let pool = &config.entities[i];
+        if pool.has_ready() || pool.scale_to_zero() {
+            config.weights[i]
+        } else {
+            0
+        }
+    };
+    let index = backend::pick_weighted_by(config.entities.len(), usable, rng)
         .or_else(|| backend::pick_weighted(&config.weights, rng))?;
     config.entities.get(index)
 }

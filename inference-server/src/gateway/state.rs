@@ -23,6 +23,8 @@ use super::routing::{EndpointSpec, HoldPolicy};
 pub struct EntityPool {
     /// Entity name.
     pub name: String,
+    /// The name as the `served-model-name` header value.
+    pub served_name: axum::http::HeaderValue,
     backends: RwLock<Arc<[Arc<Backend>]>>,
     scale_to_zero: AtomicBool,
     hold_policy: RwLock<HoldPolicy>,
@@ -213,6 +215,11 @@ impl State {
                             .or_insert_with(|| {
                                 Arc::new(EntityPool {
                                     name: entity.name.clone(),
+                                    // Entity names are DNS labels, always valid header values.
+                                    served_name: axum::http::HeaderValue::from_str(&entity.name)
+                                        .unwrap_or_else(|_| {
+                                            axum::http::HeaderValue::from_static("invalid-name")
+                                        }),
                                     backends: RwLock::new(Arc::from(Vec::new())),
                                     scale_to_zero: AtomicBool::new(false),
                                     hold_policy: RwLock::new(entity.hold),
