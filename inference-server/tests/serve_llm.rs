@@ -145,6 +145,24 @@ async fn gguf_quantised_weights_decode_like_the_reference() {
 }
 
 #[tokio::test]
+async fn qwen2_safetensors_and_gguf_decode_like_the_reference() {
+    let model = Model::random(SEED).qwen2(SEED + 1);
+    for (format, quantized) in [("safetensors", false), ("gguf", true)] {
+        let (server, reference) = serve("llm-qwen2", format, &model, &[]).await;
+        assert_eq!(reference.quantize_activations, quantized);
+        let (expected, _) = reference.greedy(&encode(PROMPT), 16, Rope::Halves);
+        let (status, answer) = server
+            .post_json(
+                "/v1/completions",
+                &json!({"prompt": PROMPT, "max_tokens": 16, "temperature": 0}),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["choices"][0]["text"], expected, "{format}: {answer}");
+    }
+}
+
+#[tokio::test]
 async fn an_end_of_sequence_token_ends_the_answer() {
     let model = Model::random(SEED);
     let (text, _) = model.greedy(&encode(PROMPT), 8, Rope::Halves);
@@ -502,7 +520,7 @@ async fn a_client_that_disconnects_stops_its_generation() {
 async fn sigterm_lets_in_flight_streams_finish_then_exits_zero() {
     let (mut server, reference) =
         serve("llm-shutdown", "safetensors", &Model::random(SEED), &[]).await;
-    let max_tokens = 600;
+    let max_tokens = 200;
     let (expected, _) = reference.greedy(&encode(PROMPT), 40, Rope::Halves);
     let body =
         json!({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": true});

@@ -112,6 +112,19 @@ pub struct Layer {
     pub gate: Vec<f32>,
     pub up: Vec<f32>,
     pub down: Vec<f32>,
+    /// q, k and v biases: Qwen2 has them, Llama not.
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+}
+
+impl Layer {
+    fn with_bias(&self, which: usize, mut x: Vec<f32>) -> Vec<f32> {
+        if let Some(biases) = &self.qkv_bias {
+            for (v, b) in x.iter_mut().zip(&biases[which]) {
+                *v += b;
+            }
+        }
+        x
+    }
 }
 
 /// The whole model.
@@ -155,6 +168,7 @@ impl Model {
                 gate: matrix(INTERMEDIATE, HIDDEN, 0.3),
                 up: matrix(INTERMEDIATE, HIDDEN, 0.3),
                 down: matrix(HIDDEN, INTERMEDIATE, 0.3),
+                qkv_bias: None,
             })
             .collect();
         let embed = matrix(vocab, HIDDEN, 1.0);
@@ -196,14 +210,31 @@ impl Model {
             let q: Vec<Vec<f32>> = h
                 .iter()
                 .enumerate()
-                .map(|(pos, row)| rotate(self.project(&layer.q, row), HEADS, pos, rope))
+                .map(|(pos, row)| {
+                    rotate(
+                        layer.with_bias(0, self.project(&layer.q, row)),
+                        HEADS,
+                        pos,
+                        rope,
+                    )
+                })
                 .collect();
             let k: Vec<Vec<f32>> = h
                 .iter()
                 .enumerate()
-                .map(|(pos, row)| rotate(self.project(&layer.k, row), KV_HEADS, pos, rope))
+                .map(|(pos, row)| {
+                    rotate(
+                        layer.with_bias(1, self.project(&layer.k, row)),
+                        KV_HEADS,
+                        pos,
+                        rope,
+                    )
+                })
                 .collect();
-            let v: Vec<Vec<f32>> = h.iter().map(|row| self.project(&layer.v, row)).collect();
+            let v: Vec<Vec<f32>> = h
+                .iter()
+                .map(|row| layer.with_bias(2, self.project(&layer.v, row)))
+                .collect();
             for i in 0..n {
                 let mut attended = vec![0.0f32; HEADS * HEAD_DIM];
                 for head in 0..HEADS {
@@ -272,6 +303,25 @@ impl Model {
             tokens.push(next);
         }
         (decode(&out), false)
+    }
+
+    /// The same weights as a Qwen2 model: random q/k/v biases added.
+    pub fn qwen2(&self, seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut bias = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.f32() - 0.5).collect() };
+        let mut model = self.clone();
+        for layer in &mut model.layers {
+            layer.qkv_bias = Some([
+                bias(HEADS * HEAD_DIM),
+                bias(KV_HEADS * HEAD_DIM),
+                bias(KV_HEADS * HEAD_DIM),
+            ]);
+        }
+        model
+    }
+
+    fn is_qwen2(&self) -> bool {
+        self.layers[0].qkv_bias.is_some()
     }
 
     /// The model whose end-of-sequence logit slightly beats `token`'s wherever `token` would
@@ -364,6 +414,13 @@ impl Model {
                     vec![HIDDEN, INTERMEDIATE],
                 ),
             ]);
+            if let Some([q, k, v]) = &layer.qkv_bias {
+                out.extend([
+                    (format!("{p}.self_attn.q_proj.bias"), q.clone(), vec![qd]),
+                    (format!("{p}.self_attn.k_proj.bias"), k.clone(), vec![kd]),
+                    (format!("{p}.self_attn.v_proj.bias"), v.clone(), vec![kd]),
+                ]);
+            }
         }
         out
     }
@@ -377,7 +434,7 @@ impl Model {
             .map(|(name, data, shape)| (name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap()))
             .collect();
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-        let config = json!({
+        let mut config = json!({
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
             "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
@@ -386,6 +443,13 @@ impl Model {
             "bos_token_id": bos_id(), "eos_token_id": eos_id(), "tie_word_embeddings": false,
             "hidden_act": "silu", "torch_dtype": "float32"
         });
+        if self.is_qwen2() {
+            config["architectures"] = json!(["Qwen2ForCausalLM"]);
+            config["model_type"] = json!("qwen2");
+            config["sliding_window"] = json!(CONTEXT);
+            config["max_window_layers"] = json!(LAYERS);
+            config["use_sliding_window"] = json!(false);
+        }
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         write_tokenizer(dir);
     }
@@ -394,7 +458,13 @@ impl Model {
     /// GGML) and the tokenizer into `dir`. Answers the model the GGUF file holds once
     /// dequantised, for the reference (use [`Rope::Interleaved`] with it).
     pub fn write_gguf(&self, dir: &Path) -> Model {
-        let ggml = self.permuted_for_ggml();
+        let arch = if self.is_qwen2() { "qwen2" } else { "llama" };
+        // GGML's Llama pairs rotary dimensions interleaved; its Qwen2 as Hugging Face does.
+        let ggml = if self.is_qwen2() {
+            self.clone()
+        } else {
+            self.permuted_for_ggml()
+        };
         let rename = |name: &str| -> String {
             name.replace("model.embed_tokens", "token_embd")
                 .replace("model.norm", "output_norm")
@@ -431,21 +501,22 @@ impl Model {
             quantized.push((rename(&name), q));
         }
         use gguf_file::Value as V;
+        let key = |name: &str| format!("{arch}.{name}");
         let metadata = [
-            ("general.architecture", V::String("llama".into())),
-            ("llama.attention.head_count", V::U32(HEADS as u32)),
-            ("llama.attention.head_count_kv", V::U32(KV_HEADS as u32)),
-            ("llama.block_count", V::U32(LAYERS as u32)),
-            ("llama.embedding_length", V::U32(HIDDEN as u32)),
-            ("llama.feed_forward_length", V::U32(INTERMEDIATE as u32)),
-            ("llama.rope.dimension_count", V::U32(HEAD_DIM as u32)),
-            ("llama.attention.layer_norm_rms_epsilon", V::F32(EPS)),
-            ("llama.rope.freq_base", V::F32(ROPE_THETA)),
-            ("llama.context_length", V::U32(4096)),
-            ("tokenizer.ggml.eos_token_id", V::U32(eos_id())),
-            ("tokenizer.ggml.bos_token_id", V::U32(bos_id())),
+            ("general.architecture".to_string(), V::String(arch.into())),
+            (key("attention.head_count"), V::U32(HEADS as u32)),
+            (key("attention.head_count_kv"), V::U32(KV_HEADS as u32)),
+            (key("block_count"), V::U32(LAYERS as u32)),
+            (key("embedding_length"), V::U32(HIDDEN as u32)),
+            (key("feed_forward_length"), V::U32(INTERMEDIATE as u32)),
+            (key("rope.dimension_count"), V::U32(HEAD_DIM as u32)),
+            (key("attention.layer_norm_rms_epsilon"), V::F32(EPS)),
+            (key("rope.freq_base"), V::F32(ROPE_THETA)),
+            (key("context_length"), V::U32(4096)),
+            ("tokenizer.ggml.eos_token_id".to_string(), V::U32(eos_id())),
+            ("tokenizer.ggml.bos_token_id".to_string(), V::U32(bos_id())),
         ];
-        let metadata: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let metadata: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = quantized
             .iter()
             .map(|(name, q)| (name.as_str(), q))
@@ -472,6 +543,9 @@ impl Model {
                         gate: take(&format!("{p}.mlp.gate_proj.weight")),
                         up: take(&format!("{p}.mlp.up_proj.weight")),
                         down: take(&format!("{p}.mlp.down_proj.weight")),
+                        qkv_bias: self.is_qwen2().then(|| {
+                            ["q", "k", "v"].map(|x| take(&format!("{p}.self_attn.{x}_proj.bias")))
+                        }),
                     }
                 })
                 .collect(),
