@@ -10,7 +10,7 @@
 # Not run by CI.
 source "$(dirname "$0")/serve-common.sh"
 CONNECTIONS=${CONNECTIONS:-8}
-bench_pip mlflow==3.18.0
+bench_pip mlflow==3.17.2
 mkdir -p "$WORK/iris"
 cp inference-server/tests/fixtures/iris.onnx "$WORK/iris/"
 cat > "$WORK/iris/sluice-model.yaml" <<YAML

@@ -26,8 +26,11 @@ pub struct ServeArgs {
     /// the process exits anyway.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// How long a batch of concurrent ONNX or embedding requests waits to fill, in ms.
-    #[arg(long, env = "SLUICE_BATCH_WINDOW_MS", default_value_t = 5)]
+    /// How long a batch of concurrent ONNX or embedding requests waits to fill, in ms. With 0
+    /// (the default) a batch is whatever waits when the model is free: requests that arrive
+    /// during a model call form the next one, which adds no latency on a CPU the model already
+    /// keeps busy.
+    #[arg(long, env = "SLUICE_BATCH_WINDOW_MS", default_value_t = 0)]
     pub batch_window_ms: u64,
     /// Most items (rows or texts) in one model call; for a language model, most sequences
     /// generated side by side.

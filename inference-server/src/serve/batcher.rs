@@ -1,5 +1,6 @@
 //! Micro-batching: concurrent requests to one model are gathered for a short window (or until
-//! a maximum batch is reached) and run as one model call on a blocking thread.
+//! a maximum batch is reached) and run as one model call on a blocking thread. With a zero
+//! window a batch is whatever is queued when the worker is free.
 //!
 //! One worker task owns the model call, so calls never overlap; while a batch runs, the next
 //! one fills in the channel. The channel is bounded: when it is full the caller gets 429
@@ -167,6 +168,39 @@ mod tests {
         let outputs = futures::future::join_all(calls).await;
         assert_eq!(outputs, vec![Ok(0), Ok(10), Ok(20), Ok(30)]);
         assert_eq!(*sizes.lock().unwrap(), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn without_a_window_requests_queued_during_a_call_form_the_next_batch() {
+        let metrics = ServeMetrics::register(&mut Registry::default());
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let batcher: Batcher<u32, u32> = Batcher::spawn(
+            "test",
+            BatchPolicy {
+                window: Duration::ZERO,
+                max_items: 8,
+            },
+            metrics,
+            Arc::new(move |inputs: Vec<u32>| {
+                seen.lock().unwrap().push(inputs.len());
+                std::thread::sleep(Duration::from_millis(100));
+                inputs.into_iter().map(Ok).collect()
+            }),
+        );
+        let first = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(0, 1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let rest = (1..5).map(|x| {
+            let batcher = batcher.clone();
+            async move { batcher.call(x, 1).await }
+        });
+        let outputs = futures::future::join_all(rest).await;
+        assert_eq!(first.await.unwrap(), Ok(0));
+        assert_eq!(outputs, vec![Ok(1), Ok(2), Ok(3), Ok(4)]);
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 4]);
     }
 
     #[tokio::test]
