@@ -7,10 +7,11 @@
 #   BIN=/path/to/inference-server bash inference-server/bench/capture.sh   # skip the build
 #
 # The "model" is nginx answering a fixed prediction body (it reads and discards the request
-# body), so what is measured is the sidecar itself, not a model. Throughput comes from a run
-# with CONNECTIONS connections; added latency from a run with one connection (no queueing),
-# as p50/p99 through capture minus p50/p99 direct. Capture records every request (sampling 1.0)
-# into a local table. Needs wrk and nginx (apt-get install wrk nginx-light). Loopback only.
+# body): the fastest possible model, so every cost of the sidecar shows. Three ways in:
+# straight to the model; through the sidecar with capture off (`--sampling-fraction 0`: the
+# proxy hop alone); through the sidecar recording every request into a local table. Throughput
+# comes from a run with CONNECTIONS connections; latency from a run with one connection (no
+# queueing). Needs wrk and nginx (apt-get install wrk nginx-light). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10s}
@@ -28,7 +29,7 @@ PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MODEL=$(port); CAPTURE=$(port)
+MODEL=$(port); CAPTURE=$(port); PROXY=$(port)
 ANSWER='{"predictions": [{"label": 0, "probabilities": [0.98, 0.02, 0.0]}]}'
 
 mkdir -p "$WORK/body"
@@ -43,13 +44,18 @@ http { access_log off; keepalive_requests 1000000; client_max_body_size 1m;
 CONF
 nginx -c "$WORK/model.conf" -p "$WORK" & PIDS+=($!)
 
-"$BIN" capture --listen "127.0.0.1:$CAPTURE" --upstream "127.0.0.1:$MODEL" \
-  --table "$WORK/table" --spool-dir "$WORK/spool" \
-  --endpoint bench --entity bench-1 --model bench --model-version 1 & PIDS+=($!)
-CAPTURE_PID=$!
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$CAPTURE/health" >/dev/null 2>&1 && break
-  sleep 0.1
+sidecar() { # port sampling-fraction name
+  "$BIN" capture --listen "127.0.0.1:$1" --upstream "127.0.0.1:$MODEL" --sampling-fraction "$2" \
+    --table "$WORK/table-$3" --spool-dir "$WORK/spool-$3" \
+    --endpoint bench --entity bench-1 --model bench --model-version 1 & PIDS+=($!)
+}
+sidecar "$CAPTURE" 1 on; CAPTURE_PID=$!
+sidecar "$PROXY" 0 off
+for p in "$CAPTURE" "$PROXY"; do
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$p/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 done
 
 # wrk script: POST a JSON body of SIZE bytes.
@@ -73,19 +79,22 @@ measure() { # url script connections threads
 
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$CAPTURE_PID/status"; }
 
-echo "| body | direct req/s | capture req/s | ratio | direct p50 / p99 (1 conn) | capture p50 / p99 (1 conn) | added p50 / p99 |"
-echo "|---|---|---|---|---|---|---|"
+echo "| body | req/s direct | req/s capture off | req/s capture on | on / off | on / direct | p50 / p99 direct | p50 / p99 off | p50 / p99 on |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for size in 4096 65536; do
   script=$(body_script $size)
-  read -r d_rps _ _ <<<"$(measure "http://127.0.0.1:$MODEL/invocations" "$script" "$CONNECTIONS" "$THREADS")"
-  read -r c_rps _ _ <<<"$(measure "http://127.0.0.1:$CAPTURE/invocations" "$script" "$CONNECTIONS" "$THREADS")"
-  read -r _ d50 d99 <<<"$(measure "http://127.0.0.1:$MODEL/invocations" "$script" 1 1)"
-  read -r _ c50 c99 <<<"$(measure "http://127.0.0.1:$CAPTURE/invocations" "$script" 1 1)"
-  python3 - "$size" "$d_rps" "$c_rps" "$d50" "$d99" "$c50" "$c99" <<'PY'
+  results=()
+  for target in "$MODEL" "$PROXY" "$CAPTURE"; do
+    read -r rps _ _ <<<"$(measure "http://127.0.0.1:$target/invocations" "$script" "$CONNECTIONS" "$THREADS")"
+    read -r _ p50 p99 <<<"$(measure "http://127.0.0.1:$target/invocations" "$script" 1 1)"
+    results+=("$rps" "$p50" "$p99")
+  done
+  python3 - "$size" "${results[@]}" <<'PY'
 import sys
-size, d, c, d50, d99, c50, c99 = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {int(size) // 1024} KiB | {d:.0f} | {c:.0f} | {c / d:.2f} | {d50:.3f} / {d99:.3f} ms "
-      f"| {c50:.3f} / {c99:.3f} ms | {c50 - d50:+.3f} / {c99 - d99:+.3f} ms |")
+size = int(sys.argv[1])
+d, d50, d99, o, o50, o99, c, c50, c99 = map(float, sys.argv[2:])
+print(f"| {size // 1024} KiB | {d:.0f} | {o:.0f} | {c:.0f} | {c / o:.2f} | {c / d:.2f} "
+      f"| {d50:.3f} / {d99:.3f} ms | {o50:.3f} / {o99:.3f} ms | {c50:.3f} / {c99:.3f} ms |")
 PY
 done
 sleep 2

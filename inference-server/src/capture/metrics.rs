@@ -3,7 +3,9 @@
 //! Labels are bounded: `reason` is one of [`DropReason`], `body` is `request` or `response`,
 //! `kind` one of the upstream failure kinds.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -97,7 +99,7 @@ pub struct UpstreamLabels {
 }
 
 /// The capture metrics; cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CaptureMetrics {
     /// Requests proxied, captured or not.
     pub requests: Counter,
@@ -125,7 +127,34 @@ pub struct CaptureMetrics {
     pub spool_records: Gauge,
     /// Age of the oldest row not yet in the table, in seconds.
     pub lag_seconds: Gauge<f64, AtomicU64>,
+    epoch: Instant,
+    last_drop_warning_ms: Arc<AtomicU64>,
 }
+
+impl Default for CaptureMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Counter::default(),
+            captured: Counter::default(),
+            written: Counter::default(),
+            dropped: Family::default(),
+            truncated: Family::default(),
+            files: Counter::default(),
+            upload_failures: Counter::default(),
+            upstream_failures: Family::default(),
+            queue_bytes: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_records: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            epoch: Instant::now(),
+            last_drop_warning_ms: Arc::default(),
+        }
+    }
+}
+
+/// Least time between two warnings about dropped rows.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl CaptureMetrics {
     /// Creates the metrics and registers them in `registry`.
@@ -199,11 +228,28 @@ impl CaptureMetrics {
         metrics
     }
 
-    /// Counts `n` rows dropped for `reason`.
+    /// Counts `n` rows dropped for `reason`; warns at most once per [`WARN_EVERY`] (an
+    /// overloaded sidecar must not also flood its log).
     pub fn drop_records(&self, reason: DropReason, n: u64) {
-        if n > 0 {
-            self.dropped.get_or_create(&DropLabels { reason }).inc_by(n);
-            tracing::warn!(?reason, records = n, "capture rows dropped");
+        if n == 0 {
+            return;
+        }
+        let counter = self.dropped.get_or_create(&DropLabels { reason });
+        counter.inc_by(n);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_drop_warning_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64)
+            && self
+                .last_drop_warning_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                ?reason,
+                records = n,
+                total = counter.get(),
+                "capture rows dropped (see sluice_capture_records_dropped_total)"
+            );
         }
     }
 }

@@ -85,7 +85,9 @@ fn check(args: &CaptureArgs) -> Result<(), CaptureError> {
 pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     check(&args)?;
     let store = TableStore::open(&args.table, &args.table_options)?;
-    let (spool, waiting) = Spool::open(&args.spool_dir, args.spool_max_bytes)?;
+    // Rows of the last two segments stay in memory too, so the uploader need not parse them.
+    let (spool, waiting) =
+        Spool::open(&args.spool_dir, args.spool_max_bytes, 2 * args.rotate_bytes)?;
     let spool = Arc::new(spool);
     let mut registry = Registry::with_prefix("sluice_capture");
     let metrics = CaptureMetrics::register(&mut registry);

@@ -28,6 +28,8 @@ use crate::table::{self, ParquetTable, PartFile, TableError};
 
 /// First wait after a failed upload; it doubles up to the configured maximum.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// Most bytes of exchanges the spool writer converts at once (bounds its working memory).
+const WRITE_BATCH_BYTES: usize = 2 << 20;
 /// How often gauges are refreshed and rotation by age is checked, at most.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -147,16 +149,18 @@ fn write_loop(
 ) {
     let wait = config.rotate_age.clamp(Duration::from_millis(10), TICK);
     loop {
-        let closed = match queue.pop_all(wait) {
+        let closed = match queue.pop(WRITE_BATCH_BYTES, wait) {
             Popped::Closed => true,
             Popped::Items(items) => {
-                metrics.queue_bytes.set(0);
+                metrics
+                    .queue_bytes
+                    .set(i64::try_from(queue.bytes()).unwrap_or(i64::MAX));
                 if !items.is_empty() {
                     let records: Vec<_> = items
                         .into_iter()
                         .map(|exchange| exchange.finish(&config.identity))
                         .collect();
-                    spool_records(spool, metrics, &records);
+                    spool_records(spool, metrics, records);
                 }
                 false
             }
@@ -173,14 +177,15 @@ fn write_loop(
     }
 }
 
-fn spool_records(spool: &Spool, metrics: &CaptureMetrics, records: &[table::PayloadRecord]) {
+fn spool_records(spool: &Spool, metrics: &CaptureMetrics, records: Vec<table::PayloadRecord>) {
+    let rows = records.len();
     match spool.append(records) {
         Ok(outcome) => {
             metrics.drop_records(DropReason::SpoolFull, outcome.evicted + outcome.refused);
         }
         Err(error) => {
-            tracing::error!(%error, rows = records.len(), "cannot write to the spool");
-            metrics.drop_records(DropReason::SpoolError, records.len() as u64);
+            tracing::error!(%error, rows, "cannot write to the spool");
+            metrics.drop_records(DropReason::SpoolError, rows as u64);
         }
     }
 }

@@ -47,6 +47,11 @@ impl Queue {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Adds an exchange; returns how many older ones were dropped to make room and the bytes
     /// now queued. After [`Queue::close`] the exchange itself is dropped (and counted).
     pub fn push(&self, exchange: RawExchange) -> (u64, usize) {
@@ -70,8 +75,9 @@ impl Queue {
         (dropped, bytes)
     }
 
-    /// Takes everything waiting, waiting up to `timeout` for something to arrive.
-    pub fn pop_all(&self, timeout: Duration) -> Popped {
+    /// Takes the oldest exchanges waiting, up to `max_bytes` of them (at least one), waiting
+    /// up to `timeout` for something to arrive.
+    pub fn pop(&self, max_bytes: usize, timeout: Duration) -> Popped {
         let mut inner = self.lock();
         if inner.items.is_empty() && !inner.closed {
             inner = self
@@ -83,8 +89,20 @@ impl Queue {
         if inner.items.is_empty() && inner.closed {
             return Popped::Closed;
         }
-        inner.bytes = 0;
-        Popped::Items(inner.items.drain(..).collect())
+        let mut taken = 0;
+        let mut items = Vec::new();
+        while let Some(front) = inner.items.front() {
+            let size = front.size();
+            if !items.is_empty() && taken + size > max_bytes {
+                break;
+            }
+            taken += size;
+            if let Some(item) = inner.items.pop_front() {
+                items.push(item);
+            }
+        }
+        inner.bytes -= taken;
+        Popped::Items(items)
     }
 
     /// Refuses new exchanges and wakes the writer so it drains what is left.
@@ -113,11 +131,31 @@ mod tests {
             assert_eq!(queue.push(exchange(id, 100)).0, 0);
         }
         assert_eq!(queue.push(exchange("d", 100)).0, 1);
-        let Popped::Items(items) = queue.pop_all(Duration::ZERO) else {
+        let Popped::Items(items) = queue.pop(usize::MAX, Duration::ZERO) else {
             panic!("open queue");
         };
         let ids: Vec<_> = items.iter().map(|e| e.request_id.as_str()).collect();
         assert_eq!(ids, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn pops_take_a_bounded_batch_oldest_first() {
+        let queue = Queue::new(1 << 20);
+        for id in ["a", "b", "c"] {
+            queue.push(exchange(id, 100));
+        }
+        let Popped::Items(items) = queue.pop(400, Duration::ZERO) else {
+            panic!("open queue");
+        };
+        assert_eq!(items.len(), 1);
+        assert_eq!(queue.bytes(), 2 * 356);
+        let Popped::Items(items) = queue.pop(1, Duration::ZERO) else {
+            panic!("open queue");
+        };
+        assert_eq!(
+            items[0].request_id, "b",
+            "at least one, even past the limit"
+        );
     }
 
     #[test]
@@ -126,7 +164,12 @@ mod tests {
         queue.push(exchange("a", 1));
         queue.close();
         assert_eq!(queue.push(exchange("late", 1)).0, 1);
-        assert!(matches!(queue.pop_all(Duration::ZERO), Popped::Items(items) if items.len() == 1));
-        assert!(matches!(queue.pop_all(Duration::ZERO), Popped::Closed));
+        assert!(
+            matches!(queue.pop(usize::MAX, Duration::ZERO), Popped::Items(items) if items.len() == 1)
+        );
+        assert!(matches!(
+            queue.pop(usize::MAX, Duration::ZERO),
+            Popped::Closed
+        ));
     }
 }

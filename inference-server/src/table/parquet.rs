@@ -5,12 +5,15 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::record::{PayloadRecord, to_batch};
 
 /// Rows per Arrow batch handed to the writer (bounds the memory of one encode step).
 const BATCH_ROWS: usize = 1024;
+/// The columns holding whole bodies.
+const PAYLOAD_COLUMNS: [&str; 2] = ["request", "response"];
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
@@ -39,7 +42,15 @@ pub enum EncodeError {
 pub fn encode(records: &[PayloadRecord]) -> Result<Bytes, EncodeError> {
     let rows = records.len();
     let parquet_error = |source| EncodeError::Parquet { rows, source };
-    let properties = WriterProperties::builder()
+    let mut properties = WriterProperties::builder();
+    // Bodies are large and unique: a dictionary or min/max statistics of them cost CPU and
+    // buy nothing.
+    for column in PAYLOAD_COLUMNS {
+        properties = properties
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    let properties = properties
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("sluice capture {}", env!("CARGO_PKG_VERSION")))

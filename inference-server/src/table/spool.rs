@@ -71,12 +71,16 @@ struct OpenSegment {
     records: u64,
     first_timestamp_ms: i64,
     opened: Instant,
+    /// The rows as written, kept while the cache budget allows, so that the uploader need
+    /// not parse them back.
+    cache: Option<Vec<PayloadRecord>>,
 }
 
 #[derive(Debug)]
 struct Sealed {
     segment: Segment,
     claimed: bool,
+    cache: Option<Vec<PayloadRecord>>,
 }
 
 #[derive(Debug, Default)]
@@ -113,15 +117,17 @@ pub struct SpoolStats {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    cache_bytes: u64,
     instance: String,
     state: Mutex<State>,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, holding at most `max_bytes`; seals any segment
-    /// left open by a previous run so that it is uploaded. Returns the spool and the rows it
-    /// found waiting.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, u64), SpoolError> {
+    /// Opens (or creates) the spool in `dir`, holding at most `max_bytes` on disk and keeping
+    /// up to `cache_bytes` of recent rows in memory as well (so the uploader reads them
+    /// without parsing); seals any segment left open by a previous run so that it is
+    /// uploaded. Returns the spool and the rows it found waiting.
+    pub fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> Result<(Self, u64), SpoolError> {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let instance = instance_id(dir)?;
         let mut found = Vec::new();
@@ -162,11 +168,13 @@ impl Spool {
                     first_timestamp_ms,
                 },
                 claimed: false,
+                cache: None,
             });
         }
         let spool = Self {
             dir: dir.to_path_buf(),
             max_bytes,
+            cache_bytes,
             instance,
             state: Mutex::new(state),
         };
@@ -184,13 +192,13 @@ impl Spool {
 
     /// Appends `records` to the open segment (opening one if needed), deleting the oldest
     /// unclaimed sealed segments when the cap would be passed.
-    pub fn append(&self, records: &[PayloadRecord]) -> Result<AppendOutcome, SpoolError> {
+    pub fn append(&self, records: Vec<PayloadRecord>) -> Result<AppendOutcome, SpoolError> {
         let mut outcome = AppendOutcome::default();
         if records.is_empty() {
             return Ok(outcome);
         }
         let mut lines = Vec::new();
-        for record in records {
+        for record in &records {
             serde_json::to_writer(&mut lines, record)?;
             lines.push(b'\n');
         }
@@ -231,8 +239,15 @@ impl Spool {
                 records: 0,
                 first_timestamp_ms: records[0].timestamp_ms,
                 opened: Instant::now(),
+                cache: Some(Vec::new()),
             });
         }
+        let cached_sealed: u64 = state
+            .sealed
+            .iter()
+            .filter(|s| s.cache.is_some())
+            .map(|s| s.segment.bytes)
+            .sum();
         if let Some(open) = state.open.as_mut() {
             let path = segment_path(&self.dir, open.seq, OPEN_EXT);
             open.writer
@@ -242,6 +257,11 @@ impl Spool {
             open.bytes += size;
             open.records += records.len() as u64;
             outcome.written = records.len() as u64;
+            if cached_sealed + open.bytes > self.cache_bytes {
+                open.cache = None;
+            } else if let Some(cache) = open.cache.as_mut() {
+                cache.extend(records);
+            }
         }
         Ok(outcome)
     }
@@ -280,6 +300,7 @@ impl Spool {
                 first_timestamp_ms: open.first_timestamp_ms,
             },
             claimed: false,
+            cache: open.cache,
         });
         Ok(true)
     }
@@ -296,6 +317,15 @@ impl Spool {
     /// Reads a claimed segment's rows. A line that does not parse (the tail of a segment cut
     /// by a crash) is skipped and counted in the second value.
     pub fn read(&self, segment: &Segment) -> Result<(Vec<PayloadRecord>, u64), SpoolError> {
+        let cached = self
+            .lock()
+            .sealed
+            .iter_mut()
+            .find(|s| s.segment.seq == segment.seq)
+            .and_then(|s| s.cache.take());
+        if let Some(records) = cached {
+            return Ok((records, 0));
+        }
         let path = segment_path(&self.dir, segment.seq, SEALED_EXT);
         let file = File::open(&path).map_err(io("opening", &path))?;
         let mut records = Vec::with_capacity(segment.records as usize);
@@ -429,18 +459,22 @@ mod tests {
     #[test]
     fn segments_survive_a_restart_and_keep_the_instance() {
         let dir = temp("restart");
-        let (spool, waiting) = Spool::open(&dir, 1 << 20).unwrap();
+        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
         assert_eq!(waiting, 0);
         let instance = spool.instance().to_string();
-        spool.append(&rows(3, 10)).unwrap();
+        spool.append(rows(3, 10)).unwrap();
         spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
-        spool.append(&rows(2, 10)).unwrap();
+        spool.append(rows(2, 10)).unwrap();
         drop(spool);
-        let (spool, waiting) = Spool::open(&dir, 1 << 20).unwrap();
+        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
         assert_eq!(waiting, 5);
         assert_eq!(spool.instance(), instance);
         let first = spool.claim().unwrap();
-        assert_eq!(spool.read(&first).unwrap().0.len(), 3);
+        assert_eq!(
+            spool.read(&first).unwrap().0.len(),
+            3,
+            "read back from disk"
+        );
         spool.complete(first.seq).unwrap();
         let second = spool.claim().unwrap();
         assert!(second.seq > first.seq);
@@ -451,13 +485,13 @@ mod tests {
     #[test]
     fn a_full_spool_drops_its_oldest_unclaimed_segment() {
         let dir = temp("cap");
-        let (spool, _) = Spool::open(&dir, 3000).unwrap();
+        let (spool, _) = Spool::open(&dir, 3000, 0).unwrap();
         for _ in 0..3 {
-            spool.append(&rows(1, 800)).unwrap();
+            spool.append(rows(1, 800)).unwrap();
             spool.seal_if_due(0, Duration::MAX, true).unwrap();
         }
         let claimed = spool.claim().unwrap();
-        let outcome = spool.append(&rows(1, 800)).unwrap();
+        let outcome = spool.append(rows(1, 800)).unwrap();
         assert_eq!(outcome.written, 1);
         assert_eq!(
             outcome.evicted, 1,
@@ -470,15 +504,34 @@ mod tests {
     }
 
     #[test]
+    fn recent_rows_are_read_from_memory_within_the_cache_budget() {
+        let dir = temp("cache");
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1500).unwrap();
+        spool.append(rows(1, 800)).unwrap();
+        spool.seal_if_due(0, Duration::MAX, true).unwrap();
+        spool.append(rows(1, 800)).unwrap();
+        spool.seal_if_due(0, Duration::MAX, true).unwrap();
+        let first = spool.claim().unwrap();
+        let second = spool.claim().unwrap();
+        // Remove the files: only a cached segment can still be read.
+        for seq in [first.seq, second.seq] {
+            fs::remove_file(segment_path(&dir, seq, SEALED_EXT)).unwrap();
+        }
+        assert_eq!(spool.read(&first).unwrap().0.len(), 1, "cached");
+        assert!(spool.read(&second).is_err(), "past the budget: not cached");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_torn_last_line_is_skipped() {
         let dir = temp("torn");
-        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
-        spool.append(&rows(2, 10)).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        spool.append(rows(2, 10)).unwrap();
         drop(spool);
         let open = segment_path(&dir, 0, OPEN_EXT);
         let mut file = OpenOptions::new().append(true).open(&open).unwrap();
         file.write_all(b"{\"request_id\": \"cut").unwrap();
-        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
         let segment = spool.claim().unwrap();
         let (records, corrupt) = spool.read(&segment).unwrap();
         assert_eq!((records.len(), corrupt), (2, 1));
