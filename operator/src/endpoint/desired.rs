@@ -107,13 +107,7 @@ pub fn build(
     let mut volumes = vec![empty_dir("models")];
     if let Some((table, fraction)) = ctx.capture {
         containers.push(capture_container(
-            ctx,
-            entity,
-            runtime.port,
-            table,
-            fraction,
-            model,
-            *version,
+            ctx, entity, runtime, table, fraction, model, *version,
         ));
         volumes.push(empty_dir("spool"));
     }
@@ -424,7 +418,7 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
 fn capture_container(
     ctx: &BuildContext<'_>,
     entity: &ResolvedEntity,
-    model_port: i32,
+    rt: &ResolvedRuntime,
     table: &str,
     fraction: f64,
     model: &str,
@@ -435,7 +429,10 @@ fn capture_container(
         "--listen",
         &format!("$(POD_IP):{CAPTURE_PORT}"),
         "--upstream",
-        &format!("$(POD_IP):{model_port}"),
+        &format!("$(POD_IP):{}", rt.port),
+        // The sidecar's /health answers with the model's readiness path.
+        "--upstream-health-path",
+        &rt.health_path,
         "--table",
         table,
         "--endpoint",
@@ -614,14 +611,9 @@ mod tests {
             Some("nvidia.com/gpu")
         );
         let capture = &p.containers[1];
-        assert!(
-            capture
-                .args
-                .as_deref()
-                .expect("args")
-                .join(" ")
-                .contains("--upstream $(POD_IP):8000 --table s3://lake/t")
-        );
+        assert!(capture.args.as_deref().expect("args").join(" ").contains(
+            "--upstream $(POD_IP):8000 --upstream-health-path /health --table s3://lake/t"
+        ));
         assert!(
             p.volumes
                 .as_ref()
