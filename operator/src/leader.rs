@@ -54,9 +54,9 @@ pub enum LeaderError {
         namespace: String,
         /// Lease name.
         name: String,
-        /// Underlying error.
+        /// Underlying error (boxed: it is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Another process took the Lease.
     #[error("Lease taken over by {holder}")]
@@ -142,7 +142,10 @@ pub fn claimed(
             Some(MicroTime(now)),
             previous.lease_transitions.unwrap_or(0) + 1,
         ),
-        _ => (Some(MicroTime(now)), previous.lease_transitions.unwrap_or(0)),
+        _ => (
+            Some(MicroTime(now)),
+            previous.lease_transitions.unwrap_or(0),
+        ),
     };
     LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -210,7 +213,7 @@ impl Elector {
             action,
             namespace,
             name,
-            source,
+            source: Box::new(source),
         }
     }
 

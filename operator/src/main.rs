@@ -16,7 +16,7 @@ use futures::FutureExt;
 use kube::{client::ClientBuilder, runtime::events::Reporter};
 use prometheus_client::registry::Registry;
 use sluice_operator::{
-    CONTROLLER_NAME,
+    CONTROLLER_NAME, autoscaler,
     config::OperatorConfig,
     endpoint,
     health::{self, Health, Phase},
@@ -63,6 +63,28 @@ struct Args {
     /// Seconds between looks at the Lease (candidates) and renewals (holder).
     #[arg(long, default_value_t = 2.0)]
     retry_period_seconds: f64,
+    /// Admin base URL of a gateway to read demand from (`http://host:port`; repeatable). When
+    /// unset, gateways are found as pods by `--gateway-selector`.
+    #[arg(long = "gateway-admin-url")]
+    gateway_admin_urls: Vec<String>,
+    /// Label selector of the gateway pods (their `admin` container port serves `/demand`).
+    #[arg(long, default_value = "app.kubernetes.io/component=gateway")]
+    gateway_selector: String,
+    /// Namespace of the gateway pods (all namespaces when unset).
+    #[arg(long, env = "SLUICE_GATEWAY_NAMESPACE")]
+    gateway_namespace: Option<String>,
+    /// Seconds between two autoscaler rounds (a held request wakes it at once).
+    #[arg(long, default_value_t = 1.0)]
+    autoscale_interval_seconds: f64,
+    /// The autoscaler's stable averaging window, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    stable_window_seconds: f64,
+    /// The autoscaler's panic window, in seconds.
+    #[arg(long, default_value_t = 6.0)]
+    panic_window_seconds: f64,
+    /// Seconds in-flight reconciles get to finish after SIGTERM.
+    #[arg(long, default_value_t = 20.0)]
+    drain_timeout_seconds: f64,
 }
 
 #[tokio::main]
@@ -91,6 +113,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut registry = Registry::with_prefix("sluice_operator");
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let autoscaler_metrics = autoscaler::AutoscalerMetrics::new(&mut registry);
     let health = Health::new(&[endpoint::controller::WATCH, model_version::WATCH]);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -154,11 +177,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     metrics.set_leader(true);
     info!("leading: starting the controllers");
 
+    let drain = Duration::from_secs_f64(args.drain_timeout_seconds);
+    let scaling = autoscaler::Options {
+        gateways: if args.gateway_admin_urls.is_empty() {
+            autoscaler::GatewaySource::Pods {
+                namespace: args.gateway_namespace.clone(),
+                selector: args.gateway_selector.clone(),
+                port_name: "admin".into(),
+            }
+        } else {
+            autoscaler::GatewaySource::Urls(args.gateway_admin_urls.clone())
+        },
+        interval: Duration::from_secs_f64(args.autoscale_interval_seconds),
+        windows: autoscaler::Windows {
+            stable: Duration::from_secs_f64(args.stable_window_seconds),
+            panic: Duration::from_secs_f64(args.panic_window_seconds),
+            ..autoscaler::Windows::default()
+        },
+    };
+    let autoscaler_config = Arc::new(config.clone());
     let controllers = async {
-        tokio::join!(
-            model_version::run(env.clone()),
-            endpoint::controller::run(env.clone(), config),
-        );
+        let both = async {
+            tokio::join!(
+                model_version::run(env.clone()),
+                endpoint::controller::run(env.clone(), config),
+                autoscaler::run(env.clone(), autoscaler_config, scaling, autoscaler_metrics),
+            );
+        };
+        // Draining is bounded: a controller whose watch never synced (the API unreachable)
+        // would otherwise wait for it forever.
+        let deadline = shutdown.clone().then(|()| tokio::time::sleep(drain));
+        tokio::select! {
+            () = both => {}
+            () = deadline => warn!(?drain, "controllers did not drain in time; stopping anyway"),
+        }
     };
     match elector.as_mut() {
         Some(elector) => {
@@ -196,12 +248,10 @@ async fn counted_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer()
         .await
         .context("finding cluster credentials")?;
-    let count = tower::util::MapRequestLayer::new(
-        move |req: http::Request<kube::client::Body>| {
-            metrics.api_request(verb_of(req.method(), req.uri().query()));
-            req
-        },
-    );
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.api_request(verb_of(req.method(), req.uri().query()));
+        req
+    });
     Ok(ClientBuilder::try_from(config)
         .context("building the API client")?
         .with_layer(&count)

@@ -85,7 +85,10 @@ impl Metrics {
         };
         // Every series exists from the start (at 0), so rates and absence alerts work before
         // the first reconcile or failure.
-        for controller in [ControllerName::ServingEndpoint, ControllerName::ModelVersion] {
+        for controller in [
+            ControllerName::ServingEndpoint,
+            ControllerName::ModelVersion,
+        ] {
             let labels = ControllerLabels { controller };
             let _ = metrics.reconciles.get_or_create(&labels);
             let _ = metrics.duration.get_or_create(&labels);

@@ -11,7 +11,12 @@ use futures::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{WatchStreamExt, controller::Action, events::Reporter, watcher},
+    runtime::{
+        WatchStreamExt,
+        controller::{self, Action},
+        events::Reporter,
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
 use tracing::warn;
@@ -22,6 +27,16 @@ use crate::{
     health::Health,
     metrics::{ControllerName, Metrics},
 };
+
+/// Reconciles of one controller that run at once. Bounded so that a burst (a restart with
+/// thousands of objects, a ModelVersion change fanning out to every endpoint) queues in the
+/// operator instead of flooding the API server; each object still reconciles one at a time.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
+
+/// The controller settings every controller runs with.
+pub fn controller_config() -> controller::Config {
+    controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
 
 /// Completes once when the process should shut down; clone it for each waiter.
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;

@@ -75,7 +75,14 @@ async fn many_endpoints_reconcile_to_ready() {
         ..Default::default()
     });
     let pid = operator.child.id().expect("operator pid");
-    let logs = || format!("{}{}{}", cp.dump_logs(), operator.log_tail(), kubelet.dump_logs());
+    let logs = || {
+        format!(
+            "{}{}{}",
+            cp.dump_logs(),
+            operator.log_tail(),
+            kubelet.dump_logs()
+        )
+    };
     sluice_tests::wait::eventually("operator ready", Duration::from_secs(60), logs, || async {
         (operator.probe("/readyz").await?.0 == 200).then_some(())
     })
@@ -88,7 +95,10 @@ async fn many_endpoints_reconcile_to_ready() {
         let ns = ns.clone();
         async move {
             let ar = sluice_tests::apply::api_resource(&doc).expect("kind");
-            let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             kube::Api::<kube::api::DynamicObject>::namespaced_with(client, &ns, &ar)
                 .patch(
                     &name,
@@ -127,9 +137,12 @@ async fn many_endpoints_reconcile_to_ready() {
                 .items
                 .iter()
                 .filter(|ep| {
-                    ep.status.as_ref().and_then(|s| s.state.as_ref()).is_some_and(|s| {
-                        format!("{:?}/{:?}", s.ready, s.config_update) == "READY/NOT_UPDATING"
-                    })
+                    ep.status
+                        .as_ref()
+                        .and_then(|s| s.state.as_ref())
+                        .is_some_and(|s| {
+                            format!("{:?}/{:?}", s.ready, s.config_update) == "READY/NOT_UPDATING"
+                        })
                 })
                 .count();
             (ready == n).then_some(())
@@ -143,7 +156,14 @@ async fn many_endpoints_reconcile_to_ready() {
     let verbs = ["get", "watch", "create", "update", "patch", "delete"];
     let requests: Vec<(&str, f64)> = verbs
         .iter()
-        .map(|v| (*v, delta(&format!("sluice_operator_api_requests_total{{verb=\"{v}\"}}"))))
+        .map(|v| {
+            (
+                *v,
+                delta(&format!(
+                    "sluice_operator_api_requests_total{{verb=\"{v}\"}}"
+                )),
+            )
+        })
         .collect();
     let all_requests: f64 = requests.iter().map(|(_, c)| c).sum();
     let ep_reconciles = delta("sluice_operator_reconciles_total{controller=\"servingendpoint\"}");

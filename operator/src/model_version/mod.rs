@@ -65,6 +65,7 @@ pub async fn run(env: Env) {
             watcher::Config::default().any_semantic(),
             move |changed: ModelVersion| sibling_refs(&siblings, &changed),
         )
+        .with_config(crate::runtime::controller_config())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
