@@ -90,6 +90,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         request_timeout: args.request_timeout,
     });
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    // Streamed tokens are small writes: send each at once rather than waiting for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = signalled.send(());
