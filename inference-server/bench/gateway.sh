@@ -7,24 +7,16 @@
 #   DURATION=20s CONNECTIONS=64 bash inference-server/bench/gateway.sh
 #
 # Needs wrk, nginx and haproxy (apt-get install wrk nginx-light haproxy). Loopback only.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-DURATION=${DURATION:-10s}
+# Build, cleanup, free ports, the machine line: shared with the other benchmarks.
+source "$(dirname "$0")/serve-common.sh"
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 OUT=${OUT:-docs/benchmarks/gateway.md}
-for tool in wrk nginx haproxy; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
+for tool in nginx haproxy; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light haproxy)" >&2; exit 1; }
 done
-cargo build --release -p inference-server --bin inference-server >&2
-BIN=target/release/inference-server
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 U1=$(port); U2=$(port); NGX=$(port); HAP=$(port); GW=$(port); ADMIN=$(port)
-BODY='{"predictions": [{"label": 0, "probabilities": [0.98, 0.02, 0.0]}]}'
+ANSWER='{"predictions": [{"label": 0, "probabilities": [0.98, 0.02, 0.0]}]}'
 
 # The upstream: one nginx with two servers standing for the two entities' pods.
 mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy"
@@ -33,8 +25,8 @@ worker_processes 1; daemon off; pid $WORK/up.pid; error_log $WORK/up.err warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $WORK/nginx-up;
-  server { listen 127.0.0.1:$U1; location / { default_type application/json; return 200 '$BODY'; } }
-  server { listen 127.0.0.1:$U2; location / { default_type application/json; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$U1; location / { default_type application/json; return 200 '$ANSWER'; } }
+  server { listen 127.0.0.1:$U2; location / { default_type application/json; return 200 '$ANSWER'; } }
 }
 CONF
 nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
@@ -91,11 +83,7 @@ SLUICE_LOG=warn "$BIN" gateway --standalone "$WORK/endpoint.yaml" --listen "127.
   --admin-listen "127.0.0.1:$ADMIN" --upstream "a=127.0.0.1:$U1" --upstream "b=127.0.0.1:$U2" \
   --work-dir "$WORK/gw" > "$WORK/gw.out" & PIDS+=($!)
 
-cat > "$WORK/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
+export BODY='{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
 for p in $U1 $NGX $HAP; do
   for _ in $(seq 100); do curl -sf -o /dev/null -X POST "http://127.0.0.1:$p/" && break; sleep 0.05; done
 done
@@ -104,8 +92,8 @@ for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/readyz" &
 # One run: requests/s, p50 and p99 in ms (wrk --latency).
 run() {
   local url=$1
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$WORK/post.lua" "$url" >/dev/null # warm-up
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/post.lua" "$url" > "$WORK/run.txt"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$BENCH/post.lua" "$url" >/dev/null # warm-up
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$BENCH/post.lua" "$url" > "$WORK/run.txt"
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/run.txt")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/run.txt")
@@ -129,7 +117,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "# Gateway benchmark"
   echo
   echo "Command: \`bash inference-server/bench/gateway.sh\` (DURATION=$DURATION, CONNECTIONS=$CONNECTIONS, THREADS=$THREADS)."
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk, proxies and upstream share the cores, so compare ratios, not absolute numbers."
+  echo "Machine: $(machine); wrk, proxies and upstream share the cores, so compare ratios, not absolute numbers."
   echo "Date: $(date -u +%Y-%m-%dT%H:%MZ). Upstream: two nginx servers answering a fixed 70-byte JSON body; every proxy splits 90/10 between them."
   echo
   echo "| target | requests/s | p50 ms | p99 ms | errors |"

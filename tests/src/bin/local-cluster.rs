@@ -34,6 +34,11 @@ enum Cmd {
         /// Do not start the test kubelet (its CPU and GPU nodes); pods then stay Pending.
         #[arg(long)]
         no_kubelet: bool,
+        /// Also run the operator and the gateway, apply examples/quickstart.yaml (its model
+        /// read from examples/models/iris), wait until the endpoint is READY and print the curl
+        /// that calls it through the gateway.
+        #[arg(long, conflicts_with_all = ["no_crds", "no_kubelet"])]
+        quickstart: bool,
     },
 }
 
@@ -47,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir,
         no_crds,
         no_kubelet,
+        quickstart,
     } = Cli::parse().command;
     let state_dir = std::path::absolute(&state_dir)?;
     let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&state_dir, false)).await??;
@@ -78,7 +84,13 @@ async fn main() -> anyhow::Result<()> {
         cp.kubeconfig.display(),
         cp.server
     );
+    let running = if quickstart {
+        Some(quickstart::run(&cp, &client).await?)
+    } else {
+        None
+    };
     wait_for_signal().await?;
+    drop(running);
     eprintln!("stopping the local cluster");
     if let Some(kubelet) = kubelet {
         kubelet.shutdown().await;
@@ -93,5 +105,75 @@ async fn wait_for_signal() -> std::io::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
+    }
+}
+
+/// The project's main job on the local cluster: operator + gateway + the quickstart endpoint.
+mod quickstart {
+    use std::time::Duration;
+
+    use kube::api::{Patch, PatchParams};
+    use kube::{Api, Client};
+    use sluice_crds::ServingEndpoint;
+    use sluice_tests::cluster::{ControlPlane, OperatorOptions, OperatorProcess};
+    use sluice_tests::gateway::GatewayProcess;
+    use sluice_tests::{apply, manifests, models, repo_root};
+
+    /// What keeps running until the cluster stops.
+    pub struct Running {
+        _operator: OperatorProcess,
+        _gateway: GatewayProcess,
+    }
+
+    pub async fn run(cp: &ControlPlane, client: &Client) -> anyhow::Result<Running> {
+        let gateway = GatewayProcess::start(cp, &cp.kubeconfig, "default").await;
+        let operator = cp.start_operator_with(&OperatorOptions {
+            args: vec!["--gateway-admin-url".into(), gateway.admin.clone()],
+            ..OperatorOptions::default()
+        });
+        let uri = models::iris_artifact(&cp.state_dir.join("artifacts/iris"));
+        let docs = manifests::read_documents(&repo_root().join("examples/quickstart.yaml"))?;
+        let params = PatchParams::apply("local-cluster").force();
+        for mut doc in docs {
+            if doc["kind"] == "ModelVersion" {
+                doc["spec"]["source"]["uri"] = uri.clone().into();
+            }
+            let resource = apply::api_resource(&doc)?;
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let api: Api<kube::api::DynamicObject> =
+                Api::namespaced_with(client.clone(), "default", &resource);
+            api.patch(&name, &params, &Patch::Apply(&doc)).await?;
+        }
+        let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), "default");
+        eprintln!("applied examples/quickstart.yaml; waiting for the endpoint to be READY");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let ready = endpoints
+                .get("iris")
+                .await
+                .ok()
+                .and_then(|e| e.status?.state)
+                .is_some_and(|s| format!("{:?}", s.ready) == "READY");
+            if ready {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the quickstart endpoint was not READY within 5 minutes; see {}",
+                operator.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        println!(
+            "READY: curl -s {}/serving-endpoints/iris/invocations -H 'content-type: application/json' \\\n  -d '{{\"dataframe_split\": {{\"columns\": [\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"], \"data\": [[6.7, 3.0, 5.2, 2.3]]}}}}'",
+            gateway.base
+        );
+        Ok(Running {
+            _operator: operator,
+            _gateway: gateway,
+        })
     }
 }
