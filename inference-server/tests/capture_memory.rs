@@ -124,8 +124,10 @@ async fn memory_and_spool_stay_bounded_under_large_bodies() {
         "enough load to matter: {requests} requests"
     );
     assert!(peak < RSS_LIMIT, "RSS peaked at {} MiB", peak >> 20);
+    // Allocator fragmentation moves RSS by tens of MiB on a loaded machine; a leak of the
+    // bodies (about 10 GB pass through) would not stay within this.
     assert!(
-        late <= early + (16 << 20),
+        late <= early + (48 << 20),
         "RSS grew from {} MiB to {} MiB",
         early >> 20,
         late >> 20
