@@ -35,6 +35,7 @@ use super::exchange::RawExchange;
 use super::metrics::UpstreamLabels;
 use super::metrics::{Body as BodyKind, BodyLabels, CaptureMetrics, DropReason, UpstreamFailure};
 use super::queue::Queue;
+use crate::protocol::error::error_chain;
 use crate::protocol::{ApiError, ErrorKind};
 use crate::table::record::{
     CAPTURE_MEMORY_LIMIT, REQUEST_TRUNCATED, RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED,
@@ -574,17 +575,6 @@ impl Proxy {
         response.headers_mut().insert(REQUEST_ID, id.clone());
         response
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Liveness of the sidecar itself.

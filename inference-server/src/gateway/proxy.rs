@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use super::backend::{self, Backend, InFlight};
 use super::hold::HoldRefused;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
+use crate::protocol::error::error_chain;
 use crate::protocol::{ApiError, ErrorKind};
 
 /// Header naming the entity that answered.
@@ -620,17 +621,6 @@ async fn upstream_error(
         }
     }
     response
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Accounts one proxied request: in flight on its backend and entity until the response body

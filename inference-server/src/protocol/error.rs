@@ -153,6 +153,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error and its chain of causes, `outer: inner: innermost` (for messages about failures of
+/// other parts, where the innermost cause is usually what a person needs).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
