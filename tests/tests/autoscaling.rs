@@ -98,6 +98,32 @@ impl Scene {
         }
     }
 
+    /// Applies endpoint `name` serving `iris-1` as entity `iris` with the extra entity fields.
+    async fn serve_iris(&self, name: &str, fields: serde_json::Value) {
+        let mut entity = json!({"name": "iris", "model": "iris", "version": 1});
+        for (key, value) in fields.as_object().into_iter().flatten() {
+            entity[key] = value.clone();
+        }
+        Api::<ServingEndpoint>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                name,
+                &PatchParams::apply("test-user"),
+                &Patch::Apply(endpoint(name, entity)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("endpoint {name}: {e}"));
+    }
+
+    /// `spec.replicas` of the (first) Deployment of `endpoint`, -1 when there is none.
+    async fn replicas(&self, endpoint: &str) -> i32 {
+        Api::<Deployment>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default().labels(&format!("serving.sluice.dev/endpoint={endpoint}")))
+            .await
+            .ok()
+            .and_then(|l| l.items.first().and_then(|d| d.spec.replicas))
+            .unwrap_or(-1)
+    }
+
     fn logs(&self) -> String {
         format!(
             "{}{}{}{}",
@@ -114,35 +140,23 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
     let scene = Scene::start("autoscale").await;
     let (client, ns, gateway) = (scene.client.clone(), scene.ns.clone(), &scene.gateway);
     let logs = || scene.logs();
-    let apply = PatchParams::apply("test-user");
-    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
-    endpoints
-        .patch(
+    scene
+        .serve_iris(
             "wakes",
-            &apply,
-            &Patch::Apply(endpoint(
-                "wakes",
-                json!({"name": "iris", "model": "iris", "version": 1, "scaleToZeroEnabled": true,
-                       "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 3,
-                       "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10,
-                                       "maxHeldRequests": 50, "holdTimeoutSeconds": 120}}),
-            )),
+            json!({"scaleToZeroEnabled": true,
+                   "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 3,
+                   "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10,
+                                   "maxHeldRequests": 50, "holdTimeoutSeconds": 120}}),
         )
-        .await
-        .expect("scale-to-zero endpoint");
-    endpoints
-        .patch(
+        .await;
+    scene
+        .serve_iris(
             "steady",
-            &apply,
-            &Patch::Apply(endpoint(
-                "steady",
-                json!({"name": "iris", "model": "iris", "version": 1,
-                       "minProvisionedConcurrency": 2, "maxProvisionedConcurrency": 4,
-                       "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10}}),
-            )),
+            json!({"minProvisionedConcurrency": 2, "maxProvisionedConcurrency": 4,
+                   "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10}}),
         )
-        .await
-        .expect("steady endpoint");
+        .await;
+    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let running = |endpoint: &'static str| {
@@ -234,21 +248,7 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
             })
         })
         .collect();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let wanted = |endpoint: &'static str| {
-        let deployments = deployments.clone();
-        async move {
-            deployments
-                .list(
-                    &ListParams::default()
-                        .labels(&format!("serving.sluice.dev/endpoint={endpoint}")),
-                )
-                .await
-                .ok()
-                .and_then(|l| l.items.first().and_then(|d| d.spec.replicas))
-                .unwrap_or(-1)
-        }
-    };
+    let wanted = |endpoint: &'static str| scene.replicas(endpoint);
     eventually(
         "load to add replicas",
         Duration::from_secs(90),
@@ -290,32 +290,17 @@ async fn cold_start_benchmark() {
     let scene = Scene::start("coldstart").await;
     let (client, ns, gateway) = (scene.client.clone(), scene.ns.clone(), &scene.gateway);
     let logs = || scene.logs();
-    let apply = PatchParams::apply("test-user");
-    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
-    endpoints
-        .patch(
+    scene
+        .serve_iris(
             "cold",
-            &apply,
-            &Patch::Apply(endpoint(
-                "cold",
-                json!({"name": "iris", "model": "iris", "version": 1, "scaleToZeroEnabled": true,
-                       "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 4,
-                       "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10}}),
-            )),
+            json!({"scaleToZeroEnabled": true,
+                   "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 4,
+                   "autoscaling": {"perReplicaConcurrency": 1, "idleTimeoutSeconds": 10}}),
         )
-        .await
-        .expect("endpoint");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let selector = ListParams::default().labels("serving.sluice.dev/endpoint=cold");
-    let replicas = || async {
-        deployments
-            .list(&selector)
-            .await
-            .ok()
-            .and_then(|l| l.items.first().and_then(|d| d.spec.replicas))
-            .unwrap_or(-1)
-    };
+    let replicas = || scene.replicas("cold");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
