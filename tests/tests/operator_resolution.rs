@@ -50,8 +50,22 @@ async fn a_conflict_and_a_missing_version_are_conditions_and_the_endpoint_keeps_
             })
             .await;
     }
-    // The endpoint still serves version 1, with the same pods and config.
-    let after = scene.settled("churn", "still READY", |_| true).await;
+    // The endpoint still serves version 1, with the same pods and config, and says why.
+    let after = scene
+        .settled("churn", "still READY, AliasConflict=True", |s| {
+            condition(&s.conditions, "AliasConflict").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    let message = after
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "AliasConflict")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("churn-1, churn-2") && message.contains("keeping version 1"),
+        "{message}"
+    );
     assert_eq!(served_versions(&after), served_versions(&serving));
     assert_eq!(
         after.config.as_ref().map(|c| c.config_version),

@@ -77,10 +77,15 @@ pub fn plan(
     let mut pending = previous.pending_config.clone();
     let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut conflicts = Vec::new();
 
     match resolved {
         Err(found) => problems = found.iter().map(ToString::to_string).collect(),
         Ok(entities) => {
+            conflicts = entities
+                .iter()
+                .filter_map(|e| e.alias_conflict.clone())
+                .collect();
             let capture_uri = capture.as_ref().map(|c| c.table_uri.as_str());
             let wants: Vec<Wanted> = entities
                 .into_iter()
@@ -186,7 +191,15 @@ pub fn plan(
             .iter()
             .all(|e| state_of(e) == DeploymentState::DEPLOYMENT_READY)
     });
-    let conds = condition_set(ready, update, &problems, &pending);
+    let mut conds = condition_set(ready, update, &problems, &pending);
+    conds.push(alias_condition(&conflicts));
+    let had_conflict = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ALIAS_CONFLICT && c.status == "True");
+    if !conflicts.is_empty() && !had_conflict {
+        events.push((true, "AliasConflict", conflicts.join("; ")));
+    }
     let previous_conditions: &[Condition] = &previous.conditions;
     let status = ServingEndpointStatus {
         observed_generation: ep.metadata.generation,
@@ -373,6 +386,27 @@ fn summary(c: &EndpointConfigStatus) -> String {
         .map(|r| format!("{}:{}", r.served_entity_name, r.traffic_percentage))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Condition type saying an entity keeps an older version because its alias is in conflict.
+pub const ALIAS_CONFLICT: &str = "AliasConflict";
+
+fn alias_condition(conflicts: &[String]) -> Desired {
+    if conflicts.is_empty() {
+        Desired {
+            type_: ALIAS_CONFLICT,
+            status: Status::False,
+            reason: "NoConflict",
+            message: String::new(),
+        }
+    } else {
+        Desired {
+            type_: ALIAS_CONFLICT,
+            status: Status::True,
+            reason: "KeepingPreviousVersion",
+            message: conflicts.join("; "),
+        }
+    }
 }
 
 fn condition_set(

@@ -53,6 +53,11 @@ pub struct ResolvedEntity {
     pub max_held_requests: u32,
     /// Seconds a held request waits.
     pub hold_timeout_seconds: u32,
+    /// Set when the entity follows an alias that more than one ModelVersion claims: it keeps
+    /// the version it resolved to before, and this says so (an endpoint condition). Not part
+    /// of the revision: it shapes no pod.
+    #[serde(skip)]
+    pub alias_conflict: Option<String>,
 }
 
 /// What an entity serves.
@@ -170,8 +175,8 @@ fn resolve_entity(
     config: &OperatorConfig,
 ) -> Result<ResolvedEntity, ResolveProblem> {
     let name = entity.name.clone();
-    let source = match &entity.external_model {
-        Some(external) => EntitySource::External(external.clone()),
+    let (source, alias_conflict) = match &entity.external_model {
+        Some(external) => (EntitySource::External(external.clone()), None),
         None => registered_source(&name, entity, models, previous)?,
     };
     let workload_type = entity.workload_type.unwrap_or(WorkloadType::CPU);
@@ -214,6 +219,7 @@ fn resolve_entity(
             knobs.hold_timeout_seconds,
             config.autoscaling.hold_timeout_seconds,
         ),
+        alias_conflict,
     })
 }
 
@@ -222,9 +228,10 @@ fn registered_source(
     entity: &ServedEntity,
     models: &[ModelVersion],
     previous: &BTreeMap<String, i64>,
-) -> Result<EntitySource, ResolveProblem> {
+) -> Result<(EntitySource, Option<String>), ResolveProblem> {
     let model = entity.model.clone().unwrap_or_default();
     let of_model = || models.iter().filter(|m| m.spec.model == model);
+    let mut alias_conflict = None;
     let mv = match (entity.version, &entity.alias) {
         (Some(version), _) => of_model().find(|m| m.spec.version == version).ok_or(
             ResolveProblem::VersionNotFound {
@@ -241,9 +248,21 @@ fn registered_source(
             });
             // An alias in conflict is held by nobody: keep serving what it resolved to before.
             let kept = || {
-                previous
+                let claimants: Vec<String> = of_model()
+                    .filter(|m| m.spec.aliases.contains(alias))
+                    .map(ResourceExt::name_any)
+                    .collect();
+                let mv = previous
                     .get(name)
-                    .and_then(|v| of_model().find(|m| m.spec.version == *v))
+                    .and_then(|v| of_model().find(|m| m.spec.version == *v))?;
+                if !claimants.is_empty() {
+                    alias_conflict = Some(format!(
+                        "entity {name}: alias {alias} of model {model} is claimed by {}; keeping version {}",
+                        claimants.join(", "),
+                        mv.spec.version
+                    ));
+                }
+                Some(mv)
             };
             holder.or_else(kept).ok_or(ResolveProblem::AliasNotFound {
                 entity: name.into(),
@@ -272,7 +291,7 @@ fn registered_source(
                 .unwrap_or_else(|| "not yet checked".into()),
         });
     }
-    Ok(EntitySource::Registered {
+    let source = EntitySource::Registered {
         model,
         version: mv.spec.version,
         alias: entity.alias.clone(),
@@ -284,7 +303,8 @@ fn registered_source(
         secret: mv.spec.source.secret_ref.as_ref().map(|s| s.name.clone()),
         format: mv.spec.format,
         task: mv.spec.task.unwrap_or(ModelTask::Predict),
-    })
+    };
+    Ok((source, alias_conflict))
 }
 
 fn with_overrides(mut class: WorkloadClass, entity: &ServedEntity) -> WorkloadClass {
@@ -447,13 +467,22 @@ mod tests {
     fn an_alias_in_conflict_keeps_the_version_resolved_before() {
         let ep = endpoint("  servedEntities:\n  - {name: c, model: churn, alias: champion}");
         // Both versions claim the alias, so neither holds it.
-        let models = [version(7, &[], true), version(8, &[], true)];
+        let mut models = [version(7, &[], true), version(8, &[], true)];
+        for m in &mut models {
+            m.spec.aliases = vec!["champion".into()];
+        }
         let previous = BTreeMap::from([("c".to_string(), 7)]);
         let r = resolve(&ep, &models, &previous, &OperatorConfig::default()).expect("kept");
         assert!(matches!(
             r[0].source,
             EntitySource::Registered { version: 7, .. }
         ));
+        assert_eq!(
+            r[0].alias_conflict.as_deref(),
+            Some(
+                "entity c: alias champion of model churn is claimed by churn-7, churn-8; keeping version 7"
+            )
+        );
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! Every example in `examples/` (the top-level manifests users copy) applied to the local
+//! cluster with the operator running: each ModelVersion becomes Ready, each ServingEndpoint
+//! READY and NOT_UPDATING, and the children match what the example asks for — an entity
+//! Deployment with ready pods per model entity, none for external models, GPU entities on the
+//! GPU node with the workload table's resources and tolerations, the capture sidecar wherever
+//! auto-capture is on.
+//!
+//! Entity pods run no process here (the images are not mapped to local binaries, as kwok
+//! does): most examples name artifacts on object stores and engines (vLLM) this machine cannot
+//! reach or run. The quickstart's real answer through the gateway is proven by
+//! `gateway_cluster` and `helm_install`.
+
+mod operator_support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use operator_support::{Scene, condition};
+use serde_json::{Value, json};
+use sluice_tests::{manifests::read_documents, manifests::yaml_files, repo_root};
+
+/// Secrets the examples reference, which a user creates before applying them.
+fn prerequisites() -> Vec<Value> {
+    ["model-store-credentials", "hf-credentials"]
+        .into_iter()
+        .map(|name| {
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                   "stringData": {"token": "test", "AWS_ACCESS_KEY_ID": "test"}})
+        })
+        .collect()
+}
+
+/// What one served entity of an example must look like once settled.
+#[derive(Debug, Default)]
+struct EntityExpectation {
+    external: bool,
+    gpu: bool,
+}
+
+fn entity_expectations(doc: &Value) -> BTreeMap<String, EntityExpectation> {
+    doc["spec"]["servedEntities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap_or_default().to_string();
+            let workload = e["workloadType"].as_str().unwrap_or("CPU");
+            let expect = EntityExpectation {
+                external: e.get("externalModel").is_some(),
+                gpu: workload != "CPU",
+            };
+            (name, expect)
+        })
+        .collect()
+}
+
+fn container_names(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.as_ref();
+    let init = spec.and_then(|s| s.init_containers.as_ref());
+    let main = spec.map(|s| &s.containers);
+    init.into_iter()
+        .chain(main)
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Checks the pods of one settled entity against its expectation; `None` while not there yet.
+fn entity_pods_match(
+    pods: &[Pod],
+    entity: &str,
+    expect: &EntityExpectation,
+    capture: bool,
+    gpu_node: &str,
+) -> Result<(), String> {
+    let mine: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("serving.sluice.dev/entity"))
+                .is_some_and(|e| e == entity)
+        })
+        .collect();
+    if expect.external {
+        return match mine.len() {
+            0 => Ok(()),
+            n => Err(format!("external entity {entity} has {n} pods")),
+        };
+    }
+    let ready = |p: &&&Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    };
+    let pod = mine
+        .iter()
+        .find(ready)
+        .ok_or_else(|| format!("entity {entity} has no ready pod ({} pods)", mine.len()))?;
+    let spec = pod.spec.as_ref().ok_or("pod without spec")?;
+    let on = spec.node_name.as_deref().unwrap_or_default();
+    if expect.gpu {
+        let gpus = spec.containers.iter().find_map(|c| {
+            c.resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("nvidia.com/gpu")
+                .map(|q| q.0.clone())
+        });
+        let tolerates = spec
+            .tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"));
+        if on != gpu_node || gpus.is_none() || !tolerates {
+            return Err(format!(
+                "GPU entity {entity}: node {on}, nvidia.com/gpu {gpus:?}, toleration {tolerates}"
+            ));
+        }
+    } else if on == gpu_node {
+        return Err(format!("CPU entity {entity} landed on the GPU node"));
+    }
+    let names = container_names(pod);
+    if capture != names.iter().any(|n| n == "capture") {
+        return Err(format!(
+            "entity {entity}: auto-capture {capture} but containers {names:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_reaches_its_expected_state() {
+    let scene = Scene::new("examples", true).await;
+    let nodes = scene.nodes.expect("nodes");
+    for secret in prerequisites() {
+        scene.apply(secret).await;
+    }
+    let files = yaml_files(&repo_root().join("examples")).expect("examples");
+    let mut endpoints = Vec::new();
+    let mut versions = Vec::new();
+    for file in &files {
+        for doc in read_documents(file).expect("example parses") {
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match doc["kind"].as_str() {
+                Some("ServingEndpoint") => endpoints.push((file.clone(), name, doc.clone())),
+                Some("ModelVersion") => versions.push(name),
+                _ => {}
+            }
+            scene.apply(doc).await;
+        }
+    }
+    assert!(
+        endpoints.len() >= 9 && versions.len() >= 9,
+        "examples/ holds {} endpoints and {} versions",
+        endpoints.len(),
+        versions.len()
+    );
+
+    for name in &versions {
+        let api = scene.versions();
+        scene
+            .eventually(&format!("ModelVersion {name} Ready"), || {
+                let api = api.clone();
+                async move {
+                    let mv = api.get(name).await.ok()?;
+                    let conditions = mv.status?.conditions;
+                    (condition(&conditions, "Ready")?.0 == "True").then_some(())
+                }
+            })
+            .await;
+    }
+
+    for (file, name, doc) in &endpoints {
+        let what = format!("{} ({name}) READY", file.display());
+        let status = scene.settled(name, &what, |_| true).await;
+        let expectations = entity_expectations(doc);
+        let mut served: Vec<&str> = status
+            .config
+            .iter()
+            .flat_map(|c| c.served_entities.iter().map(|e| e.name.as_str()))
+            .collect();
+        served.sort_unstable();
+        assert_eq!(
+            served,
+            expectations.keys().map(String::as_str).collect::<Vec<_>>(),
+            "{what}: served entities"
+        );
+        let capture = doc["spec"]["autoCapture"]["enabled"].as_bool() == Some(true);
+        assert_eq!(
+            status
+                .config
+                .as_ref()
+                .and_then(|c| c.auto_capture.as_ref())
+                .is_some(),
+            capture,
+            "{what}: resolved auto-capture"
+        );
+        let (expectations, scene_ref) = (&expectations, &scene);
+        scene
+            .eventually(
+                &format!("{what}: pods as the example asks"),
+                || async move {
+                    let pods = scene_ref.pods_of(name).await;
+                    expectations
+                        .iter()
+                        .map(|(entity, expect)| {
+                            entity_pods_match(&pods, entity, expect, capture, &nodes.gpu_node)
+                        })
+                        .collect::<Result<Vec<()>, String>>()
+                        .map_err(|e| eprintln!("{name}: {e}"))
+                        .ok()
+                },
+            )
+            .await;
+    }
+}
