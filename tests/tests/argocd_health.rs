@@ -280,6 +280,7 @@ fn children(
                     desired,
                     ready,
                     failed: failed.map(str::to_string),
+                    ..ChildState::default()
                 },
             )
         })

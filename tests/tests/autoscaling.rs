@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use sluice_crds::{ModelVersion, ServingEndpoint};
+use sluice_crds::{ModelVersion, ReplicaStatus, ServingEndpoint};
 use sluice_tests::cluster::{
     OperatorOptions, OperatorProcess, fresh_namespace, shared, shared_nodes,
 };
@@ -135,6 +135,29 @@ impl Scene {
     }
 }
 
+/// The phases of the operator's cold-start histogram, `total` last.
+const COLD_START_PHASES: [&str; 7] = [
+    "detect",
+    "scale",
+    "schedule",
+    "start",
+    "model_load",
+    "first_byte",
+    "total",
+];
+
+/// The replica status of the first entity of `endpoint` once its last scaling reason is
+/// `reason`.
+async fn last_scale(
+    endpoints: &Api<ServingEndpoint>,
+    endpoint: &str,
+    reason: &str,
+) -> Option<ReplicaStatus> {
+    let status = endpoints.get(endpoint).await.ok()?.status?;
+    let replicas = status.config?.served_entities.first()?.replicas.clone()?;
+    (replicas.last_scale_reason.as_deref() == Some(reason)).then_some(replicas)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
     let scene = Scene::start("autoscale").await;
@@ -198,7 +221,7 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
     )
     .await;
 
-    // Idle: the scale-to-zero entity goes to zero pods.
+    // Idle: the scale-to-zero entity goes to zero pods, and its status says why.
     eventually(
         "the idle entity to have no pod",
         Duration::from_secs(120),
@@ -206,6 +229,24 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
         || async { (running("wakes").await == 0).then_some(()) },
     )
     .await;
+    let scaled_to_zero = eventually(
+        "status to show the scale to zero",
+        Duration::from_secs(30),
+        logs,
+        || async {
+            let r = last_scale(&endpoints, "wakes", "ScaleToZero").await?;
+            ((r.desired, r.current, r.ready) == (0, 0, 0)).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        scaled_to_zero
+            .last_scale_message
+            .as_deref()
+            .is_some_and(|m| m.contains("-> 0 replicas")),
+        "{scaled_to_zero:?}"
+    );
+    assert!(scaled_to_zero.last_scale_time.is_some());
 
     // Requests now are held, the entity wakes, and every one is answered.
     let http = reqwest::Client::builder()
@@ -229,6 +270,26 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
             status, 200,
             "the cap (50) was not reached, so every request is answered"
         );
+    }
+    // The wake is in status and its cold start in the operator's histogram, phase by phase.
+    eventually(
+        "status to show the wake",
+        Duration::from_secs(30),
+        logs,
+        || last_scale(&endpoints, "wakes", "Wake"),
+    )
+    .await;
+    for phase in COLD_START_PHASES {
+        let series =
+            format!("sluice_operator_autoscaler_cold_start_seconds_count{{phase=\"{phase}\"}}");
+        let operator = &scene.operator;
+        eventually(
+            &format!("a cold start recorded ({series})"),
+            Duration::from_secs(30),
+            logs,
+            || async { (operator.metric(&series).await? >= 1.0).then_some(()) },
+        )
+        .await;
     }
 
     // Load: 6 requests in flight for a while add replicas; no request fails.
@@ -306,7 +367,18 @@ async fn cold_start_benchmark() {
         .build()
         .expect("client");
     let mut rows = Vec::new();
+    let mut operator_rows = Vec::new();
+    let phase_sums = || async {
+        let mut sums = Vec::new();
+        for phase in COLD_START_PHASES {
+            let series =
+                format!("sluice_operator_autoscaler_cold_start_seconds_sum{{phase=\"{phase}\"}}");
+            sums.push(scene.operator.metric(&series).await.unwrap_or_default());
+        }
+        sums
+    };
     for round in 1..=3 {
+        let before = phase_sums().await;
         eventually(
             "the entity to be at zero",
             Duration::from_secs(180),
@@ -367,6 +439,24 @@ async fn cold_start_benchmark() {
         }
         let ((status, _), answered) = request.await.expect("request");
         assert_eq!(status, 200, "{}", logs());
+        // The operator's own account of the same cold start (its histogram sums grow by it).
+        let total_before = before[COLD_START_PHASES.len() - 1];
+        let after = eventually(
+            "the operator to record the cold start",
+            Duration::from_secs(30),
+            logs,
+            || async {
+                let after = phase_sums().await;
+                (after[COLD_START_PHASES.len() - 1] > total_before).then_some(after)
+            },
+        )
+        .await;
+        let phases: Vec<String> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| format!("{:.0}", (a - b) * 1000.0))
+            .collect();
+        operator_rows.push(format!("| {round} | {} |", phases.join(" | ")));
         let total = answered.duration_since(start);
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}", d.as_millis()));
         rows.push(format!(
@@ -422,9 +512,17 @@ async fn cold_start_benchmark() {
          (after the fetch init step), Ready (model loaded), first byte at the client.\n\n\
          | round | replicas written | pod created | scheduled | running | ready | first byte | ready → first byte |\n\
          |---|---|---|---|---|---|---|---|\n{}\n\n\
+         The same cold starts as the operator's `sluice_operator_autoscaler_cold_start_seconds`\n\
+         histogram recorded them (ms per phase: the first held request at the gateway → the wake\n\
+         decision → replicas written → pod bound → containers running → Ready → a held\n\
+         request's first byte at the gateway):\n\n\
+         | round | {} |\n|---|{}\n{}\n\n\
          Load ramp 1 → 2 → 4 → 8 → 4 → 2 → 1 clients, 5 s per step, through the gateway: \
          {ok} answered 200, {} failed ({:?}); success rate {:.3}%.\n",
         rows.join("\n"),
+        COLD_START_PHASES.join(" | "),
+        "---|".repeat(COLD_START_PHASES.len()),
+        operator_rows.join("\n"),
         failed.len(),
         failed.iter().take(5).collect::<Vec<_>>(),
         100.0 * ok as f64 / (ok + failed.len()).max(1) as f64

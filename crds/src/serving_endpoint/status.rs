@@ -196,12 +196,27 @@ pub enum DeploymentState {
     DEPLOYMENT_RECOVERING,
 }
 
-/// Replica counts of one entity.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Replica counts of one entity and the autoscaler's last decision about them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
-    /// Replicas the autoscaler wants.
+    /// Replicas the autoscaler wants (the entity Deployment's `spec.replicas`).
     pub desired: i32,
+    /// Replicas that exist now, ready or not (pods starting or loading the model included).
+    #[serde(default)]
+    pub current: i32,
     /// Replicas ready to serve.
     pub ready: i32,
+    /// Why the autoscaler last changed `desired`: `Wake` (requests held at zero), `Panic` (a
+    /// burst, sized by the panic window), `Stable` (sized by the stable window), `ScaleToZero`
+    /// (idle past `idleTimeoutSeconds`) or `WaitForLoading`. Absent until the first change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// The last scaling decision in words: replicas before and after and the demand seen
+    /// (requests in flight and held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_message: Option<String>,
+    /// When the autoscaler last changed `desired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }

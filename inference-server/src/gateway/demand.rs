@@ -1,8 +1,9 @@
 //! Per-entity demand, published on the admin port (`GET /demand`) for the operator's
 //! autoscaler: requests in flight, requests held, and the recent request rate.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -17,6 +18,10 @@ pub struct Demand {
     total: AtomicU64,
     counts: [AtomicU64; SLOTS],
     stamps: [AtomicU64; SLOTS],
+    /// When the first request joined the (then empty) hold queue.
+    held_since: Mutex<Option<Instant>>,
+    /// When a request that had been held last got its first byte from a pod.
+    held_answered: Mutex<Option<Instant>>,
 }
 
 impl Demand {
@@ -39,6 +44,28 @@ impl Demand {
     /// A request on a backend finished.
     pub fn finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The first request joined an empty hold queue: the start of a cold start.
+    pub fn hold_started(&self) {
+        *self.held_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// A request that had been held got its first byte from a pod: the end of a cold start.
+    pub fn held_answered(&self) {
+        *self.held_answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Milliseconds the oldest held request has waited, when `held` requests wait now.
+    pub fn oldest_held_ms(&self, held: usize) -> Option<u64> {
+        let since = *self.held_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.filter(|_| held > 0).map(millis_since)
+    }
+
+    /// Milliseconds since a held request last got its first byte.
+    pub fn held_answered_ago_ms(&self) -> Option<u64> {
+        let at = *self.held_answered.lock().unwrap_or_else(|e| e.into_inner());
+        at.map(millis_since)
     }
 
     /// Requests on backends now.
@@ -64,6 +91,10 @@ impl Demand {
             .sum();
         sum as f64 / RATE_WINDOW_SECONDS as f64
     }
+}
+
+fn millis_since(at: Instant) -> u64 {
+    u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn now_seconds() -> u64 {
@@ -93,6 +124,14 @@ pub struct EntityDemand {
     pub recent_rate: f64,
     /// Ready pods the gateway routes to.
     pub ready_backends: usize,
+    /// Milliseconds the oldest held request has waited (absent when none is held): how long
+    /// ago the cold start began, as an age so no clocks need to agree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_held_ms: Option<u64>,
+    /// Milliseconds since a request that had been held got its first byte from a pod (absent
+    /// if none ever did): the end of the last cold start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_answered_ago_ms: Option<u64>,
 }
 
 /// What `GET /demand` answers.
@@ -134,5 +173,12 @@ mod tests {
         assert_eq!(demand.in_flight(), 0);
         // The current second is not complete yet, so it is not in the rate.
         assert!(demand.rate() <= 0.2);
+        assert_eq!(demand.oldest_held_ms(1), None);
+        demand.hold_started();
+        assert!(demand.oldest_held_ms(1).is_some());
+        assert_eq!(demand.oldest_held_ms(0), None, "nothing held, no age");
+        assert_eq!(demand.held_answered_ago_ms(), None);
+        demand.held_answered();
+        assert!(demand.held_answered_ago_ms().is_some_and(|ms| ms < 1000));
     }
 }

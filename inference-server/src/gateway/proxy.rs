@@ -271,7 +271,8 @@ impl Proxy {
         if let Some(why) = pool.unsupported() {
             return Err(ApiError::new(ErrorKind::BadGateway, why));
         }
-        if !pool.has_ready() {
+        let held = !pool.has_ready();
+        if held {
             self.hold(pool).await?;
         }
         let request_id = parts
@@ -308,6 +309,9 @@ impl Proxy {
                 }
                 Ok(Ok(response)) => {
                     backend.record_success();
+                    if held {
+                        pool.demand.held_answered();
+                    }
                     return Ok(self.respond(pool, response, guard, request_id).await);
                 }
                 Ok(Err(error)) => {
@@ -357,6 +361,7 @@ impl Proxy {
                 || pool.has_ready(),
                 |first| {
                     if first {
+                        pool.demand.hold_started();
                         tracing::info!(endpoint = %pool.labels().endpoint, entity = %pool.name, "holding requests until a pod is ready");
                         self.state.wake.notify_waiters();
                     }

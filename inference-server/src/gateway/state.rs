@@ -324,15 +324,20 @@ impl State {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<EntityDemand> = pools
             .values()
-            .map(|pool| EntityDemand {
-                namespace: pool.labels().namespace.clone(),
-                endpoint: pool.labels().endpoint.clone(),
-                entity: pool.name.clone(),
-                in_flight: pool.demand.in_flight(),
-                held: pool.hold.held(),
-                requests_total: pool.demand.total(),
-                recent_rate: pool.demand.rate(),
-                ready_backends: pool.backends().len(),
+            .map(|pool| {
+                let held = pool.hold.held();
+                EntityDemand {
+                    namespace: pool.labels().namespace.clone(),
+                    endpoint: pool.labels().endpoint.clone(),
+                    entity: pool.name.clone(),
+                    in_flight: pool.demand.in_flight(),
+                    held,
+                    requests_total: pool.demand.total(),
+                    recent_rate: pool.demand.rate(),
+                    ready_backends: pool.backends().len(),
+                    oldest_held_ms: pool.demand.oldest_held_ms(held),
+                    held_answered_ago_ms: pool.demand.held_answered_ago_ms(),
+                }
             })
             .collect();
         rows.sort_by(|a, b| {

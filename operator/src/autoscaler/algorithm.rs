@@ -57,6 +57,11 @@ pub struct Demand {
     pub held: u64,
     /// Requests that ever arrived (for noticing activity between looks).
     pub requests_total: u64,
+    /// How long the oldest held request has waited (the longest over gateways).
+    pub oldest_held: Option<Duration>,
+    /// How long ago a request that had been held got its first byte (the most recent over
+    /// gateways).
+    pub held_answered_ago: Option<Duration>,
 }
 
 /// Why the scaler chose a size.
@@ -248,6 +253,7 @@ mod tests {
                     in_flight: concurrency,
                     held: 0,
                     requests_total: *total,
+                    ..Demand::default()
                 },
                 &WINDOWS,
             );

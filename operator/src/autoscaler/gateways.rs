@@ -49,6 +49,10 @@ struct Row {
     in_flight: f64,
     held: u64,
     requests_total: u64,
+    #[serde(default)]
+    oldest_held_ms: Option<u64>,
+    #[serde(default)]
+    held_answered_ago_ms: Option<u64>,
 }
 
 /// The admin base URLs of the gateways now.
@@ -110,6 +114,12 @@ pub async fn demand(
             sum.in_flight += row.in_flight;
             sum.held += row.held;
             sum.requests_total += row.requests_total;
+            let ms = |v: Option<u64>| v.map(Duration::from_millis);
+            sum.oldest_held = sum.oldest_held.max(ms(row.oldest_held_ms));
+            sum.held_answered_ago = match (sum.held_answered_ago, ms(row.held_answered_ago_ms)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
     }
     total

@@ -8,10 +8,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::cold_start::Phase;
+
 /// Labels of a cold-start phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
-    /// `total` (first held request seen by the autoscaler → a ready replica).
+    /// One of [`Phase::as_str`], or `total` (first held request → its first byte).
     phase: &'static str,
 }
 
@@ -54,7 +56,7 @@ impl AutoscalerMetrics {
         );
         registry.register(
             "autoscaler_cold_start_seconds",
-            "Scale-from-zero time by phase",
+            "Scale-from-zero time by phase: detect, scale, schedule, start, model_load, first_byte, and total",
             metrics.cold_start.clone(),
         );
         metrics
@@ -67,10 +69,13 @@ impl AutoscalerMetrics {
         self.held.set(held);
     }
 
-    /// Records a cold start from the first held request seen to a ready replica.
-    pub fn cold_start(&self, took: Duration) {
-        self.cold_start
-            .get_or_create(&PhaseLabels { phase: "total" })
-            .observe(took.as_secs_f64());
+    /// Records a finished cold start: each phase and the total.
+    pub fn cold_start(&self, phases: &[(Phase, Duration)], total: Duration) {
+        let named = phases.iter().map(|(p, d)| (p.as_str(), *d));
+        for (phase, took) in named.chain([("total", total)]) {
+            self.cold_start
+                .get_or_create(&PhaseLabels { phase })
+                .observe(took.as_secs_f64());
+        }
     }
 }

@@ -8,18 +8,26 @@
 //! controller stops owning `replicas` once a Deployment exists. Each change is an event on the
 //! ServingEndpoint; the endpoint controller reports desired and ready replicas in status.
 //!
+//! Each change also writes the decision onto the Deployment's annotations ([`SCALE_REASON`],
+//! [`SCALE_MESSAGE`], [`SCALED_AT`]), which the endpoint controller copies into the entity's
+//! `replicas` status.
+//!
 //! Metrics never carry object names: totals of desired and ready replicas and held requests,
-//! and the cold-start histogram by phase.
+//! and the cold-start histogram by phase ([`cold_start`]): a wake from zero is followed through
+//! the replica write, the entity's pods (a watch stamps when one is bound, running and Ready)
+//! and the gateways' report of the first byte answered to a held request.
 
 pub mod algorithm;
+pub mod cold_start;
 mod gateways;
 mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
@@ -34,11 +42,22 @@ pub use gateways::GatewaySource;
 pub use metrics::AutoscalerMetrics;
 
 use crate::config::OperatorConfig;
+use crate::endpoint::desired::{LABEL_ENDPOINT, LABEL_ENTITY};
 use crate::runtime::Env;
 use algorithm::{Decision, Demand, Reason, Scaler};
+use cold_start::{ColdStart, PodProgress};
 
 /// Field manager of the autoscaler's replica writes.
 pub const FIELD_MANAGER: &str = "sluice-operator/autoscaler";
+/// Deployment annotation: the reason of the last scaling decision.
+pub const SCALE_REASON: &str = "serving.sluice.dev/scale-reason";
+/// Deployment annotation: the last scaling decision in words.
+pub const SCALE_MESSAGE: &str = "serving.sluice.dev/scale-message";
+/// Deployment annotation: when the last scaling decision was written (RFC 3339).
+pub const SCALED_AT: &str = "serving.sluice.dev/scaled-at";
+
+/// Cold starts being followed, by entity; shared by the sizing rounds and the pod watch.
+type ColdStarts = Arc<Mutex<HashMap<EntityKey, ColdStart>>>;
 
 /// How the autoscaler runs.
 #[derive(Clone, Debug)]
@@ -66,6 +85,8 @@ pub async fn run(
         env.api(),
         watcher::Config::default().labels("serving.sluice.dev/endpoint"),
     );
+    let cold_starts: ColdStarts = Arc::default();
+    let pod_watch = watch_pods(env.api(), cold_starts.clone());
     let woken = Arc::new(Notify::new());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -83,7 +104,6 @@ pub async fn run(
         let _ = deployments.wait_until_ready().await;
         info!("autoscaler running");
         let mut scalers: HashMap<EntityKey, Scaler> = HashMap::new();
-        let mut wakes: HashMap<EntityKey, Instant> = HashMap::new();
         loop {
             let demand = gateways::demand(&env, &options.gateways, &http).await;
             let round = Round {
@@ -93,9 +113,10 @@ pub async fn run(
                 recorder: &recorder,
                 metrics: &metrics,
                 deployments: &deployments,
+                cold_starts: &cold_starts,
             };
             round
-                .size_all(&endpoints.state(), &demand, &mut scalers, &mut wakes)
+                .size_all(&endpoints.state(), &demand, &mut scalers)
                 .await;
             tokio::select! {
                 () = tokio::time::sleep(options.interval) => {}
@@ -107,6 +128,7 @@ pub async fn run(
         () = rounds => {}
         () = endpoint_watch => {}
         () = deployment_watch => {}
+        () = pod_watch => {}
         () = long_polls => {}
         () = env.shutdown.clone() => info!("autoscaler stopped"),
     }
@@ -139,6 +161,38 @@ where
     (reader, task)
 }
 
+/// Stamps the progress of entity pods into the cold starts being followed. Only events are
+/// used (no cache is kept): a cold start needs the moment a stage is first seen.
+async fn watch_pods(api: Api<Pod>, cold_starts: ColdStarts) {
+    use futures::StreamExt;
+    let stream = watcher(api, watcher::Config::default().labels(LABEL_ENDPOINT))
+        .default_backoff()
+        .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let pod = match event {
+            Ok(pod) => pod,
+            Err(error) => {
+                warn!(%error, "autoscaler pod watch error");
+                continue;
+            }
+        };
+        let labels = pod.labels();
+        let (Some(namespace), Some(endpoint), Some(entity)) = (
+            pod.namespace(),
+            labels.get(LABEL_ENDPOINT),
+            labels.get(LABEL_ENTITY),
+        ) else {
+            continue;
+        };
+        let key = (namespace, endpoint.clone(), entity.clone());
+        let mut cold_starts = cold_starts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cold_start) = cold_starts.get_mut(&key) {
+            cold_start.pod(PodProgress::of(&pod), Instant::now());
+        }
+    }
+}
+
 /// One sizing round's inputs.
 struct Round<'a> {
     env: &'a Env,
@@ -147,6 +201,7 @@ struct Round<'a> {
     recorder: &'a Recorder,
     metrics: &'a AutoscalerMetrics,
     deployments: &'a Store<Deployment>,
+    cold_starts: &'a ColdStarts,
 }
 
 impl Round<'_> {
@@ -155,7 +210,6 @@ impl Round<'_> {
         endpoints: &[Arc<ServingEndpoint>],
         demand: &BTreeMap<EntityKey, Demand>,
         scalers: &mut HashMap<EntityKey, Scaler>,
-        wakes: &mut HashMap<EntityKey, Instant>,
     ) {
         let now = Instant::now();
         let (mut desired_total, mut ready_total, mut held_total) = (0i64, 0i64, 0i64);
@@ -201,33 +255,60 @@ impl Round<'_> {
                     &self.options.windows,
                 );
                 if decision.reason == Reason::Wake && current == 0 {
-                    wakes.entry(key.clone()).or_insert(now);
+                    self.cold_starts().entry(key.clone()).or_insert_with(|| {
+                        ColdStart::new(now, observed.oldest_held.unwrap_or_default())
+                    });
                 }
-                if ready > 0
-                    && let Some(started) = wakes.remove(&key)
-                {
-                    self.metrics.cold_start(started.elapsed());
-                }
+                self.follow_cold_start(&key, observed, now);
                 desired_total += i64::from(decision.desired);
                 ready_total += i64::from(ready);
                 held_total += observed.held as i64;
-                if decision.desired != current {
-                    self.scale(
-                        endpoint,
-                        entity,
-                        deployment_name,
-                        &namespace,
-                        current,
-                        decision,
-                        observed,
-                    )
-                    .await;
+                if decision.desired != current
+                    && self
+                        .scale(
+                            endpoint,
+                            entity,
+                            deployment_name,
+                            &namespace,
+                            current,
+                            decision,
+                            observed,
+                        )
+                        .await
+                    && let Some(cold_start) = self.cold_starts().get_mut(&key)
+                {
+                    cold_start.scaled(Instant::now());
                 }
             }
         }
         scalers.retain(|key, _| seen.contains(key));
-        wakes.retain(|key, _| seen.contains(key));
+        self.cold_starts()
+            .retain(|key, c| seen.contains(key) && !c.expired(now));
         self.metrics.totals(desired_total, ready_total, held_total);
+    }
+
+    fn cold_starts(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKey, ColdStart>> {
+        self.cold_starts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the gateways' "first byte after a hold" into the entity's cold start, and records
+    /// the cold start once complete.
+    fn follow_cold_start(&self, key: &EntityKey, observed: Demand, now: Instant) {
+        let mut cold_starts = self.cold_starts();
+        let Some(cold_start) = cold_starts.get_mut(key) else {
+            return;
+        };
+        if let Some(at) = observed
+            .held_answered_ago
+            .and_then(|ago| now.checked_sub(ago))
+        {
+            cold_start.answered(at);
+        }
+        if let Some((phases, total)) = cold_start.phases() {
+            info!(endpoint = %key.1, entity = %key.2, ?phases, ?total, "cold start done");
+            self.metrics.cold_start(&phases, total);
+            cold_starts.remove(key);
+        }
     }
 
     fn bounds(&self, endpoint: &ServingEndpoint, entity: &ServedEntityStatus) -> Bounds {
@@ -276,17 +357,8 @@ impl Round<'_> {
         current: u32,
         decision: Decision,
         demand: Demand,
-    ) {
+    ) -> bool {
         let api: Api<Deployment> = Api::namespaced(self.env.client.clone(), namespace);
-        let patch = serde_json::json!({"spec": {"replicas": decision.desired}});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        if let Err(error) = api.patch(deployment, &params, &Patch::Merge(&patch)).await {
-            warn!(%error, deployment, "scaling failed; retrying next round");
-            return;
-        }
         let note = format!(
             "entity {}: {current} -> {} replicas ({}; {:.1} in flight, {} held)",
             entity.name,
@@ -295,6 +367,22 @@ impl Round<'_> {
             demand.in_flight,
             demand.held
         );
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {
+                SCALE_REASON: decision.reason.as_str(),
+                SCALE_MESSAGE: note,
+                SCALED_AT: k8s_openapi::jiff::Timestamp::now().to_string(),
+            }},
+            "spec": {"replicas": decision.desired},
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        if let Err(error) = api.patch(deployment, &params, &Patch::Merge(&patch)).await {
+            warn!(%error, deployment, "scaling failed; retrying next round");
+            return false;
+        }
         info!(endpoint = %endpoint.name_any(), %note, "scaled");
         let event = Event {
             type_: EventType::Normal,
@@ -310,5 +398,6 @@ impl Round<'_> {
         {
             warn!(%error, "publishing the scaling event failed");
         }
+        true
     }
 }

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -26,7 +27,7 @@ use tracing::{instrument, warn};
 
 use super::{
     desired::{BuildContext, LABEL_ENDPOINT, MANAGED_BY, build},
-    plan::{ChildState, plan},
+    plan::{ChildState, LastScale, plan},
     resolve::resolve,
 };
 use crate::{
@@ -254,9 +255,20 @@ fn child_state(d: &Deployment) -> ChildState {
                 .unwrap_or_default()
         })
     });
+    let annotations = d.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+    let last_scale = annotation(crate::autoscaler::SCALE_REASON).map(|reason| LastScale {
+        reason,
+        message: annotation(crate::autoscaler::SCALE_MESSAGE).unwrap_or_default(),
+        at: annotation(crate::autoscaler::SCALED_AT)
+            .and_then(|t| t.parse().ok())
+            .map(Time),
+    });
     ChildState {
         desired: d.spec.replicas.unwrap_or(1),
+        current: status.replicas.unwrap_or(0),
         ready: status.ready_replicas.unwrap_or(0),
+        last_scale,
         failed,
     }
 }

@@ -402,7 +402,9 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
             container_port: rt.port,
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe(&rt.health_path, port_name, 2)),
+        // Every second (the API's floor): a waking entity is routed to within a second of its
+        // model answering; the probe is a cheap local GET.
+        readiness_probe: Some(http_probe(&rt.health_path, port_name, 1)),
         // Loading a model may take minutes: liveness only checks the process answers at all.
         liveness_probe: ours.then(|| Probe {
             initial_delay_seconds: Some(10),
@@ -459,7 +461,7 @@ fn capture_container(
             ..Default::default()
         }]),
         // Ready only while the model behind it is ready.
-        readiness_probe: Some(http_probe("/health", "http", 2)),
+        readiness_probe: Some(http_probe("/health", "http", 1)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(5),
             ..http_probe("/ping", "http", 10)

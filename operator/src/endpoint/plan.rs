@@ -24,14 +24,29 @@ use super::resolve::{EntitySource, ResolveProblem, ResolvedEntity, revision};
 use crate::conditions::{self, Desired, Status};
 
 /// What the cluster shows of one child Deployment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChildState {
     /// `spec.replicas`.
     pub desired: i32,
+    /// `status.replicas`.
+    pub current: i32,
     /// `status.readyReplicas`.
     pub ready: i32,
+    /// The autoscaler's last decision, from the Deployment's annotations.
+    pub last_scale: Option<LastScale>,
     /// Why the rollout cannot finish (e.g. `ProgressDeadlineExceeded`), if it cannot.
     pub failed: Option<String>,
+}
+
+/// The autoscaler's last change of an entity's replicas.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LastScale {
+    /// Short reason (`Wake`, `ScaleToZero`, …).
+    pub reason: String,
+    /// The decision in words.
+    pub message: String,
+    /// When it was made.
+    pub at: Option<Time>,
 }
 
 /// One entity revision that must exist, with the replicas a new Deployment starts with.
@@ -366,9 +381,16 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) 
             format!("0 of {} replicas ready", c.desired),
         ),
     };
-    e.replicas = observed.map(|c| ReplicaStatus {
-        desired: c.desired,
-        ready: c.ready,
+    e.replicas = observed.map(|c| {
+        let last = c.last_scale.as_ref();
+        ReplicaStatus {
+            desired: c.desired,
+            current: c.current,
+            ready: c.ready,
+            last_scale_reason: last.map(|l| l.reason.clone()),
+            last_scale_message: last.map(|l| l.message.clone()),
+            last_scale_time: last.and_then(|l| l.at.clone()),
+        }
     });
     e.state = Some(ServedEntityState {
         deployment,
@@ -511,6 +533,7 @@ mod tests {
                         desired: 1,
                         ready: 1,
                         failed: None,
+                        ..Default::default()
                     },
                 )
             })
@@ -642,6 +665,7 @@ mod tests {
                 desired: 1,
                 ready: 0,
                 failed: Some("ProgressDeadlineExceeded".into()),
+                ..Default::default()
             },
         );
         let failed = run(&endpoint(v2, Some(rolling.status.clone())), &failing);
@@ -658,6 +682,7 @@ mod tests {
                 desired: 1,
                 ready: 1,
                 failed: None,
+                ..Default::default()
             },
         );
         let promoted = run(&endpoint(v2, Some(rolling.status)), &healthy);
