@@ -112,6 +112,13 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
             args.health_interval,
         ))
     });
+    // Pods of waking entities, probed before the kubelet calls them Ready (cluster mode).
+    let warm_task = args.standalone.is_none().then(|| {
+        tokio::spawn(health::probe_warming(
+            state.clone(),
+            args.health_path.clone(),
+        ))
+    });
 
     // The source of routes: a manifest, or the cluster.
     let source: std::pin::Pin<
@@ -168,7 +175,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
         }
     };
     admin_task.abort();
-    if let Some(task) = health_task {
+    for task in [health_task, warm_task].into_iter().flatten() {
         task.abort();
     }
     result

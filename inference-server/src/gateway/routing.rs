@@ -70,6 +70,11 @@ pub struct EntitySpec {
     pub hold: HoldPolicy,
     /// Ready backends.
     pub backends: Vec<SocketAddr>,
+    /// Pods of the entity's revision that run but are not Ready yet. While requests are held
+    /// the gateway probes them itself and routes to the first that answers, without waiting
+    /// for the kubelet's next readiness probe and the watch round trip (as Knative's activator
+    /// does).
+    pub warming: Vec<SocketAddr>,
     /// Why the entity cannot be served by this gateway at all (an external model), if so.
     pub unsupported: Option<String>,
 }
@@ -80,10 +85,11 @@ pub fn from_cluster(
     pods: &[Pod],
     defaults: HoldPolicy,
 ) -> Vec<EndpointSpec> {
-    // (namespace, endpoint, entity, revision) → ready addresses.
+    // (namespace, endpoint, entity, revision) → ready and warming addresses.
     let mut ready: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
+    let mut warming: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
     for pod in pods {
-        let Some(address) = ready_address(pod) else {
+        let Some((address, is_ready)) = front_address(pod) else {
             continue;
         };
         let labels = match pod.metadata.labels.as_ref() {
@@ -98,8 +104,8 @@ pub fn from_cluster(
         ) else {
             continue;
         };
-        ready
-            .entry((ns, endpoint, entity, revision))
+        let map = if is_ready { &mut ready } else { &mut warming };
+        map.entry((ns, endpoint, entity, revision))
             .or_default()
             .push(address);
     }
@@ -124,18 +130,23 @@ pub fn from_cluster(
                             .deployment_name
                             .as_deref()
                             .and_then(|d| d.strip_prefix(&format!("{name}-{}-", entity.name)));
-                        let mut backends = revision
-                            .and_then(|rev| {
-                                ready.get(&(namespace, name, entity.name.as_str(), rev))
-                            })
-                            .cloned()
-                            .unwrap_or_default();
-                        backends.sort();
+                        let of = |map: &BTreeMap<_, Vec<SocketAddr>>| {
+                            let mut list = revision
+                                .and_then(|rev| {
+                                    map.get(&(namespace, name, entity.name.as_str(), rev))
+                                })
+                                .cloned()
+                                .unwrap_or_default();
+                            list.sort();
+                            list
+                        };
+                        let backends = of(&ready);
                         EntitySpec {
                             name: entity.name.clone(),
                             scale_to_zero: entity.scale_to_zero_enabled,
                             hold: hold_policy(spec_entity(endpoint, &entity.name), defaults),
                             backends,
+                            warming: of(&warming),
                             unsupported: entity.external_provider.map(|provider| {
                                 format!(
                                     "entity {} is an external model ({provider:?}); this gateway \
@@ -204,20 +215,21 @@ pub fn hold_policy(entity: Option<&ServedEntity>, defaults: HoldPolicy) -> HoldP
     }
 }
 
-/// The address a ready, running, not-terminating pod answers on, at its front (`http`) port.
-fn ready_address(pod: &Pod) -> Option<SocketAddr> {
+/// The address a running, not-terminating pod answers on, at its front (`http`) port, and
+/// whether it is Ready.
+fn front_address(pod: &Pod) -> Option<(SocketAddr, bool)> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .as_ref()?
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready {
+    if status.phase.as_deref() != Some("Running") {
         return None;
     }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
     let port = pod
         .spec
@@ -227,7 +239,7 @@ fn ready_address(pod: &Pod) -> Option<SocketAddr> {
         .flat_map(|c| c.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(FRONT_PORT_NAME))?
         .container_port;
-    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+    Some((SocketAddr::new(ip, u16::try_from(port).ok()?), ready))
 }
 
 #[cfg(test)]
@@ -281,7 +293,7 @@ mod tests {
                 {"name": "model", "ports": [{"name": "model", "containerPort": 8081}]},
                 {"name": "capture", "ports": [{"name": "http", "containerPort": 8080}]}
             ]},
-            "status": {"podIP": ip, "conditions": [
+            "status": {"podIP": ip, "phase": "Running", "conditions": [
                 {"type": "Ready", "status": if ready { "True" } else { "False" }}]}
         }))
         .expect("pod fixture")
@@ -295,6 +307,14 @@ mod tests {
             pod("a", "1111a", "127.0.3.3", false),
             // An old revision of `a`: not in the routed config.
             pod("a", "0000a", "127.0.3.9", true),
+            // Still pending (containers not started): neither ready nor warming.
+            {
+                let mut pending = pod("a", "1111a", "127.0.3.4", false);
+                if let Some(status) = pending.status.as_mut() {
+                    status.phase = Some("Pending".into());
+                }
+                pending
+            },
         ];
         let specs = from_cluster(&[endpoint()], &pods, DEFAULTS);
         let config = specs[0].config.as_ref().expect("config");
@@ -305,6 +325,11 @@ mod tests {
                 "127.0.3.1:8080".parse().expect("addr"),
                 "127.0.3.2:8080".parse().expect("addr")
             ]
+        );
+        assert_eq!(
+            config.entities[0].warming,
+            vec!["127.0.3.3:8080".parse().expect("addr")],
+            "running but not Ready"
         );
         assert!(config.entities[1].backends.is_empty());
         assert!(config.entities[1].scale_to_zero);

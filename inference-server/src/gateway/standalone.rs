@@ -137,6 +137,7 @@ pub fn specs(
                                 .filter(|((e, n), _)| *e == name && *n == entity.name)
                                 .map(|(_, address)| *address)
                                 .collect(),
+                            warming: Vec::new(),
                             unsupported: entity.external_model.as_ref().map(|_| {
                                 format!(
                                     "entity {} is an external model; standalone mode does not \

@@ -26,6 +26,10 @@ pub struct EntityPool {
     /// The name as the `served-model-name` header value.
     pub served_name: axum::http::HeaderValue,
     backends: RwLock<Arc<[Arc<Backend>]>>,
+    /// Running, not yet Ready pods (see [`EntitySpec::warming`](super::routing::EntitySpec)).
+    warming: RwLock<Arc<[SocketAddr]>>,
+    /// Warming pods this gateway's own probe found answering, routed to before they are Ready.
+    promoted: Mutex<BTreeSet<SocketAddr>>,
     scale_to_zero: AtomicBool,
     hold_policy: RwLock<HoldPolicy>,
     unsupported: RwLock<Option<String>>,
@@ -190,6 +194,64 @@ impl State {
             .collect()
     }
 
+    /// Entities that hold requests, have no ready backend and have warming pods, with those
+    /// pods: what the warm prober checks.
+    pub fn waking(&self) -> Vec<(Arc<EntityPool>, Arc<[SocketAddr]>)> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .values()
+            .filter(|pool| pool.hold.held() > 0 && !pool.has_ready())
+            .filter_map(|pool| {
+                let warming = pool
+                    .warming
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                (!warming.is_empty()).then(|| (pool.clone(), warming))
+            })
+            .collect()
+    }
+
+    /// Routes to `addr`, a warming pod of `pool` that answered this gateway's health check:
+    /// it becomes a backend at once and the held requests are released.
+    pub fn promote(&self, pool: &Arc<EntityPool>, addr: SocketAddr) {
+        let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let still_warming = pool
+            .warming
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&addr);
+        if !still_warming {
+            return;
+        }
+        pool.promoted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr);
+        let backend = backends
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Backend::new(addr)))
+            .clone();
+        {
+            let mut list = pool.backends.write().unwrap_or_else(|e| e.into_inner());
+            if !list.iter().any(|b| b.addr == addr) {
+                let mut grown = list.to_vec();
+                grown.push(backend);
+                pool.metrics.backends.set(grown.len() as i64);
+                *list = Arc::from(grown);
+            }
+        }
+        drop(backends);
+        let released = pool.hold.release();
+        tracing::info!(
+            endpoint = %pool.labels().endpoint,
+            entity = %pool.name,
+            %addr,
+            released,
+            "a waking pod answers its health check before it is Ready; routing to it"
+        );
+    }
+
     /// Replaces the routing table with `specs` (the complete set of endpoints).
     pub fn apply(&self, specs: &[EndpointSpec]) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,6 +283,8 @@ impl State {
                                             axum::http::HeaderValue::from_static("invalid-name")
                                         }),
                                     backends: RwLock::new(Arc::from(Vec::new())),
+                                    warming: RwLock::new(Arc::from(Vec::new())),
+                                    promoted: Mutex::default(),
                                     scale_to_zero: AtomicBool::new(false),
                                     hold_policy: RwLock::new(entity.hold),
                                     unsupported: RwLock::default(),
@@ -234,9 +298,16 @@ impl State {
                                 })
                             })
                             .clone();
+                        // A promoted pod stays a backend while it is still warming; once
+                        // Ready it is among the backends anyway, and once gone it is dropped.
+                        let mut promoted = pool.promoted.lock().unwrap_or_else(|e| e.into_inner());
+                        promoted.retain(|addr| entity.warming.contains(addr));
+                        *pool.warming.write().unwrap_or_else(|e| e.into_inner()) =
+                            Arc::from(entity.warming.clone());
                         let list: Vec<Arc<Backend>> = entity
                             .backends
                             .iter()
+                            .chain(promoted.iter())
                             .map(|addr| {
                                 wanted_backends.insert(*addr);
                                 backends
@@ -245,6 +316,7 @@ impl State {
                                     .clone()
                             })
                             .collect();
+                        drop(promoted);
                         pool.metrics.backends.set(list.len() as i64);
                         pool.scale_to_zero
                             .store(entity.scale_to_zero, Ordering::Relaxed);
@@ -370,6 +442,7 @@ mod tests {
                         timeout: Duration::from_secs(5),
                     },
                     backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
+                    warming: Vec::new(),
                     unsupported: None,
                 }],
                 routes: vec![("a".into(), 100)],
@@ -460,5 +533,63 @@ mod tests {
         assert_eq!(state.demand()[0].held, 1);
         state.apply(&[spec("ml", &["127.0.0.9:80"], 1)]);
         waiter.await.expect("task").expect("released");
+    }
+
+    #[tokio::test]
+    async fn a_promoted_warming_pod_takes_held_requests_and_stays_until_it_leaves() {
+        let state = Arc::new(state());
+        let warm: SocketAddr = "127.0.0.7:80".parse().expect("addr");
+        let warming = |backends: &[&str], warming: &[SocketAddr]| {
+            let mut s = spec("ml", backends, 1);
+            if let Some(config) = s.config.as_mut() {
+                config.entities[0].warming = warming.to_vec();
+            }
+            s
+        };
+        state.apply(&[warming(&[], &[warm])]);
+        let pool = state
+            .table()
+            .get("fraud")
+            .expect("endpoint")
+            .config
+            .as_ref()
+            .expect("c")
+            .entities[0]
+            .clone();
+        assert!(state.waking().is_empty(), "nothing held yet");
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let check = pool.clone();
+                pool.hold
+                    .wait(pool.hold_policy(), || check.has_ready(), |_| {})
+                    .await
+            })
+        };
+        while pool.hold.held() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waking = state.waking();
+        assert_eq!(waking.len(), 1);
+        assert_eq!(&*waking[0].1, &[warm]);
+        state.promote(&pool, warm);
+        waiter.await.expect("task").expect("released");
+        assert_eq!(pool.backends().len(), 1);
+        // Another event while the pod is still warming keeps it routed.
+        state.apply(&[warming(&[], &[warm])]);
+        assert_eq!(pool.backends().len(), 1);
+        // Ready now: a backend by the kubelet's word.
+        state.apply(&[warming(&["127.0.0.7:80"], &[])]);
+        assert_eq!(pool.backends().len(), 1);
+        // Gone: no backend, and a later warming pod at the same address is not trusted
+        // until probed again.
+        state.apply(&[warming(&[], &[])]);
+        assert!(pool.backends().is_empty());
+        state.apply(&[warming(&[], &[warm])]);
+        assert!(pool.backends().is_empty());
+        // A pod that left before the probe answered is not promoted.
+        state.apply(&[warming(&[], &[])]);
+        state.promote(&pool, warm);
+        assert!(pool.backends().is_empty());
     }
 }

@@ -7,8 +7,12 @@
 //! | `scale`      | the decision                           | `spec.replicas` written             |
 //! | `schedule`   | replicas written                       | a new pod bound to a node           |
 //! | `start`      | pod bound                              | its containers running              |
-//! | `model_load` | containers running                     | the pod Ready (the model answers)   |
+//! | `model_load` | containers running                     | the model answers: the pod Ready, or the first byte if that came first |
 //! | `first_byte` | pod Ready                              | a held request's first byte answered|
+//!
+//! Gateways probe a waking entity's running pods themselves and route to the first that
+//! answers, so the first byte often comes before the kubelet's Ready: then `model_load` ends
+//! at the first byte and `first_byte` is zero.
 //!
 //! Gateways report ages ("held for 120 ms", "answered 40 ms ago"), not wall times, so the
 //! phases need no clock agreement between machines; pod stages are stamped when the
@@ -140,14 +144,11 @@ impl ColdStart {
         }
     }
 
-    /// A held request got its first byte at `at`. Counts once the pod was seen Ready, and only
-    /// for answers after the wake decision (an older one belongs to an earlier cold start). A
-    /// gateway may see the pod Ready a moment before this watch does: such a first byte counts
-    /// as at the Ready time.
+    /// A held request got its first byte at `at`; only answers after the wake decision count
+    /// (an older one belongs to an earlier cold start).
     pub fn answered(&mut self, at: Instant) {
-        let after_wake = self.marks[1].is_some_and(|decided| at >= decided);
-        if let (Some(ready), true) = (self.marks[5], after_wake) {
-            self.mark(6, at.max(ready));
+        if self.marks[1].is_some_and(|decided| at >= decided) && self.marks[6].is_none() {
+            self.marks[6] = Some(at);
         }
     }
 
@@ -156,9 +157,12 @@ impl ColdStart {
         self.marks[0].is_some_and(|t| now.duration_since(t) > GIVE_UP_AFTER)
     }
 
-    /// Every phase and the total, once the first byte was seen.
+    /// Every phase and the total, once the first byte and the pod's start were seen.
     pub fn phases(&self) -> Option<([(Phase, Duration); 6], Duration)> {
-        let marks: Vec<Instant> = self.marks.iter().copied().collect::<Option<_>>()?;
+        let first_byte = self.marks[6]?;
+        let mut marks = self.marks;
+        marks[5] = Some(marks[5].map_or(first_byte, |ready| ready.min(first_byte)));
+        let marks: Vec<Instant> = marks.iter().copied().collect::<Option<_>>()?;
         let mut phases = Phase::ALL.map(|p| (p, Duration::ZERO));
         for (i, phase) in phases.iter_mut().enumerate() {
             phase.1 = marks[i + 1].saturating_duration_since(marks[i]);
@@ -211,7 +215,6 @@ mod tests {
             t0 + ms(400),
         );
         assert!(c.phases().is_none(), "not answered yet");
-        c.answered(t0 + ms(900)); // before Ready: not a first byte after the wake
         c.pod(
             PodProgress {
                 scheduled: true,
@@ -257,11 +260,31 @@ mod tests {
         c.answered(t0 + ms(720));
         let (phases, total) = c.phases().expect("complete");
         assert_eq!(phases[2].1, ms(690));
+        assert_eq!(phases[5].1, ms(20));
         assert_eq!(phases[3].1, Duration::ZERO);
         assert_eq!(phases[4].1, Duration::ZERO);
         assert_eq!(total, ms(720));
         assert!(!c.expired(t0 + ms(1000)));
         assert!(c.expired(t0 + GIVE_UP_AFTER + ms(1)));
+    }
+
+    #[test]
+    fn a_first_byte_before_ready_ends_the_model_load() {
+        let t0 = Instant::now();
+        let mut c = ColdStart::new(t0 + ms(5), ms(5));
+        c.answered(t0); // before the wake: an earlier cold start's
+        c.scaled(t0 + ms(20));
+        let running = PodProgress {
+            scheduled: true,
+            started: true,
+            ready: false,
+        };
+        c.pod(running, t0 + ms(300));
+        c.answered(t0 + ms(420)); // the gateway's own probe found the model answering
+        let (phases, total) = c.phases().expect("complete without Ready");
+        assert_eq!(phases[4], (Phase::ModelLoad, ms(120)));
+        assert_eq!(phases[5], (Phase::FirstByte, Duration::ZERO));
+        assert_eq!(total, ms(420));
     }
 
     #[test]
