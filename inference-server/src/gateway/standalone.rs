@@ -272,6 +272,7 @@ pub async fn start(
                 .arg("--model-dir")
                 .arg(&model_dir)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--parent-pid", &std::process::id().to_string()])
                 .envs(&entity.environment_vars)
                 .stdin(Stdio::null())
                 .stdout(log)

@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// generated side by side.
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
+    /// Shut down (gracefully) when the process with this pid is no longer the parent: the
+    /// standalone gateway passes its own, so its local entities never outlive it, even when it
+    /// is killed without a chance to stop them.
+    #[arg(long, hide = true)]
+    pub parent_pid: Option<u32>,
 }
 
 /// Parses a byte size: a plain number, or one with a `B`, `KB`/`KiB`, `MB`/`MiB` or `GB`/`GiB`

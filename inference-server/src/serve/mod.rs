@@ -96,8 +96,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
+    let parent = args.parent_pid;
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = parent_gone(parent) => tracing::warn!(?parent, "the parent process is gone; shutting down"),
+        }
         let _ = signalled.send(());
     });
     let drain = args.drain_timeout;
@@ -140,6 +144,18 @@ async fn load_in_background(spec: ModelSpec, context: LoadContext, slot: Arc<Mod
             tracing::error!(%panic, "model loader panicked");
             slot.set_failed(format!("the loader crashed: {panic}"));
         }
+    }
+}
+
+/// Resolves once the parent process is no longer `pid` (checked every second); never without a
+/// pid.
+async fn parent_gone(pid: Option<u32>) {
+    let Some(pid) = pid else {
+        return std::future::pending().await;
+    };
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while std::os::unix::process::parent_id() == pid {
+        ticker.tick().await;
     }
 }
 
