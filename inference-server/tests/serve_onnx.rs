@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Server, assert_error, iris_onnx, model_dir, run_to_exit};
 use serde_json::{Value, json};
 
@@ -366,4 +368,45 @@ fn a_broken_model_directory_ends_the_process_with_the_reason() {
     let output = run_to_exit(std::path::Path::new("/nonexistent/sluice/model"));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/sluice/model"));
+}
+
+#[tokio::test]
+async fn after_sigterm_the_drain_delay_keeps_answering_while_health_says_503() {
+    let mut server = iris_server(&["--drain-delay", "3s"]).await;
+    let request = serde_json::json!({"dataframe_records": records()});
+    server.terminate();
+    let signalled = Instant::now();
+    // Not ready any more, so routing layers stop sending…
+    let mut health = 0;
+    while signalled.elapsed() < Duration::from_secs(2) {
+        health = server.get("/health").await.0;
+        if health == 503 {
+            break;
+        }
+    }
+    assert_eq!(health, 503, "/health after SIGTERM");
+    // …while whatever they still send in the meantime is answered, on new connections too.
+    let mut answered = 0;
+    while signalled.elapsed() < Duration::from_millis(2000) {
+        let (status, body) = server.post_json("/invocations", &request).await;
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+        let fresh = reqwest::Client::new()
+            .post(server.url("/invocations"))
+            .json(&request)
+            .send()
+            .await
+            .expect("a new connection is accepted during the delay");
+        assert_eq!(fresh.status(), 200);
+    }
+    assert!(answered > 0);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve exits after the delay");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "exited {:?} after SIGTERM, before the 3 s delay",
+        signalled.elapsed()
+    );
 }

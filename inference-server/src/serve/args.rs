@@ -22,8 +22,13 @@ pub struct ServeArgs {
     /// Deadline of one request (e.g. `60s`, `500ms`, `2m`); past it the answer is 504.
     #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// After SIGTERM, how long in-flight requests (streams included) may take to finish before
-    /// the process exits anyway.
+    /// After SIGTERM, how long new requests are still accepted and answered while `/health`
+    /// answers 503 (e.g. `2s`): the time the routing layer (the gateway's pod watch, kube-proxy)
+    /// needs to stop sending before the listener closes. 0 closes it at once.
+    #[arg(long, env = "SLUICE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// After SIGTERM (and the drain delay), how long in-flight requests (streams included) may
+    /// take to finish before the process exits anyway.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// How long a batch of concurrent ONNX or embedding requests waits to fill, in ms. With 0

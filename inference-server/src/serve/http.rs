@@ -47,6 +47,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Deadline of one request.
     pub request_timeout: Duration,
+    /// Set on SIGTERM: `/health` answers 503 while requests are still served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The routes, with the deadline (inner) and metrics (outer) layers.
@@ -120,6 +122,12 @@ async fn ping() -> Json<Value> {
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "shutting down: still answering requests, but no longer ready for new traffic",
+        ));
+    }
     let runtime = state.model.runtime()?;
     Ok(Json(
         json!({"status": "ready", "model": state.model.name(), "runtime": runtime.name()}),

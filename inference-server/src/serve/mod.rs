@@ -82,12 +82,14 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     tokio::spawn(load_in_background(spec, context, Arc::clone(&slot)));
 
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let router = http::router(http::AppState {
         model: slot,
         metrics,
         registry: Arc::new(registry),
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
+        draining: draining.clone(),
     });
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
     // Streamed tokens are small writes: send each at once rather than waiting for an ACK.
@@ -96,11 +98,16 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    let parent = args.parent_pid;
+    let (parent, delay) = (args.parent_pid, args.drain_delay);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         tokio::select! {
             () = shutdown_signal() => {}
             () = parent_gone(parent) => tracing::warn!(?parent, "the parent process is gone; shutting down"),
+        }
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "not ready any more; still answering until the routing layer has noticed");
+            tokio::time::sleep(delay).await;
         }
         let _ = signalled.send(());
     });

@@ -12,9 +12,10 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
-            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
+            SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -283,6 +284,7 @@ fn engine_args(entity: &ResolvedEntity, rt: &ResolvedRuntime) -> Vec<String> {
             "$(POD_IP)",
             "--port",
             &port,
+            &format!("--drain-delay={DRAIN_DELAY_SECONDS}s"),
         ]),
         Engine::Vllm => strings(&[
             "--model",
@@ -388,6 +390,14 @@ fn resources(entity: &ResolvedEntity) -> ResourceRequirements {
     }
 }
 
+/// Seconds a model container keeps answering after its pod is deleted, before it stops
+/// accepting: the gateways drop a terminating pod from rotation on the watch event (and
+/// kube-proxy on the EndpointSlice update), so a scale-down or rollout never sends a request
+/// to a closed listener. The builtin runtime does it itself (`--drain-delay`, with `/health`
+/// answering 503 meanwhile); engines get a `preStop` sleep, which the kubelet runs before
+/// SIGTERM.
+pub const DRAIN_DELAY_SECONDS: i64 = 2;
+
 fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -> Container {
     // Without capture the model container is the pod's front door and owns the `http` port.
     let port_name = if front { "http" } else { "model" };
@@ -396,6 +406,15 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
         name: "model".into(),
         image: Some(rt.image.clone()),
         args: Some(engine_args(entity, rt)),
+        lifecycle: (!ours).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_DELAY_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         env: Some(env_vars(entity)),
         ports: Some(vec![ContainerPort {
             name: Some(port_name.into()),
@@ -541,8 +560,9 @@ mod tests {
         let model = &p.containers[0];
         assert_eq!(
             model.args.as_deref().expect("args").join(" "),
-            "serve --model-dir /models --host $(POD_IP) --port 8081"
+            "serve --model-dir /models --host $(POD_IP) --port 8081 --drain-delay=2s"
         );
+        assert!(model.lifecycle.is_none(), "serve drains by itself");
         assert_eq!(
             model.ports.as_ref().expect("ports")[0].name.as_deref(),
             Some("http")
@@ -575,6 +595,12 @@ mod tests {
         assert_eq!(names, ["model", "capture"]);
         let model = &p.containers[0];
         assert_eq!(model.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
+        let pre_stop = model.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+        assert_eq!(
+            pre_stop.and_then(|h| h.sleep.as_ref()).map(|s| s.seconds),
+            Some(DRAIN_DELAY_SECONDS),
+            "engines drain with a preStop sleep"
+        );
         assert!(
             model
                 .args
