@@ -691,6 +691,77 @@ async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deletion_runs_the_prestop_sleep_and_stops_sidecars_after_the_main_containers() {
+    let (nodes, client, ns) = setup("prestop").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    // Each container prints when it got SIGTERM (and the main one when it exits), in ns.
+    let stamp = |name: &str| {
+        format!(
+            "trap 'echo {name}-term $(date +%s%N); sleep 0.3; echo {name}-exit $(date +%s%N); exit 0' TERM; \
+             echo up; while :; do sleep 0.1; done"
+        )
+    };
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "ordered"},
+        "spec": {"terminationGracePeriodSeconds": 30,
+            "initContainers": [{"name": "front", "image": images::SHELL, "restartPolicy": "Always",
+                                "command": ["/bin/sh", "-c", stamp("front")]}],
+            "containers": [{"name": "model", "image": images::SHELL,
+                            "command": ["/bin/sh", "-c", stamp("model")],
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 2}}}}]}
+    }))
+    .await;
+    for container in ["front", "model"] {
+        eventually(&format!("{container} to run"), 60, || async {
+            let log = nodes.kubelet.container_log(&ns, "ordered", container)?;
+            log.contains("up").then_some(())
+        })
+        .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let deleted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    pods.delete("ordered", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the pod object removed", 60, || async {
+        let left = pods.list(&ListParams::default()).await.ok()?.items.len();
+        (left == 0).then_some(())
+    })
+    .await;
+    let at = |container: &str, event: &str| -> u128 {
+        let log = nodes
+            .kubelet
+            .container_log(&ns, "ordered", container)
+            .unwrap_or_default();
+        log.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{container}-{event} "))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {container}-{event} in {log}"))
+    };
+    let (model_term, model_exit, front_term) = (
+        at("model", "term"),
+        at("model", "exit"),
+        at("front", "term"),
+    );
+    assert!(
+        model_term >= deleted + 1_900_000_000,
+        "the model got SIGTERM {} ms after the deletion, before its 2 s preStop sleep ended",
+        (model_term - deleted.min(model_term)) / 1_000_000
+    );
+    assert!(
+        front_term >= model_exit,
+        "the sidecar got SIGTERM before the main container exited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn probes_drive_readiness_and_restarts() {
     let (nodes, client, ns) = setup("probes").await;
     let _logs = nodes.kubelet.logs_on_panic();

@@ -68,6 +68,17 @@ pub async fn run(shared: Arc<Shared>, rx: watch::Receiver<Pod>) {
     .await;
 }
 
+/// How long a container's `preStop` sleep hook asks to wait before SIGTERM (0 without one).
+fn pre_stop_sleep(container: &k8s_openapi::api::core::v1::Container) -> Duration {
+    let seconds = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map_or(0, |s| s.seconds);
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
 /// Deletes the pod object now (grace period 0), only if it is still the same pod.
 async fn remove_object(shared: &Shared, pod: &Pod) {
     let pods: Api<Pod> =
@@ -546,9 +557,12 @@ impl Worker {
         Duration::from_secs(u64::try_from(seconds).unwrap_or(30))
     }
 
-    /// SIGTERM every process group, wait up to the grace period (shortened if a later update
-    /// or force deletion asks), SIGKILL what is left, then remove the pod object (unless it
-    /// vanished already).
+    /// Stops the pod as the kubelet does: each main container runs its `preStop` sleep, then
+    /// gets SIGTERM; sidecars (init containers with `restartPolicy: Always`) get theirs only
+    /// once every main container has exited, so a front-door sidecar keeps serving while the
+    /// model drains. Waits up to the grace period (shortened if a later update or force
+    /// deletion asks), SIGKILLs what is left, then removes the pod object (unless it vanished
+    /// already). Other hook kinds (exec, httpGet) are not run.
     async fn terminate(&mut self, rx: &mut watch::Receiver<Pod>, vanished: bool) {
         let grace = if vanished {
             MIN_GRACE
@@ -564,20 +578,48 @@ impl Worker {
         ));
         for c in self.containers() {
             c.retire();
-            c.signal(Signal::SIGTERM);
         }
+        // When each main container gets SIGTERM: after its preStop sleep (a force deletion
+        // skips hooks).
+        let mut term_at: Vec<Option<Instant>> = self
+            .main
+            .iter()
+            .map(|c| {
+                Some(
+                    started
+                        + if vanished {
+                            Duration::ZERO
+                        } else {
+                            pre_stop_sleep(&c.spec)
+                        },
+                )
+            })
+            .collect();
+        let mut sidecars_signalled = false;
         let table = self.shared.processes.clone();
         let mut killed = false;
         let mut pod_gone = vanished;
         loop {
+            let now = Instant::now();
+            for (c, at) in self.main.iter().zip(term_at.iter_mut()) {
+                if at.is_some_and(|t| t <= now || now >= deadline) {
+                    c.signal(Signal::SIGTERM);
+                    *at = None;
+                }
+            }
             for c in self.init.iter_mut().chain(self.main.iter_mut()) {
                 let key = format!("{prefix}{}", c.spec.name);
                 c.wait_exit(&table, &key, Duration::from_millis(1)).await;
             }
+            if !sidecars_signalled && self.main.iter().all(|c| c.pid().is_none()) {
+                for c in &self.init {
+                    c.signal(Signal::SIGTERM);
+                }
+                sidecars_signalled = true;
+            }
             if self.containers().all(|c| c.pid().is_none()) {
                 break;
             }
-            let now = Instant::now();
             if now >= deadline && !killed {
                 self.shared
                     .note(&format!("{prefix}: grace period over; SIGKILL"));
