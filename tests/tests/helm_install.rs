@@ -1,11 +1,15 @@
 //! `helm install` of the chart into the local control plane (real apiserver, RBAC on), its pods
 //! run by the test kubelet as real processes: both operator replicas and both gateway replicas
 //! become Ready under the chart's own ServiceAccounts and RBAC, one operator holds the Lease,
-//! the quickstart endpoint reaches READY and answers through the gateway, and `helm uninstall`
+//! the quickstart endpoint reaches READY and answers through the gateway, `helm upgrade` rolls
+//! both Deployments under steady load without a failed request, and `helm uninstall`
 //! removes the release's pods and RBAC but keeps the CRDs (and so every custom resource).
 
 mod helm_support;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::{
@@ -45,6 +49,143 @@ async fn ready_replicas(deployments: &Api<Deployment>, name: &str, want: i32) ->
     let d = deployments.get(name).await.ok()?;
     let status = d.status?;
     (status.ready_replicas == Some(want) && status.updated_replicas == Some(want)).then_some(())
+}
+
+/// Pod UIDs of the release's operator and gateway, by component.
+async fn component_pods(pods: &Api<Pod>) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for component in ["operator", "gateway"] {
+        let list = pods
+            .list(
+                &ListParams::default().labels(&format!("app.kubernetes.io/component={component}")),
+            )
+            .await
+            .expect("pods");
+        out.insert(
+            component.to_string(),
+            list.items
+                .into_iter()
+                .filter_map(|p| p.metadata.uid)
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Whether `component` rolled: two Ready pods carrying the new annotation, none of the pods
+/// from `before` left (terminating ones included).
+async fn rolled(
+    pods: &Api<Pod>,
+    component: &str,
+    before: &BTreeMap<String, Vec<String>>,
+) -> Option<()> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+        .await
+        .ok()?
+        .items;
+    let old = &before[component];
+    let done = list.len() == 2
+        && list.iter().all(|p| {
+            let new = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("rollout"))
+                .is_some_and(|v| v == "2");
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            new && serving(p) && !old.contains(&uid)
+        });
+    done.then_some(())
+}
+
+/// Ready and not terminating: what a Service's endpoints would list.
+fn serving(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Steady requests through the gateway, spread over its serving pods the way a Service is: the
+/// pod list is refreshed every 100 ms and only Ready, non-terminating pods get requests (each
+/// on a new connection).
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(pods: Api<Pod>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets: Arc<RwLock<Vec<String>>> = Arc::default();
+        let refresher = {
+            let (stop, targets) = (stop.clone(), targets.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let selector =
+                        ListParams::default().labels("app.kubernetes.io/component=gateway");
+                    if let Ok(list) = pods.list(&selector).await {
+                        let ips = list
+                            .items
+                            .iter()
+                            .filter(|p| serving(p))
+                            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                            .collect();
+                        *targets.write().unwrap_or_else(|e| e.into_inner()) = ips;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                (0, Vec::new())
+            })
+        };
+        let mut workers = vec![refresher];
+        for worker in 0..4usize {
+            let (stop, targets) = (stop.clone(), targets.clone());
+            workers.push(tokio::spawn(async move {
+                let (mut answered, mut failed) = (0, Vec::new());
+                let mut turn = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let ip = {
+                        let ips = targets.read().unwrap_or_else(|e| e.into_inner());
+                        turn += 1;
+                        (!ips.is_empty()).then(|| ips[turn % ips.len()].clone())
+                    };
+                    let Some(ip) = ip else {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    match http::post_json(
+                        &ip,
+                        8000,
+                        "/serving-endpoints/iris/invocations",
+                        r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
+                    )
+                    .await
+                    {
+                        Some((200, _)) => answered += 1,
+                        other => failed.push(format!("{ip}: {other:?}")),
+                    }
+                }
+                (answered, failed)
+            }));
+        }
+        Self { stop, workers }
+    }
+
+    /// Stops the load: requests answered 200, and every other outcome.
+    async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut answered, mut failed) = (0, Vec::new());
+        for worker in self.workers {
+            let (a, f) = worker.await.expect("load worker");
+            answered += a;
+            failed.extend(f);
+        }
+        (answered, failed)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,6 +342,57 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         .await;
         assert_eq!(code, 200, "gateway {ip}: {body}");
     }
+
+    // `helm upgrade` under steady load: both Deployments roll (a new pod annotation), and no
+    // request through the gateway fails meanwhile.
+    let upgrade = [
+        "upgrade",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        ns.as_str(),
+        "--values",
+        &values.display().to_string(),
+        "--set-string",
+        "operator.podAnnotations.rollout=2",
+        "--set-string",
+        "gateway.podAnnotations.rollout=2",
+    ];
+    let load = Load::start(pods.clone());
+    let before = component_pods(&pods).await;
+    helm(&upgrade);
+    for component in ["operator", "gateway"] {
+        eventually(nodes, &format!("the {component} rollout to finish"), || {
+            rolled(&pods, component, &before)
+        })
+        .await;
+    }
+    // A little more load on the new gateways, then the verdict.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (answered, failed) = load.stop().await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during helm upgrade: {:?}",
+        failed.len(),
+        answered + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answered >= 50,
+        "only {answered} requests answered during the upgrade"
+    );
+    eprintln!("helm upgrade: {answered} requests answered, none failed");
+    let s = endpoints
+        .get("iris")
+        .await
+        .expect("endpoint")
+        .status
+        .expect("status");
+    assert_eq!(
+        format!("{:?}", s.state.map(|s| s.ready)),
+        "Some(READY)",
+        "the endpoint stays READY through the upgrade"
+    );
 
     // Uninstall: the release's pods and RBAC go, the CRDs and the custom resources stay.
     helm(&["uninstall", RELEASE, "--namespace", &ns, "--wait"]);

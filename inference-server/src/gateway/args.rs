@@ -79,7 +79,13 @@ pub struct GatewayArgs {
     /// Path of the active health check; a 5xx or no answer takes the backend out of rotation.
     #[arg(long, env = "SLUICE_GATEWAY_HEALTH_PATH", default_value = "/health")]
     pub health_path: String,
-    /// How long in-flight requests may finish after SIGTERM before the gateway exits.
+    /// After SIGTERM, how long new requests are still accepted and routed while `/readyz`
+    /// answers 503: the time Services and load balancers need to stop sending here (endpoint
+    /// propagation). 0 stops accepting at once.
+    #[arg(long, env = "SLUICE_GATEWAY_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// After SIGTERM and the drain delay, how long in-flight requests may finish before the
+    /// gateway exits.
     #[arg(long, env = "SLUICE_GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 }

@@ -148,10 +148,18 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let signal = {
         let admin = admin.clone();
         let draining = draining.clone();
+        let delay = args.drain_delay;
         async move {
             crate::serve::shutdown_signal().await;
-            tracing::info!("shutting down: no new connections; draining in-flight requests");
             admin.draining.store(true, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutting down: not ready any more, still routing until load balancers have noticed"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutting down: no new connections; draining in-flight requests");
             draining.notify_one();
         }
     };
