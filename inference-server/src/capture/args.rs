@@ -28,6 +28,11 @@ pub struct CaptureArgs {
     /// `AZURE_*` environment variables.
     #[arg(long = "table-option", value_parser = parse_option)]
     pub table_options: Vec<(String, String)>,
+    /// `parquet`: Hive-partitioned Parquet files only. `delta`: the same files, each spool
+    /// segment also committed to a Delta Lake log at the table location (created on first use),
+    /// safe for many sidecars appending at once.
+    #[arg(long, env = "SLUICE_CAPTURE_TABLE_FORMAT", value_enum, default_value_t = TableFormat::Parquet)]
+    pub table_format: TableFormat,
     /// The ServingEndpoint (recorded in every row).
     #[arg(long, default_value = "")]
     pub endpoint: String,
@@ -165,4 +170,13 @@ mod tests {
         );
         assert!(parse_seconds("-1").is_err());
     }
+}
+
+/// How the table is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet files.
+    Parquet,
+    /// The same files with a Delta Lake transaction log.
+    Delta,
 }

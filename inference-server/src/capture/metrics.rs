@@ -115,6 +115,12 @@ pub struct CaptureMetrics {
     pub files: Counter,
     /// Failed attempts to write a table file.
     pub upload_failures: Counter,
+    /// Segments committed to the Delta log.
+    pub delta_commits: Counter,
+    /// Delta commit attempts lost to another writer's commit (then retried).
+    pub delta_conflicts: Counter,
+    /// Segments found in the Delta log already (committed before a restart) and skipped.
+    pub delta_skipped: Counter,
     /// The model could not answer.
     pub upstream_failures: Family<UpstreamLabels, Counter>,
     /// Bytes of rows in the in-memory queue.
@@ -141,6 +147,9 @@ impl Default for CaptureMetrics {
             truncated: Family::default(),
             files: Counter::default(),
             upload_failures: Counter::default(),
+            delta_commits: Counter::default(),
+            delta_conflicts: Counter::default(),
+            delta_skipped: Counter::default(),
             upstream_failures: Family::default(),
             queue_bytes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
@@ -192,8 +201,23 @@ impl CaptureMetrics {
         );
         registry.register(
             "upload_failures",
-            "Failed attempts to write a table file (retried)",
+            "Failed attempts to write a table file or Delta commit (retried)",
             metrics.upload_failures.clone(),
+        );
+        registry.register(
+            "delta_commits",
+            "Spool segments committed to the Delta log",
+            metrics.delta_commits.clone(),
+        );
+        registry.register(
+            "delta_commit_conflicts",
+            "Delta commit attempts lost to another writer's commit, then retried",
+            metrics.delta_conflicts.clone(),
+        );
+        registry.register(
+            "delta_segments_skipped",
+            "Spool segments the Delta log held already (committed before a restart)",
+            metrics.delta_skipped.clone(),
         );
         registry.register(
             "upstream_failures",
@@ -226,6 +250,21 @@ impl CaptureMetrics {
             metrics.lag_seconds.clone(),
         );
         metrics
+    }
+
+    /// Counts a segment written to the table (rows, files and the Delta commit), or skipped
+    /// because the Delta log held it already.
+    pub fn table_written(&self, written: &crate::table::Written, rows: usize, files: usize) {
+        if written.already_committed {
+            self.delta_skipped.inc();
+            return;
+        }
+        self.written.inc_by(rows as u64);
+        self.files.inc_by(files as u64);
+        if let Some(commit) = written.commit {
+            self.delta_commits.inc();
+            self.delta_conflicts.inc_by(commit.conflicts);
+        }
     }
 
     /// Counts `n` rows dropped for `reason`; warns at most once per [`WARN_EVERY`] (an

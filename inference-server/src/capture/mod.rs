@@ -100,11 +100,17 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
         "capture table opened; spooled rows from an earlier run are replayed"
     );
 
+    let mut table = ParquetTable::new(store);
+    if args.table_format == args::TableFormat::Delta {
+        table = table
+            .with_delta(spool.instance())
+            .map_err(|e| CaptureError::Settings(e.to_string()))?;
+    }
     let queue = Arc::new(Queue::new(args.queue_max_bytes));
     let pipeline = Pipeline::start(
         queue.clone(),
         spool,
-        ParquetTable::new(store),
+        table,
         metrics.clone(),
         PipelineConfig {
             identity: Identity {

@@ -249,23 +249,29 @@ async fn upload_loop(
                         files
                     }
                 };
-                if let Err(error) = table.write(&files).await {
-                    encoded = Some((segment.seq, files));
-                    return Err(UploadError::from(error));
+                match table.write(segment.seq, &files).await {
+                    Ok(written) => Ok((files, written)),
+                    Err(error) => {
+                        encoded = Some((segment.seq, files));
+                        Err(UploadError::from(error))
+                    }
                 }
-                Ok(files)
             }
             .instrument(span)
             .await;
             match result {
-                Ok(files) => {
+                Ok((files, written)) => {
                     let rows: usize = files.iter().map(|f| f.rows).sum();
                     if let Err(error) = spool.complete(segment.seq) {
                         tracing::error!(%error, "cannot remove an uploaded spool segment");
                     }
-                    metrics.written.inc_by(rows as u64);
-                    metrics.files.inc_by(files.len() as u64);
-                    tracing::debug!(files = files.len(), rows, "segment written to the table");
+                    metrics.table_written(&written, rows, files.len());
+                    tracing::debug!(
+                        files = files.len(),
+                        rows,
+                        ?written,
+                        "segment written to the table"
+                    );
                     backoff = FIRST_RETRY;
                 }
                 Err(error) if error.is_retryable() => {

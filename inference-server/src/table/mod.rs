@@ -13,6 +13,7 @@
 //! (`read_parquet('<table>/*/*.parquet', hive_partitioning = true)`), Spark, Polars and
 //! pyarrow read the folder as is.
 
+pub mod delta;
 pub mod parquet;
 pub mod record;
 pub mod spool;
@@ -34,13 +35,26 @@ pub enum TableError {
     /// The store failed; retrying may help.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The Delta log could not be read or committed to; retrying may help.
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 impl TableError {
     /// Whether retrying the same rows later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Store(_))
+        matches!(self, Self::Store(_) | Self::Delta(_))
     }
+}
+
+/// What writing a segment did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The segment was in the Delta table already (committed before a restart): nothing was
+    /// written again.
+    pub already_committed: bool,
+    /// The Delta commit, when the table has a Delta log.
+    pub commit: Option<delta::Committed>,
 }
 
 /// The object name of the rows of spool segment `seq` of `instance` dated `date`.
@@ -87,26 +101,52 @@ pub fn encode_segment(
         .collect()
 }
 
-/// A table of Hive-partitioned Parquet files.
+/// A table of Hive-partitioned Parquet files, optionally with a Delta log over them.
 #[derive(Clone, Debug)]
 pub struct ParquetTable {
     store: TableStore,
+    delta: Option<std::sync::Arc<delta::DeltaLog>>,
 }
 
 impl ParquetTable {
     /// The table at `store`.
     pub fn new(store: TableStore) -> Self {
-        Self { store }
+        Self { store, delta: None }
     }
 
-    /// Writes encoded files. Idempotent: writing the same segment again replaces the same
-    /// files, so a retry never duplicates rows.
-    #[tracing::instrument(level = "debug", skip_all, fields(files = files.len()))]
-    pub async fn write(&self, files: &[PartFile]) -> Result<(), TableError> {
+    /// The same table, each segment also committed to a Delta log as application `app_id`.
+    pub fn with_delta(self, app_id: &str) -> Result<Self, TableError> {
+        let log = delta::DeltaLog::new(&self.store, app_id)?;
+        Ok(Self {
+            delta: Some(std::sync::Arc::new(log)),
+            ..self
+        })
+    }
+
+    /// Writes the encoded files of spool segment `seq`, then (with a Delta log) commits them.
+    /// Idempotent: writing the same segment again replaces the same files, and a segment the
+    /// Delta log holds already is skipped, so a retry never duplicates rows.
+    #[tracing::instrument(level = "debug", skip_all, fields(seq, files = files.len()))]
+    pub async fn write(&self, seq: u64, files: &[PartFile]) -> Result<Written, TableError> {
+        if let Some(log) = &self.delta
+            && log.has_segment(seq).await?
+        {
+            return Ok(Written {
+                already_committed: true,
+                commit: None,
+            });
+        }
         for file in files {
             self.store.put(&file.path, file.bytes.clone()).await?;
         }
-        Ok(())
+        let commit = match &self.delta {
+            Some(log) => Some(log.commit(seq, files).await?),
+            None => None,
+        };
+        Ok(Written {
+            already_committed: false,
+            commit,
+        })
     }
 }
 

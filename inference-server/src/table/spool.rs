@@ -23,6 +23,9 @@ use super::record::PayloadRecord;
 const OPEN_EXT: &str = "open";
 const SEALED_EXT: &str = "jsonl";
 const INSTANCE_FILE: &str = "instance-id";
+/// The number the next segment gets at least, kept when the spool runs empty: segment numbers
+/// never repeat within an instance (they name its part files and its Delta transactions).
+const NEXT_SEQ_FILE: &str = "next-seq";
 
 /// Why the spool failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +152,10 @@ impl Spool {
             }
         }
         found.sort();
-        let mut state = State::default();
+        let mut state = State {
+            next_seq: dir_next_seq(dir),
+            ..State::default()
+        };
         let mut waiting = 0;
         for (seq, path) in found {
             let (records, first_timestamp_ms) = scan(&path)?;
@@ -159,7 +165,7 @@ impl Spool {
                 continue;
             }
             waiting += records;
-            state.next_seq = seq + 1;
+            state.next_seq = state.next_seq.max(seq + 1);
             state.sealed.push_back(Sealed {
                 segment: Segment {
                     seq,
@@ -347,6 +353,13 @@ impl Spool {
     pub fn complete(&self, seq: u64) -> Result<(), SpoolError> {
         let mut state = self.lock();
         state.sealed.retain(|s| s.segment.seq != seq);
+        // Remember the numbering before the segment's file goes: a restart on an empty spool
+        // must not number segments from 0 again (that would overwrite written part files and
+        // look like already committed Delta transactions).
+        let next = state.next_seq.max(seq + 1);
+        let temp = self.dir.join(format!("{NEXT_SEQ_FILE}.tmp"));
+        fs::write(&temp, next.to_string()).map_err(io("writing", &temp))?;
+        fs::rename(&temp, self.dir.join(NEXT_SEQ_FILE)).map_err(io("writing", &temp))?;
         let path = segment_path(&self.dir, seq, SEALED_EXT);
         fs::remove_file(&path).map_err(io("removing", &path))
     }
@@ -415,6 +428,13 @@ fn scan(path: &Path) -> Result<(u64, i64), SpoolError> {
     Ok((records, first.unwrap_or_default()))
 }
 
+fn dir_next_seq(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join(NEXT_SEQ_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The spool's stable id: read from `instance-id`, or made once and written there.
 fn instance_id(dir: &Path) -> Result<String, SpoolError> {
     let path = dir.join(INSTANCE_FILE);
@@ -454,6 +474,22 @@ mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    #[test]
+    fn numbering_survives_an_emptied_spool() {
+        let dir = temp("numbering");
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        spool.append(rows(2, 10)).unwrap();
+        spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
+        let first = spool.claim().unwrap();
+        spool.complete(first.seq).unwrap();
+        drop(spool);
+        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        assert_eq!(waiting, 0);
+        spool.append(rows(1, 10)).unwrap();
+        spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
+        assert!(spool.claim().unwrap().seq > first.seq, "never numbered again");
     }
 
     #[test]

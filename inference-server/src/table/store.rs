@@ -226,6 +226,31 @@ impl TableStore {
         &self.uri
     }
 
+    /// The store with `/` at its root and the table's URL in it, as the Delta log wants them:
+    /// for a local folder the file system root and a `file://` URL of the folder.
+    pub fn root_and_url(&self) -> Result<(Arc<dyn ObjectStore>, Url), StoreError> {
+        let location = |reason: &str| StoreError::Location {
+            uri: self.uri.clone(),
+            reason: reason.to_string(),
+        };
+        match Url::parse(&self.uri) {
+            Ok(url) if url.scheme() != "file" => Ok((self.store.clone(), url)),
+            parsed => {
+                let path = match parsed {
+                    Ok(url) => url
+                        .to_file_path()
+                        .map_err(|()| location("not a local path"))?,
+                    Err(_) => PathBuf::from(&self.uri),
+                };
+                let path = std::path::absolute(&path)
+                    .map_err(|_| location("cannot make the path absolute"))?;
+                let url = Url::from_directory_path(&path)
+                    .map_err(|()| location("not an absolute local path"))?;
+                Ok((Arc::new(LocalFileSystem::new()), url))
+            }
+        }
+    }
+
     /// Writes one object at `relative` (such as `date=2026-11-26/part-….parquet`) under the
     /// table prefix, replacing any object of that name: a retried write never duplicates rows.
     pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<(), StoreError> {
