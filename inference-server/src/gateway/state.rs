@@ -505,19 +505,23 @@ mod tests {
         assert_eq!(table.get("nope").err(), Some(Lookup::Unknown));
     }
 
-    #[tokio::test]
-    async fn a_ready_pod_releases_held_requests() {
-        let state = Arc::new(state());
-        state.apply(&[spec("ml", &[], 1)]);
-        let pool = state
+    /// The first entity pool of endpoint `fraud`.
+    fn first_pool(state: &State) -> Arc<EntityPool> {
+        state
             .table()
             .get("fraud")
             .expect("endpoint")
             .config
             .as_ref()
-            .expect("c")
+            .expect("config")
             .entities[0]
-            .clone();
+            .clone()
+    }
+
+    /// A request held on `pool`, once it is in the queue.
+    async fn hold_one(
+        pool: &Arc<EntityPool>,
+    ) -> tokio::task::JoinHandle<Result<(), super::super::hold::HoldRefused>> {
         let waiter = {
             let pool = pool.clone();
             tokio::spawn(async move {
@@ -530,6 +534,15 @@ mod tests {
         while pool.hold.held() == 0 {
             tokio::task::yield_now().await;
         }
+        waiter
+    }
+
+    #[tokio::test]
+    async fn a_ready_pod_releases_held_requests() {
+        let state = Arc::new(state());
+        state.apply(&[spec("ml", &[], 1)]);
+        let pool = first_pool(&state);
+        let waiter = hold_one(&pool).await;
         assert_eq!(state.demand()[0].held, 1);
         state.apply(&[spec("ml", &["127.0.0.9:80"], 1)]);
         waiter.await.expect("task").expect("released");
@@ -547,28 +560,9 @@ mod tests {
             s
         };
         state.apply(&[warming(&[], &[warm])]);
-        let pool = state
-            .table()
-            .get("fraud")
-            .expect("endpoint")
-            .config
-            .as_ref()
-            .expect("c")
-            .entities[0]
-            .clone();
+        let pool = first_pool(&state);
         assert!(state.waking().is_empty(), "nothing held yet");
-        let waiter = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let check = pool.clone();
-                pool.hold
-                    .wait(pool.hold_policy(), || check.has_ready(), |_| {})
-                    .await
-            })
-        };
-        while pool.hold.held() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = hold_one(&pool).await;
         let waking = state.waking();
         assert_eq!(waking.len(), 1);
         assert_eq!(&*waking[0].1, &[warm]);
