@@ -394,9 +394,23 @@ fn resources(entity: &ResolvedEntity) -> ResourceRequirements {
 /// accepting: the gateways drop a terminating pod from rotation on the watch event (and
 /// kube-proxy on the EndpointSlice update), so a scale-down or rollout never sends a request
 /// to a closed listener. The builtin runtime does it itself (`--drain-delay`, with `/health`
-/// answering 503 meanwhile); engines get a `preStop` sleep, which the kubelet runs before
-/// SIGTERM.
+/// answering 503 meanwhile); engines and the capture sidecar in front get a `preStop` sleep,
+/// which the kubelet runs before SIGTERM.
 pub const DRAIN_DELAY_SECONDS: i64 = 2;
+
+/// A `preStop` sleep of [`DRAIN_DELAY_SECONDS`]: the kubelet keeps the container serving that
+/// long after the pod's deletion before it sends SIGTERM.
+fn drain_pause() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: DRAIN_DELAY_SECONDS,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
 
 fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -> Container {
     // Without capture the model container is the pod's front door and owns the `http` port.
@@ -406,15 +420,7 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
         name: "model".into(),
         image: Some(rt.image.clone()),
         args: Some(engine_args(entity, rt)),
-        lifecycle: (!ours).then(|| Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: DRAIN_DELAY_SECONDS,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        lifecycle: (!ours).then(drain_pause),
         env: Some(env_vars(entity)),
         ports: Some(vec![ContainerPort {
             name: Some(port_name.into()),
@@ -481,6 +487,8 @@ fn capture_container(
         }]),
         // Ready only while the model behind it is ready.
         readiness_probe: Some(http_probe("/health", "http", 1)),
+        // The pod's front door: it keeps proxying as long as the model keeps answering.
+        lifecycle: Some(drain_pause()),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(5),
             ..http_probe("/ping", "http", 10)
@@ -593,6 +601,16 @@ mod tests {
         let p = pod(&o);
         let names: Vec<_> = p.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["model", "capture"]);
+        let capture_pause = p.containers[1]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref()?.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(
+            capture_pause,
+            Some(DRAIN_DELAY_SECONDS),
+            "the front door drains too"
+        );
         let model = &p.containers[0];
         assert_eq!(model.image.as_deref(), Some("vllm/vllm-openai:v0.11.0"));
         let pre_stop = model.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
