@@ -12,9 +12,8 @@
 //! so two writers never both take a version). That needs a store with conditional put: a local
 //! folder or PVC, GCS, Azure, and S3 (or an S3-compatible server) that honours `If-None-Match`.
 //!
-//! The table is not partitioned in the Delta sense: the files keep their `date=YYYY-MM-DD/`
-//! folders and carry `date` as an ordinary column, so Delta readers and the plain Hive-folder
-//! readers see the same rows.
+//! The table is partitioned by `date` (each add names its `date=YYYY-MM-DD/` folder's value);
+//! the files also keep `date` as a column, so the plain Hive-folder readers see the same rows.
 
 use std::sync::Arc;
 
@@ -162,6 +161,7 @@ impl DeltaLog {
             .with_table_name("payload")
             .with_comment("Sluice inference table: one row per captured request")
             .with_columns(schema.fields().cloned())
+            .with_partition_columns(["date"])
             .with_save_mode(SaveMode::Ignore)
             .await;
         match created {
@@ -213,6 +213,9 @@ impl DeltaLog {
                     size: i64::try_from(file.bytes.len()).unwrap_or(i64::MAX),
                     modification_time: now_ms,
                     data_change: true,
+                    partition_values: [("date".to_string(), partition_date(&file.path))]
+                        .into_iter()
+                        .collect(),
                     stats: Some(serde_json::json!({ "numRecords": file.rows }).to_string()),
                     ..Default::default()
                 })
@@ -222,7 +225,7 @@ impl DeltaLog {
             .with_application_transaction(Transaction::new(&self.app_id, seq_version(seq)));
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: None,
+            partition_by: Some(vec!["date".to_string()]),
             predicate: None,
         };
         let snapshot = table
@@ -239,6 +242,12 @@ impl DeltaLog {
             conflicts: finalized.metrics.num_retries,
         })
     }
+}
+
+/// The `date` of a part file from its `date=YYYY-MM-DD/` folder.
+fn partition_date(path: &str) -> Option<String> {
+    let folder = path.split('/').next()?;
+    folder.strip_prefix("date=").map(str::to_string)
 }
 
 fn seq_version(seq: u64) -> i64 {

@@ -489,7 +489,10 @@ mod tests {
         assert_eq!(waiting, 0);
         spool.append(rows(1, 10)).unwrap();
         spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
-        assert!(spool.claim().unwrap().seq > first.seq, "never numbered again");
+        assert!(
+            spool.claim().unwrap().seq > first.seq,
+            "never numbered again"
+        );
     }
 
     #[test]
