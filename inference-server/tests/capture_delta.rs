@@ -281,6 +281,14 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
             Duration::from_secs(20),
         )
         .await;
+    // The unreachable table is counted as a failed Delta log read (and retried).
+    first
+        .wait_metric(
+            "sluice_capture_delta_commit_failures_total",
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
     first.kill();
     // What a sidecar killed right after its commits (before removing the segments) leaves.
     let copy = temp_dir("delta-restart-copy");

@@ -119,6 +119,8 @@ pub struct CaptureMetrics {
     pub delta_commits: Counter,
     /// Delta commit attempts lost to another writer's commit (then retried).
     pub delta_conflicts: Counter,
+    /// Failed Delta log reads or commits (the segment is retried with backoff).
+    pub delta_failures: Counter,
     /// Segments found in the Delta log already (committed before a restart) and skipped.
     pub delta_skipped: Counter,
     /// The model could not answer.
@@ -150,6 +152,7 @@ impl Default for CaptureMetrics {
             delta_commits: Counter::default(),
             delta_conflicts: Counter::default(),
             delta_skipped: Counter::default(),
+            delta_failures: Counter::default(),
             upstream_failures: Family::default(),
             queue_bytes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
@@ -213,6 +216,11 @@ impl CaptureMetrics {
             "delta_commit_conflicts",
             "Delta commit attempts lost to another writer's commit, then retried",
             metrics.delta_conflicts.clone(),
+        );
+        registry.register(
+            "delta_commit_failures",
+            "Failed Delta log reads or commits (the segment is retried with backoff)",
+            metrics.delta_failures.clone(),
         );
         registry.register(
             "delta_segments_skipped",

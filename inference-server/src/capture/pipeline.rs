@@ -276,6 +276,9 @@ async fn upload_loop(
                 }
                 Err(error) if error.is_retryable() => {
                     metrics.upload_failures.inc();
+                    if matches!(error, UploadError::Table(TableError::Delta(_))) {
+                        metrics.delta_failures.inc();
+                    }
                     spool.release(segment.seq);
                     tracing::warn!(%error, retry_in = ?backoff, "writing to the table failed");
                     refresh(&spool, &metrics);
