@@ -50,6 +50,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Both rustls backends are linked (kube uses ring, deltalake-core's reqwest aws-lc-rs), so
+    // rustls cannot pick a process default by itself and every TLS client (the gateway's and the
+    // capture sidecar's Kubernetes clients) would panic: choose ring, as the kube client does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
