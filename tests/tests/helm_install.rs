@@ -7,8 +7,8 @@
 
 mod helm_support;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -72,13 +72,42 @@ async fn component_pods(pods: &Api<Pod>) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// Whether `component` rolled: two Ready pods carrying the new annotation, none of the pods
-/// from `before` left (terminating ones included).
+/// The `pod-template-hash` labels (one per ReplicaSet) of `component`'s pods.
+async fn template_hashes(pods: &Api<Pod>, component: &str) -> BTreeSet<String> {
+    pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.labels?.get("pod-template-hash").cloned())
+        .collect()
+}
+
+/// Whether `component` rolled: its Deployment observed the new spec and reports 2 replicas, all
+/// updated, ready and available; exactly two pods exist, all Ready, carrying the new annotation,
+/// from a new ReplicaSet (a `pod-template-hash` not seen before), and none of the pods from
+/// `before` is left (terminating ones included).
 async fn rolled(
+    deployments: &Api<Deployment>,
     pods: &Api<Pod>,
     component: &str,
     before: &BTreeMap<String, Vec<String>>,
+    old_hashes: &BTreeSet<String>,
 ) -> Option<()> {
+    let d = deployments.get(&format!("sluice-{component}")).await.ok()?;
+    let status = d.status?;
+    let settled = status.observed_generation >= d.metadata.generation
+        && [
+            status.replicas,
+            status.updated_replicas,
+            status.ready_replicas,
+            status.available_replicas,
+        ]
+        .iter()
+        .all(|n| *n == Some(2));
+    if !settled {
+        return None;
+    }
     let list = pods
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
         .await
@@ -94,7 +123,13 @@ async fn rolled(
                 .and_then(|a| a.get("rollout"))
                 .is_some_and(|v| v == "2");
             let uid = p.metadata.uid.clone().unwrap_or_default();
-            new && serving(p) && !old.contains(&uid)
+            let new_rs = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .is_some_and(|h| !old_hashes.contains(h));
+            new && new_rs && serving(p) && !old.contains(&uid)
         });
     done.then_some(())
 }
@@ -109,32 +144,53 @@ fn serving(pod: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// How far behind the API server the load client's view of the gateway pods is: a real
+/// Service's endpoints reach kube-proxy and load balancers with a lag, so a terminating pod still
+/// gets new connections for a while. The gateway's drain delay (5 s in the chart) must cover it.
+const PROPAGATION_LAG: Duration = Duration::from_secs(1);
+
 /// Steady requests through the gateway, spread over its serving pods the way a Service is: the
-/// pod list is refreshed every 100 ms and only Ready, non-terminating pods get requests (each
-/// on a new connection).
+/// pod list is read every 100 ms, only Ready, non-terminating pods count, and the workers use the
+/// list as it was [`PROPAGATION_LAG`] ago; each request goes on a new connection.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests answered so far, all workers together.
+    answered: Arc<AtomicUsize>,
     workers: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
 }
 
 impl Load {
     fn start(pods: Api<Pod>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicUsize::new(0));
         let targets: Arc<RwLock<Vec<String>>> = Arc::default();
         let refresher = {
             let (stop, targets) = (stop.clone(), targets.clone());
             tokio::spawn(async move {
+                let mut seen = std::collections::VecDeque::new();
                 while !stop.load(Ordering::Relaxed) {
                     let selector =
                         ListParams::default().labels("app.kubernetes.io/component=gateway");
                     if let Ok(list) = pods.list(&selector).await {
-                        let ips = list
+                        let ips: Vec<String> = list
                             .items
                             .iter()
                             .filter(|p| serving(p))
                             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
                             .collect();
-                        *targets.write().unwrap_or_else(|e| e.into_inner()) = ips;
+                        let now = std::time::Instant::now();
+                        if seen.is_empty() {
+                            // The first view is used at once (the pods were Ready long before).
+                            *targets.write().unwrap_or_else(|e| e.into_inner()) = ips.clone();
+                        }
+                        seen.push_back((now, ips));
+                        while seen
+                            .front()
+                            .is_some_and(|(at, _)| now.duration_since(*at) >= PROPAGATION_LAG)
+                        {
+                            let (_, ips) = seen.pop_front().expect("front");
+                            *targets.write().unwrap_or_else(|e| e.into_inner()) = ips;
+                        }
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
@@ -143,7 +199,7 @@ impl Load {
         };
         let mut workers = vec![refresher];
         for worker in 0..4usize {
-            let (stop, targets) = (stop.clone(), targets.clone());
+            let (stop, targets, total) = (stop.clone(), targets.clone(), total.clone());
             workers.push(tokio::spawn(async move {
                 let (mut answered, mut failed) = (0, Vec::new());
                 let mut turn = worker;
@@ -165,14 +221,21 @@ impl Load {
                     )
                     .await
                     {
-                        Some((200, _)) => answered += 1,
+                        Some((200, _)) => {
+                            answered += 1;
+                            total.fetch_add(1, Ordering::Relaxed);
+                        }
                         other => failed.push(format!("{ip}: {other:?}")),
                     }
                 }
                 (answered, failed)
             }));
         }
-        Self { stop, workers }
+        Self {
+            stop,
+            answered: total,
+            workers,
+        }
     }
 
     /// Stops the load: requests answered 200, and every other outcome.
@@ -358,18 +421,59 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         "--set-string",
         "gateway.podAnnotations.rollout=2",
     ];
-    let load = Load::start(pods.clone());
     let before = component_pods(&pods).await;
+    let mut old_hashes = BTreeMap::new();
+    for component in ["operator", "gateway"] {
+        old_hashes.insert(component, template_hashes(&pods, component).await);
+    }
+    // The endpoint's state, sampled every 100 ms through the roll: anything but READY is kept.
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let state_watch = {
+        let (endpoints, stop) = (endpoints.clone(), watch_stop.clone());
+        tokio::spawn(async move {
+            let (mut samples, mut not_ready) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(e) = endpoints.get("iris").await {
+                    samples += 1;
+                    let ready = e
+                        .status
+                        .and_then(|s| s.state)
+                        .map(|s| format!("{:?}", s.ready));
+                    if ready.as_deref() != Some("READY") {
+                        not_ready.push(format!("{ready:?}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (samples, not_ready)
+        })
+    };
+    let load = Load::start(pods.clone());
+    // Steady load on the old gateways first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let answered_before = load.answered.load(Ordering::Relaxed);
     helm(&upgrade);
     for component in ["operator", "gateway"] {
         eventually(nodes, &format!("the {component} rollout to finish"), || {
-            rolled(&pods, component, &before)
+            rolled(
+                &deployments,
+                &pods,
+                component,
+                &before,
+                &old_hashes[component],
+            )
         })
         .await;
     }
-    // A little more load on the new gateways, then the verdict.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let roll = started.elapsed();
+    let during = load.answered.load(Ordering::Relaxed) - answered_before;
+    // A little more load on the new gateways (the client sees them with its lag), then the
+    // verdict.
+    tokio::time::sleep(PROPAGATION_LAG + Duration::from_secs(1)).await;
     let (answered, failed) = load.stop().await;
+    watch_stop.store(true, Ordering::Relaxed);
+    let (samples, not_ready) = state_watch.await.expect("state watch");
     assert!(
         failed.is_empty(),
         "{} of {} requests failed during helm upgrade: {:?}",
@@ -378,10 +482,20 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         &failed[..failed.len().min(5)]
     );
     assert!(
-        answered >= 50,
-        "only {answered} requests answered during the upgrade"
+        during >= 100,
+        "only {during} requests answered during the upgrade ({roll:.1?})"
     );
-    eprintln!("helm upgrade: {answered} requests answered, none failed");
+    eprintln!(
+        "helm upgrade: both Deployments rolled in {roll:.1?} with {during} requests answered meanwhile \
+         ({answered} in all), none failed; endpoint READY in all {samples} samples"
+    );
+    assert!(samples >= 10, "only {samples} endpoint samples");
+    assert!(
+        not_ready.is_empty(),
+        "the endpoint left READY during the upgrade ({} of {samples} samples): {:?}",
+        not_ready.len(),
+        &not_ready[..not_ready.len().min(5)]
+    );
     let s = endpoints
         .get("iris")
         .await
