@@ -388,3 +388,74 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
     let (_, txns, _) = log_commits(&table);
     assert_eq!(txns.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_append_to_a_delta_table_on_an_s3_compatible_server() {
+    let upstream = Upstream::start().await;
+    let moto = capture_support::Moto::start(free_port()).await;
+    moto.create_bucket("lake").await;
+    let mut extra: Vec<String> = vec![
+        "--table-format".into(),
+        "delta".into(),
+        "--rotate-seconds".into(),
+        "0.1".into(),
+    ];
+    extra.extend(moto.table_options());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut sidecars = Vec::new();
+    for i in 0..2 {
+        let spool = temp_dir(&format!("delta-s3-spool-{i}"));
+        sidecars.push(
+            Sidecar::start(
+                &upstream.addr.to_string(),
+                "s3://lake/payload",
+                &spool,
+                &extra,
+                S3_ENV,
+            )
+            .await,
+        );
+    }
+    let per = 40;
+    let sent: Vec<BTreeSet<String>> =
+        futures::future::join_all(sidecars.iter().map(|s| send_many(s, per, "s3"))).await;
+    let mut commits = 0.0;
+    for sidecar in &sidecars {
+        sidecar
+            .wait_metric(
+                "sluice_capture_records_written_total",
+                per as f64,
+                Duration::from_secs(60),
+            )
+            .await;
+        commits += sidecar.metric("sluice_capture_delta_commits_total").await;
+    }
+    for sidecar in &mut sidecars {
+        sidecar.terminate();
+    }
+    let code = format!(
+        r#"
+import json, os, sys
+from deltalake import DeltaTable
+dt = DeltaTable("s3://lake/payload", storage_options={{"AWS_ENDPOINT_URL": "{endpoint}",
+  "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}})
+ids = dt.to_pyarrow_table().column("request_id").to_pylist()
+print(json.dumps({{"rows": len(ids), "distinct": len(set(ids)), "version": dt.version(),
+  "history": len(dt.history()), "ops": [h.get("operation") for h in dt.history()]}}))
+sys.stdout.flush()
+os._exit(0)
+"#,
+        endpoint = moto.endpoint()
+    );
+    let python: Value = serde_json::from_str(run_python(&code).trim()).unwrap();
+    let all: BTreeSet<String> = sent.iter().flatten().cloned().collect();
+    assert_eq!(all.len(), 2 * per);
+    assert_eq!(python["rows"], 2 * per, "{python}");
+    assert_eq!(python["distinct"], 2 * per, "{python}");
+    assert_eq!(
+        python["version"], commits as usize,
+        "create + one per segment: {python}"
+    );
+    assert_eq!(python["history"], commits as usize + 1, "{python}");
+}

@@ -163,6 +163,9 @@ impl DeltaLog {
             .with_columns(schema.fields().cloned())
             .with_partition_columns(["date"])
             .with_save_mode(SaveMode::Ignore)
+            // Version 0 or nothing: a create retried at the next version (after another
+            // sidecar took 0) would add a second CREATE TABLE commit to the log.
+            .with_commit_properties(CommitProperties::default().with_max_retries(0))
             .await;
         match created {
             Ok(table) => Ok(table),
