@@ -108,19 +108,63 @@ fn log_commits(table: &Path) -> (usize, BTreeMap<String, Vec<i64>>, usize) {
     (versions.len(), txns, adds)
 }
 
+/// A sidecar writing the local Delta table at `table`.
+async fn local_delta_sidecar(upstream: &Upstream, table: &Path, spool: &Path) -> Sidecar {
+    Sidecar::start(
+        &upstream.addr.to_string(),
+        table.to_str().unwrap(),
+        spool,
+        DELTA,
+        &[],
+    )
+    .await
+}
+
+/// `n` sidecars writing `table`, each with a spool of its own.
+async fn start_sidecars(
+    upstream: &Upstream,
+    table: &str,
+    n: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Sidecar> {
+    let mut sidecars = Vec::new();
+    for _ in 0..n {
+        let spool = temp_dir("delta-spool");
+        sidecars.push(Sidecar::start(&upstream.addr.to_string(), table, &spool, extra, env).await);
+    }
+    sidecars
+}
+
+/// Waits until each sidecar wrote `per` rows, stops them, and answers their Delta commits and
+/// commit conflicts, summed.
+async fn all_written(sidecars: &mut [Sidecar], per: usize) -> (f64, f64) {
+    let (mut commits, mut conflicts) = (0.0, 0.0);
+    for sidecar in sidecars.iter() {
+        sidecar
+            .wait_metric(
+                "sluice_capture_records_written_total",
+                per as f64,
+                Duration::from_secs(60),
+            )
+            .await;
+        commits += sidecar.metric("sluice_capture_delta_commits_total").await;
+        conflicts += sidecar
+            .metric("sluice_capture_delta_commit_conflicts_total")
+            .await;
+    }
+    for sidecar in sidecars.iter_mut() {
+        sidecar.terminate();
+    }
+    (commits, conflicts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_become_a_delta_table_read_by_python_and_rust() {
     let upstream = Upstream::start().await;
     let table = temp_dir("delta-table");
     let spool = temp_dir("delta-spool");
-    let mut sidecar = Sidecar::start(
-        &upstream.addr.to_string(),
-        table.to_str().unwrap(),
-        &spool,
-        DELTA,
-        &[],
-    )
-    .await;
+    let mut sidecar = local_delta_sidecar(&upstream, &table, &spool).await;
     let n = 60;
     let sent = send_many(&sidecar, n, "one").await;
     sidecar
@@ -183,20 +227,8 @@ async fn requests_become_a_delta_table_read_by_python_and_rust() {
 async fn three_sidecars_append_to_one_delta_table_concurrently() {
     let upstream = Upstream::start().await;
     let table = temp_dir("delta-concurrent-table");
-    let mut sidecars = Vec::new();
-    for i in 0..3 {
-        let spool = temp_dir(&format!("delta-concurrent-spool-{i}"));
-        sidecars.push(
-            Sidecar::start(
-                &upstream.addr.to_string(),
-                table.to_str().unwrap(),
-                &spool,
-                &["--table-format", "delta", "--rotate-seconds", "0.1"],
-                &[],
-            )
-            .await,
-        );
-    }
+    let extra = ["--table-format", "delta", "--rotate-seconds", "0.1"];
+    let mut sidecars = start_sidecars(&upstream, table.to_str().unwrap(), 3, &extra, &[]).await;
     let per = 80;
     let sent: Vec<BTreeSet<String>> = futures::future::join_all(
         sidecars
@@ -205,24 +237,7 @@ async fn three_sidecars_append_to_one_delta_table_concurrently() {
             .map(|(i, s)| send_many(s, per, if i == 0 { "a" } else { "b" })),
     )
     .await;
-    let mut conflicts = 0.0;
-    let mut commits = 0.0;
-    for sidecar in &sidecars {
-        sidecar
-            .wait_metric(
-                "sluice_capture_records_written_total",
-                per as f64,
-                Duration::from_secs(60),
-            )
-            .await;
-        conflicts += sidecar
-            .metric("sluice_capture_delta_commit_conflicts_total")
-            .await;
-        commits += sidecar.metric("sluice_capture_delta_commits_total").await;
-    }
-    for sidecar in &mut sidecars {
-        sidecar.terminate();
-    }
+    let (commits, conflicts) = all_written(&mut sidecars, per).await;
     eprintln!("{commits} commits, {conflicts} conflicts retried");
 
     let all: BTreeSet<String> = sent.iter().flatten().cloned().collect();
@@ -305,14 +320,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
 
     // Second: the same spool reaches a local Delta table and commits every segment.
     let table = temp_dir("delta-restart-table");
-    let mut second = Sidecar::start(
-        &upstream.addr.to_string(),
-        table.to_str().unwrap(),
-        &spool,
-        DELTA,
-        &[],
-    )
-    .await;
+    let mut second = local_delta_sidecar(&upstream, &table, &spool).await;
     second
         .wait_metric(
             "sluice_capture_records_written_total",
@@ -330,14 +338,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
             std::fs::copy(entry.path(), spool.join(&name)).unwrap();
         }
     }
-    let mut third = Sidecar::start(
-        &upstream.addr.to_string(),
-        table.to_str().unwrap(),
-        &spool,
-        DELTA,
-        &[],
-    )
-    .await;
+    let mut third = local_delta_sidecar(&upstream, &table, &spool).await;
     third
         .wait_metric(
             "sluice_capture_delta_segments_skipped_total",
@@ -361,14 +362,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
 
     // Fourth, on the now empty spool: new segments are numbered past the committed ones and
     // written (not mistaken for committed ones).
-    let mut fourth = Sidecar::start(
-        &upstream.addr.to_string(),
-        table.to_str().unwrap(),
-        &spool,
-        DELTA,
-        &[],
-    )
-    .await;
+    let mut fourth = local_delta_sidecar(&upstream, &table, &spool).await;
     let last = send_many(&fourth, 10, "fourth").await;
     fourth
         .wait_metric(
@@ -402,37 +396,11 @@ async fn two_sidecars_append_to_a_delta_table_on_an_s3_compatible_server() {
     ];
     extra.extend(moto.table_options());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut sidecars = Vec::new();
-    for i in 0..2 {
-        let spool = temp_dir(&format!("delta-s3-spool-{i}"));
-        sidecars.push(
-            Sidecar::start(
-                &upstream.addr.to_string(),
-                "s3://lake/payload",
-                &spool,
-                &extra,
-                S3_ENV,
-            )
-            .await,
-        );
-    }
+    let mut sidecars = start_sidecars(&upstream, "s3://lake/payload", 2, &extra, S3_ENV).await;
     let per = 40;
     let sent: Vec<BTreeSet<String>> =
         futures::future::join_all(sidecars.iter().map(|s| send_many(s, per, "s3"))).await;
-    let mut commits = 0.0;
-    for sidecar in &sidecars {
-        sidecar
-            .wait_metric(
-                "sluice_capture_records_written_total",
-                per as f64,
-                Duration::from_secs(60),
-            )
-            .await;
-        commits += sidecar.metric("sluice_capture_delta_commits_total").await;
-    }
-    for sidecar in &mut sidecars {
-        sidecar.terminate();
-    }
+    let (commits, _) = all_written(&mut sidecars, per).await;
     let code = format!(
         r#"
 import json, os, sys
