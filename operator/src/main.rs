@@ -89,6 +89,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Two rustls backends are linked in the workspace build (kube's ring, deltalake's
+    // aws-lc-rs): choose ring, as the kube client does, or the first client panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -213,6 +213,9 @@ impl ControlPlane {
     }
 
     async fn config(&self) -> Result<Config, ClusterError> {
+        // Two rustls backends are linked in the workspace build: choose ring (as kube does)
+        // before the first TLS client, or rustls panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig_err = |message: String| ClusterError::Kubeconfig {
             path: self.kubeconfig.display().to_string(),
             message,
