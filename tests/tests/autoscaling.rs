@@ -206,20 +206,15 @@ async fn entities_scale_to_zero_wake_on_requests_and_follow_load() {
             (format!("{:?}", state.ready) == "READY").then_some(())
         }
     };
-    eventually(
-        "both endpoints READY",
-        Duration::from_secs(180),
-        logs,
-        || ready("wakes"),
-    )
-    .await;
-    eventually(
-        "both endpoints READY",
-        Duration::from_secs(180),
-        logs,
-        || ready("steady"),
-    )
-    .await;
+    for name in ["wakes", "steady"] {
+        eventually(
+            &format!("endpoint {name} READY"),
+            Duration::from_secs(180),
+            logs,
+            || ready(name),
+        )
+        .await;
+    }
 
     // Idle: the scale-to-zero entity goes to zero pods, and its status says why.
     eventually(

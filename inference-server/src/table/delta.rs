@@ -177,7 +177,7 @@ impl DeltaLog {
     /// Whether spool segment `seq` of this sidecar is in the table already.
     pub async fn has_segment(&self, seq: u64) -> Result<bool, DeltaError> {
         let mut guard = self.table.lock().await;
-        let table = self.fresh(&mut guard).await?;
+        let table = self.table(&mut guard, true).await?;
         let committed = table
             .snapshot()
             .map_err(self.error("reading the snapshot"))?
@@ -187,15 +187,19 @@ impl DeltaLog {
         Ok(committed.is_some_and(|v| v >= seq_version(seq)))
     }
 
-    async fn fresh<'a>(
+    /// The table, loaded (or created) on first use; with `refresh`, brought to the newest
+    /// version when it was loaded before.
+    async fn table<'a>(
         &self,
         guard: &'a mut Option<DeltaTable>,
+        refresh: bool,
     ) -> Result<&'a mut DeltaTable, DeltaError> {
         match guard {
-            Some(table) => table
+            Some(table) if refresh => table
                 .update_state()
                 .await
                 .map_err(self.error("refreshing"))?,
+            Some(_) => {}
             None => *guard = Some(self.load_or_create().await?),
         }
         guard
@@ -203,10 +207,13 @@ impl DeltaLog {
             .ok_or_else(|| self.error("loading")(DeltaTableError::generic("no table")))
     }
 
-    /// Adds the (already written) files of segment `seq` to the table in one commit.
+    /// Adds the (already written) files of segment `seq` to the table in one commit. The
+    /// snapshot is the one [`has_segment`](Self::has_segment) just refreshed: a commit another
+    /// sidecar made since is found and retried past by the commit itself, so the log is not
+    /// read twice per segment.
     pub async fn commit(&self, seq: u64, files: &[PartFile]) -> Result<Committed, DeltaError> {
         let mut guard = self.table.lock().await;
-        let table = self.fresh(&mut guard).await?;
+        let table = self.table(&mut guard, false).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let adds = files
             .iter()
