@@ -6,6 +6,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod gateway;
 pub mod http;
+pub mod images;
 pub mod kubelet;
 pub mod manifests;
 pub mod models;

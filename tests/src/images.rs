@@ -1,0 +1,153 @@
+//! Our container images as a cluster would get them: built with podman from the project's own
+//! Dockerfiles around the host-built binaries (`images/build.sh`, on the Debian-assembled
+//! distroless base of `images/base/build.sh`), pushed by digest to a real OCI registry on a
+//! loopback port (`images/registry/`), and pulled back from there.
+//!
+//! Podman runs as root with runc (`--runtime /usr/sbin/runc`: crun cannot use this machine's
+//! hybrid cgroups) and lowered ulimits (the default ones are refused here); see
+//! `docs/testing.md`.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+};
+
+use crate::repo_root;
+
+/// `podman` with the runtime and flags this machine needs.
+pub fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "/usr/sbin/runc"]);
+    cmd
+}
+
+/// Runs a command to completion; its stdout, or a panic naming the command and its stderr.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The loopback registry of this test binary; it stops when the test process exits (it reads
+/// its stdin until the pipe closes).
+pub struct Registry {
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    _process: Child,
+}
+
+/// Starts (once per test binary) the loopback registry, blobs under a temporary folder.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let bin = run_ok(Command::new("bash").arg(repo_root().join("images/registry/build.sh")));
+        let dir = std::env::temp_dir().join(format!("sluice-registry-{}", std::process::id()));
+        let mut child = Command::new(bin)
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the registry: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("registry stdout"))
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the registry's address: {e}"));
+        let host = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the registry printed {line:?}"))
+            .to_string();
+        Registry {
+            host,
+            _process: child,
+        }
+    })
+}
+
+/// One of our images, pushed to the loopback registry.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// `127.0.0.1:<port>/sluice-dev/<component>`.
+    pub repository: String,
+    /// `sha256:…`, the manifest digest the registry holds.
+    pub digest: String,
+}
+
+impl Pushed {
+    /// `<repository>@<digest>`, how the chart and the operator config name it.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
+/// Builds `component` (`inference-server` or `operator`) from its Dockerfile around the host
+/// binary `binary` and pushes it to the loopback registry by digest. Once per component and
+/// test binary; builds are serialised (podman prunes stage images after each build).
+pub fn build_and_push(component: &str, binary: &std::path::Path) -> Pushed {
+    static PUSHED: OnceLock<Mutex<BTreeMap<String, Pushed>>> = OnceLock::new();
+    let mut pushed = PUSHED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pushed.get(component) {
+        return p.clone();
+    }
+    let p = build_and_push_once(component, binary);
+    pushed.insert(component.to_string(), p.clone());
+    p
+}
+
+fn build_and_push_once(component: &str, binary: &std::path::Path) -> Pushed {
+    let tag = run_ok(
+        Command::new("bash")
+            .arg(repo_root().join("images/build.sh"))
+            .arg(component)
+            .arg(binary),
+    );
+    let repository = format!("{}/sluice-dev/{component}", registry().host);
+    let digest_file: PathBuf =
+        std::env::temp_dir().join(format!("sluice-digest-{component}-{}", std::process::id()));
+    run_ok(
+        podman()
+            .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
+            .arg(&tag)
+            .arg(format!("docker://{repository}:{}", tag_of(&tag))),
+    );
+    let digest = std::fs::read_to_string(&digest_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", digest_file.display()))
+        .trim()
+        .to_string();
+    let _ = std::fs::remove_file(&digest_file);
+    Pushed { repository, digest }
+}
+
+fn tag_of(image: &str) -> &str {
+    image.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest")
+}
+
+/// Pulls `reference` from the loopback registry as a node does: `Ok(())`, or the error
+/// message podman gives (what a pod's `ImagePullBackOff` shows).
+pub fn pull(reference: &str) -> Result<(), String> {
+    let out = podman()
+        .args(["pull", "--quiet", "--tls-verify=false", reference])
+        .output()
+        .map_err(|e| format!("running podman pull: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
