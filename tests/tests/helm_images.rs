@@ -223,6 +223,11 @@ fn each_dockerfile_is_multi_stage_minimal_and_non_root() {
                 && lines.iter().any(|l| l == "ARG BINARY_STAGE=build"),
             "{dockerfile}: the binary stage defaults to the cargo build"
         );
+        assert!(
+            froms[3].starts_with("FROM gcr.io/distroless/") && froms[3].ends_with(":nonroot"),
+            "{dockerfile}: the runtime stage must be distroless nonroot: {}",
+            froms[3]
+        );
         let froms = [froms[0], froms[3]];
         let build = lines
             .iter()
