@@ -284,13 +284,12 @@ impl ControlPlane {
         if let Some(lease) = &options.lease {
             cmd.arg("--leader-elect").arg("--lease-name").arg(lease);
         }
-        if let Some(config) = &options.config_yaml {
-            let path = self
-                .state_dir
-                .join(format!("operator-config-{}.yaml", random_suffix()));
-            std::fs::write(&path, config).unwrap_or_else(|e| panic!("operator config: {e}"));
-            cmd.arg("--config").arg(path);
-        }
+        let config = with_data_plane_image(options.config_yaml.as_deref().unwrap_or_default());
+        let path = self
+            .state_dir
+            .join(format!("operator-config-{}.yaml", random_suffix()));
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("operator config: {e}"));
+        cmd.arg("--config").arg(path);
         cmd.args(&options.args);
         let child = cmd
             .stdout(
@@ -478,6 +477,32 @@ impl ControlPlane {
     }
 }
 
+/// Operator configuration `yaml` with `images.inferenceServer` set to our data-plane image in
+/// the loopback registry (by digest) unless it names one, as the chart fills it in.
+fn with_data_plane_image(yaml: &str) -> String {
+    let mut config: serde_norway::Value = if yaml.trim().is_empty() {
+        serde_norway::Value::Mapping(Default::default())
+    } else {
+        serde_norway::from_str(yaml).unwrap_or_else(|e| panic!("operator config {yaml:?}: {e}"))
+    };
+    let has_image = config
+        .get("images")
+        .and_then(|i| i.get("inferenceServer"))
+        .is_some();
+    if !has_image {
+        let root = config
+            .as_mapping_mut()
+            .unwrap_or_else(|| panic!("operator config {yaml:?} is not a mapping"));
+        let images = root
+            .entry("images".into())
+            .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+        if let Some(images) = images.as_mapping_mut() {
+            images.insert("inferenceServer".into(), images::inference_server().into());
+        }
+    }
+    serde_norway::to_string(&config).unwrap_or_else(|e| panic!("operator config: {e}"))
+}
+
 /// Namespace of the operator's ServiceAccount and its leader Lease in tests (the chart's
 /// release namespace).
 pub const OPERATOR_NAMESPACE: &str = "sluice-system";
@@ -492,7 +517,8 @@ pub struct OperatorOptions {
     /// Identity (`--instance`, the Lease holder); also names the log
     /// `logs/operator-<identity>.log`.
     pub identity: Option<String>,
-    /// Operator configuration (YAML), written to a file for `--config`.
+    /// Operator configuration (YAML), written to a file for `--config`; without
+    /// `images.inferenceServer`, our data-plane image in the loopback registry is filled in.
     pub config_yaml: Option<String>,
     /// More arguments.
     pub args: Vec<String>,
@@ -649,7 +675,7 @@ pub fn random_suffix() -> String {
 }
 
 /// The test kubelet of this test binary: a CPU node and a GPU node (2 GPUs) on the shared
-/// control plane, running our images as local processes. It lives on a runtime of its own, so
+/// control plane, running images of the loopback registry as real containers. It lives on a runtime of its own, so
 /// it outlives each test's runtime.
 pub struct LocalNodes {
     /// The kubelet.
@@ -661,16 +687,23 @@ pub struct LocalNodes {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// Image names the test kubelet maps to local binaries.
+/// The images test pods run, each pushed by digest to the loopback registry the test kubelet
+/// pulls from (built once per test binary, cached by content hash across runs).
 pub mod images {
-    /// The data-plane image.
-    pub const INFERENCE_SERVER: &str = "ghcr.io/sluice-dev/inference-server";
+    /// The data-plane image (`inference-server/Dockerfile` around this workspace's binary).
+    pub fn inference_server() -> String {
+        crate::images::ours("inference-server").reference()
+    }
+
     /// The operator image.
-    pub const OPERATOR: &str = "ghcr.io/sluice-dev/operator";
-    /// `/usr/bin/python3`, for test workloads.
-    pub const PYTHON: &str = "test.local/python3";
-    /// `/bin/sh`, for test workloads.
-    pub const SHELL: &str = "test.local/sh";
+    pub fn operator() -> String {
+        crate::images::ours("operator").reference()
+    }
+
+    /// Test workloads: busybox (`/bin/sh` and its applets) and `python3`, running as root.
+    pub fn tools() -> String {
+        crate::images::tools().reference()
+    }
 }
 
 static NODES: OnceLock<LocalNodes> = OnceLock::new();
@@ -679,27 +712,11 @@ static NODES: OnceLock<LocalNodes> = OnceLock::new();
 pub fn shared_nodes() -> &'static LocalNodes {
     NODES.get_or_init(|| {
         let cp = shared();
-        let images = std::collections::BTreeMap::from([
-            (
-                images::INFERENCE_SERVER.to_string(),
-                crate::binaries::built("inference-server", "inference-server"),
-            ),
-            (
-                images::OPERATOR.to_string(),
-                crate::binaries::built("sluice-operator", "sluice-operator"),
-            ),
-            (
-                images::PYTHON.to_string(),
-                PathBuf::from("/usr/bin/python3"),
-            ),
-            (images::SHELL.to_string(), PathBuf::from("/bin/sh")),
-        ]);
-        let mut config = crate::kubelet::KubeletConfig::standard(
+        let config = crate::kubelet::KubeletConfig::standard(
             "local",
             cp.state_dir.join("kubelet"),
             cp.apiserver_port(),
         );
-        config.images = images;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -96,29 +96,59 @@ impl Pushed {
 /// binary `binary` and pushes it to the loopback registry by digest. Once per component and
 /// test binary; builds are serialised (podman prunes stage images after each build).
 pub fn build_and_push(component: &str, binary: &std::path::Path) -> Pushed {
+    push_once(&format!("sluice-dev/{component}"), || {
+        run_ok(
+            Command::new("bash")
+                .arg(repo_root().join("images/build.sh"))
+                .arg(component)
+                .arg(binary),
+        )
+    })
+}
+
+/// One of our images (`inference-server` or `operator`), built from this workspace's binary
+/// and pushed by digest.
+pub fn ours(component: &str) -> Pushed {
+    let binary = match component {
+        "operator" => crate::binaries::built("sluice-operator", "sluice-operator"),
+        _ => crate::binaries::built("inference-server", "inference-server"),
+    };
+    build_and_push(component, &binary)
+}
+
+/// The test-workload image (`images/tools/build.sh`: busybox and CPython on the distroless
+/// base, running as root), pushed by digest: what test pods run in place of a shell or a
+/// Python interpreter of the host.
+pub fn tools() -> Pushed {
+    push_once("sluice-test/tools", || {
+        let bash = || {
+            let mut cmd = Command::new("bash");
+            cmd.arg(repo_root().join("images/tools/build.sh"));
+            cmd
+        };
+        run_ok(&mut bash());
+        "localhost/sluice-test/tools:latest".to_string()
+    })
+}
+
+/// Builds (with `build`, which returns the local tag) and pushes an image to
+/// `<registry>/<path>` once per test binary; builds are serialised.
+fn push_once(path: &str, build: impl FnOnce() -> String) -> Pushed {
     static PUSHED: OnceLock<Mutex<BTreeMap<String, Pushed>>> = OnceLock::new();
     let mut pushed = PUSHED
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pushed.get(component) {
+    if let Some(p) = pushed.get(path) {
         return p.clone();
     }
-    let p = build_and_push_once(component, binary);
-    pushed.insert(component.to_string(), p.clone());
-    p
-}
-
-fn build_and_push_once(component: &str, binary: &std::path::Path) -> Pushed {
-    let tag = run_ok(
-        Command::new("bash")
-            .arg(repo_root().join("images/build.sh"))
-            .arg(component)
-            .arg(binary),
-    );
-    let repository = format!("{}/sluice-dev/{component}", registry().host);
-    let digest_file: PathBuf =
-        std::env::temp_dir().join(format!("sluice-digest-{component}-{}", std::process::id()));
+    let tag = build();
+    let repository = format!("{}/{path}", registry().host);
+    let digest_file: PathBuf = std::env::temp_dir().join(format!(
+        "sluice-digest-{}-{}",
+        path.replace('/', "_"),
+        std::process::id()
+    ));
     run_ok(
         podman()
             .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
@@ -131,7 +161,9 @@ fn build_and_push_once(component: &str, binary: &std::path::Path) -> Pushed {
         .trim()
         .to_string();
     let _ = std::fs::remove_file(&digest_file);
-    Pushed { repository, digest }
+    let p = Pushed { repository, digest };
+    pushed.insert(path.to_string(), p.clone());
+    p
 }
 
 fn tag_of(image: &str) -> &str {

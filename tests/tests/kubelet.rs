@@ -1,5 +1,6 @@
 //! The test kubelet on the real control plane: the real scheduler places pods on its CPU and GPU
-//! nodes, and it runs them as local processes on their own loopback addresses.
+//! nodes, and it runs them as real containers (podman, runc) on their own loopback addresses,
+//! with their images pulled from the loopback registry and their security contexts enforced.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -70,7 +71,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
+async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
     let (nodes, client, ns) = setup("deploy").await;
     let _logs = nodes.kubelet.logs_on_panic();
     // A real model: the iris ONNX classifier, handed to the pods as a ConfigMap volume.
@@ -94,7 +95,7 @@ async fn inference_server_replicas_run_as_processes_on_their_own_pod_ips() {
         "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
             "metadata": {"labels": labels},
             "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-                "name": "model", "image": format!("{}:test", images::INFERENCE_SERVER),
+                "name": "model", "image": images::inference_server(),
                 "args": ["serve", "--model-dir", "/models", "--host", "$(POD_IP)", "--port", "8080"],
                 "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                 "ports": [{"name": "http", "containerPort": 8080}],
@@ -238,7 +239,7 @@ fn sleeper(name: &str, resources: Value, tolerate_gpu: bool) -> Value {
     json!({
         "metadata": {"name": name},
         "spec": {"terminationGracePeriodSeconds": 1, "tolerations": tolerations, "containers": [{
-            "name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", "sleep 300"], "resources": resources
+            "name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", "sleep 300"], "resources": resources
         }]}
     })
 }
@@ -305,7 +306,7 @@ async fn a_container_that_exits_is_restarted_and_counted() {
     let _logs = nodes.kubelet.logs_on_panic();
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "crasher"},
-        "spec": {"containers": [{"name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", "echo started; exit 3"]}]}
+        "spec": {"containers": [{"name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", "echo started; exit 3"]}]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let status = eventually("two restarts", 60, || async {
@@ -369,7 +370,7 @@ print("RESULT " + json.dumps(out), flush=True)
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "inspect", "labels": {"team": "ml"}},
         "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": images::PYTHON,
+            "name": "main", "image": images::tools(), "command": ["python3"],
             "args": ["-c", script, "$(POD_NAME)-arg", "$$(POD_NAME)"],
             "workingDir": "/scratch",
             "resources": {"limits": {"memory": "256Mi"}},
@@ -508,7 +509,7 @@ async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "patient"},
         "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": images::SHELL,
+            "name": "main", "image": images::tools(),
             "command": ["/bin/sh", "-c", "echo \"$TOKEN $(cat /late/word)\""],
             "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}],
             "volumeMounts": [{"name": "late", "mountPath": "/late"}]
@@ -569,10 +570,10 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
         "metadata": {"name": "ordered"},
         "spec": {"restartPolicy": "Never",
             "initContainers": [
-                {"name": "one", "image": images::SHELL, "command": ["/bin/sh", "-c", "echo one >> /work/order"], "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
-                {"name": "two", "image": images::SHELL, "command": ["/bin/sh", "-c", "echo two >> /work/order"], "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+                {"name": "one", "image": images::tools(), "command": ["/bin/sh", "-c", "echo one >> /work/order"], "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "two", "image": images::tools(), "command": ["/bin/sh", "-c", "echo two >> /work/order"], "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
             ],
-            "containers": [{"name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", "echo main >> /work/order; cat /work/order"],
+            "containers": [{"name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", "echo main >> /work/order; cat /work/order"],
                             "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
             "volumes": [{"name": "work", "emptyDir": {}}]}
     })).await;
@@ -625,7 +626,7 @@ fn shell_pod(name: &str, script: &str, grace: u32) -> Value {
     json!({
         "metadata": {"name": name},
         "spec": {"terminationGracePeriodSeconds": grace, "containers": [{
-            "name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", script]
+            "name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", script]
         }]}
     })
 }
@@ -694,19 +695,21 @@ async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
 async fn deletion_runs_the_prestop_sleep_and_stops_sidecars_after_the_main_containers() {
     let (nodes, client, ns) = setup("prestop").await;
     let _logs = nodes.kubelet.logs_on_panic();
-    // Each container prints when it got SIGTERM (and the main one when it exits), in ns.
+    // Each container prints when it got SIGTERM (and the main one when it exits), in ns
+    // (busybox's `date` has no `%N`).
     let stamp = |name: &str| {
         format!(
-            "trap 'echo {name}-term $(date +%s%N); sleep 0.3; echo {name}-exit $(date +%s%N); exit 0' TERM; \
+            "now() {{ python3 -c 'import time; print(time.time_ns())'; }}; \
+             trap 'echo {name}-term $(now); sleep 0.3; echo {name}-exit $(now); exit 0' TERM; \
              echo up; while :; do sleep 0.1; done"
         )
     };
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "ordered"},
         "spec": {"terminationGracePeriodSeconds": 30,
-            "initContainers": [{"name": "front", "image": images::SHELL, "restartPolicy": "Always",
+            "initContainers": [{"name": "front", "image": images::tools(), "restartPolicy": "Always",
                                 "command": ["/bin/sh", "-c", stamp("front")]}],
-            "containers": [{"name": "model", "image": images::SHELL,
+            "containers": [{"name": "model", "image": images::tools(),
                             "command": ["/bin/sh", "-c", stamp("model")],
                             "lifecycle": {"preStop": {"sleep": {"seconds": 2}}}}]}
     }))
@@ -773,7 +776,7 @@ exec python3 -m http.server --bind "$POD_IP" 8080"#;
     let _: Pod = create(&client, &ns, json!({
         "metadata": {"name": "probed"},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "web", "image": images::SHELL, "command": ["/bin/sh", "-c", script],
+            "name": "web", "image": images::tools(), "command": ["/bin/sh", "-c", script],
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [{"name": "http", "containerPort": 8080}],
             "startupProbe": probe("/alive", 30),
@@ -828,13 +831,13 @@ async fn restart_policies_decide_what_runs_again_and_the_phase() {
     let _logs = nodes.kubelet.logs_on_panic();
     let pod = |name: &str, policy: &str, script: &str, init: Option<&str>| {
         let init: Vec<Value> = init
-            .map(|s| json!({"name": "init", "image": images::SHELL, "command": ["/bin/sh", "-c", s]}))
+            .map(|s| json!({"name": "init", "image": images::tools(), "command": ["/bin/sh", "-c", s]}))
             .into_iter()
             .collect();
         json!({
             "metadata": {"name": name},
             "spec": {"restartPolicy": policy, "initContainers": init, "containers": [{
-                "name": "main", "image": images::SHELL, "command": ["/bin/sh", "-c", script]
+                "name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", script]
             }]}
         })
     };
@@ -899,7 +902,6 @@ async fn extra_kubelet(client: &Client, name: &str, ip_base: u8) -> Kubelet {
         ..Default::default()
     });
     config.nodes = vec![node];
-    config.images = BTreeMap::from([(images::SHELL.to_string(), "/bin/sh".into())]);
     config.ip_base = ip_base;
     Kubelet::start(client.clone(), config)
         .await
@@ -968,4 +970,191 @@ async fn shutdown_and_drop_leave_no_process_behind() {
             .await
             .expect("delete node");
     }
+}
+
+/// The status of container `name` of pod `pod`, once `check` accepts it.
+async fn container_status<F>(
+    pods: &Api<Pod>,
+    pod: &str,
+    name: &str,
+    what: &str,
+    check: F,
+) -> k8s_openapi::api::core::v1::ContainerStatus
+where
+    F: Fn(&k8s_openapi::api::core::v1::ContainerStatus) -> bool,
+{
+    eventually(what, 90, || async {
+        let p = pods.get(pod).await.ok()?;
+        p.status?
+            .container_statuses?
+            .into_iter()
+            .find(|c| c.name == name && check(c))
+    })
+    .await
+}
+
+fn waiting_reason(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
+    c.state.as_ref()?.waiting.as_ref()?.reason.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_see_only_their_image_and_volumes_under_their_security_context() {
+    let (nodes, client, ns) = setup("secctx").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let host_path = sluice_tests::repo_root().display().to_string();
+    let script = format!(
+        "echo uid=$(id -u) groups=$(id -G); \
+         if [ -e '{host_path}' ]; then echo host=visible; else echo host=hidden; fi; \
+         if touch /outside 2>/dev/null; then echo root=writable; else echo root=read-only; fi; \
+         touch /work/file && echo work=writable group=$(stat -c %g /work/file); \
+         grep -E '^(NoNewPrivs|CapEff)' /proc/self/status | tr -d '\\t' | tr ':' '='"
+    );
+    let restricted = json!({
+        "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+    });
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "restricted"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 2000},
+            "containers": [
+                {"name": "inspect", "image": images::tools(), "command": ["/bin/sh", "-c", script],
+                 "securityContext": restricted,
+                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "writer", "image": images::tools(), "command": ["/bin/sh", "-c", "echo data > /data.txt"],
+                 "securityContext": restricted}
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}]
+        }
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let writer = container_status(&pods, "restricted", "writer", "the writer to end", |c| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some()
+    })
+    .await;
+    let ended = writer.state.and_then(|s| s.terminated).expect("terminated");
+    assert_ne!(ended.exit_code, 0, "writing to a read-only root fails");
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "restricted", "writer")
+        .unwrap_or_default();
+    assert!(log.contains("Read-only file system"), "{log}");
+    container_status(
+        &pods,
+        "restricted",
+        "inspect",
+        "the inspector to end",
+        |c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some()
+        },
+    )
+    .await;
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "restricted", "inspect")
+        .unwrap_or_default();
+    for want in [
+        "uid=65532 groups=65532 2000",
+        "host=hidden",
+        "root=read-only",
+        "work=writable group=2000",
+        "NoNewPrivs=1",
+        "CapEff=0000000000000000",
+    ] {
+        assert!(log.contains(want), "{want:?} not in:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_as_non_root_refuses_a_root_image() {
+    let (nodes, client, ns) = setup("nonroot").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let _: Pod = create(
+        &client,
+        &ns,
+        json!({
+            "metadata": {"name": "rooted"},
+            "spec": {"securityContext": {"runAsNonRoot": true}, "containers": [{
+                "name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", "sleep 300"]
+            }]}
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let c = container_status(&pods, "rooted", "main", "CreateContainerConfigError", |c| {
+        waiting_reason(c).as_deref() == Some("CreateContainerConfigError")
+    })
+    .await;
+    let message = c
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("container has runAsNonRoot and image will run as root"),
+        "{message}"
+    );
+    assert_eq!(processes_in(nodes, &ns), 0, "nothing started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_is_oom_killed_and_restarted() {
+    let (nodes, client, ns) = setup("oom").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "hog"},
+        "spec": {"containers": [{
+            "name": "main", "image": images::tools(), "command": ["python3", "-c"],
+            "args": ["print('allocating', flush=True); b = bytearray(512 * 1024 * 1024); print('survived')"],
+            "resources": {"limits": {"memory": "64Mi"}}
+        }]}
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let c = container_status(&pods, "hog", "main", "an OOMKilled restart", |c| {
+        c.restart_count >= 1
+            && c.last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+    })
+    .await;
+    let last = c.last_state.and_then(|s| s.terminated).expect("terminated");
+    assert_eq!(last.exit_code, 137);
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "hog", "main")
+        .unwrap_or_default();
+    assert!(!log.contains("survived"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misspelled_image_backs_off_pulling_with_the_registry_message() {
+    let (nodes, client, ns) = setup("pull").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let good = sluice_tests::images::tools();
+    let wrong = format!("{}s@{}", good.repository, good.digest);
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "typo"},
+        "spec": {"containers": [{"name": "main", "image": wrong, "command": ["/bin/sh", "-c", "sleep 300"]}]}
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let c = container_status(&pods, "typo", "main", "ImagePullBackOff", |c| {
+        waiting_reason(c).as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    let message = c
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(message.contains(&wrong), "{message}");
+    assert!(message.to_lowercase().contains("unknown"), "{message}");
+    assert_eq!(processes_in(nodes, &ns), 0, "nothing started");
 }

@@ -1,15 +1,14 @@
 //! `local-cluster up --state-dir DIR`: the test control plane and the test kubelet's nodes (one
-//! CPU node, one GPU node) in the foreground, for people and tools to use with kubectl. Pods of
-//! Sluice's images run as local processes on their own 127.x addresses.
+//! CPU node, one GPU node) in the foreground, for people and tools to use with kubectl. Images
+//! on the loopback registry (ours, pushed by digest) run as real containers on their pods' own
+//! 127.x addresses.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
 
 use sluice_tests::{
-    binaries::built,
-    cluster::{ControlPlane, images},
+    cluster::ControlPlane,
     kubelet::{Kubelet, KubeletConfig},
     repo_root,
 };
@@ -66,16 +65,6 @@ async fn main() -> anyhow::Result<()> {
         let mut config =
             KubeletConfig::standard("local", cp.state_dir.join("kubelet"), cp.apiserver_port());
         config.restart_backoff_base = std::time::Duration::from_secs(10);
-        config.images = BTreeMap::from([
-            (
-                images::INFERENCE_SERVER.to_string(),
-                built("inference-server", "inference-server"),
-            ),
-            (
-                images::OPERATOR.to_string(),
-                built("sluice-operator", "sluice-operator"),
-            ),
-        ]);
         Some(Kubelet::start(client.clone(), config).await?)
     };
     println!(

@@ -1,13 +1,8 @@
-//! What the test kubelet registers and how it runs pods: nodes, the image map, the state
+//! What the test kubelet registers and how it runs pods: nodes, the state
 //! directory, the API server address handed to in-cluster clients, restart backoff and the pod
 //! address range.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use k8s_openapi::api::core::v1::Taint;
 
@@ -85,11 +80,6 @@ impl NodeConfig {
 pub struct KubeletConfig {
     /// Nodes to register.
     pub nodes: Vec<NodeConfig>,
-    /// Image → local binary. A key matches an image by its name without tag or digest
-    /// (`ghcr.io/sluice-dev/operator` matches `ghcr.io/sluice-dev/operator:v1`), or as a prefix
-    /// ending in `/` (`test.local/` matches every image under it). Other images run without a
-    /// process.
-    pub images: BTreeMap<String, PathBuf>,
     /// Where pod volumes, container logs and the kubelet's journal live.
     pub state_dir: PathBuf,
     /// API server address given to in-cluster clients as `KUBERNETES_SERVICE_HOST`; must be a
@@ -106,8 +96,7 @@ pub struct KubeletConfig {
 }
 
 impl KubeletConfig {
-    /// One CPU node (`<prefix>-cpu`) and one GPU node (`<prefix>-gpu`, 2 GPUs), an empty image
-    /// map, the API server on `127.0.0.1:<apiserver_port>`, 1 s restart backoff, pod addresses
+    /// One CPU node (`<prefix>-cpu`) and one GPU node (`<prefix>-gpu`, 2 GPUs), the API server on `127.0.0.1:<apiserver_port>`, 1 s restart backoff, pod addresses
     /// in 127.10.0.0/16 (upwards).
     pub fn standard(prefix: &str, state_dir: PathBuf, apiserver_port: u16) -> Self {
         Self {
@@ -115,28 +104,12 @@ impl KubeletConfig {
                 NodeConfig::cpu(&format!("{prefix}-cpu")),
                 NodeConfig::gpu(&format!("{prefix}-gpu"), 2),
             ],
-            images: BTreeMap::new(),
             state_dir,
             apiserver_host: "127.0.0.1".into(),
             apiserver_port,
             restart_backoff_base: Duration::from_secs(1),
             ip_base: 10,
         }
-    }
-
-    /// The local binary an image runs as, if it is mapped.
-    pub fn binary_for(&self, image: &str) -> Option<&Path> {
-        let name = image_name(image);
-        self.images
-            .get(name)
-            .or_else(|| {
-                self.images
-                    .iter()
-                    .filter(|(key, _)| key.ends_with('/') && name.starts_with(key.as_str()))
-                    .max_by_key(|(key, _)| key.len())
-                    .map(|(_, path)| path)
-            })
-            .map(PathBuf::as_path)
     }
 
     /// The node named `name`, if this kubelet runs it.
@@ -169,42 +142,9 @@ impl KubeletConfig {
     }
 }
 
-/// `registry:5000/repo:tag@sha256:…` → `registry:5000/repo`.
-pub fn image_name(image: &str) -> &str {
-    let no_digest = image.split('@').next().unwrap_or_default();
-    match no_digest.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => name,
-        _ => no_digest,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn images_match_without_tag_or_by_prefix() {
-        assert_eq!(
-            image_name("ghcr.io/sluice-dev/operator:v1"),
-            "ghcr.io/sluice-dev/operator"
-        );
-        assert_eq!(image_name("localhost:5000/x@sha256:ab"), "localhost:5000/x");
-        assert_eq!(image_name("localhost:5000/x"), "localhost:5000/x");
-        let mut config = KubeletConfig::standard("t", PathBuf::from("/tmp"), 6443);
-        config
-            .images
-            .insert("ghcr.io/sluice-dev/operator".into(), "/op".into());
-        config.images.insert("test.local/".into(), "/bin/sh".into());
-        assert_eq!(
-            config.binary_for("ghcr.io/sluice-dev/operator:latest"),
-            Some(Path::new("/op"))
-        );
-        assert_eq!(
-            config.binary_for("test.local/anything:1"),
-            Some(Path::new("/bin/sh"))
-        );
-        assert_eq!(config.binary_for("vllm/vllm-openai:latest"), None);
-    }
 
     #[test]
     fn only_loopback_settings_are_accepted() {

@@ -2,10 +2,7 @@
 //! restart policy with exponential backoff, probe results, and restarts asked for by a failing
 //! liveness or startup probe (SIGTERM, then SIGKILL after the grace period).
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::{api::core::v1::Container, jiff::Timestamp};
 use nix::sys::signal::Signal;
@@ -40,8 +37,9 @@ pub struct ContainerRun {
     pub spec: Container,
     /// Its role.
     pub role: Role,
-    /// The local binary its image maps to; `None` runs it without a process.
-    pub binary: Option<PathBuf>,
+    /// Whether its image runs as a real container (one on a loopback registry); other images
+    /// run without a process.
+    pub real: bool,
     /// What the pod status shows.
     pub state: ContainerState,
     child: Option<Child>,
@@ -59,13 +57,7 @@ pub struct ContainerRun {
 
 impl ContainerRun {
     /// A container that has not started; it may start right away.
-    pub fn new(
-        spec: Container,
-        role: Role,
-        binary: Option<PathBuf>,
-        backoff: Duration,
-        waiting: &str,
-    ) -> Self {
+    pub fn new(spec: Container, role: Role, real: bool, backoff: Duration, waiting: &str) -> Self {
         let state = ContainerState {
             name: spec.name.clone(),
             image: spec.image.clone().unwrap_or_default(),
@@ -75,7 +67,7 @@ impl ContainerRun {
         Self {
             spec,
             role,
-            binary,
+            real,
             state,
             child: None,
             pid: None,
@@ -115,7 +107,7 @@ impl ContainerRun {
                 .is_some_and(|t| t.exit_code == 0)
     }
 
-    /// The process group of its running process.
+    /// The pid of its running container's `podman run`.
     pub fn pid(&self) -> Option<u32> {
         self.pid
     }
@@ -157,11 +149,37 @@ impl ContainerRun {
         }
     }
 
-    /// It could not be started (`reason`: `CreateContainerConfigError`, `RunContainerError`);
-    /// it is tried again after the base backoff.
+    /// It could not be started (`reason`: `CreateContainerConfigError`, `RunContainerError`,
+    /// `ErrImagePull`); it is tried again after the base backoff, or for image pulls after a
+    /// backoff that doubles per failure (`ImagePullBackOff` meanwhile).
     pub fn start_failed(&mut self, reason: &str, message: String) {
-        self.state.waiting = Some((reason.into(), message));
-        self.next_start = Some(Instant::now() + self.base_backoff);
+        let delay = if reason == "ErrImagePull" {
+            let pulling = self
+                .state
+                .waiting
+                .as_ref()
+                .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff");
+            let delay = if pulling {
+                self.backoff
+            } else {
+                self.base_backoff
+            };
+            self.backoff = (delay * 2).min(MAX_BACKOFF);
+            let shown = if pulling {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image: {message}"),
+                )
+            } else {
+                ("ErrImagePull", message)
+            };
+            self.state.waiting = Some((shown.0.into(), shown.1));
+            delay
+        } else {
+            self.state.waiting = Some((reason.into(), message));
+            self.base_backoff
+        };
+        self.next_start = Some(Instant::now() + delay);
     }
 
     /// Whether the restart policy restarts it after exiting with `code`.
@@ -177,9 +195,9 @@ impl ContainerRun {
         }
     }
 
-    /// Collects its exit if the process ended; schedules a restart when `policy` wants one
+    /// Collects its exit if the container ended; schedules a restart when `policy` wants one
     /// (and `allow_restart`). Returns the exit code.
-    pub fn poll_exit(
+    pub async fn poll_exit(
         &mut self,
         table: &ProcessTable,
         key: &str,
@@ -187,7 +205,7 @@ impl ContainerRun {
         allow_restart: bool,
     ) -> Option<i32> {
         let status = self.child.as_mut()?.try_wait().ok()??;
-        Some(self.exited(table, key, status, policy, allow_restart))
+        Some(self.exited(table, key, status, policy, allow_restart).await)
     }
 
     /// Waits (up to `limit`) for the process to end, as during pod termination.
@@ -197,14 +215,14 @@ impl ContainerRun {
         };
         match tokio::time::timeout(limit, child.wait()).await {
             Ok(Ok(status)) => {
-                self.exited(table, key, status, "Never", false);
+                self.exited(table, key, status, "Never", false).await;
                 true
             }
             _ => false,
         }
     }
 
-    fn exited(
+    async fn exited(
         &mut self,
         table: &ProcessTable,
         key: &str,
@@ -220,11 +238,20 @@ impl ContainerRun {
         self.probes = None;
         self.kill_at = None;
         let code = process::exit_code(status);
+        let oom = match &self.launch {
+            Some(launch) => process::collect(launch).await,
+            None => false,
+        };
         let now = Timestamp::now();
+        let reason = match (code, oom) {
+            (_, true) => "OOMKilled",
+            (0, false) => "Completed",
+            _ => "Error",
+        };
         let termination = Termination {
             exit_code: code,
             signal: status.signal(),
-            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            reason: reason.into(),
             started: self.state.running_since.take().unwrap_or(now),
             finished: now,
         };
@@ -263,10 +290,12 @@ impl ContainerRun {
         self.next_start = None;
     }
 
-    /// Sends `signal` to its process group.
+    /// Sends `signal` to its container's main process.
     pub fn signal(&self, signal: Signal) {
-        if let Some(pid) = self.pid {
-            process::signal_group(pid, signal);
+        if self.pid.is_some()
+            && let Some(launch) = &self.launch
+        {
+            process::signal_container(&launch.name, signal);
         }
     }
 
@@ -282,6 +311,8 @@ impl ContainerRun {
     pub fn enforce_kill(&mut self, now: Instant) {
         if self.kill_at.is_some_and(|t| t <= now) {
             self.signal(Signal::SIGKILL);
+            // Again in a while, should the container outlive this one.
+            self.kill_at = Some(now + Duration::from_secs(2));
         }
     }
 
@@ -319,7 +350,7 @@ mod tests {
         ContainerRun::new(
             Container::default(),
             role,
-            None,
+            false,
             Duration::from_secs(1),
             "ContainerCreating",
         )

@@ -105,16 +105,14 @@ pub fn expand(value: &str, vars: &Env) -> String {
     out
 }
 
-/// The variables every container gets before its own: a `PATH`, `HOME`, `HOSTNAME`, and the
+/// The variables every container gets before its own (the image's `PATH` and the like come
+/// from the image): `HOSTNAME`, and the
 /// `kubernetes` Service's variables pointing at the loopback API server (kubelet injects those
 /// even with `enableServiceLinks: false`).
 fn base(pod: &Pod, host: &str, port: u16) -> Env {
     let port = port.to_string();
     let url = format!("tcp://{host}:{port}");
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     Env::from([
-        ("PATH".into(), path),
-        ("HOME".into(), "/tmp".into()),
         ("HOSTNAME".into(), pod.name_any()),
         ("KUBERNETES_SERVICE_HOST".into(), host.into()),
         ("KUBERNETES_SERVICE_PORT".into(), port.clone()),

@@ -1,28 +1,35 @@
 //! A small kubelet for tests: registers CPU and GPU nodes with the real control plane and runs
-//! the pods the real kube-scheduler binds to them as local processes.
+//! the pods the real kube-scheduler binds to them as real containers (podman and runc).
 //!
 //! - **Nodes** ([`NodeConfig`]): capacity and allocatable (`cpu`, `memory`, `pods`, and
 //!   `nvidia.com/gpu` on GPU nodes), labels, taints, `Ready=True`, address 127.0.0.1, and the
 //!   node Lease renewed every 10 s, so the real scheduler and node lifecycle controller treat
 //!   them as healthy nodes.
-//! - **Images** ([`KubeletConfig::images`]): a container whose image is in the map runs as a
-//!   real process of the mapped binary with the pod's command and args (`$(VAR)` expanded) and
-//!   environment (including `valueFrom` and `envFrom`). Other images (vLLM and the like) are
-//!   reported Running and Ready without a process, as kwok does, so engine pods can still be
-//!   scheduled and counted.
+//! - **Images**: an image on a loopback registry (`127.0.0.1:<port>/…`, where the tests push
+//!   ours by digest) is pulled with `podman pull` as a node pulls it (a wrong name gives
+//!   `ErrImagePull`, then `ImagePullBackOff`, with the registry's message) and runs as a real
+//!   container: the image's entrypoint, or the pod's command, with the pod's args
+//!   (`$(VAR)` expanded) and environment (including `valueFrom` and `envFrom`). Images on other
+//!   registries (vLLM and the like, which this machine cannot run) are reported Running and
+//!   Ready without a process, as kwok does, so engine pods can still be scheduled and counted.
+//! - **Security**: the pod's and container's `securityContext` are enforced by the runtime:
+//!   `runAsUser`/`runAsGroup`, `runAsNonRoot` checked against the image's user
+//!   (`CreateContainerConfigError`), `fsGroup` and supplemental groups, read-only root,
+//!   capabilities, no-new-privileges, seccomp, privileged; memory limits are cgroup limits (an
+//!   allocation past them is `OOMKilled`, exit code 137).
 //! - **Addresses**: each pod gets a loopback address of its own (`127.<ip_base>.x.y`, never
-//!   127.0.0.1), reported as `status.podIP`/`podIPs`; `hostIP` is 127.0.0.1.
-//! - **Volumes**: every container runs in its own mount namespace (`unshare --mount`) and sees
-//!   its volumes (emptyDir, configMap, secret, downwardAPI, hostPath, projected: the
-//!   service-account token from the TokenRequest API, `kube-root-ca.crt`, the namespace) at
-//!   the exact `mountPath` of its spec, so the standard
-//!   `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` works and product
-//!   code has no test-only paths. Host folders live under
+//!   127.0.0.1), reported as `status.podIP`/`podIPs`; `hostIP` is 127.0.0.1. Containers run in
+//!   the host's network namespace (`--network host`) and bind to that address.
+//! - **Volumes**: emptyDir, configMap, secret, downwardAPI, hostPath, persistentVolumeClaim and
+//!   projected (the service-account token from the TokenRequest API, `kube-root-ca.crt`, the
+//!   namespace) are host folders bind-mounted at the exact `mountPath` of the spec, so the
+//!   standard `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` works.
+//!   Nothing else of the host is visible inside a container. Host folders live under
 //!   `<state_dir>/pods/<namespace>_<name>_<uid>/volumes/<volume>`.
 //! - **Lifecycle**: startup, readiness and liveness probes drive `started`, `ready` and the pod's
 //!   `ContainersReady`/`Ready` conditions; init containers run in order; restart policies with
-//!   exponential backoff, `restartCount` and `lastState`; deletion sends SIGTERM to every
-//!   container's process group, waits the grace period, sends SIGKILL, then removes the pod
+//!   exponential backoff, `restartCount` and `lastState`; deletion runs `preStop` sleeps, sends
+//!   SIGTERM to every container, waits the grace period, sends SIGKILL, then removes the pod
 //!   object. Status goes through `pods/status`.
 //! - **Logs**: `<state_dir>/pods/<namespace>_<name>_<uid>/<container>.log` (appended across
 //!   restarts), plus the kubelet's own journal `<state_dir>/kubelet.log`;
@@ -30,11 +37,10 @@
 //!
 //! # Differences from a real node that product code must respect
 //!
-//! Containers of a Kubernetes pod share `localhost`; here a pod's processes share the pod's own
-//! 127.x address instead. Product code therefore binds to and dials `$(POD_IP)` from the
-//! downward API (`fieldRef: status.podIP`), which real pods have too. Pods do not get an
-//! isolated filesystem, user or network: `securityContext` is not applied, and files outside
-//! volumes are the host's.
+//! Containers of a Kubernetes pod share `localhost`; here every container shares the host's
+//! network namespace and a pod's containers share the pod's own 127.x address instead.
+//! Product code therefore binds to and dials `$(POD_IP)` from the downward API
+//! (`fieldRef: status.podIP`), which real pods have too.
 //!
 //! # Network rule
 //!
@@ -49,6 +55,7 @@
 mod config;
 mod container;
 mod env;
+mod image;
 mod ip;
 mod node;
 mod objects;
@@ -57,6 +64,7 @@ mod pod_worker;
 mod probes;
 mod process;
 mod resources;
+mod security;
 mod status;
 mod volumes;
 
@@ -118,7 +126,7 @@ pub(crate) fn io_err(action: impl Into<String>) -> impl FnOnce(std::io::Error) -
     move |source| KubeletError::Io { action, source }
 }
 
-/// A running test kubelet. Dropping it SIGKILLs every container process it started.
+/// A running test kubelet. Dropping it removes every container it started, at once.
 pub struct Kubelet {
     shared: Arc<Shared>,
 }
@@ -172,13 +180,14 @@ impl Shared {
 }
 
 impl Kubelet {
-    /// Checks the machine (`unshare --mount` must work), registers the nodes, starts their
-    /// heartbeats and starts running the pods bound to them.
+    /// Checks the machine (podman must work; containers that killed test processes left are
+    /// removed), registers the nodes, starts their heartbeats and starts running the pods
+    /// bound to them.
     pub async fn start(client: Client, config: KubeletConfig) -> Result<Kubelet, KubeletError> {
         config.validate()?;
         std::fs::create_dir_all(&config.state_dir)
             .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
-        process::check_machine(&config.state_dir).await?;
+        process::check_machine().await?;
         let since = Timestamp::now();
         let shared = Arc::new(Shared {
             client: client.clone(),
@@ -251,7 +260,8 @@ impl Kubelet {
             .and_then(|p| std::fs::read_to_string(p).ok())
     }
 
-    /// `(namespace/pod/container, pid)` of every running container process.
+    /// `(namespace/pod/container, pid)` of every running container (its main process, as the
+    /// host sees it).
     pub fn running_processes(&self) -> Vec<(String, u32)> {
         self.shared.processes.running()
     }

@@ -26,9 +26,11 @@ use super::{
     KubeletError, Shared,
     container::{ContainerRun, Role},
     env::{self, PodFacts},
+    image,
     ip::IpLease,
     probes::{self, Verdict},
     process::Launch,
+    security,
     status::{self, PodView},
     volumes::{self, VolumeDir},
 };
@@ -138,11 +140,8 @@ impl Worker {
         std::fs::create_dir_all(&dir)
             .map_err(super::io_err(format!("creating {}", dir.display())))?;
         let backoff = shared.config.restart_backoff_base;
-        let binary = |c: &k8s_openapi::api::core::v1::Container| {
-            shared
-                .config
-                .binary_for(c.image.as_deref().unwrap_or_default())
-                .map(PathBuf::from)
+        let real = |c: &k8s_openapi::api::core::v1::Container| {
+            image::runs_as_container(c.image.as_deref().unwrap_or_default())
         };
         let init: Vec<ContainerRun> = spec
             .init_containers
@@ -154,7 +153,7 @@ impl Worker {
                 } else {
                     Role::Init
                 };
-                ContainerRun::new(c.clone(), role, binary(&c), backoff, "PodInitializing")
+                ContainerRun::new(c.clone(), role, real(&c), backoff, "PodInitializing")
             })
             .collect();
         let waiting = if init.is_empty() {
@@ -165,7 +164,7 @@ impl Worker {
         let main = spec
             .containers
             .into_iter()
-            .map(|c| ContainerRun::new(c.clone(), Role::Main, binary(&c), backoff, waiting))
+            .map(|c| ContainerRun::new(c.clone(), Role::Main, real(&c), backoff, waiting))
             .collect();
         shared.note(&format!(
             "pod {}/{} ({}) on {} gets {ip}",
@@ -248,7 +247,9 @@ impl Worker {
                 return;
             }
             let facts = self.facts();
-            match volumes::prepare(&self.shared.client, &facts, &self.dir.join("volumes")).await {
+            let prepared =
+                volumes::prepare(&self.shared.client, &facts, &self.dir.join("volumes")).await;
+            match prepared.and_then(|v| self.set_permissions(v)) {
                 Ok(v) => {
                     self.volumes = Some(v);
                     self.volume_error = None;
@@ -264,7 +265,7 @@ impl Worker {
                 }
             }
         }
-        self.collect_exits(now);
+        self.collect_exits(now).await;
         if !self.initialized {
             self.initialized = self.advance_init(now).await;
         }
@@ -281,8 +282,39 @@ impl Worker {
         self.probe(now).await;
     }
 
+    /// Volume folders as the kubelet leaves them: emptyDirs writable by every user, and every
+    /// volume the kubelet made given to the pod's `fsGroup`.
+    fn set_permissions(
+        &self,
+        volumes: BTreeMap<String, VolumeDir>,
+    ) -> Result<BTreeMap<String, VolumeDir>, KubeletError> {
+        use std::os::unix::fs::PermissionsExt;
+        let spec = self.pod.spec.as_ref();
+        for v in spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+            if v.empty_dir.is_some()
+                && let Some(dir) = volumes.get(&v.name)
+            {
+                std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o777))
+                    .map_err(super::io_err(format!("chmod {}", dir.path.display())))?;
+            }
+        }
+        let fs_group = spec
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|sc| sc.fs_group)
+            .and_then(|g| u32::try_from(g).ok());
+        if let Some(gid) = fs_group {
+            for dir in volumes.values().filter(|d| d.owned) {
+                security::give_to_group(&dir.path, gid).map_err(super::io_err(format!(
+                    "giving {} to fsGroup {gid}",
+                    dir.path.display()
+                )))?;
+            }
+        }
+        Ok(volumes)
+    }
+
     /// Collects exits and enforces pending SIGKILLs.
-    fn collect_exits(&mut self, now: Instant) {
+    async fn collect_exits(&mut self, now: Instant) {
         let policy = self.policy();
         let table = self.shared.processes.clone();
         let prefix = self.key("");
@@ -290,7 +322,7 @@ impl Worker {
         for c in self.containers() {
             c.enforce_kill(now);
             let key = format!("{prefix}{}", c.spec.name);
-            if let Some(code) = c.poll_exit(&table, &key, &policy, true) {
+            if let Some(code) = c.poll_exit(&table, &key, &policy, true).await {
                 notes.push(format!(
                     "{key} exited with {code}; restarts: {}",
                     c.state.restart_count
@@ -345,24 +377,49 @@ impl Worker {
         }
     }
 
-    /// Starts one container: its environment, mounts and process (or none for an image that
-    /// is not mapped). Failures leave it waiting with the kubelet's reason, to be retried.
+    /// Starts one container: its image (pulled when missing), environment, mounts, security
+    /// flags and container (or no process for an image that does not run as a container).
+    /// Failures leave it waiting with the kubelet's reason, to be retried.
     async fn start(&mut self, role: Role, index: usize) {
         let c = self.slot(role, index);
-        let (spec, binary) = (c.spec.clone(), c.binary.clone());
-        let Some(binary) = binary else {
+        let (spec, real) = (c.spec.clone(), c.real);
+        if !real {
             self.slot(role, index).started(None, None);
             return;
+        }
+        let image = spec.image.clone().unwrap_or_default();
+        let user = match image::ensure(&image, spec.image_pull_policy.as_deref()).await {
+            Ok(user) => user,
+            Err(message) => {
+                let key = self.key(&spec.name);
+                if self.slot(role, index).state.waiting.as_ref().map(|w| &w.0)
+                    != Some(&"ImagePullBackOff".to_string())
+                {
+                    self.shared.note(&format!("{key}: ErrImagePull: {message}"));
+                }
+                self.slot(role, index).start_failed("ErrImagePull", message);
+                return;
+            }
         };
-        match self.launch(&spec, binary).await {
+        let pod_sc = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.clone());
+        let flags = match security::flags(pod_sc.as_ref(), &spec, &user) {
+            Ok(flags) => flags,
+            Err(message) => {
+                let error = KubeletError::Config(message);
+                self.start_failed(role, index, "CreateContainerConfigError", error);
+                return;
+            }
+        };
+        match self.launch(&spec, flags).await {
             Ok(launch) => match self.shared.processes.spawn(&launch) {
                 Ok(child) => {
                     self.shared.note(&format!(
-                        "{} started: pid {} {} {:?}",
-                        launch.key,
-                        child.id().unwrap_or_default(),
-                        launch.program.display(),
-                        launch.args
+                        "{} started: container {} ({}) command {:?} args {:?}",
+                        launch.key, launch.name, launch.image, launch.command, launch.args
                     ));
                     self.slot(role, index).started(Some(child), Some(launch));
                 }
@@ -383,52 +440,48 @@ impl Worker {
         self.slot(role, index).start_failed(reason, message);
     }
 
-    /// What to run for `spec`: its environment, `$(VAR)`-expanded command and args, mounts and
-    /// working folder.
+    /// What to run for `spec`: its environment, `$(VAR)`-expanded command and args, mounts,
+    /// working folder and `flags`.
     async fn launch(
         &self,
         spec: &k8s_openapi::api::core::v1::Container,
-        binary: PathBuf,
+        flags: Vec<String>,
     ) -> Result<Launch, KubeletError> {
         let config = &self.shared.config;
         let apiserver = (config.apiserver_host.as_str(), config.apiserver_port);
         let env = env::build(&self.shared.client, &self.facts(), spec, apiserver).await?;
-        let expand = |words: &Option<Vec<String>>| -> Vec<String> {
-            words
+        // An empty list is as good as none (the image's entrypoint or cmd stays).
+        let expand = |words: &Option<Vec<String>>| -> Option<Vec<String>> {
+            let words: Vec<String> = words
                 .iter()
                 .flatten()
                 .map(|w| env::expand(w, &env))
-                .collect()
+                .collect();
+            (!words.is_empty()).then_some(words)
         };
-        let (command, mut args) = (expand(&spec.command), expand(&spec.args));
-        // A command replaces the image's entrypoint; naming the image's own binary (by file
-        // name) still means the mapped binary.
-        let program = match command.split_first() {
-            Some((first, rest)) => {
-                args.splice(0..0, rest.iter().cloned());
-                let first = PathBuf::from(first);
-                if first.file_name().is_some() && first.file_name() == binary.file_name() {
-                    binary
-                } else {
-                    first
-                }
-            }
-            None => binary,
-        };
+        let (command, args) = (expand(&spec.command), expand(&spec.args));
         let log = self.dir.join(format!("{}.log", spec.name));
         self.shared.register_log(&log);
         let volumes = self.volumes.clone().unwrap_or_default();
+        let name = format!(
+            "k8s_{}_{}_{}_{}",
+            spec.name,
+            self.pod.name_any(),
+            self.pod.namespace().unwrap_or_default(),
+            self.pod.uid().unwrap_or_default()
+        );
         Ok(Launch {
             key: self.key(&spec.name),
-            program,
+            pidfile: self.dir.join(format!("{}.pid", spec.name)),
+            run_dir: self.dir.join(format!("{}.run", spec.name)),
+            name,
+            image: spec.image.clone().unwrap_or_default(),
+            command,
             args,
             mounts: volumes::mounts(spec, &volumes, &env)?,
             env,
-            working_dir: spec
-                .working_dir
-                .clone()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "/".into()),
+            working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
+            flags,
             log,
         })
     }

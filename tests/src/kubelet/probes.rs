@@ -1,6 +1,6 @@
 //! Startup, readiness and liveness probes as the kubelet runs them: httpGet, tcpSocket and gRPC
-//! (as a TCP connect) against the pod's own address, exec inside the container's mount
-//! namespace; with initial delays, periods, timeouts and success/failure thresholds.
+//! (as a TCP connect) against the pod's own address, exec inside the running container
+//! (`podman exec`); with initial delays, periods, timeouts and success/failure thresholds.
 
 use std::time::{Duration, Instant};
 
@@ -171,7 +171,7 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
 }
 
 /// Runs `probe` once against the container at `ip`; true on success. `exec` runs the command
-/// through `exec_launch` (the container's own environment and mounts).
+/// inside the running container `exec_launch` started (`podman exec`).
 pub async fn check(
     probe: &Probe,
     container: &Container,
@@ -211,11 +211,11 @@ pub async fn check(
             let port = u16::try_from(g.port).ok()?;
             Some(TcpStream::connect((ip, port)).await.is_ok())
         } else if let Some(e) = &probe.exec {
-            let mut words = e.command.clone().unwrap_or_default().into_iter();
-            let mut launch = exec_launch?.clone();
-            launch.program = words.next()?.into();
-            launch.args = words.collect();
-            Some(process::run_once(&launch, timeout).await == Some(0))
+            let command = e.command.clone().unwrap_or_default();
+            if command.is_empty() {
+                return Some(false);
+            }
+            Some(process::exec(&exec_launch?.name, &command, timeout).await == Some(0))
         } else {
             Some(false)
         }

@@ -1,33 +1,50 @@
-//! Container processes. Each runs as its own process group inside its own mount namespace:
+//! Containers as real OCI containers: each container of a pod runs with podman and runc from
+//! its image (pulled from the registry it names), the pod's command and args, environment,
+//! volumes as bind mounts and its security context as podman flags:
 //!
 //! ```text
-//! setpriv --pdeathsig KILL -- unshare --mount --propagation private -- \
-//!     /bin/sh -c 'mkdir -p <mountPath>; mount --bind <host dir> <mountPath>; …; cd <dir>; exec "$@"' \
-//!     sh <binary> <args…>
+//! podman --runtime /usr/sbin/runc run --replace --name k8s_<container>_<pod>_<ns>_<uid> \
+//!     --network host --pidfile … --mount type=bind,… --env … <security flags> \
+//!     [--entrypoint '[…]'] <image> <args…>
 //! ```
 //!
-//! so it sees its volumes at the spec's `mountPath` and dies with the kubelet's thread even
-//! when a test process is killed. Every group is recorded in a [`ProcessTable`], so shutdown,
-//! and even a panicking test's drop, kills all of them.
+//! The `podman run` process stays in the foreground as the container's handle: its stdout and
+//! stderr are the container's log, its exit code the container's. Signals go to the container
+//! itself through `podman kill`, so a container whose podman process died (a killed test) is
+//! still reachable by name. Every container carries the label [`OWNER_LABEL`] with the pid of
+//! the test process that started it, so a later kubelet removes what a killed one left.
 
 use std::{
     collections::BTreeMap,
     os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, killpg},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use super::{KubeletError, env::Env, io_err};
 
-/// A bind mount into a container's mount namespace.
+/// The label every container of a test kubelet carries: the pid of the test process.
+pub const OWNER_LABEL: &str = "dev.sluice.test-kubelet-pid";
+
+/// `podman` with the runtime this machine needs (crun cannot use its hybrid cgroups).
+pub fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "/usr/sbin/runc"]);
+    cmd
+}
+
+fn podman_blocking() -> std::process::Command {
+    let mut cmd = std::process::Command::new("podman");
+    cmd.args(["--runtime", "/usr/sbin/runc"]);
+    cmd
+}
+
+/// A bind mount into a container.
 #[derive(Clone, Debug)]
 pub struct Mount {
     /// Folder or file on the host.
@@ -38,86 +55,138 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// Everything needed to start one container process.
+/// Everything needed to start one container.
 #[derive(Clone, Debug)]
 pub struct Launch {
     /// `namespace/pod/container`, for the table and logs.
     pub key: String,
-    /// The program (a path, or a name looked up in `PATH`).
-    pub program: PathBuf,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// Its whole environment.
+    /// The podman container name (one per pod container; a restart replaces it).
+    pub name: String,
+    /// The image reference, as the pod spec names it.
+    pub image: String,
+    /// The spec's `command` (replaces the image's entrypoint), `$(VAR)`-expanded.
+    pub command: Option<Vec<String>>,
+    /// The spec's `args` (replace the image's cmd), `$(VAR)`-expanded.
+    pub args: Option<Vec<String>>,
+    /// The container's environment (the image's own is added by podman underneath).
     pub env: Env,
     /// Its mounts.
     pub mounts: Vec<Mount>,
-    /// Working directory inside the mount namespace (created when missing).
-    pub working_dir: String,
+    /// `workingDir`, when the spec sets one (the image's otherwise).
+    pub working_dir: Option<String>,
+    /// Security and resource flags (see `security::flags`).
+    pub flags: Vec<String>,
     /// Log file (stdout and stderr, appended).
     pub log: PathBuf,
+    /// Where podman writes the container's host pid.
+    pub pidfile: PathBuf,
+    /// The folder `podman run` runs in: conmon leaves a file `oom` there when the kernel's OOM
+    /// killer ended the container (podman's own `OOMKilled` stays false on this cgroup v1
+    /// machine).
+    pub run_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    /// The foreground `podman run`.
+    podman_pid: u32,
+    /// The container name.
+    name: String,
+    pidfile: PathBuf,
 }
 
 #[derive(Default)]
-struct Groups {
+struct Containers {
     stopping: bool,
-    by_key: BTreeMap<String, u32>,
+    by_key: BTreeMap<String, Entry>,
 }
 
-/// Process groups of running containers, by key.
+/// Running containers, by key.
 #[derive(Clone, Default)]
-pub struct ProcessTable(Arc<Mutex<Groups>>);
+pub struct ProcessTable(Arc<Mutex<Containers>>);
 
 impl ProcessTable {
-    fn lock(&self) -> MutexGuard<'_, Groups> {
+    fn lock(&self) -> MutexGuard<'_, Containers> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets a container whose process exited, killing what is left of its group (as a
-    /// container's processes all die with it).
-    pub fn exited(&self, key: &str, pid: u32) {
-        signal_group(pid, Signal::SIGKILL);
-        let mut groups = self.lock();
-        if groups.by_key.get(key) == Some(&pid) {
-            groups.by_key.remove(key);
+    /// Forgets a container that exited.
+    pub fn exited(&self, key: &str, podman_pid: u32) {
+        let mut containers = self.lock();
+        if containers
+            .by_key
+            .get(key)
+            .is_some_and(|e| e.podman_pid == podman_pid)
+        {
+            containers.by_key.remove(key);
         }
     }
 
-    /// `(key, pid)` of every running process.
+    /// `(key, pid)` of every running container: its main process as the host sees it (the
+    /// `podman run` process until the container's pid is known).
     pub fn running(&self) -> Vec<(String, u32)> {
         self.lock()
             .by_key
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, e)| {
+                let pid = std::fs::read_to_string(&e.pidfile)
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+                    .unwrap_or(e.podman_pid);
+                (k.clone(), pid)
+            })
             .collect()
     }
 
-    /// Refuses new processes from now on and SIGKILLs every group (the drop path: no waiting).
+    fn names(&self) -> Vec<String> {
+        self.lock()
+            .by_key
+            .values()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Refuses new containers from now on and removes every one at once (the drop path: no
+    /// grace period, but it waits until podman has removed them).
     pub fn kill_all(&self) {
-        let mut groups = self.lock();
-        groups.stopping = true;
-        for pid in groups.by_key.values() {
-            signal_group(*pid, Signal::SIGKILL);
+        let names = {
+            let mut containers = self.lock();
+            containers.stopping = true;
+            containers
+                .by_key
+                .values()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+        };
+        if !names.is_empty() {
+            let _ = podman_blocking()
+                .args(["rm", "--force", "--time", "0", "--ignore"])
+                .args(&names)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 
-    /// Refuses new processes, SIGTERMs every group, and SIGKILLs what is left after `grace`.
+    /// Refuses new containers, stops every one (SIGTERM, SIGKILL after `grace`) and removes
+    /// them.
     pub async fn terminate_all(&self, grace: Duration) {
-        let pids: Vec<u32> = {
-            let mut groups = self.lock();
-            groups.stopping = true;
-            groups.by_key.values().copied().collect()
-        };
-        for pid in &pids {
-            signal_group(*pid, Signal::SIGTERM);
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline && pids.iter().any(|pid| alive(*pid)) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.lock().stopping = true;
+        let names = self.names();
+        if !names.is_empty() {
+            let _ = podman()
+                .args(["stop", "--ignore", "--time"])
+                .arg(grace.as_secs().to_string())
+                .args(&names)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
         }
         self.kill_all();
     }
 
-    /// Starts a container process and records its group, unless the kubelet is stopping.
+    /// Starts a container and records it, unless the kubelet is stopping.
     pub fn spawn(&self, launch: &Launch) -> Result<Child, KubeletError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -127,44 +196,149 @@ impl ProcessTable {
         let err_log = log
             .try_clone()
             .map_err(io_err("duplicating the log handle"))?;
-        let mut groups = self.lock();
-        if groups.stopping {
+        let _ = std::fs::remove_file(&launch.pidfile);
+        std::fs::create_dir_all(&launch.run_dir)
+            .map_err(io_err(format!("creating {}", launch.run_dir.display())))?;
+        let _ = std::fs::remove_file(launch.run_dir.join("oom"));
+        let mut containers = self.lock();
+        if containers.stopping {
             return Err(KubeletError::Stopping);
         }
-        let child = command(launch)
+        let child = run_command(launch)
             .stdout(log)
             .stderr(err_log)
             .spawn()
             .map_err(io_err(format!(
-                "starting {} for {}",
-                launch.program.display(),
-                launch.key
+                "starting podman for {} ({})",
+                launch.key, launch.image
             )))?;
         if let Some(pid) = child.id() {
-            groups.by_key.insert(launch.key.clone(), pid);
+            containers.by_key.insert(
+                launch.key.clone(),
+                Entry {
+                    podman_pid: pid,
+                    name: launch.name.clone(),
+                    pidfile: launch.pidfile.clone(),
+                },
+            );
         }
         Ok(child)
     }
 }
 
-/// Runs `launch` (an exec probe) to completion; its exit code, or `None` after `timeout`
-/// (its group is then killed) or when it cannot start.
-pub async fn run_once(launch: &Launch, timeout: Duration) -> Option<i32> {
-    let mut child = command(launch)
+/// The `podman run` command line of a container.
+fn run_command(launch: &Launch) -> Command {
+    let mut cmd = podman();
+    cmd.args(run_args(launch))
+        .current_dir(&launch.run_dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(false)
+        .process_group(0);
+    cmd
+}
+
+/// The arguments after `podman --runtime …`: pure, so the mapping is unit-tested.
+pub fn run_args(launch: &Launch) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--replace",
+        "--pull=never",
+        "--network=host",
+        "--log-driver=none",
+        "--sig-proxy=false",
+        // The default rlimits are refused here ("error setting rlimit … operation not
+        // permitted"): these are within what conmon itself may hold on this machine.
+        "--ulimit=nofile=16384:16384",
+        "--ulimit=nproc=16384:16384",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.push(format!("--name={}", launch.name));
+    args.push(format!("--label={OWNER_LABEL}={}", std::process::id()));
+    args.push(format!("--pidfile={}", launch.pidfile.display()));
+    for (k, v) in &launch.env {
+        args.push(format!("--env={k}={v}"));
+    }
+    for m in &launch.mounts {
+        let mut spec = format!(
+            "--mount=type=bind,source={},destination={}",
+            m.host.display(),
+            m.path
+        );
+        if m.read_only {
+            spec.push_str(",ro=true");
+        }
+        args.push(spec);
+    }
+    if let Some(dir) = &launch.working_dir {
+        args.push(format!("--workdir={dir}"));
+    }
+    args.extend(launch.flags.iter().cloned());
+    if let Some(command) = &launch.command {
+        args.push(format!(
+            "--entrypoint={}",
+            serde_json::to_string(command).unwrap_or_default()
+        ));
+    }
+    args.push(launch.image.clone());
+    args.extend(launch.args.iter().flatten().cloned());
+    args
+}
+
+/// Sends `signal` to the container `name` (its main process), without waiting.
+pub fn signal_container(name: &str, signal: Signal) {
+    let spawned = podman()
+        .args(["kill", "--signal", signal.as_str()])
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut child) = spawned {
+        // Reaped in the background.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+}
+
+/// After a container's `podman run` exited: whether the kernel's OOM killer ended it, and the
+/// container removed.
+pub async fn collect(launch: &Launch) -> bool {
+    let name = launch.name.as_str();
+    let conmon_saw_oom = launch.run_dir.join("oom").exists();
+    let oom = conmon_saw_oom
+        || podman()
+            .args(["inspect", "--format", "{{.State.OOMKilled}}", name])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+            .unwrap_or(false);
+    let _ = podman()
+        .args(["rm", "--force", "--ignore", "--time", "0", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    oom
+}
+
+/// Runs a command inside the running container `name` (an exec probe) to completion; its
+/// exit code, or `None` after `timeout` or when it cannot start.
+pub async fn exec(name: &str, command: &[String], timeout: Duration) -> Option<i32> {
+    let mut child = podman()
+        .arg("exec")
+        .arg(name)
+        .args(command)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .ok()?;
-    let pid = child.id();
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => Some(exit_code(status)),
-        _ => {
-            if let Some(pid) = pid {
-                signal_group(pid, Signal::SIGKILL);
-            }
-            None
-        }
+        _ => None,
     }
 }
 
@@ -174,15 +348,6 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255)
-}
-
-/// Sends `signal` to a process group; a group that is gone already is fine.
-pub fn signal_group(pid: u32, signal: Signal) {
-    if let Ok(pid) = i32::try_from(pid)
-        && pid > 1
-    {
-        let _ = killpg(Pid::from_raw(pid), signal);
-    }
 }
 
 /// Whether `pid` is alive (present and not a zombie).
@@ -201,87 +366,43 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The shell script that sets up a container's mount namespace and then execs its program.
-fn setup_script(launch: &Launch) -> String {
-    let mut script = String::from("set -e\n");
-    for m in &launch.mounts {
-        let (host, path) = (quote(&m.host.to_string_lossy()), quote(&m.path));
-        if m.host.is_dir() {
-            script.push_str(&format!("mkdir -p {path}\n"));
-        } else {
-            script.push_str(&format!(
-                "mkdir -p \"$(dirname {path})\"; [ -e {path} ] || : > {path}\n"
-            ));
-        }
-        script.push_str(&format!("mount --bind {host} {path}\n"));
-        if m.read_only {
-            script.push_str(&format!("mount -o remount,bind,ro {path}\n"));
-        }
-    }
-    let dir = quote(&launch.working_dir);
-    script.push_str(&format!("mkdir -p {dir}; cd {dir}\nexec \"$@\"\n"));
-    script
-}
-
-/// `setpriv` arguments that give a process a parent-death signal and a private mount
-/// namespace (`unshare`); the program and its arguments follow a `--`.
-const ISOLATE: [&str; 7] = [
-    "--pdeathsig",
-    "KILL",
-    "--",
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-];
-
-/// The command line of a container process: its own group, mount namespace and a
-/// parent-death signal.
-fn command(launch: &Launch) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(ISOLATE)
-        .args(["--", "/bin/sh", "-c"])
-        .arg(setup_script(launch))
-        .arg("sh")
-        .arg(&launch.program)
-        .args(&launch.args)
-        .env_clear()
-        .envs(&launch.env)
-        .stdin(Stdio::null())
-        .process_group(0);
-    cmd
-}
-
-/// Checks once that containers can be started here: `setpriv` and `unshare` (util-linux) must
-/// exist, and a private mount namespace with a bind mount must work (it needs root).
-pub async fn check_machine(scratch: &Path) -> Result<(), KubeletError> {
-    let dir = scratch.to_string_lossy();
-    let out = Command::new("setpriv")
-        .args(ISOLATE)
+/// Removes containers that kubelets of test processes no longer alive left behind (a killed
+/// test run), and checks that podman works.
+pub async fn check_machine() -> Result<(), KubeletError> {
+    let out = podman()
+        .args(["ps", "--all", "--filter"])
+        .arg(format!("label={OWNER_LABEL}"))
         .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            "mount --bind \"$1\" \"$1\"",
-            "sh",
-            &dir,
+            "--format",
+            &format!("{{{{.Names}}}} {{{{index .Labels \"{OWNER_LABEL}\"}}}}"),
         ])
         .output()
         .await
-        .map_err(io_err("running `setpriv … unshare --mount` (util-linux)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(KubeletError::Unsupported(format!(
-            "`unshare --mount` with a bind mount failed ({}): the test kubelet needs root and \
-             util-linux to give containers their volume mounts",
+        .map_err(io_err("running podman (apt: podman runc)"))?;
+    if !out.status.success() {
+        return Err(KubeletError::Unsupported(format!(
+            "`podman ps` failed ({}): the test kubelet runs containers with podman and runc",
             String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        )));
     }
+    let stale: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, pid) = line.split_once(' ')?;
+            let pid: u32 = pid.trim().parse().ok()?;
+            (pid != std::process::id() && !alive(pid)).then(|| name.to_string())
+        })
+        .collect();
+    if !stale.is_empty() {
+        let _ = podman()
+            .args(["rm", "--force", "--ignore", "--time", "0"])
+            .args(&stale)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,24 +410,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_setup_script_mounts_quotes_and_execs() {
+    fn run_args_carry_mounts_env_entrypoint_and_args_in_order() {
         let launch = Launch {
             key: "ns/p/c".into(),
-            program: "/bin/true".into(),
-            args: vec![],
-            env: Env::new(),
+            name: "k8s_c_p_ns_u".into(),
+            image: "127.0.0.1:5000/x@sha256:ab".into(),
+            command: Some(vec!["/bin/sh".into(), "-c".into()]),
+            args: Some(vec!["echo hi".into()]),
+            env: Env::from([("A".to_string(), "b c".to_string())]),
             mounts: vec![Mount {
-                host: "/nonexistent/it's".into(),
+                host: "/state/v".into(),
                 path: "/etc/cfg".into(),
                 read_only: true,
             }],
-            working_dir: "/".into(),
+            working_dir: Some("/w".into()),
+            flags: vec!["--read-only".into()],
             log: "/dev/null".into(),
+            pidfile: "/tmp/pid".into(),
+            run_dir: "/tmp".into(),
         };
-        let script = setup_script(&launch);
-        assert!(script.contains(r"mount --bind '/nonexistent/it'\''s' '/etc/cfg'"));
-        assert!(script.contains("mount -o remount,bind,ro '/etc/cfg'"));
-        assert!(script.ends_with("exec \"$@\"\n"));
+        let args = run_args(&launch);
+        assert!(args.contains(&"--env=A=b c".to_string()));
+        assert!(args.contains(
+            &"--mount=type=bind,source=/state/v,destination=/etc/cfg,ro=true".to_string()
+        ));
+        assert!(args.contains(&r#"--entrypoint=["/bin/sh","-c"]"#.to_string()));
+        let image = args.iter().position(|a| a == &launch.image).unwrap();
+        assert_eq!(&args[image + 1..], ["echo hi"]);
+        assert!(args.iter().position(|a| a == "--read-only").unwrap() < image);
     }
 
     #[test]
