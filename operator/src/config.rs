@@ -44,14 +44,45 @@ pub enum ConfigError {
 pub struct OperatorConfig {
     /// Images of Sluice's own containers and of the engines.
     pub images: Images,
-    /// Root URI under which `catalogName/schemaName/<prefix>_payload` inference tables live.
+    /// Root URI under which `catalogName/schemaName/<prefix>_payload` inference tables live:
+    /// an object store (`s3://`, `gs://`, `az://`, `abfss://`) or `pvc://<claim>[/<path>]`, a
+    /// PersistentVolumeClaim in each endpoint's namespace that the capture sidecars mount
+    /// (created from [`Self::lake_volume`] when missing). `file://` is refused: a capture
+    /// container's root filesystem is read-only.
     pub lake_root: String,
+    /// The claim the operator creates in an endpoint's namespace when its inference table lives
+    /// on `pvc://<claim>/…` and that claim does not exist yet.
+    pub lake_volume: LakeVolume,
     /// Resources and placement of each workload type.
     pub workload_types: BTreeMap<WorkloadType, WorkloadClass>,
     /// Provisioned concurrency of each workload size.
     pub workload_sizes: BTreeMap<WorkloadSize, ConcurrencyRange>,
     /// Autoscaling defaults.
     pub autoscaling: AutoscalingDefaults,
+}
+
+/// The PersistentVolumeClaim template of `pvc://` inference tables. The claim has no owner: it
+/// outlives the endpoints that write to it, as a table should.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LakeVolume {
+    /// Requested size (a Kubernetes quantity).
+    pub size: String,
+    /// StorageClass; the cluster's default class when unset.
+    pub storage_class_name: Option<String>,
+    /// Access modes. `ReadWriteMany` lets replicas on different nodes append to one table;
+    /// with a `ReadWriteOnce`-only class, replicas of an endpoint must share a node.
+    pub access_modes: Vec<String>,
+}
+
+impl Default for LakeVolume {
+    fn default() -> Self {
+        Self {
+            size: "20Gi".into(),
+            storage_class_name: None,
+            access_modes: vec!["ReadWriteMany".into()],
+        }
+    }
 }
 
 /// Container images.
@@ -133,7 +164,8 @@ impl Default for OperatorConfig {
         };
         Self {
             images: Images::default(),
-            lake_root: "file:///var/lib/sluice/lake".into(),
+            lake_root: "pvc://sluice-lake".into(),
+            lake_volume: LakeVolume::default(),
             // Seeded from the upstream table (T4 / A10G / A100 / H100 classes); edit per cluster.
             workload_types: BTreeMap::from([
                 (WorkloadType::CPU, cpu("1", "2Gi")),
@@ -225,6 +257,10 @@ impl OperatorConfig {
         {
             return Err("autoscaling: per-replica concurrency must be positive".into());
         }
+        check_table_root(&self.lake_root).map_err(|e| format!("lakeRoot: {e}"))?;
+        if self.lake_volume.access_modes.is_empty() {
+            return Err("lakeVolume.accessModes: at least one access mode".into());
+        }
         Ok(())
     }
 
@@ -252,9 +288,60 @@ impl OperatorConfig {
     }
 }
 
+/// Where an inference table may live, as a pod can write it: an object store, or a claim
+/// (`pvc://<claim>[/<path>]`, the claim a DNS-1123 name). Used for `lakeRoot` and for an
+/// endpoint's `autoCapture.uri`.
+pub fn check_table_root(uri: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!(
+            "{uri:?} has no scheme (pvc://, s3://, gs://, az://, abfss://)"
+        ));
+    };
+    match scheme {
+        "s3" | "s3a" | "gs" | "az" | "abfss" | "adl" | "azure" => Ok(()),
+        "pvc" => {
+            let claim = rest.split('/').next().unwrap_or_default();
+            let valid = !claim.is_empty()
+                && claim.len() <= 253
+                && claim.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                })
+                && claim.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && claim.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if valid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{uri:?}: {claim:?} is not a valid PersistentVolumeClaim name"
+                ))
+            }
+        }
+        "file" => Err(format!(
+            "{uri:?} is a path inside the capture container, whose root filesystem is read-only; \
+             use pvc://<claim>/<path> or an object store (s3://, gs://, az://)"
+        )),
+        other => Err(format!(
+            "{uri:?}: scheme {other:?} is not supported (pvc://, s3://, gs://, az://, abfss://)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_roots_are_writable_places() {
+        assert!(check_table_root("pvc://sluice-lake").is_ok());
+        assert!(check_table_root("pvc://lake/tables/x").is_ok());
+        assert!(check_table_root("s3://bucket/lake").is_ok());
+        let err = check_table_root("file:///var/lib/sluice/lake").unwrap_err();
+        assert!(err.contains("read-only"), "{err}");
+        assert!(check_table_root("pvc://Bad_Claim/x").is_err());
+        assert!(check_table_root("/no/scheme").is_err());
+        let err = OperatorConfig::parse("lakeRoot: file:///x\n", "cfg.yaml").unwrap_err();
+        assert!(err.to_string().contains("lakeRoot"), "{err}");
+    }
 
     #[test]
     fn defaults_map_gpu_types_to_gpus_and_tolerations() {

@@ -29,10 +29,16 @@ pub struct AutoCaptureConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9_-]+$"))]
     pub table_name_prefix: Option<String>,
-    /// Explicit table location instead of catalog/schema: `s3://`, `gs://`, `az://` or
-    /// `file://` URI of the table's root folder.
+    /// Explicit table location instead of catalog/schema: an `s3://`, `gs://`, `az://` or
+    /// `abfss://` URI of the table's root folder, or `pvc://<claim>/<path>`, a
+    /// PersistentVolumeClaim of the endpoint's namespace that the capture sidecars mount
+    /// read-write (the operator creates it when missing). `file://` is refused: the capture
+    /// container's root filesystem is read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^(s3|gs|az|file)://.+"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^((s3|gs|az|abfss)://.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?)$")
+    )]
     pub uri: Option<String>,
     /// Fraction of requests recorded, from 0 (none) to 1 (all). Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,10 +12,10 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-            EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
-            SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-            Volume, VolumeMount,
+            EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+            PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
+            SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -107,10 +107,18 @@ pub fn build(
     let mut containers = vec![model_container(entity, runtime, ctx.capture.is_none())];
     let mut volumes = vec![empty_dir("models")];
     if let Some((table, fraction)) = ctx.capture {
-        containers.push(capture_container(
-            ctx, entity, runtime, table, fraction, model, *version,
-        ));
+        let lake = LakeClaim::of(table);
+        let table = lake.as_ref().map_or(table.to_string(), LakeClaim::file_uri);
+        let mut capture =
+            capture_container(ctx, entity, runtime, &table, fraction, model, *version);
         volumes.push(empty_dir("spool"));
+        if let Some(lake) = &lake {
+            volumes.push(lake.volume());
+            if let Some(mounts) = capture.volume_mounts.as_mut() {
+                mounts.push(lake.mount());
+            }
+        }
+        containers.push(capture);
     }
     let pod = PodSpec {
         init_containers: Some(vec![fetch_container(
@@ -184,6 +192,60 @@ fn empty_dir(name: &str) -> Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
+    }
+}
+
+/// Where `pvc://` inference tables are mounted in the capture sidecar: `<root>/<claim>`.
+pub const LAKE_MOUNT_ROOT: &str = "/mnt/lake";
+
+/// An inference table on a PersistentVolumeClaim (`pvc://<claim>/<path>`): the claim is mounted
+/// read-write into the capture sidecar, which writes `file://<LAKE_MOUNT_ROOT>/<claim>/<path>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LakeClaim {
+    /// The claim's name.
+    pub claim: String,
+    /// The table's path inside the claim.
+    pub path: String,
+}
+
+impl LakeClaim {
+    /// The claim of a `pvc://` table URI (`None` for object stores).
+    pub fn of(table: &str) -> Option<Self> {
+        let rest = table.strip_prefix("pvc://")?;
+        let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+        Some(Self {
+            claim: claim.to_string(),
+            path: path.trim_matches('/').to_string(),
+        })
+    }
+
+    /// The table as the sidecar sees it.
+    pub fn file_uri(&self) -> String {
+        let base = format!("file://{LAKE_MOUNT_ROOT}/{}", self.claim);
+        if self.path.is_empty() {
+            base
+        } else {
+            format!("{base}/{}", self.path)
+        }
+    }
+
+    fn volume(&self) -> Volume {
+        Volume {
+            name: "lake".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: self.claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn mount(&self) -> VolumeMount {
+        VolumeMount {
+            name: "lake".into(),
+            mount_path: format!("{LAKE_MOUNT_ROOT}/{}", self.claim),
+            ..Default::default()
+        }
     }
 }
 

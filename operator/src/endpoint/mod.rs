@@ -3,5 +3,6 @@
 
 pub mod controller;
 pub mod desired;
+pub mod lake;
 pub mod plan;
 pub mod resolve;
