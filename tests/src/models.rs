@@ -1,18 +1,25 @@
-//! Model artifacts for end-to-end tests, placed on local disk where the pods' `fetch` step
-//! reads them (`file://` URIs).
+//! Model artifacts for end-to-end tests, put where a user would put them: on a
+//! PersistentVolumeClaim of the pod's namespace, which the operator mounts into the fetch step
+//! (`pvc://<claim>/<path>`). Nothing is read from a host path a pod did not mount.
 
-use std::path::Path;
+use kube::Client;
 
 use crate::repo_root;
 
+/// The claim model artifacts go on, in each test namespace.
+pub const CLAIM: &str = "models";
+
 /// Copies the iris classifier model folder (examples/models/iris: ONNX + sluice-model.yaml)
-/// to `dir` and returns its `file://` URI.
-pub fn iris_artifact(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+/// onto the claim [`CLAIM`] of `ns` (made and bound first) as `iris/`, and returns its URI,
+/// `pvc://models/iris` (what `examples/quickstart.yaml` names).
+pub async fn iris_on_claim(client: &Client, ns: &str) -> String {
+    let folder = crate::pvc::bound_claim(client, ns, CLAIM, "ReadWriteMany").await;
+    let dir = folder.join("iris");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     let source = repo_root().join("examples/models/iris");
     for file in ["iris.onnx", "sluice-model.yaml"] {
         std::fs::copy(source.join(file), dir.join(file))
             .unwrap_or_else(|e| panic!("copying {file} to {}: {e}", dir.display()));
     }
-    format!("file://{}", dir.display())
+    format!("pvc://{CLAIM}/iris")
 }

@@ -18,7 +18,7 @@ use sluice_tests::cluster::{
     OperatorOptions, OperatorProcess, fresh_namespace, shared, shared_nodes,
 };
 use sluice_tests::gateway::GatewayProcess;
-use sluice_tests::models::iris_artifact;
+use sluice_tests::models::iris_on_claim;
 use sluice_tests::wait::eventually;
 
 const IRIS: &str = r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#;
@@ -79,7 +79,7 @@ impl Scene {
             .to_vec(),
             ..OperatorOptions::default()
         });
-        let uri = iris_artifact(&cp.state_dir.join(format!("artifacts-{ns}/iris")));
+        let uri = iris_on_claim(&client, &ns).await;
         let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
         mvs.patch(
             "iris-1",

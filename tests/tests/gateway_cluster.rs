@@ -15,7 +15,7 @@ use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::cluster::{fresh_namespace, shared, shared_nodes};
 use sluice_tests::gateway::GatewayProcess;
-use sluice_tests::models::iris_artifact;
+use sluice_tests::models::iris_on_claim;
 
 const IRIS: &str = r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#;
 
@@ -112,7 +112,7 @@ async fn the_gateway_follows_promoted_configs_without_failing_a_request() {
     let _operator = cp.start_operator();
     let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
 
-    let uri = iris_artifact(&cp.state_dir.join(format!("artifacts-{ns}/iris")));
+    let uri = iris_on_claim(&client, &ns).await;
     let apply = PatchParams::apply("test-user");
     let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
     for v in [1, 2] {

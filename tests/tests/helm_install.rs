@@ -1,5 +1,6 @@
-//! `helm install` of the chart into the local control plane (real apiserver, RBAC on), its pods
-//! run by the test kubelet as real processes: both operator replicas and both gateway replicas
+//! `helm install` of the chart into the local control plane (real apiserver, RBAC on), with our
+//! images by digest from the loopback registry, its pods run by the test kubelet as real
+//! containers (uid 65532, read-only roots): both operator replicas and both gateway replicas
 //! become Ready under the chart's own ServiceAccounts and RBAC, one operator holds the Lease,
 //! the quickstart endpoint reaches READY and answers through the gateway, `helm upgrade` rolls
 //! both Deployments under steady load without a failed request, and `helm uninstall`
@@ -24,7 +25,7 @@ use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
     cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
-    http, repo_root,
+    http,
 };
 
 async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, check: impl FnMut() -> Fut) -> T
@@ -251,6 +252,43 @@ impl Load {
     }
 }
 
+/// `--set` flags naming our two images by loopback registry and digest.
+fn image_values() -> Vec<String> {
+    let mut flags = Vec::new();
+    for (key, component) in [
+        ("operator", "operator"),
+        ("inferenceServer", "inference-server"),
+    ] {
+        let pushed = sluice_tests::images::ours(component);
+        flags.push("--set-string".to_string());
+        flags.push(format!("images.{key}.repository={}", pushed.repository));
+        flags.push("--set-string".to_string());
+        flags.push(format!("images.{key}.digest={}", pushed.digest));
+    }
+    flags
+}
+
+/// The uid, and whether the root filesystem is read-only, of each running container of
+/// `component`'s pods in `ns` (from the container's process and podman).
+fn container_identities(nodes: &LocalNodes, ns: &str, pods: &[String]) -> Vec<(String, String)> {
+    nodes
+        .kubelet
+        .running_processes()
+        .into_iter()
+        .filter(|(key, _)| pods.iter().any(|p| key.starts_with(&format!("{ns}/{p}/"))))
+        .map(|(key, pid)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next())
+                .unwrap_or_default()
+                .to_string();
+            (key, uid)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     let nodes = shared_nodes();
@@ -263,16 +301,21 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
 
     // The harness applied the CRDs already (as a platform pipeline might); the release takes
     // them over.
-    helm(&[
+    // Our images as a release names them: by registry and digest (the loopback registry the
+    // test kubelet pulls from).
+    let images = image_values();
+    let mut install = vec![
         "install",
         RELEASE,
         &chart,
         "--namespace",
         &ns,
         "--values",
-        &values.display().to_string(),
+        values.to_str().unwrap_or_default(),
         "--take-ownership",
-    ]);
+    ];
+    install.extend(images.iter().map(String::as_str));
+    helm(&install);
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     eventually(nodes, "2 ready operator replicas", || {
@@ -309,6 +352,30 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         "Lease held by {holder}, not one of {operator_pods:?}"
     );
 
+    // Both components run as containers of our images, as the distroless nonroot user, on a
+    // read-only root.
+    let all_pods: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let identities = container_identities(nodes, &ns, &all_pods);
+    assert_eq!(identities.len(), 4, "{identities:?}");
+    for (key, uid) in &identities {
+        assert_eq!(uid, "65532", "{key}");
+    }
+    for p in pods.list(&ListParams::default()).await.expect("pods").items {
+        for c in p.spec.map(|s| s.containers).unwrap_or_default() {
+            let image = c.image.unwrap_or_default();
+            assert!(image.contains("@sha256:"), "{image} is named by digest");
+            let sc = c.security_context.unwrap_or_default();
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{image}");
+        }
+    }
+
     // The CRDs now belong to the release and are marked to outlive it.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in [
@@ -336,21 +403,10 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         );
     }
 
-    // The quickstart, with a local artifact: the installed operator makes it READY and the
+    // The quickstart, its model on a claim: the installed operator makes it READY and the
     // installed gateway answers for it.
     let app = fresh_namespace(&client, "quickstart").await;
-    let artifact = cp.state_dir.join(format!("artifacts-{app}/iris"));
-    std::fs::create_dir_all(&artifact).expect("artifact dir");
-    std::fs::copy(
-        repo_root().join("inference-server/tests/fixtures/iris.onnx"),
-        artifact.join("iris.onnx"),
-    )
-    .expect("onnx");
-    std::fs::write(
-        artifact.join("sluice-model.yaml"),
-        "format: onnx\ntask: predict\nfiles: {model: iris.onnx}\n",
-    )
-    .expect("manifest");
+    let uri = sluice_tests::models::iris_on_claim(&client, &app).await;
     let apply = PatchParams::apply("test-user");
     let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &app);
     mvs.patch(
@@ -360,7 +416,7 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
             "apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
             "metadata": {"name": "iris-classifier-1"},
             "spec": {"model": "iris-classifier", "version": 1, "format": "onnx", "task": "predict",
-                     "source": {"uri": format!("file://{}", artifact.display())}}})),
+                     "source": {"uri": uri}}})),
     )
     .await
     .expect("ModelVersion");
@@ -408,19 +464,20 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
 
     // `helm upgrade` under steady load: both Deployments roll (a new pod annotation), and no
     // request through the gateway fails meanwhile.
-    let upgrade = [
+    let mut upgrade = vec![
         "upgrade",
         RELEASE,
         chart.as_str(),
         "--namespace",
         ns.as_str(),
         "--values",
-        &values.display().to_string(),
+        values.to_str().unwrap_or_default(),
         "--set-string",
         "operator.podAnnotations.rollout=2",
         "--set-string",
         "gateway.podAnnotations.rollout=2",
     ];
+    upgrade.extend(images.iter().map(String::as_str));
     let before = component_pods(&pods).await;
     let mut old_hashes = BTreeMap::new();
     for component in ["operator", "gateway"] {

@@ -903,6 +903,7 @@ async fn extra_kubelet(client: &Client, name: &str, ip_base: u8) -> Kubelet {
     });
     config.nodes = vec![node];
     config.ip_base = ip_base;
+    config.provision_volumes = false;
     Kubelet::start(client.clone(), config)
         .await
         .expect("extra kubelet")

@@ -3,7 +3,7 @@
 //! READY and NOT_UPDATING, and the children match what the example asks for — an entity
 //! Deployment with ready pods per model entity, none for external models, GPU entities on the
 //! GPU node with the workload table's resources and tolerations, the capture sidecar wherever
-//! auto-capture is on.
+//! auto-capture is on; all in a namespace where Pod Security `restricted` is enforced.
 //!
 //! Entity pods run no process here (the images are not mapped to local binaries, as kwok
 //! does): most examples name artifacts on object stores and engines (vLLM) this machine cannot
@@ -138,9 +138,28 @@ fn entity_pods_match(
 async fn every_example_reaches_its_expected_state() {
     let scene = Scene::new("examples", true).await;
     let nodes = scene.nodes.expect("nodes");
+    // Pod Security `restricted`, enforced by the API server's admission: every entity pod the
+    // operator renders (engines too) must be admitted, or its ReplicaSet creates no pod.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(scene.client.clone());
+    namespaces
+        .patch(
+            &scene.ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest"
+            }}})),
+        )
+        .await
+        .expect("labelling the namespace restricted");
     for secret in prerequisites() {
         scene.apply(secret).await;
     }
+    // The claims the pvc:// examples read from, made (and the quickstart's model copied on)
+    // as a user would before applying them.
+    sluice_tests::models::iris_on_claim(&scene.client, &scene.ns).await;
+    sluice_tests::pvc::bound_claim(&scene.client, &scene.ns, "model-store", "ReadWriteMany").await;
     let files = yaml_files(&repo_root().join("examples")).expect("examples");
     let mut endpoints = Vec::new();
     let mut versions = Vec::new();

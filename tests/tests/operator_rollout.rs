@@ -14,7 +14,7 @@ use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
     cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
-    http, repo_root,
+    http,
 };
 
 async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, check: impl FnMut() -> Fut) -> T
@@ -43,20 +43,8 @@ async fn an_endpoint_becomes_ready_through_real_pods_and_rolls_blue_green() {
     let ns = fresh_namespace(&client, "rollout").await;
     let _operator = cp.start_operator();
 
-    // A model artifact on local disk, which the pods' fetch step copies in.
-    let artifact = cp.state_dir.join(format!("artifacts-{ns}/iris"));
-    std::fs::create_dir_all(&artifact).expect("artifact dir");
-    std::fs::copy(
-        repo_root().join("inference-server/tests/fixtures/iris.onnx"),
-        artifact.join("iris.onnx"),
-    )
-    .expect("onnx");
-    std::fs::write(
-        artifact.join("sluice-model.yaml"),
-        "format: onnx\ntask: predict\nfiles: {model: iris.onnx}\n",
-    )
-    .expect("manifest");
-    let uri = format!("file://{}", artifact.display());
+    // The model on a claim of the namespace, which the pods' fetch step copies in.
+    let uri = sluice_tests::models::iris_on_claim(&client, &ns).await;
 
     let apply = PatchParams::apply("test-user");
     let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);

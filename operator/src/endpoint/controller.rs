@@ -26,7 +26,7 @@ use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpoin
 use tracing::{instrument, warn};
 
 use super::{
-    desired::{BuildContext, LABEL_ENDPOINT, LakeClaim, MANAGED_BY, build},
+    desired::{BuildContext, ClaimUri, LABEL_ENDPOINT, MANAGED_BY, build},
     lake,
     plan::{ChildState, LastScale, plan},
     resolve::resolve,
@@ -163,7 +163,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             .map(|c| (c.table_uri.as_str(), c.sampling_fraction)),
     };
     // A table on a claim needs the claim before its pods can start.
-    if let Some(lake) = capture.as_ref().and_then(|c| LakeClaim::of(&c.table_uri))
+    if let Some(lake) = capture.as_ref().and_then(|c| ClaimUri::of(&c.table_uri))
         && !planned.apply.is_empty()
         && lake::ensure(client, &ns, &lake, &ctx.config.lake_volume).await?
     {

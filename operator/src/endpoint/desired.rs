@@ -13,7 +13,7 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
             EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
             ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
             SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
         },
@@ -106,26 +106,32 @@ pub fn build(
     };
     let mut containers = vec![model_container(entity, runtime, ctx.capture.is_none())];
     let mut volumes = vec![empty_dir("models")];
+    if runtime.engine != Engine::Builtin {
+        volumes.push(empty_dir("tmp"));
+    }
     if let Some((table, fraction)) = ctx.capture {
-        let lake = LakeClaim::of(table);
-        let table = lake.as_ref().map_or(table.to_string(), LakeClaim::file_uri);
+        let lake = ClaimUri::of(table);
+        let table = lake.as_ref().map_or(table.to_string(), ClaimUri::file_uri);
         let mut capture =
             capture_container(ctx, entity, runtime, &table, fraction, model, *version);
         volumes.push(empty_dir("spool"));
         if let Some(lake) = &lake {
-            volumes.push(lake.volume());
+            volumes.push(lake.volume("lake", false));
             if let Some(mounts) = capture.volume_mounts.as_mut() {
-                mounts.push(lake.mount());
+                mounts.push(lake.mount("lake", LAKE_MOUNT_ROOT, false));
             }
         }
         containers.push(capture);
     }
+    let mut fetch = fetch_container(ctx.data_plane_image, artifact_uri, secret.as_deref());
+    if let Some(source) = ClaimUri::of(artifact_uri) {
+        volumes.push(source.volume("source", true));
+        if let Some(mounts) = fetch.volume_mounts.as_mut() {
+            mounts.push(source.mount("source", SOURCE_MOUNT_ROOT, true));
+        }
+    }
     let pod = PodSpec {
-        init_containers: Some(vec![fetch_container(
-            ctx.data_plane_image,
-            artifact_uri,
-            secret.as_deref(),
-        )]),
+        init_containers: Some(vec![fetch]),
         containers,
         volumes: Some(volumes),
         node_selector: (!entity.class.node_selector.is_empty())
@@ -133,6 +139,7 @@ pub fn build(
         tolerations: (!entity.class.tolerations.is_empty())
             .then(|| entity.class.tolerations.clone()),
         runtime_class_name: entity.class.runtime_class_name.clone(),
+        security_context: Some(pod_security()),
         service_account_name: entity.service_account.clone(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -197,21 +204,25 @@ fn empty_dir(name: &str) -> Volume {
 
 /// Where `pvc://` inference tables are mounted in the capture sidecar: `<root>/<claim>`.
 pub const LAKE_MOUNT_ROOT: &str = "/mnt/lake";
+/// Where a `pvc://` model source is mounted (read-only) in the fetch step: `<root>/<claim>`,
+/// the default `--pvc-root` of `inference-server fetch`.
+pub const SOURCE_MOUNT_ROOT: &str = "/mnt/pvc";
 
-/// An inference table on a PersistentVolumeClaim (`pvc://<claim>/<path>`): the claim is mounted
+/// A `pvc://<claim>/<path>` URI: a PersistentVolumeClaim of the endpoint's namespace and a path
+/// inside it. Model sources are mounted read-only into the fetch step; inference tables
 /// read-write into the capture sidecar, which writes `file://<LAKE_MOUNT_ROOT>/<claim>/<path>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LakeClaim {
+pub struct ClaimUri {
     /// The claim's name.
     pub claim: String,
-    /// The table's path inside the claim.
+    /// The path inside the claim.
     pub path: String,
 }
 
-impl LakeClaim {
-    /// The claim of a `pvc://` table URI (`None` for object stores).
-    pub fn of(table: &str) -> Option<Self> {
-        let rest = table.strip_prefix("pvc://")?;
+impl ClaimUri {
+    /// The claim of a `pvc://` URI (`None` for any other scheme).
+    pub fn of(uri: &str) -> Option<Self> {
+        let rest = uri.strip_prefix("pvc://")?;
         let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
         Some(Self {
             claim: claim.to_string(),
@@ -219,7 +230,7 @@ impl LakeClaim {
         })
     }
 
-    /// The table as the sidecar sees it.
+    /// The table as the capture sidecar sees it.
     pub fn file_uri(&self) -> String {
         let base = format!("file://{LAKE_MOUNT_ROOT}/{}", self.claim);
         if self.path.is_empty() {
@@ -229,21 +240,22 @@ impl LakeClaim {
         }
     }
 
-    fn volume(&self) -> Volume {
+    fn volume(&self, name: &str, read_only: bool) -> Volume {
         Volume {
-            name: "lake".into(),
+            name: name.into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: self.claim.clone(),
-                read_only: Some(false),
+                read_only: Some(read_only),
             }),
             ..Default::default()
         }
     }
 
-    fn mount(&self) -> VolumeMount {
+    fn mount(&self, name: &str, root: &str, read_only: bool) -> VolumeMount {
         VolumeMount {
-            name: "lake".into(),
-            mount_path: format!("{LAKE_MOUNT_ROOT}/{}", self.claim),
+            name: name.into(),
+            mount_path: format!("{root}/{}", self.claim),
+            read_only: Some(read_only),
             ..Default::default()
         }
     }
@@ -263,6 +275,62 @@ fn pod_ip_env() -> EnvVar {
             }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The uid and gid every container of an entity pod runs as: distroless `nonroot`.
+pub const RUN_AS: i64 = 65532;
+
+/// The pod-level context: Pod Security `restricted` (non-root, RuntimeDefault seccomp), and
+/// volumes (a lake claim too) given to the [`RUN_AS`] group.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Engines (vLLM and the like, whose images run as root by default) run as [`RUN_AS`] with no
+/// privileges, as Pod Security `restricted` demands; their root stays writable (they compile
+/// kernels and write caches in places of their own choosing), `$HOME` and caches go to a
+/// `/tmp` emptyDir (see [`engine_env`]).
+fn engine_restricted() -> SecurityContext {
+    SecurityContext {
+        read_only_root_filesystem: Some(false),
+        run_as_group: Some(RUN_AS),
+        ..restricted()
+    }
+}
+
+/// Requests and limits of the fetch init container: it streams artifacts to disk.
+fn fetch_resources() -> ResourceRequirements {
+    sized("250m", "256Mi", "2Gi")
+}
+
+/// Requests and limits of the capture sidecar: its copy budget (64 MiB) and row queue fit
+/// well inside the limit.
+fn capture_resources() -> ResourceRequirements {
+    sized("100m", "128Mi", "1Gi")
+}
+
+fn sized(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.into()),
+        )])),
         ..Default::default()
     }
 }
@@ -329,6 +397,7 @@ fn fetch_container(image: &str, uri: &str, secret: Option<&str>) -> Container {
             }]
         }),
         volume_mounts: Some(vec![models_mount(false)]),
+        resources: Some(fetch_resources()),
         security_context: Some(restricted()),
         ..Default::default()
     }
@@ -400,8 +469,32 @@ fn engine_args(entity: &ResolvedEntity, rt: &ResolvedRuntime) -> Vec<String> {
     args
 }
 
+/// Where an engine, running as a uid its image does not know, keeps its home and caches: the
+/// `/tmp` emptyDir (the entity's own `env` may point them elsewhere).
+fn engine_env() -> Vec<EnvVar> {
+    [
+        ("HOME", "/tmp"),
+        ("XDG_CACHE_HOME", "/tmp/.cache"),
+        ("HF_HOME", "/tmp/huggingface"),
+    ]
+    .into_iter()
+    .map(|(name, value)| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    })
+    .collect()
+}
+
 fn env_vars(entity: &ResolvedEntity) -> Vec<EnvVar> {
     let mut env = vec![pod_ip_env()];
+    if entity
+        .runtime
+        .as_ref()
+        .is_some_and(|rt| rt.engine != Engine::Builtin)
+    {
+        env.extend(engine_env());
+    }
     for (name, value) in &entity.env {
         let secret = value
             .strip_prefix("{{secrets/")
@@ -498,8 +591,23 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
             ..http_probe("/ping", port_name, 10)
         }),
         resources: Some(resources(entity)),
-        volume_mounts: Some(vec![models_mount(true)]),
-        security_context: ours.then(restricted),
+        volume_mounts: Some(if ours {
+            vec![models_mount(true)]
+        } else {
+            vec![
+                models_mount(true),
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..Default::default()
+                },
+            ]
+        }),
+        security_context: Some(if ours {
+            restricted()
+        } else {
+            engine_restricted()
+        }),
         ..Default::default()
     }
 }
@@ -560,6 +668,7 @@ fn capture_container(
             mount_path: "/spool".into(),
             ..Default::default()
         }]),
+        resources: Some(capture_resources()),
         security_context: Some(restricted()),
         ..Default::default()
     }
@@ -730,6 +839,125 @@ mod tests {
                 .any(|v| v.name == "spool")
         );
         assert_eq!(o.deployment.spec.replicas, Some(2));
+    }
+
+    #[test]
+    fn every_container_is_restricted_and_sized_and_a_pvc_lake_is_mounted() {
+        let e = entity(
+            "{name: llm, model: fraud, version: 3, runtime: {engine: vllm}, environmentVars: {HF_HOME: /data/hf}}",
+        );
+        let o = build(
+            &e,
+            "r1",
+            1,
+            &ctx(Some((
+                "pvc://sluice-lake/default/default/fraud_payload",
+                1.0,
+            ))),
+        )
+        .expect("objects");
+        let p = pod(&o);
+        let sc = p.security_context.as_ref().expect("pod security context");
+        assert_eq!(
+            (sc.run_as_non_root, sc.fs_group),
+            (Some(true), Some(RUN_AS))
+        );
+        let all = p
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(p.containers.iter());
+        for c in all {
+            let sc = c.security_context.as_ref().expect("security context");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+            let drop = sc.capabilities.as_ref().and_then(|c| c.drop.clone());
+            assert_eq!(drop, Some(vec!["ALL".to_string()]), "{}", c.name);
+            let r = c.resources.as_ref().expect("resources");
+            assert!(r.requests.is_some() && r.limits.is_some(), "{}", c.name);
+        }
+        let model = &p.containers[0];
+        let env: Vec<(String, Option<String>)> = model
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        let home = env.iter().position(|(n, _)| n == "HOME").expect("HOME");
+        let user_hf = env
+            .iter()
+            .rposition(|(n, _)| n == "HF_HOME")
+            .expect("HF_HOME");
+        assert!(
+            user_hf > home,
+            "the entity's own env comes last and wins: {env:?}"
+        );
+        let mounts = model.volume_mounts.as_ref().expect("mounts");
+        assert!(mounts.iter().any(|m| m.mount_path == "/tmp"), "{mounts:?}");
+        let capture = &p.containers[1];
+        let args = capture.args.as_ref().expect("args").join(" ");
+        assert!(
+            args.contains("--table file:///mnt/lake/sluice-lake/default/default/fraud_payload"),
+            "{args}"
+        );
+        let lake = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "lake")
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .expect("lake volume");
+        assert_eq!(lake.claim_name, "sluice-lake");
+        assert!(
+            capture
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "lake" && m.mount_path == "/mnt/lake/sluice-lake")
+        );
+    }
+
+    #[test]
+    fn a_pvc_source_is_mounted_read_only_into_the_fetch_step_only() {
+        let ep = crate::fixtures::endpoint(
+            "fraud",
+            "  servedEntities:\n  - {name: fraud-3, model: fraud, version: 3}",
+        );
+        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        mv.spec.source.uri = "pvc://models/fraud/3".into();
+        let e = resolve(&ep, &[mv], &BTreeMap::new(), &OperatorConfig::default())
+            .expect("resolves")
+            .remove(0);
+        let o = build(&e, "r1", 1, &ctx(None)).expect("objects");
+        let p = pod(&o);
+        let source = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "source")
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .expect("source volume");
+        assert_eq!(
+            (source.claim_name.as_str(), source.read_only),
+            ("models", Some(true))
+        );
+        let fetch = &p.init_containers.as_ref().expect("init")[0];
+        let mount = fetch
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "source")
+            .expect("mounted in fetch");
+        assert_eq!(mount.mount_path, format!("{SOURCE_MOUNT_ROOT}/models"));
+        assert_eq!(mount.read_only, Some(true));
+        assert!(
+            p.containers.iter().all(|c| c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "source")),
+            "only fetch reads the source"
+        );
     }
 
     #[test]

@@ -10,14 +10,14 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use super::desired::{LakeClaim, MANAGED_BY};
+use super::desired::{ClaimUri, MANAGED_BY};
 use crate::{
     config::LakeVolume,
     error::{Error, kube_err},
 };
 
 /// The claim `lake` asks for, from `template`, in `namespace`.
-pub fn claim(lake: &LakeClaim, template: &LakeVolume, namespace: &str) -> PersistentVolumeClaim {
+pub fn claim(lake: &ClaimUri, template: &LakeVolume, namespace: &str) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(lake.claim.clone()),
@@ -54,7 +54,7 @@ pub fn claim(lake: &LakeClaim, template: &LakeVolume, namespace: &str) -> Persis
 pub async fn ensure(
     client: &Client,
     namespace: &str,
-    lake: &LakeClaim,
+    lake: &ClaimUri,
     template: &LakeVolume,
 ) -> Result<bool, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn the_claim_follows_the_template_and_has_no_owner() {
-        let lake = LakeClaim::of("pvc://sluice-lake/default/default/iris_payload").expect("pvc");
+        let lake = ClaimUri::of("pvc://sluice-lake/default/default/iris_payload").expect("pvc");
         assert_eq!(lake.claim, "sluice-lake");
         assert_eq!(lake.path, "default/default/iris_payload");
         assert_eq!(
@@ -99,6 +99,6 @@ mod tests {
         assert_eq!(spec.storage_class_name, None);
         let size = spec.resources.and_then(|r| r.requests).expect("requests");
         assert_eq!(size["storage"], Quantity("20Gi".into()));
-        assert!(LakeClaim::of("s3://bucket/t").is_none());
+        assert!(ClaimUri::of("s3://bucket/t").is_none());
     }
 }

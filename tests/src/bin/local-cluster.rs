@@ -120,12 +120,17 @@ mod quickstart {
             args: vec!["--gateway-admin-url".into(), gateway.admin.clone()],
             ..OperatorOptions::default()
         });
-        let uri = models::iris_artifact(&cp.state_dir.join("artifacts/iris"));
+        // The model where the manifest points (`pvc://models/iris`): on the claim `models`,
+        // as a user would copy it there.
+        let uri = models::iris_on_claim(client, "default").await;
         let docs = manifests::read_documents(&repo_root().join("examples/quickstart.yaml"))?;
         let params = PatchParams::apply("local-cluster").force();
-        for mut doc in docs {
+        for doc in docs {
             if doc["kind"] == "ModelVersion" {
-                doc["spec"]["source"]["uri"] = uri.clone().into();
+                anyhow::ensure!(
+                    doc["spec"]["source"]["uri"] == uri.as_str(),
+                    "examples/quickstart.yaml no longer names {uri}"
+                );
             }
             let resource = apply::api_resource(&doc)?;
             let name = doc["metadata"]["name"]

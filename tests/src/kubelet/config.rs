@@ -90,6 +90,8 @@ pub struct KubeletConfig {
     /// First restart delay of a crashing container; it doubles per restart up to five minutes
     /// (the real kubelet starts at 10 s; tests use about 1 s).
     pub restart_backoff_base: Duration,
+    /// Run the local volume provisioner (one per cluster: extra kubelets leave it off).
+    pub provision_volumes: bool,
     /// Second octet of pod addresses: pods get `127.<ip_base>.x.y` (and upwards should that
     /// /16 fill up); at least 1, so no pod is ever given 127.0.0.1.
     pub ip_base: u8,
@@ -108,6 +110,7 @@ impl KubeletConfig {
             apiserver_host: "127.0.0.1".into(),
             apiserver_port,
             restart_backoff_base: Duration::from_secs(1),
+            provision_volumes: true,
             ip_base: 10,
         }
     }

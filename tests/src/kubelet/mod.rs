@@ -26,6 +26,9 @@
 //!   standard `/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` works.
 //!   Nothing else of the host is visible inside a container. Host folders live under
 //!   `<state_dir>/pods/<namespace>_<name>_<uid>/volumes/<volume>`.
+//! - **PersistentVolumes**: a local provisioner (`provisioner`) makes a hostPath volume under
+//!   `<state_dir>/pv/` for every claim of the default StorageClass `local-path`, which the real
+//!   PV controller binds; a claim's volume mounts the bound volume's folder.
 //! - **Lifecycle**: startup, readiness and liveness probes drive `started`, `ready` and the pod's
 //!   `ContainersReady`/`Ready` conditions; init containers run in order; restart policies with
 //!   exponential backoff, `restartCount` and `lastState`; deletion runs `preStop` sleeps, sends
@@ -63,6 +66,7 @@ mod pod_watch;
 mod pod_worker;
 mod probes;
 mod process;
+mod provisioner;
 mod resources;
 mod security;
 mod status;
@@ -82,6 +86,7 @@ use tokio::task::AbortHandle;
 pub use config::{KubeletConfig, NodeConfig};
 use ip::IpPool;
 use process::ProcessTable;
+pub use provisioner::{PROVISIONER, STORAGE_CLASS};
 
 /// Errors of the test kubelet.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +216,10 @@ impl Kubelet {
             shared.track(heartbeat.abort_handle());
             let pods = tokio::spawn(pod_watch::run(shared.clone(), node.name.clone()));
             shared.track(pods.abort_handle());
+        }
+        if shared.config.provision_volumes {
+            let provisioner = tokio::spawn(provisioner::run(shared.clone()));
+            shared.track(provisioner.abort_handle());
         }
         Ok(kubelet)
     }

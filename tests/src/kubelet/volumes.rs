@@ -1,6 +1,7 @@
 //! Pod volumes materialised as host folders under the pod's state folder: emptyDir,
-//! configMap, secret, downwardAPI, hostPath and projected (service-account token from the
-//! TokenRequest API, ConfigMaps such as `kube-root-ca.crt`, Secrets, downward API), and the
+//! configMap, secret, downwardAPI, hostPath, persistentVolumeClaim (the folder of the bound
+//! volume, see `provisioner`) and projected (service-account token from the TokenRequest API,
+//! ConfigMaps such as `kube-root-ca.crt`, Secrets, downward API), and the
 //! bind mounts that show them to a container at the spec's `mountPath`.
 
 use std::{
@@ -10,7 +11,10 @@ use std::{
 
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, ServiceAccount, Volume},
+    core::v1::{
+        Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim,
+        ServiceAccount, Volume,
+    },
 };
 use kube::{Api, Client, ResourceExt, api::PostParams};
 
@@ -171,6 +175,13 @@ async fn materialise(
             owned: false,
         });
     }
+    if let Some(claim) = &volume.persistent_volume_claim {
+        return Ok(VolumeDir {
+            path: claimed_folder(client, &ns, &claim.claim_name).await?,
+            always_read_only: claim.read_only.unwrap_or(false),
+            owned: false,
+        });
+    }
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let mut always_read_only = true;
     if let Some(cm) = &volume.config_map {
@@ -209,6 +220,50 @@ async fn materialise(
         always_read_only,
         owned: true,
     })
+}
+
+/// The host folder of the volume bound to claim `name`: a claim that is missing or not yet
+/// Bound holds the pod back (`ContainerCreating`), as on a real node; the volume must be a
+/// hostPath volume (the local provisioner's kind).
+async fn claimed_folder(client: &Client, ns: &str, name: &str) -> Result<PathBuf, KubeletError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim = claims
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!(
+            "reading PersistentVolumeClaim {ns}/{name}"
+        )))?
+        .ok_or_else(|| {
+            KubeletError::Missing(format!("persistentvolumeclaim \"{name}\" not found"))
+        })?;
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let volume = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+    let (true, Some(volume)) = (bound, volume) else {
+        return Err(KubeletError::Missing(format!(
+            "persistentvolumeclaim \"{name}\" is not bound"
+        )));
+    };
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .map_err(kube_err(format!("reading PersistentVolume {volume}")))?;
+    let path = pv
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| PathBuf::from(h.path))
+        .ok_or_else(|| {
+            KubeletError::Config(format!(
+                "PersistentVolume {volume} (claim {ns}/{name}) is not a hostPath volume; the \
+                 test kubelet mounts only those"
+            ))
+        })?;
+    if !path.is_dir() {
+        return Err(KubeletError::Missing(format!(
+            "the folder {} of PersistentVolume {volume} does not exist",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// Materialises every volume of the pod under `root` (`root/<volume name>`), returning name →
