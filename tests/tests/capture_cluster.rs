@@ -1,0 +1,142 @@
+//! Auto-capture with the chart's default lake on the local cluster with real containers: the
+//! capture sidecar's root filesystem is read-only, so the inference table lands on the claim
+//! the operator creates (`pvc://sluice-lake`, the operator's default `lakeRoot`), and every
+//! request sent through the gateway is a row that DuckDB reads back from that volume once the
+//! pods are gone (the sidecars drain their spool on SIGTERM).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use sluice_crds::{ModelVersion, ServingEndpoint};
+use sluice_tests::{
+    cluster::{fresh_namespace, shared, shared_nodes},
+    gateway::GatewayProcess,
+    models::iris_on_claim,
+    venv_tool,
+};
+
+const REQUESTS: usize = 25;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
+    let nodes = shared_nodes();
+    let cp = shared();
+    let _logs = nodes.kubelet.logs_on_panic();
+    let client = cp.client().await.expect("client");
+    let ns = fresh_namespace(&client, "capture").await;
+    // The operator's own defaults: no lakeRoot configured.
+    let operator = cp.start_operator();
+    let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
+
+    let uri = iris_on_claim(&client, &ns).await;
+    let apply = PatchParams::apply("test-user");
+    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
+    mvs.patch(
+        "iris-1",
+        &apply,
+        &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-1"},
+            "spec": {"model": "iris", "version": 1, "source": {"uri": uri}, "format": "onnx", "task": "predict"}})),
+    )
+    .await
+    .expect("model version");
+    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
+    endpoints
+        .patch(
+            "iris",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
+                "metadata": {"name": "iris"},
+                "spec": {"servedEntities": [{"name": "v1", "model": "iris", "version": 1}],
+                         "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"}}})),
+        )
+        .await
+        .expect("endpoint");
+    let table = sluice_tests::wait::eventually(
+        "the endpoint READY",
+        Duration::from_secs(180),
+        logs,
+        || async {
+            let status = endpoints.get("iris").await.ok()?.status?;
+            let ready = format!("{:?}", status.state?.ready) == "READY";
+            ready.then_some(status.config?.auto_capture?.table_uri)
+        },
+    )
+    .await;
+    assert_eq!(table, "pvc://sluice-lake/ml/prod/iris_payload");
+
+    // The claim is the operator's, with no owner: the table outlives the endpoint.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let claim = claims.get("sluice-lake").await.expect("the lake claim");
+    assert!(claim.metadata.owner_references.is_none());
+
+    let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
+    for i in 0..REQUESTS {
+        let body = format!(r#"{{"inputs": [[6.7, 3.0, 5.2, {}]]}}"#, 2.0 + i as f64 / 100.0);
+        let answer = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 200);
+    }
+
+    // Deleting the endpoint stops its pods; each capture sidecar writes what it spooled.
+    endpoints
+        .delete("iris", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    sluice_tests::wait::eventually("the entity pods gone", Duration::from_secs(120), logs, || {
+        let pods = pods.clone();
+        async move {
+            let left = pods
+                .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        }
+    })
+    .await;
+    drop(operator);
+
+    let volume = claims
+        .get("sluice-lake")
+        .await
+        .expect("the claim is still there")
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("bound");
+    let folder = sluice_tests::pvc::folder_of(&client, &volume).await;
+    let glob = folder.join("ml/prod/iris_payload/**/*.parquet");
+    let query = format!(
+        "import duckdb; print(duckdb.sql(\"select count(*), count(distinct request_id) from \
+         read_parquet('{}', hive_partitioning = true)\").fetchall()[0])",
+        glob.display()
+    );
+    let out = std::process::Command::new(venv_tool("python"))
+        .args(["-c", &query])
+        .output()
+        .expect("running DuckDB");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        printed.trim(),
+        format!("({REQUESTS}, {REQUESTS})"),
+        "rows in {}",
+        folder.display()
+    );
+}
