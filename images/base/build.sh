@@ -12,7 +12,7 @@ set -euo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tag=gcr.io/distroless/cc-debian12:nonroot
 packages=(libc6 libgcc-s1 libstdc++6 libgomp1 libssl3 ca-certificates tzdata netbase)
-hash=$(cat "$src/build.sh" | sha256sum | cut -c1-16)
+hash=$(cat "$src/build.sh" "$src/../debs.sh" | sha256sum | cut -c1-16)
 podman=(podman --runtime /usr/sbin/runc)
 
 have=$("${podman[@]}" image inspect --format '{{index .Labels "dev.sluice.base-hash"}}' "$tag" 2>/dev/null || true)
@@ -22,19 +22,12 @@ if [[ "$have" == "$hash" ]]; then
 fi
 
 cache="${SLUICE_CACHE:-$HOME/.cache/sluice}/base/$hash"
-mkdir -p "$cache/debs"
-if ! ls "$cache/debs"/*.deb >/dev/null 2>&1; then
-    echo "base/build.sh: downloading ${packages[*]}" >&2
-    (cd "$cache/debs" && { apt-get download -qq "${packages[@]}" >&2 2>&1 \
-        || { apt-get update -qq >&2 && apt-get download -qq "${packages[@]}" >&2; }; })
-fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-mkdir -p "$root"
-for deb in "$cache/debs"/*.deb; do
-    dpkg-deb -x "$deb" "$root"
-done
+# shellcheck source=../debs.sh
+source "$src/../debs.sh"
+debs_into "$cache" "$root" "${packages[@]}"
 # Trim what a distroless image does not carry.
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" \
     "$root/usr/share/lintian" "$root/usr/share/locale" "$root/usr/sbin" "$root/usr/bin" \

@@ -26,7 +26,7 @@ packages=(busybox-static
 podman=(podman --runtime /usr/sbin/runc)
 
 base_id=$(bash "$src/../base/build.sh")
-script_hash=$(sha256sum < "$src/build.sh" | cut -c1-16)
+script_hash=$(cat "$src/build.sh" "$src/../debs.sh" | sha256sum | cut -c1-16)
 hash=$(printf '%s\n%s\n' "$script_hash" "$base_id" | sha256sum | cut -c1-16)
 
 have=$("${podman[@]}" image inspect --format '{{index .Labels "dev.sluice.tools-hash"}}' "$tag" 2>/dev/null || true)
@@ -37,19 +37,12 @@ fi
 
 # The .debs depend only on this script (the package list), not on the base.
 cache="${SLUICE_CACHE:-$HOME/.cache/sluice}/tools/$script_hash"
-mkdir -p "$cache/debs"
-if ! ls "$cache/debs"/*.deb >/dev/null 2>&1; then
-    echo "tools/build.sh: downloading ${packages[*]}" >&2
-    (cd "$cache/debs" && { apt-get download -qq "${packages[@]}" >&2 2>&1 \
-        || { apt-get update -qq >&2 && apt-get download -qq "${packages[@]}" >&2; }; })
-fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-mkdir -p "$root"
-for deb in "$cache/debs"/*.deb; do
-    dpkg-deb -x "$deb" "$root"
-done
+# shellcheck source=../debs.sh
+source "$src/../debs.sh"
+debs_into "$cache" "$root" "${packages[@]}"
 # Trim: docs, and what a test workload never uses (the C-API test modules, nis, idle, tkinter,
 # the busybox initramfs hooks).
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" \

@@ -524,6 +524,11 @@ async fn cold_start_benchmark() {
     );
     let path = sluice_tests::repo_root().join("docs/benchmarks/cold-start.md");
     std::fs::create_dir_all(path.parent().expect("docs")).expect("docs dir");
-    std::fs::write(&path, &doc).expect("write");
+    // Earlier runs written up by hand under `## History` stay.
+    let history = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|old| old.find("\n## History").map(|i| old[i..].to_string()))
+        .unwrap_or_default();
+    std::fs::write(&path, format!("{doc}{history}")).expect("write");
     println!("{doc}");
 }

@@ -79,7 +79,10 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     let http = reqwest::Client::new();
     let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
     for i in 0..REQUESTS {
-        let body = format!(r#"{{"inputs": [[6.7, 3.0, 5.2, {}]]}}"#, 2.0 + i as f64 / 100.0);
+        let body = format!(
+            r#"{{"inputs": [[6.7, 3.0, 5.2, {}]]}}"#,
+            2.0 + i as f64 / 100.0
+        );
         let answer = http
             .post(&url)
             .header("content-type", "application/json")
@@ -96,16 +99,21 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
         .await
         .expect("delete");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    sluice_tests::wait::eventually("the entity pods gone", Duration::from_secs(120), logs, || {
-        let pods = pods.clone();
-        async move {
-            let left = pods
-                .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
-                .await
-                .ok()?;
-            left.items.is_empty().then_some(())
-        }
-    })
+    sluice_tests::wait::eventually(
+        "the entity pods gone",
+        Duration::from_secs(120),
+        logs,
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods
+                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+                    .await
+                    .ok()?;
+                left.items.is_empty().then_some(())
+            }
+        },
+    )
     .await;
     drop(operator);
 

@@ -320,10 +320,7 @@ async fn a_container_that_exits_is_restarted_and_counted() {
         .and_then(|s| s.terminated)
         .expect("last termination recorded");
     assert_eq!(last.exit_code, 3);
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "crasher", "main")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "crasher", "main");
     assert!(log.matches("started").count() >= 2, "{log}");
 }
 
@@ -412,10 +409,7 @@ print("RESULT " + json.dumps(out), flush=True)
         (phase == "Succeeded").then_some(())
     })
     .await;
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "inspect", "main")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "inspect", "main");
     let line = log
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
@@ -555,10 +549,7 @@ async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
         (pods.get("patient").await.ok()?.status?.phase? == "Succeeded").then_some(())
     })
     .await;
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "patient", "main")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "patient", "main");
     assert_eq!(log.trim(), "hello world");
 }
 
@@ -591,10 +582,7 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
         (pods.get("ordered").await.ok()?.status?.phase? == "Succeeded").then_some(())
     })
     .await;
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "ordered", "main")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "ordered", "main");
     assert_eq!(log.lines().collect::<Vec<_>>(), ["one", "two", "main"]);
 
     let engine = eventually("the engine pod to be Running and Ready", 60, || async {
@@ -679,15 +667,9 @@ async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
         assert!(!alive(pid), "process {pid} survived its pod");
     }
     assert_eq!(processes_in(nodes, &ns), 0);
-    let polite = nodes
-        .kubelet
-        .container_log(&ns, "polite", "main")
-        .unwrap_or_default();
+    let polite = log_of(nodes, &ns, "polite", "main");
     assert!(polite.contains("got SIGTERM"), "{polite}");
-    let stubborn = nodes
-        .kubelet
-        .container_log(&ns, "stubborn", "main")
-        .unwrap_or_default();
+    let stubborn = log_of(nodes, &ns, "stubborn", "main");
     assert!(!stubborn.contains("got SIGTERM"), "{stubborn}");
 }
 
@@ -735,10 +717,7 @@ async fn deletion_runs_the_prestop_sleep_and_stops_sidecars_after_the_main_conta
     })
     .await;
     let at = |container: &str, event: &str| -> u128 {
-        let log = nodes
-            .kubelet
-            .container_log(&ns, "ordered", container)
-            .unwrap_or_default();
+        let log = log_of(nodes, &ns, "ordered", container);
         log.lines()
             .find_map(|l| {
                 l.strip_prefix(&format!("{container}-{event} "))?
@@ -994,6 +973,26 @@ where
     .await
 }
 
+/// The whole log of a container (empty when it never ran).
+fn log_of(nodes: &LocalNodes, ns: &str, pod: &str, container: &str) -> String {
+    nodes
+        .kubelet
+        .container_log(ns, pod, container)
+        .unwrap_or_default()
+}
+
+/// The message of container `main` of `pod` once it waits with `reason`.
+async fn waiting_message(pods: &Api<Pod>, pod: &str, reason: &str) -> String {
+    let c = container_status(pods, pod, "main", reason, |c| {
+        waiting_reason(c).as_deref() == Some(reason)
+    })
+    .await;
+    c.state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default()
+}
+
 fn waiting_reason(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
     c.state.as_ref()?.waiting.as_ref()?.reason.clone()
 }
@@ -1039,10 +1038,7 @@ async fn containers_see_only_their_image_and_volumes_under_their_security_contex
     .await;
     let ended = writer.state.and_then(|s| s.terminated).expect("terminated");
     assert_ne!(ended.exit_code, 0, "writing to a read-only root fails");
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "restricted", "writer")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "restricted", "writer");
     assert!(log.contains("Read-only file system"), "{log}");
     container_status(
         &pods,
@@ -1057,10 +1053,7 @@ async fn containers_see_only_their_image_and_volumes_under_their_security_contex
         },
     )
     .await;
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "restricted", "inspect")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "restricted", "inspect");
     for want in [
         "uid=65532 groups=65532 2000",
         "host=hidden",
@@ -1089,15 +1082,7 @@ async fn run_as_non_root_refuses_a_root_image() {
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let c = container_status(&pods, "rooted", "main", "CreateContainerConfigError", |c| {
-        waiting_reason(c).as_deref() == Some("CreateContainerConfigError")
-    })
-    .await;
-    let message = c
-        .state
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&pods, "rooted", "CreateContainerConfigError").await;
     assert!(
         message.contains("container has runAsNonRoot and image will run as root"),
         "{message}"
@@ -1128,10 +1113,7 @@ async fn a_memory_hog_is_oom_killed_and_restarted() {
     .await;
     let last = c.last_state.and_then(|s| s.terminated).expect("terminated");
     assert_eq!(last.exit_code, 137);
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "hog", "main")
-        .unwrap_or_default();
+    let log = log_of(nodes, &ns, "hog", "main");
     assert!(!log.contains("survived"), "{log}");
 }
 
@@ -1146,15 +1128,7 @@ async fn a_misspelled_image_backs_off_pulling_with_the_registry_message() {
         "spec": {"containers": [{"name": "main", "image": wrong, "command": ["/bin/sh", "-c", "sleep 300"]}]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let c = container_status(&pods, "typo", "main", "ImagePullBackOff", |c| {
-        waiting_reason(c).as_deref() == Some("ImagePullBackOff")
-    })
-    .await;
-    let message = c
-        .state
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
-        .unwrap_or_default();
+    let message = waiting_message(&pods, "typo", "ImagePullBackOff").await;
     assert!(message.contains(&wrong), "{message}");
     assert!(message.to_lowercase().contains("unknown"), "{message}");
     assert_eq!(processes_in(nodes, &ns), 0, "nothing started");
