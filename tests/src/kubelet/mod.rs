@@ -193,6 +193,7 @@ impl Kubelet {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
         process::check_machine().await?;
+        process::ensure_reaper()?;
         let since = Timestamp::now();
         let shared = Arc::new(Shared {
             client: client.clone(),

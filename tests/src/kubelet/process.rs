@@ -24,6 +24,8 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
+use std::os::unix::process::CommandExt;
+
 use tokio::process::{Child, Command};
 
 use super::{KubeletError, env::Env, io_err};
@@ -364,6 +366,40 @@ pub fn alive(pid: u32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
+}
+
+/// Starts, once per test process, the reaper of its containers: a shell that waits until its
+/// stdin (a pipe held in a static) closes — when the test process exits, even killed — and then
+/// removes every container labelled with this process's pid. Test binaries keep their kubelet
+/// in a static, which is never dropped; this is what stops their containers.
+pub fn ensure_reaper() -> Result<(), KubeletError> {
+    static REAPER: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
+    let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
+    if reaper.is_none() {
+        *reaper = Some(start_reaper()?);
+    }
+    Ok(())
+}
+
+fn start_reaper() -> Result<std::process::ChildStdin, KubeletError> {
+    let script = format!(
+        "cat >/dev/null; podman --runtime /usr/sbin/runc ps --all --quiet \
+         --filter label={OWNER_LABEL}={pid} | xargs -r podman --runtime /usr/sbin/runc rm \
+         --force --time 0 >/dev/null 2>&1",
+        pid = std::process::id()
+    );
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(io_err("starting the container reaper"))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| KubeletError::Unsupported("the reaper has no stdin".into()))
 }
 
 /// Removes containers that kubelets of test processes no longer alive left behind (a killed
