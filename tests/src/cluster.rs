@@ -574,7 +574,8 @@ pub fn metric_value(exposition: &str, series: &str) -> f64 {
 }
 
 /// A loopback address with a port free at the time of the call.
-fn free_loopback_addr() -> std::net::SocketAddr {
+/// A free port on 127.0.0.1 (bound, read, released).
+pub fn free_loopback_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap_or_else(|e| panic!("finding a free port: {e}"))

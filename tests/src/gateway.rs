@@ -19,9 +19,7 @@ pub struct GatewayProcess {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+    crate::cluster::free_loopback_addr()
 }
 
 impl GatewayProcess {

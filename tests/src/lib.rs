@@ -10,6 +10,7 @@ pub mod images;
 pub mod kubelet;
 pub mod manifests;
 pub mod models;
+pub mod object_store;
 pub mod pvc;
 pub mod schema;
 pub mod wait;

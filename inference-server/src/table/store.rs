@@ -221,6 +221,11 @@ impl TableStore {
         })
     }
 
+    /// The store and the location's prefix inside it (what `fetch` reads artifacts through).
+    pub fn parts(&self) -> (&std::sync::Arc<dyn ObjectStore>, &Path) {
+        (&self.store, &self.prefix)
+    }
+
     /// The location as given.
     pub fn uri(&self) -> &str {
         &self.uri

@@ -3,9 +3,12 @@
 //! once complete, so `serve` never reads half an artifact.
 //!
 //! Sources: `file://` (a folder or a single file, e.g. on a mounted volume), `pvc://claim/path`
-//! (the claim mounted at `--pvc-root/<claim>`), and `http://`/`https://` (one file; a
-//! `.tar.gz`/`.tgz` or `.zip` is not unpacked yet). Object stores (`s3://`, `gs://`, `az://`) and
-//! registry references (`models:/`, `mlflow://`) are refused with a message naming the scheme.
+//! (the claim mounted at `--pvc-root/<claim>`), object stores (`s3://`, `gs://`, `az://`,
+//! `abfss://`: one object or a whole prefix, streamed, see [`object`]), and
+//! `http://`/`https://` (one file; a `.tar.gz`/`.tgz` or `.zip` is not unpacked yet). Registry
+//! references (`models:/`, `mlflow://`) are refused with a message naming the scheme.
+
+mod object;
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +33,7 @@ pub struct FetchArgs {
 pub enum FetchError {
     /// The URI's scheme is not one `fetch` can read.
     #[error(
-        "cannot fetch {uri}: scheme {scheme:?} is not supported by this build (supported: file://, pvc://, http://, https://)"
+        "cannot fetch {uri}: scheme {scheme:?} is not supported by this build (supported: file://, pvc://, s3://, gs://, az://, abfss://, http://, https://)"
     )]
     Unsupported {
         /// The URI.
@@ -55,6 +58,14 @@ pub enum FetchError {
         path: PathBuf,
         /// Underlying error.
         source: std::io::Error,
+    },
+    /// An object store refused or failed (credentials, missing bucket, a broken transfer).
+    #[error("fetching {uri} from its object store: {message}")]
+    Store {
+        /// The URI.
+        uri: String,
+        /// The store's error.
+        message: String,
     },
     /// The download failed.
     #[error("downloading {uri}: {message}")]
@@ -94,6 +105,9 @@ pub async fn run(args: FetchArgs) -> Result<(), FetchError> {
         )?,
         "pvc" => copy_local(&args.uri, &args.pvc_root.join(rest), &staging)?,
         "http" | "https" => download(&args.uri, &staging).await?,
+        "s3" | "s3a" | "gs" | "az" | "abfss" | "adl" | "azure" => {
+            object::fetch(&args.uri, &staging).await?
+        }
         other => {
             return Err(FetchError::Unsupported {
                 uri: args.uri.clone(),
@@ -207,11 +221,11 @@ mod tests {
         assert!(dest.join("1_Pooling/config.json").is_file());
         assert!(!staging_dir(&dest).exists(), "no partial files left");
 
-        let err = run(args("s3://bucket/model".into(), &dest))
+        let err = run(args("ftp://host/model".into(), &dest))
             .await
             .expect_err("refused");
         assert!(
-            err.to_string().contains("scheme \"s3\" is not supported"),
+            err.to_string().contains("scheme \"ftp\" is not supported"),
             "{err}"
         );
         let err = run(args(format!("file://{}/absent", root.display()), &dest))
