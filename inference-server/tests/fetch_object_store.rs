@@ -1,9 +1,8 @@
 //! `inference-server fetch` from an S3-compatible object store (moto on loopback, from the
 //! project's `.venv`): a model folder under a prefix arrives whole with identical bytes, one
 //! object arrives as a file, a large object is streamed, a missing prefix fails with a message
-//! naming it, and the secret key never appears in the output.
+//! naming it, a tarball arrives unpacked, and the secret key never appears in the output.
 
-#[allow(dead_code)]
 mod capture_support;
 
 use std::{path::Path, process::Command};
@@ -45,7 +44,7 @@ fn fetch(moto: &Moto, uri: &str, dest: &Path) -> (bool, String) {
 }
 
 #[tokio::test]
-async fn a_model_folder_an_object_and_a_large_object_come_from_s3() {
+async fn a_model_folder_an_object_a_large_object_and_a_tarball_come_from_s3() {
     let moto = Moto::start(free_port()).await;
     moto.create_bucket("models").await;
     let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/iris");
@@ -92,6 +91,33 @@ async fn a_model_folder_an_object_and_a_large_object_come_from_s3() {
         large
     );
     assert!(log.contains("download progress"), "{log}");
+
+    // A tarball of the model folder (as `tar czf iris.tgz iris/` makes it) arrives unpacked.
+    let tgz = root.join("iris.tgz");
+    let tarred = Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(iris.parent().expect("models folder"))
+        .arg("iris")
+        .status()
+        .expect("tar");
+    assert!(tarred.success());
+    put(
+        &moto,
+        "models/archives/iris.tgz",
+        std::fs::read(&tgz).expect("tgz"),
+    )
+    .await;
+    let unpacked = root.join("unpacked");
+    let (ok, log) = fetch(&moto, "s3://models/archives/iris.tgz", &unpacked);
+    assert!(ok, "{log}");
+    assert_eq!(
+        std::fs::read(unpacked.join("iris.onnx")).expect("onnx"),
+        onnx
+    );
+    assert!(unpacked.join("sluice-model.yaml").is_file());
+    assert!(!unpacked.join("iris.tgz").exists());
 
     let (ok, log) = fetch(&moto, "s3://models/absent/7", &root.join("absent"));
     assert!(!ok, "a missing prefix fails");

@@ -5,9 +5,11 @@
 //! Sources: `file://` (a folder or a single file, e.g. on a mounted volume), `pvc://claim/path`
 //! (the claim mounted at `--pvc-root/<claim>`), object stores (`s3://`, `gs://`, `az://`,
 //! `abfss://`: one object or a whole prefix, streamed, see [`object`]), and
-//! `http://`/`https://` (one file; a `.tar.gz`/`.tgz` or `.zip` is not unpacked yet). Registry
-//! references (`models:/`, `mlflow://`) are refused with a message naming the scheme.
+//! `http://`/`https://` (one file). A source that is a single archive (`.tar.gz`, `.tgz`,
+//! `.tar`, `.zip`) is unpacked safely ([`archive`]). Registry references (`models:/`,
+//! `mlflow://`) are refused with a message naming the scheme.
 
+mod archive;
 mod object;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,14 @@ pub enum FetchError {
         /// The store's error.
         message: String,
     },
+    /// An archive is broken, or holds an entry that would land outside the model folder.
+    #[error("unpacking {archive}: {message}")]
+    Archive {
+        /// The archive.
+        archive: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The download failed.
     #[error("downloading {uri}: {message}")]
     Http {
@@ -115,9 +125,36 @@ pub async fn run(args: FetchArgs) -> Result<(), FetchError> {
             });
         }
     }
+    unpack_lone_archive(&staging)?;
     publish(&staging, &args.dest)?;
     tracing::info!(uri = %args.uri, dest = %args.dest.display(), "artifact fetched");
     Ok(())
+}
+
+/// A source that was one archive file becomes its contents.
+fn unpack_lone_archive(staging: &Path) -> Result<(), FetchError> {
+    let entries: Vec<_> = std::fs::read_dir(staging)
+        .map_err(io("reading", staging))?
+        .collect::<Result<_, _>>()
+        .map_err(io("reading", staging))?;
+    let [only] = entries.as_slice() else {
+        return Ok(());
+    };
+    let name = only.file_name().to_string_lossy().into_owned();
+    match archive::Kind::of(&name) {
+        Some(kind) if only.path().is_file() => {
+            let unpacked = staging.join(".sluice-archive");
+            archive::unpack(&only.path(), kind, &unpacked)?;
+            for entry in std::fs::read_dir(&unpacked).map_err(io("reading", &unpacked))? {
+                let entry = entry.map_err(io("reading", &unpacked))?;
+                let target = staging.join(entry.file_name());
+                std::fs::rename(entry.path(), &target).map_err(io("moving", &target))?;
+            }
+            tracing::info!(archive = %name, "unpacked");
+            std::fs::remove_dir(&unpacked).map_err(io("removing", &unpacked))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A sibling of `dest` on the same volume would need write access to its parent, which a pod's
