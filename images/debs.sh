@@ -1,5 +1,9 @@
 # Sourced by the image builds: unpack Debian packages into a root filesystem, the way our
-# images get their files without a registry pull.
+# images get their files without a registry pull, and skip a build whose result is current.
+#
+#   image_is_current <podman...> -- <tag> <label> <hash>
+#
+# prints the image ID and succeeds when <tag> exists with label <label> = <hash>.
 #
 #   debs_into <cache dir> <root> <package>...
 #
@@ -18,4 +22,14 @@ debs_into() {
     for deb in "$cache/debs"/*.deb; do
         dpkg-deb -x "$deb" "$root"
     done
+}
+
+image_is_current() {
+    local podman=()
+    while [[ $1 != -- ]]; do podman+=("$1"); shift; done
+    shift
+    local tag=$1 label=$2 hash=$3 have
+    have=$("${podman[@]}" image inspect --format "{{index .Labels \"$label\"}}" "$tag" 2>/dev/null || true)
+    [[ "$have" == "$hash" ]] || return 1
+    "${podman[@]}" image inspect --format '{{.Id}}' "$tag"
 }

@@ -15,9 +15,9 @@ packages=(libc6 libgcc-s1 libstdc++6 libgomp1 libssl3 ca-certificates tzdata net
 hash=$(cat "$src/build.sh" "$src/../debs.sh" | sha256sum | cut -c1-16)
 podman=(podman --runtime /usr/sbin/runc)
 
-have=$("${podman[@]}" image inspect --format '{{index .Labels "dev.sluice.base-hash"}}' "$tag" 2>/dev/null || true)
-if [[ "$have" == "$hash" ]]; then
-    "${podman[@]}" image inspect --format '{{.Id}}' "$tag"
+# shellcheck source=../debs.sh
+source "$src/../debs.sh"
+if image_is_current "${podman[@]}" -- "$tag" dev.sluice.base-hash "$hash"; then
     exit 0
 fi
 
@@ -25,8 +25,6 @@ cache="${SLUICE_CACHE:-$HOME/.cache/sluice}/base/$hash"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-# shellcheck source=../debs.sh
-source "$src/../debs.sh"
 debs_into "$cache" "$root" "${packages[@]}"
 # Trim what a distroless image does not carry.
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/info" \

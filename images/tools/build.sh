@@ -29,9 +29,9 @@ base_id=$(bash "$src/../base/build.sh")
 script_hash=$(cat "$src/build.sh" "$src/../debs.sh" | sha256sum | cut -c1-16)
 hash=$(printf '%s\n%s\n' "$script_hash" "$base_id" | sha256sum | cut -c1-16)
 
-have=$("${podman[@]}" image inspect --format '{{index .Labels "dev.sluice.tools-hash"}}' "$tag" 2>/dev/null || true)
-if [[ "$have" == "$hash" ]]; then
-    "${podman[@]}" image inspect --format '{{.Id}}' "$tag"
+# shellcheck source=../debs.sh
+source "$src/../debs.sh"
+if image_is_current "${podman[@]}" -- "$tag" dev.sluice.tools-hash "$hash"; then
     exit 0
 fi
 
@@ -40,8 +40,6 @@ cache="${SLUICE_CACHE:-$HOME/.cache/sluice}/tools/$script_hash"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-# shellcheck source=../debs.sh
-source "$src/../debs.sh"
 debs_into "$cache" "$root" "${packages[@]}"
 # Trim: docs, and what a test workload never uses (the C-API test modules, nis, idle, tkinter,
 # the busybox initramfs hooks).

@@ -195,13 +195,32 @@ fn unpack_zip(archive: &Path, file: File, into: &Path) -> Result<(), FetchError>
     Ok(())
 }
 
+/// The only entry of `dir`, when it holds exactly one.
+pub fn lone_entry(dir: &Path) -> Result<Option<std::fs::DirEntry>, FetchError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io("reading", dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io("reading", dir))?;
+    Ok(if entries.len() == 1 {
+        entries.pop()
+    } else {
+        None
+    })
+}
+
+/// Moves every entry of folder `from` into `to`, then removes `from`.
+pub fn move_contents(from: &Path, to: &Path) -> Result<(), FetchError> {
+    for entry in std::fs::read_dir(from).map_err(io("reading", from))? {
+        let entry = entry.map_err(io("reading", from))?;
+        let target = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &target).map_err(io("moving", &target))?;
+    }
+    std::fs::remove_dir(from).map_err(io("removing", from))
+}
+
 /// Replaces a lone top-level folder by its contents.
 fn hoist_single_folder(into: &Path) -> Result<(), FetchError> {
-    let entries: Vec<_> = std::fs::read_dir(into)
-        .map_err(io("reading", into))?
-        .collect::<Result<_, _>>()
-        .map_err(io("reading", into))?;
-    let [only] = entries.as_slice() else {
+    let Some(only) = lone_entry(into)? else {
         return Ok(());
     };
     let folder = only.path();
@@ -210,12 +229,7 @@ fn hoist_single_folder(into: &Path) -> Result<(), FetchError> {
     }
     let moved = into.join(".sluice-unpacked");
     std::fs::rename(&folder, &moved).map_err(io("moving", &folder))?;
-    for entry in std::fs::read_dir(&moved).map_err(io("reading", &moved))? {
-        let entry = entry.map_err(io("reading", &moved))?;
-        let target = into.join(entry.file_name());
-        std::fs::rename(entry.path(), &target).map_err(io("moving", &target))?;
-    }
-    std::fs::remove_dir(&moved).map_err(io("removing", &moved))
+    move_contents(&moved, into)
 }
 
 #[cfg(test)]

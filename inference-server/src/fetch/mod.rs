@@ -133,11 +133,7 @@ pub async fn run(args: FetchArgs) -> Result<(), FetchError> {
 
 /// A source that was one archive file becomes its contents.
 fn unpack_lone_archive(staging: &Path) -> Result<(), FetchError> {
-    let entries: Vec<_> = std::fs::read_dir(staging)
-        .map_err(io("reading", staging))?
-        .collect::<Result<_, _>>()
-        .map_err(io("reading", staging))?;
-    let [only] = entries.as_slice() else {
+    let Some(only) = archive::lone_entry(staging)? else {
         return Ok(());
     };
     let name = only.file_name().to_string_lossy().into_owned();
@@ -145,13 +141,8 @@ fn unpack_lone_archive(staging: &Path) -> Result<(), FetchError> {
         Some(kind) if only.path().is_file() => {
             let unpacked = staging.join(".sluice-archive");
             archive::unpack(&only.path(), kind, &unpacked)?;
-            for entry in std::fs::read_dir(&unpacked).map_err(io("reading", &unpacked))? {
-                let entry = entry.map_err(io("reading", &unpacked))?;
-                let target = staging.join(entry.file_name());
-                std::fs::rename(entry.path(), &target).map_err(io("moving", &target))?;
-            }
             tracing::info!(archive = %name, "unpacked");
-            std::fs::remove_dir(&unpacked).map_err(io("removing", &unpacked))
+            archive::move_contents(&unpacked, staging)
         }
         _ => Ok(()),
     }
