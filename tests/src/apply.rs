@@ -18,6 +18,8 @@ pub fn api_resource(doc: &Value) -> anyhow::Result<ApiResource> {
         "ModelVersion" => "modelversions",
         "Secret" => "secrets",
         "ConfigMap" => "configmaps",
+        "ServiceAccount" => "serviceaccounts",
+        "Deployment" => "deployments",
         other => anyhow::bail!("tests do not know the plural of kind {other:?}"),
     };
     Ok(ApiResource::from_gvk_with_plural(&gvk, plural))

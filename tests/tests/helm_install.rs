@@ -598,3 +598,54 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         "the ServingEndpoint went with the release"
     );
 }
+
+/// The chart's operator Deployment, rendered with a misspelled image repository and applied
+/// with the ServiceAccount and ConfigMap it needs: its pod waits in `ImagePullBackOff` with the
+/// registry's message, as on a cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misspelled_image_in_the_values_leaves_the_pod_in_image_pull_back_off() {
+    let nodes = shared_nodes();
+    let cp = shared();
+    let _logs = nodes.kubelet.logs_on_panic();
+    let client = cp.client().await.expect("client");
+    let ns = fresh_namespace(&client, "typo").await;
+    let pushed = sluice_tests::images::ours("operator");
+    let wrong = format!("{}x", pushed.repository);
+    let sets = [
+        format!("images.operator.repository={wrong}"),
+        format!("images.operator.digest={}", pushed.digest),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let rendered = helm_support::template(&[], &sets).expect("helm template");
+    let docs = helm_support::documents(&rendered);
+    let apply = PatchParams::apply("test-user");
+    for (kind, name) in [
+        ("ServiceAccount", "sluice-operator"),
+        ("ConfigMap", "sluice-operator"),
+        ("Deployment", "sluice-operator"),
+    ] {
+        let mut doc = helm_support::object(&docs, kind, name).clone();
+        doc["metadata"]["namespace"] = json!(ns);
+        let resource = sluice_tests::apply::api_resource(&doc).expect("kind");
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &resource);
+        api.patch(name, &apply, &Patch::Apply(&doc))
+            .await
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let message = eventually(nodes, "the operator pod in ImagePullBackOff", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|p| {
+            let statuses = p.status?.container_statuses?;
+            statuses.into_iter().find_map(|c| {
+                let waiting = c.state?.waiting?;
+                (waiting.reason.as_deref() == Some("ImagePullBackOff")).then_some(waiting.message)
+            })
+        })
+    })
+    .await
+    .unwrap_or_default();
+    assert!(message.contains(&wrong), "{message}");
+    assert!(message.to_lowercase().contains("unknown"), "{message}");
+}
