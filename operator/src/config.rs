@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Toleration;
 use serde::{Deserialize, Serialize};
 use sluice_crds::{Engine, WorkloadSize, WorkloadType};
 
+use crate::pvc::ClaimUri;
+
 /// Errors reading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -292,30 +294,17 @@ impl OperatorConfig {
 /// (`pvc://<claim>[/<path>]`, the claim a DNS-1123 name). Used for `lakeRoot` and for an
 /// endpoint's `autoCapture.uri`.
 pub fn check_table_root(uri: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = uri.split_once("://") else {
+    let Some((scheme, _)) = uri.split_once("://") else {
         return Err(format!(
             "{uri:?} has no scheme (pvc://, s3://, gs://, az://, abfss://)"
         ));
     };
     match scheme {
         "s3" | "s3a" | "gs" | "az" | "abfss" | "adl" | "azure" => Ok(()),
-        "pvc" => {
-            let claim = rest.split('/').next().unwrap_or_default();
-            let valid = !claim.is_empty()
-                && claim.len() <= 253
-                && claim.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                })
-                && claim.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && claim.ends_with(|c: char| c.is_ascii_alphanumeric());
-            if valid {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{uri:?}: {claim:?} is not a valid PersistentVolumeClaim name"
-                ))
-            }
-        }
+        "pvc" => match ClaimUri::of(uri).and_then(|c| c.problem()) {
+            Some(problem) => Err(format!("{uri:?}: {problem}")),
+            None => Ok(()),
+        },
         "file" => Err(format!(
             "{uri:?} is a path inside the capture container, whose root filesystem is read-only; \
              use pvc://<claim>/<path> or an object store (s3://, gs://, az://)"

@@ -17,6 +17,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod model_version;
+pub mod pvc;
 pub mod runtime;
 
 /// Field manager of every write the operator makes to a status subresource.

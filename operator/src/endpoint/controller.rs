@@ -26,7 +26,7 @@ use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpoin
 use tracing::{instrument, warn};
 
 use super::{
-    desired::{BuildContext, ClaimUri, LABEL_ENDPOINT, MANAGED_BY, build},
+    desired::{BuildContext, LABEL_ENDPOINT, MANAGED_BY, build},
     lake,
     plan::{ChildState, LastScale, plan},
     resolve::resolve,
@@ -36,6 +36,7 @@ use crate::{
     config::OperatorConfig,
     error::{Error, kube_err},
     metrics::ControllerName,
+    pvc::ClaimUri,
     runtime::{Env, Tracked},
 };
 

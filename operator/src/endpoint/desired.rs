@@ -13,9 +13,9 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
             EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
-            SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext, Service,
+            ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -27,6 +27,7 @@ use k8s_openapi::{
 use sluice_crds::Engine;
 
 use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
+use crate::pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT};
 
 /// `app.kubernetes.io/managed-by` value on every child.
 pub const MANAGED_BY: &str = "sluice";
@@ -129,6 +130,9 @@ pub fn build(
         if let Some(mounts) = fetch.volume_mounts.as_mut() {
             mounts.push(source.mount("source", SOURCE_MOUNT_ROOT, true));
         }
+        if let Some(args) = fetch.args.as_mut() {
+            args.extend(strings(&["--pvc-root", SOURCE_MOUNT_ROOT]));
+        }
     }
     let pod = PodSpec {
         init_containers: Some(vec![fetch]),
@@ -199,65 +203,6 @@ fn empty_dir(name: &str) -> Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
-    }
-}
-
-/// Where `pvc://` inference tables are mounted in the capture sidecar: `<root>/<claim>`.
-pub const LAKE_MOUNT_ROOT: &str = "/mnt/lake";
-/// Where a `pvc://` model source is mounted (read-only) in the fetch step: `<root>/<claim>`,
-/// the default `--pvc-root` of `inference-server fetch`.
-pub const SOURCE_MOUNT_ROOT: &str = "/mnt/pvc";
-
-/// A `pvc://<claim>/<path>` URI: a PersistentVolumeClaim of the endpoint's namespace and a path
-/// inside it. Model sources are mounted read-only into the fetch step; inference tables
-/// read-write into the capture sidecar, which writes `file://<LAKE_MOUNT_ROOT>/<claim>/<path>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClaimUri {
-    /// The claim's name.
-    pub claim: String,
-    /// The path inside the claim.
-    pub path: String,
-}
-
-impl ClaimUri {
-    /// The claim of a `pvc://` URI (`None` for any other scheme).
-    pub fn of(uri: &str) -> Option<Self> {
-        let rest = uri.strip_prefix("pvc://")?;
-        let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
-        Some(Self {
-            claim: claim.to_string(),
-            path: path.trim_matches('/').to_string(),
-        })
-    }
-
-    /// The table as the capture sidecar sees it.
-    pub fn file_uri(&self) -> String {
-        let base = format!("file://{LAKE_MOUNT_ROOT}/{}", self.claim);
-        if self.path.is_empty() {
-            base
-        } else {
-            format!("{base}/{}", self.path)
-        }
-    }
-
-    fn volume(&self, name: &str, read_only: bool) -> Volume {
-        Volume {
-            name: name.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: self.claim.clone(),
-                read_only: Some(read_only),
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn mount(&self, name: &str, root: &str, read_only: bool) -> VolumeMount {
-        VolumeMount {
-            name: name.into(),
-            mount_path: format!("{root}/{}", self.claim),
-            read_only: Some(read_only),
-            ..Default::default()
-        }
     }
 }
 
@@ -950,6 +895,12 @@ mod tests {
             .expect("mounted in fetch");
         assert_eq!(mount.mount_path, format!("{SOURCE_MOUNT_ROOT}/models"));
         assert_eq!(mount.read_only, Some(true));
+        let args = fetch.args.as_ref().expect("args").join(" ");
+        assert!(
+            args.contains("--uri pvc://models/fraud/3")
+                && args.ends_with(&format!("--pvc-root {SOURCE_MOUNT_ROOT}")),
+            "fetch reads the claim where it is mounted: {args}"
+        );
         assert!(
             p.containers.iter().all(|c| c
                 .volume_mounts

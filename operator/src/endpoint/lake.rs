@@ -10,10 +10,11 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use super::desired::{ClaimUri, MANAGED_BY};
+use super::desired::MANAGED_BY;
 use crate::{
     config::LakeVolume,
     error::{Error, kube_err},
+    pvc::ClaimUri,
 };
 
 /// The claim `lake` asks for, from `template`, in `namespace`.

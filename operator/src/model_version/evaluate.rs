@@ -6,7 +6,10 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp}
 use kube::ResourceExt;
 use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
 
-use crate::conditions::{self, Desired, Status};
+use crate::{
+    conditions::{self, Desired, Status},
+    pvc::ClaimUri,
+};
 
 /// Condition type: the version was checked and may be served.
 pub const READY: &str = "Ready";
@@ -81,6 +84,12 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -
     };
     if let Some(message) = format_task_mismatch(mv.spec.format, mv.spec.task) {
         return not_ready("UnsupportedTask", message);
+    }
+    if let Some(problem) = ClaimUri::of(&mv.spec.source.uri).and_then(|c| c.problem()) {
+        return not_ready(
+            "InvalidSource",
+            format!("spec.source.uri {}: {problem}", mv.spec.source.uri),
+        );
     }
     if let Some(first) = others
         .iter()
@@ -282,5 +291,38 @@ mod tests {
         let a = version("churn-7", 7, "champion");
         let s = evaluate(&a, &[], SecretCheck::Missing, Timestamp::UNIX_EPOCH);
         assert_eq!(condition(&s, READY).reason, "SecretNotFound");
+    }
+
+    #[test]
+    fn a_pvc_source_must_name_a_valid_claim() {
+        let mut on_claim = version("churn-5", 5, "");
+        on_claim.spec.source.uri = "pvc://models/churn/5".into();
+        let s = evaluate(
+            &on_claim,
+            &[],
+            SecretCheck::NotNeeded,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(condition(&s, READY).status, "True");
+
+        on_claim.spec.source.uri = format!("pvc://{}/churn/5", "m".repeat(254));
+        let s = evaluate(
+            &on_claim,
+            &[],
+            SecretCheck::NotNeeded,
+            Timestamp::UNIX_EPOCH,
+        );
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSource")
+        );
+        assert!(
+            ready
+                .message
+                .contains("not a valid PersistentVolumeClaim name"),
+            "{}",
+            ready.message
+        );
     }
 }

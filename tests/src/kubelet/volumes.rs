@@ -223,8 +223,8 @@ async fn materialise(
 }
 
 /// The host folder of the volume bound to claim `name`: a claim that is missing or not yet
-/// Bound holds the pod back (`ContainerCreating`), as on a real node; the volume must be a
-/// hostPath volume (the local provisioner's kind).
+/// Bound (or whose volume is bound to another claim) holds the pod back (`ContainerCreating`),
+/// as on a real node; the volume must be a hostPath volume (the local provisioner's kind).
 async fn claimed_folder(client: &Client, ns: &str, name: &str) -> Result<PathBuf, KubeletError> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let claim = claims
@@ -247,9 +247,15 @@ async fn claimed_folder(client: &Client, ns: &str, name: &str) -> Result<PathBuf
         .get(&volume)
         .await
         .map_err(kube_err(format!("reading PersistentVolume {volume}")))?;
-    let path = pv
-        .spec
-        .and_then(|s| s.host_path)
+    let spec = pv.spec.unwrap_or_default();
+    let bound_to = spec.claim_ref.as_ref().and_then(|r| r.uid.as_deref());
+    if bound_to != claim.metadata.uid.as_deref() {
+        return Err(KubeletError::Missing(format!(
+            "PersistentVolume {volume} is not bound to persistentvolumeclaim \"{name}\""
+        )));
+    }
+    let path = spec
+        .host_path
         .map(|h| PathBuf::from(h.path))
         .ok_or_else(|| {
             KubeletError::Config(format!(
