@@ -1133,3 +1133,60 @@ async fn a_misspelled_image_backs_off_pulling_with_the_registry_message() {
     assert!(message.to_lowercase().contains("unknown"), "{message}");
     assert_eq!(processes_in(nodes, &ns), 0, "nothing started");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn termination_messages_come_from_the_file_or_the_log_tail() {
+    let (nodes, client, ns) = setup("termmsg").await;
+    let _logs = nodes.kubelet.logs_on_panic();
+    let script = |s: &str| vec!["/bin/sh".to_string(), "-c".into(), s.into()];
+    let _: Pod = create(&client, &ns, json!({
+        "metadata": {"name": "ends"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 65532, "runAsNonRoot": true},
+            "containers": [
+                {"name": "file", "image": images::tools(),
+                 "command": script("echo noise; echo 'bad artifact' > /dev/termination-log; exit 3"),
+                 "securityContext": {"readOnlyRootFilesystem": true}},
+                {"name": "custom-path", "image": images::tools(),
+                 "terminationMessagePath": "/tmp/why",
+                 "command": script("echo 'from a custom path' > /tmp/why; exit 0")},
+                {"name": "fallback", "image": images::tools(),
+                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": script("echo first; echo 'the last line' >&2; exit 2")},
+                {"name": "fallback-ok", "image": images::tools(),
+                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": script("echo 'not a message'; exit 0")}
+            ]
+        }
+    })).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let ended = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let c = container_status(&pods, "ends", name, "a terminated state", |c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some()
+            })
+            .await;
+            c.state.and_then(|s| s.terminated).expect("terminated")
+        }
+    };
+    let file = ended("file").await;
+    assert_eq!(
+        (file.exit_code, file.message.as_deref()),
+        (3, Some("bad artifact\n"))
+    );
+    let custom = ended("custom-path").await;
+    assert_eq!(custom.message.as_deref(), Some("from a custom path\n"));
+    let fallback = ended("fallback").await;
+    let message = fallback.message.unwrap_or_default();
+    assert!(message.ends_with("the last line"), "{message:?}");
+    assert_eq!(
+        ended("fallback-ok").await.message,
+        None,
+        "a success keeps no log tail"
+    );
+}

@@ -137,6 +137,7 @@ impl ContainerRun {
                     exit_code: 0,
                     signal: None,
                     reason: "Completed".into(),
+                    message: None,
                     started: now,
                     finished: now,
                 });
@@ -238,10 +239,11 @@ impl ContainerRun {
         self.probes = None;
         self.kill_at = None;
         let code = process::exit_code(status);
-        let oom = match &self.launch {
-            Some(launch) => process::collect(launch).await,
-            None => false,
+        let ended = match &self.launch {
+            Some(launch) => process::collect(launch, code != 0).await,
+            None => process::Ended::default(),
         };
+        let oom = ended.oom;
         let now = Timestamp::now();
         let reason = match (code, oom) {
             (_, true) => "OOMKilled",
@@ -252,6 +254,7 @@ impl ContainerRun {
             exit_code: code,
             signal: status.signal(),
             reason: reason.into(),
+            message: ended.message,
             started: self.state.running_since.take().unwrap_or(now),
             finished: now,
         };

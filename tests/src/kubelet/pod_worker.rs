@@ -29,7 +29,7 @@ use super::{
     image,
     ip::IpLease,
     probes::{self, Verdict},
-    process::Launch,
+    process::{self, Launch},
     security,
     status::{self, PodView},
     volumes::{self, VolumeDir},
@@ -470,15 +470,29 @@ impl Worker {
             self.pod.namespace().unwrap_or_default(),
             self.pod.uid().unwrap_or_default()
         );
+        let termination_log = self.dir.join(format!("{}.termination-log", spec.name));
+        let mut mounts = volumes::mounts(spec, &volumes, &env)?;
+        mounts.push(process::Mount {
+            host: termination_log.clone(),
+            path: spec
+                .termination_message_path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            read_only: false,
+        });
         Ok(Launch {
             key: self.key(&spec.name),
             pidfile: self.dir.join(format!("{}.pid", spec.name)),
             run_dir: self.dir.join(format!("{}.run", spec.name)),
+            termination_log,
+            fallback_to_logs: spec.termination_message_policy.as_deref()
+                == Some("FallbackToLogsOnError"),
             name,
             image: spec.image.clone().unwrap_or_default(),
             command,
             args,
-            mounts: volumes::mounts(spec, &volumes, &env)?,
+            mounts,
             env,
             working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
             flags,

@@ -24,7 +24,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use std::os::unix::process::CommandExt;
+use std::os::unix::{fs::PermissionsExt, process::CommandExt};
 
 use tokio::process::{Child, Command};
 
@@ -86,6 +86,28 @@ pub struct Launch {
     /// killer ended the container (podman's own `OOMKilled` stays false on this cgroup v1
     /// machine).
     pub run_dir: PathBuf,
+    /// The host file bind-mounted at the container's `terminationMessagePath`, emptied before
+    /// each run.
+    pub termination_log: PathBuf,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: a failed run with an empty
+    /// termination log reports the tail of its log instead.
+    pub fallback_to_logs: bool,
+}
+
+/// The most of a termination message the kubelet keeps (its limit for the file).
+const MESSAGE_FILE_LIMIT: usize = 4096;
+/// What `FallbackToLogsOnError` keeps of the log: the last lines, at most this many bytes.
+const MESSAGE_LOG_LINES: usize = 80;
+const MESSAGE_LOG_LIMIT: usize = 2048;
+
+/// How a container run ended, beyond its exit code.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ended {
+    /// The kernel's OOM killer ended it.
+    pub oom: bool,
+    /// Its termination message: the termination log's contents, or the tail of its log for a
+    /// failed run under `FallbackToLogsOnError`.
+    pub message: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +224,18 @@ impl ProcessTable {
         std::fs::create_dir_all(&launch.run_dir)
             .map_err(io_err(format!("creating {}", launch.run_dir.display())))?;
         let _ = std::fs::remove_file(launch.run_dir.join("oom"));
+        // Any user of the container may write its termination message, as on a kubelet.
+        std::fs::write(&launch.termination_log, b"")
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &launch.termination_log,
+                    std::fs::Permissions::from_mode(0o666),
+                )
+            })
+            .map_err(io_err(format!(
+                "creating {}",
+                launch.termination_log.display()
+            )))?;
         let mut containers = self.lock();
         if containers.stopping {
             return Err(KubeletError::Stopping);
@@ -306,7 +340,7 @@ pub fn signal_container(name: &str, signal: Signal) {
 
 /// After a container's `podman run` exited: whether the kernel's OOM killer ended it, and the
 /// container removed.
-pub async fn collect(launch: &Launch) -> bool {
+pub async fn collect(launch: &Launch, failed: bool) -> Ended {
     let name = launch.name.as_str();
     let conmon_saw_oom = launch.run_dir.join("oom").exists();
     let oom = conmon_saw_oom
@@ -322,7 +356,32 @@ pub async fn collect(launch: &Launch) -> bool {
         .stderr(Stdio::null())
         .status()
         .await;
-    oom
+    Ended {
+        oom,
+        message: termination_message(launch, failed || oom),
+    }
+}
+
+/// The termination message of a run that just ended, as the kubelet reads it.
+fn termination_message(launch: &Launch, failed: bool) -> Option<String> {
+    let file = std::fs::read(&launch.termination_log).unwrap_or_default();
+    let file = &file[..file.len().min(MESSAGE_FILE_LIMIT)];
+    if !file.is_empty() {
+        return Some(String::from_utf8_lossy(file).into_owned());
+    }
+    if !(failed && launch.fallback_to_logs) {
+        return None;
+    }
+    let log = std::fs::read(&launch.log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(MESSAGE_LOG_LINES)..].join("\n");
+    let start = tail.len().saturating_sub(MESSAGE_LOG_LIMIT);
+    let start = (start..=tail.len())
+        .find(|i| tail.is_char_boundary(*i))
+        .unwrap_or(tail.len());
+    let tail = tail[start..].trim();
+    (!tail.is_empty()).then(|| tail.to_string())
 }
 
 /// Runs a command inside the running container `name` (an exec probe) to completion; its
@@ -464,6 +523,8 @@ mod tests {
             log: "/dev/null".into(),
             pidfile: "/tmp/pid".into(),
             run_dir: "/tmp".into(),
+            termination_log: "/tmp/termination-log".into(),
+            fallback_to_logs: false,
         };
         let args = run_args(&launch);
         assert!(args.contains(&"--env=A=b c".to_string()));

@@ -11,8 +11,11 @@ pub struct Termination {
     pub exit_code: i32,
     /// The signal that ended it, if any.
     pub signal: Option<i32>,
-    /// `Completed` or `Error`.
+    /// `Completed`, `Error` or `OOMKilled`.
     pub reason: String,
+    /// The termination message (`terminationMessagePath`, or the log's tail under
+    /// `FallbackToLogsOnError`).
+    pub message: Option<String>,
     /// When that run started.
     pub started: Timestamp,
     /// When it ended.
@@ -27,6 +30,9 @@ impl Termination {
         });
         if let Some(signal) = self.signal {
             t["signal"] = json!(signal);
+        }
+        if let Some(message) = &self.message {
+            t["message"] = json!(message);
         }
         json!({ "terminated": t })
     }
@@ -236,6 +242,7 @@ mod tests {
             exit_code: code,
             signal: None,
             reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            message: None,
             started: Timestamp::now(),
             finished: Timestamp::now(),
         };
