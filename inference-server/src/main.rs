@@ -34,7 +34,7 @@ enum Command {
     /// Serve one model directory over HTTP (MLflow scoring protocol and OpenAI routes).
     Serve(serve::ServeArgs),
     /// Copy a model artifact from its URI into the model folder (the entity pod's init step).
-    Fetch(fetch::FetchArgs),
+    Fetch(fetch::FetchCommand),
     /// The entry point users call: weighted routing, shadow traffic, hold-while-waking.
     Gateway(Box<gateway::GatewayArgs>),
     /// The auto-capture sidecar: proxies to the model and records every exchange in the
@@ -66,7 +66,9 @@ fn main() -> ExitCode {
     };
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)).map_err(Into::into),
-        Command::Fetch(args) => runtime.block_on(fetch::run(args)).map_err(Into::into),
+        Command::Fetch(args) => runtime
+            .block_on(fetch::run_command(args))
+            .map_err(Into::into),
         Command::Gateway(args) => runtime.block_on(gateway::run(*args)).map_err(Into::into),
         Command::Capture(args) => runtime.block_on(capture::run(*args)).map_err(Into::into),
     };

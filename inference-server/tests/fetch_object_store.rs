@@ -33,6 +33,11 @@ fn fetch(moto: &Moto, uri: &str, dest: &Path) -> (bool, String) {
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", "us-east-1")
         .env("RUST_LOG", "info")
+        // Not the host's /dev: a pod's termination log, beside the destination.
+        .env(
+            "SLUICE_TERMINATION_LOG",
+            dest.with_extension("termination-log"),
+        )
         .output()
         .expect("running fetch");
     let text = format!(

@@ -5,18 +5,32 @@
 //! Sources: `file://` (a folder or a single file, e.g. on a mounted volume), `pvc://claim/path`
 //! (the claim mounted at `--pvc-root/<claim>`), object stores (`s3://`, `gs://`, `az://`,
 //! `abfss://`: one object or a whole prefix, streamed, see [`object`]), and
-//! `http://`/`https://` (one file). A source that is a single archive (`.tar.gz`, `.tgz`,
-//! `.tar`, `.zip`) is unpacked safely ([`archive`]). Registry references (`models:/`,
-//! `mlflow://`) are refused with a message naming the scheme.
+//! `http://`/`https://` (one file, streamed with retries and resume, see [`http`]). A source that
+//! is a single archive (`.tar.gz`, `.tgz`, `.tar`, `.zip`) is unpacked safely ([`archive`]).
+//! Registry references (`models:/`, `mlflow://`) are refused with a message naming the scheme.
+//!
+//! With `--sha256` the staged artifact is checked before it is unpacked or published
+//! ([`digest`] defines the digest of a file and of a folder). On failure the error is also
+//! written to `--termination-log`, which Kubernetes shows as the init container's
+//! `state.terminated.message`.
 
 mod archive;
+mod digest;
+mod http;
 mod object;
+mod stream;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Args;
 
-/// Arguments of `fetch`.
+use crate::serve::args::parse_duration;
+
+/// Where the source is and where it goes. (A struct of its own so that the standalone gateway
+/// can fetch with the default [`FetchOptions`].)
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Artifact URI (the ModelVersion's resolved URI).
@@ -28,6 +42,76 @@ pub struct FetchArgs {
     /// Where `pvc://<claim>/...` claims are mounted.
     #[arg(long, env = "SLUICE_PVC_ROOT", default_value = "/mnt/pvc")]
     pub pvc_root: PathBuf,
+}
+
+/// Where Kubernetes reads a container's termination message by default.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Most bytes of the error written to the termination log (what Kubernetes keeps).
+pub const TERMINATION_LOG_MAX: usize = 4096;
+/// A download that receives nothing for this long fails, unless `--stall-timeout` says otherwise.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a long download logs its progress, unless `--progress-every` says otherwise.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// First pause before retrying a failed HTTP request, unless `--retry-delay` says otherwise.
+pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How to fetch: the digest to check, where to report a failure, and transfer settings (hidden:
+/// they exist so that tests can shorten them).
+#[derive(Debug, Clone, Args)]
+pub struct FetchOptions {
+    /// SHA-256 the artifact must have (64 hex digits, any case): of the file when the source is
+    /// one file (an archive before unpacking), of the sorted `sha256sum` listing of every file
+    /// when it is a folder or a prefix (see docs/model-directory.md). Checked before anything
+    /// reaches `--dest`.
+    #[arg(long, env = "SLUICE_ARTIFACT_SHA256")]
+    pub sha256: Option<String>,
+    /// On failure, the error is written here (first 4 KiB) when the folder exists: Kubernetes
+    /// shows it as the container's termination message.
+    #[arg(long, env = "SLUICE_TERMINATION_LOG", default_value = TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+    /// A download that receives nothing for this long fails (default 60s).
+    #[arg(long, hide = true, env = "SLUICE_FETCH_STALL_TIMEOUT", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
+    /// How often a long download logs its progress (default 5s).
+    #[arg(long, hide = true, env = "SLUICE_FETCH_PROGRESS_EVERY", value_parser = parse_duration)]
+    pub progress_every: Option<Duration>,
+    /// First pause before retrying a failed HTTP request, doubled per retry (default 1s).
+    #[arg(long, hide = true, env = "SLUICE_FETCH_RETRY_DELAY", value_parser = parse_duration)]
+    pub retry_delay: Option<Duration>,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            sha256: None,
+            termination_log: PathBuf::from(TERMINATION_LOG),
+            stall_timeout: None,
+            progress_every: None,
+            retry_delay: None,
+        }
+    }
+}
+
+/// The `fetch` subcommand's arguments.
+#[derive(Debug, Args)]
+pub struct FetchCommand {
+    #[command(flatten)]
+    pub args: FetchArgs,
+    #[command(flatten)]
+    pub options: FetchOptions,
+}
+
+/// What a source put in the staging folder: the digest is defined differently for one file and
+/// for a folder.
+#[derive(Debug)]
+enum Staged {
+    /// One file, with its SHA-256 when it was computed while writing.
+    File {
+        path: PathBuf,
+        sha256: Option<digest::Sha256Digest>,
+    },
+    /// A folder's contents.
+    Folder,
 }
 
 /// Why a fetch failed.
@@ -78,13 +162,43 @@ pub enum FetchError {
         message: String,
     },
     /// The download failed.
-    #[error("downloading {uri}: {message}")]
+    #[error("downloading {uri}: {source}{}", after_attempts(*attempts))]
     Http {
-        /// The URI.
+        /// The URL, without credentials or query string.
         uri: String,
-        /// What went wrong.
-        message: String,
+        /// Requests made.
+        attempts: u32,
+        /// What went wrong (the last time).
+        source: http::HttpError,
     },
+    /// `--sha256` is not a SHA-256 digest.
+    #[error("--sha256 {value:?} is not a SHA-256 digest (64 hexadecimal characters)")]
+    BadDigest {
+        /// What was given.
+        value: String,
+    },
+    /// The artifact is not the one `--sha256` names.
+    #[error(
+        "{uri}: SHA-256 mismatch: expected {expected}, got {actual} (digest of the {what}); nothing was published"
+    )]
+    DigestMismatch {
+        /// The URI, without credentials or query string.
+        uri: String,
+        /// The digest asked for.
+        expected: String,
+        /// The artifact's.
+        actual: String,
+        /// `file` or `folder listing`.
+        what: &'static str,
+    },
+}
+
+fn after_attempts(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (after {attempts} attempts)")
+    } else {
+        String::new()
+    }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
@@ -96,39 +210,112 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Fetch
     }
 }
 
-/// Fetches `args.uri` into `args.dest`.
-pub async fn run(args: FetchArgs) -> Result<(), FetchError> {
-    let (scheme, rest) = args
-        .uri
-        .split_once("://")
-        .unwrap_or(("", args.uri.as_str()));
+/// `fetch` as the init container runs it: [`fetch`], and on failure the error's text in
+/// `--termination-log` too.
+pub async fn run_command(command: FetchCommand) -> Result<(), FetchError> {
+    let result = fetch(command.args, &command.options).await;
+    if let Err(error) = &result {
+        write_termination_log(&command.options.termination_log, &error.to_string());
+    }
+    result
+}
+
+/// Fetches `args.uri` into `args.dest`; on failure nothing new is published and the staging
+/// area is removed.
+pub async fn fetch(args: FetchArgs, options: &FetchOptions) -> Result<(), FetchError> {
+    let expected = options.sha256.as_deref().map(digest::parse).transpose()?;
+    let transfer = stream::Transfer {
+        stall_timeout: options.stall_timeout.unwrap_or(STALL_TIMEOUT),
+        progress_every: options.progress_every.unwrap_or(PROGRESS_EVERY),
+        retry_delay: options.retry_delay.unwrap_or(RETRY_DELAY),
+        hash: expected.is_some(),
+    };
     let staging = staging_dir(&args.dest);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("clearing", &staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
-    match scheme {
+    let result = stage_and_publish(&args, &staging, expected.as_deref(), &transfer).await;
+    if result.is_err() && staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+async fn stage_and_publish(
+    args: &FetchArgs,
+    staging: &Path,
+    expected: Option<&str>,
+    transfer: &stream::Transfer,
+) -> Result<(), FetchError> {
+    let shown = http::redact(&args.uri);
+    let (scheme, rest) = args
+        .uri
+        .split_once("://")
+        .unwrap_or(("", args.uri.as_str()));
+    let staged = match scheme {
         "file" => copy_local(
             &args.uri,
             Path::new(&format!("/{}", rest.trim_start_matches('/'))),
-            &staging,
+            staging,
         )?,
-        "pvc" => copy_local(&args.uri, &args.pvc_root.join(rest), &staging)?,
-        "http" | "https" => download(&args.uri, &staging).await?,
+        "pvc" => copy_local(&args.uri, &args.pvc_root.join(rest), staging)?,
+        "http" | "https" => http::fetch(&args.uri, staging, transfer).await?,
         "s3" | "s3a" | "gs" | "az" | "abfss" | "adl" | "azure" => {
-            object::fetch(&args.uri, &staging).await?
+            object::fetch(&args.uri, staging, transfer).await?
         }
         other => {
             return Err(FetchError::Unsupported {
-                uri: args.uri.clone(),
+                uri: shown,
                 scheme: other.to_string(),
             });
         }
+    };
+    if let Some(expected) = expected {
+        verify(&shown, expected, &staged, staging)?;
     }
-    unpack_lone_archive(&staging)?;
-    publish(&staging, &args.dest)?;
-    tracing::info!(uri = %args.uri, dest = %args.dest.display(), "artifact fetched");
+    unpack_lone_archive(staging)?;
+    publish(staging, &args.dest)?;
+    tracing::info!(uri = %shown, dest = %args.dest.display(), "artifact fetched");
     Ok(())
+}
+
+/// Compares the staged artifact's digest with `expected` (lower-case hex).
+fn verify(uri: &str, expected: &str, staged: &Staged, staging: &Path) -> Result<(), FetchError> {
+    let (actual, what) = match staged {
+        Staged::File {
+            sha256: Some(sha256),
+            ..
+        } => (*sha256, "file"),
+        Staged::File { path, sha256: None } => (digest::file(path)?, "file"),
+        Staged::Folder => (digest::folder(staging)?, "folder listing"),
+    };
+    let actual = stream::hex(&actual);
+    if actual != expected {
+        return Err(FetchError::DigestMismatch {
+            uri: uri.to_string(),
+            expected: expected.to_string(),
+            actual,
+            what,
+        });
+    }
+    tracing::info!(%uri, sha256 = %actual, "digest verified");
+    Ok(())
+}
+
+/// Writes `text` (at most [`TERMINATION_LOG_MAX`] bytes, cut at a character boundary) to `path`
+/// when its folder exists; a failure to write is ignored (the error is in the log anyway).
+fn write_termination_log(path: &Path, text: &str) {
+    if !path.parent().is_some_and(Path::is_dir) {
+        return;
+    }
+    let mut end = text.len().min(TERMINATION_LOG_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(error) = std::fs::write(path, &text[..end]) {
+        tracing::debug!(path = %path.display(), %error, "cannot write the termination log");
+    }
 }
 
 /// A source that was one archive file becomes its contents.
@@ -155,23 +342,24 @@ fn staging_dir(dest: &Path) -> PathBuf {
     dest.join(".sluice-fetch-partial")
 }
 
-fn copy_local(uri: &str, source: &Path, staging: &Path) -> Result<(), FetchError> {
+fn copy_local(uri: &str, source: &Path, staging: &Path) -> Result<Staged, FetchError> {
     if !source.exists() {
         return Err(FetchError::Missing {
-            uri: uri.to_string(),
+            uri: http::redact(uri),
             path: source.to_path_buf(),
         });
     }
     if source.is_dir() {
-        copy_tree(source, staging)
+        copy_tree(source, staging)?;
+        Ok(Staged::Folder)
     } else {
         let name = source
             .file_name()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("model"));
-        std::fs::copy(source, staging.join(name))
-            .map(drop)
-            .map_err(io("copying", source))
+        let path = staging.join(name);
+        std::fs::copy(source, &path).map_err(io("copying", source))?;
+        Ok(Staged::File { path, sha256: None })
     }
 }
 
@@ -187,26 +375,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
         }
     }
     Ok(())
-}
-
-async fn download(uri: &str, staging: &Path) -> Result<(), FetchError> {
-    let http = |message: String| FetchError::Http {
-        uri: uri.to_string(),
-        message,
-    };
-    let response = reqwest::get(uri).await.map_err(|e| http(e.to_string()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(http(format!("HTTP {status}")));
-    }
-    let name = uri
-        .rsplit('/')
-        .find(|s| !s.is_empty())
-        .unwrap_or("model")
-        .to_string();
-    let bytes = response.bytes().await.map_err(|e| http(e.to_string()))?;
-    let path = staging.join(name);
-    std::fs::write(&path, &bytes).map_err(io("writing", &path))
 }
 
 /// Moves the staged entries into `dest`, replacing older ones, then removes the staging area.
@@ -242,24 +410,95 @@ mod tests {
         std::fs::write(source.join("sluice-model.yaml"), "format: onnx\n").expect("manifest");
         std::fs::write(source.join("1_Pooling/config.json"), "{}").expect("nested");
         let dest = root.join("dest");
-        run(args(format!("file://{}", source.display()), &dest))
-            .await
-            .expect("fetched");
+        fetch(
+            args(format!("file://{}", source.display()), &dest),
+            &FetchOptions::default(),
+        )
+        .await
+        .expect("fetched");
         assert!(dest.join("sluice-model.yaml").is_file());
         assert!(dest.join("1_Pooling/config.json").is_file());
         assert!(!staging_dir(&dest).exists(), "no partial files left");
 
-        let err = run(args("ftp://host/model".into(), &dest))
-            .await
-            .expect_err("refused");
+        let err = fetch(
+            args("ftp://host/model".into(), &dest),
+            &FetchOptions::default(),
+        )
+        .await
+        .expect_err("refused");
         assert!(
             err.to_string().contains("scheme \"ftp\" is not supported"),
             "{err}"
         );
-        let err = run(args(format!("file://{}/absent", root.display()), &dest))
-            .await
-            .expect_err("missing");
+        let err = fetch(
+            args(format!("file://{}/absent", root.display()), &dest),
+            &FetchOptions::default(),
+        )
+        .await
+        .expect_err("missing");
         assert!(err.to_string().contains("does not exist"), "{err}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_digest_publishes_nothing_and_the_right_one_passes() {
+        let root = std::env::temp_dir().join(format!("sluice-fetch-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("root");
+        let file = root.join("weights.bin");
+        std::fs::write(&file, b"weights").expect("file");
+        let dest = root.join("dest");
+        let with = |sha256: &str| FetchOptions {
+            sha256: Some(sha256.to_string()),
+            ..FetchOptions::default()
+        };
+        let wrong = "0".repeat(64);
+        let err = fetch(
+            args(format!("file://{}", file.display()), &dest),
+            &with(&wrong),
+        )
+        .await
+        .expect_err("mismatch");
+        let right = stream::hex(&digest::file(&file).expect("digest"));
+        assert!(
+            matches!(&err, FetchError::DigestMismatch { expected, actual, .. }
+                if *expected == wrong && *actual == right),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dest).expect("dest").count(),
+            0,
+            "nothing published"
+        );
+
+        fetch(
+            args(format!("file://{}", file.display()), &dest),
+            &with(&right.to_ascii_uppercase()),
+        )
+        .await
+        .expect("the right digest, in capitals");
+        assert_eq!(
+            std::fs::read(dest.join("weights.bin")).expect("published"),
+            b"weights"
+        );
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn the_termination_log_gets_at_most_4_kib_and_only_where_its_folder_exists() {
+        let root =
+            std::env::temp_dir().join(format!("sluice-fetch-termlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("root");
+        let log = root.join("termination-log");
+        let long = "é".repeat(3000);
+        write_termination_log(&log, &long);
+        let written = std::fs::read_to_string(&log).expect("written");
+        assert_eq!(written.len(), TERMINATION_LOG_MAX);
+        assert!(long.starts_with(&written));
+        let absent = root.join("absent/termination-log");
+        write_termination_log(&absent, "error");
+        assert!(!absent.exists());
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

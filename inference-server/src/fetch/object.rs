@@ -1,33 +1,27 @@
 //! Artifacts on object stores (`s3://`, `gs://`, `az://`, `abfss://`): one object, or every
-//! object under a prefix (a model folder), streamed to disk chunk by chunk (memory stays at one
-//! chunk whatever the size), with progress in the log (bytes, total, rate) at most every
-//! [`PROGRESS_EVERY`]. The store comes from the same URI resolution as the inference table's
-//! ([`crate::table::store::TableStore`]): credentials and settings from the cloud's usual
-//! environment variables (`AWS_*` with `AWS_ENDPOINT_URL` for an S3-compatible server,
-//! `GOOGLE_*`, `AZURE_*`), which the pod gets from the ModelVersion's `secretRef`; short
+//! object under a prefix (a model folder), streamed to disk chunk by chunk with a stall timeout
+//! and progress in the log ([`super::stream`]). The store comes from the same URI resolution as
+//! the inference table's ([`crate::table::store::TableStore`]): credentials and settings from the
+//! cloud's usual environment variables (`AWS_*` with `AWS_ENDPOINT_URL` for an S3-compatible
+//! server, `GOOGLE_*`, `AZURE_*`), which the pod gets from the ModelVersion's `secretRef`; short
 //! connect/request timeouts and the client's retries with backoff.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as StorePath};
-use tokio::io::AsyncWriteExt;
+use sha2::{Digest, Sha256};
+use tokio::io::BufWriter;
 
-use super::{FetchError, io};
+use super::{
+    FetchError, Staged, io,
+    stream::{self, CopyError, Progress, Transfer},
+};
 use crate::table::store::TableStore;
-
-/// How often a long download logs its progress.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// A download that receives nothing for this long fails (a read timeout; connecting has its own
-/// short one, and a whole transfer may take hours).
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Client settings for artifacts: the table's short per-request timeout would cut a
 /// multi-gigabyte download, so a request may last hours; stalls are caught by
-/// [`STALL_TIMEOUT`] instead.
+/// [`Transfer::stall_timeout`] instead.
 fn client_options() -> Vec<(String, String)> {
     vec![
         ("timeout".into(), "6h".into()),
@@ -42,8 +36,8 @@ fn store_err(uri: &str) -> impl Fn(object_store::Error) -> FetchError + '_ {
     }
 }
 
-/// Copies the object `uri` names, or every object under it, into `staging`.
-pub async fn fetch(uri: &str, staging: &Path) -> Result<(), FetchError> {
+/// Copies the object `uri` names (a file), or every object under it (a folder), into `staging`.
+pub async fn fetch(uri: &str, staging: &Path, transfer: &Transfer) -> Result<Staged, FetchError> {
     let opened = TableStore::open(uri, &client_options()).map_err(|e| FetchError::Store {
         uri: uri.to_string(),
         message: e.to_string(),
@@ -54,14 +48,22 @@ pub async fn fetch(uri: &str, staging: &Path) -> Result<(), FetchError> {
         && let Ok(meta) = store.head(prefix).await
     {
         let name = prefix.filename().unwrap_or("model").to_string();
-        return copy_object(
+        let path = staging.join(name);
+        let mut hasher = transfer.hash.then(Sha256::new);
+        copy_object(
             uri,
             store.as_ref(),
             &meta.location,
             meta.size,
-            &staging.join(name),
+            &path,
+            transfer,
+            hasher.as_mut(),
         )
-        .await;
+        .await?;
+        return Ok(Staged::File {
+            path,
+            sha256: hasher.map(|h| h.finalize().into()),
+        });
     }
     let mut listing = store.list(Some(prefix));
     let mut objects = Vec::new();
@@ -90,76 +92,74 @@ pub async fn fetch(uri: &str, staging: &Path) -> Result<(), FetchError> {
         if relative.is_empty() {
             continue;
         }
-        copy_object(uri, store.as_ref(), &meta.location, meta.size, &target).await?;
+        copy_object(
+            uri,
+            store.as_ref(),
+            &meta.location,
+            meta.size,
+            &target,
+            transfer,
+            None,
+        )
+        .await?;
     }
-    Ok(())
+    Ok(Staged::Folder)
 }
 
-/// Streams one object to `target`.
+/// Streams one object to `target`, feeding `hasher` when given.
 async fn copy_object(
     uri: &str,
     store: &dyn ObjectStore,
     location: &StorePath,
     size: u64,
     target: &Path,
+    transfer: &Transfer,
+    hasher: Option<&mut Sha256>,
 ) -> Result<(), FetchError> {
     if let Some(parent) = target.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(io("creating", parent))?;
     }
-    let mut file = tokio::fs::File::create(target)
+    let file = tokio::fs::File::create(target)
         .await
         .map_err(io("creating", target))?;
-    let mut stream = store
+    let mut file = BufWriter::with_capacity(stream::WRITE_BUFFER, file);
+    let mut chunks = store
         .get(location)
         .await
         .map_err(store_err(uri))?
         .into_stream();
-    let started = Instant::now();
-    let mut last_report = started;
-    let mut written: u64 = 0;
-    loop {
-        let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
-            .await
-            .map_err(|_| FetchError::Store {
-                uri: uri.to_string(),
-                message: format!(
-                    "{location}: no data for {} s after {written} of {size} bytes",
-                    STALL_TIMEOUT.as_secs()
-                ),
-            })?;
-        let Some(chunk) = next else {
-            break;
-        };
-        let chunk = chunk.map_err(store_err(uri))?;
-        file.write_all(&chunk)
-            .await
-            .map_err(io("writing", target))?;
-        written += chunk.len() as u64;
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            progress(location, written, size, started);
-        }
-    }
-    file.flush().await.map_err(io("writing", target))?;
+    let mut progress = Progress::new(location.to_string(), Some(size), transfer.progress_every);
+    let mut written = 0;
+    stream::copy(
+        &mut chunks,
+        &mut file,
+        target,
+        &mut written,
+        transfer.stall_timeout,
+        &mut progress,
+        hasher,
+    )
+    .await
+    .map_err(|e| match e {
+        CopyError::Stalled(stalled) => FetchError::Store {
+            uri: uri.to_string(),
+            message: format!("{location}: {stalled}"),
+        },
+        CopyError::Source(source) => store_err(uri)(source),
+        CopyError::Write { path, source } => FetchError::Io {
+            action: "writing",
+            path,
+            source,
+        },
+    })?;
     if written != size {
         return Err(FetchError::Store {
             uri: uri.to_string(),
             message: format!("{location}: got {written} bytes of {size}"),
         });
     }
-    progress(location, written, size, started);
+    progress.done(written);
     Ok(())
-}
-
-fn progress(location: &StorePath, written: u64, size: u64, started: Instant) {
-    let seconds = started.elapsed().as_secs_f64().max(1e-3);
-    tracing::info!(
-        object = %location,
-        bytes = written,
-        total = size,
-        mib_per_s = format!("{:.1}", written as f64 / seconds / 1_048_576.0),
-        "download progress"
-    );
 }

@@ -20,7 +20,7 @@ use super::GatewayError;
 use super::args::{GatewayArgs, Upstream};
 use super::routing::{self, ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
 use super::state::State;
-use crate::fetch::{self, FetchArgs};
+use crate::fetch::{self, FetchArgs, FetchOptions};
 
 /// What the manifest holds.
 #[derive(Debug, Default)]
@@ -200,6 +200,27 @@ fn upstream_addresses(manifest: &Manifest, upstreams: &[Upstream]) -> Addresses 
     addresses
 }
 
+/// `serve --declared-*` from a ModelVersion: its format, task and signature, for a folder
+/// without a manifest (the operator passes the same values to pods).
+fn declared_args(spec: &sluice_crds::ModelVersionSpec) -> Vec<String> {
+    let word = |v: Result<serde_json::Value, _>| v.ok()?.as_str().map(str::to_string);
+    let mut args = Vec::new();
+    if let Some(format) = word(serde_json::to_value(spec.format)) {
+        args.extend(["--declared-format".to_string(), format]);
+    }
+    if let Some(task) = spec.task.and_then(|t| word(serde_json::to_value(t))) {
+        args.extend(["--declared-task".to_string(), task]);
+    }
+    if let Some(signature) = spec
+        .signature
+        .as_ref()
+        .and_then(|s| serde_json::to_string(s).ok())
+    {
+        args.extend(["--declared-signature".to_string(), signature]);
+    }
+    args
+}
+
 /// The entity processes started for a standalone gateway; they stop when this is dropped.
 #[derive(Debug, Default)]
 pub struct LocalEntities {
@@ -247,11 +268,18 @@ pub async fn start(
             })?;
             let model_dir = work_dir.join("models").join(&name).join(&entity.name);
             let uri = version.spec.source.uri.clone();
-            fetch::run(FetchArgs {
-                uri: uri.clone(),
-                dest: model_dir.clone(),
-                pvc_root: pvc_root.to_path_buf(),
-            })
+            let options = FetchOptions {
+                sha256: version.spec.source.sha256.clone(),
+                ..FetchOptions::default()
+            };
+            fetch::fetch(
+                FetchArgs {
+                    uri: uri.clone(),
+                    dest: model_dir.clone(),
+                    pvc_root: pvc_root.to_path_buf(),
+                },
+                &options,
+            )
             .await
             .map_err(|e| {
                 GatewayError::Start(format!(
@@ -273,6 +301,7 @@ pub async fn start(
                 .arg(&model_dir)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--parent-pid", &std::process::id().to_string()])
+                .args(declared_args(&version.spec))
                 .envs(&entity.environment_vars)
                 .stdin(Stdio::null())
                 .stdout(log)

@@ -1,7 +1,8 @@
 //! `inference-server serve`: the builtin model server of an entity pod.
 //!
-//! Startup reads the model directory contract ([`model_dir`]); a directory that breaks it ends
-//! the process with a non-zero status and the reason. Otherwise the server listens at once and
+//! Startup reads the model directory contract ([`model_dir`]), with the format, task and
+//! signature the ModelVersion declares (`--declared-*`); a directory that breaks it ends the
+//! process with a non-zero status and the reason. Otherwise the server listens at once and
 //! loads the weights in the background: `/ping` answers as soon as the process is up, `/health`
 //! only once the model is loaded (before that, and for good if loading fails, it answers 503
 //! with the reason).
@@ -61,7 +62,15 @@ pub enum ServeError {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
-    let spec = model_dir::read(&args.model_dir)?;
+    let declared = args.declared();
+    let spec = model_dir::read(&args.model_dir, &declared)?;
+    if let Some(task) = declared.task.filter(|task| *task != spec.task) {
+        tracing::warn!(
+            declared = ?task,
+            manifest = ?spec.task,
+            "the manifest's task differs from the declared one; the manifest's wins"
+        );
+    }
     let mut registry = Registry::with_prefix("sluice_serve");
     let metrics = ServeMetrics::register(&mut registry);
     let address = SocketAddr::new(args.host, args.port);

@@ -6,6 +6,12 @@
 //!    `signature` (JSON strings inside the YAML) is read as MLflow writes it.
 //! 2. Otherwise `sluice-model.yaml`: format, task, signature (the ModelVersion CRD's structure),
 //!    files and, for prompt models, the template and its upstream.
+//! 3. Otherwise a bare folder, described by what the ModelVersion declares ([`Declared`]): its
+//!    format picks the files (the single `*.onnx`; the single `*.gguf` with `tokenizer.json`; a
+//!    Hugging Face checkpoint), its task the runtime.
+//!
+//! A declared format must agree with a manifest that is present; a declared signature stands in
+//! for a manifest's missing one.
 //!
 //! Reading the contract is synchronous and cheap; loading weights happens later, in the
 //! background ([`super::runtime::load`]). A directory that breaks the contract is a
@@ -38,11 +44,90 @@ pub enum ModelDirError {
         /// Why.
         source: std::io::Error,
     },
-    /// Neither manifest is there.
-    #[error("{dir} has neither an `{MLMODEL_FILE}` nor a `{SLUICE_MANIFEST_FILE}` file")]
+    /// Neither manifest is there, and no format was declared.
+    #[error(
+        "{dir} has neither an `{MLMODEL_FILE}` nor a `{SLUICE_MANIFEST_FILE}` file, and no \
+         format was declared; a bare folder (one `*.onnx`, one `*.gguf` with `tokenizer.json`, \
+         or a Hugging Face checkpoint) is served when the ModelVersion's format and task \
+         describe it (--declared-format/SLUICE_MODEL_FORMAT, \
+         --declared-task/SLUICE_MODEL_TASK)"
+    )]
     NoManifest {
         /// The model directory.
         dir: PathBuf,
+    },
+    /// The declared format contradicts the manifest.
+    #[error(
+        "the ModelVersion declares format `{}`, but {path} describes {manifest}",
+        enum_name(.declared)
+    )]
+    Contradiction {
+        /// The manifest.
+        path: PathBuf,
+        /// The declared format.
+        declared: ModelFormat,
+        /// What the manifest describes (e.g. "format `onnx`").
+        manifest: String,
+    },
+    /// A bare folder does not hold exactly one weights file of the declared format.
+    #[error(
+        "declared format `{}` needs exactly one `*.{extension}` file in {dir}; {}{hint}",
+        enum_name(.format),
+        found_text(.found, .present)
+    )]
+    FileCount {
+        /// The model directory.
+        dir: PathBuf,
+        /// The declared format.
+        format: ModelFormat,
+        /// The extension looked for.
+        extension: &'static str,
+        /// The files with that extension.
+        found: Vec<String>,
+        /// Every file of the folder, listed when none has the extension.
+        present: Vec<String>,
+        /// More about what would work, or empty.
+        hint: &'static str,
+    },
+    /// A bare folder lacks a file its declared format needs.
+    #[error("declared format `{}`: {dir} has no `{file}`; {why}", enum_name(.format))]
+    MissingFile {
+        /// The model directory.
+        dir: PathBuf,
+        /// The declared format.
+        format: ModelFormat,
+        /// The missing file.
+        file: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
+    /// The declared task does not fit the declared format of a bare folder.
+    #[error(
+        "declared format `{}` cannot serve task `{}`; it serves {accepted}",
+        enum_name(.format),
+        enum_name(.task)
+    )]
+    TaskMismatch {
+        /// The declared format.
+        format: ModelFormat,
+        /// The declared task.
+        task: ModelTask,
+        /// The tasks it can serve.
+        accepted: &'static str,
+    },
+    /// The declared format cannot describe a bare folder.
+    #[error(
+        "declared format `{}` needs {needs}; {dir} has neither an `{MLMODEL_FILE}` nor a \
+         `{SLUICE_MANIFEST_FILE}`",
+        enum_name(.format)
+    )]
+    NeedsManifest {
+        /// The model directory.
+        dir: PathBuf,
+        /// The declared format.
+        format: ModelFormat,
+        /// What it needs instead.
+        needs: &'static str,
     },
     /// A manifest is not valid YAML of the expected structure.
     #[error("cannot parse {path}: {message}")]
@@ -60,6 +145,18 @@ pub enum ModelDirError {
         /// What is wrong, and what would work instead.
         message: String,
     },
+}
+
+/// What the ModelVersion declares about its model (`spec.format`, `spec.task`,
+/// `spec.signature`), handed to `serve` by the operator (see [`super::ServeArgs`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Declared {
+    /// How to read a folder without a manifest; with one, it must agree with it.
+    pub format: Option<ModelFormat>,
+    /// The runtime of a folder without a manifest; a manifest's task wins over it.
+    pub task: Option<ModelTask>,
+    /// Used when the manifest has no signature, or there is no manifest.
+    pub signature: Option<ModelSignature>,
 }
 
 /// The runtime a model needs, decided from its format and task.
@@ -86,7 +183,7 @@ pub struct ModelSpec {
     pub runtime: RuntimeKind,
     /// The task, which decides the routes that make sense.
     pub task: ModelTask,
-    /// The signature, when the manifest has one.
+    /// The signature: the manifest's, else the declared one.
     pub signature: Option<ModelSignature>,
     /// Files, resolved against `dir`.
     pub files: ModelFiles,
@@ -175,8 +272,8 @@ struct MlflowSignature {
     params: Option<String>,
 }
 
-/// Reads the model directory contract of `dir`.
-pub fn read(dir: &Path) -> Result<ModelSpec, ModelDirError> {
+/// Reads the model directory contract of `dir`, with what the ModelVersion declares.
+pub fn read(dir: &Path, declared: &Declared) -> Result<ModelSpec, ModelDirError> {
     std::fs::read_dir(dir).map_err(|source| ModelDirError::Read {
         path: dir.to_path_buf(),
         source,
@@ -191,15 +288,314 @@ pub fn read(dir: &Path) -> Result<ModelSpec, ModelDirError> {
         .unwrap_or_else(|| "model".to_string());
     let mlmodel = dir.join(MLMODEL_FILE);
     if mlmodel.is_file() {
-        return read_mlmodel(dir, &mlmodel, name);
+        let spec = read_mlmodel(dir, &mlmodel, name)?;
+        return with_declared(spec, &mlmodel, ModelFormat::Mlflow, declared);
     }
     let manifest = dir.join(SLUICE_MANIFEST_FILE);
     if manifest.is_file() {
-        return read_sluice_manifest(dir, &manifest, name);
+        let (spec, format) = read_sluice_manifest(dir, &manifest, name)?;
+        return with_declared(spec, &manifest, format, declared);
     }
-    Err(ModelDirError::NoManifest {
+    match declared.format {
+        Some(format) => read_bare(dir, name, format, declared),
+        None => Err(ModelDirError::NoManifest {
+            dir: dir.to_path_buf(),
+        }),
+    }
+}
+
+/// A manifest's spec, checked against the declared format and given the declared signature
+/// when it has none.
+fn with_declared(
+    mut spec: ModelSpec,
+    path: &Path,
+    manifest_format: ModelFormat,
+    declared: &Declared,
+) -> Result<ModelSpec, ModelDirError> {
+    if let Some(format) = declared.format
+        && !agrees(format, manifest_format, spec.runtime)
+    {
+        let manifest = if manifest_format == ModelFormat::Mlflow {
+            format!(
+                "an MLflow model (format `mlflow`, served by the {} runtime)",
+                runtime_name(spec.runtime)
+            )
+        } else {
+            format!("format `{}`", enum_name(&manifest_format))
+        };
+        return Err(ModelDirError::Contradiction {
+            path: path.to_path_buf(),
+            declared: format,
+            manifest,
+        });
+    }
+    if spec.signature.is_none() {
+        spec.signature.clone_from(&declared.signature);
+    }
+    Ok(spec)
+}
+
+/// Whether a declared format agrees with a manifest of `manifest` format served by `runtime`:
+/// the same format; `custom` (anything); or, for an MLflow model, the format of the flavor
+/// the builtin runtime serves (`onnx`, or `safetensors` for embeddings).
+fn agrees(declared: ModelFormat, manifest: ModelFormat, runtime: RuntimeKind) -> bool {
+    declared == manifest
+        || declared == ModelFormat::Custom
+        || matches!(
+            (manifest, declared, runtime),
+            (ModelFormat::Mlflow, ModelFormat::Onnx, RuntimeKind::Onnx)
+                | (
+                    ModelFormat::Mlflow,
+                    ModelFormat::Safetensors,
+                    RuntimeKind::Embeddings
+                )
+        )
+}
+
+fn runtime_name(runtime: RuntimeKind) -> &'static str {
+    match runtime {
+        RuntimeKind::Onnx => "onnx",
+        RuntimeKind::Embeddings => "embeddings",
+        RuntimeKind::CausalLm => "causal LM",
+        RuntimeKind::Prompt => "prompt",
+    }
+}
+
+/// `config.json` `architectures` (or, without them, `model_type`) of BERT-family encoders:
+/// a safetensors folder of one defaults to the embeddings task.
+const ENCODER_ARCHITECTURES: [&str; 5] = ["Bert", "Roberta", "XLMRoberta", "MPNet", "DistilBert"];
+const ENCODER_MODEL_TYPES: [&str; 5] = ["bert", "roberta", "xlm-roberta", "mpnet", "distilbert"];
+
+/// Serves a folder without a manifest as its declared format and task say.
+fn read_bare(
+    dir: &Path,
+    name: String,
+    format: ModelFormat,
+    declared: &Declared,
+) -> Result<ModelSpec, ModelDirError> {
+    let present = folder_files(dir)?;
+    let task_of = |default, accepted: &[ModelTask], accepted_text| {
+        let task = declared.task.unwrap_or(default);
+        if accepted.contains(&task) {
+            Ok(task)
+        } else {
+            Err(ModelDirError::TaskMismatch {
+                format,
+                task,
+                accepted: accepted_text,
+            })
+        }
+    };
+    let needs = |needs| ModelDirError::NeedsManifest {
         dir: dir.to_path_buf(),
+        format,
+        needs,
+    };
+    let (runtime, task, files) = match format {
+        ModelFormat::Onnx => {
+            let task = task_of(ModelTask::Predict, &[ModelTask::Predict], "predict")?;
+            let model = single_file(dir, format, &present, "onnx", "")?;
+            let files = ModelFiles {
+                model: Some(model),
+                ..ModelFiles::default()
+            };
+            (RuntimeKind::Onnx, task, files)
+        }
+        ModelFormat::Gguf => {
+            let task = task_of(
+                ModelTask::Chat,
+                &[ModelTask::Chat, ModelTask::Completions],
+                "llm/v1/chat and llm/v1/completions",
+            )?;
+            let model = single_file(dir, format, &present, "gguf", "")?;
+            let tokenizer = required_file(
+                dir,
+                format,
+                "tokenizer.json",
+                "the builtin runtime needs one beside the GGUF file (it does not read the \
+                 tokenizer from the GGUF metadata)",
+            )?;
+            let files = ModelFiles {
+                model: Some(model),
+                tokenizer: Some(tokenizer),
+                ..ModelFiles::default()
+            };
+            (RuntimeKind::CausalLm, task, files)
+        }
+        ModelFormat::Safetensors => {
+            let model = single_file(
+                dir,
+                format,
+                &present,
+                "safetensors",
+                " (the builtin runtimes read one weights file, not a sharded checkpoint)",
+            )?;
+            let config = required_file(
+                dir,
+                format,
+                "config.json",
+                "a Hugging Face checkpoint needs its architecture's config beside the weights",
+            )?;
+            let tokenizer = required_file(
+                dir,
+                format,
+                "tokenizer.json",
+                "the builtin runtimes need a Hugging Face tokenizer beside the weights",
+            )?;
+            let task = match declared.task {
+                Some(task) => task,
+                None if is_encoder(&config)? => ModelTask::Embeddings,
+                None => ModelTask::Chat,
+            };
+            let runtime = match task {
+                // The runtime of MLflow's sentence_transformers flavor: it reads modules.json
+                // and 1_Pooling/config.json beside the weights.
+                ModelTask::Embeddings => RuntimeKind::Embeddings,
+                ModelTask::Chat | ModelTask::Completions => RuntimeKind::CausalLm,
+                ModelTask::Predict => {
+                    return Err(ModelDirError::TaskMismatch {
+                        format,
+                        task,
+                        accepted: "llm/v1/embeddings (BERT-family encoders), llm/v1/chat and \
+                                   llm/v1/completions (causal language models)",
+                    });
+                }
+            };
+            let files = ModelFiles {
+                model: Some(model),
+                tokenizer: Some(tokenizer),
+                config: Some(config),
+                chat_template: None,
+            };
+            (runtime, task, files)
+        }
+        ModelFormat::Mlflow => return Err(needs("an `MLmodel` file")),
+        ModelFormat::Prompt => {
+            return Err(needs(
+                "a `sluice-model.yaml` with a `prompt` section (the template and its upstream)",
+            ));
+        }
+        ModelFormat::Custom => {
+            return Err(needs(
+                "a custom engine image that knows how to read it (the builtin runtime reads an \
+                 `MLmodel`, a `sluice-model.yaml`, or a bare onnx, safetensors or gguf folder)",
+            ));
+        }
+    };
+    Ok(ModelSpec {
+        name,
+        dir: dir.to_path_buf(),
+        runtime,
+        task,
+        signature: declared.signature.clone(),
+        files,
+        prompt: None,
     })
+}
+
+/// The names of the plain files (or links to them) directly in `dir`, sorted.
+fn folder_files(dir: &Path) -> Result<Vec<String>, ModelDirError> {
+    let read_error = |source| ModelDirError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if entry.path().is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The one file of `present` ending in `.extension`.
+fn single_file(
+    dir: &Path,
+    format: ModelFormat,
+    present: &[String],
+    extension: &'static str,
+    hint: &'static str,
+) -> Result<PathBuf, ModelDirError> {
+    let found: Vec<String> = present
+        .iter()
+        .filter(|name| {
+            Path::new(name)
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case(extension))
+        })
+        .cloned()
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(dir.join(one)),
+        _ => Err(ModelDirError::FileCount {
+            dir: dir.to_path_buf(),
+            format,
+            extension,
+            hint: if found.is_empty() { "" } else { hint },
+            present: if found.is_empty() {
+                present.to_vec()
+            } else {
+                Vec::new()
+            },
+            found,
+        }),
+    }
+}
+
+/// How [`ModelDirError::FileCount`] tells what it found.
+fn found_text(found: &[String], present: &[String]) -> String {
+    match (found, present) {
+        ([], []) => "the folder is empty".to_string(),
+        ([], present) => format!("found none (the folder holds: {})", present.join(", ")),
+        (found, _) => format!("found {}: {}", found.len(), found.join(", ")),
+    }
+}
+
+/// `dir/name`, which must be a file.
+fn required_file(
+    dir: &Path,
+    format: ModelFormat,
+    file: &'static str,
+    why: &'static str,
+) -> Result<PathBuf, ModelDirError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ModelDirError::MissingFile {
+            dir: dir.to_path_buf(),
+            format,
+            file,
+            why,
+        })
+    }
+}
+
+/// Whether `config.json` describes a BERT-family encoder.
+fn is_encoder(config: &Path) -> Result<bool, ModelDirError> {
+    let value: Value =
+        serde_json::from_str(&read_text(config)?).map_err(|error| ModelDirError::Parse {
+            path: config.to_path_buf(),
+            message: error.to_string(),
+        })?;
+    let architectures: Vec<&str> = value
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !architectures.is_empty() {
+        return Ok(architectures.iter().any(|name| {
+            ENCODER_ARCHITECTURES
+                .iter()
+                .any(|family| name.contains(family))
+        }));
+    }
+    Ok(value
+        .get("model_type")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| ENCODER_MODEL_TYPES.contains(&kind)))
 }
 
 fn read_text(path: &Path) -> Result<String, ModelDirError> {
@@ -209,11 +605,12 @@ fn read_text(path: &Path) -> Result<String, ModelDirError> {
     })
 }
 
+/// Reads `sluice-model.yaml`; answers the spec and the manifest's format.
 fn read_sluice_manifest(
     dir: &Path,
     path: &Path,
     default_name: String,
-) -> Result<ModelSpec, ModelDirError> {
+) -> Result<(ModelSpec, ModelFormat), ModelDirError> {
     let manifest: SluiceManifest =
         serde_norway::from_str(&read_text(path)?).map_err(|error| ModelDirError::Parse {
             path: path.to_path_buf(),
@@ -260,7 +657,7 @@ fn read_sluice_manifest(
             enum_name(&manifest.format)
         )));
     }
-    Ok(ModelSpec {
+    let spec = ModelSpec {
         name: manifest.name.unwrap_or(default_name),
         dir: dir.to_path_buf(),
         runtime,
@@ -268,7 +665,8 @@ fn read_sluice_manifest(
         signature: manifest.signature,
         files: resolve_files(dir, manifest.files),
         prompt: manifest.prompt,
-    })
+    };
+    Ok((spec, manifest.format))
 }
 
 fn resolve_files(dir: &Path, files: ModelFiles) -> ModelFiles {
@@ -530,7 +928,7 @@ signature:
   params: '[{"name": "threshold", "type": "double", "default": 0.5, "shape": null}]'
 "#,
         )]);
-        let spec = read(&dir).unwrap();
+        let spec = read(&dir, &Declared::default()).unwrap();
         assert_eq!(spec.runtime, RuntimeKind::Onnx);
         assert_eq!(spec.files.model, Some(dir.join("iris.onnx")));
         let signature = spec.signature.unwrap();
@@ -546,7 +944,7 @@ signature:
             SLUICE_MANIFEST_FILE,
             "format: onnx\ntask: predict\nfiles: {model: m.onnx}\nsignature:\n  inputs: [{name: x, type: float}]\n",
         )]);
-        let spec = read(&onnx).unwrap();
+        let spec = read(&onnx, &Declared::default()).unwrap();
         assert_eq!(spec.runtime, RuntimeKind::Onnx);
         assert_eq!(
             spec.signature.unwrap().inputs[0].data_type,
@@ -556,43 +954,317 @@ signature:
             SLUICE_MANIFEST_FILE,
             "format: prompt\ntask: llm/v1/chat\nprompt:\n  template: 'Say {{input}}'\n  upstream: {url: 'http://127.0.0.1:1/v1', model: m}\n",
         )]);
-        assert_eq!(read(&prompt).unwrap().runtime, RuntimeKind::Prompt);
+        assert_eq!(
+            read(&prompt, &Declared::default()).unwrap().runtime,
+            RuntimeKind::Prompt
+        );
         let gguf = dir_with(&[(
             SLUICE_MANIFEST_FILE,
             "format: gguf\ntask: llm/v1/chat\nfiles: {model: m.gguf}\n",
         )]);
-        assert_eq!(read(&gguf).unwrap().runtime, RuntimeKind::CausalLm);
+        assert_eq!(
+            read(&gguf, &Declared::default()).unwrap().runtime,
+            RuntimeKind::CausalLm
+        );
     }
 
     #[test]
     fn contract_errors_name_the_problem() {
         let missing = std::env::temp_dir().join("sluice-no-such-model-dir");
-        assert!(matches!(read(&missing), Err(ModelDirError::Read { .. })));
+        assert!(matches!(
+            read(&missing, &Declared::default()),
+            Err(ModelDirError::Read { .. })
+        ));
         let empty = dir_with(&[]);
         assert!(matches!(
-            read(&empty),
+            read(&empty, &Declared::default()),
             Err(ModelDirError::NoManifest { .. })
         ));
         let garbage = dir_with(&[(SLUICE_MANIFEST_FILE, "format: [\n")]);
-        assert!(matches!(read(&garbage), Err(ModelDirError::Parse { .. })));
+        assert!(matches!(
+            read(&garbage, &Declared::default()),
+            Err(ModelDirError::Parse { .. })
+        ));
         let typo = dir_with(&[(
             SLUICE_MANIFEST_FILE,
             "format: onnx\ntask: predict\nfile: {}\n",
         )]);
-        assert!(read(&typo).unwrap_err().to_string().contains("file"));
+        assert!(
+            read(&typo, &Declared::default())
+                .unwrap_err()
+                .to_string()
+                .contains("file")
+        );
         let sklearn = dir_with(&[("MLmodel", "flavors:\n  sklearn: {pickled_model: m.pkl}\n")]);
         assert!(
-            read(&sklearn)
+            read(&sklearn, &Declared::default())
                 .unwrap_err()
                 .to_string()
                 .contains("MLflow runtime image")
         );
         let no_prompt = dir_with(&[(SLUICE_MANIFEST_FILE, "format: prompt\ntask: llm/v1/chat\n")]);
         assert!(
-            read(&no_prompt)
+            read(&no_prompt, &Declared::default())
                 .unwrap_err()
                 .to_string()
                 .contains("`prompt` section")
         );
+    }
+
+    fn declared(format: ModelFormat, task: Option<ModelTask>) -> Declared {
+        Declared {
+            format: Some(format),
+            task,
+            signature: None,
+        }
+    }
+
+    fn signature(column: &str) -> ModelSignature {
+        ModelSignature {
+            inputs: vec![SignatureField {
+                name: Some(column.into()),
+                data_type: SignatureType::Double,
+                shape: None,
+                required: None,
+            }],
+            ..ModelSignature::default()
+        }
+    }
+
+    #[test]
+    fn a_bare_onnx_file_is_served_as_declared() {
+        let dir = dir_with(&[("iris.onnx", "graph"), ("README.md", "")]);
+        let mut with_signature = declared(ModelFormat::Onnx, None);
+        with_signature.signature = Some(signature("x"));
+        let spec = read(&dir, &with_signature).unwrap();
+        assert_eq!(spec.runtime, RuntimeKind::Onnx);
+        assert_eq!(spec.task, ModelTask::Predict);
+        assert_eq!(spec.files.model, Some(dir.join("iris.onnx")));
+        assert_eq!(spec.signature, Some(signature("x")));
+        assert_eq!(
+            read(&dir, &declared(ModelFormat::Onnx, None))
+                .unwrap()
+                .signature,
+            None
+        );
+
+        let two = dir_with(&[("a.onnx", ""), ("b.ONNX", "")]);
+        let error = read(&two, &declared(ModelFormat::Onnx, None)).unwrap_err();
+        assert!(
+            error.to_string().contains("found 2: a.onnx, b.ONNX"),
+            "{error}"
+        );
+        let none = dir_with(&[("model.pkl", "")]);
+        let error = read(&none, &declared(ModelFormat::Onnx, None)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("found none (the folder holds: model.pkl)"),
+            "{error}"
+        );
+        let empty = dir_with(&[]);
+        let error = read(&empty, &declared(ModelFormat::Onnx, None)).unwrap_err();
+        assert!(error.to_string().contains("the folder is empty"), "{error}");
+        let chat = read(&dir, &declared(ModelFormat::Onnx, Some(ModelTask::Chat))).unwrap_err();
+        assert!(matches!(chat, ModelDirError::TaskMismatch { .. }), "{chat}");
+    }
+
+    #[test]
+    fn a_bare_gguf_file_needs_its_tokenizer_and_a_generation_task() {
+        let dir = dir_with(&[("tiny.Q8_0.gguf", "GGUF"), ("tokenizer.json", "{}")]);
+        let spec = read(&dir, &declared(ModelFormat::Gguf, None)).unwrap();
+        assert_eq!(
+            (spec.runtime, spec.task),
+            (RuntimeKind::CausalLm, ModelTask::Chat)
+        );
+        assert_eq!(spec.files.model, Some(dir.join("tiny.Q8_0.gguf")));
+        assert_eq!(spec.files.tokenizer, Some(dir.join("tokenizer.json")));
+        let completions = declared(ModelFormat::Gguf, Some(ModelTask::Completions));
+        assert_eq!(
+            read(&dir, &completions).unwrap().task,
+            ModelTask::Completions
+        );
+        for task in [ModelTask::Embeddings, ModelTask::Predict] {
+            let error = read(&dir, &declared(ModelFormat::Gguf, Some(task))).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("it serves llm/v1/chat and llm/v1/completions"),
+                "{error}"
+            );
+        }
+        let alone = dir_with(&[("model.gguf", "GGUF")]);
+        let error = read(&alone, &declared(ModelFormat::Gguf, None)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ModelDirError::MissingFile {
+                    file: "tokenizer.json",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bare_checkpoint_defaults_its_task_from_the_architecture() {
+        let checkpoint = |config: &str| {
+            dir_with(&[
+                ("model.safetensors", ""),
+                ("tokenizer.json", "{}"),
+                ("config.json", config),
+                ("modules.json", "[]"),
+                ("1_Pooling/config.json", "{}"),
+            ])
+        };
+        let safetensors = declared(ModelFormat::Safetensors, None);
+        for (config, runtime, task) in [
+            (
+                r#"{"architectures": ["BertModel"]}"#,
+                RuntimeKind::Embeddings,
+                ModelTask::Embeddings,
+            ),
+            (
+                r#"{"architectures": ["XLMRobertaModel"]}"#,
+                RuntimeKind::Embeddings,
+                ModelTask::Embeddings,
+            ),
+            (
+                r#"{"architectures": ["MPNetForMaskedLM"]}"#,
+                RuntimeKind::Embeddings,
+                ModelTask::Embeddings,
+            ),
+            (
+                r#"{"model_type": "distilbert"}"#,
+                RuntimeKind::Embeddings,
+                ModelTask::Embeddings,
+            ),
+            (
+                r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}"#,
+                RuntimeKind::CausalLm,
+                ModelTask::Chat,
+            ),
+            (r#"{}"#, RuntimeKind::CausalLm, ModelTask::Chat),
+        ] {
+            let dir = checkpoint(config);
+            let spec = read(&dir, &safetensors).unwrap();
+            assert_eq!((spec.runtime, spec.task), (runtime, task), "{config}");
+            assert_eq!(spec.files.model, Some(dir.join("model.safetensors")));
+            assert_eq!(spec.files.config, Some(dir.join("config.json")));
+            assert_eq!(spec.files.tokenizer, Some(dir.join("tokenizer.json")));
+        }
+        // A declared task wins over the architecture.
+        let bert = checkpoint(r#"{"architectures": ["BertModel"]}"#);
+        let chat = declared(ModelFormat::Safetensors, Some(ModelTask::Completions));
+        assert_eq!(read(&bert, &chat).unwrap().runtime, RuntimeKind::CausalLm);
+        let predict = declared(ModelFormat::Safetensors, Some(ModelTask::Predict));
+        assert!(matches!(
+            read(&bert, &predict),
+            Err(ModelDirError::TaskMismatch { .. })
+        ));
+        let garbage = checkpoint("{not json");
+        assert!(matches!(
+            read(&garbage, &safetensors),
+            Err(ModelDirError::Parse { .. })
+        ));
+        let sharded = dir_with(&[
+            ("model-00001-of-00002.safetensors", ""),
+            ("model-00002-of-00002.safetensors", ""),
+            ("config.json", "{}"),
+            ("tokenizer.json", "{}"),
+        ]);
+        let error = read(&sharded, &safetensors).unwrap_err().to_string();
+        assert!(
+            error.contains("found 2") && error.contains("sharded"),
+            "{error}"
+        );
+        let no_tokenizer = dir_with(&[("model.safetensors", ""), ("config.json", "{}")]);
+        let error = read(&no_tokenizer, &safetensors).unwrap_err().to_string();
+        assert!(error.contains("has no `tokenizer.json`"), "{error}");
+    }
+
+    #[test]
+    fn formats_that_cannot_describe_a_bare_folder_say_what_they_need() {
+        let dir = dir_with(&[("model.onnx", "")]);
+        for (format, needle) in [
+            (
+                ModelFormat::Mlflow,
+                "format `mlflow` needs an `MLmodel` file",
+            ),
+            (
+                ModelFormat::Prompt,
+                "needs a `sluice-model.yaml` with a `prompt` section",
+            ),
+            (ModelFormat::Custom, "a custom engine image"),
+        ] {
+            let error = read(&dir, &declared(format, None)).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+        let error = read(&dir, &Declared::default()).unwrap_err().to_string();
+        assert!(
+            error.contains("neither an `MLmodel` nor a `sluice-model.yaml`")
+                && error.contains("--declared-format"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_wins_but_must_agree_with_the_declared_format() {
+        let manifest = dir_with(&[(
+            SLUICE_MANIFEST_FILE,
+            "format: onnx\ntask: predict\nfiles: {model: m.onnx}\n",
+        )]);
+        let mut agreeing = declared(ModelFormat::Onnx, Some(ModelTask::Chat));
+        agreeing.signature = Some(signature("declared"));
+        let spec = read(&manifest, &agreeing).unwrap();
+        assert_eq!(spec.task, ModelTask::Predict, "the manifest's task wins");
+        assert_eq!(spec.signature, Some(signature("declared")), "filled in");
+        assert!(read(&manifest, &declared(ModelFormat::Custom, None)).is_ok());
+        let error = read(&manifest, &declared(ModelFormat::Gguf, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("declares format `gguf`")
+                && error.contains("sluice-model.yaml describes format `onnx`"),
+            "{error}"
+        );
+        let error = read(&manifest, &declared(ModelFormat::Mlflow, None)).unwrap_err();
+        assert!(
+            matches!(error, ModelDirError::Contradiction { .. }),
+            "{error}"
+        );
+
+        let signed = dir_with(&[(
+            SLUICE_MANIFEST_FILE,
+            "format: onnx\ntask: predict\nfiles: {model: m.onnx}\nsignature:\n  inputs: [{name: own, type: double}]\n",
+        )]);
+        assert_eq!(
+            read(&signed, &agreeing).unwrap().signature,
+            Some(signature("own")),
+            "a manifest's signature wins"
+        );
+
+        let mlflow = dir_with(&[(MLMODEL_FILE, "flavors:\n  onnx: {data: m.onnx}\n")]);
+        for format in [ModelFormat::Mlflow, ModelFormat::Onnx, ModelFormat::Custom] {
+            let spec = read(&mlflow, &declared(format, None)).unwrap();
+            assert_eq!(spec.runtime, RuntimeKind::Onnx);
+        }
+        for format in [
+            ModelFormat::Safetensors,
+            ModelFormat::Gguf,
+            ModelFormat::Prompt,
+        ] {
+            let error = read(&mlflow, &declared(format, None))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(
+                    "MLmodel describes an MLflow model (format `mlflow`, served by \
+                                the onnx runtime)"
+                ),
+                "{error}"
+            );
+        }
     }
 }
