@@ -94,6 +94,15 @@ pub struct ModelSource {
     /// variables of the fetch step only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
+
+    /// SHA-256 digest of the artifact (64 hex digits), checked by the fetch step before the
+    /// model starts; a mismatch fails the fetch and nothing is served. When the source is one
+    /// file (an archive included, before unpacking) it is that file's `sha256sum`; when it is a
+    /// folder or prefix, the SHA-256 of the `sha256sum` lines of its files sorted by relative
+    /// path (see docs/model-directory.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
 }
 
 // The artifact format of a model version.

@@ -61,6 +61,12 @@ pub struct OperatorConfig {
     pub workload_sizes: BTreeMap<WorkloadSize, ConcurrencyRange>,
     /// Autoscaling defaults.
     pub autoscaling: AutoscalingDefaults,
+    /// How long a new entity revision may take to make progress (its Deployment's
+    /// `progressDeadlineSeconds`): past it, the entity is `DEPLOYMENT_FAILED` and a pending
+    /// config `UPDATE_FAILED` while the previous config keeps serving. Why pods fail shows in
+    /// status within seconds regardless; this decides when the rollout gives up. Large model
+    /// downloads need it above their fetch time.
+    pub progress_deadline_seconds: u32,
 }
 
 /// The PersistentVolumeClaim template of `pvc://` inference tables. The claim has no owner: it
@@ -186,6 +192,7 @@ impl Default for OperatorConfig {
                 (WorkloadSize::Large, ConcurrencyRange { min: 16, max: 64 }),
             ]),
             autoscaling: AutoscalingDefaults::default(),
+            progress_deadline_seconds: 600,
         }
     }
 }
@@ -262,6 +269,12 @@ impl OperatorConfig {
         check_table_root(&self.lake_root).map_err(|e| format!("lakeRoot: {e}"))?;
         if self.lake_volume.access_modes.is_empty() {
             return Err("lakeVolume.accessModes: at least one access mode".into());
+        }
+        if !(1..=i32::MAX as u32).contains(&self.progress_deadline_seconds) {
+            return Err(format!(
+                "progressDeadlineSeconds: {} is not a positive number of seconds",
+                self.progress_deadline_seconds
+            ));
         }
         Ok(())
     }

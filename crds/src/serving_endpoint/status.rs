@@ -174,9 +174,16 @@ pub struct ServedEntityState {
     /// `DEPLOYMENT_CREATING`, `DEPLOYMENT_READY`, `DEPLOYMENT_FAILED`, `DEPLOYMENT_ABORTED` or
     /// `DEPLOYMENT_RECOVERING`.
     pub deployment: DeploymentState,
-    /// Human-readable detail of the state.
+    /// Human-readable detail of the state: replica counts, or why the first failing pod fails
+    /// (its container, exit code and last message line; the scheduler's message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_state_message: Option<String>,
+    /// Machine-readable cause while pods fail, as Kubernetes names it (`Unschedulable`,
+    /// `ImagePullBackOff`, `ErrImagePull`, `CreateContainerConfigError`, `CrashLoopBackOff`,
+    /// `OOMKilled`, `ProgressDeadlineExceeded`, …), or `NotSupported` for an entity this version
+    /// does not serve. Absent when nothing fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 // Upstream deployment states.

@@ -1,12 +1,15 @@
 //! The side-effecting half of the ServingEndpoint pipeline: gather inputs (ModelVersions, child
-//! Deployments), run the pure steps, then apply children with server-side apply, write status
+//! Deployments and their pods), run the pure steps, then apply children with server-side apply, write status
 //! when it changed, prune children no config uses, and publish an event per decision.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Pod, Service},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -29,6 +32,7 @@ use super::{
     desired::{BuildContext, LABEL_ENDPOINT, MANAGED_BY, build},
     lake,
     plan::{ChildState, LastScale, plan},
+    pods::problems_by_child,
     resolve::resolve,
 };
 use crate::{
@@ -69,7 +73,13 @@ pub async fn run(env: Env, config: OperatorConfig) {
     env.report_synced::<ServingEndpoint>(WATCH);
     controller
         .owns(env.api::<Deployment>(), managed.clone())
-        .owns(env.api::<Service>(), managed)
+        .owns(env.api::<Service>(), managed.clone())
+        // Entity pods: a pod that fails (image pull, crash loop, unschedulable) shows in the
+        // endpoint's status within seconds, not at the rollout's progress deadline.
+        .watches(env.api::<Pod>(), managed, |pod| {
+            let endpoint = pod.labels().get(LABEL_ENDPOINT)?;
+            Some(ObjectRef::<ServingEndpoint>::new(endpoint).within(&pod.namespace()?))
+        })
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
         // namespace that serves its model.
         .watches(
@@ -133,9 +143,19 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .await
         .map_err(kube_err("listing entity Deployments"))?
         .items;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&selector)
+        .await
+        .map_err(kube_err("listing entity pods"))?
+        .items;
+    let mut problems = problems_by_child(&name, &pods);
     let children: BTreeMap<String, ChildState> = existing
         .iter()
-        .map(|d| (d.name_any(), child_state(d)))
+        .map(|d| {
+            let mut child = child_state(d);
+            child.problem = problems.remove(&d.name_any());
+            (d.name_any(), child)
+        })
         .collect();
 
     // Pure steps.
@@ -159,6 +179,8 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         namespace: &ns,
         owner,
         data_plane_image: &ctx.config.images.inference_server,
+        progress_deadline_seconds: i32::try_from(ctx.config.progress_deadline_seconds)
+            .unwrap_or(i32::MAX),
         capture: capture
             .as_ref()
             .map(|c| (c.table_uri.as_str(), c.sampling_fraction)),
@@ -279,6 +301,7 @@ fn child_state(d: &Deployment) -> ChildState {
         ready: status.ready_replicas.unwrap_or(0),
         last_scale,
         failed,
+        problem: None,
     }
 }
 

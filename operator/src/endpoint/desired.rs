@@ -53,6 +53,8 @@ pub struct BuildContext<'a> {
     pub data_plane_image: &'a str,
     /// Resolved payload table URI and sampling fraction, when capture is on.
     pub capture: Option<(&'a str, f64)>,
+    /// The Deployments' `progressDeadlineSeconds`.
+    pub progress_deadline_seconds: i32,
 }
 
 /// The objects of one entity revision.
@@ -79,12 +81,13 @@ pub fn build(
         secret,
         model,
         version,
+        sha256,
         ..
     } = &entity.source
     else {
         return None;
     };
-    let name = format!("{}-{}-{revision}", ctx.endpoint, entity.name);
+    let name = child_name(ctx.endpoint, &entity.name, revision);
     let labels = BTreeMap::from([
         (
             "app.kubernetes.io/managed-by".to_string(),
@@ -134,6 +137,14 @@ pub fn build(
             args.extend(strings(&["--pvc-root", SOURCE_MOUNT_ROOT]));
         }
     }
+    if let (Some(digest), Some(args)) = (sha256, fetch.args.as_mut()) {
+        args.extend(strings(&["--sha256", digest]));
+    }
+    // A container that fails says why in its status: its termination message (fetch writes
+    // its error there), else the tail of its log.
+    for c in containers.iter_mut().chain([&mut fetch]) {
+        c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    }
     let pod = PodSpec {
         init_containers: Some(vec![fetch]),
         containers,
@@ -158,6 +169,7 @@ pub fn build(
                 match_labels: Some(labels.clone()),
                 ..Default::default()
             },
+            progress_deadline_seconds: Some(ctx.progress_deadline_seconds),
             // Surge first: a serving replica is never removed before its replacement is ready.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -204,6 +216,11 @@ fn empty_dir(name: &str) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     }
+}
+
+/// The name of an entity revision's Deployment and Service: `<endpoint>-<entity>-<revision>`.
+pub fn child_name(endpoint: &str, entity: &str, revision: &str) -> String {
+    format!("{endpoint}-{entity}-{revision}")
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -414,6 +431,48 @@ fn engine_args(entity: &ResolvedEntity, rt: &ResolvedRuntime) -> Vec<String> {
     args
 }
 
+/// What the ModelVersion declares, for the builtin runtime (`serve --declared-*`): it serves
+/// a folder without a manifest from these, and checks requests against the signature when the
+/// artifact has none. Unset values are left out.
+fn declared_env(source: &EntitySource) -> Vec<EnvVar> {
+    let EntitySource::Registered {
+        format,
+        declared_task,
+        signature,
+        ..
+    } = source
+    else {
+        return Vec::new();
+    };
+    let word = |v: serde_json::Value| v.as_str().map(str::to_string);
+    let values = [
+        (
+            "SLUICE_MODEL_FORMAT",
+            serde_json::to_value(format).ok().and_then(word),
+        ),
+        (
+            "SLUICE_MODEL_TASK",
+            declared_task.and_then(|t| serde_json::to_value(t).ok().and_then(word)),
+        ),
+        (
+            "SLUICE_MODEL_SIGNATURE",
+            signature
+                .as_ref()
+                .and_then(|s| serde_json::to_string(s).ok()),
+        ),
+    ];
+    values
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some(EnvVar {
+                name: name.into(),
+                value: Some(value?),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 /// Where an engine, running as a uid its image does not know, keeps its home and caches: the
 /// `/tmp` emptyDir (the entity's own `env` may point them elsewhere).
 fn engine_env() -> Vec<EnvVar> {
@@ -439,6 +498,8 @@ fn env_vars(entity: &ResolvedEntity) -> Vec<EnvVar> {
         .is_some_and(|rt| rt.engine != Engine::Builtin)
     {
         env.extend(engine_env());
+    } else {
+        env.extend(declared_env(&entity.source));
     }
     for (name, value) in &entity.env {
         let secret = value
@@ -653,6 +714,7 @@ mod tests {
                 block_owner_deletion: Some(true),
             },
             data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
+            progress_deadline_seconds: 600,
             capture,
         }
     }
@@ -916,5 +978,52 @@ mod tests {
         let mut e = entity("{name: fraud-3, model: fraud, version: 3}");
         e.runtime = None;
         assert!(build(&e, "abcde", 1, &ctx(None)).is_none());
+    }
+
+    #[test]
+    fn the_declared_format_task_signature_and_digest_reach_the_pod() {
+        let ep = crate::fixtures::endpoint(
+            "fraud",
+            "  servedEntities:\n  - {name: a, model: fraud, version: 3}",
+        );
+        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        mv.spec.task = Some(sluice_crds::ModelTask::Predict);
+        mv.spec.signature = Some(sluice_crds::model_version::ModelSignature {
+            inputs: vec![sluice_crds::model_version::SignatureField {
+                name: Some("amount".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        mv.spec.source.sha256 = Some("ab".repeat(32));
+        let e = resolve(&ep, &[mv], &BTreeMap::new(), &OperatorConfig::default())
+            .expect("resolves")
+            .remove(0);
+        let objects = build(&e, "r1", 1, &ctx(None)).expect("objects");
+        let pod = objects.deployment.spec.template.spec.expect("pod");
+        let env: BTreeMap<String, String> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.name.clone(), v.value.clone()?)))
+            .collect();
+        assert_eq!(env["SLUICE_MODEL_FORMAT"], "onnx");
+        assert_eq!(env["SLUICE_MODEL_TASK"], "predict");
+        assert_eq!(
+            env["SLUICE_MODEL_SIGNATURE"],
+            r#"{"inputs":[{"name":"amount","type":"string"}]}"#
+        );
+        let fetch = &pod.init_containers.expect("init")[0];
+        let args = fetch.args.as_ref().expect("args").join(" ");
+        assert!(
+            args.ends_with(&format!("--sha256 {}", "ab".repeat(32))),
+            "{args}"
+        );
+        assert!(
+            pod.containers
+                .iter()
+                .chain([fetch])
+                .all(|c| c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        );
     }
 }

@@ -5,4 +5,5 @@ pub mod controller;
 pub mod desired;
 pub mod lake;
 pub mod plan;
+pub mod pods;
 pub mod resolve;

@@ -20,7 +20,11 @@ use sluice_crds::{
     ServingEndpoint, ServingEndpointStatus,
 };
 
-use super::resolve::{EntitySource, ResolveProblem, ResolvedEntity, revision};
+use super::{
+    desired::child_name,
+    pods::PodProblem,
+    resolve::{EntitySource, ResolveProblem, ResolvedEntity, revision},
+};
 use crate::conditions::{self, Desired, Status};
 
 /// What the cluster shows of one child Deployment.
@@ -36,6 +40,8 @@ pub struct ChildState {
     pub last_scale: Option<LastScale>,
     /// Why the rollout cannot finish (e.g. `ProgressDeadlineExceeded`), if it cannot.
     pub failed: Option<String>,
+    /// Why its first failing pod fails, if one does.
+    pub problem: Option<PodProblem>,
 }
 
 /// The autoscaler's last change of an entity's replicas.
@@ -74,7 +80,7 @@ pub struct Plan {
     /// of an older spec that still serves are kept as they are.
     pub keep: BTreeSet<String>,
     /// Decisions worth an event: (warning?, reason, message).
-    pub events: Vec<(bool, &'static str, String)>,
+    pub events: Vec<(bool, String, String)>,
 }
 
 /// Plans one reconcile of `ep`.
@@ -118,14 +124,14 @@ pub fn plan(
                 if pending.take().is_some() {
                     events.push((
                         false,
-                        "UpdateReverted",
+                        "UpdateReverted".into(),
                         "spec matches the active config again; pending config dropped".into(),
                     ));
                 }
             } else if active.as_ref().is_some_and(|a| same_pods(a, &desired)) {
                 events.push((
                     false,
-                    "Promoted",
+                    "Promoted".into(),
                     format!("config {next_version} needs no new pods; promoted at once"),
                 ));
                 active = Some(desired);
@@ -137,7 +143,7 @@ pub fn plan(
                         desired.start_time = Some(Time(now));
                         events.push((
                             false,
-                            "UpdateStarted",
+                            "UpdateStarted".into(),
                             format!("rolling out config {next_version}"),
                         ));
                         pending = Some(desired);
@@ -155,6 +161,10 @@ pub fn plan(
             observe(e, children);
         }
     }
+    events.extend(failure_events(
+        &previous,
+        active.iter().chain(pending.iter()),
+    ));
     let update = match (&pending, problems.is_empty()) {
         (_, false) if active.is_some() => ConfigUpdateState::UPDATE_FAILED,
         (Some(p), _)
@@ -171,7 +181,7 @@ pub fn plan(
         {
             events.push((
                 false,
-                "Promoted",
+                "Promoted".into(),
                 format!("config {} is ready and now serves", p.config_version),
             ));
             active = pending.take();
@@ -184,11 +194,16 @@ pub fn plan(
         && previous.state.as_ref().map(|s| s.config_update) != Some(update)
     {
         let why = if problems.is_empty() {
-            "a pending entity failed to deploy".to_string()
+            let failed = pending
+                .iter()
+                .flat_map(not_ready)
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("a pending entity failed to deploy: {failed}")
         } else {
             problems.join("; ")
         };
-        events.push((true, "UpdateFailed", why));
+        events.push((true, "UpdateFailed".into(), why));
     }
     // Children of the configs that remain; taken after a possible promotion.
     let keep: BTreeSet<String> = active
@@ -201,19 +216,38 @@ pub fn plan(
         })
         .collect();
     wanted.retain(|child, _| keep.contains(child));
-    let ready = active.as_ref().is_some_and(|a| {
+    let unsupported = unsupported_fields(ep);
+    let entities_ready = active.as_ref().is_some_and(|a| {
         a.served_entities
             .iter()
             .all(|e| state_of(e) == DeploymentState::DEPLOYMENT_READY)
     });
-    let mut conds = condition_set(ready, update, &problems, &pending);
+    let ready = entities_ready && unsupported.is_empty();
+    let mut conds = condition_set(
+        readiness(&active, &pending, &unsupported),
+        update,
+        &problems,
+        &pending,
+    );
     conds.push(alias_condition(&conflicts));
+    conds.push(supported_condition(&unsupported));
+    let was_unsupported = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == SUPPORTED && c.status == "False");
+    if !unsupported.is_empty() && !was_unsupported {
+        events.push((
+            true,
+            FIELD_NOT_SUPPORTED.into(),
+            unsupported_message(&unsupported),
+        ));
+    }
     let had_conflict = previous
         .conditions
         .iter()
         .any(|c| c.type_ == ALIAS_CONFLICT && c.status == "True");
     if !conflicts.is_empty() && !had_conflict {
-        events.push((true, "AliasConflict", conflicts.join("; ")));
+        events.push((true, "AliasConflict".into(), conflicts.join("; ")));
     }
     let previous_conditions: &[Condition] = &previous.conditions;
     let status = ServingEndpointStatus {
@@ -245,7 +279,7 @@ fn want(endpoint: &str, entity: ResolvedEntity, capture: Option<&str>) -> Wanted
     let per = entity.per_replica_concurrency.max(1);
     let initial = entity.min_concurrency.div_ceil(per).max(1);
     Wanted {
-        child: format!("{endpoint}-{}-{rev}", entity.name),
+        child: child_name(endpoint, &entity.name, &rev),
         revision: rev,
         initial_replicas: i32::try_from(initial).unwrap_or(1),
         entity,
@@ -342,6 +376,9 @@ fn same_pods(a: &EndpointConfigStatus, b: &EndpointConfigStatus) -> bool {
     key(a) == key(b) && a.auto_capture == b.auto_capture
 }
 
+/// The reason an entity that this version cannot serve carries.
+pub const NOT_SUPPORTED: &str = "NotSupported";
+
 fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) {
     let was_ready = e
         .state
@@ -349,36 +386,56 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) 
         .is_some_and(|s| s.deployment == DeploymentState::DEPLOYMENT_READY);
     let Some(child) = e.deployment_name.clone() else {
         e.state = Some(ServedEntityState {
-            deployment: DeploymentState::DEPLOYMENT_READY,
-            deployment_state_message: Some("external model: no pods".into()),
+            deployment: DeploymentState::DEPLOYMENT_FAILED,
+            deployment_state_message: Some(
+                "externalModel entities are not served by this version of Sluice; \
+                 every call to this entity would fail"
+                    .into(),
+            ),
+            reason: Some(NOT_SUPPORTED.into()),
         });
         return;
     };
     let observed = children.get(&child);
-    let (deployment, message) = match observed {
+    let problem = observed.and_then(|c| c.problem.as_ref());
+    let with_problem = |text: String| match problem {
+        Some(p) => format!("{text}; {}: {}", p.reason, p.message),
+        None => text,
+    };
+    let (deployment, message, reason) = match observed {
         None => (
             DeploymentState::DEPLOYMENT_CREATING,
             format!("creating Deployment {child}"),
+            None,
         ),
         Some(c) if c.failed.is_some() => (
             DeploymentState::DEPLOYMENT_FAILED,
-            c.failed.clone().unwrap_or_default(),
+            with_problem(c.failed.clone().unwrap_or_default()),
+            Some(
+                problem
+                    .map(|p| p.reason.clone())
+                    .unwrap_or_else(|| "ProgressDeadlineExceeded".into()),
+            ),
         ),
         Some(c) if c.ready > 0 => (
             DeploymentState::DEPLOYMENT_READY,
-            format!("{} of {} replicas ready", c.ready, c.desired),
+            with_problem(format!("{} of {} replicas ready", c.ready, c.desired)),
+            problem.map(|p| p.reason.clone()),
         ),
         Some(c) if c.desired == 0 && e.scale_to_zero_enabled && was_ready => (
             DeploymentState::DEPLOYMENT_READY,
             "scaled to zero; wakes on the first request".into(),
+            None,
         ),
         Some(_) if was_ready => (
             DeploymentState::DEPLOYMENT_RECOVERING,
-            "no ready replica; replacing pods".into(),
+            with_problem("no ready replica; replacing pods".into()),
+            problem.map(|p| p.reason.clone()),
         ),
         Some(c) => (
             DeploymentState::DEPLOYMENT_CREATING,
-            format!("0 of {} replicas ready", c.desired),
+            with_problem(format!("0 of {} replicas ready", c.desired)),
+            problem.map(|p| p.reason.clone()),
         ),
     };
     e.replicas = observed.map(|c| {
@@ -395,6 +452,7 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) 
     e.state = Some(ServedEntityState {
         deployment,
         deployment_state_message: Some(message),
+        reason,
     });
 }
 
@@ -431,27 +489,165 @@ fn alias_condition(conflicts: &[String]) -> Desired {
     }
 }
 
+/// Condition type saying whether the spec uses only what this version acts on.
+pub const SUPPORTED: &str = "Supported";
+/// Reason (and Warning event reason) for a spec field this version does not act on.
+pub const FIELD_NOT_SUPPORTED: &str = "FieldNotSupported";
+
+/// Fields the API accepts that this version does not act on yet: an endpoint that sets one is
+/// never READY, so nobody mistakes an ignored policy for an enforced one.
+pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
+    let mut fields = Vec::new();
+    if ep.spec.ai_gateway.is_some() {
+        fields.push(
+            "spec.aiGateway (rate limits, usage tracking, guardrails and fallback are not \
+             enforced)"
+                .to_string(),
+        );
+    }
+    for (i, e) in ep.spec.served_entities.iter().enumerate() {
+        if e.external_model.is_some() {
+            fields.push(format!(
+                "spec.servedEntities[{i}].externalModel (entity {}: external providers are not \
+                 called)",
+                e.name
+            ));
+        }
+    }
+    fields
+}
+
+fn unsupported_message(fields: &[String]) -> String {
+    format!(
+        "not supported by this version of Sluice: {}; remove the field{} or upgrade",
+        fields.join("; "),
+        if fields.len() == 1 { "" } else { "s" }
+    )
+}
+
+fn supported_condition(fields: &[String]) -> Desired {
+    if fields.is_empty() {
+        Desired {
+            type_: SUPPORTED,
+            status: Status::True,
+            reason: "AllFieldsSupported",
+            message: String::new(),
+        }
+    } else {
+        Desired {
+            type_: SUPPORTED,
+            status: Status::False,
+            reason: FIELD_NOT_SUPPORTED,
+            message: unsupported_message(fields),
+        }
+    }
+}
+
+/// One Warning event per entity whose pods start failing, or fail for a new reason (the
+/// message of a crash loop changes with every restart; the reason does not).
+fn failure_events<'a>(
+    previous: &ServingEndpointStatus,
+    configs: impl Iterator<Item = &'a EndpointConfigStatus>,
+) -> Vec<(bool, String, String)> {
+    let reason_of = |e: &ServedEntityStatus| e.state.as_ref().and_then(|s| s.reason.clone());
+    let before: BTreeMap<(String, Option<String>), Option<String>> = previous
+        .config
+        .iter()
+        .chain(previous.pending_config.iter())
+        .flat_map(|c| c.served_entities.iter())
+        .map(|e| ((e.name.clone(), e.deployment_name.clone()), reason_of(e)))
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut events = Vec::new();
+    for e in configs.flat_map(|c| c.served_entities.iter()) {
+        let key = (e.name.clone(), e.deployment_name.clone());
+        let Some(reason) = reason_of(e) else {
+            continue;
+        };
+        if before.get(&key) == Some(&Some(reason.clone())) || !seen.insert(key) {
+            continue;
+        }
+        let message = e
+            .state
+            .as_ref()
+            .and_then(|s| s.deployment_state_message.clone())
+            .unwrap_or_default();
+        events.push((true, reason, format!("entity {}: {message}", e.name)));
+    }
+    events
+}
+
+/// "entity <name>: <message>" for each entity of `config` that is not ready.
+fn not_ready(config: &EndpointConfigStatus) -> Vec<String> {
+    config
+        .served_entities
+        .iter()
+        .filter(|e| state_of(e) != DeploymentState::DEPLOYMENT_READY)
+        .map(|e| {
+            let message = e
+                .state
+                .as_ref()
+                .and_then(|s| s.deployment_state_message.clone())
+                .unwrap_or_default();
+            format!("entity {}: {message}", e.name)
+        })
+        .collect()
+}
+
+/// The Ready condition: every active entity ready and nothing unsupported; otherwise why not,
+/// naming the entities and what their pods report.
+fn readiness(
+    active: &Option<EndpointConfigStatus>,
+    pending: &Option<EndpointConfigStatus>,
+    unsupported: &[String],
+) -> Desired {
+    let not_ready_with = |reason, message| Desired {
+        type_: "Ready",
+        status: Status::False,
+        reason,
+        message,
+    };
+    if !unsupported.is_empty() {
+        return not_ready_with(FIELD_NOT_SUPPORTED, unsupported_message(unsupported));
+    }
+    match (active, pending) {
+        (Some(a), _) => {
+            let waiting = not_ready(a);
+            if waiting.is_empty() {
+                Desired {
+                    type_: "Ready",
+                    status: Status::True,
+                    reason: "AllEntitiesReady",
+                    message: "every entity of the active config is ready".into(),
+                }
+            } else {
+                not_ready_with(
+                    "EntitiesNotReady",
+                    format!(
+                        "the active config has entities that are not ready: {}",
+                        waiting.join("; ")
+                    ),
+                )
+            }
+        }
+        (None, Some(p)) => not_ready_with(
+            "EntitiesNotReady",
+            format!(
+                "config {} is rolling out: {}",
+                p.config_version,
+                not_ready(p).join("; ")
+            ),
+        ),
+        (None, None) => not_ready_with("EntitiesNotReady", "no config serves yet".into()),
+    }
+}
+
 fn condition_set(
-    ready: bool,
+    ready_c: Desired,
     update: ConfigUpdateState,
     problems: &[String],
     pending: &Option<EndpointConfigStatus>,
 ) -> Vec<Desired> {
-    let ready_c = if ready {
-        Desired {
-            type_: "Ready",
-            status: Status::True,
-            reason: "AllEntitiesReady",
-            message: "every entity of the active config is ready".into(),
-        }
-    } else {
-        Desired {
-            type_: "Ready",
-            status: Status::False,
-            reason: "EntitiesNotReady",
-            message: "the active config has entities that are not ready".into(),
-        }
-    };
     let resolved_c = if problems.is_empty() {
         Desired {
             type_: "Resolved",
@@ -472,19 +668,30 @@ fn condition_set(
             type_: "Updating",
             status: Status::True,
             reason: "RollingOut",
-            message: format!(
-                "config {} is rolling out",
-                pending
-                    .as_ref()
-                    .map(|p| p.config_version)
-                    .unwrap_or_default()
-            ),
+            message: match pending.as_ref() {
+                Some(p) => {
+                    let waiting = not_ready(p);
+                    if waiting.is_empty() {
+                        format!("config {} is rolling out", p.config_version)
+                    } else {
+                        format!(
+                            "config {} is rolling out: {}",
+                            p.config_version,
+                            waiting.join("; ")
+                        )
+                    }
+                }
+                None => "a config is rolling out".into(),
+            },
         },
         ConfigUpdateState::UPDATE_FAILED => Desired {
             type_: "Updating",
             status: Status::False,
             reason: "UpdateFailed",
-            message: "the previous config keeps serving".into(),
+            message: match pending.as_ref().map(not_ready).filter(|w| !w.is_empty()) {
+                Some(failed) => format!("the previous config keeps serving; {}", failed.join("; ")),
+                None => "the previous config keeps serving".into(),
+            },
         },
         _ => Desired {
             type_: "Updating",
@@ -738,5 +945,138 @@ mod tests {
             state(&idle),
             (ReadyState::READY, ConfigUpdateState::NOT_UPDATING)
         );
+    }
+
+    fn ready_condition(p: &Plan) -> (String, String, String) {
+        let c = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn a_failing_pod_shows_in_status_at_once_with_one_warning_per_reason() {
+        let first = run(&endpoint(ONE, None), &BTreeMap::new());
+        let child = first.keep.iter().next().expect("child").clone();
+        let failing = |reason: &str, message: &str| {
+            BTreeMap::from([(
+                child.clone(),
+                ChildState {
+                    desired: 1,
+                    problem: Some(PodProblem {
+                        reason: reason.into(),
+                        message: message.into(),
+                    }),
+                    ..Default::default()
+                },
+            )])
+        };
+        let pulling = run(
+            &endpoint(ONE, Some(first.status.clone())),
+            &failing("ImagePullBackOff", "pod p: container model: not found"),
+        );
+        let entity = &pulling
+            .status
+            .pending_config
+            .as_ref()
+            .expect("pending")
+            .served_entities[0];
+        let entity_state = entity.state.as_ref().expect("state");
+        assert_eq!(
+            entity_state.deployment,
+            DeploymentState::DEPLOYMENT_CREATING
+        );
+        assert_eq!(entity_state.reason.as_deref(), Some("ImagePullBackOff"));
+        assert_eq!(
+            entity_state.deployment_state_message.as_deref(),
+            Some("0 of 1 replicas ready; ImagePullBackOff: pod p: container model: not found")
+        );
+        let (status, _, message) = ready_condition(&pulling);
+        assert_eq!(status, "False");
+        assert!(
+            message.contains("entity a: 0 of 1 replicas ready; ImagePullBackOff"),
+            "{message}"
+        );
+        let warnings: Vec<_> = pulling.events.iter().filter(|e| e.0).collect();
+        assert_eq!(warnings.len(), 1, "{:?}", pulling.events);
+        assert_eq!(warnings[0].1, "ImagePullBackOff");
+
+        let again = run(
+            &endpoint(ONE, Some(pulling.status.clone())),
+            &failing(
+                "ImagePullBackOff",
+                "pod p: container model: still not found",
+            ),
+        );
+        assert!(
+            again.events.iter().all(|e| !e.0),
+            "same reason, no new warning"
+        );
+        let crashing = run(
+            &endpoint(ONE, Some(again.status)),
+            &failing(
+                "CrashLoopBackOff",
+                "pod p: init container fetch exited with code 1",
+            ),
+        );
+        assert!(
+            crashing
+                .events
+                .iter()
+                .any(|e| e.0 && e.1 == "CrashLoopBackOff")
+        );
+    }
+
+    #[test]
+    fn fields_this_version_ignores_keep_the_endpoint_from_ready_and_say_so() {
+        let spec = "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n";
+        let first = run(&endpoint(spec, None), &BTreeMap::new());
+        let children = ready_children(&first);
+        let served = run(&endpoint(spec, Some(first.status.clone())), &children);
+        assert_eq!(
+            state(&served),
+            (ReadyState::NOT_READY, ConfigUpdateState::NOT_UPDATING),
+            "the pods serve, but the endpoint is not READY while a policy is ignored"
+        );
+        let (status, reason, message) = ready_condition(&served);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", FIELD_NOT_SUPPORTED)
+        );
+        assert!(message.contains("spec.aiGateway"), "{message}");
+        let warned = |p: &Plan| {
+            p.events
+                .iter()
+                .filter(|e| e.0 && e.1 == FIELD_NOT_SUPPORTED)
+                .count()
+        };
+        assert_eq!(warned(&first), 1);
+        assert_eq!(warned(&served), 0, "warned once");
+
+        let external = "  servedEntities:\n  - name: gpt\n    externalModel: {provider: openai, name: gpt-4o, task: llm/v1/chat}\n";
+        let planned = run(&endpoint(external, None), &BTreeMap::new());
+        let (status, reason, message) = ready_condition(&planned);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", FIELD_NOT_SUPPORTED)
+        );
+        assert!(
+            message.contains("spec.servedEntities[0].externalModel"),
+            "{message}"
+        );
+        let entity = &planned
+            .status
+            .pending_config
+            .as_ref()
+            .expect("pending")
+            .served_entities[0];
+        assert_eq!(
+            entity.state.as_ref().and_then(|s| s.reason.as_deref()),
+            Some(NOT_SUPPORTED)
+        );
+        assert_eq!(state(&planned).1, ConfigUpdateState::UPDATE_FAILED);
     }
 }

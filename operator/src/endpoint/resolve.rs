@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 use serde::Serialize;
+use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
     Engine, ExternalModel, ModelFormat, ModelTask, ModelVersion, ServedEntity, ServingEndpoint,
     WorkloadSize, WorkloadType,
@@ -80,6 +81,16 @@ pub enum EntitySource {
         format: ModelFormat,
         /// Task.
         task: ModelTask,
+        /// The task as the ModelVersion declares it (the runtime picks a default otherwise).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        declared_task: Option<ModelTask>,
+        /// The ModelVersion's signature, which `serve` checks requests against when the
+        /// artifact carries none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<ModelSignature>,
+        /// The artifact's expected SHA-256, checked by the fetch step.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     /// A model at an outside provider.
     External(ExternalModel),
@@ -303,6 +314,9 @@ fn registered_source(
         secret: mv.spec.source.secret_ref.as_ref().map(|s| s.name.clone()),
         format: mv.spec.format,
         task: mv.spec.task.unwrap_or(ModelTask::Predict),
+        declared_task: mv.spec.task,
+        signature: mv.spec.signature.clone(),
+        sha256: mv.spec.source.sha256.clone(),
     };
     Ok((source, alias_conflict))
 }

@@ -75,6 +75,25 @@ pub fn evaluate(
     }
 }
 
+/// Why `uri` is a source the API accepts but this version's fetch step cannot read.
+fn unsupported_source(uri: &str) -> Option<String> {
+    if uri.starts_with("models:/") || uri.starts_with("mlflow://") {
+        return Some(format!(
+            "spec.source.uri {uri}: registry references (models:/, mlflow://) are not resolved \
+             by this version of Sluice; register the artifact's own location (s3://, gs://, \
+             az://, https://, pvc://)"
+        ));
+    }
+    if uri.starts_with("file://") {
+        return Some(format!(
+            "spec.source.uri {uri}: file:// names a path inside the fetch container, whose image \
+             holds no models; put the artifact on a PersistentVolumeClaim (pvc://<claim>/<path>) \
+             or an object store"
+        ));
+    }
+    None
+}
+
 fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -> Desired {
     let not_ready = |reason, message: String| Desired {
         type_: READY,
@@ -84,6 +103,9 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -
     };
     if let Some(message) = format_task_mismatch(mv.spec.format, mv.spec.task) {
         return not_ready("UnsupportedTask", message);
+    }
+    if let Some(message) = unsupported_source(&mv.spec.source.uri) {
+        return not_ready("UnsupportedSource", message);
     }
     if let Some(problem) = ClaimUri::of(&mv.spec.source.uri).and_then(|c| c.problem()) {
         return not_ready(
@@ -324,5 +346,25 @@ mod tests {
             "{}",
             ready.message
         );
+    }
+
+    #[test]
+    fn sources_the_fetch_step_cannot_read_are_not_ready() {
+        for uri in [
+            "models:/fraud/3",
+            "mlflow://registry/fraud/3",
+            "file:///models/fraud",
+        ] {
+            let mut mv = version("fraud-3", 3, "");
+            mv.spec.source.uri = uri.into();
+            let s = evaluate(&mv, &[], SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+            let ready = condition(&s, READY);
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", "UnsupportedSource"),
+                "{uri}"
+            );
+            assert!(ready.message.contains(uri), "{}", ready.message);
+        }
     }
 }

@@ -42,13 +42,19 @@ impl Scene {
     /// A namespace `<prefix>-<random>` and an operator confined to it (no leader election);
     /// with `with_nodes`, the shared test kubelet runs the pods.
     pub async fn new(prefix: &str, with_nodes: bool) -> Self {
+        Self::with_config(prefix, with_nodes, NO_PROCESS_CONFIG).await
+    }
+
+    /// As [`Self::new`], with the operator configuration `config_yaml` (without
+    /// `images.inferenceServer`, pods run our real data-plane image).
+    pub async fn with_config(prefix: &str, with_nodes: bool, config_yaml: &str) -> Self {
         let nodes = with_nodes.then(shared_nodes);
         let cp = shared();
         let client = cp.client().await.expect("admin client");
         let ns = fresh_namespace(&client, prefix).await;
         let operator = cp.start_operator_with(&OperatorOptions {
             namespace: Some(ns.clone()),
-            config_yaml: Some(NO_PROCESS_CONFIG.into()),
+            config_yaml: Some(config_yaml.into()),
             ..Default::default()
         });
         Self {
