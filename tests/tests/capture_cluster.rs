@@ -2,11 +2,12 @@
 //! capture sidecar's root filesystem is read-only, so the inference table lands on the claim
 //! the operator creates (`pvc://sluice-lake`, the operator's default `lakeRoot`), and every
 //! request sent through the gateway is a row that DuckDB reads back from that volume once the
-//! pods are gone (the sidecars drain their spool on SIGTERM).
+//! pods are gone (the sidecars drain their spool on SIGTERM); and a Delta table on an object
+//! store, with the endpoint's own Secret and store options, read back by `deltalake`.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -17,6 +18,7 @@ use sluice_tests::{
     cluster::{fresh_namespace, shared, shared_nodes},
     gateway::GatewayProcess,
     models::iris_on_claim,
+    object_store::S3Server,
     venv_tool,
 };
 
@@ -146,5 +148,162 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
         format!("({REQUESTS}, {REQUESTS})"),
         "rows in {}",
         folder.display()
+    );
+}
+
+/// The lake on an object store, as a platform team would point it: an `s3://` table, the
+/// credentials in a Secret that only the capture sidecars see, the store's address and
+/// plain-HTTP permission as store options, and the Delta Lake format; the `deltalake` Python
+/// package reads every request back as a row of the committed table.
+#[tokio::test(flavor = "multi_thread")]
+async fn captured_rows_reach_an_object_store_delta_table_with_the_endpoints_secret() {
+    let nodes = shared_nodes();
+    let cp = shared();
+    let _logs = nodes.kubelet.logs_on_panic();
+    let client = cp.client().await.expect("client");
+    let ns = fresh_namespace(&client, "capture-s3").await;
+    let operator = cp.start_operator();
+    let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
+    let store = S3Server::start().await;
+    store.put_folder("lake", "tables", &[]).await;
+
+    let uri = iris_on_claim(&client, &ns).await;
+    let apply = PatchParams::apply("test-user");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "lake-credentials",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "lake-credentials"},
+                "stringData": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                               "AWS_REGION": "us-east-1"}})),
+        )
+        .await
+        .expect("secret");
+    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
+    mvs.patch(
+        "iris-1",
+        &apply,
+        &Patch::Apply(
+            json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-1"},
+            "spec": {"model": "iris", "version": 1, "source": {"uri": uri}, "format": "onnx"}}),
+        ),
+    )
+    .await
+    .expect("model version");
+    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
+    endpoints
+        .patch(
+            "iris",
+            &apply,
+            &Patch::Apply(
+                json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
+                "metadata": {"name": "iris"},
+                "spec": {"servedEntities": [{"name": "v1", "model": "iris", "version": 1}],
+                         "autoCapture": {"enabled": true, "uri": "s3://lake/tables/iris_payload",
+                                         "secretRef": {"name": "lake-credentials"},
+                                         "storeOptions": {"aws_endpoint": store.endpoint,
+                                                          "aws_allow_http": "true"},
+                                         "tableFormat": "delta"}}}),
+            ),
+        )
+        .await
+        .expect("endpoint");
+    sluice_tests::wait::eventually(
+        "the endpoint READY",
+        Duration::from_secs(180),
+        logs,
+        || async {
+            let status = endpoints.get("iris").await.ok()?.status?;
+            (format!("{:?}", status.state?.ready) == "READY").then_some(())
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = pods
+        .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+        .await
+        .expect("pods")
+        .items
+        .remove(0);
+    let spec = pod.spec.expect("pod spec");
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let has_secret = c.env_from.iter().flatten().any(|e| {
+            e.secret_ref
+                .as_ref()
+                .is_some_and(|s| s.name == "lake-credentials")
+        });
+        assert_eq!(
+            has_secret,
+            c.name == "capture",
+            "{}: the lake Secret is the sidecar's only",
+            c.name
+        );
+    }
+
+    let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
+    for _ in 0..REQUESTS {
+        let answer = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 200);
+    }
+    endpoints
+        .delete("iris", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    sluice_tests::wait::eventually(
+        "the entity pods gone (the sidecar commits what it spooled)",
+        Duration::from_secs(120),
+        logs,
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods
+                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+                    .await
+                    .ok()?;
+                left.items.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    drop(operator);
+
+    let script = format!(
+        "from deltalake import DeltaTable\n\
+         t = DeltaTable('s3://lake/tables/iris_payload', storage_options={{\
+         'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'testing', \
+         'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_REGION': 'us-east-1', \
+         'AWS_S3_ALLOW_UNSAFE_RENAME': 'true'}})\n\
+         rows = t.to_pyarrow_table(columns=['request_id'])\n\
+         print(rows.num_rows, len(set(rows.column('request_id').to_pylist())))",
+        store.endpoint
+    );
+    let out = std::process::Command::new(venv_tool("python"))
+        .args(["-c", &script])
+        .output()
+        .expect("running deltalake");
+    assert!(
+        out.status.success(),
+        "deltalake failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{REQUESTS} {REQUESTS}"),
+        "rows in the Delta table"
     );
 }

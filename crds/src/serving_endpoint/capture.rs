@@ -1,7 +1,12 @@
 //! Auto-capture: the inference table every request and response is recorded in.
 
+use std::collections::BTreeMap;
+
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::common::SecretRef;
 
 /// Where and how much the capture sidecars record.
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -44,4 +49,40 @@ pub struct AutoCaptureConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub sampling_fraction: Option<f64>,
+    /// Secret (in the endpoint's namespace) with the lake's credentials, in the variables each
+    /// cloud's SDK reads (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+    /// `GOOGLE_SERVICE_ACCOUNT_KEY`, `AZURE_STORAGE_ACCOUNT_KEY`, …); its keys become
+    /// environment variables of the capture sidecars only. Without it, the sidecars use the
+    /// pod's own identity (IRSA, GKE or Azure workload identity) where the cluster gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Object-store settings for the table (the `object_store` configuration keys, e.g.
+    /// `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_virtual_hosted_style_request`,
+    /// `google_bucket`, `azure_storage_account_name`). Not for credentials: those go in the
+    /// Secret of `secretRef`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9_]{0,63}$'))")
+            .message("storeOptions keys are object_store configuration keys (lower case, digits, _)"),
+        validation = Rule::new("self.all(k, !(k.contains('secret') || k.contains('key') || k.contains('token') || k.contains('password') || k.contains('credential')))")
+            .message("credentials do not belong in storeOptions; put them in the Secret of autoCapture.secretRef"),
+    )]
+    pub store_options: BTreeMap<String, String>,
+    /// `parquet` (default): Hive-partitioned Parquet files. `delta`: the same files, each also
+    /// committed to a Delta Lake log at the table's location, safe for many sidecars appending
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_format: Option<CaptureTableFormat>,
+}
+
+// The file layout of an inference table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureTableFormat {
+    /// Hive-partitioned Parquet files.
+    #[default]
+    Parquet,
+    /// Parquet files committed to a Delta Lake log.
+    Delta,
 }

@@ -5,7 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, ExternalProvider, ShadowRoute, WorkloadSize, WorkloadType};
+use std::collections::BTreeMap;
+
+use super::{
+    CaptureTableFormat, Engine, ExternalProvider, ShadowRoute, WorkloadSize, WorkloadType,
+};
 
 /// Observed state of a ServingEndpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -115,6 +119,15 @@ pub struct ResolvedCapture {
     pub table_uri: String,
     /// Fraction of requests recorded.
     pub sampling_fraction: f64,
+    /// `parquet` or `delta` (absent: `parquet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_format: Option<CaptureTableFormat>,
+    /// The Secret whose keys the capture sidecars get as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Object-store settings passed to the capture sidecars.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub store_options: BTreeMap<String, String>,
 }
 
 /// One served entity of a config, with every default resolved.

@@ -181,9 +181,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         data_plane_image: &ctx.config.images.inference_server,
         progress_deadline_seconds: i32::try_from(ctx.config.progress_deadline_seconds)
             .unwrap_or(i32::MAX),
-        capture: capture
-            .as_ref()
-            .map(|c| (c.table_uri.as_str(), c.sampling_fraction)),
+        capture: capture.as_ref(),
     };
     // A table on a claim needs the claim before its pods can start.
     if let Some(lake) = capture.as_ref().and_then(|c| ClaimUri::of(&c.table_uri))
@@ -324,6 +322,9 @@ pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<
     Some(ResolvedCapture {
         table_uri,
         sampling_fraction: c.sampling_fraction.unwrap_or(1.0),
+        table_format: c.table_format,
+        secret_name: c.secret_ref.as_ref().map(|s| s.name.clone()),
+        store_options: c.store_options.clone(),
     })
 }
 

@@ -24,7 +24,7 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use sluice_crds::Engine;
+use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture};
 
 use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
 use crate::pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT};
@@ -51,8 +51,8 @@ pub struct BuildContext<'a> {
     pub owner: OwnerReference,
     /// The data-plane image (fetch and capture containers).
     pub data_plane_image: &'a str,
-    /// Resolved payload table URI and sampling fraction, when capture is on.
-    pub capture: Option<(&'a str, f64)>,
+    /// Resolved capture settings (table, sampling, format, store), when capture is on.
+    pub capture: Option<&'a ResolvedCapture>,
     /// The Deployments' `progressDeadlineSeconds`.
     pub progress_deadline_seconds: i32,
 }
@@ -113,11 +113,13 @@ pub fn build(
     if runtime.engine != Engine::Builtin {
         volumes.push(empty_dir("tmp"));
     }
-    if let Some((table, fraction)) = ctx.capture {
-        let lake = ClaimUri::of(table);
-        let table = lake.as_ref().map_or(table.to_string(), ClaimUri::file_uri);
+    if let Some(settings) = ctx.capture {
+        let lake = ClaimUri::of(&settings.table_uri);
+        let table = lake
+            .as_ref()
+            .map_or(settings.table_uri.clone(), ClaimUri::file_uri);
         let mut capture =
-            capture_container(ctx, entity, runtime, &table, fraction, model, *version);
+            capture_container(ctx, entity, runtime, &table, settings, model, *version);
         volumes.push(empty_dir("spool"));
         if let Some(lake) = &lake {
             volumes.push(lake.volume("lake", false));
@@ -623,11 +625,11 @@ fn capture_container(
     entity: &ResolvedEntity,
     rt: &ResolvedRuntime,
     table: &str,
-    fraction: f64,
+    settings: &ResolvedCapture,
     model: &str,
     version: i64,
 ) -> Container {
-    let args = strings(&[
+    let mut args = strings(&[
         "capture",
         "--listen",
         &format!("$(POD_IP):{CAPTURE_PORT}"),
@@ -647,15 +649,31 @@ fn capture_container(
         "--model-version",
         &version.to_string(),
         "--sampling-fraction",
-        &fraction.to_string(),
+        &settings.sampling_fraction.to_string(),
         "--spool-dir",
         "/spool",
     ]);
+    if settings.table_format == Some(CaptureTableFormat::Delta) {
+        args.extend(strings(&["--table-format", "delta"]));
+    }
+    for (key, value) in &settings.store_options {
+        args.extend(["--table-option".to_string(), format!("{key}={value}")]);
+    }
     Container {
         name: "capture".into(),
         image: Some(ctx.data_plane_image.into()),
         args: Some(args),
         env: Some(vec![pod_ip_env()]),
+        // The lake's credentials reach the sidecar only.
+        env_from: settings.secret_name.as_ref().map(|name| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: name.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]
+        }),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: CAPTURE_PORT,
@@ -702,6 +720,13 @@ mod tests {
     }
 
     fn ctx(capture: Option<(&'static str, f64)>) -> BuildContext<'static> {
+        let capture = capture.map(|(table_uri, sampling_fraction)| {
+            &*Box::leak(Box::new(ResolvedCapture {
+                table_uri: table_uri.into(),
+                sampling_fraction,
+                ..Default::default()
+            }))
+        });
         BuildContext {
             endpoint: "fraud",
             namespace: "ns",
@@ -1025,5 +1050,46 @@ mod tests {
                 .chain([fetch])
                 .all(|c| c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
         );
+    }
+
+    #[test]
+    fn the_lakes_secret_options_and_format_reach_the_capture_sidecar_only() {
+        let e = entity("{name: a, model: fraud, version: 3}");
+        let settings = ResolvedCapture {
+            table_uri: "s3://lake/t".into(),
+            sampling_fraction: 1.0,
+            table_format: Some(CaptureTableFormat::Delta),
+            secret_name: Some("lake-credentials".into()),
+            store_options: BTreeMap::from([(
+                "aws_endpoint".into(),
+                "http://127.0.0.1:9000".into(),
+            )]),
+        };
+        let mut context = ctx(None);
+        context.capture = Some(&settings);
+        let pod = build(&e, "r1", 1, &context)
+            .expect("objects")
+            .deployment
+            .spec
+            .template
+            .spec
+            .expect("pod");
+        let capture = &pod.containers[1];
+        let args = capture.args.as_ref().expect("args").join(" ");
+        assert!(
+            args.ends_with(
+                "--table-format delta --table-option aws_endpoint=http://127.0.0.1:9000"
+            ),
+            "{args}"
+        );
+        let secret_of = |c: &Container| {
+            c.env_from
+                .iter()
+                .flatten()
+                .filter_map(|e| e.secret_ref.as_ref().map(|s| s.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(secret_of(capture), ["lake-credentials"]);
+        assert!(secret_of(&pod.containers[0]).is_empty(), "not the model's");
     }
 }

@@ -107,10 +107,10 @@ pub fn plan(
                 .iter()
                 .filter_map(|e| e.alias_conflict.clone())
                 .collect();
-            let capture_uri = capture.as_ref().map(|c| c.table_uri.as_str());
+            let capture_key = capture.as_ref().map(capture_revision_key);
             let wants: Vec<Wanted> = entities
                 .into_iter()
-                .map(|e| want(&name, e, capture_uri))
+                .map(|e| want(&name, e, capture_key.as_deref()))
                 .collect();
             let next_version = active
                 .iter()
@@ -272,6 +272,17 @@ pub fn plan(
         keep,
         events,
     }
+}
+
+/// What of the capture settings shapes a pod's revision: the table and, when set, its format,
+/// Secret and store options (so an endpoint that sets none keeps the revisions it had).
+fn capture_revision_key(c: &ResolvedCapture) -> String {
+    let mut key = c.table_uri.clone();
+    if c.table_format.is_some() || c.secret_name.is_some() || !c.store_options.is_empty() {
+        let extras = (&c.table_format, &c.secret_name, &c.store_options);
+        key.push_str(&serde_json::to_string(&extras).unwrap_or_default());
+    }
+    key
 }
 
 fn want(endpoint: &str, entity: ResolvedEntity, capture: Option<&str>) -> Wanted {
