@@ -13,6 +13,8 @@ pub enum Status {
     True,
     /// `"False"`.
     False,
+    /// `"Unknown"`: not decided yet.
+    Unknown,
 }
 
 impl Status {
@@ -20,6 +22,7 @@ impl Status {
         match self {
             Status::True => "True",
             Status::False => "False",
+            Status::Unknown => "Unknown",
         }
     }
 }
@@ -29,7 +32,7 @@ impl Status {
 pub struct Desired {
     /// Condition type, e.g. `Ready`.
     pub type_: &'static str,
-    /// True or False.
+    /// True, False or Unknown.
     pub status: Status,
     /// PascalCase reason.
     pub reason: &'static str,

@@ -202,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let controllers = async {
         let both = async {
             tokio::join!(
-                model_version::run(env.clone()),
+                model_version::run(env.clone(), config.images.inference_server.clone()),
                 endpoint::controller::run(env.clone(), config),
                 autoscaler::run(env.clone(), autoscaler_config, scaling, autoscaler_metrics),
             );

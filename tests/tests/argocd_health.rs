@@ -23,7 +23,7 @@ use sluice_operator::{
         plan::{ChildState, plan},
         resolve::resolve,
     },
-    model_version::{SecretCheck, evaluate},
+    model_version::{SecretCheck, evaluate, source_check::Verdict},
 };
 use sluice_tests::{manifests::read_documents, repo_root, schema::SchemaValidator};
 
@@ -220,7 +220,9 @@ fn quickstart() -> (ModelVersion, ServingEndpoint) {
 }
 
 fn checked(mut mv: ModelVersion, siblings: &[ModelVersion], secret: SecretCheck) -> ModelVersion {
-    mv.status = Some(evaluate(&mv, siblings, secret, now()));
+    // As after a source check that found the artifact.
+    let source = Verdict::Reachable(format!("{}: readable, 1 object", mv.spec.source.uri));
+    mv.status = Some(evaluate(&mv, siblings, secret, &source, now()));
     mv
 }
 

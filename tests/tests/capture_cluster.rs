@@ -282,14 +282,19 @@ async fn captured_rows_reach_an_object_store_delta_table_with_the_endpoints_secr
     .await;
     drop(operator);
 
+    // deltalake 1.6.6 aborts in its runtime's teardown at interpreter exit after everything
+    // was read (as capture_delta notes): print, flush, and leave without the teardown.
     let script = format!(
-        "from deltalake import DeltaTable\n\
+        "import os, sys\n\
+         from deltalake import DeltaTable\n\
          t = DeltaTable('s3://lake/tables/iris_payload', storage_options={{\
          'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'testing', \
          'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_REGION': 'us-east-1', \
          'AWS_S3_ALLOW_UNSAFE_RENAME': 'true'}})\n\
          rows = t.to_pyarrow_table(columns=['request_id'])\n\
-         print(rows.num_rows, len(set(rows.column('request_id').to_pylist())))",
+         print(rows.num_rows, len(set(rows.column('request_id').to_pylist())))\n\
+         sys.stdout.flush()\n\
+         os._exit(0)",
         store.endpoint
     );
     let out = std::process::Command::new(venv_tool("python"))

@@ -104,23 +104,24 @@ impl Scene {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_error_shows_in_status_and_events_within_seconds() {
     let scene = Scene::with_config("fail-fetch", true, CONFIG).await;
-    pvc::bound_claim(&scene.client, &scene.ns, models::CLAIM, "ReadWriteMany").await;
-    scene
-        .apply(version("absent-1", "absent", 1, "pvc://models/nowhere"))
-        .await;
+    let iris = models::iris_on_claim(&scene.client, &scene.ns).await;
+    // The source is there (its check passes) but is not the artifact the digest names.
+    let mut wrong = version("iris-1", "iris", 1, &iris);
+    wrong["spec"]["source"]["sha256"] = json!("0".repeat(64));
+    scene.apply(wrong).await;
     let started = Instant::now();
     scene
         .apply(endpoint(
-            "absent",
-            vec![json!({"name": "main", "model": "absent", "version": 1})],
+            "iris",
+            vec![json!({"name": "main", "model": "iris", "version": 1})],
             &[],
         ))
         .await;
     let (state, status) = scene
         .failing(
-            "absent",
+            "iris",
             &["CrashLoopBackOff", "Error"],
-            "does not exist",
+            "SHA-256 mismatch",
             started,
         )
         .await;
@@ -130,18 +131,67 @@ async fn a_fetch_error_shows_in_status_and_events_within_seconds() {
         "{message}"
     );
     assert!(
-        message.contains("/mnt/pvc/models/nowhere does not exist"),
+        message.contains(&format!("expected {}", "0".repeat(64))),
         "the fetch step's own error: {message}"
     );
     let ready = ready_message(&status);
     assert!(
-        ready.contains("entity main") && ready.contains("does not exist"),
+        ready.contains("entity main") && ready.contains("SHA-256 mismatch"),
         "{ready}"
     );
-    let event = scene.warned("absent", "does not exist").await;
+    let event = scene.warned("iris", "SHA-256 mismatch").await;
     assert!(
         matches!(event.reason.as_deref(), Some("CrashLoopBackOff" | "Error")),
         "{event:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_check_job_reports_each_version_before_any_pod() {
+    let scene = Scene::with_config("source-check", true, CONFIG).await;
+    let iris = models::iris_on_claim(&scene.client, &scene.ns).await;
+    scene.apply(version("iris-1", "iris", 1, &iris)).await;
+    scene
+        .apply(version("iris-2", "iris", 2, "pvc://models/nowhere"))
+        .await;
+    let api = scene.versions();
+    let condition_of = |name: &'static str, status: &'static str| {
+        let api = api.clone();
+        async move {
+            let mv = api.get(name).await.ok()?;
+            mv.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "SourceReachable" && c.status == status)
+        }
+    };
+    let reachable = scene
+        .eventually("iris-1 SourceReachable=True", || {
+            condition_of("iris-1", "True")
+        })
+        .await;
+    assert_eq!(
+        reachable.message, "pvc://models/iris: readable, 2 objects, 929 B",
+        "what the check found"
+    );
+    let unreachable = scene
+        .eventually("iris-2 SourceReachable=False", || {
+            condition_of("iris-2", "False")
+        })
+        .await;
+    assert!(
+        unreachable
+            .message
+            .contains("/mnt/pvc/models/nowhere does not exist"),
+        "{}",
+        unreachable.message
+    );
+    let mv = api.get("iris-2").await.expect("iris-2");
+    let ready = condition(&mv.status.expect("status").conditions, "Ready");
+    assert_eq!(ready, Some(("False".into(), "SourceUnreachable".into())));
+    assert!(
+        scene.pods_of("anything").await.is_empty(),
+        "no endpoint, no entity pod: the check ran on its own"
     );
 }
 

@@ -100,8 +100,13 @@ fn chain(error: &reqwest::Error) -> String {
     text
 }
 
-/// `uri` without userinfo, query string or fragment: the only form of a URL that `fetch` shows.
+/// An `http(s)://` URI without userinfo, query string or fragment: the only form of a URL that
+/// `fetch` shows. Other schemes are shown as they are: in `abfss://container@account…` the
+/// part before `@` is the container, not a credential.
 pub fn redact(uri: &str) -> String {
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return uri.to_string();
+    }
     let end = uri.find(['?', '#']).unwrap_or(uri.len());
     let uri = &uri[..end];
     let Some((scheme, rest)) = uri.split_once("://") else {
@@ -437,6 +442,11 @@ mod tests {
         assert_eq!(redact("https://host/a?b"), "https://host/a");
         assert_eq!(redact("https://host?sig=1"), "https://host");
         assert_eq!(redact("s3://bucket/prefix"), "s3://bucket/prefix");
+        assert_eq!(
+            redact("abfss://models@acct.dfs.core.windows.net/iris"),
+            "abfss://models@acct.dfs.core.windows.net/iris",
+            "the container stays"
+        );
         assert_eq!(redact("http://a@b@host/p@q"), "http://host/p@q");
     }
 

@@ -15,6 +15,7 @@
 //! `state.terminated.message`.
 
 mod archive;
+mod check;
 mod digest;
 mod http;
 mod object;
@@ -78,6 +79,11 @@ pub struct FetchOptions {
     /// First pause before retrying a failed HTTP request, doubled per retry (default 1s).
     #[arg(long, hide = true, env = "SLUICE_FETCH_RETRY_DELAY", value_parser = parse_duration)]
     pub retry_delay: Option<Duration>,
+    /// Only check the source: it exists and is readable with the credentials in the
+    /// environment; nothing is downloaded and `--dest` is not touched. What was found is
+    /// printed and written to `--termination-log` (the operator's source-check Job reads it).
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl Default for FetchOptions {
@@ -88,6 +94,7 @@ impl Default for FetchOptions {
             stall_timeout: None,
             progress_every: None,
             retry_delay: None,
+            check: false,
         }
     }
 }
@@ -213,6 +220,19 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Fetch
 /// `fetch` as the init container runs it: [`fetch`], and on failure the error's text in
 /// `--termination-log` too.
 pub async fn run_command(command: FetchCommand) -> Result<(), FetchError> {
+    if command.options.check {
+        let result = check::check(&command.args, &transfer(&command.options, false)).await;
+        let text = match &result {
+            Ok(summary) => summary.clone(),
+            Err(error) => error.to_string(),
+        };
+        write_termination_log(&command.options.termination_log, &text);
+        if result.is_ok() {
+            tracing::info!("{text}");
+            println!("{text}");
+        }
+        return result.map(drop);
+    }
     let result = fetch(command.args, &command.options).await;
     if let Err(error) = &result {
         write_termination_log(&command.options.termination_log, &error.to_string());
@@ -224,12 +244,7 @@ pub async fn run_command(command: FetchCommand) -> Result<(), FetchError> {
 /// area is removed.
 pub async fn fetch(args: FetchArgs, options: &FetchOptions) -> Result<(), FetchError> {
     let expected = options.sha256.as_deref().map(digest::parse).transpose()?;
-    let transfer = stream::Transfer {
-        stall_timeout: options.stall_timeout.unwrap_or(STALL_TIMEOUT),
-        progress_every: options.progress_every.unwrap_or(PROGRESS_EVERY),
-        retry_delay: options.retry_delay.unwrap_or(RETRY_DELAY),
-        hash: expected.is_some(),
-    };
+    let transfer = transfer(options, expected.is_some());
     let staging = staging_dir(&args.dest);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("clearing", &staging))?;
@@ -240,6 +255,16 @@ pub async fn fetch(args: FetchArgs, options: &FetchOptions) -> Result<(), FetchE
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Transfer settings from the options (defaults where unset).
+fn transfer(options: &FetchOptions, hash: bool) -> stream::Transfer {
+    stream::Transfer {
+        stall_timeout: options.stall_timeout.unwrap_or(STALL_TIMEOUT),
+        progress_every: options.progress_every.unwrap_or(PROGRESS_EVERY),
+        retry_delay: options.retry_delay.unwrap_or(RETRY_DELAY),
+        hash,
+    }
 }
 
 async fn stage_and_publish(

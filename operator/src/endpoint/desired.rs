@@ -129,19 +129,13 @@ pub fn build(
         }
         containers.push(capture);
     }
-    let mut fetch = fetch_container(ctx.data_plane_image, artifact_uri, secret.as_deref());
-    if let Some(source) = ClaimUri::of(artifact_uri) {
-        volumes.push(source.volume("source", true));
-        if let Some(mounts) = fetch.volume_mounts.as_mut() {
-            mounts.push(source.mount("source", SOURCE_MOUNT_ROOT, true));
-        }
-        if let Some(args) = fetch.args.as_mut() {
-            args.extend(strings(&["--pvc-root", SOURCE_MOUNT_ROOT]));
-        }
-    }
-    if let (Some(digest), Some(args)) = (sha256, fetch.args.as_mut()) {
-        args.extend(strings(&["--sha256", digest]));
-    }
+    let (mut fetch, source_volumes) = fetch_step(
+        ctx.data_plane_image,
+        artifact_uri,
+        secret.as_deref(),
+        sha256.as_deref(),
+    );
+    volumes.extend(source_volumes);
     // A container that fails says why in its status: its termination message (fetch writes
     // its error there), else the tail of its log.
     for c in containers.iter_mut().chain([&mut fetch]) {
@@ -212,7 +206,7 @@ pub fn build(
     })
 }
 
-fn empty_dir(name: &str) -> Volume {
+pub fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -248,7 +242,7 @@ pub const RUN_AS: i64 = 65532;
 
 /// The pod-level context: Pod Security `restricted` (non-root, RuntimeDefault seccomp), and
 /// volumes (a lake claim too) given to the [`RUN_AS`] group.
-fn pod_security() -> PodSecurityContext {
+pub fn pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS),
@@ -338,6 +332,33 @@ fn http_probe(path: &str, port: &str, period: i32) -> Probe {
         failure_threshold: Some(3),
         ..Default::default()
     }
+}
+
+/// The fetch step of `uri` (the entity pod's init container, and the ModelVersion's source
+/// check): the container, which fills the `models` volume, and the volumes it needs beyond
+/// that one (a `pvc://` source claim, mounted read-only).
+pub fn fetch_step(
+    image: &str,
+    uri: &str,
+    secret: Option<&str>,
+    sha256: Option<&str>,
+) -> (Container, Vec<Volume>) {
+    let mut fetch = fetch_container(image, uri, secret);
+    fetch.termination_message_policy = Some("FallbackToLogsOnError".into());
+    let mut volumes = Vec::new();
+    if let Some(source) = ClaimUri::of(uri) {
+        volumes.push(source.volume("source", true));
+        if let Some(mounts) = fetch.volume_mounts.as_mut() {
+            mounts.push(source.mount("source", SOURCE_MOUNT_ROOT, true));
+        }
+        if let Some(args) = fetch.args.as_mut() {
+            args.extend(strings(&["--pvc-root", SOURCE_MOUNT_ROOT]));
+        }
+    }
+    if let (Some(digest), Some(args)) = (sha256, fetch.args.as_mut()) {
+        args.extend(strings(&["--sha256", digest]));
+    }
+    (fetch, volumes)
 }
 
 fn fetch_container(image: &str, uri: &str, secret: Option<&str>) -> Container {

@@ -6,6 +6,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp}
 use kube::ResourceExt;
 use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
 
+use super::source_check::{SOURCE_REACHABLE, Verdict};
 use crate::{
     conditions::{self, Desired, Status},
     pvc::ClaimUri,
@@ -33,6 +34,7 @@ pub fn evaluate(
     mv: &ModelVersion,
     siblings: &[ModelVersion],
     secret: SecretCheck,
+    source: &Verdict,
     now: Timestamp,
 ) -> ModelVersionStatus {
     let others: Vec<&ModelVersion> = siblings
@@ -44,9 +46,9 @@ pub fn evaluate(
         })
         .collect();
 
-    let ready = readiness(mv, &others, secret);
+    let ready = readiness(mv, &others, secret, source);
     let (effective_aliases, conflicts) = alias_conflicts(mv, &others);
-    let mut desired = vec![ready];
+    let mut desired = vec![ready, source_condition(mv, source)];
     desired.push(if conflicts.is_empty() {
         Desired {
             type_: ALIAS_CONFLICT,
@@ -94,7 +96,41 @@ fn unsupported_source(uri: &str) -> Option<String> {
     None
 }
 
-fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -> Desired {
+/// Whether a source check Job is worth running: the version names a source the fetch step
+/// can read (a refused scheme or claim name is reported without one).
+pub fn checkable(mv: &ModelVersion) -> bool {
+    unsupported_source(&mv.spec.source.uri).is_none()
+        && ClaimUri::of(&mv.spec.source.uri)
+            .and_then(|c| c.problem())
+            .is_none()
+}
+
+/// The source check's verdict as a condition.
+fn source_condition(mv: &ModelVersion, source: &Verdict) -> Desired {
+    let (status, reason, message) = match source {
+        Verdict::Checking => (
+            Status::Unknown,
+            "Checking",
+            format!("a Job checks {}", mv.spec.source.uri),
+        ),
+        Verdict::Reachable(found) => (Status::True, "Reachable", found.clone()),
+        Verdict::Unreachable(error) => (Status::False, "Unreachable", error.clone()),
+        Verdict::Unknown(why) => (Status::Unknown, "CheckIncomplete", why.clone()),
+    };
+    Desired {
+        type_: SOURCE_REACHABLE,
+        status,
+        reason,
+        message,
+    }
+}
+
+fn readiness(
+    mv: &ModelVersion,
+    others: &[&ModelVersion],
+    secret: SecretCheck,
+    source: &Verdict,
+) -> Desired {
     let not_ready = |reason, message: String| Desired {
         type_: READY,
         status: Status::False,
@@ -138,6 +174,12 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], secret: SecretCheck) -
         return not_ready(
             "SecretNotFound",
             format!("Secret {name} named by spec.source.secretRef does not exist"),
+        );
+    }
+    if let Verdict::Unreachable(error) = source {
+        return not_ready(
+            "SourceUnreachable",
+            format!("the source check failed: {error}"),
         );
     }
     Desired {
@@ -256,6 +298,7 @@ mod tests {
             &a,
             std::slice::from_ref(&a),
             SecretCheck::NotNeeded,
+            &Verdict::Checking,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(condition(&s, READY).status, "True");
@@ -271,7 +314,13 @@ mod tests {
         let b = version("churn-8", 8, "champion, challenger");
         let all = [a.clone(), b.clone()];
         for (me, other) in [(&a, "churn-8"), (&b, "churn-7")] {
-            let s = evaluate(me, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+            let s = evaluate(
+                me,
+                &all,
+                SecretCheck::NotNeeded,
+                &Verdict::Checking,
+                Timestamp::UNIX_EPOCH,
+            );
             let c = condition(&s, ALIAS_CONFLICT);
             assert_eq!(
                 (c.status.as_str(), c.reason.as_str()),
@@ -280,7 +329,13 @@ mod tests {
             assert!(c.message.contains(other), "{}", c.message);
             assert!(!s.effective_aliases.contains(&"champion".to_string()));
         }
-        let s = evaluate(&b, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+        let s = evaluate(
+            &b,
+            &all,
+            SecretCheck::NotNeeded,
+            &Verdict::Checking,
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(s.effective_aliases, ["challenger"]);
     }
 
@@ -289,8 +344,20 @@ mod tests {
         let a = version("churn-a", 7, "x");
         let b = version("churn-b", 7, "y");
         let all = [a.clone(), b.clone()];
-        let sa = evaluate(&a, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
-        let sb = evaluate(&b, &all, SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+        let sa = evaluate(
+            &a,
+            &all,
+            SecretCheck::NotNeeded,
+            &Verdict::Checking,
+            Timestamp::UNIX_EPOCH,
+        );
+        let sb = evaluate(
+            &b,
+            &all,
+            SecretCheck::NotNeeded,
+            &Verdict::Checking,
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(condition(&sa, READY).status, "True");
         assert_eq!(condition(&sb, READY).reason, "DuplicateVersion");
     }
@@ -303,6 +370,7 @@ mod tests {
             &onnx_chat,
             &[],
             SecretCheck::NotNeeded,
+            &Verdict::Checking,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(
@@ -311,7 +379,13 @@ mod tests {
         );
 
         let a = version("churn-7", 7, "champion");
-        let s = evaluate(&a, &[], SecretCheck::Missing, Timestamp::UNIX_EPOCH);
+        let s = evaluate(
+            &a,
+            &[],
+            SecretCheck::Missing,
+            &Verdict::Checking,
+            Timestamp::UNIX_EPOCH,
+        );
         assert_eq!(condition(&s, READY).reason, "SecretNotFound");
     }
 
@@ -323,6 +397,7 @@ mod tests {
             &on_claim,
             &[],
             SecretCheck::NotNeeded,
+            &Verdict::Checking,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(condition(&s, READY).status, "True");
@@ -332,6 +407,7 @@ mod tests {
             &on_claim,
             &[],
             SecretCheck::NotNeeded,
+            &Verdict::Checking,
             Timestamp::UNIX_EPOCH,
         );
         let ready = condition(&s, READY);
@@ -357,7 +433,13 @@ mod tests {
         ] {
             let mut mv = version("fraud-3", 3, "");
             mv.spec.source.uri = uri.into();
-            let s = evaluate(&mv, &[], SecretCheck::NotNeeded, Timestamp::UNIX_EPOCH);
+            let s = evaluate(
+                &mv,
+                &[],
+                SecretCheck::NotNeeded,
+                &Verdict::Checking,
+                Timestamp::UNIX_EPOCH,
+            );
             let ready = condition(&s, READY);
             assert_eq!(
                 (ready.status.as_str(), ready.reason.as_str()),
@@ -366,5 +448,38 @@ mod tests {
             );
             assert!(ready.message.contains(uri), "{}", ready.message);
         }
+    }
+
+    #[test]
+    fn a_failed_source_check_keeps_the_version_from_ready_and_a_pending_one_does_not() {
+        let mv = version("fraud-3", 3, "");
+        let failed = Verdict::Unreachable("fetching s3://m/x: access denied".into());
+        let s = evaluate(
+            &mv,
+            &[],
+            SecretCheck::NotNeeded,
+            &failed,
+            Timestamp::UNIX_EPOCH,
+        );
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SourceUnreachable")
+        );
+        assert!(
+            ready.message.ends_with("access denied"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(condition(&s, SOURCE_REACHABLE).status, "False");
+        let checking = evaluate(
+            &mv,
+            &[],
+            SecretCheck::NotNeeded,
+            &Verdict::Checking,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(condition(&checking, READY).status, "True");
+        assert_eq!(condition(&checking, SOURCE_REACHABLE).status, "Unknown");
     }
 }

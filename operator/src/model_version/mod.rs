@@ -1,18 +1,27 @@
 //! The ModelVersion controller: checks each version (format, task, duplicate numbers, its
-//! credentials Secret), enforces alias uniqueness per model, and publishes the result in status.
+//! credentials Secret, and its source through a check Job), enforces alias uniqueness per
+//! model, and publishes the result in status.
 //!
-//! Pipeline: gather (the version's siblings from the cache, its Secret) → [`evaluate`] (pure)
-//! → write status only when it changed → an event for each decision that changed.
+//! Pipeline: gather (the version's siblings from the cache, its Secret's metadata, its source
+//! check Job) → [`evaluate`] (pure) → write status only when it changed → an event for each
+//! decision that changed.
 
 mod evaluate;
+pub mod source_check;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{Pod, Secret},
+    },
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
         Controller,
         controller::Action,
@@ -26,6 +35,7 @@ use sluice_crds::{ModelVersion, ModelVersionStatus};
 use tracing::{info, instrument, warn};
 
 pub use evaluate::{ALIAS_CONFLICT, READY, SecretCheck, evaluate};
+use source_check::{LABEL_MODEL_VERSION, RECHECK_AFTER, Verdict};
 
 use crate::{
     STATUS_MANAGER,
@@ -37,6 +47,8 @@ use crate::{
 /// What every reconcile of this controller shares.
 struct Context {
     client: Client,
+    /// The data-plane image the source check runs.
+    image: String,
     store: Store<ModelVersion>,
     recorder: Recorder,
     tracked: Tracked,
@@ -46,7 +58,7 @@ struct Context {
 pub const WATCH: &str = "modelversions";
 
 /// Runs the controller until `env.shutdown` completes and in-flight reconciles have finished.
-pub async fn run(env: Env) {
+pub async fn run(env: Env, image: String) {
     let api: Api<ModelVersion> = env.api();
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -54,11 +66,18 @@ pub async fn run(env: Env) {
     let siblings = store.clone();
     let ctx = Arc::new(Context {
         client: env.client.clone(),
+        image,
         store,
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         tracked: Tracked::new(ControllerName::ModelVersion, env.metrics.clone()),
     });
+    let checks = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        crate::endpoint::desired::MANAGED_BY
+    ));
     controller
+        // A source check finishing changes its version's status.
+        .owns(env.api::<Job>(), checks)
         // A change to one version can change its siblings' alias conflicts and duplicates.
         .watches(
             api,
@@ -106,6 +125,7 @@ async fn reconcile_version(mv: &ModelVersion, ctx: &Context) -> Result<Action, E
         .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && o.spec.model == mv.spec.model)
         .map(|o| o.as_ref().clone())
         .collect();
+    let mut secret_version = None;
     let secret = match &mv.spec.source.secret_ref {
         None => SecretCheck::NotNeeded,
         Some(r) => {
@@ -113,25 +133,89 @@ async fn reconcile_version(mv: &ModelVersion, ctx: &Context) -> Result<Action, E
                 .get_metadata_opt(&r.name)
                 .await
                 .map_err(kube_err(format!("reading Secret {}", r.name)))?;
-            if found.is_some() {
+            if let Some(meta) = found {
+                secret_version = meta.metadata.resource_version;
                 SecretCheck::Found
             } else {
                 SecretCheck::Missing
             }
         }
     };
-    let status = evaluate(mv, &siblings, secret, Timestamp::now());
+    let source = if secret != SecretCheck::Missing && evaluate::checkable(mv) {
+        check_source(ctx, mv, &ns, secret_version.as_deref()).await?
+    } else {
+        Verdict::Checking
+    };
+    let status = evaluate(mv, &siblings, secret, &source, Timestamp::now());
     if mv.status.as_ref() != Some(&status) {
         write_status(&ctx.client, mv, &ns, &status).await?;
         ctx.tracked.status_written();
         publish_changes(&ctx.recorder, mv, &status).await;
     }
-    // A missing Secret is not watched: look again later instead of hot-looping.
-    Ok(if secret == SecretCheck::Missing {
-        Action::requeue(Duration::from_secs(30))
-    } else {
-        Action::await_change()
+    // A missing Secret is not watched: look again later instead of hot-looping. A failed
+    // source check is run again later (the Secret may have been fixed).
+    Ok(match (&source, secret) {
+        (_, SecretCheck::Missing) => Action::requeue(Duration::from_secs(30)),
+        (Verdict::Unreachable(_) | Verdict::Unknown(_), _) => Action::requeue(RECHECK_AFTER),
+        _ => Action::await_change(),
     })
+}
+
+/// Runs (or reads) the source check Job of `mv`: creates it when missing, replaces a failed
+/// one after [`RECHECK_AFTER`], removes the checks of an older Secret.
+async fn check_source(
+    ctx: &Context,
+    mv: &ModelVersion,
+    ns: &str,
+    secret_version: Option<&str>,
+) -> Result<Verdict, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let name = source_check::job_name(mv, secret_version);
+    let mine = ListParams::default().labels(&format!("{LABEL_MODEL_VERSION}={}", mv.name_any()));
+    for old in jobs
+        .list(&mine)
+        .await
+        .map_err(kube_err("listing source check Jobs"))?
+        .items
+        .iter()
+        .filter(|j| j.name_any() != name)
+    {
+        delete_job(&jobs, &old.name_any()).await?;
+    }
+    let Some(job) = jobs
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("reading Job {name}")))?
+    else {
+        let Some(job) = source_check::job(mv, &name, &ctx.image) else {
+            return Ok(Verdict::Checking);
+        };
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(kube_err(format!("creating Job {name}"))(e)),
+        }
+        return Ok(Verdict::Checking);
+    };
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+        .await
+        .map_err(kube_err("listing source check pods"))?
+        .items;
+    let verdict = source_check::verdict(Some(&job), &pods);
+    if source_check::stale(&job, &verdict, Timestamp::now()) {
+        delete_job(&jobs, &name).await?;
+        return Ok(Verdict::Checking);
+    }
+    Ok(verdict)
+}
+
+async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), Error> {
+    match jobs.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(kube_err(format!("deleting Job {name}"))(e)),
+    }
 }
 
 async fn write_status(

@@ -2,7 +2,7 @@
 -- Reads what the operator publishes (crds/src/serving_endpoint/status.rs): state.ready
 -- (READY / NOT_READY), state.configUpdate (NOT_UPDATING / IN_PROGRESS / UPDATE_FAILED /
 -- UPDATE_CANCELED), per-entity deployment states of the active and pending configs, and the
--- Ready / Resolved / Updating conditions.
+-- Ready / Resolved / Supported / Updating conditions.
 local hs = {}
 
 local function condition(status, kind)
@@ -49,6 +49,13 @@ local resolved = condition(status, "Resolved")
 if resolved ~= nil and resolved.status == "False" then
   hs.status = "Degraded"
   hs.message = "Spec cannot be resolved: " .. (resolved.message or resolved.reason or "")
+  return hs
+end
+
+local supported = condition(status, "Supported")
+if supported ~= nil and supported.status == "False" then
+  hs.status = "Degraded"
+  hs.message = "Uses fields this Sluice does not act on: " .. (supported.message or supported.reason or "")
   return hs
 end
 
