@@ -11,12 +11,10 @@ mod capture_support;
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use capture_support::{Moto, client, eventually, free_port, temp_dir};
-use common::cached_tool;
-use sha2::{Digest, Sha256};
+use capture_support::{Moto, client, free_port, temp_dir};
+use sluice_tests::object_store::{AzureServer, GcsServer, base64};
 
 const SECRET: &str = "not-a-real-secret-9f3b";
 
@@ -31,6 +29,27 @@ fn model_objects() -> Vec<(&'static str, Vec<u8>)> {
         ("iris/1/extra/notes.txt", b"nested".to_vec()),
         ("iris/10/other.bin", b"not this one".to_vec()),
     ]
+}
+
+/// `objects` with owned names, as the emulators take them.
+fn named(objects: Vec<(&'static str, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    objects
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b))
+        .collect()
+}
+
+/// A Secret's data as the environment `fetch` gets.
+fn env_of(secret: &serde_json::Value) -> Vec<(&'static str, String)> {
+    secret
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let key: &'static str = Box::leak(k.clone().into_boxed_str());
+            (key, v.as_str().unwrap_or_default().to_string())
+        })
+        .collect()
 }
 
 fn model_object(name: &str) -> Vec<u8> {
@@ -89,41 +108,6 @@ fn fetch(env: &[(&str, String)], uri: &str, dest: &Path) -> (bool, String, Strin
     );
     let termination = std::fs::read_to_string(&termination_log).unwrap_or_default();
     (out.status.success(), text, termination)
-}
-
-/// A server process on 127.0.0.1, killed when dropped.
-struct Running {
-    child: Child,
-    base: String,
-}
-
-impl Running {
-    /// Spawns `command` (which listens on `port`) and waits until it answers HTTP at `ready`.
-    async fn start(mut command: Command, port: u16, ready: &str) -> Running {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the server");
-        let running = Running {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = client();
-        let url = format!("{}{ready}", running.base);
-        eventually(Duration::from_secs(60), &url, || async {
-            client.get(&url).send().await.ok().map(drop)
-        })
-        .await;
-        running
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn put(moto: &Moto, key: &str, body: Vec<u8>) {
@@ -218,65 +202,13 @@ async fn a_model_folder_an_object_a_large_object_and_a_tarball_come_from_s3() {
     assert!(!log.contains(SECRET), "{log}");
 }
 
-/// fake-gcs-server, in memory. Path-style XML API requests (which `object_store` sends for
-/// list, head and get) are only routed for the `-public-host`, so that is the address itself.
-async fn fake_gcs() -> Running {
-    let port = free_port();
-    let mut command = Command::new(cached_tool("fake-gcs-server/fake-gcs-server"));
-    command
-        .args(["-scheme", "http", "-host", "127.0.0.1"])
-        .args(["-backend", "memory"])
-        .args(["-port", &port.to_string()])
-        .args(["-public-host", &format!("127.0.0.1:{port}")])
-        .args(["-log-level", "warn"]);
-    Running::start(command, port, "/storage/v1/b").await
-}
-
-/// Creates `bucket` and uploads `objects` through the JSON API.
-async fn gcs_upload(gcs: &Running, bucket: &str, objects: &[(&str, Vec<u8>)]) {
-    let client = client();
-    let response = client
-        .post(format!("{}/storage/v1/b", gcs.base))
-        .json(&serde_json::json!({ "name": bucket }))
-        .send()
-        .await
-        .expect("create bucket");
-    assert!(response.status().is_success(), "{response:?}");
-    for (name, bytes) in objects {
-        let mut url = url::Url::parse(&format!("{}/upload/storage/v1/b/{bucket}/o", gcs.base))
-            .expect("upload url");
-        url.query_pairs_mut()
-            .append_pair("uploadType", "media")
-            .append_pair("name", name);
-        let response = client
-            .post(url)
-            .body(bytes.clone())
-            .send()
-            .await
-            .expect("upload");
-        assert!(response.status().is_success(), "{name}: {response:?}");
-    }
-}
-
 #[tokio::test]
 async fn a_model_folder_and_an_object_come_from_gcs() {
-    let gcs = fake_gcs().await;
-    gcs_upload(&gcs, "models", &model_objects()).await;
-    // The Secret of a GCS ModelVersion holds a service account key. One that points at another
-    // endpoint (`gcs_base_url`) and turns OAuth off is how `object_store` talks to an emulator;
-    // its private key is the secret that must never be printed.
-    let key = serde_json::json!({
-        "type": "service_account",
-        "client_email": "fetch@sluice.test",
-        "private_key_id": "test",
-        "private_key": SECRET,
-        "gcs_base_url": gcs.base,
-        "disable_oauth": true,
-    });
-    let env = [
-        ("GOOGLE_SERVICE_ACCOUNT_KEY", key.to_string()),
-        ("GOOGLE_ALLOW_HTTP", "true".into()),
-    ];
+    let gcs = GcsServer::start().await;
+    gcs.put_objects("models", &named(model_objects())).await;
+    // The Secret of a GCS ModelVersion holds a service account key; its private key is the
+    // secret that must never be printed.
+    let env = env_of(&gcs.credentials(SECRET));
 
     let root = temp_dir("fetch-gcs");
     let dest = root.join("folder");
@@ -307,187 +239,28 @@ async fn a_model_folder_and_an_object_come_from_gcs() {
     );
 }
 
-/// Azurite's well-known development account (its documented default, not a secret).
-const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Azurite's Blob service, in memory, telemetry off (this machine reaches only loopback).
-async fn azurite() -> Running {
-    let port = free_port();
-    let mut command = Command::new(cached_tool("azurite/node_modules/.bin/azurite-blob"));
-    command
-        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-        .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
-        .args(["--skipApiVersionCheck", "--loose"])
-        // It writes nothing with in-memory persistence; a fresh folder in case it ever does.
-        .current_dir(temp_dir("azurite"));
-    // Any answer (a 400 for the bare root) means it listens.
-    Running::start(command, port, "/").await
-}
-
-/// One `PUT` to Azurite's Blob service, signed with Shared Key as the Azure SDKs sign it
-/// (https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key).
-async fn azure_put(
-    azurite: &Running,
-    path: &str,
-    query: &[(&str, &str)],
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) {
-    let date = chrono::Utc::now()
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string();
-    let mut signed: Vec<(&str, String)> =
-        vec![("x-ms-date", date), ("x-ms-version", "2021-08-06".into())];
-    signed.extend(
-        headers
-            .iter()
-            .map(|(name, value)| (*name, value.to_string())),
-    );
-    signed.sort();
-    let length = match body.len() {
-        0 => String::new(),
-        n => n.to_string(),
-    };
-    // VERB, Content-Encoding, -Language, -Length, -MD5, -Type, Date, If-Modified-Since,
-    // If-Match, If-None-Match, If-Unmodified-Since, Range; then x-ms-* headers and the resource
-    // (path-style: the account, then the account again as the URL's first segment).
-    let mut to_sign = format!("PUT\n\n\n{length}\n\n\n\n\n\n\n\n\n");
-    for (name, value) in &signed {
-        to_sign.push_str(&format!("{name}:{value}\n"));
-    }
-    to_sign.push_str(&format!("/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}"));
-    let mut sorted = query.to_vec();
-    sorted.sort();
-    for (name, value) in &sorted {
-        to_sign.push_str(&format!("\n{name}:{value}"));
-    }
-    let signature = base64_encode(&hmac_sha256(
-        &base64_decode(AZURITE_KEY),
-        to_sign.as_bytes(),
-    ));
-    let mut url =
-        url::Url::parse(&format!("{}/{AZURITE_ACCOUNT}/{path}", azurite.base)).expect("blob url");
-    for (name, value) in query {
-        url.query_pairs_mut().append_pair(name, value);
-    }
-    let mut request = client().put(url).header(
-        "authorization",
-        format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
-    );
-    for (name, value) in &signed {
-        request = request.header(*name, value);
-    }
-    let response = request.body(body).send().await.expect("azure put");
-    assert!(
-        response.status().is_success(),
-        "PUT {path}: {}: {}",
-        response.status(),
-        response.text().await.unwrap_or_default()
-    );
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let inner = Sha256::new()
-        .chain_update(block.map(|b| b ^ 0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(block.map(|b| b ^ 0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut n, mut bits) = (0u32, 0);
-    for c in text.bytes().take_while(|c| *c != b'=') {
-        let value = BASE64.iter().position(|b| *b == c).expect("base64") as u32;
-        n = (n << 6) | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((n >> bits) as u8);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_model_folder_and_an_object_come_from_azure_blob() {
-    let azurite = azurite().await;
-    azure_put(
-        &azurite,
-        "models",
-        &[("restype", "container")],
-        &[],
-        Vec::new(),
-    )
-    .await;
-    for (name, bytes) in model_objects() {
-        let path = format!("models/{name}");
-        azure_put(
-            &azurite,
-            &path,
-            &[],
-            &[("x-ms-blob-type", "BlockBlob")],
-            bytes,
-        )
-        .await;
-    }
+    let azurite = AzureServer::start().await;
+    azurite.put_objects("models", &named(model_objects())).await;
     // What the Secret of an Azure ModelVersion holds: the account's name and key, plus an
     // endpoint (here Azurite's path-style URL; in Azure a private or sovereign-cloud endpoint).
-    let env_with_key = |key: &str| {
-        vec![
-            ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT.to_string()),
-            ("AZURE_STORAGE_ACCOUNT_KEY", key.to_string()),
-            (
-                "AZURE_STORAGE_ENDPOINT",
-                format!("{}/{AZURITE_ACCOUNT}", azurite.base),
-            ),
-            ("AZURE_ALLOW_HTTP", "true".to_string()),
-        ]
-    };
-    let env = env_with_key(AZURITE_KEY);
+    let env_with_key = |key: &str| env_of(&azurite.credentials(key));
+    let env = env_with_key(AzureServer::KEY);
 
     let root = temp_dir("fetch-azure");
     let dest = root.join("folder");
     let (ok, log, _) = fetch(&env, "az://models/iris/1", &dest);
     assert!(ok, "{log}");
     assert_model_folder(&dest);
-    assert!(!log.contains(AZURITE_KEY), "{log}");
+    assert!(!log.contains(AzureServer::KEY), "{log}");
 
     // The ADLS Gen2 form names the container and account in the URI.
     let adls = root.join("adls");
-    let uri = format!("abfss://models@{AZURITE_ACCOUNT}.dfs.core.windows.net/iris/1");
+    let uri = format!(
+        "abfss://models@{}.dfs.core.windows.net/iris/1",
+        AzureServer::ACCOUNT
+    );
     let (ok, log, _) = fetch(&env, &uri, &adls);
     assert!(ok, "{log}");
     assert_model_folder(&adls);
@@ -502,7 +275,7 @@ async fn a_model_folder_and_an_object_come_from_azure_blob() {
 
     // A wrong account key (well-formed base64, so it reaches the server) is refused by Azurite
     // (403 AuthorizationFailure): the error names the URI and never the key.
-    let wrong = base64_encode(SECRET.as_bytes());
+    let wrong = base64::encode(SECRET.as_bytes());
     let uri = "az://models/iris/1";
     let (ok, log, termination) = fetch(&env_with_key(&wrong), uri, &root.join("denied"));
     assert!(!ok, "a wrong key fails: {log}");

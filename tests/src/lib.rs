@@ -25,6 +25,23 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// A tool `.ci/setup` installed under `${SLUICE_CACHE:-~/.cache/sluice}` (e.g.
+/// `fake-gcs-server/fake-gcs-server`). Panics with the fix when the tool is missing.
+pub fn cached_tool(relative: &str) -> PathBuf {
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice")
+        });
+    let tool = cache.join(relative);
+    assert!(
+        tool.exists(),
+        "{} not found: run `bash .ci/setup` first",
+        tool.display()
+    );
+    tool
+}
+
 /// A Python tool from the project's virtual environment (`.venv`, made by `.ci/setup`), or
 /// `SLUICE_VENV` when set. Panics with the fix when the tool is missing.
 pub fn venv_tool(name: &str) -> PathBuf {

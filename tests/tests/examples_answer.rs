@@ -4,9 +4,10 @@
 //! the example's Secret carries, as a user's MinIO would), the operator's real data-plane
 //! image fetching and serving it, and a request through the gateway answered by the model.
 //!
-//! Not here yet: the examples whose artifacts need sources or runtimes this machine lacks
-//! (`gs://`, `https://` archives, vLLM on a GPU, external models); `operator_examples` checks
-//! that every example reaches its expected state.
+//! Not here yet: the examples whose artifacts need runtimes or models this machine lacks (vLLM
+//! on a GPU, the fraud/ranker/churn/LLM artifacts, external models); `operator_examples` checks
+//! that every example reaches its expected state, and `model_sources` proves the `gs://`,
+//! `az://` and `https://`-archive sources end to end.
 
 use std::time::Duration;
 

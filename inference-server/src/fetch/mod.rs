@@ -328,12 +328,16 @@ fn verify(uri: &str, expected: &str, staged: &Staged, staging: &Path) -> Result<
     Ok(())
 }
 
-/// Writes `text` (at most [`TERMINATION_LOG_MAX`] bytes, cut at a character boundary) to `path`
-/// when its folder exists; a failure to write is ignored (the error is in the log anyway).
+/// Writes `text` on one line (a store's multi-line answer, e.g. an XML error body, joined with
+/// spaces, so that readers of the last line see all of it), at most [`TERMINATION_LOG_MAX`]
+/// bytes cut at a character boundary, to `path` when its folder exists; a failure to write is
+/// ignored (the error is in the log anyway).
 fn write_termination_log(path: &Path, text: &str) {
     if !path.parent().is_some_and(Path::is_dir) {
         return;
     }
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = text.as_str();
     let mut end = text.len().min(TERMINATION_LOG_MAX);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -521,6 +525,15 @@ mod tests {
         let written = std::fs::read_to_string(&log).expect("written");
         assert_eq!(written.len(), TERMINATION_LOG_MAX);
         assert!(long.starts_with(&written));
+        write_termination_log(
+            &log,
+            "denied: <Error>\n  <Code>AuthenticationFailed</Code>\n</Error>\n",
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("written"),
+            "denied: <Error> <Code>AuthenticationFailed</Code> </Error>",
+            "one line"
+        );
         let absent = root.join("absent/termination-log");
         write_termination_log(&absent, "error");
         assert!(!absent.exists());

@@ -48,23 +48,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A tool that `.ci/setup` installs under `${SLUICE_CACHE:-~/.cache/sluice}`; `relative` is its
-/// path there (`fake-gcs-server/fake-gcs-server`, `azurite/node_modules/.bin/azurite-blob`).
-pub fn cached_tool(relative: &str) -> PathBuf {
-    let cache = std::env::var_os("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice")
-        });
-    let tool = cache.join(relative);
-    assert!(
-        tool.exists(),
-        "{} not found: run `bash .ci/setup` first",
-        tool.display()
-    );
-    tool
-}
-
 /// A running server.
 pub struct Server {
     child: Child,
