@@ -139,3 +139,66 @@ async fn a_traffic_only_change_is_promoted_without_touching_a_pod() {
         "a traffic-only change must not replace any pod"
     );
 }
+
+/// `spec.replicas` of an entity Deployment has exactly one owner, the autoscaler's field
+/// manager, from creation on: the operator's later applies leave replicas out, which would
+/// reset them to 1 if the operator's own manager were their only owner.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_keep_one_owner_and_survive_the_operators_later_applies() {
+    let scene = Scene::new("replicas", true).await;
+    scene.apply(model_version("fraud-1", "fraud", 1, &[])).await;
+    let two_replicas = || {
+        endpoint(
+            "fraud",
+            vec![engine_entity(
+                "a",
+                "fraud",
+                json!({"version": 1}),
+                json!({"minProvisionedConcurrency": 8, "maxProvisionedConcurrency": 8,
+                       "autoscaling": {"perReplicaConcurrency": 4}}),
+            )],
+            &[],
+        )
+    };
+    scene.apply(two_replicas()).await;
+    let status = scene.settled("fraud", "fraud READY", |_| true).await;
+    let child = status
+        .config
+        .as_ref()
+        .and_then(|c| c.served_entities[0].deployment_name.clone())
+        .expect("a Deployment");
+    // A spec change that renders the same child: the operator applies it again.
+    let mut described = two_replicas();
+    described["spec"]["description"] = json!("applied a second time");
+    scene.apply(described).await;
+    scene
+        .settled("fraud", "generation 2 observed", |s| {
+            s.observed_generation == Some(2)
+        })
+        .await;
+    let deployment = scene.deployments().get(&child).await.expect("deployment");
+    assert_eq!(deployment.spec.replicas, Some(2), "not reset to 1");
+    let owners: Vec<String> = deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+        })
+        .map(|m| format!("{:?}/{:?}", m.manager, m.operation))
+        .collect();
+    assert_eq!(
+        owners,
+        [format!(
+            "{:?}/{:?}",
+            Some(sluice_operator::autoscaler::FIELD_MANAGER),
+            Some("Apply")
+        )],
+        "one owner of spec.replicas"
+    );
+}

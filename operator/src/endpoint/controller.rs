@@ -201,8 +201,15 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             continue;
         };
         let mut deployment = serde_json::to_value(&objects.deployment)?;
-        if children.contains_key(&objects.name) {
-            // The autoscaler owns replicas once the Deployment exists.
+        let current = existing.iter().find(|d| d.name_any() == objects.name);
+        if let Some(current) = current {
+            // The autoscaler owns replicas once the Deployment exists: an apply that leaves out
+            // a field only its own manager holds would reset it to 1. (A Deployment made by
+            // an older operator may not have handed them over yet.)
+            if !replicas_owned_by_autoscaler(current) {
+                let replicas = current.spec.replicas.unwrap_or(1);
+                hand_replicas_to_autoscaler(&deployments, &objects.name, replicas).await?;
+            }
             if let Some(spec) = deployment.get_mut("spec").and_then(|s| s.as_object_mut()) {
                 spec.remove("replicas");
             }
@@ -213,6 +220,10 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             .patch(&objects.name, &apply, &Patch::Apply(&deployment))
             .await
             .map_err(kube_err(format!("applying Deployment {}", objects.name)))?;
+        if current.is_none() {
+            hand_replicas_to_autoscaler(&deployments, &objects.name, wanted.initial_replicas)
+                .await?;
+        }
         let mut service = serde_json::to_value(&objects.service)?;
         service["apiVersion"] = json!("v1");
         service["kind"] = json!("Service");
@@ -253,6 +264,44 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .await;
     }
     Ok(next_action(&planned.status))
+}
+
+/// Whether the autoscaler's field manager owns `spec.replicas` of `d`.
+fn replicas_owned_by_autoscaler(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(crate::autoscaler::FIELD_MANAGER)
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    })
+}
+
+/// Applies `replicas` as the autoscaler's field manager, so exactly one manager owns them from
+/// the operator's next apply on (which leaves them out).
+async fn hand_replicas_to_autoscaler(
+    deployments: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    deployments
+        .patch(
+            name,
+            &PatchParams::apply(crate::autoscaler::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "handing the replicas of Deployment {name} to the autoscaler"
+        )))?;
+    Ok(())
 }
 
 /// After a successful reconcile: a spec that cannot be resolved waits for the next change (of

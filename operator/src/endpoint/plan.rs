@@ -150,16 +150,28 @@ pub fn plan(
                     }
                 }
             }
-            for w in wants {
+            for mut w in wants {
+                // A new revision of a serving entity starts with the replicas the old one
+                // has, so a cutover never drops capacity.
+                if !children.contains_key(&w.child)
+                    && let Some(serving) =
+                        serving_replicas(active.as_ref(), &w.entity.name, children)
+                {
+                    w.initial_replicas = w.initial_replicas.max(serving);
+                }
                 wanted.insert(w.child.clone(), w);
             }
         }
     }
 
-    for config in active.iter_mut().chain(pending.iter_mut()) {
-        for e in &mut config.served_entities {
-            observe(e, children);
-        }
+    for e in active.iter_mut().flat_map(|c| c.served_entities.iter_mut()) {
+        observe(e, children, Role::Serving);
+    }
+    for e in pending
+        .iter_mut()
+        .flat_map(|c| c.served_entities.iter_mut())
+    {
+        observe(e, children, Role::Pending);
     }
     events.extend(failure_events(
         &previous,
@@ -387,10 +399,31 @@ fn same_pods(a: &EndpointConfigStatus, b: &EndpointConfigStatus) -> bool {
     key(a) == key(b) && a.auto_capture == b.auto_capture
 }
 
+/// The replicas the active config's entity `name` has now (its Deployment's `spec.replicas`).
+fn serving_replicas(
+    active: Option<&EndpointConfigStatus>,
+    name: &str,
+    children: &BTreeMap<String, ChildState>,
+) -> Option<i32> {
+    let entity = active?.served_entities.iter().find(|e| e.name == name)?;
+    let child = children.get(entity.deployment_name.as_ref()?)?;
+    Some(child.desired)
+}
+
+/// Whether an entity's revision serves (active config) or is waiting to (pending config).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Ready as soon as one replica is: it serves.
+    Serving,
+    /// Ready only when all of its replicas are, so promoting it keeps the capacity the old
+    /// revision served with.
+    Pending,
+}
+
 /// The reason an entity that this version cannot serve carries.
 pub const NOT_SUPPORTED: &str = "NotSupported";
 
-fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) {
+fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>, role: Role) {
     let was_ready = e
         .state
         .as_ref()
@@ -428,7 +461,7 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) 
                     .unwrap_or_else(|| "ProgressDeadlineExceeded".into()),
             ),
         ),
-        Some(c) if c.ready > 0 => (
+        Some(c) if c.ready > 0 && (role == Role::Serving || c.ready >= c.desired) => (
             DeploymentState::DEPLOYMENT_READY,
             with_problem(format!("{} of {} replicas ready", c.ready, c.desired)),
             problem.map(|p| p.reason.clone()),
@@ -445,7 +478,7 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>) 
         ),
         Some(c) => (
             DeploymentState::DEPLOYMENT_CREATING,
-            with_problem(format!("0 of {} replicas ready", c.desired)),
+            with_problem(format!("{} of {} replicas ready", c.ready, c.desired)),
             problem.map(|p| p.reason.clone()),
         ),
     };
@@ -1089,5 +1122,57 @@ mod tests {
             Some(NOT_SUPPORTED)
         );
         assert_eq!(state(&planned).1, ConfigUpdateState::UPDATE_FAILED);
+    }
+
+    #[test]
+    fn a_cutover_keeps_the_capacity_the_old_revision_served_with() {
+        let (live, mut children) = serving(ONE);
+        let old_child = live.keep.iter().next().expect("old child").clone();
+        children.insert(
+            old_child.clone(),
+            ChildState {
+                desired: 4,
+                current: 4,
+                ready: 4,
+                ..Default::default()
+            },
+        );
+        let v2 = "  servedEntities:\n  - {name: a, model: m, version: 2}\n";
+        let rolling = run(&endpoint(v2, Some(live.status.clone())), &children);
+        let new = rolling
+            .apply
+            .iter()
+            .find(|w| w.child != old_child)
+            .expect("new revision");
+        assert_eq!(
+            new.initial_replicas, 4,
+            "starts with the old revision's replicas"
+        );
+        let partly = |ready: i32| {
+            let mut c = children.clone();
+            c.insert(
+                new.child.clone(),
+                ChildState {
+                    desired: 4,
+                    current: 4,
+                    ready,
+                    ..Default::default()
+                },
+            );
+            c
+        };
+        let one_ready = run(&endpoint(v2, Some(rolling.status.clone())), &partly(1));
+        assert_eq!(
+            state(&one_ready).1,
+            ConfigUpdateState::IN_PROGRESS,
+            "one ready pod of four does not take over from four"
+        );
+        assert!(
+            one_ready.keep.contains(&old_child),
+            "the old revision stays"
+        );
+        let all_ready = run(&endpoint(v2, Some(rolling.status)), &partly(4));
+        assert_eq!(state(&all_ready).1, ConfigUpdateState::NOT_UPDATING);
+        assert!(!all_ready.keep.contains(&old_child));
     }
 }
