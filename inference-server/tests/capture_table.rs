@@ -8,9 +8,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use capture_support::{
-    Sidecar, error_codes, int32s, parquet_files, read_local_table, run_python, strings, temp_dir,
+    Sidecar, error_codes, eventually, int32s, parquet_files, read_local_table, run_python, send,
+    strings, temp_dir,
 };
 use serde_json::json;
 
@@ -233,4 +235,62 @@ async fn health_of(sidecar: &Sidecar, path: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// Clients that give up before the model answers: each abandoned request still becomes a row
+/// (status 499, `CLIENT_DISCONNECTED`, its request body), and the copy budget they held comes
+/// back (`in_flight_bytes` 0), so later rows keep their bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_abandoned_before_the_answer_are_rows_and_return_their_budget() {
+    let upstream = capture_support::Upstream::start().await;
+    let table = temp_dir("abandoned-table");
+    let spool = temp_dir("abandoned-spool");
+    let mut sidecar = Sidecar::start(
+        &upstream.addr.to_string(),
+        table.to_str().unwrap(),
+        &spool,
+        &[],
+        &[],
+    )
+    .await;
+    const ABANDONED: usize = 20;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let body = vec![b'x'; 100_000];
+    let mut gave_up = 0;
+    for _ in 0..ABANDONED {
+        let sent = impatient
+            .post(sidecar.url("/slow/3000"))
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await;
+        if sent.is_err() {
+            gave_up += 1;
+        }
+    }
+    assert_eq!(gave_up, ABANDONED, "every client gave up");
+    eventually(
+        Duration::from_secs(20),
+        "the copy budget of the abandoned requests to come back",
+        || async { (sidecar.metric("sluice_capture_in_flight_bytes").await == 0.0).then_some(()) },
+    )
+    .await;
+    // One patient request afterwards keeps its bodies whole.
+    let (code, _, _) = send(&sidecar.client, &sidecar.url("/echo"), b"patient".to_vec()).await;
+    assert_eq!(code, 200);
+    sidecar.terminate();
+    let batches = read_local_table(&table);
+    let statuses = int32s(&batches, "status_code");
+    let codes = error_codes(&batches);
+    let abandoned = statuses.iter().filter(|s| **s == 499).count();
+    assert_eq!(abandoned, ABANDONED, "statuses {statuses:?}");
+    for (status, codes) in statuses.iter().zip(&codes) {
+        if *status == 499 {
+            assert_eq!(codes, &["CLIENT_DISCONNECTED".to_string()]);
+        }
+    }
+    assert_eq!(statuses.len(), ABANDONED + 1, "and the patient one");
 }

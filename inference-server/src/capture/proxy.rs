@@ -38,8 +38,8 @@ use super::queue::Queue;
 use crate::protocol::error::error_chain;
 use crate::protocol::{ApiError, ErrorKind};
 use crate::table::record::{
-    CAPTURE_MEMORY_LIMIT, REQUEST_TRUNCATED, RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED,
-    UPSTREAM_UNAVAILABLE,
+    CAPTURE_MEMORY_LIMIT, CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, REQUEST_TRUNCATED,
+    RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, UPSTREAM_UNAVAILABLE,
 };
 
 /// The request id header, read from the client or assigned, and always answered.
@@ -235,6 +235,24 @@ impl Exchange {
         }
         self.recorder.release(reserved);
         self.recorder.record(raw);
+    }
+}
+
+impl Drop for Exchange {
+    /// The last handle went away before the response head: the request was abandoned (the
+    /// client or the gateway gave up and the handler was cancelled). Its copy budget returns
+    /// and it still becomes a row, with status 499 and [`CLIENT_DISCONNECTED`].
+    fn drop(&mut self) {
+        let state = self.lock();
+        if state.finished {
+            return;
+        }
+        let unanswered = state.raw.status_code == 0;
+        drop(state);
+        if unanswered {
+            self.lock().raw.status_code = CLIENT_CLOSED_STATUS;
+        }
+        self.finish(Some(CLIENT_DISCONNECTED));
     }
 }
 
@@ -635,6 +653,7 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::queue::Popped;
 
     #[test]
     fn request_ids_are_kept_when_sane() {
@@ -698,5 +717,27 @@ mod tests {
         exchange.finish(None);
         assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(recorder.metrics.captured.get(), 1, "finished once");
+    }
+
+    #[test]
+    fn an_abandoned_exchange_returns_its_budget_and_is_still_a_row() {
+        let recorder = recorder(1000, 1000);
+        let exchange = Exchange {
+            recorder: recorder.clone(),
+            started: Instant::now(),
+            state: Mutex::default(),
+        };
+        exchange.copy(Side::Request, b"a request the model never answered");
+        assert!(recorder.in_flight_bytes.load(Ordering::Relaxed) > 0);
+        drop(exchange);
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.metrics.captured.get(), 1, "a row");
+        let Popped::Items(rows) = recorder.queue.pop(1 << 20, Duration::ZERO) else {
+            panic!("the row is queued");
+        };
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status_code, CLIENT_CLOSED_STATUS);
+        assert_eq!(rows[0].codes, [CLIENT_DISCONNECTED]);
+        assert_eq!(rows[0].request, b"a request the model never answered");
     }
 }

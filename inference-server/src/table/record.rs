@@ -27,6 +27,11 @@ pub const RESPONSE_TRUNCATED: &str = "RESPONSE_PAYLOAD_TRUNCATED";
 pub const CAPTURE_MEMORY_LIMIT: &str = "CAPTURE_MEMORY_LIMIT";
 /// A `logging_error_codes` entry: the client went away before the response ended.
 pub const RESPONSE_INCOMPLETE: &str = "RESPONSE_INCOMPLETE";
+/// A `logging_error_codes` entry: the client (or the gateway in front) went away before the
+/// model's response head; the row has the request, status 499 and no response.
+pub const CLIENT_DISCONNECTED: &str = "CLIENT_DISCONNECTED";
+/// The status recorded for [`CLIENT_DISCONNECTED`] (nginx's "client closed request").
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
 /// A `logging_error_codes` entry: the model could not be reached (the sidecar answered).
 pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
 /// A `logging_error_codes` entry: a body was not valid UTF-8 and was stored lossily.

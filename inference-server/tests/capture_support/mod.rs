@@ -266,6 +266,7 @@ impl Upstream {
             .route("/health", get(health))
             .route("/echo", post(echo))
             .route("/status/{code}", post(status))
+            .route("/slow/{ms}", post(slow))
             .route("/v1/chat/completions", post(chat))
             .with_state(healthy.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,6 +299,13 @@ async fn echo(request: Request) -> Response {
         .header("content-type", kind)
         .body(Body::new(request.into_body()))
         .unwrap()
+}
+
+/// Reads the whole request, then waits `ms` milliseconds before answering (a model slower
+/// than its client's patience).
+async fn slow(UrlPath(ms): UrlPath<u64>, body: Bytes) -> Response {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(json!({"received": body.len()})).into_response()
 }
 
 async fn status(UrlPath(code): UrlPath<u16>) -> Response {
