@@ -202,3 +202,54 @@ async fn replicas_keep_one_owner_and_survive_the_operators_later_applies() {
         "one owner of spec.replicas"
     );
 }
+
+/// Pruning removes only the endpoint's own children: a Deployment that carries the
+/// endpoint's label without being owned by it survives every reconcile.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_spares_a_deployment_the_endpoint_does_not_own() {
+    let scene = Scene::new("prune-owned", true).await;
+    scene.apply(model_version("fraud-1", "fraud", 1, &[])).await;
+    let impostor = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "not-ours", "labels": {"serving.sluice.dev/endpoint": "fraud"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "not-ours"}},
+                 "template": {"metadata": {"labels": {"app": "not-ours"}},
+                              "spec": {"containers": [{"name": "c", "image": "example.invalid/c"}]}}}});
+    let deployments = scene.deployments();
+    deployments
+        .create(
+            &Default::default(),
+            &serde_json::from_value(impostor).expect("deployment"),
+        )
+        .await
+        .expect("create");
+    let spec = |description: &str| {
+        let mut e = endpoint(
+            "fraud",
+            vec![engine_entity(
+                "a",
+                "fraud",
+                json!({"version": 1}),
+                json!({}),
+            )],
+            &[],
+        );
+        e["spec"]["description"] = json!(description);
+        e
+    };
+    scene.apply(spec("first")).await;
+    scene.settled("fraud", "fraud READY", |_| true).await;
+    scene.apply(spec("second")).await;
+    scene
+        .settled("fraud", "generation 2 observed", |s| {
+            s.observed_generation == Some(2)
+        })
+        .await;
+    assert!(
+        deployments
+            .get_opt("not-ours")
+            .await
+            .expect("get")
+            .is_some(),
+        "a Deployment the endpoint does not own is never pruned"
+    );
+}

@@ -241,9 +241,16 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     for (warning, reason, note) in &planned.events {
         publish(&ctx.recorder, ep, *warning, reason, note).await;
     }
+    // Only children this endpoint owns: a Deployment that merely carries its label (someone
+    // else's, or a copy) is never pruned.
+    let owned = |d: &Deployment| {
+        d.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == ep.uid().as_ref())
+    };
     for d in existing
         .iter()
-        .filter(|d| !planned.keep.contains(&d.name_any()))
+        .filter(|d| owned(d) && !planned.keep.contains(&d.name_any()))
     {
         let child = d.name_any();
         deployments
