@@ -133,12 +133,40 @@ async fn fetch(http: &reqwest::Client, url: String, wait: Option<Duration>) -> O
             .timeout(wait + Duration::from_secs(5));
     }
     match request.send().await {
-        Ok(response) => response.json().await.ok(),
+        Ok(response) => {
+            let body = read_capped(response, MAX_REPORT_BYTES).await;
+            if body.is_none() {
+                debug!(
+                    url,
+                    "a gateway's report was unreadable or over {MAX_REPORT_BYTES} bytes"
+                );
+            }
+            serde_json::from_slice(&body?).ok()
+        }
         Err(error) => {
             debug!(%error, url, "a gateway did not answer");
             None
         }
     }
+}
+
+/// Largest `/demand` answer read: a report is a few hundred bytes per entity, and a gateway
+/// that sends more is ignored for the round instead of filling the operator's memory.
+const MAX_REPORT_BYTES: usize = 4 << 20;
+
+/// The body of `response`, unless it is (or announces itself) longer than `limit`.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }
 
 /// Long-polls every gateway and wakes the sizing loop as soon as one reports a held request.
@@ -165,5 +193,56 @@ pub async fn long_poll(env: Env, source: GatewaySource, http: reqwest::Client, w
             // Requests stay held while the pod starts; do not spin on the same news.
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot HTTP server on loopback answering `body` (chunked, so no length is announced).
+    async fn answering(body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            for chunk in body.chunks(64 * 1024) {
+                let head = format!("{:x}\r\n", chunk.len());
+                if socket.write_all(head.as_bytes()).await.is_err()
+                    || socket.write_all(chunk).await.is_err()
+                    || socket.write_all(b"\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        });
+        format!("http://{address}/demand")
+    }
+
+    #[tokio::test]
+    async fn a_report_is_read_and_an_oversized_one_is_ignored() {
+        let http = reqwest::Client::new();
+        let report = br#"{"entities": [{"namespace": "ns", "endpoint": "e", "entity": "a", "inFlight": 2.0, "held": 1, "requestsTotal": 9}]}"#;
+        let read = fetch(&http, answering(report.to_vec()).await, None)
+            .await
+            .expect("a report");
+        assert_eq!(read.entities[0].held, 1);
+        let mut huge = b"{\"entities\": [".to_vec();
+        huge.resize(MAX_REPORT_BYTES + 1024, b' ');
+        huge.extend_from_slice(b"]}");
+        assert!(
+            fetch(&http, answering(huge).await, None).await.is_none(),
+            "over the cap: ignored"
+        );
     }
 }
