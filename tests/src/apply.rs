@@ -20,6 +20,8 @@ pub fn api_resource(doc: &Value) -> anyhow::Result<ApiResource> {
         "ConfigMap" => "configmaps",
         "ServiceAccount" => "serviceaccounts",
         "Deployment" => "deployments",
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
         other => anyhow::bail!("tests do not know the plural of kind {other:?}"),
     };
     Ok(ApiResource::from_gvk_with_plural(&gvk, plural))

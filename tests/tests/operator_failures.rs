@@ -366,3 +366,90 @@ async fn fields_this_version_ignores_keep_an_endpoint_from_ready() {
     assert!(ready_message(&status).contains("spec.aiGateway"));
     scene.warned("limited", "spec.aiGateway").await;
 }
+
+/// A child the API server refuses (here a real ValidatingAdmissionPolicy that freezes
+/// Deployments in the namespace, as a platform team's policy would) is reported on the
+/// endpoint: `Applied=False` with the policy's message, and a Warning event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_the_api_server_refuses_is_reported_on_the_endpoint() {
+    use kube::api::{DeleteParams, DynamicObject, PostParams};
+    let scene = Scene::new("refused", false).await;
+    let policy_name = format!("freeze-{}", scene.ns);
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                     "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+                 "validations": [{"expression": "false",
+                                  "message": "Deployments are frozen in this namespace"}]}});
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name},
+        "spec": {"policyName": policy_name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels":
+                     {"kubernetes.io/metadata.name": scene.ns}}}}});
+    let mut created = Vec::new();
+    for doc in [policy, binding] {
+        let resource = sluice_tests::apply::api_resource(&doc).expect("known kind");
+        let api: Api<DynamicObject> = Api::all_with(scene.client.clone(), &resource);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(doc).expect("object"),
+        )
+        .await
+        .expect("creating the policy");
+        created.push(api);
+    }
+    // The policy is in force once a plain Deployment is refused.
+    let deployments = scene.deployments();
+    let probe: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}},
+                              "spec": {"containers": [{"name": "c", "image": "example.invalid/c"}]}}}}))
+    .expect("deployment");
+    scene
+        .eventually("the policy to refuse Deployments", || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            deployments.create(&dry, &probe).await.err().map(drop)
+        })
+        .await;
+
+    scene
+        .apply(version("any-1", "any", 1, "s3://models/any/1"))
+        .await;
+    scene
+        .apply(endpoint(
+            "frozen",
+            vec![json!({"name": "main", "model": "any", "version": 1,
+                        "runtime": {"engine": "vllm"}})],
+            &[],
+        ))
+        .await;
+    let api = scene.endpoints();
+    let applied = scene
+        .eventually("Applied=False on the endpoint", || async {
+            let status = api.get("frozen").await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Applied" && c.status == "False")
+        })
+        .await;
+    assert_eq!(applied.reason, "ApplyFailed");
+    assert!(
+        applied
+            .message
+            .contains("Deployments are frozen in this namespace"),
+        "{}",
+        applied.message
+    );
+    scene.warned("frozen", "Deployments are frozen").await;
+    for api in created {
+        let _ = api.delete(&policy_name, &DeleteParams::default()).await;
+    }
+}

@@ -29,7 +29,7 @@ use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpoin
 use tracing::{instrument, warn};
 
 use super::{
-    desired::{BuildContext, LABEL_ENDPOINT, MANAGED_BY, build},
+    desired::{BuildContext, EntityObjects, LABEL_ENDPOINT, MANAGED_BY, build},
     lake,
     plan::{ChildState, LastScale, plan},
     pods::problems_by_child,
@@ -37,6 +37,7 @@ use super::{
 };
 use crate::{
     STATUS_MANAGER,
+    conditions::{self, Desired, Status},
     config::OperatorConfig,
     error::{Error, kube_err},
     metrics::ControllerName,
@@ -190,7 +191,9 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     {
         tracing::info!(claim = %lake.claim, "created the inference table's PersistentVolumeClaim");
     }
-    let apply = PatchParams::apply(CHILD_MANAGER).force();
+    // Children the API server refuses (an admission policy, a quota) are reported in status
+    // and as an event; the others are still applied.
+    let mut refused = Vec::new();
     for wanted in &planned.apply {
         let Some(objects) = build(
             &wanted.entity,
@@ -200,43 +203,48 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         ) else {
             continue;
         };
-        let mut deployment = serde_json::to_value(&objects.deployment)?;
         let current = existing.iter().find(|d| d.name_any() == objects.name);
-        if let Some(current) = current {
-            // The autoscaler owns replicas once the Deployment exists: an apply that leaves out
-            // a field only its own manager holds would reset it to 1. (A Deployment made by
-            // an older operator may not have handed them over yet.)
-            if !replicas_owned_by_autoscaler(current) {
-                let replicas = current.spec.replicas.unwrap_or(1);
-                hand_replicas_to_autoscaler(&deployments, &objects.name, replicas).await?;
-            }
-            if let Some(spec) = deployment.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                spec.remove("replicas");
+        match apply_child(
+            &deployments,
+            &services,
+            &objects,
+            current,
+            wanted.initial_replicas,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) => refused.push(format!("{}: {}", objects.name, e.message)),
+            Err(e) => {
+                return Err(kube_err(format!("applying the children {}", objects.name))(
+                    e,
+                ));
             }
         }
-        deployment["apiVersion"] = json!("apps/v1");
-        deployment["kind"] = json!("Deployment");
-        deployments
-            .patch(&objects.name, &apply, &Patch::Apply(&deployment))
-            .await
-            .map_err(kube_err(format!("applying Deployment {}", objects.name)))?;
-        if current.is_none() {
-            hand_replicas_to_autoscaler(&deployments, &objects.name, wanted.initial_replicas)
-                .await?;
-        }
-        let mut service = serde_json::to_value(&objects.service)?;
-        service["apiVersion"] = json!("v1");
-        service["kind"] = json!("Service");
-        services
-            .patch(&objects.name, &apply, &Patch::Apply(&service))
-            .await
-            .map_err(kube_err(format!("applying Service {}", objects.name)))?;
     }
+    let mut status = planned.status.clone();
+    let previous_conditions = ep
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions.extend(conditions::merge(
+        previous_conditions,
+        &[applied_condition(&refused)],
+        ep.metadata.generation,
+        Timestamp::now(),
+    ));
 
     // Status before pruning: the gateway stops routing to a child before it disappears.
-    if ep.status.as_ref() != Some(&planned.status) {
-        write_status(client, &ns, &name, &planned.status).await?;
+    if ep.status.as_ref() != Some(&status) {
+        write_status(client, &ns, &name, &status).await?;
         ctx.tracked.status_written();
+    }
+    let refused_before = previous_conditions
+        .iter()
+        .any(|c| c.type_ == APPLIED && c.status == "False" && c.message == refused.join("; "));
+    if !refused.is_empty() && !refused_before {
+        publish(&ctx.recorder, ep, true, APPLY_FAILED, &refused.join("; ")).await;
     }
     for (warning, reason, note) in &planned.events {
         publish(&ctx.recorder, ep, *warning, reason, note).await;
@@ -270,7 +278,73 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         )
         .await;
     }
-    Ok(next_action(&planned.status))
+    Ok(if refused.is_empty() {
+        next_action(&status)
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// Condition type: every child the plan wants was accepted by the API server.
+pub const APPLIED: &str = "Applied";
+/// Reason (and Warning event reason) when the API server refused a child.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+
+fn applied_condition(refused: &[String]) -> Desired {
+    if refused.is_empty() {
+        Desired {
+            type_: APPLIED,
+            status: Status::True,
+            reason: "Applied",
+            message: String::new(),
+        }
+    } else {
+        Desired {
+            type_: APPLIED,
+            status: Status::False,
+            reason: APPLY_FAILED,
+            message: refused.join("; "),
+        }
+    }
+}
+
+/// Applies one entity revision's Deployment and Service with server-side apply.
+async fn apply_child(
+    deployments: &Api<Deployment>,
+    services: &Api<Service>,
+    objects: &EntityObjects,
+    current: Option<&Deployment>,
+    initial_replicas: i32,
+) -> Result<(), kube::Error> {
+    let apply = PatchParams::apply(CHILD_MANAGER).force();
+    let mut deployment = serde_json::to_value(&objects.deployment).unwrap_or_default();
+    if let Some(current) = current {
+        // The autoscaler owns replicas once the Deployment exists: an apply that leaves out a
+        // field only its own manager holds would reset it to 1. (A Deployment made by an
+        // older operator may not have handed them over yet.)
+        if !replicas_owned_by_autoscaler(current) {
+            let replicas = current.spec.replicas.unwrap_or(1);
+            hand_replicas_to_autoscaler(deployments, &objects.name, replicas).await?;
+        }
+        if let Some(spec) = deployment.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            spec.remove("replicas");
+        }
+    }
+    deployment["apiVersion"] = json!("apps/v1");
+    deployment["kind"] = json!("Deployment");
+    deployments
+        .patch(&objects.name, &apply, &Patch::Apply(&deployment))
+        .await?;
+    if current.is_none() {
+        hand_replicas_to_autoscaler(deployments, &objects.name, initial_replicas).await?;
+    }
+    let mut service = serde_json::to_value(&objects.service).unwrap_or_default();
+    service["apiVersion"] = json!("v1");
+    service["kind"] = json!("Service");
+    services
+        .patch(&objects.name, &apply, &Patch::Apply(&service))
+        .await?;
+    Ok(())
 }
 
 /// Whether the autoscaler's field manager owns `spec.replicas` of `d`.
@@ -291,7 +365,7 @@ async fn hand_replicas_to_autoscaler(
     deployments: &Api<Deployment>,
     name: &str,
     replicas: i32,
-) -> Result<(), Error> {
+) -> Result<(), kube::Error> {
     let patch = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -304,10 +378,7 @@ async fn hand_replicas_to_autoscaler(
             &PatchParams::apply(crate::autoscaler::FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await
-        .map_err(kube_err(format!(
-            "handing the replicas of Deployment {name} to the autoscaler"
-        )))?;
+        .await?;
     Ok(())
 }
 
