@@ -67,6 +67,39 @@ pub struct OperatorConfig {
     /// status within seconds regardless; this decides when the rollout gives up. Large model
     /// downloads need it above their fetch time.
     pub progress_deadline_seconds: u32,
+    /// The NetworkPolicy beside every entity: only the gateways (and the namespaces listed)
+    /// may reach model pods, so no caller skips the gateway and the capture sidecar.
+    pub network_policy: NetworkPolicyConfig,
+}
+
+/// Who may reach entity pods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NetworkPolicyConfig {
+    /// Render a NetworkPolicy per entity revision (it takes effect where the cluster's network
+    /// plugin enforces NetworkPolicies).
+    pub enabled: bool,
+    /// Namespace of the gateway pods; any namespace when unset (the chart sets its release's).
+    pub gateway_namespace: Option<String>,
+    /// Labels of the gateway pods (the chart sets its release's gateway selector labels).
+    pub gateway_labels: BTreeMap<String, String>,
+    /// More namespaces whose pods may reach entity pods (e.g. the Prometheus that scrapes
+    /// `/capture/metrics`).
+    pub allowed_namespaces: Vec<String>,
+}
+
+impl Default for NetworkPolicyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            gateway_namespace: None,
+            gateway_labels: BTreeMap::from([(
+                "app.kubernetes.io/component".to_string(),
+                "gateway".to_string(),
+            )]),
+            allowed_namespaces: Vec::new(),
+        }
+    }
 }
 
 /// The PersistentVolumeClaim template of `pvc://` inference tables. The claim has no owner: it
@@ -193,6 +226,7 @@ impl Default for OperatorConfig {
             ]),
             autoscaling: AutoscalingDefaults::default(),
             progress_deadline_seconds: 600,
+            network_policy: NetworkPolicyConfig::default(),
         }
     }
 }

@@ -263,8 +263,30 @@ fn operator_config(docs: &[Value]) -> OperatorConfig {
 #[test]
 fn the_rendered_operator_config_is_read_by_the_operators_own_type() {
     // The chart's defaults are the operator's defaults, so an install without values behaves
-    // like an operator without a config file.
-    let config = operator_config(&render(&[], &[]));
+    // like an operator without a config file; except that the NetworkPolicies name this
+    // release's gateways (its namespace and selector labels), which only the chart knows.
+    let mut config = operator_config(&render(&[], &[]));
+    let policy = std::mem::take(&mut config.network_policy);
+    assert_eq!(policy.gateway_namespace.as_deref(), Some("sluice-system"));
+    assert_eq!(
+        policy
+            .gateway_labels
+            .get("app.kubernetes.io/instance")
+            .map(String::as_str),
+        Some("sluice")
+    );
+    assert_eq!(
+        policy
+            .gateway_labels
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("gateway")
+    );
+    config.network_policy = sluice_operator::config::NetworkPolicyConfig {
+        gateway_namespace: None,
+        gateway_labels: OperatorConfig::default().network_policy.gateway_labels,
+        ..policy
+    };
     assert_eq!(config, OperatorConfig::default());
 
     for (name, files) in values_files() {

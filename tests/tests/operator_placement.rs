@@ -178,6 +178,20 @@ async fn replicas_keep_one_owner_and_survive_the_operators_later_applies() {
         .await;
     let deployment = scene.deployments().get(&child).await.expect("deployment");
     assert_eq!(deployment.spec.replicas, Some(2), "not reset to 1");
+    // Beside it, the NetworkPolicy that lets only the gateways reach its pods (the local
+    // cluster has no network plugin that enforces it; docs/testing.md).
+    let policy = kube::Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        scene.client.clone(),
+        &scene.ns,
+    )
+    .get(&child)
+    .await
+    .expect("the entity's NetworkPolicy");
+    let selected = policy
+        .spec
+        .and_then(|s| s.pod_selector)
+        .and_then(|s| s.match_labels);
+    assert_eq!(selected, deployment.spec.selector.match_labels);
     let owners: Vec<String> = deployment
         .metadata
         .managed_fields

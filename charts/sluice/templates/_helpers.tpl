@@ -79,6 +79,15 @@ operator/src/config.rs (OperatorConfig, camelCase, unknown keys refused by the o
 {{- $_ := set $images "inferenceServer" (include "sluice.image" (dict "image" .Values.images.inferenceServer "ctx" .)) -}}
 {{- end -}}
 {{- $_ := set $config "images" $images -}}
+{{- /* Entity pods take traffic from this release's gateways only (plus allowedNamespaces). */ -}}
+{{- $policy := default (dict) $config.networkPolicy -}}
+{{- if not $policy.gatewayNamespace -}}
+{{- $_ := set $policy "gatewayNamespace" .Release.Namespace -}}
+{{- end -}}
+{{- if not $policy.gatewayLabels -}}
+{{- $_ := set $policy "gatewayLabels" (include "sluice.selectorLabels" (dict "ctx" . "component" "gateway") | fromYaml) -}}
+{{- end -}}
+{{- $_ := set $config "networkPolicy" $policy -}}
 {{- toYaml $config -}}
 {{- end -}}
 

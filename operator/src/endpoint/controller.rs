@@ -9,6 +9,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{Pod, Service},
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -182,6 +183,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         data_plane_image: &ctx.config.images.inference_server,
         progress_deadline_seconds: i32::try_from(ctx.config.progress_deadline_seconds)
             .unwrap_or(i32::MAX),
+        network_policy: Some(&ctx.config.network_policy),
         capture: capture.as_ref(),
     };
     // A table on a claim needs the claim before its pods can start.
@@ -205,6 +207,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         };
         let current = existing.iter().find(|d| d.name_any() == objects.name);
         match apply_child(
+            &ns,
             &deployments,
             &services,
             &objects,
@@ -269,6 +272,11 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(kube_err(format!("pruning Service {child}"))(e)),
         }
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        match policies.delete(&child, &DeleteParams::background()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(kube_err(format!("pruning NetworkPolicy {child}"))(e)),
+        }
         publish(
             &ctx.recorder,
             ep,
@@ -310,6 +318,7 @@ fn applied_condition(refused: &[String]) -> Desired {
 
 /// Applies one entity revision's Deployment and Service with server-side apply.
 async fn apply_child(
+    namespace: &str,
     deployments: &Api<Deployment>,
     services: &Api<Service>,
     objects: &EntityObjects,
@@ -344,6 +353,14 @@ async fn apply_child(
     services
         .patch(&objects.name, &apply, &Patch::Apply(&service))
         .await?;
+    if let Some(policy) = &objects.network_policy {
+        let mut policy = serde_json::to_value(policy).unwrap_or_default();
+        policy["apiVersion"] = json!("networking.k8s.io/v1");
+        policy["kind"] = json!("NetworkPolicy");
+        Api::<NetworkPolicy>::namespaced(deployments.clone().into_client(), namespace)
+            .patch(&objects.name, &apply, &Patch::Apply(&policy))
+            .await?;
+    }
     Ok(())
 }
 

@@ -17,6 +17,10 @@ use k8s_openapi::{
             SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext, Service,
             ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
         },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -27,7 +31,10 @@ use k8s_openapi::{
 use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture};
 
 use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
-use crate::pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT};
+use crate::{
+    config::NetworkPolicyConfig,
+    pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT},
+};
 
 /// `app.kubernetes.io/managed-by` value on every child.
 pub const MANAGED_BY: &str = "sluice";
@@ -55,6 +62,8 @@ pub struct BuildContext<'a> {
     pub capture: Option<&'a ResolvedCapture>,
     /// The Deployments' `progressDeadlineSeconds`.
     pub progress_deadline_seconds: i32,
+    /// Who may reach entity pods (a NetworkPolicy per revision when enabled).
+    pub network_policy: Option<&'a NetworkPolicyConfig>,
 }
 
 /// The objects of one entity revision.
@@ -66,6 +75,8 @@ pub struct EntityObjects {
     pub deployment: Deployment,
     /// The Service the gateway finds pods through (its EndpointSlices).
     pub service: Service,
+    /// Who may reach the pods, when the operator config turns it on.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Renders the Deployment and Service of `entity` at `revision` with `replicas` pods.
@@ -185,6 +196,10 @@ pub fn build(
         },
         ..Default::default()
     };
+    let network_policy = ctx
+        .network_policy
+        .filter(|p| p.enabled)
+        .map(|p| network_policy(meta.clone(), labels.clone(), p));
     let service = Service {
         metadata: meta,
         spec: Some(ServiceSpec {
@@ -203,7 +218,61 @@ pub fn build(
         name,
         deployment,
         service,
+        network_policy,
     })
+}
+
+/// The entity pods (`selector`) take traffic on their `http` port only from the gateway pods
+/// and from pods of the allowed namespaces; nothing else reaches the model or skips capture.
+fn network_policy(
+    meta: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    config: &NetworkPolicyConfig,
+) -> NetworkPolicy {
+    let namespace = |name: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            name.to_string(),
+        )])),
+        ..Default::default()
+    };
+    let gateways = NetworkPolicyPeer {
+        namespace_selector: Some(
+            config
+                .gateway_namespace
+                .as_deref()
+                .map_or_else(LabelSelector::default, namespace),
+        ),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(config.gateway_labels.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut from = vec![gateways];
+    from.extend(config.allowed_namespaces.iter().map(|n| NetworkPolicyPeer {
+        namespace_selector: Some(namespace(n)),
+        ..Default::default()
+    }));
+    NetworkPolicy {
+        metadata: meta,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::String("http".into())),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }),
+    }
 }
 
 pub fn empty_dir(name: &str) -> Volume {
@@ -761,6 +830,7 @@ mod tests {
             },
             data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
             progress_deadline_seconds: 600,
+            network_policy: None,
             capture,
         }
     }
@@ -1112,5 +1182,57 @@ mod tests {
         };
         assert_eq!(secret_of(capture), ["lake-credentials"]);
         assert!(secret_of(&pod.containers[0]).is_empty(), "not the model's");
+    }
+
+    #[test]
+    fn only_the_gateways_and_allowed_namespaces_reach_entity_pods() {
+        let e = entity("{name: a, model: fraud, version: 3}");
+        let config = NetworkPolicyConfig {
+            gateway_namespace: Some("sluice-system".into()),
+            allowed_namespaces: vec!["monitoring".into()],
+            ..NetworkPolicyConfig::default()
+        };
+        let mut context = ctx(None);
+        context.network_policy = Some(&config);
+        let objects = build(&e, "r1", 1, &context).expect("objects");
+        let policy = objects.network_policy.expect("a policy");
+        let spec = policy.spec.expect("spec");
+        assert_eq!(
+            spec.pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            objects.deployment.spec.selector.match_labels,
+            "it selects exactly the revision's pods"
+        );
+        let rule = &spec.ingress.expect("ingress")[0];
+        let from = rule.from.as_ref().expect("from");
+        let namespace_of = |p: &NetworkPolicyPeer| {
+            p.namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|l| l.get("kubernetes.io/metadata.name").cloned())
+        };
+        assert_eq!(namespace_of(&from[0]).as_deref(), Some("sluice-system"));
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .expect("gateway labels")["app.kubernetes.io/component"],
+            "gateway"
+        );
+        assert_eq!(namespace_of(&from[1]).as_deref(), Some("monitoring"));
+        assert!(from[1].pod_selector.is_none(), "any pod of that namespace");
+        let disabled = NetworkPolicyConfig {
+            enabled: false,
+            ..NetworkPolicyConfig::default()
+        };
+        context.network_policy = Some(&disabled);
+        assert!(
+            build(&e, "r1", 1, &context)
+                .expect("objects")
+                .network_policy
+                .is_none()
+        );
     }
 }
