@@ -9,11 +9,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::tiny_llm::{Model, Rope, chat_prompt, encode};
-use common::{BINARY, Server, assert_error, free_port, iris_onnx, model_dir, temp_dir};
+use common::{Server, assert_error, iris_onnx, model_dir, temp_dir};
 use serde_json::{Value, json};
 
 const COLUMNS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
@@ -321,38 +319,13 @@ async fn bare_causal_lm_folders_answer_chat_and_completions() {
     assert_eq!(answer["choices"][0]["text"], expected, "{answer}");
 }
 
-/// Runs `serve` with `args` and `envs`, expecting it to exit; answers its output.
-fn exit_of(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let port = free_port().to_string();
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--model-dir"])
-        .arg(dir)
-        .args(["--port", &port])
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("serve did not exit within 20 s");
-}
-
 /// A folder's files: name and contents.
 type Files<'a> = &'a [(&'a str, &'a [u8])];
 
 /// Runs `serve` on a folder of `files` with `args` and `envs`; asserts it exits with `code`
 /// and says every one of `needles` on stderr.
 fn assert_exit(code: i32, files: Files, args: &[&str], envs: &[(&str, &str)], needles: &[&str]) {
-    let output = exit_of(&model_dir("declared-bad", files), args, envs);
+    let output = common::run_to_exit_with(&model_dir("declared-bad", files), args, envs);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),

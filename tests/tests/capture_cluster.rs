@@ -24,6 +24,32 @@ use sluice_tests::{
 
 const REQUESTS: usize = 25;
 
+/// Deletes endpoint `iris` and waits until its pods are gone: each capture sidecar writes what
+/// it spooled on SIGTERM.
+async fn delete_and_drain(client: &kube::Client, ns: &str, logs: impl Fn() -> String) {
+    Api::<ServingEndpoint>::namespaced(client.clone(), ns)
+        .delete("iris", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    sluice_tests::wait::eventually(
+        "the entity pods gone",
+        Duration::from_secs(120),
+        logs,
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods
+                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+                    .await
+                    .ok()?;
+                left.items.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     let nodes = shared_nodes();
@@ -96,27 +122,7 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     }
 
     // Deleting the endpoint stops its pods; each capture sidecar writes what it spooled.
-    endpoints
-        .delete("iris", &DeleteParams::foreground())
-        .await
-        .expect("delete");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    sluice_tests::wait::eventually(
-        "the entity pods gone",
-        Duration::from_secs(120),
-        logs,
-        || {
-            let pods = pods.clone();
-            async move {
-                let left = pods
-                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
-                    .await
-                    .ok()?;
-                left.items.is_empty().then_some(())
-            }
-        },
-    )
-    .await;
+    delete_and_drain(&client, &ns, logs).await;
     drop(operator);
 
     let volume = claims
@@ -260,26 +266,7 @@ async fn captured_rows_reach_an_object_store_delta_table_with_the_endpoints_secr
             .expect("request");
         assert_eq!(answer.status(), 200);
     }
-    endpoints
-        .delete("iris", &DeleteParams::foreground())
-        .await
-        .expect("delete");
-    sluice_tests::wait::eventually(
-        "the entity pods gone (the sidecar commits what it spooled)",
-        Duration::from_secs(120),
-        logs,
-        || {
-            let pods = pods.clone();
-            async move {
-                let left = pods
-                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
-                    .await
-                    .ok()?;
-                left.items.is_empty().then_some(())
-            }
-        },
-    )
-    .await;
+    delete_and_drain(&client, &ns, logs).await;
     drop(operator);
 
     // deltalake 1.6.6 aborts in its runtime's teardown at interpreter exit after everything

@@ -186,11 +186,18 @@ impl Drop for Server {
 
 /// Runs `serve` expecting it to exit; answers its output.
 pub fn run_to_exit(dir: &Path) -> Output {
+    run_to_exit_with(dir, &[], &[])
+}
+
+/// As [`run_to_exit`], with more flags and environment variables.
+pub fn run_to_exit_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let port = free_port().to_string();
     let mut child = Command::new(BINARY)
         .args(["serve", "--model-dir"])
         .arg(dir)
         .args(["--port", &port])
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
