@@ -8,11 +8,13 @@ pub mod gateway;
 pub mod http;
 pub mod images;
 pub mod kubelet;
+pub mod lake;
 pub mod manifests;
 pub mod models;
 pub mod object_store;
 pub mod pvc;
 pub mod schema;
+pub mod tiny_llm;
 pub mod wait;
 
 use std::path::PathBuf;

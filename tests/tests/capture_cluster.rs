@@ -10,45 +10,20 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
     cluster::{fresh_namespace, shared, shared_nodes},
     gateway::GatewayProcess,
+    lake::{claim_folder, delete_and_drain, duckdb_row, parquet_table},
     models::iris_on_claim,
     object_store::S3Server,
     venv_tool,
 };
 
 const REQUESTS: usize = 25;
-
-/// Deletes endpoint `iris` and waits until its pods are gone: each capture sidecar writes what
-/// it spooled on SIGTERM.
-async fn delete_and_drain(client: &kube::Client, ns: &str, logs: impl Fn() -> String) {
-    Api::<ServingEndpoint>::namespaced(client.clone(), ns)
-        .delete("iris", &DeleteParams::foreground())
-        .await
-        .expect("delete");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    sluice_tests::wait::eventually(
-        "the entity pods gone",
-        Duration::from_secs(120),
-        logs,
-        || {
-            let pods = pods.clone();
-            async move {
-                let left = pods
-                    .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
-                    .await
-                    .ok()?;
-                left.items.is_empty().then_some(())
-            }
-        },
-    )
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
@@ -122,35 +97,15 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     }
 
     // Deleting the endpoint stops its pods; each capture sidecar writes what it spooled.
-    delete_and_drain(&client, &ns, logs).await;
+    delete_and_drain(&client, &ns, "iris", logs).await;
     drop(operator);
 
-    let volume = claims
-        .get("sluice-lake")
-        .await
-        .expect("the claim is still there")
-        .spec
-        .and_then(|s| s.volume_name)
-        .expect("bound");
-    let folder = sluice_tests::pvc::folder_of(&client, &volume).await;
-    let glob = folder.join("ml/prod/iris_payload/**/*.parquet");
-    let query = format!(
-        "import duckdb; print(duckdb.sql(\"select count(*), count(distinct request_id) from \
-         read_parquet('{}', hive_partitioning = true)\").fetchall()[0])",
-        glob.display()
-    );
-    let out = std::process::Command::new(venv_tool("python"))
-        .args(["-c", &query])
-        .output()
-        .expect("running DuckDB");
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "DuckDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let folder = claim_folder(&client, &ns, "sluice-lake").await;
+    let table = parquet_table(&folder.join("ml/prod/iris_payload"));
     assert_eq!(
-        printed.trim(),
+        duckdb_row(&format!(
+            "select count(*), count(distinct request_id) from {table}"
+        )),
         format!("({REQUESTS}, {REQUESTS})"),
         "rows in {}",
         folder.display()
@@ -266,7 +221,7 @@ async fn captured_rows_reach_an_object_store_delta_table_with_the_endpoints_secr
             .expect("request");
         assert_eq!(answer.status(), 200);
     }
-    delete_and_drain(&client, &ns, logs).await;
+    delete_and_drain(&client, &ns, "iris", logs).await;
     drop(operator);
 
     // deltalake 1.6.6 aborts in its runtime's teardown at interpreter exit after everything

@@ -7,9 +7,9 @@
 //! auto-capture is on; all in a namespace where Pod Security `restricted` is enforced.
 //!
 //! Entity pods run no process here (the images are not mapped to local binaries, as kwok
-//! does): most examples name artifacts on object stores and engines (vLLM) this machine cannot
-//! reach or run. The quickstart's real answer through the gateway is proven by
-//! `gateway_cluster` and `helm_install`.
+//! does), so all examples fit side by side on the test nodes, GPU ones included; each example
+//! that serves a model on CPU answers real requests from its own artifacts in
+//! `examples_answer`.
 
 mod operator_support;
 
@@ -22,13 +22,17 @@ use sluice_tests::{manifests::read_documents, manifests::yaml_files, repo_root};
 
 /// Secrets the examples reference, which a user creates before applying them.
 fn prerequisites() -> Vec<Value> {
-    ["model-store-credentials", "hf-credentials"]
-        .into_iter()
-        .map(|name| {
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+    [
+        "model-store-credentials",
+        "gcs-credentials",
+        "hf-credentials",
+    ]
+    .into_iter()
+    .map(|name| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                    "stringData": {"token": "test", "AWS_ACCESS_KEY_ID": "test"}})
-        })
-        .collect()
+    })
+    .collect()
 }
 
 /// What one served entity of an example must look like once settled.

@@ -3,7 +3,23 @@
 
 #![allow(dead_code)]
 
-pub mod tiny_llm;
+/// The tiny random Llama of the test support crate, and a model folder of it in a temp dir.
+pub mod tiny_llm {
+    pub use sluice_tests::tiny_llm::*;
+
+    /// `model` written as a `format` model folder for `task` in a fresh temp dir, and the
+    /// reference its answers must match.
+    pub fn model_dir(
+        label: &str,
+        format: &str,
+        task: &str,
+        model: &Model,
+    ) -> (std::path::PathBuf, Model) {
+        let dir = super::temp_dir(label);
+        let reference = write_model_dir(&dir, format, task, model);
+        (dir, reference)
+    }
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -4,7 +4,7 @@
 //! forward pass of the same architecture (no candle), used to compute greedy continuations.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
@@ -560,19 +560,22 @@ fn write_tokenizer(dir: &Path) {
 }
 
 /// A model directory for the tiny model in `format` (`safetensors` or `gguf`) and `task`.
-pub fn model_dir(label: &str, format: &str, task: &str, model: &Model) -> (PathBuf, Model) {
-    let dir = super::temp_dir(label);
+/// Writes `model` into `dir` as a model folder of `format` (`gguf`: a Q8_0 GGUF file;
+/// otherwise a Hugging Face checkpoint) with a `sluice-model.yaml` for `task`, and returns the
+/// reference the answers must match (the GGUF file's rounded weights for `gguf`).
+pub fn write_model_dir(dir: &Path, format: &str, task: &str, model: &Model) -> Model {
     let (file, reference) = if format == "gguf" {
-        ("model.gguf", model.write_gguf(&dir))
+        ("model.gguf", model.write_gguf(dir))
     } else {
-        model.write_safetensors(&dir);
+        model.write_safetensors(dir);
         ("model.safetensors", model.clone())
     };
     let manifest = format!(
         "name: tiny-llama\nformat: {format}\ntask: {task}\nfiles: {{model: {file}, tokenizer: tokenizer.json}}\n"
     );
-    std::fs::write(dir.join("sluice-model.yaml"), manifest).unwrap();
-    (dir, reference)
+    std::fs::write(dir.join("sluice-model.yaml"), manifest)
+        .unwrap_or_else(|e| panic!("writing the manifest in {}: {e}", dir.display()));
+    reference
 }
 
 fn permute_rows(w: &[f32], heads: usize) -> Vec<f32> {
