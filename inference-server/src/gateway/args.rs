@@ -2,6 +2,7 @@
 //! variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,9 +53,30 @@ pub struct GatewayArgs {
     /// How long a client may take to send its body (408 past it).
     #[arg(long, env = "SLUICE_GATEWAY_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
+    /// How long a client may send nothing while sending its body (408 past it), so a client
+    /// that sent its headers and stalled lets go of its budgets long before `--body-timeout`.
+    /// `0s` turns it off.
+    #[arg(long, env = "SLUICE_GATEWAY_BODY_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_idle_timeout: Duration,
+    /// Most requests in flight at once, across all endpoints: being read, held, proxied, or
+    /// streaming their answer. More are refused at once with 503 and `Retry-After`, never
+    /// queued.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_IN_FLIGHT", default_value = "4096")]
+    pub max_in_flight: NonZeroUsize,
+    /// Most bytes of request bodies buffered at once, across all requests (a body counts from
+    /// its first byte read, or its declared length, until the request and its shadow copies
+    /// are done with it). A body that does not fit is refused at once with 503 and
+    /// `Retry-After`; one larger than the whole budget gets 413. Size it below the pod's memory
+    /// limit: it is what bodies can take of it.
+    #[arg(long, env = "SLUICE_GATEWAY_MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = parse_budget_bytes)]
+    pub max_buffered_bytes: usize,
     /// How long a pod may take to start answering (504 past it).
     #[arg(long, env = "SLUICE_GATEWAY_REQUEST_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// How long a pod may send nothing once it started answering (a stalled stream); past it
+    /// the answer is cut off and the pod's connection closed. `0s` turns it off.
+    #[arg(long, env = "SLUICE_GATEWAY_RESPONSE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub response_idle_timeout: Duration,
     /// Pods tried for one request when connecting fails.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
@@ -111,6 +133,14 @@ pub struct Upstream {
     pub address: SocketAddr,
 }
 
+/// A byte budget: a size, never zero.
+fn parse_budget_bytes(text: &str) -> Result<usize, String> {
+    match parse_bytes(text)? {
+        0 => Err(format!("`{text}` leaves no room for any body")),
+        bytes => Ok(bytes),
+    }
+}
+
 fn parse_upstream(text: &str) -> Result<Upstream, String> {
     let (target, address) = text
         .split_once('=')
@@ -135,6 +165,16 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budgets_parse_and_refuse_zero() {
+        assert_eq!(parse_budget_bytes("1MiB"), Ok(1 << 20));
+        assert!(
+            parse_budget_bytes("0")
+                .expect_err("zero")
+                .contains("no room")
+        );
+    }
 
     #[test]
     fn upstreams_parse_with_or_without_endpoint() {

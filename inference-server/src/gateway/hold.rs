@@ -2,11 +2,14 @@
 //!
 //! Requests wait in arrival order; when the entity's first pod becomes ready they are released
 //! in that order. A request that finds the queue full, or waits past its deadline, is refused
-//! (the caller answers 503 with `Retry-After`); nothing waits without bound.
+//! (the caller answers 503 with `Retry-After`); nothing waits without bound. A waiter that
+//! leaves early (timed out, or its client went away and the request future was dropped) is
+//! removed from the queue at once, so the queue holds only live waiters and `max_held` counts
+//! only them.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -27,16 +30,31 @@ pub enum HoldRefused {
 /// One entity's hold queue.
 #[derive(Debug, Default)]
 pub struct HoldQueue {
-    waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
+    waiters: Mutex<Waiters>,
     held: AtomicUsize,
 }
 
-/// Counts a request as held until dropped.
-struct Held<'a>(&'a AtomicUsize);
+/// The queued waiters, each under an id so that one leaving early can take itself out.
+#[derive(Debug, Default)]
+struct Waiters {
+    next_id: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// A request in the queue: counted as held until dropped, and taken out of the queue then if it
+/// is still there (it timed out, or its future was dropped).
+struct Held<'a> {
+    queue: &'a HoldQueue,
+    id: u64,
+}
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut waiters = self.queue.lock();
+        if let Some(index) = waiters.queue.iter().position(|(id, _)| *id == self.id) {
+            waiters.queue.remove(index);
+        }
+        self.queue.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -44,6 +62,10 @@ impl HoldQueue {
     /// Requests held now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Holds the caller until [`release`](Self::release) or the policy's limits.
@@ -55,8 +77,8 @@ impl HoldQueue {
         has_ready: impl Fn() -> bool,
         on_join: impl FnOnce(bool),
     ) -> Result<(), HoldRefused> {
-        let receiver = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let (id, receiver) = {
+            let mut waiters = self.lock();
             if has_ready() {
                 return Ok(());
             }
@@ -66,11 +88,14 @@ impl HoldQueue {
             }
             self.held.fetch_add(1, Ordering::Relaxed);
             let (sender, receiver) = oneshot::channel();
-            waiters.push_back(sender);
+            let id = waiters.next_id;
+            waiters.next_id += 1;
+            waiters.queue.push_back((id, sender));
             on_join(held == 0);
-            receiver
+            (id, receiver)
         };
-        let _held = Held(&self.held);
+        // Created outside the lock (its drop takes it); nothing awaits in between.
+        let _held = Held { queue: self, id };
         match tokio::time::timeout(policy.timeout, receiver).await {
             Ok(Ok(())) => Ok(()),
             // A dropped sender means the queue itself went away (the entity left the config):
@@ -82,9 +107,9 @@ impl HoldQueue {
 
     /// Releases every held request, first in first out. Returns how many were waiting.
     pub fn release(&self) -> usize {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self.lock();
         let mut released = 0;
-        while let Some(waiter) = waiters.pop_front() {
+        while let Some((_, waiter)) = waiters.queue.pop_front() {
             if waiter.send(()).is_ok() {
                 released += 1;
             }
@@ -158,6 +183,64 @@ mod tests {
         );
         assert!(first.load(Ordering::Relaxed));
         assert_eq!(queue.held(), 0);
+    }
+
+    /// Waiters still in the queue, live or not (what the queue keeps in memory).
+    fn queued(queue: &HoldQueue) -> usize {
+        queue.lock().queue.len()
+    }
+
+    #[tokio::test]
+    async fn cancelled_and_timed_out_waiters_leave_the_queue() {
+        let queue = Arc::new(HoldQueue::default());
+        let short = HoldPolicy {
+            max_held: 2,
+            timeout: Duration::from_millis(100),
+        };
+        let policy = HoldPolicy {
+            max_held: 2,
+            timeout: Duration::from_secs(5),
+        };
+        // One waiter times out; another's client goes away (its future is dropped).
+        assert_eq!(
+            queue.wait(short, || false, |_| {}).await,
+            Err(HoldRefused::TimedOut(short.timeout))
+        );
+        let cancelled = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.wait(policy, || false, |_| {}).await })
+        };
+        while queue.held() == 0 {
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        assert!(cancelled.await.expect_err("aborted").is_cancelled());
+        assert_eq!(queue.held(), 0);
+        assert_eq!(
+            queued(&queue),
+            0,
+            "dead waiters are removed, not kept until a release"
+        );
+        // The cap counts only live waiters: two new ones fit and are both released.
+        let live: Vec<_> = (0..2)
+            .map(|_| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.wait(policy, || false, |_| {}).await })
+            })
+            .collect();
+        while queue.held() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queued(&queue), 2);
+        assert_eq!(
+            queue.wait(policy, || false, |_| {}).await,
+            Err(HoldRefused::Full(2))
+        );
+        assert_eq!(queue.release(), 2);
+        for waiter in live {
+            waiter.await.expect("task").expect("released");
+        }
+        assert_eq!(queued(&queue), 0);
     }
 
     #[tokio::test]

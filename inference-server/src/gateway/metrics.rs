@@ -2,9 +2,9 @@
 //!
 //! Labels are bounded by configuration, never by client input: `namespace`, `endpoint` and
 //! `entity` name objects the operator promoted (an unknown endpoint a client asked for is
-//! counted under `endpoint=""`), `code` is a status class, `outcome` and `error_code` are fixed
-//! sets. Per-entity handles are created once when an entity joins the routing table and
-//! removed when it leaves, so the hot path does no label lookups.
+//! counted under `endpoint=""`), `code` is a status class, `outcome`, `error_code`, `reason` and
+//! `body` are fixed sets. Per-entity handles are created once when an entity joins the routing
+//! table and removed when it leaves, so the hot path does no label lookups.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +54,20 @@ pub struct ErrorLabels {
     pub error_code: &'static str,
 }
 
+/// Labels of a request shed by a global budget.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// One of [`SHED_REASONS`].
+    reason: &'static str,
+}
+
+/// Labels of an idle timeout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BodyLabels {
+    /// One of [`IDLE_BODIES`].
+    body: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
@@ -61,6 +75,14 @@ const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 pub const HOLD_OUTCOMES: [&str; 3] = ["released", "timed_out", "refused_full"];
 /// Outcomes of a shadow request.
 pub const SHADOW_OUTCOMES: [&str; 4] = ["ok", "error", "unavailable", "shed"];
+/// Why a request was shed by a global budget (see [`Shed`](super::budget::Shed)).
+pub const SHED_REASONS: [&str; 2] = ["in_flight", "buffered_bytes"];
+/// Which body went idle: the client's request body, or a pod's response body.
+pub const IDLE_BODIES: [&str; 2] = ["request", "response"];
+/// Index of the client's request body in [`IDLE_BODIES`].
+pub const IDLE_REQUEST: usize = 0;
+/// Index of a pod's response body in [`IDLE_BODIES`].
+pub const IDLE_RESPONSE: usize = 1;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
@@ -81,6 +103,76 @@ pub struct GatewayMetrics {
     shadow: Family<OutcomeLabels, Counter>,
     retries: Family<EntityLabels, Counter>,
     backends: Family<EntityLabels, Gauge>,
+    load: LoadMetrics,
+}
+
+/// Metric handles of the global budgets and the idle timeouts (not per entity: a request is
+/// shed or cut before, or regardless of, where it is routed).
+#[derive(Clone, Debug)]
+pub struct LoadMetrics {
+    shed: [Counter; 2],
+    idle_timeouts: [Counter; 2],
+    /// Requests in flight now (read, held, proxied or streaming their answer).
+    pub in_flight: Gauge,
+    /// Bytes of request bodies buffered now.
+    pub buffered_bytes: Gauge,
+}
+
+impl LoadMetrics {
+    /// Registers the series, every label value up front.
+    fn register(registry: &mut Registry) -> Self {
+        let shed = Family::<ReasonLabels, Counter>::default();
+        let idle = Family::<BodyLabels, Counter>::default();
+        let metrics = Self {
+            shed: SHED_REASONS.map(|reason| shed.get_or_create(&ReasonLabels { reason }).clone()),
+            idle_timeouts: IDLE_BODIES.map(|body| idle.get_or_create(&BodyLabels { body }).clone()),
+            in_flight: Gauge::default(),
+            buffered_bytes: Gauge::default(),
+        };
+        registry.register(
+            "shed_requests",
+            "Requests refused at once because a global budget was full (503), by reason",
+            shed,
+        );
+        registry.register(
+            "idle_timeouts",
+            "Bodies cut because nothing arrived within their idle timeout, by body",
+            idle,
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests in flight now: read, held, proxied or streaming their answer",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "buffered_request_bytes",
+            "Bytes of request bodies buffered now, across all requests",
+            metrics.buffered_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a request shed by a global budget (an index into [`SHED_REASONS`]).
+    pub fn shed(&self, reason: usize) {
+        self.shed[reason].inc();
+    }
+
+    /// Requests shed so far for `reason` (an index into [`SHED_REASONS`]).
+    #[cfg(test)]
+    pub fn shed_total(&self, reason: usize) -> u64 {
+        self.shed[reason].get()
+    }
+
+    /// Counts a body cut by its idle timeout (an index into [`IDLE_BODIES`]).
+    pub fn idle_timeout(&self, body: usize) {
+        self.idle_timeouts[body].inc();
+    }
+
+    /// The counter of bodies cut by their idle timeout (an index into [`IDLE_BODIES`]), for a
+    /// timer that counts when it fires.
+    pub fn idle_timeouts(&self, body: usize) -> Counter {
+        self.idle_timeouts[body].clone()
+    }
 }
 
 impl GatewayMetrics {
@@ -95,6 +187,7 @@ impl GatewayMetrics {
             shadow: Family::default(),
             retries: Family::default(),
             backends: Family::default(),
+            load: LoadMetrics::register(registry),
         };
         registry.register(
             "requests",
@@ -137,6 +230,11 @@ impl GatewayMetrics {
             metrics.backends.clone(),
         );
         metrics
+    }
+
+    /// The handles of the global budgets and idle timeouts.
+    pub fn load(&self) -> &LoadMetrics {
+        &self.load
     }
 
     /// Counts an error answered by the gateway.

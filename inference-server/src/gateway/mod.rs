@@ -4,7 +4,8 @@
 //! pod by least outstanding requests (power of two choices, [`backend`]) → streamed back with
 //! `served-model-name`. A scale-to-zero entity with no ready pod holds the request in a bounded
 //! queue ([`hold`]) until a pod is ready; shadow routes mirror a share of requests without
-//! touching the caller's answer.
+//! touching the caller's answer. Global budgets ([`budget`]) shed requests at once when too
+//! many are in flight or too many body bytes are buffered.
 //!
 //! What is routed comes from [`routing`] (pure: cluster objects or a manifest → specs), applied
 //! to the live [`state`]; in a cluster from ServingEndpoint `status.config` and entity pods
@@ -14,6 +15,7 @@
 mod admin;
 mod args;
 mod backend;
+mod budget;
 mod demand;
 mod discovery;
 mod health;
@@ -83,12 +85,23 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let metrics = GatewayMetrics::register(&mut registry);
     let state = Arc::new(State::new(metrics));
     let defaults = args.hold_defaults();
+    if args.max_buffered_bytes < args.max_body_bytes {
+        tracing::warn!(
+            max_buffered_bytes = args.max_buffered_bytes,
+            max_body_bytes = args.max_body_bytes,
+            "--max-buffered-bytes is below --max-body-bytes: larger bodies get 413"
+        );
+    }
     let proxy = Arc::new(Proxy::new(
         state.clone(),
         ProxyConfig {
             max_body_bytes: args.max_body_bytes,
             body_timeout: args.body_timeout,
+            body_idle_timeout: args.body_idle_timeout,
+            max_in_flight: args.max_in_flight.get(),
+            max_buffered_bytes: args.max_buffered_bytes,
             request_timeout: args.request_timeout,
+            response_idle_timeout: args.response_idle_timeout,
             max_attempts: args.max_attempts as usize,
             max_shadow_in_flight: args.max_shadow_in_flight,
         },

@@ -3,8 +3,12 @@
 //! the pod's answer back.
 //!
 //! The request body is read once, up to `--max-body-bytes` (the OpenAI routes name the endpoint
-//! inside it, and a retry on another pod or a shadow copy needs it again); the response body is
-//! never buffered, so server-sent events flow through as the model writes them.
+//! inside it, and a retry on another pod or a shadow copy needs it again), its bytes reserved in
+//! the global `--max-buffered-bytes` budget as they arrive; a body that stalls for
+//! `--body-idle-timeout` gets 408. Every request takes a place in the `--max-in-flight` budget
+//! until its answer ends; over either budget it is refused at once ([`budget`](super::budget)).
+//! The response body is never buffered, so server-sent events flow through as the model writes
+//! them, and a pod that stalls mid-answer for `--response-idle-timeout` is cut off.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,22 +16,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::BoxError;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::backend::{self, Backend, InFlight};
+use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::hold::HoldRefused;
+use super::metrics::{IDLE_REQUEST, IDLE_RESPONSE};
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 use crate::protocol::error::error_chain;
 use crate::protocol::{ApiError, ErrorKind};
@@ -41,6 +49,9 @@ pub const CONFIG_VERSION: &str = "x-sluice-config-version";
 /// Header marking a mirrored request, so the capture sidecar can tell it apart.
 pub const SHADOW_HEADER: &str = "x-sluice-shadow";
 
+/// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Limits of the request path.
 #[derive(Clone, Copy, Debug)]
 pub struct ProxyConfig {
@@ -48,8 +59,17 @@ pub struct ProxyConfig {
     pub max_body_bytes: usize,
     /// How long a client may take to send its body (408 past it).
     pub body_timeout: Duration,
+    /// How long a client may send nothing while sending its body (408 past it; zero: no limit).
+    pub body_idle_timeout: Duration,
+    /// Most requests in flight at once (503 past it).
+    pub max_in_flight: usize,
+    /// Most bytes of request bodies buffered at once (503 past it).
+    pub max_buffered_bytes: usize,
     /// How long a pod may take to start answering (504 past it).
     pub request_timeout: Duration,
+    /// How long a pod may send nothing once it started answering (cut off past it; zero: no
+    /// limit).
+    pub response_idle_timeout: Duration,
     /// Pods tried when connecting fails.
     pub max_attempts: usize,
     /// Most shadow requests in flight; more are shed and counted.
@@ -63,6 +83,7 @@ pub struct Proxy {
     client: Client<HttpConnector, Full<Bytes>>,
     config: ProxyConfig,
     shadow_permits: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
 }
 
 type Shared = Arc<Proxy>;
@@ -77,11 +98,17 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let budgets = Arc::new(Budgets::new(
+            config.max_in_flight,
+            config.max_buffered_bytes,
+            state.metrics().load().clone(),
+        ));
         Self {
             state,
             client,
             shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
             config,
+            budgets,
         }
     }
 
@@ -111,7 +138,25 @@ impl Proxy {
         error.into_response()
     }
 
+    /// Admits the request into the in-flight budget (or sheds it), then routes it; its place
+    /// is kept until the answer's body ends.
     async fn handle(
+        &self,
+        name: Option<String>,
+        entity: Option<String>,
+        upstream_path: &'static str,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Response {
+        match self.budgets.admit() {
+            Ok(slot) => {
+                slot.hold_until_end_of(self.route(name, entity, upstream_path, peer, request).await)
+            }
+            Err(shed) => self.fail("", "", shed_error(shed)),
+        }
+    }
+
+    async fn route(
         &self,
         name: Option<String>,
         entity: Option<String>,
@@ -122,9 +167,9 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
-            Err(error) => return self.fail("", "", error),
+            Err(error) => return self.fail("", "", error.into()),
         };
-        let name = match name.map_or_else(|| endpoint_from_body(&body), Ok) {
+        let name = match name.map_or_else(|| endpoint_from_body(body.bytes()), Ok) {
             Ok(name) => name,
             Err(error) => return self.fail("", "", error),
         };
@@ -219,42 +264,34 @@ impl Proxy {
         }
     }
 
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-        let limit = self.config.max_body_bytes;
-        let too_large = || {
-            ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("the request body is larger than the limit of {limit} bytes"),
-            )
-        };
+    /// Reads the request body into memory within the body limits, its bytes reserved in the
+    /// buffered-bytes budget before they are kept.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<BufferedBody, BodyError> {
+        // A body larger than the whole budget could never fit: 413, not a 503 to retry forever.
+        let limit = self
+            .config
+            .max_body_bytes
+            .min(self.budgets.max_buffered_bytes());
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > limit) {
-            return Err(too_large());
+        let mut reservation = self.budgets.reservation();
+        let read = read_into(
+            body,
+            declared,
+            limit,
+            self.config.body_idle_timeout,
+            &mut reservation,
+        );
+        let read = match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(read) => read,
+            Err(_) => Err(BodyError::Deadline(self.config.body_timeout)),
+        };
+        if let Err(BodyError::Idle(_)) = read {
+            self.budgets.metrics().idle_timeout(IDLE_REQUEST);
         }
-        match tokio::time::timeout(
-            self.config.body_timeout,
-            Limited::new(body, limit).collect(),
-        )
-        .await
-        {
-            Err(_) => Err(ApiError::new(
-                ErrorKind::RequestTimeout,
-                format!(
-                    "the request body did not arrive within {:?}",
-                    self.config.body_timeout
-                ),
-            )),
-            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(too_large())
-            }
-            Ok(Err(error)) => Err(ApiError::bad_request(format!(
-                "could not read the request body: {error}"
-            ))),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        }
+        Ok(BufferedBody::new(read?, reservation))
     }
 
     /// Sends the request to a ready pod of `pool`, holding it first if the entity is waking.
@@ -262,7 +299,7 @@ impl Proxy {
         &self,
         pool: &Arc<EntityPool>,
         parts: &Parts,
-        body: Bytes,
+        body: BufferedBody,
         upstream_path: &str,
         peer: SocketAddr,
         rng: &mut fastrand::Rng,
@@ -292,7 +329,7 @@ impl Proxy {
                 backend.addr,
                 upstream_path,
                 parts,
-                body.clone(),
+                body.bytes().clone(),
                 &request_id,
                 Some(peer),
             );
@@ -433,16 +470,27 @@ impl Proxy {
                 return upstream_error(pool, parts, body, guard).await;
             }
         }
-        Response::from_parts(parts, Body::new(GuardedBody { inner: body, guard }))
+        let idle = self.config.response_idle_timeout;
+        let idle = (!idle.is_zero())
+            .then(|| IdleTimer::new(idle, self.budgets.metrics().idle_timeouts(IDLE_RESPONSE)));
+        Response::from_parts(
+            parts,
+            Body::new(GuardedBody {
+                inner: body,
+                guard,
+                idle,
+            }),
+        )
     }
 
     /// Sends a copy of the request to each shadow entity whose percentage comes up; the
-    /// answers are counted and dropped, never waited for.
+    /// answers are counted and drained, never collected or waited for. The copy keeps the body
+    /// (and its bytes in the budget) until the shadow request is done.
     fn mirror(
         &self,
         config: &LiveConfig,
         parts: &Parts,
-        body: &Bytes,
+        body: &BufferedBody,
         upstream_path: &'static str,
         rng: &mut fastrand::Rng,
     ) {
@@ -463,7 +511,7 @@ impl Proxy {
                 backend.addr,
                 upstream_path,
                 parts,
-                body.clone(),
+                body.bytes().clone(),
                 &parts
                     .headers
                     .get(REQUEST_ID)
@@ -478,13 +526,15 @@ impl Proxy {
             let client = self.client.clone();
             let pool = pool.clone();
             let timeout = self.config.request_timeout;
+            let body = body.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let _body = body;
                 let _in_flight = backend.start();
                 let outcome = match tokio::time::timeout(timeout, async {
                     let response = client.request(request).await.ok()?;
                     let ok = response.status().is_success();
-                    response.into_body().collect().await.ok()?;
+                    drain(response.into_body()).await.ok()?;
                     Some(ok)
                 })
                 .await
@@ -532,6 +582,96 @@ fn endpoint_from_body(body: &Bytes) -> Result<String, ApiError> {
             "the request body has no `model`; set it to the serving endpoint's name",
         )),
     }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Past `--max-body-bytes` (or the whole buffered-bytes budget): 413.
+    #[error("the request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// It does not fit in what is left of the buffered-bytes budget: 503.
+    #[error(transparent)]
+    Shed(#[from] Shed),
+    /// Nothing arrived for `--body-idle-timeout`: 408.
+    #[error("the request body sent nothing for {0:?} (--body-idle-timeout)")]
+    Idle(Duration),
+    /// Not all of it arrived within `--body-timeout`: 408.
+    #[error("the request body did not arrive within {0:?} (--body-timeout)")]
+    Deadline(Duration),
+    /// The connection failed or the body was malformed: 400.
+    #[error("could not read the request body: {0}")]
+    Read(#[source] axum::Error),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let kind = match &error {
+            BodyError::TooLarge(_) => ErrorKind::PayloadTooLarge,
+            BodyError::Shed(shed) => return shed_error(*shed),
+            BodyError::Idle(_) | BodyError::Deadline(_) => ErrorKind::RequestTimeout,
+            BodyError::Read(_) => ErrorKind::BadRequest,
+        };
+        ApiError::new(kind, error.to_string())
+    }
+}
+
+/// 503 + `Retry-After` for a request shed by a global budget.
+fn shed_error(shed: Shed) -> ApiError {
+    ApiError::new(ErrorKind::Unavailable, shed.to_string()).with_retry_after(SHED_RETRY_AFTER)
+}
+
+/// Reads `body` into memory, at most `limit` bytes, growing `reservation` before any byte is
+/// kept: by the declared length at once (so a body that cannot fit is refused before it is
+/// read), else frame by frame. Waits at most `idle` for each frame (zero: no limit).
+///
+/// The budget counts body bytes, not the allocator's slack: a body of undeclared length may
+/// take up to as much again while its buffer grows.
+async fn read_into(
+    mut body: Body,
+    declared: Option<usize>,
+    limit: usize,
+    idle: Duration,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    if declared.is_some_and(|length| length > limit) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let expected = declared.unwrap_or(0);
+    reservation.grow_to(expected)?;
+    let mut buffer = Vec::with_capacity(expected);
+    while let Some(frame) = next_frame(&mut body, idle).await? {
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let total = buffer.len() + data.len();
+        if total > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        reservation.grow_to(total)?;
+        buffer.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// The next frame of a request body, waiting at most `idle` for it (zero: no limit).
+async fn next_frame(body: &mut Body, idle: Duration) -> Result<Option<Frame<Bytes>>, BodyError> {
+    let frame = if idle.is_zero() {
+        body.frame().await
+    } else {
+        tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| BodyError::Idle(idle))?
+    };
+    frame.transpose().map_err(BodyError::Read)
+}
+
+/// Reads a body to its end, keeping nothing.
+async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(())
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -657,22 +797,41 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The pod's response body, streamed through, holding the request's accounting until it ends.
+/// The pod's response body, streamed through, holding the request's accounting until it ends,
+/// and cut off when the pod sends nothing for its idle timeout.
 struct GuardedBody {
     inner: Incoming,
     guard: RequestGuard,
+    /// `None` when there is no idle timeout, or once it fired.
+    idle: Option<IdleTimer>,
 }
 
 impl hyper::body::Body for GuardedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let _ = &self.guard;
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(idle) = &mut this.idle {
+                idle.frame_arrived();
+            }
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let Some(idle) = &mut this.idle else {
+            return Poll::Pending;
+        };
+        std::task::ready!(idle.poll_expired(cx));
+        let error = ResponseIdle {
+            entity: this.guard.pool.name.clone(),
+            timeout: idle.timeout,
+        };
+        this.idle = None;
+        tracing::warn!(endpoint = %this.guard.pool.labels().endpoint, %error, "cutting off a stalled answer");
+        Poll::Ready(Some(Err(error.into())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -681,6 +840,59 @@ impl hyper::body::Body for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A pod's answer sent nothing for `--response-idle-timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("entity {entity:?} sent nothing for {timeout:?} of its answer (--response-idle-timeout)")]
+struct ResponseIdle {
+    entity: String,
+    timeout: Duration,
+}
+
+/// Fires once the gateway has waited `timeout` for the next frame of a body. Only time spent
+/// waiting on the pod counts, never time the client took to read (the body is not polled
+/// then). The timer is re-armed lazily, when it fires early, so a frame costs a clock read
+/// rather than a timer update.
+struct IdleTimer {
+    timeout: Duration,
+    /// When the current wait for a frame began; `None` while frames flow.
+    waiting_since: Option<tokio::time::Instant>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Counted when it fires.
+    fired: Counter,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration, fired: Counter) -> Self {
+        Self {
+            timeout,
+            waiting_since: None,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            fired,
+        }
+    }
+
+    fn frame_arrived(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// Called when the body has no frame ready: Ready (and counted) once the wait reached the
+    /// timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let due = since + self.timeout;
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            if due <= tokio::time::Instant::now() {
+                self.fired.inc();
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(due);
+        }
     }
 }
 
@@ -777,7 +989,153 @@ async fn wrong_method(AxumState(proxy): AxumState<Shared>, request: Request) -> 
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+    use prometheus_client::registry::Registry;
+
+    use super::super::metrics::GatewayMetrics;
     use super::*;
+
+    fn budgets(max_buffered_bytes: usize) -> Arc<Budgets> {
+        let metrics = GatewayMetrics::register(&mut Registry::default());
+        Arc::new(Budgets::new(10, max_buffered_bytes, metrics.load().clone()))
+    }
+
+    /// A body of `chunks`, then `stall` (never ends) or the end.
+    fn chunked(chunks: &[&'static [u8]], stall: bool) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|chunk| Ok(Bytes::from_static(chunk)))
+            .collect();
+        let stream = futures::stream::iter(chunks);
+        if stall {
+            Body::from_stream(stream.chain(futures::stream::pending()))
+        } else {
+            Body::from_stream(stream)
+        }
+    }
+
+    #[tokio::test]
+    async fn body_bytes_are_reserved_as_they_arrive_and_a_body_that_does_not_fit_is_shed() {
+        let budgets = budgets(100);
+        let mut other = budgets.reservation();
+        other.grow_to(60).expect("fits");
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[&[1; 30], &[2; 30]], false),
+            None,
+            1000,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(
+            matches!(
+                read,
+                Err(BodyError::Shed(Shed::BufferedBytes { wanted: 30, .. }))
+            ),
+            "{read:?}"
+        );
+        assert_eq!(
+            budgets.metrics().buffered_bytes.get(),
+            90,
+            "the first chunk fit"
+        );
+        drop(reservation);
+        drop(other);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+        // With room, the body is read whole and holds exactly its length.
+        let mut reservation = budgets.reservation();
+        let bytes = read_into(
+            chunked(&[b"ab", b"cd"], false),
+            None,
+            1000,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await
+        .expect("read");
+        let body = BufferedBody::new(bytes, reservation);
+        assert_eq!(&body.bytes()[..], b"abcd");
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 4);
+        drop(body);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_reserved_before_reading_and_limits_hold() {
+        let budgets = budgets(100);
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[], true),
+            Some(101),
+            100,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::TooLarge(100))), "{read:?}");
+        let mut first = budgets.reservation();
+        first.grow_to(50).expect("fits");
+        // Refused at once although the body never sends a byte.
+        let read = read_into(
+            chunked(&[], true),
+            Some(60),
+            100,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::Shed(_))), "{read:?}");
+        // An undeclared body past the limit is cut as it grows.
+        let read = read_into(
+            chunked(&[&[0; 40], &[0; 40]], false),
+            None,
+            50,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::TooLarge(50))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_cut_after_the_idle_timeout() {
+        let budgets = budgets(100);
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[b"{"], true),
+            None,
+            100,
+            Duration::from_millis(50),
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::Idle(_))), "{read:?}");
+        let error = ApiError::from(read.expect_err("idle"));
+        assert_eq!(error.kind, ErrorKind::RequestTimeout);
+        assert!(
+            error.message.contains("--body-idle-timeout"),
+            "{}",
+            error.message
+        );
+        drop(reservation);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_shed_request_gets_503_with_retry_after_naming_the_budget() {
+        let error = ApiError::from(BodyError::Shed(Shed::BufferedBytes {
+            limit: 100,
+            wanted: 30,
+        }));
+        assert_eq!(error.kind, ErrorKind::Unavailable);
+        assert_eq!(error.retry_after, Some(SHED_RETRY_AFTER));
+        assert!(
+            error.message.contains("--max-buffered-bytes"),
+            "{}",
+            error.message
+        );
+    }
 
     #[test]
     fn the_openai_routes_read_the_endpoint_from_model() {

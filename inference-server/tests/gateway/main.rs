@@ -1,6 +1,7 @@
 //! The gateway binary, standalone mode, in front of real upstream processes (`serve` with the
 //! iris ONNX model, and `upstream.py` standing in for an engine): weighted splits, config
-//! changes under load, failing pods, holding, streaming, shadows, errors and draining.
+//! changes under load, failing pods, holding, streaming, shadows, errors, draining and load
+//! shedding.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,5 +11,6 @@ mod errors;
 mod failures;
 mod holding;
 mod quickstart;
+mod shedding;
 mod split;
 mod streaming;
