@@ -15,6 +15,7 @@ use clap::Parser;
 use futures::FutureExt;
 use kube::{client::ClientBuilder, runtime::events::Reporter};
 use prometheus_client::registry::Registry;
+use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_operator::{
     CONTROLLER_NAME, autoscaler,
     config::OperatorConfig,
@@ -42,9 +43,14 @@ struct Args {
     /// Address of the probe server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, default_value = "0.0.0.0:8090")]
     probe_addr: SocketAddr,
-    /// Watch only this namespace (the whole cluster when unset).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Manage only these namespaces (repeatable, or comma-separated); the whole cluster when
+    /// unset. With a list, every watch is namespaced, so Roles in those namespaces suffice.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Manage only the ServingEndpoints and ModelVersions matching this label selector (e.g.
+    /// `sluice.dev/installation=prod`), so several installations can share namespaces.
+    #[arg(long, env = "SLUICE_SELECTOR")]
+    selector: Option<String>,
     /// Run the controllers only while holding the Lease (for more than one replica).
     #[arg(long)]
     leader_elect: bool,
@@ -139,7 +145,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = counted_client(metrics.clone()).await?;
     let env = Env {
         client: client.clone(),
-        namespace: args.namespace.clone(),
+        namespace: None,
+        namespaces: args
+            .namespaces
+            .iter()
+            .filter(|ns| !ns.is_empty())
+            .cloned()
+            .collect(),
+        selector: args.selector.clone().filter(|s| !s.is_empty()),
         reporter: Reporter {
             controller: CONTROLLER_NAME.into(),
             instance: Some(identity.clone()),
@@ -199,19 +212,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let autoscaler_config = Arc::new(config.clone());
+    env.report_synced::<ServingEndpoint>(endpoint::controller::WATCH);
+    env.report_synced::<ModelVersion>(model_version::WATCH);
     let controllers = async {
-        let both = async {
-            tokio::join!(
-                model_version::run(env.clone(), config.images.inference_server.clone()),
-                endpoint::controller::run(env.clone(), config),
-                autoscaler::run(env.clone(), autoscaler_config, scaling, autoscaler_metrics),
-            );
-        };
+        // One set of controllers per managed namespace (or one for the whole cluster).
+        let both = futures::future::join_all(env.per_namespace().into_iter().map(|env| {
+            let (config, autoscaler_config) = (config.clone(), autoscaler_config.clone());
+            let (scaling, autoscaler_metrics) = (scaling.clone(), autoscaler_metrics.clone());
+            async move {
+                tokio::join!(
+                    model_version::run(env.clone(), config.images.inference_server.clone()),
+                    endpoint::controller::run(env.clone(), config),
+                    autoscaler::run(env, autoscaler_config, scaling, autoscaler_metrics),
+                );
+            }
+        }));
         // Draining is bounded: a controller whose watch never synced (the API unreachable)
         // would otherwise wait for it forever.
         let deadline = shutdown.clone().then(|()| tokio::time::sleep(drain));
         tokio::select! {
-            () = both => {}
+            _ = both => {}
             () = deadline => warn!(?drain, "controllers did not drain in time; stopping anyway"),
         }
     };

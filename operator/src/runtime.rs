@@ -42,12 +42,21 @@ pub fn controller_config() -> controller::Config {
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 
 /// Shared by every controller of the process.
+///
+/// An installation manages either the whole cluster or a list of namespaces. With a list, each
+/// controller runs once per namespace ([`Env::per_namespace`]) over namespaced watches, so the
+/// operator needs only Roles in those namespaces: no list or watch across the cluster.
 #[derive(Clone)]
 pub struct Env {
     /// The API client.
     pub client: Client,
-    /// The namespace the controllers watch; `None` for the whole cluster.
+    /// The namespace this controller instance watches; `None` for the whole cluster.
     pub namespace: Option<String>,
+    /// Every namespace the installation manages; empty for the whole cluster.
+    pub namespaces: Vec<String>,
+    /// Label selector the managed ServingEndpoints and ModelVersions must match (`None`: all),
+    /// so that several installations can share namespaces.
+    pub selector: Option<String>,
     /// Who events are reported as.
     pub reporter: Reporter,
     /// The metrics.
@@ -59,6 +68,30 @@ pub struct Env {
 }
 
 impl Env {
+    /// One environment per managed namespace, or this one alone for the whole cluster.
+    pub fn per_namespace(&self) -> Vec<Env> {
+        if self.namespaces.is_empty() {
+            return vec![self.clone()];
+        }
+        self.namespaces
+            .iter()
+            .map(|ns| Env {
+                namespace: Some(ns.clone()),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The watch settings of the managed custom resources: every change (status writes by
+    /// others included), and only objects of this installation's selector.
+    pub fn managed_watch(&self) -> watcher::Config {
+        let config = watcher::Config::default().any_semantic();
+        match &self.selector {
+            Some(selector) => config.labels(selector),
+            None => config,
+        }
+    }
+
     /// An `Api` over the watched scope.
     pub fn api<K>(&self) -> Api<K>
     where
@@ -71,10 +104,10 @@ impl Env {
         }
     }
 
-    /// Marks the watch `name` synced in [`Health`] once an initial list of `api`'s scope (the
-    /// controller's watch scope) has completed, retrying with backoff until it does.
+    /// Marks the watch `name` synced in [`Health`] once an initial list of every managed
+    /// namespace (or the whole cluster) has completed, retrying with backoff until each does.
     ///
-    /// This runs a metadata-only watch of its own until its first `InitDone`, instead of
+    /// This runs metadata-only watches of its own until their first `InitDone`, instead of
     /// waiting on the controller's `Store::wait_until_ready`: that future is backed by a
     /// one-shot channel with a single waker slot, so a second waiter would steal the
     /// controller's own wake-up and could leave its runner waiting forever.
@@ -89,22 +122,24 @@ impl Env {
             + 'static,
     {
         let health = self.health.clone();
-        let api: Api<PartialObjectMeta<K>> = self.api();
-        tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::InitDone) => {
-                        tracing::info!(watch = name, "watch synced");
-                        health.synced(name);
-                        return;
+        let initial_lists = self.per_namespace().into_iter().map(move |env| {
+            let api: Api<PartialObjectMeta<K>> = env.api();
+            let config = env.managed_watch();
+            async move {
+                let mut events = watcher(api, config).default_backoff().boxed();
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(watcher::Event::InitDone) => return,
+                        Ok(_) => {}
+                        Err(e) => warn!(watch = name, error = %e, "initial list failed; retrying"),
                     }
-                    Ok(_) => {}
-                    Err(e) => warn!(watch = name, error = %e, "initial list failed; retrying"),
                 }
             }
+        });
+        tokio::spawn(async move {
+            futures::future::join_all(initial_lists).await;
+            tracing::info!(watch = name, "watch synced");
+            health.synced(name);
         });
     }
 }

@@ -23,7 +23,7 @@ use sluice_operator::{
         plan::{ChildState, plan},
         resolve::resolve,
     },
-    model_version::{SecretCheck, evaluate, source_check::Verdict},
+    model_version::{evaluate, source_check::Verdict},
 };
 use sluice_tests::{manifests::read_documents, repo_root, schema::SchemaValidator};
 
@@ -219,10 +219,16 @@ fn quickstart() -> (ModelVersion, ServingEndpoint) {
     (mv, ep)
 }
 
-fn checked(mut mv: ModelVersion, siblings: &[ModelVersion], secret: SecretCheck) -> ModelVersion {
-    // As after a source check that found the artifact.
-    let source = Verdict::Reachable(format!("{}: readable, 1 object", mv.spec.source.uri));
-    mv.status = Some(evaluate(&mv, siblings, secret, &source, now()));
+/// `mv` after its source check: `source`, or by default one that found the artifact.
+fn checked(
+    mut mv: ModelVersion,
+    siblings: &[ModelVersion],
+    source: Option<Verdict>,
+) -> ModelVersion {
+    let source = source.unwrap_or_else(|| {
+        Verdict::Reachable(format!("{}: readable, 1 object", mv.spec.source.uri))
+    });
+    mv.status = Some(evaluate(&mv, siblings, &source, now()));
     mv
 }
 
@@ -295,7 +301,7 @@ fn model_version_health_follows_the_operators_evaluation() {
     let (status, message) = judged("ModelVersion", &mv);
     assert_eq!(status, "Progressing", "{message}");
 
-    let ready = checked(mv.clone(), &[], SecretCheck::NotNeeded);
+    let ready = checked(mv.clone(), &[], None);
     let (status, message) = judged("ModelVersion", &ready);
     assert_eq!(status, "Healthy", "{message}");
     assert!(
@@ -311,7 +317,13 @@ fn model_version_health_follows_the_operators_evaluation() {
     let mut with_secret = mv.clone();
     with_secret.spec.source.secret_ref =
         serde_json::from_value(json!({"name": "s3-credentials"})).ok();
-    let missing = checked(with_secret, &[], SecretCheck::Missing);
+    let missing = checked(
+        with_secret,
+        &[],
+        Some(Verdict::SecretMissing(
+            "secret \"s3-credentials\" not found".into(),
+        )),
+    );
     let (status, message) = judged("ModelVersion", &missing);
     assert_eq!(status, "Degraded");
     assert!(
@@ -334,12 +346,7 @@ fn model_version_health_follows_the_operators_evaluation() {
     let siblings = [first.clone(), second.clone()];
     let verdicts: Vec<(String, String)> = siblings
         .iter()
-        .map(|v| {
-            judged(
-                "ModelVersion",
-                &checked(v.clone(), &siblings, SecretCheck::NotNeeded),
-            )
-        })
+        .map(|v| judged("ModelVersion", &checked(v.clone(), &siblings, None)))
         .collect();
     assert!(
         verdicts.iter().any(|(s, m)| s == "Degraded"
@@ -352,7 +359,7 @@ fn model_version_health_follows_the_operators_evaluation() {
 #[test]
 fn serving_endpoint_health_follows_a_rollout_made_by_the_operators_plan() {
     let (mv, ep) = quickstart();
-    let v1 = checked(mv.clone(), &[], SecretCheck::NotNeeded);
+    let v1 = checked(mv.clone(), &[], None);
     let models = vec![v1.clone()];
 
     // Applied, no status yet.
@@ -379,7 +386,7 @@ fn serving_endpoint_health_follows_a_rollout_made_by_the_operators_plan() {
     let v1_children = children(&wanted, 1, 1, None);
 
     // A new version rolls out blue/green: Progressing while the old config serves.
-    let v2 = checked(another_version(&mv, 2), &[], SecretCheck::NotNeeded);
+    let v2 = checked(another_version(&mv, 2), &[], None);
     let models = vec![v1.clone(), v2];
     let mut ep = healthy.clone();
     ep.spec.served_entities[0].version = Some(2);

@@ -9,7 +9,7 @@ mod helm_support;
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use helm_support::{chart, documents, helm_run, object, of_kind, template, values_files};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_operator::config::OperatorConfig;
 use sluice_tests::{binaries, repo_root, venv_tool};
 
@@ -472,6 +472,84 @@ fn rbac_rules_come_from_the_rules_files() {
     let docs = render(&[], &["rbac.create=false"]);
     assert!(of_kind(&docs, "ClusterRole").is_empty());
     assert!(of_kind(&docs, "Role").is_empty());
+}
+
+/// With `scope.namespaces`, an installation holds no ClusterRole: the operator's rules are a
+/// Role in each managed namespace, its Lease (and the gateway pods it reads demand from) a Role
+/// in the release namespace; the gateway's rules a Role in each managed namespace. No rule, in
+/// any form, reads Secrets.
+#[test]
+fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
+    let docs = render(
+        &[],
+        &[
+            "scope.namespaces={ml-a,ml-b}",
+            "scope.selector=sluice.dev/installation=a",
+        ],
+    );
+    assert!(of_kind(&docs, "ClusterRole").is_empty());
+    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    let operator_rules = rules_file("operator-rbac.yaml");
+    let managed: Vec<&Value> = operator_rules
+        .iter()
+        .filter(|r| r["apiGroups"][0] != "coordination.k8s.io")
+        .collect();
+    let roles = of_kind(&docs, "Role");
+    for ns in ["ml-a", "ml-b"] {
+        let in_ns = |name: &str| {
+            roles
+                .iter()
+                .find(|r| r["metadata"]["name"] == name && r["metadata"]["namespace"] == ns)
+                .unwrap_or_else(|| panic!("no Role {name} in {ns}"))
+        };
+        let operator = in_ns("sluice-operator-managed");
+        assert_eq!(
+            operator["rules"]
+                .as_array()
+                .expect("rules")
+                .iter()
+                .collect::<Vec<_>>(),
+            managed
+        );
+        let gateway = in_ns("sluice-gateway");
+        assert_eq!(
+            gateway["rules"].as_array().expect("rules"),
+            &rules_file("gateway-rbac.yaml")
+        );
+    }
+    let home = object(&docs, "Role", "sluice-operator");
+    assert_eq!(home["metadata"]["namespace"], "sluice-system");
+    let home_resources: Vec<&Value> = home["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .flat_map(|r| r["resources"].as_array().expect("resources"))
+        .collect();
+    assert_eq!(home_resources, [&json!("leases"), &json!("pods")]);
+    for deployment in ["sluice-operator", "sluice-gateway"] {
+        let d = object(&docs, "Deployment", deployment);
+        let args = d["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        for flag in [
+            "--namespace=ml-a",
+            "--namespace=ml-b",
+            "--selector=sluice.dev/installation=a",
+        ] {
+            assert!(args.contains(flag), "{deployment} lacks {flag}: {args}");
+        }
+    }
+    for rule in operator_rules
+        .iter()
+        .chain(rules_file("gateway-rbac.yaml").iter())
+    {
+        assert!(
+            !rule["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .any(|r| r == "secrets"),
+            "a rule on Secrets: {rule}"
+        );
+    }
 }
 
 /// The flags the chart passes, as `--name`.

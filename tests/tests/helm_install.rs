@@ -8,6 +8,8 @@
 
 mod helm_support;
 
+use helm_support::{eventually, helm_on_cluster as helm, image_values, ready_replicas};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -28,29 +30,7 @@ use sluice_tests::{
     http,
 };
 
-async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let logs = || format!("{}{}", shared().dump_logs(), nodes.kubelet.dump_logs());
-    sluice_tests::wait::eventually(what, Duration::from_secs(180), logs, check).await
-}
-
-fn helm(args: &[&str]) -> String {
-    let kubeconfig = shared().kubeconfig.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--kubeconfig", kubeconfig.as_str()]);
-    helm_support::helm_run(&all).unwrap_or_else(|e| panic!("helm {}:\n{e}", args.join(" ")))
-}
-
 const RELEASE: &str = "sluice";
-
-/// Both replicas of the Deployment report ready.
-async fn ready_replicas(deployments: &Api<Deployment>, name: &str, want: i32) -> Option<()> {
-    let d = deployments.get(name).await.ok()?;
-    let status = d.status?;
-    (status.ready_replicas == Some(want) && status.updated_replicas == Some(want)).then_some(())
-}
 
 /// Pod UIDs of the release's operator and gateway, by component.
 async fn component_pods(pods: &Api<Pod>) -> BTreeMap<String, Vec<String>> {
@@ -250,22 +230,6 @@ impl Load {
         }
         (answered, failed)
     }
-}
-
-/// `--set` flags naming our two images by loopback registry and digest.
-fn image_values() -> Vec<String> {
-    let mut flags = Vec::new();
-    for (key, component) in [
-        ("operator", "operator"),
-        ("inferenceServer", "inference-server"),
-    ] {
-        let pushed = sluice_tests::images::ours(component);
-        flags.push("--set-string".to_string());
-        flags.push(format!("images.{key}.repository={}", pushed.repository));
-        flags.push("--set-string".to_string());
-        flags.push(format!("images.{key}.digest={}", pushed.digest));
-    }
-    flags
 }
 
 /// The uid, and whether the root filesystem is read-only, of each running container of

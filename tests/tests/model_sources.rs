@@ -235,3 +235,54 @@ async fn http_gcs_and_azure_sources_answer_and_a_wrong_key_says_why() {
         );
     }
 }
+
+/// The operator reads no Secret (its RBAC has no rule on Secrets): a version whose Secret does
+/// not exist yet is `Ready=False` (`SecretNotFound`, the kubelet's message of the check pod),
+/// and becomes Ready, its source checked, once the user creates the Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_secret_is_reported_and_a_created_one_is_picked_up() {
+    let scene = Scene::with_config("secret-later", true, "").await;
+    let gcs = GcsServer::start().await;
+    gcs.put_objects("models", &iris_objects()).await;
+    scene
+        .apply(version("later", 1, "gs://models/iris/1", Some("gcs-later")))
+        .await;
+    let versions = scene.versions();
+    let missing = sluice_tests::wait::eventually(
+        "later: Ready=False SecretNotFound",
+        Duration::from_secs(60),
+        || scene.logs(),
+        || async {
+            let mv = versions.get("later").await.ok()?;
+            mv.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "SecretNotFound")
+        },
+    )
+    .await;
+    assert!(
+        missing.message.contains("gcs-later") && missing.message.contains("not found"),
+        "{}",
+        missing.message
+    );
+
+    scene
+        .apply(secret(
+            "gcs-later",
+            &gcs.credentials("not-a-real-private-key"),
+        ))
+        .await;
+    sluice_tests::wait::eventually(
+        "later: Ready and SourceReachable once the Secret exists",
+        Duration::from_secs(90),
+        || scene.logs(),
+        || async {
+            let conditions = versions.get("later").await.ok()?.status?.conditions;
+            let ready = condition(&conditions, "Ready")?.0 == "True";
+            let reachable = condition(&conditions, "SourceReachable")?.0 == "True";
+            (ready && reachable).then_some(())
+        },
+    )
+    .await;
+}

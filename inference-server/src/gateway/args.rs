@@ -31,6 +31,10 @@ pub struct GatewayArgs {
         value_delimiter = ','
     )]
     pub namespaces: Vec<String>,
+    /// Serve only the ServingEndpoints matching this label selector (e.g.
+    /// `sluice.dev/installation=prod`): the installation's selector, as its operator manages.
+    #[arg(long, env = "SLUICE_SELECTOR")]
+    pub selector: Option<String>,
     /// Serve the endpoints of this manifest (ServingEndpoints and the ModelVersions they name)
     /// without Kubernetes.
     #[arg(long, env = "SLUICE_GATEWAY_STANDALONE")]

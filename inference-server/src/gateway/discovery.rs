@@ -17,10 +17,12 @@ use super::GatewayError;
 use super::routing::{self, HoldPolicy, LABEL_ENDPOINT};
 use super::state::State;
 
-/// Watches the cluster and keeps `state` in step until an error ends a watch for good.
+/// Watches the cluster (the endpoints of `namespaces`, all when empty, matching `selector`)
+/// and keeps `state` in step until an error ends a watch for good.
 pub async fn run(
     client: Client,
     namespaces: &[String],
+    selector: Option<&str>,
     defaults: HoldPolicy,
     state: Arc<State>,
 ) -> Result<(), GatewayError> {
@@ -41,8 +43,11 @@ pub async fn run(
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let (endpoint_store, endpoint_watch) =
-            watch(endpoints, watcher::Config::default(), changed.clone());
+        let managed = match selector {
+            Some(selector) => watcher::Config::default().labels(selector),
+            None => watcher::Config::default(),
+        };
+        let (endpoint_store, endpoint_watch) = watch(endpoints, managed, changed.clone());
         let (pod_store, pod_watch) = watch(
             pods,
             watcher::Config::default().labels(LABEL_ENDPOINT),

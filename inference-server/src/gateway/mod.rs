@@ -151,6 +151,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
             Box::pin(discovery::run(
                 client,
                 &args.namespaces,
+                args.selector.as_deref().filter(|s| !s.is_empty()),
                 defaults,
                 state.clone(),
             ))

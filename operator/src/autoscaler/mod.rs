@@ -79,8 +79,7 @@ pub async fn run(
     options: Options,
     metrics: AutoscalerMetrics,
 ) {
-    let (endpoints, endpoint_watch) =
-        store::<ServingEndpoint>(env.api(), watcher::Config::default());
+    let (endpoints, endpoint_watch) = store::<ServingEndpoint>(env.api(), env.managed_watch());
     let (deployments, deployment_watch) = store::<Deployment>(
         env.api(),
         watcher::Config::default().labels("serving.sluice.dev/endpoint"),

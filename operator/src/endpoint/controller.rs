@@ -67,12 +67,8 @@ pub async fn run(env: Env, config: OperatorConfig) {
         config,
         tracked: Tracked::new(ControllerName::ServingEndpoint, env.metrics.clone()),
     });
-    let controller = Controller::new(
-        env.api::<ServingEndpoint>(),
-        watcher::Config::default().any_semantic(),
-    );
+    let controller = Controller::new(env.api::<ServingEndpoint>(), env.managed_watch());
     let store = controller.store();
-    env.report_synced::<ServingEndpoint>(WATCH);
     controller
         .owns(env.api::<Deployment>(), managed.clone())
         .owns(env.api::<Service>(), managed.clone())
@@ -84,20 +80,14 @@ pub async fn run(env: Env, config: OperatorConfig) {
         })
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
         // namespace that serves its model.
-        .watches(
-            env.api::<ModelVersion>(),
-            watcher::Config::default(),
-            move |mv| {
-                store
-                    .state()
-                    .iter()
-                    .filter(|ep| {
-                        ep.namespace() == mv.namespace() && serves_model(ep, &mv.spec.model)
-                    })
-                    .map(|ep| ObjectRef::from_obj(ep.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches(env.api::<ModelVersion>(), env.managed_watch(), move |mv| {
+            store
+                .state()
+                .iter()
+                .filter(|ep| ep.namespace() == mv.namespace() && serves_model(ep, &mv.spec.model))
+                .map(|ep| ObjectRef::from_obj(ep.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(crate::runtime::controller_config())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)

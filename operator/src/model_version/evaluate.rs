@@ -17,23 +17,11 @@ pub const READY: &str = "Ready";
 /// Condition type: another version of the same model claims one of this version's aliases.
 pub const ALIAS_CONFLICT: &str = "AliasConflict";
 
-/// What the reconciler observed about the credentials Secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecretCheck {
-    /// The version names no Secret.
-    NotNeeded,
-    /// The Secret exists.
-    Found,
-    /// The Secret does not exist (yet).
-    Missing,
-}
-
 /// The status `mv` should have. `siblings` may include `mv` itself; only versions of the same
 /// model in the same namespace are considered.
 pub fn evaluate(
     mv: &ModelVersion,
     siblings: &[ModelVersion],
-    secret: SecretCheck,
     source: &Verdict,
     now: Timestamp,
 ) -> ModelVersionStatus {
@@ -46,7 +34,7 @@ pub fn evaluate(
         })
         .collect();
 
-    let ready = readiness(mv, &others, secret, source);
+    let ready = readiness(mv, &others, source);
     let (effective_aliases, conflicts) = alias_conflicts(mv, &others);
     let mut desired = vec![ready, source_condition(mv, source)];
     desired.push(if conflicts.is_empty() {
@@ -116,6 +104,7 @@ fn source_condition(mv: &ModelVersion, source: &Verdict) -> Desired {
         Verdict::Reachable(found) => (Status::True, "Reachable", found.clone()),
         Verdict::Unreachable(error) => (Status::False, "Unreachable", error.clone()),
         Verdict::Unknown(why) => (Status::Unknown, "CheckIncomplete", why.clone()),
+        Verdict::SecretMissing(why) => (Status::Unknown, "SecretNotFound", why.clone()),
     };
     Desired {
         type_: SOURCE_REACHABLE,
@@ -125,12 +114,7 @@ fn source_condition(mv: &ModelVersion, source: &Verdict) -> Desired {
     }
 }
 
-fn readiness(
-    mv: &ModelVersion,
-    others: &[&ModelVersion],
-    secret: SecretCheck,
-    source: &Verdict,
-) -> Desired {
+fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> Desired {
     let not_ready = |reason, message: String| Desired {
         type_: READY,
         status: Status::False,
@@ -163,7 +147,7 @@ fn readiness(
             ),
         );
     }
-    if secret == SecretCheck::Missing {
+    if let Verdict::SecretMissing(kubelet) = source {
         let name = mv
             .spec
             .source
@@ -173,7 +157,10 @@ fn readiness(
             .unwrap_or_default();
         return not_ready(
             "SecretNotFound",
-            format!("Secret {name} named by spec.source.secretRef does not exist"),
+            format!(
+                "Secret {name} named by spec.source.secretRef does not exist (the source \
+                 check waits for it: {kubelet})"
+            ),
         );
     }
     if let Verdict::Unreachable(error) = source {
@@ -297,7 +284,6 @@ mod tests {
         let s = evaluate(
             &a,
             std::slice::from_ref(&a),
-            SecretCheck::NotNeeded,
             &Verdict::Checking,
             Timestamp::UNIX_EPOCH,
         );
@@ -314,13 +300,7 @@ mod tests {
         let b = version("churn-8", 8, "champion, challenger");
         let all = [a.clone(), b.clone()];
         for (me, other) in [(&a, "churn-8"), (&b, "churn-7")] {
-            let s = evaluate(
-                me,
-                &all,
-                SecretCheck::NotNeeded,
-                &Verdict::Checking,
-                Timestamp::UNIX_EPOCH,
-            );
+            let s = evaluate(me, &all, &Verdict::Checking, Timestamp::UNIX_EPOCH);
             let c = condition(&s, ALIAS_CONFLICT);
             assert_eq!(
                 (c.status.as_str(), c.reason.as_str()),
@@ -329,13 +309,7 @@ mod tests {
             assert!(c.message.contains(other), "{}", c.message);
             assert!(!s.effective_aliases.contains(&"champion".to_string()));
         }
-        let s = evaluate(
-            &b,
-            &all,
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = evaluate(&b, &all, &Verdict::Checking, Timestamp::UNIX_EPOCH);
         assert_eq!(s.effective_aliases, ["challenger"]);
     }
 
@@ -344,20 +318,8 @@ mod tests {
         let a = version("churn-a", 7, "x");
         let b = version("churn-b", 7, "y");
         let all = [a.clone(), b.clone()];
-        let sa = evaluate(
-            &a,
-            &all,
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
-        let sb = evaluate(
-            &b,
-            &all,
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let sa = evaluate(&a, &all, &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        let sb = evaluate(&b, &all, &Verdict::Checking, Timestamp::UNIX_EPOCH);
         assert_eq!(condition(&sa, READY).status, "True");
         assert_eq!(condition(&sb, READY).reason, "DuplicateVersion");
     }
@@ -366,13 +328,7 @@ mod tests {
     fn format_and_task_must_fit_and_the_secret_must_exist() {
         let mut onnx_chat = version("churn-9", 9, "z");
         onnx_chat.spec.task = Some(ModelTask::Chat);
-        let s = evaluate(
-            &onnx_chat,
-            &[],
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = evaluate(&onnx_chat, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
         assert_eq!(
             condition(&s, READY).message,
             "format onnx cannot serve task llm/v1/chat"
@@ -382,8 +338,7 @@ mod tests {
         let s = evaluate(
             &a,
             &[],
-            SecretCheck::Missing,
-            &Verdict::Checking,
+            &Verdict::SecretMissing("secret \"s3\" not found".into()),
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(condition(&s, READY).reason, "SecretNotFound");
@@ -393,23 +348,11 @@ mod tests {
     fn a_pvc_source_must_name_a_valid_claim() {
         let mut on_claim = version("churn-5", 5, "");
         on_claim.spec.source.uri = "pvc://models/churn/5".into();
-        let s = evaluate(
-            &on_claim,
-            &[],
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = evaluate(&on_claim, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
         assert_eq!(condition(&s, READY).status, "True");
 
         on_claim.spec.source.uri = format!("pvc://{}/churn/5", "m".repeat(254));
-        let s = evaluate(
-            &on_claim,
-            &[],
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = evaluate(&on_claim, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
         let ready = condition(&s, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -433,13 +376,7 @@ mod tests {
         ] {
             let mut mv = version("fraud-3", 3, "");
             mv.spec.source.uri = uri.into();
-            let s = evaluate(
-                &mv,
-                &[],
-                SecretCheck::NotNeeded,
-                &Verdict::Checking,
-                Timestamp::UNIX_EPOCH,
-            );
+            let s = evaluate(&mv, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
             let ready = condition(&s, READY);
             assert_eq!(
                 (ready.status.as_str(), ready.reason.as_str()),
@@ -454,13 +391,7 @@ mod tests {
     fn a_failed_source_check_keeps_the_version_from_ready_and_a_pending_one_does_not() {
         let mv = version("fraud-3", 3, "");
         let failed = Verdict::Unreachable("fetching s3://m/x: access denied".into());
-        let s = evaluate(
-            &mv,
-            &[],
-            SecretCheck::NotNeeded,
-            &failed,
-            Timestamp::UNIX_EPOCH,
-        );
+        let s = evaluate(&mv, &[], &failed, Timestamp::UNIX_EPOCH);
         let ready = condition(&s, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -472,13 +403,7 @@ mod tests {
             ready.message
         );
         assert_eq!(condition(&s, SOURCE_REACHABLE).status, "False");
-        let checking = evaluate(
-            &mv,
-            &[],
-            SecretCheck::NotNeeded,
-            &Verdict::Checking,
-            Timestamp::UNIX_EPOCH,
-        );
+        let checking = evaluate(&mv, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
         assert_eq!(condition(&checking, READY).status, "True");
         assert_eq!(condition(&checking, SOURCE_REACHABLE).status, "Unknown");
     }

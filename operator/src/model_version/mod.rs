@@ -1,10 +1,11 @@
-//! The ModelVersion controller: checks each version (format, task, duplicate numbers, its
-//! credentials Secret, and its source through a check Job), enforces alias uniqueness per
-//! model, and publishes the result in status.
+//! The ModelVersion controller: checks each version (format, task, duplicate numbers, and its
+//! source and credentials Secret through a check Job), enforces alias uniqueness per model,
+//! and publishes the result in status. The operator never reads Secrets: a missing one shows
+//! as the check pod's `CreateContainerConfigError`.
 //!
-//! Pipeline: gather (the version's siblings from the cache, its Secret's metadata, its source
-//! check Job) → [`evaluate`] (pure) → write status only when it changed → an event for each
-//! decision that changed.
+//! Pipeline: gather (the version's siblings from the cache, its source check Job and pod) →
+//! [`evaluate`] (pure) → write status only when it changed → an event for each decision that
+//! changed.
 
 mod evaluate;
 pub mod source_check;
@@ -13,10 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{
-        batch::v1::Job,
-        core::v1::{Pod, Secret},
-    },
+    api::{batch::v1::Job, core::v1::Pod},
     jiff::Timestamp,
 };
 use kube::{
@@ -34,7 +32,7 @@ use serde_json::json;
 use sluice_crds::{ModelVersion, ModelVersionStatus};
 use tracing::{info, instrument, warn};
 
-pub use evaluate::{ALIAS_CONFLICT, READY, SecretCheck, evaluate};
+pub use evaluate::{ALIAS_CONFLICT, READY, evaluate};
 use source_check::{LABEL_MODEL_VERSION, RECHECK_AFTER, Verdict};
 
 use crate::{
@@ -60,9 +58,8 @@ pub const WATCH: &str = "modelversions";
 /// Runs the controller until `env.shutdown` completes and in-flight reconciles have finished.
 pub async fn run(env: Env, image: String) {
     let api: Api<ModelVersion> = env.api();
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let controller = Controller::new(api.clone(), env.managed_watch());
     let store = controller.store();
-    env.report_synced::<ModelVersion>(WATCH);
     let siblings = store.clone();
     let ctx = Arc::new(Context {
         client: env.client.clone(),
@@ -79,11 +76,9 @@ pub async fn run(env: Env, image: String) {
         // A source check finishing changes its version's status.
         .owns(env.api::<Job>(), checks)
         // A change to one version can change its siblings' alias conflicts and duplicates.
-        .watches(
-            api,
-            watcher::Config::default().any_semantic(),
-            move |changed: ModelVersion| sibling_refs(&siblings, &changed),
-        )
+        .watches(api, env.managed_watch(), move |changed: ModelVersion| {
+            sibling_refs(&siblings, &changed)
+        })
         .with_config(crate::runtime::controller_config())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
@@ -125,52 +120,36 @@ async fn reconcile_version(mv: &ModelVersion, ctx: &Context) -> Result<Action, E
         .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && o.spec.model == mv.spec.model)
         .map(|o| o.as_ref().clone())
         .collect();
-    let mut secret_version = None;
-    let secret = match &mv.spec.source.secret_ref {
-        None => SecretCheck::NotNeeded,
-        Some(r) => {
-            let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_metadata_opt(&r.name)
-                .await
-                .map_err(kube_err(format!("reading Secret {}", r.name)))?;
-            if let Some(meta) = found {
-                secret_version = meta.metadata.resource_version;
-                SecretCheck::Found
-            } else {
-                SecretCheck::Missing
-            }
-        }
-    };
-    let source = if secret != SecretCheck::Missing && evaluate::checkable(mv) {
-        check_source(ctx, mv, &ns, secret_version.as_deref()).await?
+    let source = if evaluate::checkable(mv) {
+        check_source(ctx, mv, &ns).await?
     } else {
         Verdict::Checking
     };
-    let status = evaluate(mv, &siblings, secret, &source, Timestamp::now());
+    let status = evaluate(mv, &siblings, &source, Timestamp::now());
     if mv.status.as_ref() != Some(&status) {
         write_status(&ctx.client, mv, &ns, &status).await?;
         ctx.tracked.status_written();
         publish_changes(&ctx.recorder, mv, &status).await;
     }
-    // A missing Secret is not watched: look again later instead of hot-looping. A failed
-    // source check is run again later (the Secret may have been fixed).
-    Ok(match (&source, secret) {
-        (_, SecretCheck::Missing) => Action::requeue(Duration::from_secs(30)),
-        (Verdict::Unreachable(_) | Verdict::Unknown(_), _) => Action::requeue(RECHECK_AFTER),
+    // A running check is looked at again soon: a pod waiting for its Secret changes no Job
+    // status. A failed one is run again later (the Secret may have been fixed).
+    Ok(match &source {
+        Verdict::Unreachable(_) | Verdict::Unknown(_) => Action::requeue(RECHECK_AFTER),
+        Verdict::Checking | Verdict::SecretMissing(_) if evaluate::checkable(mv) => {
+            Action::requeue(CHECKING_POLL)
+        }
         _ => Action::await_change(),
     })
 }
 
+/// How often a running source check is looked at.
+const CHECKING_POLL: Duration = Duration::from_secs(3);
+
 /// Runs (or reads) the source check Job of `mv`: creates it when missing, replaces a failed
-/// one after [`RECHECK_AFTER`], removes the checks of an older Secret.
-async fn check_source(
-    ctx: &Context,
-    mv: &ModelVersion,
-    ns: &str,
-    secret_version: Option<&str>,
-) -> Result<Verdict, Error> {
+/// one after [`RECHECK_AFTER`], removes the checks of an older URI or Secret name.
+async fn check_source(ctx: &Context, mv: &ModelVersion, ns: &str) -> Result<Verdict, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let name = source_check::job_name(mv, secret_version);
+    let name = source_check::job_name(mv);
     let mine = ListParams::default().labels(&format!("{LABEL_MODEL_VERSION}={}", mv.name_any()));
     for old in jobs
         .list(&mine)

@@ -45,16 +45,20 @@ pub enum Verdict {
     Unreachable(String),
     /// The check could not say (it did not finish in time).
     Unknown(String),
+    /// The check cannot start: the Secret its pod takes variables from does not exist (the
+    /// kubelet's `CreateContainerConfigError` message). It starts once the Secret exists.
+    SecretMissing(String),
 }
 
 /// The Job's name: the version's, and a hash of what the check depends on (the URI and the
-/// Secret's name and `resourceVersion`), so a changed Secret gets a fresh check.
-pub fn job_name(mv: &ModelVersion, secret_version: Option<&str>) -> String {
+/// Secret's name). The operator never reads Secrets, not even their metadata, so a Secret
+/// changed under the same name is picked up by the next run of a failed check
+/// ([`RECHECK_AFTER`]); a check waiting for a missing Secret runs once the Secret exists.
+pub fn job_name(mv: &ModelVersion) -> String {
     let key = format!(
-        "{}|{:?}|{}",
+        "{}|{:?}",
         mv.spec.source.uri,
         mv.spec.source.secret_ref.as_ref().map(|s| &s.name),
-        secret_version.unwrap_or_default()
     );
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -166,6 +170,20 @@ pub fn verdict(job: Option<&Job>, pods: &[Pod]) -> Verdict {
             .unwrap_or_default()
             .to_string()
     };
+    let blocked = pods.iter().find_map(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find_map(|c| {
+                let w = c.state.as_ref()?.waiting.as_ref()?;
+                let message = w.message.clone().unwrap_or_default();
+                (w.reason.as_deref() == Some("CreateContainerConfigError")
+                    && message.contains("secret"))
+                .then_some(message)
+            })
+    });
     if condition("Complete").is_some() {
         let found = message.map(|(_, m)| last_line(&m)).unwrap_or_default();
         return Verdict::Reachable(found);
@@ -183,7 +201,10 @@ pub fn verdict(job: Option<&Job>, pods: &[Pod]) -> Verdict {
             )),
         };
     }
-    Verdict::Checking
+    match blocked {
+        Some(message) => Verdict::SecretMissing(message),
+        None => Verdict::Checking,
+    }
 }
 
 /// When a finished check may be replaced: a failed one after [`RECHECK_AFTER`].
@@ -219,13 +240,13 @@ mod tests {
         version.spec.source.secret_ref = Some(sluice_crds::common::SecretRef {
             name: "store".into(),
         });
-        let name = job_name(&version, Some("41"));
+        let name = job_name(&version);
         assert!(name.starts_with(&format!("{}-source-", version.name_any())));
-        assert_ne!(
-            name,
-            job_name(&version, Some("42")),
-            "a new Secret, a new check"
-        );
+        let mut other = version.clone();
+        other.spec.source.secret_ref = Some(sluice_crds::common::SecretRef {
+            name: "other-store".into(),
+        });
+        assert_ne!(name, job_name(&other), "another Secret, another check");
         let job = job(&version, &name, "img@sha256:1").expect("job");
         let pod = job.spec.expect("spec").template.spec.expect("pod");
         let check = &pod.containers[0];

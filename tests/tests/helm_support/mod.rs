@@ -140,3 +140,56 @@ pub fn values_files() -> Vec<(String, Vec<PathBuf>)> {
     }
     sets
 }
+
+/// Waits up to 3 minutes for `check`, printing the control plane's and kubelet's logs on
+/// timeout.
+pub async fn eventually<T, Fut>(
+    nodes: &sluice_tests::cluster::LocalNodes,
+    what: &str,
+    check: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let cp = sluice_tests::cluster::shared();
+    let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
+    sluice_tests::wait::eventually(what, std::time::Duration::from_secs(180), logs, check).await
+}
+
+/// Runs Helm against the local control plane; panics with its output when it fails.
+pub fn helm_on_cluster(args: &[&str]) -> String {
+    let kubeconfig = sluice_tests::cluster::shared()
+        .kubeconfig
+        .display()
+        .to_string();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", kubeconfig.as_str()]);
+    helm_run(&all).unwrap_or_else(|e| panic!("helm {}:\n{e}", args.join(" ")))
+}
+
+/// `want` replicas of the Deployment `name` are ready and updated.
+pub async fn ready_replicas(
+    deployments: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    want: i32,
+) -> Option<()> {
+    let d = deployments.get(name).await.ok()?;
+    let status = d.status?;
+    (status.ready_replicas == Some(want) && status.updated_replicas == Some(want)).then_some(())
+}
+
+/// `--set` flags naming our two images by loopback registry and digest.
+pub fn image_values() -> Vec<String> {
+    let mut flags = Vec::new();
+    for (key, component) in [
+        ("operator", "operator"),
+        ("inferenceServer", "inference-server"),
+    ] {
+        let pushed = sluice_tests::images::ours(component);
+        flags.push("--set-string".to_string());
+        flags.push(format!("images.{key}.repository={}", pushed.repository));
+        flags.push("--set-string".to_string());
+        flags.push(format!("images.{key}.digest={}", pushed.digest));
+    }
+    flags
+}
