@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use capture_support::{
-    S3_ENV, Sidecar, Upstream, free_port, read_parquet, run_python, strings, temp_dir,
+    S3_ENV, Sidecar, Upstream, free_port, read_parquet, run_python, spool_folder, strings, temp_dir,
 };
 use serde_json::Value;
 
@@ -307,8 +307,9 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
     first.kill();
     // What a sidecar killed right after its commits (before removing the segments) leaves.
     let copy = temp_dir("delta-restart-copy");
+    let folder = spool_folder(&spool);
     let mut segments = 0;
-    for entry in std::fs::read_dir(&spool).unwrap() {
+    for entry in std::fs::read_dir(&folder).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".jsonl") || name.ends_with(".open") {
@@ -335,7 +336,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".jsonl") || name.ends_with(".open") {
-            std::fs::copy(entry.path(), spool.join(&name)).unwrap();
+            std::fs::copy(entry.path(), folder.join(&name)).unwrap();
         }
     }
     let mut third = local_delta_sidecar(&upstream, &table, &spool).await;

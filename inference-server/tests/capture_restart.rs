@@ -7,7 +7,9 @@ mod capture_support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use capture_support::{S3_ENV, Sidecar, Upstream, free_port, read_local_table, strings, temp_dir};
+use capture_support::{
+    S3_ENV, Sidecar, Upstream, free_port, read_local_table, spool_files, strings, temp_dir,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sidecar_replays_its_spool_after_restart() {
@@ -36,9 +38,9 @@ async fn a_killed_sidecar_replays_its_spool_after_restart() {
     // (one more row is sent while the last row happened to seal its segment exactly).
     let mut sent = BTreeSet::new();
     let open_segment = || {
-        std::fs::read_dir(&spool)
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".open"))
+        spool_files(&spool)
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with(".open"))
     };
     while sent.len() < 40 || !open_segment() {
         assert!(sent.len() < 50, "no segment stays open");
@@ -68,9 +70,9 @@ async fn a_killed_sidecar_replays_its_spool_after_restart() {
         )
         .await;
     first.kill();
-    let names: Vec<String> = std::fs::read_dir(&spool)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = spool_files(&spool)
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
         .collect();
     assert!(
         names.iter().any(|n| n.ends_with(".jsonl")),

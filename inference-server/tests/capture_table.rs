@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use capture_support::{
     Sidecar, error_codes, eventually, int32s, parquet_files, read_local_table, run_python, send,
-    strings, temp_dir,
+    spool_files, strings, temp_dir,
 };
 use serde_json::json;
 
@@ -152,10 +152,10 @@ async fn n_requests_become_n_rows_read_by_arrow_and_duckdb() {
         assert!(partition.starts_with("date=20"), "{}", file.display());
     }
     assert!(
-        std::fs::read_dir(&spool)
-            .unwrap()
-            .filter_map(Result::ok)
-            .all(|e| e.file_name() == "instance-id" || e.file_name() == "next-seq"),
+        spool_files(&spool).iter().all(|f| {
+            let name = f.file_name().unwrap();
+            name == "lock" || name == "next-seq"
+        }),
         "the spool is empty after a drain"
     );
 

@@ -64,14 +64,7 @@ impl ClaimUri {
 
     /// The pod volume `name` of the claim.
     pub fn volume(&self, name: &str, read_only: bool) -> Volume {
-        Volume {
-            name: name.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: self.claim.clone(),
-                read_only: Some(read_only),
-            }),
-            ..Default::default()
-        }
+        claim_volume(name, &self.claim, read_only)
     }
 
     /// The mount of volume `name` at `<root>/<claim>`.
@@ -82,6 +75,18 @@ impl ClaimUri {
             read_only: Some(read_only),
             ..Default::default()
         }
+    }
+}
+
+/// The pod volume `name` of the PersistentVolumeClaim `claim`.
+pub fn claim_volume(name: &str, claim: &str, read_only: bool) -> Volume {
+    Volume {
+        name: name.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.to_string(),
+            read_only: Some(read_only),
+        }),
+        ..Default::default()
     }
 }
 

@@ -74,6 +74,37 @@ pub struct AutoCaptureConfig {
     /// at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_format: Option<CaptureTableFormat>,
+    /// Where the capture sidecars keep rows the table has not taken yet (during a store
+    /// outage, or at shutdown). Without it, each pod's spool is an `emptyDir`: it survives
+    /// container restarts, and rows still in it when the pod is deleted are lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<CaptureSpool>,
+}
+
+/// The spool of an endpoint's capture sidecars.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureSpool {
+    /// Keep the spool on one PersistentVolumeClaim of the endpoint, `<endpoint>-capture-spool`
+    /// (`ReadWriteMany`, created by the operator, never deleted by it), mounted by every
+    /// capture sidecar of the endpoint instead of an `emptyDir`. Each sidecar writes its own
+    /// locked folder on it; the rows of a deleted pod are written by another pod of the
+    /// endpoint once the store is reachable, so none are lost. Needs a StorageClass with
+    /// `ReadWriteMany` and working `flock` (NFSv4, CephFS); rows of a deleted pod wait while
+    /// the endpoint has no pod (scaled to zero).
+    #[serde(default)]
+    pub persistent: bool,
+    /// Requested size of the claim (a Kubernetes quantity), shared by all the endpoint's
+    /// sidecars. Defaults to `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE]|([eE][0-9]+))?$"
+    ))]
+    pub size: Option<String>,
+    /// StorageClass of the claim; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
 }
 
 // The file layout of an inference table.

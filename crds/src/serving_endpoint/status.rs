@@ -128,6 +128,22 @@ pub struct ResolvedCapture {
     /// Object-store settings passed to the capture sidecars.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub store_options: BTreeMap<String, String>,
+    /// The persistent spool the capture sidecars share (absent: an `emptyDir` per pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<ResolvedSpool>,
+}
+
+/// The persistent capture spool of an endpoint, with defaults applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedSpool {
+    /// The PersistentVolumeClaim every capture sidecar of the endpoint mounts as its spool.
+    pub claim_name: String,
+    /// Its requested size.
+    pub size: String,
+    /// Its StorageClass (absent: the cluster's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// One served entity of a config, with every default resolved.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::serve::args::parse_duration;
+
 /// The auto-capture sidecar: a reverse proxy in front of the model container that records every
 /// request and response into the inference table.
 #[derive(Clone, Debug, Args)]
@@ -48,9 +50,15 @@ pub struct CaptureArgs {
     /// Fraction of requests recorded, 0 to 1.
     #[arg(long, default_value_t = 1.0, value_parser = parse_fraction)]
     pub sampling_fraction: f64,
-    /// Folder of the on-disk spool (survives a sidecar restart when it is a volume).
+    /// Folder of the on-disk spool (survives a sidecar restart when it is a volume). Each
+    /// sidecar keeps its rows in its own locked folder under it, so several sidecars may share
+    /// it (a persistent claim of the endpoint); folders of sidecars that are gone are adopted.
     #[arg(long, env = "SLUICE_CAPTURE_SPOOL_DIR", default_value = "/spool")]
     pub spool_dir: PathBuf,
+    /// How often to look under `--spool-dir` for folders of sidecars that are gone and write
+    /// their rows, in seconds (also once at start).
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub spool_adopt_seconds: Duration,
     /// Most bytes the spool may hold; past it the oldest rows are dropped and counted.
     #[arg(long, default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
@@ -78,9 +86,15 @@ pub struct CaptureArgs {
     /// Longest the model may take to start answering a request, in seconds (then 504).
     #[arg(long, default_value = "600", value_parser = parse_seconds)]
     pub upstream_timeout_seconds: Duration,
-    /// On SIGTERM, how long to keep writing spooled rows to the table before exiting (what is
-    /// left stays in the spool for the next start).
-    #[arg(long, default_value = "20", value_parser = parse_seconds)]
+    /// After SIGTERM, how long exchanges still open (long streams) may run before they are
+    /// cut, e.g. `15s`; each cut one is a row with `SHUTDOWN`. Rows are written to the table
+    /// from the signal on, meanwhile. Shorter than `--shutdown-seconds`.
+    #[arg(long, env = "SLUICE_CAPTURE_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// After SIGTERM, the longest the sidecar takes to exit, in seconds: exchanges drain for
+    /// `--drain-timeout`, rows are written until this runs out; what is left stays in the
+    /// spool for the next start (or a sibling sharing it).
+    #[arg(long, default_value = "25", value_parser = parse_seconds)]
     pub shutdown_seconds: Duration,
     /// Also serve `/metrics` on this address (it is always served at `/capture/metrics` on
     /// `--listen`).

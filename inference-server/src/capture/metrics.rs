@@ -123,15 +123,17 @@ pub struct CaptureMetrics {
     pub delta_failures: Counter,
     /// Segments found in the Delta log already (committed before a restart) and skipped.
     pub delta_skipped: Counter,
+    /// Spool folders of gone sidecars adopted (their rows then written by this one).
+    pub spools_adopted: Counter,
     /// The model could not answer.
     pub upstream_failures: Family<UpstreamLabels, Counter>,
     /// Bytes of rows in the in-memory queue.
     pub queue_bytes: Gauge,
     /// Bytes of body copies held by requests in flight.
     pub in_flight_bytes: Gauge,
-    /// Bytes in the on-disk spool.
+    /// Bytes in the on-disk spool (adopted folders included).
     pub spool_bytes: Gauge,
-    /// Rows in the on-disk spool.
+    /// Rows in the on-disk spool (adopted folders included).
     pub spool_records: Gauge,
     /// Age of the oldest row not yet in the table, in seconds.
     pub lag_seconds: Gauge<f64, AtomicU64>,
@@ -153,6 +155,7 @@ impl Default for CaptureMetrics {
             delta_conflicts: Counter::default(),
             delta_skipped: Counter::default(),
             delta_failures: Counter::default(),
+            spools_adopted: Counter::default(),
             upstream_failures: Family::default(),
             queue_bytes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
@@ -226,6 +229,11 @@ impl CaptureMetrics {
             "delta_segments_skipped",
             "Spool segments the Delta log held already (committed before a restart)",
             metrics.delta_skipped.clone(),
+        );
+        registry.register(
+            "spools_adopted",
+            "Spool folders of gone sidecars adopted; their rows are written by this one",
+            metrics.spools_adopted.clone(),
         );
         registry.register(
             "upstream_failures",

@@ -8,6 +8,7 @@
 //! - [`exchange`]: a captured exchange and its conversion into a row;
 //! - [`sse`]: streamed responses reassembled into one body;
 //! - [`queue`] and [`pipeline`]: memory queue → disk spool → table, with backoff;
+//! - [`server`]: the HTTP server and its two-step stop (drain, then cut);
 //! - [`metrics`]: what is captured, dropped, spooled, failed and how far behind.
 //!
 //! The table format and storage live in the shared [`crate::table`] module.
@@ -18,21 +19,24 @@ mod metrics;
 mod pipeline;
 mod proxy;
 mod queue;
-mod sse;
+mod server;
+use sluice_protocol::sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use args::CaptureArgs;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 use self::exchange::Identity;
 use self::metrics::CaptureMetrics;
 use self::pipeline::{Pipeline, PipelineConfig};
 use self::proxy::{Limits, Proxy, ProxyConfig};
 use self::queue::Queue;
-use crate::table::spool::{Spool, SpoolError};
+use self::server::Connections;
+use crate::table::spool::{Spool, SpoolError, SpoolRoot};
 use crate::table::store::StoreError;
 use crate::table::{ParquetTable, TableStore};
 
@@ -59,9 +63,6 @@ pub enum CaptureError {
     /// The spool writer thread could not start.
     #[error("starting the spool writer: {0}")]
     Thread(std::io::Error),
-    /// The server failed.
-    #[error("serving: {0}")]
-    Serve(std::io::Error),
 }
 
 fn check(args: &CaptureArgs) -> Result<(), CaptureError> {
@@ -71,24 +72,37 @@ fn check(args: &CaptureArgs) -> Result<(), CaptureError> {
             args.spool_max_bytes, args.rotate_bytes
         )));
     }
-    if args.rotate_bytes == 0 || args.rotate_seconds.is_zero() {
+    if args.rotate_bytes == 0 || args.rotate_seconds.is_zero() || args.spool_adopt_seconds.is_zero()
+    {
         return Err(CaptureError::Settings(
-            "--rotate-bytes and --rotate-seconds must be positive".into(),
+            "--rotate-bytes, --rotate-seconds and --spool-adopt-seconds must be positive".into(),
         ));
+    }
+    if args.drain_timeout >= args.shutdown_seconds {
+        return Err(CaptureError::Settings(format!(
+            "--drain-timeout ({:?}) must be shorter than --shutdown-seconds ({:?}): the rest is \
+             the time to write the last rows",
+            args.drain_timeout, args.shutdown_seconds
+        )));
     }
     Ok(())
 }
 
-/// Runs the sidecar until SIGTERM, then drains: `/health` turns 503, requests in flight
-/// finish, queued rows are spooled, and spooled rows are written for up to
-/// `--shutdown-seconds`.
+/// Runs the sidecar until SIGTERM, then stops within `--shutdown-seconds`: `/health` turns
+/// 503 and no connection is accepted; everything spooled is written at once, and rows of the
+/// exchanges still in flight as they finish; exchanges still open after `--drain-timeout` are
+/// cut and recorded with `SHUTDOWN`; then the last rows are written until `--shutdown-seconds`
+/// after the signal, and what is left stays in the spool.
 pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     check(&args)?;
     let store = TableStore::open(&args.table, &args.table_options)?;
+    let root = SpoolRoot::open(&args.spool_dir)?;
     // Rows of the last two segments stay in memory too, so the uploader need not parse them.
-    let (spool, waiting) =
-        Spool::open(&args.spool_dir, args.spool_max_bytes, 2 * args.rotate_bytes)?;
-    let spool = Arc::new(spool);
+    let (spool, waiting) = Spool::open(
+        root.take_own()?,
+        args.spool_max_bytes,
+        2 * args.rotate_bytes,
+    )?;
     let mut registry = Registry::with_prefix("sluice_capture");
     let metrics = CaptureMetrics::register(&mut registry);
     let registry = Arc::new(registry);
@@ -109,6 +123,7 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     let queue = Arc::new(Queue::new(args.queue_max_bytes));
     let pipeline = Pipeline::start(
         queue.clone(),
+        root,
         spool,
         table,
         metrics.clone(),
@@ -123,6 +138,7 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
             rotate_bytes: args.rotate_bytes,
             rotate_age: args.rotate_seconds,
             retry_max: args.retry_max_seconds,
+            adopt_every: args.spool_adopt_seconds,
         },
     )
     .map_err(CaptureError::Thread)?;
@@ -153,30 +169,36 @@ pub async fn run(args: CaptureArgs) -> Result<(), CaptureError> {
     }
     let listener = bind(args.listen).await?;
     tracing::info!(listen = %args.listen, upstream = %args.upstream, "capture sidecar listening");
-    let draining = proxy.clone();
-    let served = axum::serve(listener, proxy.router())
-        .with_graceful_shutdown(async move {
-            crate::serve::shutdown_signal().await;
-            draining.drain();
-        })
-        .await;
-    pipeline.shutdown(args.shutdown_seconds).await;
-    served.map_err(CaptureError::Serve)
-}
-
-/// A listener whose connections have `TCP_NODELAY` (small SSE frames leave at once).
-type Listener = axum::serve::TapIo<TcpListener, fn(&mut TcpStream)>;
-
-fn no_delay(stream: &mut TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    let mut connections = Connections::new(proxy.clone().router());
+    tokio::select! {
+        () = connections.accept(&listener) => {}
+        () = crate::serve::shutdown_signal() => {}
     }
+    let signalled = Instant::now();
+    drop(listener);
+    proxy.drain();
+    pipeline.flush();
+    connections.finish_in_flight();
+    let drain_deadline = signalled + args.drain_timeout;
+    if tokio::time::timeout_at(drain_deadline, connections.closed())
+        .await
+        .is_err()
+    {
+        let exchanges = proxy.cut_in_flight();
+        let connections = connections.close_all().await;
+        tracing::warn!(
+            exchanges,
+            connections,
+            drain_timeout = ?args.drain_timeout,
+            "still open at the drain deadline: closed, and the exchanges recorded as SHUTDOWN"
+        );
+    }
+    pipeline.shutdown(signalled + args.shutdown_seconds).await;
+    Ok(())
 }
 
-async fn bind(address: SocketAddr) -> Result<Listener, CaptureError> {
-    use axum::serve::ListenerExt;
-    let listener = TcpListener::bind(address)
+async fn bind(address: SocketAddr) -> Result<TcpListener, CaptureError> {
+    TcpListener::bind(address)
         .await
-        .map_err(|source| CaptureError::Bind { address, source })?;
-    Ok(listener.tap_io(no_delay as fn(&mut TcpStream)))
+        .map_err(|source| CaptureError::Bind { address, source })
 }

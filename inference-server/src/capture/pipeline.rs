@@ -12,18 +12,25 @@
 //!
 //! A row leaves the spool only after its file is written, so an outage of the store costs
 //! spool space, not rows, until the spool cap is reached.
+//!
+//! The spool is this sidecar's folder under the spool root; folders of sidecars that are gone
+//! (a root shared by the endpoint's pods on a persistent claim) are adopted by the uploader
+//! and written under their own instance id. On SIGTERM ([`Pipeline::flush`]) everything
+//! spooled is sealed and written at once, and rows of exchanges still finishing follow within
+//! [`FLUSH_AGE`]; [`Pipeline::shutdown`] then writes what is left until a deadline.
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::exchange::Identity;
 use super::metrics::{CaptureMetrics, DropReason};
 use super::queue::{Popped, Queue};
-use crate::table::spool::{Segment, Spool, SpoolError};
+use crate::table::spool::{Segment, Spool, SpoolError, SpoolRoot, SpoolStats};
 use crate::table::{self, ParquetTable, PartFile, TableError};
 
 /// First wait after a failed upload; it doubles up to the configured maximum.
@@ -32,6 +39,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const WRITE_BATCH_BYTES: usize = 2 << 20;
 /// How often gauges are refreshed and rotation by age is checked, at most.
 const TICK: Duration = Duration::from_secs(1);
+/// Once flushing (after SIGTERM), the open segment is sealed, and so written, when it is this
+/// old: rows of exchanges that finish during the drain reach the table about this soon.
+const FLUSH_AGE: Duration = Duration::from_millis(200);
 
 /// Settings of the pipeline.
 #[derive(Clone, Debug)]
@@ -44,75 +54,191 @@ pub struct PipelineConfig {
     pub rotate_age: Duration,
     /// Longest wait between upload attempts.
     pub retry_max: Duration,
+    /// How often to look for spool folders of gone sidecars to adopt.
+    pub adopt_every: Duration,
+}
+
+/// Where the pipeline is in the sidecar's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Segments are sealed by size and age; gone siblings' spools are adopted.
+    Running,
+    /// SIGTERM: everything spooled is written now, new rows within [`FLUSH_AGE`].
+    Flushing,
+    /// No more rows come: the uploader stops once every segment is written.
+    Closing,
+}
+
+/// A spool and the table its segments go to (with a Delta log, as its own application).
+#[derive(Clone, Debug)]
+struct Source {
+    spool: Arc<Spool>,
+    table: ParquetTable,
+}
+
+/// The spools the uploader writes from: this sidecar's own, and those adopted from gone
+/// siblings sharing the spool root (written first: their rows are older).
+#[derive(Debug)]
+struct Spools {
+    own: Source,
+    adopted: Mutex<Vec<Source>>,
+}
+
+impl Spools {
+    fn adopted(&self) -> MutexGuard<'_, Vec<Source>> {
+        self.adopted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn all(&self) -> Vec<Source> {
+        let mut all = self.adopted().clone();
+        all.push(self.own.clone());
+        all
+    }
+
+    /// Claims the oldest sealed segment of the first spool that has one.
+    fn claim(&self) -> Option<(Source, Segment)> {
+        self.all()
+            .into_iter()
+            .find_map(|source| source.spool.claim().map(|segment| (source, segment)))
+    }
+
+    fn has_sealed(&self) -> bool {
+        self.all().iter().any(|source| source.spool.has_sealed())
+    }
+
+    /// Bytes, rows and the oldest row waiting, all spools together.
+    fn stats(&self) -> SpoolStats {
+        self.all().iter().map(|source| source.spool.stats()).fold(
+            SpoolStats::default(),
+            |total, one| SpoolStats {
+                bytes: total.bytes + one.bytes,
+                records: total.records + one.records,
+                oldest_timestamp_ms: match (total.oldest_timestamp_ms, one.oldest_timestamp_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
+        )
+    }
+
+    /// Drops the adopted spools that are fully written, removing their folders.
+    fn retire_written(&self) {
+        self.adopted().retain(|source| match source.spool.retire() {
+            Ok(false) => true,
+            Ok(true) => {
+                tracing::info!(
+                    instance = source.spool.instance(),
+                    "the adopted spool is written; its folder is removed"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot remove an adopted spool folder");
+                false
+            }
+        });
+    }
 }
 
 /// The running writer thread and uploader task.
 #[derive(Debug)]
 pub struct Pipeline {
     queue: Arc<Queue>,
-    writer: Option<JoinHandle<()>>,
+    /// Answers when the writer thread has spooled the closed queue and stopped.
+    writer_done: oneshot::Receiver<()>,
+    flushing: Arc<AtomicBool>,
     uploader: tokio::task::JoinHandle<()>,
-    draining: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
 }
 
 impl Pipeline {
-    /// Starts the writer thread and the uploader task (on the current runtime).
+    /// Starts the writer thread and the uploader task (on the current runtime): rows go
+    /// to `spool`, this sidecar's folder under `root`, and from there to `table`; the spools
+    /// of gone siblings under `root` are adopted and written too.
     pub fn start(
         queue: Arc<Queue>,
-        spool: Arc<Spool>,
+        root: SpoolRoot,
+        spool: Spool,
         table: ParquetTable,
         metrics: CaptureMetrics,
         config: PipelineConfig,
     ) -> std::io::Result<Self> {
+        let spools = Arc::new(Spools {
+            own: Source {
+                spool: Arc::new(spool),
+                table,
+            },
+            adopted: Mutex::default(),
+        });
         let sealed = Arc::new(Notify::new());
-        let writer = {
-            let (queue, spool, metrics, sealed, config) = (
+        let flushing = Arc::new(AtomicBool::new(false));
+        let (done, writer_done) = oneshot::channel();
+        {
+            let (queue, spools, metrics, sealed, config, flushing) = (
                 queue.clone(),
-                spool.clone(),
+                spools.clone(),
                 metrics.clone(),
                 sealed.clone(),
                 config.clone(),
+                flushing.clone(),
             );
+            // Detached: the writer says it is done through `done` (dropped unsent if it
+            // panics), so a shutdown never waits on it past its deadline.
             std::thread::Builder::new()
                 .name("capture-spool".into())
-                .spawn(move || write_loop(&queue, &spool, &metrics, &sealed, &config))?
-        };
-        let (draining, drain_rx) = watch::channel(false);
+                .spawn(move || {
+                    write_loop(&queue, &spools, &metrics, &sealed, &config, &flushing);
+                    let _ = done.send(());
+                })?;
+        }
+        let (phase, phase_rx) = watch::channel(Phase::Running);
         let uploader = tokio::spawn(upload_loop(
-            spool,
-            table,
+            spools.clone(),
+            Arc::new(root),
             metrics,
             sealed,
-            config.retry_max,
-            drain_rx,
+            (config.retry_max, config.adopt_every),
+            phase_rx,
         ));
         Ok(Self {
             queue,
-            writer: Some(writer),
+            writer_done,
+            flushing,
             uploader,
-            draining,
+            phase,
         })
     }
 
-    /// Stops taking exchanges, spools everything queued, then keeps uploading for at most
-    /// `grace`; what is still spooled then waits for the next start.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// SIGTERM: seals what is spooled and writes it at once, without waiting for rotation or
+    /// for a retry's backoff; rows that keep coming (exchanges finishing) are sealed and
+    /// written within [`FLUSH_AGE`].
+    pub fn flush(&self) {
+        self.flushing.store(true, Ordering::Relaxed);
+        self.queue.wake();
+        let _ = self.phase.send(Phase::Flushing);
+    }
+
+    /// Stops taking exchanges, spools everything queued, then keeps writing until
+    /// `deadline`; what is still spooled then waits in the spool folder for the next start (or
+    /// a sibling's adoption). The folder stays, empty or not, so that a restarted container
+    /// keeps its instance id (siblings sharing the root remove an empty one).
+    pub async fn shutdown(mut self, deadline: Instant) {
         self.queue.close();
-        if let Some(writer) = self.writer.take() {
-            let joined = tokio::task::spawn_blocking(move || writer.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                tracing::error!("the spool writer thread failed");
+        match tokio::time::timeout_at(deadline, &mut self.writer_done).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("the spool writer thread failed"),
+            Err(_) => {
+                self.uploader.abort();
+                tracing::warn!("queued rows not spooled in time; they are lost");
+                return;
             }
         }
-        let _ = self.draining.send(true);
-        match tokio::time::timeout(grace, &mut self.uploader).await {
+        let _ = self.phase.send(Phase::Closing);
+        match tokio::time::timeout_at(deadline, &mut self.uploader).await {
             Ok(_) => tracing::info!("capture pipeline drained"),
             Err(_) => {
                 self.uploader.abort();
-                tracing::warn!(
-                    ?grace,
-                    "capture pipeline not drained in time; rows stay in the spool"
-                );
+                tracing::warn!("capture pipeline not drained in time; rows stay in the spool");
             }
         }
     }
@@ -124,9 +250,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Sets the spool gauges and the lag from the spool's state.
-fn refresh(spool: &Spool, metrics: &CaptureMetrics) {
-    let stats = spool.stats();
+/// Sets the spool gauges and the lag from the spools' state.
+fn refresh(spools: &Spools, metrics: &CaptureMetrics) {
+    let stats = spools.stats();
     metrics
         .spool_bytes
         .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
@@ -139,16 +265,24 @@ fn refresh(spool: &Spool, metrics: &CaptureMetrics) {
     metrics.lag_seconds.set(lag);
 }
 
-/// The spool writer: queue → rows → spool, sealing segments by size and age.
+/// The spool writer: queue → rows → own spool, sealing segments by size and age (by
+/// [`FLUSH_AGE`] once flushing).
 fn write_loop(
     queue: &Queue,
-    spool: &Spool,
+    spools: &Spools,
     metrics: &CaptureMetrics,
     sealed: &Notify,
     config: &PipelineConfig,
+    flushing: &AtomicBool,
 ) {
-    let wait = config.rotate_age.clamp(Duration::from_millis(10), TICK);
+    let spool = &spools.own.spool;
     loop {
+        let age = if flushing.load(Ordering::Relaxed) {
+            config.rotate_age.min(FLUSH_AGE)
+        } else {
+            config.rotate_age
+        };
+        let wait = age.clamp(Duration::from_millis(10), TICK);
         let closed = match queue.pop(WRITE_BATCH_BYTES, wait) {
             Popped::Closed => true,
             Popped::Items(items) => {
@@ -165,12 +299,12 @@ fn write_loop(
                 false
             }
         };
-        match spool.seal_if_due(config.rotate_bytes, config.rotate_age, closed) {
+        match spool.seal_if_due(config.rotate_bytes, age, closed) {
             Ok(true) => sealed.notify_one(),
             Ok(false) => {}
             Err(error) => tracing::error!(%error, "cannot seal the spool segment"),
         }
-        refresh(spool, metrics);
+        refresh(spools, metrics);
         if closed {
             return;
         }
@@ -225,34 +359,107 @@ async fn prepare(
     .await?
 }
 
-/// The uploader: sealed segments → table files, oldest first, with backoff on failure.
+/// Locks the spool folders of gone siblings under `root` and adds them to `spools`.
+async fn adopt(root: &Arc<SpoolRoot>, spools: &Spools, metrics: &CaptureMetrics) {
+    let scan = root.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        scan.orphans().map(|folders| {
+            folders
+                .into_iter()
+                .map(|folder| Spool::open(folder, u64::MAX, 0))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    let opened = match found {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot look for spools to adopt");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "the spool scan failed");
+            return;
+        }
+    };
+    for spool in opened {
+        let (spool, waiting) = match spool {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a spool to adopt");
+                continue;
+            }
+        };
+        if waiting == 0 {
+            // A sibling that stopped with everything written: only its folder is left.
+            match spool.retire() {
+                Ok(_) => tracing::debug!(instance = spool.instance(), "empty spool folder removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove an empty spool folder"),
+            }
+            continue;
+        }
+        let table = match spools.own.table.for_instance(spool.instance()) {
+            Ok(table) => table,
+            Err(error) => {
+                tracing::error!(%error, "cannot write an adopted spool's rows");
+                continue;
+            }
+        };
+        tracing::info!(
+            instance = spool.instance(),
+            waiting,
+            "adopted the spool of a sidecar that is gone; its rows are written from here"
+        );
+        metrics.spools_adopted.inc();
+        spools.adopted().push(Source {
+            spool: Arc::new(spool),
+            table,
+        });
+    }
+}
+
+/// The uploader: sealed segments → table files, adopted spools first, oldest first, with
+/// backoff on failure (cut short when the flush starts).
 async fn upload_loop(
-    spool: Arc<Spool>,
-    table: ParquetTable,
+    spools: Arc<Spools>,
+    root: Arc<SpoolRoot>,
     metrics: CaptureMetrics,
     sealed: Arc<Notify>,
-    retry_max: Duration,
-    mut draining: watch::Receiver<bool>,
+    (retry_max, adopt_every): (Duration, Duration),
+    mut phase: watch::Receiver<Phase>,
 ) {
     let mut backoff = FIRST_RETRY;
     // Files encoded for a segment whose write failed, kept for the retry.
-    let mut encoded: Option<(u64, Vec<PartFile>)> = None;
+    let mut encoded: Option<(String, u64, Vec<PartFile>)> = None;
+    let mut next_adoption = Instant::now();
     loop {
-        while let Some(segment) = spool.claim() {
-            let span = tracing::info_span!("upload", seq = segment.seq, rows = segment.records);
+        let running = *phase.borrow() == Phase::Running;
+        if running && Instant::now() >= next_adoption {
+            adopt(&root, &spools, &metrics).await;
+            next_adoption = Instant::now() + adopt_every;
+            refresh(&spools, &metrics);
+        }
+        while let Some((source, segment)) = spools.claim() {
+            let (spool, instance) = (&source.spool, source.spool.instance());
+            let span = tracing::info_span!(
+                "upload",
+                instance,
+                seq = segment.seq,
+                rows = segment.records
+            );
             let result = async {
                 let files = match encoded.take() {
-                    Some((seq, files)) if seq == segment.seq => files,
+                    Some((of, seq, files)) if of == instance && seq == segment.seq => files,
                     _ => {
-                        let (files, corrupt) = prepare(&spool, &segment).await?;
+                        let (files, corrupt) = prepare(spool, &segment).await?;
                         metrics.drop_records(DropReason::Corrupt, corrupt);
                         files
                     }
                 };
-                match table.write(segment.seq, &files).await {
+                match source.table.write(segment.seq, &files).await {
                     Ok(written) => Ok((files, written)),
                     Err(error) => {
-                        encoded = Some((segment.seq, files));
+                        encoded = Some((instance.to_string(), segment.seq, files));
                         Err(UploadError::from(error))
                     }
                 }
@@ -281,9 +488,17 @@ async fn upload_loop(
                     }
                     spool.release(segment.seq);
                     tracing::warn!(%error, retry_in = ?backoff, "writing to the table failed");
-                    refresh(&spool, &metrics);
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(retry_max);
+                    refresh(&spools, &metrics);
+                    tokio::select! {
+                        () = tokio::time::sleep(jitter(backoff)) => {
+                            backoff = (backoff * 2).min(retry_max);
+                        }
+                        // The flush starts (or the shutdown): try again now.
+                        changed = phase.changed() => match changed {
+                            Ok(()) => backoff = FIRST_RETRY,
+                            Err(_) => return,
+                        },
+                    }
                     break;
                 }
                 Err(error) => {
@@ -294,19 +509,26 @@ async fn upload_loop(
                     }
                 }
             }
-            refresh(&spool, &metrics);
+            refresh(&spools, &metrics);
         }
-        if *draining.borrow() && !spool.has_sealed() {
+        spools.retire_written();
+        if *phase.borrow() == Phase::Closing && !spools.has_sealed() {
             return;
         }
-        if spool.has_sealed() {
+        if spools.has_sealed() {
             // A failed upload broke out of the loop after its backoff: try again now.
             continue;
         }
+        let wait = if running {
+            TICK.min(next_adoption.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(10))
+        } else {
+            TICK
+        };
         tokio::select! {
             () = sealed.notified() => {}
-            () = tokio::time::sleep(TICK) => refresh(&spool, &metrics),
-            changed = draining.changed() => if changed.is_err() {
+            () = tokio::time::sleep(wait) => refresh(&spools, &metrics),
+            changed = phase.changed() => if changed.is_err() {
                 // The pipeline was dropped without a shutdown.
                 return;
             }

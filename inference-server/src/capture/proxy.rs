@@ -9,11 +9,11 @@
 //! | `GET /metrics`, `GET /capture/metrics` | the sidecar's Prometheus metrics |
 //! | anything else | proxied to the model, and captured |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +39,7 @@ use crate::protocol::error::error_chain;
 use crate::protocol::{ApiError, ErrorKind};
 use crate::table::record::{
     CAPTURE_MEMORY_LIMIT, CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, REQUEST_TRUNCATED,
-    RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, UPSTREAM_UNAVAILABLE,
+    RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, SHUTDOWN, SHUTDOWN_STATUS, UPSTREAM_UNAVAILABLE,
 };
 
 /// The request id header, read from the client or assigned, and always answered.
@@ -80,16 +80,65 @@ pub struct Limits {
     pub memory_bytes: usize,
 }
 
-/// What finished exchanges are handed to: the queue, the metrics and the copy budget.
+/// What finished exchanges are handed to: the queue, the metrics and the copy budget; and
+/// the sampled exchanges in flight, so that a shutdown can record them as cut.
 #[derive(Debug)]
 struct Recorder {
     queue: Arc<Queue>,
     metrics: CaptureMetrics,
     limits: Limits,
     in_flight_bytes: AtomicUsize,
+    /// Sampled exchanges not finished yet, by [`Exchange::id`].
+    live: Mutex<HashMap<u64, Weak<Exchange>>>,
+    next_id: AtomicU64,
+    /// Set at the drain deadline: exchanges that end from now on were cut by the shutdown.
+    cutting: AtomicBool,
 }
 
 impl Recorder {
+    fn new(queue: Arc<Queue>, metrics: CaptureMetrics, limits: Limits) -> Self {
+        Self {
+            queue,
+            metrics,
+            limits,
+            in_flight_bytes: AtomicUsize::new(0),
+            live: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            cutting: AtomicBool::new(false),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, Weak<Exchange>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new sampled exchange, known to the recorder until it finishes.
+    fn start(self: &Arc<Self>, raw: RawExchange) -> Arc<Exchange> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let exchange = Arc::new(Exchange {
+            id,
+            recorder: self.clone(),
+            started: Instant::now(),
+            state: Mutex::new(ExchangeState {
+                raw,
+                ..ExchangeState::default()
+            }),
+        });
+        self.live().insert(id, Arc::downgrade(&exchange));
+        exchange
+    }
+
+    /// Ends every exchange still in flight as cut by the shutdown (and any that ends later
+    /// on); returns how many were.
+    fn cut(&self) -> usize {
+        self.cutting.store(true, Ordering::Relaxed);
+        let live: Vec<Arc<Exchange>> = self.live().values().filter_map(Weak::upgrade).collect();
+        for exchange in &live {
+            exchange.abandon();
+        }
+        live.len()
+    }
+
     /// Reserves `n` bytes of the copy budget.
     fn reserve(&self, n: usize) -> bool {
         let reserved = self
@@ -146,6 +195,8 @@ struct ExchangeState {
 /// One sampled exchange in flight, shared by the request and response taps.
 #[derive(Debug)]
 struct Exchange {
+    /// Its key among the recorder's live exchanges.
+    id: u64,
     recorder: Arc<Recorder>,
     started: Instant,
     state: Mutex<ExchangeState>,
@@ -174,7 +225,7 @@ impl Exchange {
                 BodyKind::Response,
             ),
         };
-        if *cut || data.is_empty() {
+        if *cut || data.is_empty() || state.finished {
             return;
         }
         let room = self
@@ -220,7 +271,7 @@ impl Exchange {
     }
 
     /// Ends the exchange (once) and hands the row to the pipeline.
-    fn finish(&self, code: Option<&'static str>) {
+    fn finish(&self, codes: &[&'static str]) {
         let mut state = self.lock();
         if state.finished {
             return;
@@ -229,30 +280,54 @@ impl Exchange {
         let mut raw = std::mem::take(&mut state.raw);
         let reserved = std::mem::take(&mut state.reserved);
         drop(state);
+        self.recorder.live().remove(&self.id);
         raw.execution_time_ms = self.started.elapsed().as_millis() as i64;
-        if let Some(code) = code {
-            raw.codes.push(code);
-        }
+        raw.codes.extend(codes);
         self.recorder.release(reserved);
         self.recorder.record(raw);
+    }
+
+    /// Ends an exchange that did not run to its end: the client (or the gateway) went away
+    /// ([`CLIENT_DISCONNECTED`] with status 499 before the response head, else
+    /// [`RESPONSE_INCOMPLETE`] when part of the response was copied), or, once the recorder is
+    /// cutting, the shutdown closed it ([`SHUTDOWN`]; status 503 before the response head,
+    /// else [`RESPONSE_INCOMPLETE`] too). Its copy budget returns and it still becomes a row.
+    fn abandon(&self) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let answered = state.raw.status_code != 0;
+        let copied = !state.raw.response.is_empty();
+        let codes: &[&'static str] = if self.recorder.cutting.load(Ordering::Relaxed) {
+            if !answered {
+                state.raw.status_code = SHUTDOWN_STATUS;
+            }
+            if answered {
+                &[RESPONSE_INCOMPLETE, SHUTDOWN]
+            } else {
+                &[SHUTDOWN]
+            }
+        } else if !answered {
+            state.raw.status_code = CLIENT_CLOSED_STATUS;
+            &[CLIENT_DISCONNECTED]
+        } else if copied {
+            &[RESPONSE_INCOMPLETE]
+        } else {
+            // Never polled because it was empty: complete.
+            &[]
+        };
+        drop(state);
+        self.finish(codes);
     }
 }
 
 impl Drop for Exchange {
-    /// The last handle went away before the response head: the request was abandoned (the
-    /// client or the gateway gave up and the handler was cancelled). Its copy budget returns
-    /// and it still becomes a row, with status 499 and [`CLIENT_DISCONNECTED`].
+    /// The last handle went away before the exchange ended: the request was abandoned (the
+    /// client or the gateway gave up and the handler was cancelled), see
+    /// [`Exchange::abandon`].
     fn drop(&mut self) {
-        let state = self.lock();
-        if state.finished {
-            return;
-        }
-        let unanswered = state.raw.status_code == 0;
-        drop(state);
-        if unanswered {
-            self.lock().raw.status_code = CLIENT_CLOSED_STATUS;
-        }
-        self.finish(Some(CLIENT_DISCONNECTED));
+        self.abandon();
     }
 }
 
@@ -268,10 +343,10 @@ impl<B> TeeBody<B> {
         Self { inner, tap }
     }
 
-    /// The response side ended: the row is complete (or not, with `code`).
-    fn end(&mut self, code: Option<&'static str>) {
+    /// The response side ended: the row is complete (or not, with `codes`).
+    fn end(&mut self, codes: &[&'static str]) {
         if let Some((exchange, Side::Response)) = self.tap.take() {
-            exchange.finish(code);
+            exchange.finish(codes);
         }
     }
 }
@@ -294,11 +369,11 @@ where
                     exchange.copy(*side, data);
                 }
                 if self.inner.is_end_stream() {
-                    self.end(None);
+                    self.end(&[]);
                 }
             }
-            Poll::Ready(None) => self.end(None),
-            Poll::Ready(Some(Err(_))) => self.end(Some(RESPONSE_INCOMPLETE)),
+            Poll::Ready(None) => self.end(&[]),
+            Poll::Ready(Some(Err(_))) => self.end(&[RESPONSE_INCOMPLETE]),
             Poll::Pending => {}
         }
         polled
@@ -315,11 +390,11 @@ where
 
 impl<B> Drop for TeeBody<B> {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (or the body was never polled because
-        // it was empty, which `finish` cannot tell apart cheaply; an empty body is complete).
+        // Dropped before its end: the client went away, or the shutdown closed the
+        // connection (or the body was never polled because it was empty, which cannot be
+        // told apart cheaply; an empty body is complete).
         if let Some((exchange, Side::Response)) = self.tap.take() {
-            let empty = exchange.lock().raw.response.is_empty();
-            exchange.finish((!empty).then_some(RESPONSE_INCOMPLETE));
+            exchange.abandon();
         }
     }
 }
@@ -375,12 +450,7 @@ impl Proxy {
             health_path: config.health_path,
             upstream_timeout: config.upstream_timeout,
             sampling_fraction: config.sampling_fraction,
-            recorder: Arc::new(Recorder {
-                queue,
-                metrics,
-                limits: config.limits,
-                in_flight_bytes: AtomicUsize::new(0),
-            }),
+            recorder: Arc::new(Recorder::new(queue, metrics, config.limits)),
             registry,
             draining: AtomicBool::new(false),
         }
@@ -389,6 +459,12 @@ impl Proxy {
     /// Makes `/health` answer 503 from now on (the pod is stopping).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The drain deadline: records every sampled exchange still in flight, and any that ends
+    /// from now on, as cut by the shutdown (`SHUTDOWN`). Returns how many were in flight.
+    pub fn cut_in_flight(&self) -> usize {
+        self.recorder.cut()
     }
 
     /// The routes.
@@ -497,20 +573,13 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     let (mut parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
     let exchange = proxy.sampled().then(|| {
-        Arc::new(Exchange {
-            recorder: proxy.recorder.clone(),
-            started: Instant::now(),
-            state: Mutex::new(ExchangeState {
-                raw: RawExchange {
-                    request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
-                    client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
-                    requester: header_text(&parts.headers, REQUESTER_HEADERS),
-                    timestamp_ms: now_ms(),
-                    metadata: metadata(&parts),
-                    ..RawExchange::default()
-                },
-                ..ExchangeState::default()
-            }),
+        proxy.recorder.start(RawExchange {
+            request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+            client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
+            requester: header_text(&parts.headers, REQUESTER_HEADERS),
+            timestamp_ms: now_ms(),
+            metadata: metadata(&parts),
+            ..RawExchange::default()
         })
     });
     let span = tracing::debug_span!("capture", request_id = ?id, method = %parts.method, path = %parts.uri.path());
@@ -587,7 +656,7 @@ impl Proxy {
                     .insert("response_content_type".into(), "application/json".into());
             }
             exchange.copy(Side::Response, &body);
-            exchange.finish(Some(UPSTREAM_UNAVAILABLE));
+            exchange.finish(&[UPSTREAM_UNAVAILABLE]);
         }
         let mut response = error.into_response();
         response.headers_mut().insert(REQUEST_ID, id.clone());
@@ -684,25 +753,27 @@ mod tests {
     }
 
     fn recorder(max_payload_bytes: usize, memory_bytes: usize) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            queue: Arc::new(Queue::new(1 << 20)),
-            metrics: CaptureMetrics::default(),
-            limits: Limits {
+        Arc::new(Recorder::new(
+            Arc::new(Queue::new(1 << 20)),
+            CaptureMetrics::default(),
+            Limits {
                 max_payload_bytes,
                 memory_bytes,
             },
-            in_flight_bytes: AtomicUsize::new(0),
-        })
+        ))
+    }
+
+    fn queued(recorder: &Recorder) -> Vec<RawExchange> {
+        let Popped::Items(rows) = recorder.queue.pop(1 << 20, Duration::ZERO) else {
+            panic!("the queue is open");
+        };
+        rows
     }
 
     #[test]
     fn copies_are_capped_and_the_budget_is_returned() {
         let recorder = recorder(10, 15);
-        let exchange = Exchange {
-            recorder: recorder.clone(),
-            started: Instant::now(),
-            state: Mutex::default(),
-        };
+        let exchange = recorder.start(RawExchange::default());
         exchange.copy(Side::Request, b"0123456");
         exchange.copy(Side::Request, b"789abc");
         exchange.copy(Side::Response, b"0123456789");
@@ -713,8 +784,8 @@ mod tests {
             assert_eq!(state.raw.codes, [REQUEST_TRUNCATED, CAPTURE_MEMORY_LIMIT]);
         }
         assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 10);
-        exchange.finish(None);
-        exchange.finish(None);
+        exchange.finish(&[]);
+        exchange.finish(&[]);
         assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(recorder.metrics.captured.get(), 1, "finished once");
     }
@@ -722,22 +793,59 @@ mod tests {
     #[test]
     fn an_abandoned_exchange_returns_its_budget_and_is_still_a_row() {
         let recorder = recorder(1000, 1000);
-        let exchange = Exchange {
-            recorder: recorder.clone(),
-            started: Instant::now(),
-            state: Mutex::default(),
-        };
+        let exchange = recorder.start(RawExchange::default());
         exchange.copy(Side::Request, b"a request the model never answered");
         assert!(recorder.in_flight_bytes.load(Ordering::Relaxed) > 0);
         drop(exchange);
         assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(recorder.metrics.captured.get(), 1, "a row");
-        let Popped::Items(rows) = recorder.queue.pop(1 << 20, Duration::ZERO) else {
-            panic!("the row is queued");
-        };
+        assert!(recorder.live().is_empty(), "not in flight any more");
+        let rows = queued(&recorder);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].status_code, CLIENT_CLOSED_STATUS);
         assert_eq!(rows[0].codes, [CLIENT_DISCONNECTED]);
         assert_eq!(rows[0].request, b"a request the model never answered");
+    }
+
+    #[test]
+    fn the_shutdown_cut_records_every_exchange_in_flight_once() {
+        let recorder = recorder(1000, 1000);
+        let waiting = recorder.start(RawExchange {
+            request_id: "waiting".into(),
+            ..RawExchange::default()
+        });
+        waiting.copy(Side::Request, b"{}");
+        let streaming = recorder.start(RawExchange {
+            request_id: "streaming".into(),
+            ..RawExchange::default()
+        });
+        streaming.respond(StatusCode::OK, &HeaderMap::new());
+        streaming.copy(Side::Response, b"data: tick");
+        let done = recorder.start(RawExchange::default());
+        done.finish(&[]);
+        let _ = queued(&recorder);
+
+        assert_eq!(recorder.cut(), 2, "the two still in flight");
+        streaming.copy(Side::Response, b"data: late");
+        drop((waiting, streaming, done));
+        let rows = queued(&recorder);
+        assert_eq!(rows.len(), 2, "once each, whatever drops later");
+        let waiting = rows.iter().find(|r| r.request_id == "waiting").unwrap();
+        assert_eq!(
+            (waiting.status_code, waiting.codes.as_slice()),
+            (SHUTDOWN_STATUS, &[SHUTDOWN][..])
+        );
+        assert_eq!(waiting.request, b"{}");
+        let streaming = rows.iter().find(|r| r.request_id == "streaming").unwrap();
+        assert_eq!(
+            (streaming.status_code, streaming.codes.as_slice()),
+            (200, &[RESPONSE_INCOMPLETE, SHUTDOWN][..])
+        );
+        assert_eq!(
+            streaming.response, b"data: tick",
+            "nothing copied after the cut"
+        );
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
+        assert!(recorder.live().is_empty());
     }
 }

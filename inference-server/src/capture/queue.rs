@@ -105,6 +105,12 @@ impl Queue {
         Popped::Items(items)
     }
 
+    /// Wakes a writer waiting in [`Queue::pop`] (it gets what is there, possibly nothing).
+    pub fn wake(&self) {
+        let _held = self.lock();
+        self.ready.notify_all();
+    }
+
     /// Refuses new exchanges and wakes the writer so it drains what is left.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -1,13 +1,4 @@
-//! Request and response formats shared by every subcommand of the data plane.
-//!
-//! - [`error`]: the error body `{"error_code", "message"}` and its HTTP status.
-//! - [`scoring`]: the MLflow scoring protocol (`/invocations`): JSON and CSV inputs, normalised
-//!   into a [`scoring::ScoringInput`].
-//! - [`openai`]: OpenAI-compatible chat, completions and embeddings bodies, including the
-//!   server-sent event chunks of a streamed chat completion.
+//! Request and response formats shared by every subcommand of the data plane; they live in the
+//! `sluice-protocol` crate (so that the fuzz targets can link them) and keep their paths here.
 
-pub mod error;
-pub mod openai;
-pub mod scoring;
-
-pub use error::{ApiError, ErrorKind};
+pub use sluice_protocol::{ApiError, ErrorKind, error, openai, scoring};

@@ -19,19 +19,18 @@
 //! make `/health` fail.
 //! The full contract, with an example per runtime, is in `docs/model-directory.md`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
 pub use sluice_crds::model_version::{
     ModelFormat, ModelSignature, ModelTask, SignatureField, SignatureParam, SignatureType,
 };
-
-/// File name of an MLflow model manifest.
-pub const MLMODEL_FILE: &str = "MLmodel";
-/// File name of our own manifest.
-pub const SLUICE_MANIFEST_FILE: &str = "sluice-model.yaml";
+use sluice_protocol::manifest::{
+    MlflowSignature, SluiceManifest, parse_mlmodel, parse_sluice_manifest,
+};
+// The manifests' layout is owned by `sluice-protocol` (so that it is fuzzed); its paths stay here.
+// `ModelFiles` is relative to the directory in a manifest and absolute in a [`ModelSpec`].
+pub use sluice_protocol::manifest::{MLMODEL_FILE, ModelFiles, PromptSpec, SLUICE_MANIFEST_FILE};
 
 /// Why a model directory cannot be served at all.
 #[derive(Debug, thiserror::Error)]
@@ -191,86 +190,8 @@ pub struct ModelSpec {
     pub prompt: Option<PromptSpec>,
 }
 
-/// Files of a model, relative to the model directory in a manifest and absolute here.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelFiles {
-    /// The weights or graph (`model.onnx`, `model.safetensors`, `model.gguf`).
-    #[serde(default)]
-    pub model: Option<PathBuf>,
-    /// `tokenizer.json`.
-    #[serde(default)]
-    pub tokenizer: Option<PathBuf>,
-    /// The architecture's `config.json`.
-    #[serde(default)]
-    pub config: Option<PathBuf>,
-    /// A Jinja chat template (causal language models); by default the model's own
-    /// (`chat_template.jinja`, `tokenizer_config.json`, the GGUF metadata).
-    #[serde(default)]
-    pub chat_template: Option<PathBuf>,
-}
-
-/// A prompt template and the chat endpoint it is sent to.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PromptSpec {
-    /// The user message, with `{{variable}}` placeholders.
-    pub template: String,
-    /// An optional system message (may use placeholders too).
-    #[serde(default)]
-    pub system: Option<String>,
-    /// The OpenAI-compatible chat upstream.
-    pub upstream: UpstreamSpec,
-}
-
-/// An OpenAI-compatible chat upstream.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSpec {
-    /// Base URL; `/chat/completions` is appended (e.g. `https://api.openai.com/v1`).
-    pub url: String,
-    /// The upstream model name.
-    pub model: String,
-    /// Name of the environment variable holding the API key, if the upstream needs one.
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-}
-
-/// `sluice-model.yaml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SluiceManifest {
-    #[serde(default)]
-    name: Option<String>,
-    format: ModelFormat,
-    task: ModelTask,
-    #[serde(default)]
-    signature: Option<ModelSignature>,
-    #[serde(default)]
-    files: ModelFiles,
-    #[serde(default)]
-    prompt: Option<PromptSpec>,
-}
-
-/// The parts of an MLflow `MLmodel` file that `serve` reads.
-#[derive(Debug, Deserialize)]
-struct MlModel {
-    #[serde(default)]
-    flavors: BTreeMap<String, serde_norway::Value>,
-    #[serde(default)]
-    signature: Option<MlflowSignature>,
-}
-
-/// MLflow's signature: each part a JSON string.
-#[derive(Debug, Default, Deserialize)]
-struct MlflowSignature {
-    #[serde(default)]
-    inputs: Option<String>,
-    #[serde(default)]
-    outputs: Option<String>,
-    #[serde(default)]
-    params: Option<String>,
-}
+/// `sluice-model.yaml`, with the ModelVersion's types.
+type Manifest = SluiceManifest<ModelFormat, ModelTask, ModelSignature>;
 
 /// Reads the model directory contract of `dir`, with what the ModelVersion declares.
 pub fn read(dir: &Path, declared: &Declared) -> Result<ModelSpec, ModelDirError> {
@@ -611,8 +532,8 @@ fn read_sluice_manifest(
     path: &Path,
     default_name: String,
 ) -> Result<(ModelSpec, ModelFormat), ModelDirError> {
-    let manifest: SluiceManifest =
-        serde_norway::from_str(&read_text(path)?).map_err(|error| ModelDirError::Parse {
+    let manifest: Manifest =
+        parse_sluice_manifest(&read_text(path)?).map_err(|error| ModelDirError::Parse {
             path: path.to_path_buf(),
             message: error.to_string(),
         })?;
@@ -688,11 +609,10 @@ fn enum_name<T: serde::Serialize>(value: &T) -> String {
 }
 
 fn read_mlmodel(dir: &Path, path: &Path, name: String) -> Result<ModelSpec, ModelDirError> {
-    let mlmodel: MlModel =
-        serde_norway::from_str(&read_text(path)?).map_err(|error| ModelDirError::Parse {
-            path: path.to_path_buf(),
-            message: error.to_string(),
-        })?;
+    let mlmodel = parse_mlmodel(&read_text(path)?).map_err(|error| ModelDirError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })?;
     let signature = mlmodel
         .signature
         .map(|signature| mlflow_signature(&signature))

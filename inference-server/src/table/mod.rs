@@ -123,6 +123,16 @@ impl ParquetTable {
         })
     }
 
+    /// The same table for the segments of another sidecar instance (an adopted spool): with
+    /// a Delta log, its commits carry that instance's application id, so a segment it
+    /// committed before it died is recognised and skipped.
+    pub fn for_instance(&self, app_id: &str) -> Result<Self, TableError> {
+        match &self.delta {
+            Some(_) => Self::new(self.store.clone()).with_delta(app_id),
+            None => Ok(self.clone()),
+        }
+    }
+
     /// Writes the encoded files of spool segment `seq`, then (with a Delta log) commits them.
     /// Idempotent: writing the same segment again replaces the same files, and a segment the
     /// Delta log holds already is skipped, so a retry never duplicates rows.

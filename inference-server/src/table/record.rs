@@ -32,6 +32,13 @@ pub const RESPONSE_INCOMPLETE: &str = "RESPONSE_INCOMPLETE";
 pub const CLIENT_DISCONNECTED: &str = "CLIENT_DISCONNECTED";
 /// The status recorded for [`CLIENT_DISCONNECTED`] (nginx's "client closed request").
 pub const CLIENT_CLOSED_STATUS: u16 = 499;
+/// A `logging_error_codes` entry: the exchange was still open when the sidecar's drain time
+/// after SIGTERM ran out, and the sidecar closed it; the row has what was copied until then
+/// (with [`RESPONSE_INCOMPLETE`] when the response had started, else status
+/// [`SHUTDOWN_STATUS`] and no response).
+pub const SHUTDOWN: &str = "SHUTDOWN";
+/// The status recorded for an exchange cut by [`SHUTDOWN`] before the model's response head.
+pub const SHUTDOWN_STATUS: u16 = 503;
 /// A `logging_error_codes` entry: the model could not be reached (the sidecar answered).
 pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
 /// A `logging_error_codes` entry: a body was not valid UTF-8 and was stored lossily.

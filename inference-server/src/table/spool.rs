@@ -4,8 +4,8 @@
 //! (`<seq>.jsonl`) when it reaches the rotation size or age, and the uploader turns each sealed
 //! segment into Parquet files, writes them, and only then deletes the segment. A sidecar that
 //! is killed and restarted seals what it finds open and uploads everything left, under the
-//! same file names (the spool keeps a stable `instance-id`), so a segment written twice
-//! replaces its first copy instead of duplicating rows.
+//! same file names (the spool's folder name is its stable instance id, see [`instances`]), so
+//! a segment written twice replaces its first copy instead of duplicating rows.
 //!
 //! The spool never grows past its cap: when a new batch would not fit, the oldest sealed
 //! segments not being uploaded are deleted and their rows counted as dropped; when nothing can
@@ -18,11 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub mod instances;
+
+pub use instances::{InstanceFolder, SpoolRoot};
+
 use super::record::PayloadRecord;
 
 const OPEN_EXT: &str = "open";
 const SEALED_EXT: &str = "jsonl";
-const INSTANCE_FILE: &str = "instance-id";
 /// The number the next segment gets at least, kept when the spool runs empty: segment numbers
 /// never repeat within an instance (they name its part files and its Delta transactions).
 const NEXT_SEQ_FILE: &str = "next-seq";
@@ -115,24 +118,28 @@ pub struct SpoolStats {
     pub oldest_timestamp_ms: Option<i64>,
 }
 
-/// The spool folder. Shared by the thread that appends and the task that uploads.
+/// The spool of one instance folder. Shared by the thread that appends and the task that
+/// uploads; it holds the folder's lock while it lives.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     cache_bytes: u64,
-    instance: String,
+    folder: InstanceFolder,
     state: Mutex<State>,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, holding at most `max_bytes` on disk and keeping
-    /// up to `cache_bytes` of recent rows in memory as well (so the uploader reads them
-    /// without parsing); seals any segment left open by a previous run so that it is
-    /// uploaded. Returns the spool and the rows it found waiting.
-    pub fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> Result<(Self, u64), SpoolError> {
-        fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let instance = instance_id(dir)?;
+    /// Opens the spool in `folder`, holding at most `max_bytes` on disk and keeping up to
+    /// `cache_bytes` of recent rows in memory as well (so the uploader reads them without
+    /// parsing); seals any segment left open by a previous run so that it is uploaded.
+    /// Returns the spool and the rows it found waiting.
+    pub fn open(
+        folder: InstanceFolder,
+        max_bytes: u64,
+        cache_bytes: u64,
+    ) -> Result<(Self, u64), SpoolError> {
+        let dir = folder.path();
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io("listing", dir))? {
             let path = entry.map_err(io("listing", dir))?.path();
@@ -181,15 +188,26 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             cache_bytes,
-            instance,
+            folder,
             state: Mutex::new(state),
         };
         Ok((spool, waiting))
     }
 
-    /// The stable id of this spool (and so of the sidecar owning it), used in file names.
+    /// The stable id of this spool (and so of the sidecar that wrote it), used in file names.
     pub fn instance(&self) -> &str {
-        &self.instance
+        self.folder.id()
+    }
+
+    /// Removes the spool's folder when it holds no segment any more (an adopted spool, fully
+    /// written). Returns whether it did; the spool must not be used afterwards.
+    pub fn retire(&self) -> Result<bool, SpoolError> {
+        let state = self.lock();
+        if state.open.is_some() || !state.sealed.is_empty() {
+            return Ok(false);
+        }
+        self.folder.remove()?;
+        Ok(true)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -435,22 +453,6 @@ fn dir_next_seq(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The spool's stable id: read from `instance-id`, or made once and written there.
-fn instance_id(dir: &Path) -> Result<String, SpoolError> {
-    let path = dir.join(INSTANCE_FILE);
-    if let Ok(id) = fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Ok(id.to_string());
-        }
-    }
-    let id = format!("{:016x}", fastrand::u64(..));
-    let temp = dir.join(format!("{INSTANCE_FILE}.tmp"));
-    fs::write(&temp, &id).map_err(io("writing", &temp))?;
-    fs::rename(&temp, &path).map_err(io("writing", &path))?;
-    Ok(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +465,12 @@ mod tests {
         ));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// The spool of `dir` as a sidecar opens it: its own folder under the root.
+    fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> (Spool, u64) {
+        let folder = SpoolRoot::open(dir).unwrap().take_own().unwrap();
+        Spool::open(folder, max_bytes, cache_bytes).unwrap()
     }
 
     fn rows(n: usize, size: usize) -> Vec<PayloadRecord> {
@@ -479,13 +487,13 @@ mod tests {
     #[test]
     fn numbering_survives_an_emptied_spool() {
         let dir = temp("numbering");
-        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, _) = open(&dir, 1 << 20, 1 << 20);
         spool.append(rows(2, 10)).unwrap();
         spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
         let first = spool.claim().unwrap();
         spool.complete(first.seq).unwrap();
         drop(spool);
-        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, waiting) = open(&dir, 1 << 20, 1 << 20);
         assert_eq!(waiting, 0);
         spool.append(rows(1, 10)).unwrap();
         spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
@@ -498,14 +506,14 @@ mod tests {
     #[test]
     fn segments_survive_a_restart_and_keep_the_instance() {
         let dir = temp("restart");
-        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, waiting) = open(&dir, 1 << 20, 1 << 20);
         assert_eq!(waiting, 0);
         let instance = spool.instance().to_string();
         spool.append(rows(3, 10)).unwrap();
         spool.seal_if_due(1 << 20, Duration::MAX, true).unwrap();
         spool.append(rows(2, 10)).unwrap();
         drop(spool);
-        let (spool, waiting) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, waiting) = open(&dir, 1 << 20, 1 << 20);
         assert_eq!(waiting, 5);
         assert_eq!(spool.instance(), instance);
         let first = spool.claim().unwrap();
@@ -524,7 +532,7 @@ mod tests {
     #[test]
     fn a_full_spool_drops_its_oldest_unclaimed_segment() {
         let dir = temp("cap");
-        let (spool, _) = Spool::open(&dir, 3000, 0).unwrap();
+        let (spool, _) = open(&dir, 3000, 0);
         for _ in 0..3 {
             spool.append(rows(1, 800)).unwrap();
             spool.seal_if_due(0, Duration::MAX, true).unwrap();
@@ -545,7 +553,7 @@ mod tests {
     #[test]
     fn recent_rows_are_read_from_memory_within_the_cache_budget() {
         let dir = temp("cache");
-        let (spool, _) = Spool::open(&dir, 1 << 20, 1500).unwrap();
+        let (spool, _) = open(&dir, 1 << 20, 1500);
         spool.append(rows(1, 800)).unwrap();
         spool.seal_if_due(0, Duration::MAX, true).unwrap();
         spool.append(rows(1, 800)).unwrap();
@@ -554,7 +562,7 @@ mod tests {
         let second = spool.claim().unwrap();
         // Remove the files: only a cached segment can still be read.
         for seq in [first.seq, second.seq] {
-            fs::remove_file(segment_path(&dir, seq, SEALED_EXT)).unwrap();
+            fs::remove_file(segment_path(&spool.dir, seq, SEALED_EXT)).unwrap();
         }
         assert_eq!(spool.read(&first).unwrap().0.len(), 1, "cached");
         assert!(spool.read(&second).is_err(), "past the budget: not cached");
@@ -564,16 +572,40 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_skipped() {
         let dir = temp("torn");
-        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, _) = open(&dir, 1 << 20, 1 << 20);
         spool.append(rows(2, 10)).unwrap();
+        let open_path = segment_path(&spool.dir, 0, OPEN_EXT);
         drop(spool);
-        let open = segment_path(&dir, 0, OPEN_EXT);
-        let mut file = OpenOptions::new().append(true).open(&open).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&open_path).unwrap();
         file.write_all(b"{\"request_id\": \"cut").unwrap();
-        let (spool, _) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, _) = open(&dir, 1 << 20, 1 << 20);
         let segment = spool.claim().unwrap();
         let (records, corrupt) = spool.read(&segment).unwrap();
         assert_eq!((records.len(), corrupt), (2, 1));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_orphaned_spool_is_adopted_under_its_own_id_and_retired_once_written() {
+        let dir = temp("adopt");
+        let (gone, _) = open(&dir, 1 << 20, 1 << 20);
+        let gone_id = gone.instance().to_string();
+        gone.append(rows(3, 10)).unwrap();
+        let (alive, _) = open(&dir, 1 << 20, 1 << 20);
+        let root = SpoolRoot::open(&dir).unwrap();
+        assert!(root.orphans().unwrap().is_empty(), "both sidecars live");
+        drop(gone);
+        let mut orphans = root.orphans().unwrap();
+        assert_eq!(orphans.len(), 1);
+        let (adopted, waiting) = Spool::open(orphans.remove(0), u64::MAX, 0).unwrap();
+        assert_eq!((adopted.instance(), waiting), (gone_id.as_str(), 3));
+        assert!(!adopted.retire().unwrap(), "rows still wait");
+        let segment = adopted.claim().unwrap();
+        assert_eq!(adopted.read(&segment).unwrap().0.len(), 3);
+        adopted.complete(segment.seq).unwrap();
+        assert!(adopted.retire().unwrap());
+        assert!(!dir.join(&gone_id).exists(), "the folder is gone");
+        assert!(dir.join(alive.instance()).exists(), "the live one stays");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -39,6 +39,34 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// The files of every spool folder under the spool root `root` (one folder per sidecar).
+pub fn spool_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for folder in std::fs::read_dir(root).unwrap() {
+        let folder = folder.unwrap().path();
+        if folder.is_dir() {
+            files.extend(
+                std::fs::read_dir(folder)
+                    .unwrap()
+                    .map(|f| f.unwrap().path()),
+            );
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The one spool folder under the spool root `root` (a root used by one sidecar at a time).
+pub fn spool_folder(root: &Path) -> PathBuf {
+    let folders: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.is_dir())
+        .collect();
+    assert_eq!(folders.len(), 1, "one spool folder: {folders:?}");
+    folders.into_iter().next().unwrap()
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -93,8 +121,8 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts `capture` in front of `upstream`, writing to `table`, spooling in `spool`, with
-    /// test-friendly rotation (0.3 s) and retries (at most 1 s apart) unless `extra` says
-    /// otherwise; waits until `/ping` answers.
+    /// test-friendly rotation (0.3 s), retries (at most 1 s apart) and shutdown (5 s of drain,
+    /// 10 s in all) unless `extra` says otherwise; waits until `/ping` answers.
     pub async fn start(
         upstream: &str,
         table: &str,
@@ -120,6 +148,7 @@ impl Sidecar {
         for (flag, value) in [
             ("--rotate-seconds", "0.3"),
             ("--retry-max-seconds", "1"),
+            ("--drain-timeout", "5"),
             ("--shutdown-seconds", "10"),
         ] {
             if !extra.contains(&flag) {
@@ -186,6 +215,18 @@ impl Sidecar {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("capture did not exit within 30 s of SIGTERM");
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -268,6 +309,7 @@ impl Upstream {
             .route("/status/{code}", post(status))
             .route("/slow/{ms}", post(slow))
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/endless", post(endless))
             .with_state(healthy.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -356,6 +398,24 @@ async fn chat(Json(body): Json<Value>) -> Response {
             Ok::<_, std::convert::Infallible>(Bytes::from(text))
         },
     );
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// Pause between two chunks of the endless stream.
+pub const ENDLESS_PAUSE: Duration = Duration::from_millis(100);
+
+/// A streamed chat answer that never ends: a `tick ` chunk every [`ENDLESS_PAUSE`].
+async fn endless() -> Response {
+    let chunk = json!({"id": "chatcmpl-endless", "object": "chat.completion.chunk", "created": 7,
+        "model": "tiny", "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": null}]});
+    let text = Bytes::from(format!("data: {chunk}\n\n"));
+    let stream = futures::stream::repeat(text).then(|text| async move {
+        tokio::time::sleep(ENDLESS_PAUSE).await;
+        Ok::<_, std::convert::Infallible>(text)
+    });
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))

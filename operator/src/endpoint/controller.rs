@@ -30,8 +30,8 @@ use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpoin
 use tracing::{instrument, warn};
 
 use super::{
+    claims,
     desired::{BuildContext, EntityObjects, LABEL_ENDPOINT, MANAGED_BY, build},
-    lake,
     plan::{ChildState, LastScale, plan},
     pods::problems_by_child,
     resolve::resolve,
@@ -176,12 +176,28 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         network_policy: Some(&ctx.config.network_policy),
         capture: capture.as_ref(),
     };
-    // A table on a claim needs the claim before its pods can start.
+    // A table on a claim, and a persistent spool, need their claims before the pods start.
     if let Some(lake) = capture.as_ref().and_then(|c| ClaimUri::of(&c.table_uri))
         && !planned.apply.is_empty()
-        && lake::ensure(client, &ns, &lake, &ctx.config.lake_volume).await?
+        && claims::ensure(
+            client,
+            &claims::lake(&lake, &ctx.config.lake_volume, &ns),
+            "the inference table",
+        )
+        .await?
     {
         tracing::info!(claim = %lake.claim, "created the inference table's PersistentVolumeClaim");
+    }
+    if let Some(spool) = capture.as_ref().and_then(|c| c.spool.as_ref())
+        && !planned.apply.is_empty()
+        && claims::ensure(
+            client,
+            &claims::spool(&name, spool, &ns),
+            "the capture spool",
+        )
+        .await?
+    {
+        tracing::info!(claim = %spool.claim_name, "created the capture spool's PersistentVolumeClaim");
     }
     // Children the API server refuses (an admission policy, a quota) are reported in status
     // and as an event; the others are still applied.
@@ -459,6 +475,7 @@ pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<
         table_format: c.table_format,
         secret_name: c.secret_ref.as_ref().map(|s| s.name.clone()),
         store_options: c.store_options.clone(),
+        spool: claims::resolve_spool(&ep.name_any(), c.spool.as_ref()),
     })
 }
 

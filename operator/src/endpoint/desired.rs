@@ -33,7 +33,7 @@ use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture};
 use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
 use crate::{
     config::NetworkPolicyConfig,
-    pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT},
+    pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume},
 };
 
 /// `app.kubernetes.io/managed-by` value on every child.
@@ -131,7 +131,11 @@ pub fn build(
             .map_or(settings.table_uri.clone(), ClaimUri::file_uri);
         let mut capture =
             capture_container(ctx, entity, runtime, &table, settings, model, *version);
-        volumes.push(empty_dir("spool"));
+        // The endpoint's persistent spool, shared by all its sidecars, else one per pod.
+        volumes.push(match &settings.spool {
+            Some(spool) => claim_volume("spool", &spool.claim_name, false),
+            None => empty_dir("spool"),
+        });
         if let Some(lake) = &lake {
             volumes.push(lake.volume("lake", false));
             if let Some(mounts) = capture.volume_mounts.as_mut() {
@@ -165,7 +169,7 @@ pub fn build(
         service_account_name: entity.service_account.clone(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        termination_grace_period_seconds: Some(30),
+        termination_grace_period_seconds: Some(STOP_BUDGET.grace_period_seconds()),
         ..Default::default()
     };
     let deployment = Deployment {
@@ -470,6 +474,7 @@ fn engine_args(entity: &ResolvedEntity, rt: &ResolvedRuntime) -> Vec<String> {
             "--port",
             &port,
             &format!("--drain-delay={DRAIN_DELAY_SECONDS}s"),
+            &STOP_BUDGET.drain_timeout_arg(),
         ]),
         Engine::Vllm => strings(&[
             "--model",
@@ -651,6 +656,57 @@ fn resources(entity: &ResolvedEntity) -> ResourceRequirements {
 /// which the kubelet runs before SIGTERM.
 pub const DRAIN_DELAY_SECONDS: i64 = 2;
 
+/// How long a stopping entity pod may take, part by part: the one owner of the pod's
+/// `terminationGracePeriodSeconds` and of the drain and shutdown flags of its containers, so
+/// that they cannot disagree. From the pod's deletion:
+///
+/// - `drain_delay`: the routing layer stops sending ([`DRAIN_DELAY_SECONDS`]: the builtin
+///   server's `--drain-delay`, the `preStop` sleep of engines and the capture sidecar);
+/// - `drain`: exchanges in flight (long streams) may still finish (`--drain-timeout` of the
+///   builtin server and of the capture sidecar, which writes spooled rows meanwhile);
+/// - `flush`: the capture sidecar writes the rows of what finished or was cut (its
+///   `--shutdown-seconds` is `drain` + `flush`, counted from its SIGTERM after the sleep);
+/// - `margin`: process exit and the kubelet's own delays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopBudget {
+    /// Seconds for the routing layer to stop sending.
+    pub drain_delay: i64,
+    /// Seconds exchanges in flight may take after SIGTERM.
+    pub drain: i64,
+    /// Seconds the capture sidecar has to write its last rows after the drain.
+    pub flush: i64,
+    /// Seconds of slack.
+    pub margin: i64,
+}
+
+/// The stop budget of every entity pod: 2 + 15 + 10 + 3 = 30 s, the Kubernetes default grace.
+pub const STOP_BUDGET: StopBudget = StopBudget {
+    drain_delay: DRAIN_DELAY_SECONDS,
+    drain: 15,
+    flush: 10,
+    margin: 3,
+};
+
+impl StopBudget {
+    /// The pod's `terminationGracePeriodSeconds`: every part, in a row.
+    pub const fn grace_period_seconds(&self) -> i64 {
+        self.drain_delay + self.drain + self.flush + self.margin
+    }
+
+    /// `--drain-timeout` of the builtin server and the capture sidecar.
+    fn drain_timeout_arg(&self) -> String {
+        format!("--drain-timeout={}s", self.drain)
+    }
+
+    /// The capture sidecar's shutdown flags.
+    fn capture_args(&self) -> [String; 2] {
+        [
+            self.drain_timeout_arg(),
+            format!("--shutdown-seconds={}", self.drain + self.flush),
+        ]
+    }
+}
+
 /// A `preStop` sleep of [`DRAIN_DELAY_SECONDS`]: the kubelet keeps the container serving that
 /// long after the pod's deletion before it sends SIGTERM.
 fn drain_pause() -> Lifecycle {
@@ -743,6 +799,7 @@ fn capture_container(
         "--spool-dir",
         "/spool",
     ]);
+    args.extend(STOP_BUDGET.capture_args());
     if settings.table_format == Some(CaptureTableFormat::Delta) {
         args.extend(strings(&["--table-format", "delta"]));
     }
@@ -862,7 +919,7 @@ mod tests {
         let model = &p.containers[0];
         assert_eq!(
             model.args.as_deref().expect("args").join(" "),
-            "serve --model-dir /models --host $(POD_IP) --port 8081 --drain-delay=2s"
+            "serve --model-dir /models --host $(POD_IP) --port 8081 --drain-delay=2s --drain-timeout=15s"
         );
         assert!(model.lifecycle.is_none(), "serve drains by itself");
         assert_eq!(
@@ -1155,6 +1212,7 @@ mod tests {
                 "aws_endpoint".into(),
                 "http://127.0.0.1:9000".into(),
             )]),
+            spool: None,
         };
         let mut context = ctx(None);
         context.capture = Some(&settings);
@@ -1234,5 +1292,133 @@ mod tests {
                 .network_policy
                 .is_none()
         );
+    }
+
+    fn spool_volume(p: &PodSpec) -> &Volume {
+        p.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "spool")
+            .expect("a spool volume")
+    }
+
+    #[test]
+    fn a_persistent_spool_mounts_the_endpoints_claim_instead_of_an_empty_dir() {
+        let settings = ResolvedCapture {
+            table_uri: "s3://lake/t".into(),
+            sampling_fraction: 1.0,
+            spool: Some(sluice_crds::ResolvedSpool {
+                claim_name: "fraud-capture-spool".into(),
+                size: "1Gi".into(),
+                storage_class_name: None,
+            }),
+            ..Default::default()
+        };
+        let mut context = ctx(None);
+        context.capture = Some(&settings);
+        for spec in [
+            "{name: a, model: fraud, version: 3}",
+            "{name: b, model: fraud, version: 3, runtime: {engine: vllm}}",
+        ] {
+            let objects = build(&entity(spec), "r1", 1, &context).expect("objects");
+            let p = pod(&objects);
+            let volume = spool_volume(p);
+            assert!(volume.empty_dir.is_none(), "{spec}: no emptyDir");
+            let claim = volume.persistent_volume_claim.as_ref().expect("a claim");
+            assert_eq!(
+                (claim.claim_name.as_str(), claim.read_only),
+                ("fraud-capture-spool", Some(false)),
+                "{spec}: every sidecar of the endpoint mounts the one claim"
+            );
+            let capture = &p.containers[1];
+            let mount = capture
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == "spool")
+                .expect("mounted");
+            assert_eq!(mount.mount_path, "/spool");
+            let args = capture.args.as_ref().expect("args").join(" ");
+            assert!(args.contains("--spool-dir /spool"), "{args}");
+        }
+        // Without it: one emptyDir per pod.
+        let objects = build(
+            &entity("{name: a, model: fraud, version: 3}"),
+            "r1",
+            1,
+            &ctx(Some(("s3://lake/t", 1.0))),
+        )
+        .expect("objects");
+        let volume = spool_volume(pod(&objects));
+        assert!(volume.empty_dir.is_some() && volume.persistent_volume_claim.is_none());
+    }
+
+    /// The value of `--flag=<n>[s]` in `args`.
+    fn seconds_of(args: &[String], flag: &str) -> i64 {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+            .map(|v| v.trim_end_matches('s').parse().expect("seconds"))
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+    }
+
+    fn pre_stop_seconds(c: &Container) -> i64 {
+        c.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref()?.sleep.as_ref())
+            .map_or(0, |s| s.seconds)
+    }
+
+    #[test]
+    fn the_grace_period_covers_the_drain_and_flush_every_container_is_given() {
+        let budget = STOP_BUDGET;
+        assert!(
+            budget.grace_period_seconds()
+                >= budget.drain_delay + budget.drain + budget.flush + budget.margin
+        );
+        assert!(budget.margin > 0 && budget.flush > 0);
+        for spec in [
+            "{name: a, model: fraud, version: 3}",
+            "{name: b, model: fraud, version: 3, runtime: {engine: vllm}}",
+        ] {
+            let e = entity(spec);
+            let objects = build(&e, "r1", 1, &ctx(Some(("s3://lake/t", 1.0)))).expect("objects");
+            let p = pod(&objects);
+            let grace = p.termination_grace_period_seconds.expect("a grace period");
+            assert_eq!(grace, budget.grace_period_seconds());
+            // The sidecar: SIGTERM after its preStop sleep, then at most --shutdown-seconds,
+            // of which --drain-timeout for open exchanges and the rest for the last rows.
+            let capture = &p.containers[1];
+            let args = capture.args.as_deref().expect("args");
+            let drain = seconds_of(args, "--drain-timeout");
+            let shutdown = seconds_of(args, "--shutdown-seconds");
+            assert_eq!(
+                (drain, shutdown),
+                (budget.drain, budget.drain + budget.flush)
+            );
+            assert!(drain < shutdown, "time is left to write the last rows");
+            assert!(
+                pre_stop_seconds(capture) + shutdown + budget.margin <= grace,
+                "{spec}: the sidecar exits {} s after the deletion, the grace is {grace} s",
+                pre_stop_seconds(capture) + shutdown
+            );
+            // The builtin model server drains as long as the sidecar in front of it waits.
+            let model = &p.containers[0];
+            if e.runtime
+                .as_ref()
+                .is_some_and(|r| r.engine == Engine::Builtin)
+            {
+                let model_args = model.args.as_deref().expect("args");
+                let delay = seconds_of(model_args, "--drain-delay");
+                let model_drain = seconds_of(model_args, "--drain-timeout");
+                assert_eq!(
+                    delay + model_drain,
+                    pre_stop_seconds(capture) + drain,
+                    "the model stops taking exchanges when the sidecar cuts them"
+                );
+                assert!(delay + model_drain + budget.margin <= grace);
+            } else {
+                assert!(pre_stop_seconds(model) < grace);
+            }
+        }
     }
 }

@@ -287,12 +287,16 @@ pub fn plan(
 }
 
 /// What of the capture settings shapes a pod's revision: the table and, when set, its format,
-/// Secret and store options (so an endpoint that sets none keeps the revisions it had).
+/// Secret and store options, and the persistent spool (so an endpoint that sets none keeps the
+/// revisions it had).
 fn capture_revision_key(c: &ResolvedCapture) -> String {
     let mut key = c.table_uri.clone();
     if c.table_format.is_some() || c.secret_name.is_some() || !c.store_options.is_empty() {
         let extras = (&c.table_format, &c.secret_name, &c.store_options);
         key.push_str(&serde_json::to_string(&extras).unwrap_or_default());
+    }
+    if let Some(spool) = &c.spool {
+        key.push_str(&serde_json::to_string(spool).unwrap_or_default());
     }
     key
 }

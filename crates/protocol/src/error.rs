@@ -4,11 +4,12 @@
 //! `INVALID_PARAMETER_VALUE`, `ENDPOINT_NOT_FOUND`, `REQUEST_LIMIT_EXCEEDED`,
 //! `TEMPORARILY_UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL_ERROR`), so MLflow clients read them
 //! as they read MLflow's own scoring server.
+//!
+//! With the `axum` feature (on by default) an [`ApiError`] is an axum response.
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 /// What went wrong, which decides the HTTP status and the `error_code`.
@@ -138,8 +139,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        use http::{HeaderValue, header};
+
         let mut response = (self.kind.status(), axum::Json(self.body())).into_response();
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs().max(1);
@@ -190,8 +194,12 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "axum")]
     #[test]
     fn unavailable_carries_retry_after() {
+        use axum::response::IntoResponse;
+        use http::header;
+
         let response = ApiError::new(ErrorKind::Unavailable, "loading")
             .with_retry_after(Duration::from_millis(200))
             .into_response();

@@ -1,0 +1,202 @@
+//! What must hold for any input of each parser, one function per fuzz target: the targets in
+//! `fuzz/` (at the repository root) call these, and the tests run them over the seed corpora
+//! and the inputs that once failed (`fuzz/corpus/<target>/`, `fuzz/regressions/<target>/`), so a
+//! plain `cargo test` keeps those fixed without the fuzzer. Each function panics when a
+//! property breaks; a parser that refuses an input with an error is fine.
+//!
+//! Each parser is driven the way its caller drives it (`serve`'s routes, the capture sidecar's
+//! recorder, `serve`'s model directory contract).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::manifest;
+use crate::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::scoring::{self, Frame, ScoringInput, ScoringRequest};
+use crate::sse;
+
+/// A property check: panics when `data` breaks it.
+pub type Check = fn(data: &[u8]);
+
+/// The fuzz targets, by name (the folder names under `fuzz/corpus/` and `fuzz/regressions/`).
+pub const TARGETS: [(&str, Check); 5] = [
+    ("scoring_json", scoring_json),
+    ("scoring_csv", scoring_csv),
+    ("openai_request", openai_request),
+    ("sse_reassemble", sse_reassemble),
+    ("manifest", manifest),
+];
+
+/// A JSON `/invocations` body: a request that parses has rows, a frame's rows are as wide as
+/// its columns, and the request written back in its canonical form (`dataframe_split` for a
+/// frame, `inputs` for rows) parses to the same request.
+pub fn scoring_json(data: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(request) = scoring::parse_value(value) else {
+        return;
+    };
+    check_frame_shape(&request.input);
+    let canonical = canonical_json(&request);
+    let again = scoring::parse_value(canonical.clone())
+        .unwrap_or_else(|error| panic!("{canonical} does not parse again: {error}"));
+    assert_eq!(again, request, "{canonical} parses to another request");
+}
+
+/// A CSV `/invocations` body: a request that parses is a frame with rows as wide as its header,
+/// and the frame written back as CSV parses to the same frame.
+pub fn scoring_csv(data: &[u8]) {
+    let Ok(request) = scoring::parse_csv(data) else {
+        return;
+    };
+    check_frame_shape(&request.input);
+    let ScoringInput::Frame(frame) = &request.input else {
+        panic!("a CSV body gave rows without columns: {:?}", request.input);
+    };
+    assert!(request.params.is_empty(), "a CSV body has no params");
+    let csv = frame_csv(frame);
+    let again = scoring::parse_csv(&csv).unwrap_or_else(|error| {
+        panic!(
+            "{:?} does not parse again: {error}",
+            String::from_utf8_lossy(&csv)
+        )
+    });
+    assert_eq!(again, request, "{:?}", String::from_utf8_lossy(&csv));
+}
+
+/// An OpenAI chat, completions or embeddings body, read both ways `serve` reads one: straight
+/// into the route's type (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`), and as a
+/// JSON value first (`/invocations` with `messages`, `prompt` or `input`). A request that parses
+/// is written back into a body that parses to the same request.
+///
+/// The two readings are not compared: they differ on bodies that are not strict JSON (bytes
+/// that are not UTF-8 inside a field the type ignores; a repeated key, which the route refuses
+/// and a JSON value resolves to the last one). See docs/fuzzing.md.
+pub fn openai_request(data: &[u8]) {
+    for chat in openai_bodies::<ChatRequest>(data) {
+        for message in &chat.messages {
+            let _ = message.text_content();
+        }
+        let _ = chat.sampling.stop_sequences();
+        let _ = chat.sampling.include_usage();
+    }
+    for completion in openai_bodies::<CompletionRequest>(data) {
+        let _ = completion.sampling.stop_sequences();
+        let _ = completion.prompt.into_vec();
+    }
+    for embeddings in openai_bodies::<EmbeddingsRequest>(data) {
+        let _ = embeddings.encoding();
+        let _ = embeddings.input.into_vec();
+    }
+}
+
+/// `T` read from `data` straight and through a JSON value, where it parses, each checked to
+/// survive writing back.
+fn openai_bodies<T>(data: &[u8]) -> Vec<T>
+where
+    T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug,
+{
+    let direct = serde_json::from_slice::<T>(data).ok();
+    let via_value = serde_json::from_slice::<Value>(data)
+        .ok()
+        .and_then(|value| serde_json::from_value::<T>(value).ok());
+    let requests: Vec<T> = direct.into_iter().chain(via_value).collect();
+    for request in &requests {
+        // Through a value, not text: serde_json parses floats to the nearest value only with its
+        // `float_roundtrip` feature, and that is serde_json's business, not this crate's.
+        let written = serde_json::to_value(request).expect("a request serialises");
+        let again: T = serde_json::from_value(written.clone())
+            .unwrap_or_else(|error| panic!("{written} does not parse again: {error}"));
+        assert_eq!(&again, request, "{written} parses to another request");
+    }
+    requests
+}
+
+/// A streamed response as the capture sidecar records it (UTF-8 decoded lossily): the
+/// reassembled body, when there is one, is a JSON object whose text parses again.
+pub fn sse_reassemble(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    let Some(body) = sse::reassemble(&raw) else {
+        return;
+    };
+    assert!(body.is_object(), "reassembled into a non-object: {body}");
+    if body.get("error").is_none() {
+        assert!(
+            body["choices"].is_array(),
+            "reassembled without choices: {body}"
+        );
+    }
+    let text = body.to_string();
+    let again: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("the recorded body {text} is not JSON: {error}"));
+    assert!(again.is_object());
+}
+
+/// A manifest as `serve` reads the model directory: the text as an `MLmodel` and as a
+/// `sluice-model.yaml` (with the ModelVersion's format, task and signature stood in for by
+/// plain strings and YAML). Nothing may panic.
+pub fn manifest(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = manifest::parse_mlmodel(text);
+    let _ = manifest::parse_sluice_manifest::<String, String, serde_norway::Value>(text);
+}
+
+fn check_frame_shape(input: &ScoringInput) {
+    assert!(!input.is_empty(), "a request that parses has rows");
+    if let ScoringInput::Frame(frame) = input {
+        for (index, row) in frame.rows.iter().enumerate() {
+            assert_eq!(
+                row.len(),
+                frame.columns.len(),
+                "row {index} of {frame:?} is not as wide as the columns"
+            );
+        }
+    }
+}
+
+/// The request as `dataframe_split` (a frame) or `inputs` (rows), with its params.
+fn canonical_json(request: &ScoringRequest) -> Value {
+    let mut body = Map::new();
+    match &request.input {
+        ScoringInput::Frame(frame) => {
+            body.insert(
+                "dataframe_split".into(),
+                json!({"columns": frame.columns, "data": frame.rows}),
+            );
+        }
+        ScoringInput::Rows(rows) => {
+            body.insert("inputs".into(), Value::Array(rows.clone()));
+        }
+    }
+    if !request.params.is_empty() {
+        body.insert("params".into(), Value::Object(request.params.clone()));
+    }
+    Value::Object(body)
+}
+
+/// A frame of CSV cells (numbers, strings, nulls) written as CSV with a header row.
+fn frame_csv(frame: &Frame) -> Vec<u8> {
+    // A reader drops one byte-order mark at the start, so a first column whose name starts with
+    // U+FEFF (the body had two) is written after one.
+    let bom: &[u8] = match frame.columns.first() {
+        Some(first) if first.starts_with('\u{feff}') => "\u{feff}".as_bytes(),
+        _ => b"",
+    };
+    let mut writer = csv::Writer::from_writer(bom.to_vec());
+    writer
+        .write_record(&frame.columns)
+        .expect("writing to memory");
+    for row in &frame.rows {
+        let cells = row.iter().map(|cell| match cell {
+            Value::Null => String::new(),
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+        writer.write_record(cells).expect("writing to memory");
+    }
+    writer.into_inner().expect("writing to memory")
+}

@@ -1,0 +1,24 @@
+//! The wire formats shared by `serve`, `gateway` and `capture` (the subcommands of
+//! `inference-server`): what a client sends, what a model answers, and the files a model
+//! directory describes itself with. Pure parsing and rendering, with no I/O, so that every parser
+//! here is unit-tested and fuzzed (`fuzz/` at the repository root) without the server around it.
+//!
+//! - [`error`]: the error body `{"error_code", "message"}` and its HTTP status.
+//! - [`scoring`]: the MLflow scoring protocol (`/invocations`): JSON and CSV inputs, normalised
+//!   into a [`scoring::ScoringInput`].
+//! - [`openai`]: OpenAI-compatible chat, completions and embeddings bodies, including the
+//!   server-sent event chunks of a streamed chat completion.
+//! - [`sse`]: a streamed (server-sent events) OpenAI answer reassembled into one body, as the
+//!   capture sidecar records it.
+//! - [`manifest`]: the layout of a model directory's manifests, MLflow's `MLmodel` and our
+//!   `sluice-model.yaml`.
+//! - [`fuzz`]: what must hold for any input of each parser, as the fuzz targets check it.
+
+pub mod error;
+pub mod fuzz;
+pub mod manifest;
+pub mod openai;
+pub mod scoring;
+pub mod sse;
+
+pub use error::{ApiError, ErrorKind};
