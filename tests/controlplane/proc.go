@@ -15,11 +15,13 @@ import (
 // child is one supervised component process: this binary re-executed with
 // the component's subcommand.
 type child struct {
-	name    string
-	logPath string
-	started time.Time
-	cmd     *exec.Cmd
-	done    chan struct{} // closed once the process has exited
+	name     string
+	args     []string
+	logPath  string
+	started  time.Time
+	cmd      *exec.Cmd
+	done     chan struct{} // closed once the process has exited
+	expected atomic.Bool   // set before a restart stops it: its exit is no failure
 }
 
 // supervisor starts components, reports unexpected exits and stops them in
@@ -55,7 +57,7 @@ func (s *supervisor) start(name string, args ...string) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	c := &child{name: name, logPath: logPath, started: time.Now(), cmd: cmd, done: make(chan struct{})}
+	c := &child{name: name, args: args, logPath: logPath, started: time.Now(), cmd: cmd, done: make(chan struct{})}
 	s.mu.Lock()
 	s.kids = append(s.kids, c)
 	s.mu.Unlock()
@@ -63,7 +65,7 @@ func (s *supervisor) start(name string, args ...string) (*child, error) {
 	go func() {
 		err := cmd.Wait()
 		close(c.done)
-		if !s.halt.Load() {
+		if !s.halt.Load() && !c.expected.Load() {
 			if err == nil {
 				err = fmt.Errorf("exit status 0")
 			}
@@ -83,6 +85,27 @@ func (s *supervisor) stopAll(grace time.Duration) {
 	for i := len(kids) - 1; i >= 0; i-- {
 		kids[i].stop(grace)
 	}
+}
+
+// restart stops c (SIGTERM, then SIGKILL after grace) and starts its component
+// again with the same arguments, in c's place in the start order.
+func (s *supervisor) restart(c *child, grace time.Duration) (*child, error) {
+	c.expected.Store(true)
+	c.stop(grace)
+	fresh, err := s.start(c.name, c.args...)
+	if err != nil {
+		return nil, err
+	}
+	// start appended fresh last; it takes c's place instead.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kids = s.kids[:len(s.kids)-1]
+	for i, k := range s.kids {
+		if k == c {
+			s.kids[i] = fresh
+		}
+	}
+	return fresh, nil
 }
 
 // killAll SIGKILLs every child at once (used on a second interrupt).

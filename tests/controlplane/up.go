@@ -114,6 +114,27 @@ func runUp(args []string) error {
 
 	err = cp.start(ctx, t0)
 	if err == nil {
+		// SIGUSR1: restart the kube-apiserver (same flags, port and etcd), for tests of
+		// clients that must ride out an API server restart.
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		go func() {
+			for range usr1 {
+				t := time.Now()
+				logf("SIGUSR1: restarting %s", compAPIServer)
+				fresh, err := cp.sup.restart(cp.apiserver, stopGrace)
+				if err != nil {
+					cancel(err)
+					return
+				}
+				cp.apiserver = fresh
+				if err := waitReady(ctx, t, check{fresh, "", cp.admin, cp.server + "/readyz", apiserverTimeout}); err != nil {
+					cancel(err)
+					return
+				}
+				logf("%s restarted in %s", compAPIServer, since(t))
+			}
+		}()
 		line := fmt.Sprintf("READY kubeconfig=%s server=%s", cp.kubeconfig, cp.server)
 		if err = writeFileAtomic(readyFile, []byte(line+"\n")); err == nil {
 			logf("control plane ready in %s", since(t0))
@@ -143,6 +164,7 @@ type controlPlane struct {
 	pki                        *pki
 	admin                      *http.Client // admin client cert, verifies the apiserver against the CA
 	sup                        *supervisor
+	apiserver                  *child // the running kube-apiserver (replaced by a restart)
 }
 
 func (cp *controlPlane) path(elem ...string) string {
@@ -245,6 +267,7 @@ func (cp *controlPlane) start(ctx context.Context, t0 time.Time) error {
 	if err := waitReady(ctx, t0, check{apiserver, "", cp.admin, cp.server + "/readyz", apiserverTimeout}); err != nil {
 		return err
 	}
+	cp.apiserver = apiserver
 
 	cm, err := cp.sup.start(compControllerManager,
 		"--kubeconfig="+cp.path("controller-manager.kubeconfig"),

@@ -457,6 +457,44 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Restarts the kube-apiserver (SIGUSR1 to `up`, which stops it and starts it again on the
+    /// same port and etcd) and waits until it answers again. Returns how long it was away.
+    pub async fn restart_apiserver(&self) -> Result<Duration, ClusterError> {
+        let log = self.state_dir.join("logs/kube-apiserver.log");
+        let starts = || {
+            std::fs::read_to_string(&log)
+                .map(|t| {
+                    t.matches("sluice-controlplane: starting kube-apiserver")
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let before = starts();
+        let started = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap_or_default());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1)
+            .map_err(|e| ClusterError::NotReady(format!("signalling `up`: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while starts() == before {
+            if Instant::now() > deadline {
+                return Err(ClusterError::NotReady(
+                    "the kube-apiserver was not restarted".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = self.client().await?;
+        while client.apiserver_version().await.is_err() {
+            if Instant::now() > deadline {
+                return Err(ClusterError::NotReady(
+                    "the restarted kube-apiserver did not answer".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(started.elapsed())
+    }
+
     /// Process id of `up`.
     pub fn pid(&self) -> u32 {
         self.child.lock().map(|c| c.id()).unwrap_or_default()

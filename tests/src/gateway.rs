@@ -9,7 +9,7 @@ use crate::cluster::ControlPlane;
 
 /// A running gateway; killed when dropped.
 pub struct GatewayProcess {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     /// Base URL of the serving routes.
     pub base: String,
     /// Base URL of the admin routes (`/metrics`, `/demand`, `/readyz`).
@@ -23,6 +23,11 @@ fn free_addr() -> SocketAddr {
 }
 
 impl GatewayProcess {
+    /// Kills the process with SIGKILL (no drain), as a crashed or evicted replica ends.
+    pub fn sigkill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
     /// Starts a gateway watching `namespace` with `kubeconfig`, and waits until `/readyz`
     /// answers 200 (its watches synced).
     pub async fn start(cp: &ControlPlane, kubeconfig: &std::path::Path, namespace: &str) -> Self {
@@ -49,7 +54,7 @@ impl GatewayProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
         let gateway = Self {
-            _child: child,
+            child,
             base: format!("http://{listen}"),
             admin: format!("http://{admin}"),
             log,

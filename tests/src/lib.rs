@@ -9,6 +9,7 @@ pub mod http;
 pub mod images;
 pub mod kubelet;
 pub mod lake;
+pub mod load;
 pub mod manifests;
 pub mod models;
 pub mod object_store;

@@ -44,6 +44,7 @@ pub use metrics::AutoscalerMetrics;
 use crate::config::OperatorConfig;
 use crate::endpoint::desired::{LABEL_ENDPOINT, LABEL_ENTITY};
 use crate::runtime::Env;
+use crate::runtime::WatchBackoff;
 use algorithm::{Decision, Demand, Reason, Scaler};
 use cold_start::{ColdStart, PodProgress};
 
@@ -147,7 +148,9 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
     let task = async move {
         use futures::StreamExt;
         let mut stream = std::pin::pin!(stream);
@@ -165,7 +168,7 @@ where
 async fn watch_pods(api: Api<Pod>, cold_starts: ColdStarts) {
     use futures::StreamExt;
     let stream = watcher(api, watcher::Config::default().labels(LABEL_ENDPOINT))
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .applied_objects();
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {

@@ -89,6 +89,7 @@ pub async fn run(env: Env, config: OperatorConfig) {
                 .collect::<Vec<_>>()
         })
         .with_config(crate::runtime::controller_config())
+        .trigger_backoff(crate::runtime::WatchBackoff::default())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
