@@ -552,6 +552,71 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
     }
 }
 
+/// The gateway's admin port serves `/demand`, which the autoscaler trusts: a NetworkPolicy lets
+/// only this release's operator pods (and the namespaces listed, for a scraper) reach it, while
+/// the serving port stays open to every caller.
+#[test]
+fn only_the_releases_operator_reaches_the_gateway_admin_port() {
+    let docs = render(
+        &[],
+        &["gateway.networkPolicy.adminAllowedNamespaces={monitoring}"],
+    );
+    let policy = object(&docs, "NetworkPolicy", "sluice-gateway");
+    let labels_of = |name: &str| {
+        object(&docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"].clone()
+    };
+    let port_of = |name: &str, port: &str| {
+        object(&docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == port)
+            .map(|p| p["containerPort"].clone())
+            .expect("port")
+    };
+    let selects = |selector: &Value, labels: &Value| {
+        selector
+            .as_object()
+            .expect("matchLabels")
+            .iter()
+            .all(|(k, v)| &labels[k] == v)
+    };
+    assert!(selects(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        &labels_of("sluice-gateway")
+    ));
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 2, "{policy}");
+    assert!(
+        ingress[0].get("from").is_none(),
+        "the serving port is open to callers"
+    );
+    assert_eq!(
+        ingress[0]["ports"][0]["port"],
+        port_of("sluice-gateway", "http")
+    );
+    assert_eq!(
+        ingress[1]["ports"][0]["port"],
+        port_of("sluice-gateway", "admin")
+    );
+    let from = ingress[1]["from"].as_array().expect("from");
+    assert_eq!(from.len(), 2, "{policy}");
+    assert!(selects(
+        &from[0]["podSelector"]["matchLabels"],
+        &labels_of("sluice-operator")
+    ));
+    assert!(!selects(
+        &from[0]["podSelector"]["matchLabels"],
+        &labels_of("sluice-gateway")
+    ));
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let off = render(&[], &["gateway.networkPolicy.enabled=false"]);
+    assert!(of_kind(&off, "NetworkPolicy").is_empty());
+}
+
 /// The flags the chart passes, as `--name`.
 fn flags(container: &Value) -> Vec<String> {
     container["args"]
