@@ -14,6 +14,7 @@
 //!   `sluice-model.yaml`.
 //! - [`fuzz`]: what must hold for any input of each parser, as the fuzz targets check it.
 
+pub mod demand;
 pub mod error;
 pub mod fuzz;
 pub mod manifest;

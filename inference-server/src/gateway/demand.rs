@@ -5,8 +5,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
 /// Seconds the recent rate averages over.
 pub const RATE_WINDOW_SECONDS: u64 = 10;
 const SLOTS: usize = 16;
@@ -104,58 +102,7 @@ fn now_seconds() -> u64 {
         .unwrap_or_default()
 }
 
-/// The demand of one entity, as published.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EntityDemand {
-    /// Namespace of the endpoint.
-    pub namespace: String,
-    /// Endpoint name.
-    pub endpoint: String,
-    /// Entity name.
-    pub entity: String,
-    /// Requests being answered by the entity's pods now.
-    pub in_flight: i64,
-    /// Requests held while the entity has no ready pod.
-    pub held: usize,
-    /// Requests that arrived since the gateway started (for rates across scrapes).
-    pub requests_total: u64,
-    /// Requests per second over the last 10 seconds.
-    pub recent_rate: f64,
-    /// Ready pods the gateway routes to.
-    pub ready_backends: usize,
-    /// Milliseconds the oldest held request has waited (absent when none is held): how long
-    /// ago the cold start began, as an age so no clocks need to agree.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oldest_held_ms: Option<u64>,
-    /// Milliseconds since a request that had been held got its first byte from a pod (absent
-    /// if none ever did): the end of the last cold start.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held_answered_ago_ms: Option<u64>,
-}
-
-/// What `GET /demand` answers.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DemandReport {
-    /// Milliseconds since the Unix epoch when the report was made.
-    pub timestamp_ms: u128,
-    /// One row per routed entity.
-    pub entities: Vec<EntityDemand>,
-}
-
-impl DemandReport {
-    /// A report of `entities` stamped now.
-    pub fn new(entities: Vec<EntityDemand>) -> Self {
-        Self {
-            timestamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default(),
-            entities,
-        }
-    }
-}
+pub use sluice_protocol::demand::{DemandReport, EntityDemand};
 
 #[cfg(test)]
 mod tests {

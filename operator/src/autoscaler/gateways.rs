@@ -9,7 +9,7 @@ use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use serde::Deserialize;
+use sluice_protocol::demand::DemandReport;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -32,27 +32,6 @@ pub enum GatewaySource {
         /// Name of the admin container port.
         port_name: String,
     },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Report {
-    entities: Vec<Row>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Row {
-    namespace: String,
-    endpoint: String,
-    entity: String,
-    in_flight: f64,
-    held: u64,
-    requests_total: u64,
-    #[serde(default)]
-    oldest_held_ms: Option<u64>,
-    #[serde(default)]
-    held_answered_ago_ms: Option<u64>,
 }
 
 /// The admin base URLs of the gateways now.
@@ -111,8 +90,8 @@ pub async fn demand(
             let sum = total
                 .entry((row.namespace, row.endpoint, row.entity))
                 .or_default();
-            sum.in_flight += row.in_flight;
-            sum.held += row.held;
+            sum.in_flight += row.in_flight as f64;
+            sum.held += row.held as u64;
             sum.requests_total += row.requests_total;
             let ms = |v: Option<u64>| v.map(Duration::from_millis);
             sum.oldest_held = sum.oldest_held.max(ms(row.oldest_held_ms));
@@ -125,7 +104,11 @@ pub async fn demand(
     total
 }
 
-async fn fetch(http: &reqwest::Client, url: String, wait: Option<Duration>) -> Option<Report> {
+async fn fetch(
+    http: &reqwest::Client,
+    url: String,
+    wait: Option<Duration>,
+) -> Option<DemandReport> {
     let mut request = http.get(&url);
     if let Some(wait) = wait {
         request = request
@@ -232,8 +215,23 @@ mod tests {
     #[tokio::test]
     async fn a_report_is_read_and_an_oversized_one_is_ignored() {
         let http = reqwest::Client::new();
-        let report = br#"{"entities": [{"namespace": "ns", "endpoint": "e", "entity": "a", "inFlight": 2.0, "held": 1, "requestsTotal": 9}]}"#;
-        let read = fetch(&http, answering(report.to_vec()).await, None)
+        // What a gateway writes: the same wire type.
+        let report = serde_json::to_vec(&DemandReport::new(vec![
+            sluice_protocol::demand::EntityDemand {
+                namespace: "ns".into(),
+                endpoint: "e".into(),
+                entity: "a".into(),
+                in_flight: 2,
+                held: 1,
+                requests_total: 9,
+                recent_rate: 0.0,
+                ready_backends: 0,
+                oldest_held_ms: None,
+                held_answered_ago_ms: None,
+            },
+        ]))
+        .expect("json");
+        let read = fetch(&http, answering(report).await, None)
             .await
             .expect("a report");
         assert_eq!(read.entities[0].held, 1);
