@@ -1,20 +1,15 @@
-//! `inference-server`: the Sluice data plane, one binary with one subcommand per role.
+//! `inference-server`: the Sluice data plane, one binary with one subcommand per role. Each role
+//! is a library crate; this binary parses the command line, sets up logging, TLS and the async
+//! runtime, and runs the chosen role until it ends or the process is told to stop.
 //!
-//! - `serve`: the builtin model server of every entity pod ([`serve`]).
-//! - `fetch`: the init step that copies a model artifact into the pod's model folder ([`fetch`]).
+//! - `serve`: the builtin model server of every entity pod ([`sluice_serve`]).
+//! - `fetch`: the init step that copies a model artifact into the pod's model folder
+//!   ([`sluice_fetch`], over the object-store locations of `sluice-store`).
+//! - `gateway`: the entry point users call ([`sluice_gateway`]).
 //! - `capture`: the sidecar that records requests and responses in the inference table
-//!   ([`capture`], over the shared [`table`] module).
+//!   ([`sluice_capture`], with the table it writes).
 //!
-//! `capture`, `gateway` and `monitor` join as sibling modules over the shared
-//! [`protocol`] module.
-
-mod capture;
-mod fetch;
-mod gateway;
-mod metrics;
-mod protocol;
-mod serve;
-mod table;
+//! The roles share their wire formats and flag parsers through `sluice-protocol`.
 
 use std::process::ExitCode;
 
@@ -32,14 +27,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve one model directory over HTTP (MLflow scoring protocol and OpenAI routes).
-    Serve(serve::ServeArgs),
+    Serve(sluice_serve::ServeArgs),
     /// Copy a model artifact from its URI into the model folder (the entity pod's init step).
-    Fetch(fetch::FetchCommand),
+    Fetch(sluice_fetch::FetchCommand),
     /// The entry point users call: weighted routing, shadow traffic, hold-while-waking.
-    Gateway(Box<gateway::GatewayArgs>),
+    Gateway(Box<sluice_gateway::GatewayArgs>),
     /// The auto-capture sidecar: proxies to the model and records every exchange in the
     /// inference table.
-    Capture(Box<capture::CaptureArgs>),
+    Capture(Box<sluice_capture::CaptureArgs>),
 }
 
 fn main() -> ExitCode {
@@ -50,9 +45,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Both rustls backends are linked (kube uses ring, deltalake-core's reqwest aws-lc-rs), so
-    // rustls cannot pick a process default by itself and every TLS client (the gateway's and the
-    // capture sidecar's Kubernetes clients) would panic: choose ring, as the kube client does.
+    // Both rustls backends are linked into this binary (the gateway's kube client uses ring,
+    // sluice-capture's deltalake-core brings reqwest with aws-lc-rs), so rustls cannot pick a
+    // process default by itself and every TLS client would panic: choose ring, as the kube
+    // client does. (sluice-gateway alone links ring only.)
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,12 +61,18 @@ fn main() -> ExitCode {
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)).map_err(Into::into),
-        Command::Fetch(args) => runtime
-            .block_on(fetch::run_command(args))
+        Command::Serve(args) => runtime
+            .block_on(sluice_serve::run(args, shutdown_signal()))
             .map_err(Into::into),
-        Command::Gateway(args) => runtime.block_on(gateway::run(*args)).map_err(Into::into),
-        Command::Capture(args) => runtime.block_on(capture::run(*args)).map_err(Into::into),
+        Command::Fetch(args) => runtime
+            .block_on(sluice_fetch::run_command(args))
+            .map_err(Into::into),
+        Command::Gateway(args) => runtime
+            .block_on(sluice_gateway::run(*args, shutdown_signal()))
+            .map_err(Into::into),
+        Command::Capture(args) => runtime
+            .block_on(sluice_capture::run(*args, shutdown_signal()))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,4 +82,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on SIGTERM (Kubernetes' stop signal) or Ctrl-C: the stop signal every long-running
+/// role gets.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        // Without a Ctrl-C handler the role still stops on SIGTERM.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
 }

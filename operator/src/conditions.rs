@@ -6,6 +6,23 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
+/// Condition type: the endpoint (or model version) serves as its spec asks.
+pub const READY: &str = "Ready";
+/// Condition type: every entity of the spec resolved to a ready ModelVersion.
+pub const RESOLVED: &str = "Resolved";
+/// Condition type: a pending config is rolling out (or why the last one failed).
+pub const UPDATING: &str = "Updating";
+/// Condition type: an entity keeps an older version because its alias is in conflict.
+pub const ALIAS_CONFLICT: &str = "AliasConflict";
+/// Condition type: the spec uses only what this version acts on.
+pub const SUPPORTED: &str = "Supported";
+/// Condition type: every child the plan wants was accepted by the API server.
+pub const APPLIED: &str = "Applied";
+/// Reason (and Warning event reason) for a spec field this version does not act on.
+pub const FIELD_NOT_SUPPORTED: &str = "FieldNotSupported";
+/// Reason (and Warning event reason) when the API server refused a child.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+
 /// Condition status values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -69,6 +86,25 @@ pub fn merge(
         .collect()
 }
 
+/// The `Applied` condition: every child accepted, or which the API server refused and why.
+pub fn applied(refused: &[String]) -> Desired {
+    if refused.is_empty() {
+        Desired {
+            type_: APPLIED,
+            status: Status::True,
+            reason: "Applied",
+            message: String::new(),
+        }
+    } else {
+        Desired {
+            type_: APPLIED,
+            status: Status::False,
+            reason: APPLY_FAILED,
+            message: refused.join("; "),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +131,16 @@ mod tests {
         let flipped = merge(&same, &[ready(Status::True, "Checked")], Some(1), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn refused_children_are_named_in_the_applied_condition() {
+        assert_eq!(applied(&[]).status, Status::True);
+        let refused = applied(&["ep-a-1: denied by policy".into(), "ep-b-2: quota".into()]);
+        assert_eq!(
+            (refused.status, refused.reason),
+            (Status::False, APPLY_FAILED)
+        );
+        assert_eq!(refused.message, "ep-a-1: denied by policy; ep-b-2: quota");
     }
 }

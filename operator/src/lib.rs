@@ -8,16 +8,12 @@
 pub mod autoscaler;
 pub mod backoff;
 pub mod conditions;
-pub mod config;
 pub mod endpoint;
 pub mod error;
-#[cfg(test)]
-mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod model_version;
-pub mod pvc;
 pub mod runtime;
 
 /// Field manager of every write the operator makes to a status subresource.

@@ -15,11 +15,10 @@ use clap::Parser;
 use futures::FutureExt;
 use kube::{client::ClientBuilder, runtime::events::Reporter};
 use prometheus_client::registry::Registry;
+use sluice_contract::config::OperatorConfig;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_operator::{
-    CONTROLLER_NAME, autoscaler,
-    config::OperatorConfig,
-    endpoint,
+    CONTROLLER_NAME, autoscaler, endpoint,
     health::{self, Health, Phase},
     leader::{Elector, LeaseConfig, default_identity},
     metrics::{Metrics, verb_of},
@@ -211,19 +210,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..autoscaler::Windows::default()
         },
     };
-    let autoscaler_config = Arc::new(config.clone());
     env.report_synced::<ServingEndpoint>(endpoint::controller::WATCH);
     env.report_synced::<ModelVersion>(model_version::WATCH);
     let controllers = async {
         // One set of controllers per managed namespace (or one for the whole cluster).
         let both = futures::future::join_all(env.per_namespace().into_iter().map(|env| {
-            let (config, autoscaler_config) = (config.clone(), autoscaler_config.clone());
+            let config = config.clone();
             let (scaling, autoscaler_metrics) = (scaling.clone(), autoscaler_metrics.clone());
             async move {
                 tokio::join!(
                     model_version::run(env.clone(), config.images.inference_server.clone()),
                     endpoint::controller::run(env.clone(), config),
-                    autoscaler::run(env, autoscaler_config, scaling, autoscaler_metrics),
+                    autoscaler::run(env, scaling, autoscaler_metrics),
                 );
             }
         }));

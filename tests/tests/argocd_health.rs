@@ -16,12 +16,12 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_contract::{config::OperatorConfig, resolve::resolve};
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_operator::{
-    config::OperatorConfig,
     endpoint::{
+        desired::BuildContext,
         plan::{ChildState, plan},
-        resolve::resolve,
     },
     model_version::{evaluate, source_check::Verdict},
 };
@@ -255,8 +255,10 @@ fn reconcile(
         .flat_map(|c| c.served_entities.iter())
         .filter_map(|e| Some((e.name.clone(), e.version?)))
         .collect();
-    let resolved = resolve(ep, models, &previous, &OperatorConfig::default());
-    let planned = plan(ep, resolved, None, children, now());
+    let config = OperatorConfig::default();
+    let resolved = resolve(ep, models, &previous, &config);
+    let ctx = BuildContext::of(ep, &config, None).expect("a created endpoint");
+    let planned = plan(ep, resolved, &ctx, children, now());
     let mut next = ep.clone();
     next.status = Some(planned.status);
     (next, planned.apply.into_iter().map(|w| w.child).collect())

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 
 use helm_support::{chart, documents, helm_run, object, of_kind, template, values_files};
 use serde_json::{Value, json};
-use sluice_operator::config::OperatorConfig;
+use sluice_contract::config::OperatorConfig;
 use sluice_tests::{binaries, repo_root, venv_tool};
 
 fn render(values: &[&Path], sets: &[&str]) -> Vec<Value> {
@@ -282,7 +282,7 @@ fn the_rendered_operator_config_is_read_by_the_operators_own_type() {
             .map(String::as_str),
         Some("gateway")
     );
-    config.network_policy = sluice_operator::config::NetworkPolicyConfig {
+    config.network_policy = sluice_contract::config::NetworkPolicyConfig {
         gateway_namespace: None,
         gateway_labels: OperatorConfig::default().network_policy.gateway_labels,
         ..policy

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use operator_support::{Scene, endpoint, engine_entity, model_version, served_versions};
 use serde_json::json;
-use sluice_operator::config::OperatorConfig;
+use sluice_contract::config::OperatorConfig;
 use sluice_tests::cluster::shared_nodes;
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,14 +12,15 @@
 //!   capture sidecar records it.
 //! - [`manifest`]: the layout of a model directory's manifests, MLflow's `MLmodel` and our
 //!   `sluice-model.yaml`.
+//! - [`units`]: sizes and durations as flags spell them (`16MiB`, `500ms`).
 //! - [`fuzz`]: what must hold for any input of each parser, as the fuzz targets check it.
 
-pub mod demand;
 pub mod error;
 pub mod fuzz;
 pub mod manifest;
 pub mod openai;
 pub mod scoring;
 pub mod sse;
+pub mod units;
 
 pub use error::{ApiError, ErrorKind};

@@ -2,7 +2,7 @@
 //! and our `sluice-model.yaml`. Only their structure lives here (field names, defaults, unknown
 //! fields refused); what they mean (the runtime, the files resolved against the directory, the
 //! MLflow signature converted into the ModelVersion's) is decided by `serve`'s model directory
-//! contract (`inference-server/src/serve/model_dir.rs`, `docs/model-directory.md`).
+//! contract (`inference-server/serve/src/model_dir.rs`, `docs/model-directory.md`).
 //!
 //! `sluice-model.yaml` embeds types of the ModelVersion API (its format, task and signature),
 //! which live in `sluice-crds` together with Kubernetes; [`SluiceManifest`] takes them as type

@@ -185,15 +185,43 @@ pub struct ServedEntityStatus {
     /// Upper bound of provisioned concurrency.
     #[serde(default)]
     pub max_provisioned_concurrency: i32,
+    /// Revision of the entity's pods: a hash of their rendered pod template, so it changes
+    /// exactly when the pods must change. It is the suffix of `deploymentName` and the value of
+    /// the pods' `serving.sluice.dev/revision` label, which the gateway routes by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Name of the Deployment (and Service) running the entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_name: Option<String>,
+    /// Scaling and hold settings with every default resolved: the values the autoscaler and
+    /// every gateway act on. Changing them rolls no pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<ResolvedAutoscaling>,
     /// Deployment progress of the entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ServedEntityState>,
     /// Replica counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicaStatus>,
+}
+
+/// Scaling and hold settings of one entity, resolved from its `autoscaling` overrides and the
+/// operator config's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedAutoscaling {
+    /// Requests in flight one replica handles; demand divided by it gives replicas.
+    pub per_replica_concurrency: i32,
+    /// Fewest replicas (0 with scale to zero).
+    pub min_replicas: i32,
+    /// Most replicas.
+    pub max_replicas: i32,
+    /// Idle seconds before a scale-to-zero entity goes to zero.
+    pub idle_timeout_seconds: i32,
+    /// Requests a gateway holds while the entity has no ready pod; more are answered 503.
+    pub max_held_requests: i32,
+    /// Seconds a held request waits before a 503.
+    pub hold_timeout_seconds: i32,
 }
 
 /// Deployment progress of one entity.

@@ -12,6 +12,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use sluice_contract::published::autoscaling_of;
+use sluice_crds::ServedEntityStatus;
+
 /// Windows and thresholds shared by every entity.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Windows {
@@ -46,6 +49,21 @@ pub struct Bounds {
     pub scale_to_zero: bool,
     /// How long without a request before it goes to zero.
     pub idle: Duration,
+}
+
+impl Bounds {
+    /// The bounds the operator published for `entity` (`status.config.servedEntities[]`).
+    pub fn of(entity: &ServedEntityStatus) -> Self {
+        let published = autoscaling_of(entity);
+        let positive = |v: i32| u32::try_from(v).unwrap_or(0);
+        Self {
+            min: positive(published.min_replicas),
+            max: positive(published.max_replicas).max(1),
+            per_replica: positive(published.per_replica_concurrency).max(1),
+            scale_to_zero: entity.scale_to_zero_enabled,
+            idle: Duration::from_secs(u64::from(positive(published.idle_timeout_seconds))),
+        }
+    }
 }
 
 /// One look at the demand of an entity, summed over gateways.

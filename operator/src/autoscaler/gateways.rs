@@ -9,7 +9,7 @@ use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use sluice_protocol::demand::DemandReport;
+use sluice_contract::demand::DemandReport;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -217,7 +217,7 @@ mod tests {
         let http = reqwest::Client::new();
         // What a gateway writes: the same wire type.
         let report = serde_json::to_vec(&DemandReport::new(vec![
-            sluice_protocol::demand::EntityDemand {
+            sluice_contract::demand::EntityDemand {
                 namespace: "ns".into(),
                 endpoint: "e".into(),
                 entity: "a".into(),

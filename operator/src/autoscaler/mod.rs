@@ -41,12 +41,11 @@ pub use algorithm::{Bounds, Windows};
 pub use gateways::GatewaySource;
 pub use metrics::AutoscalerMetrics;
 
-use crate::config::OperatorConfig;
-use crate::endpoint::desired::{LABEL_ENDPOINT, LABEL_ENTITY};
 use crate::runtime::Env;
 use crate::runtime::WatchBackoff;
 use algorithm::{Decision, Demand, Reason, Scaler};
 use cold_start::{ColdStart, PodProgress};
+use sluice_contract::labels::{LABEL_ENDPOINT, LABEL_ENTITY};
 
 /// Field manager of the autoscaler's replica writes.
 pub const FIELD_MANAGER: &str = "sluice-operator/autoscaler";
@@ -74,17 +73,10 @@ pub struct Options {
 type EntityKey = (String, String, String);
 
 /// Runs until the shutdown signal.
-pub async fn run(
-    env: Env,
-    config: Arc<OperatorConfig>,
-    options: Options,
-    metrics: AutoscalerMetrics,
-) {
+pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
     let (endpoints, endpoint_watch) = store::<ServingEndpoint>(env.api(), env.managed_watch());
-    let (deployments, deployment_watch) = store::<Deployment>(
-        env.api(),
-        watcher::Config::default().labels("serving.sluice.dev/endpoint"),
-    );
+    let (deployments, deployment_watch) =
+        store::<Deployment>(env.api(), watcher::Config::default().labels(LABEL_ENDPOINT));
     let cold_starts: ColdStarts = Arc::default();
     let pod_watch = watch_pods(env.api(), cold_starts.clone());
     let woken = Arc::new(Notify::new());
@@ -108,7 +100,6 @@ pub async fn run(
             let demand = gateways::demand(&env, &options.gateways, &http).await;
             let round = Round {
                 env: &env,
-                config: &config,
                 options: &options,
                 recorder: &recorder,
                 metrics: &metrics,
@@ -198,7 +189,6 @@ async fn watch_pods(api: Api<Pod>, cold_starts: ColdStarts) {
 /// One sizing round's inputs.
 struct Round<'a> {
     env: &'a Env,
-    config: &'a OperatorConfig,
     options: &'a Options,
     recorder: &'a Recorder,
     metrics: &'a AutoscalerMetrics,
@@ -243,7 +233,7 @@ impl Round<'_> {
                     .unwrap_or(0)
                     .max(0) as u32;
                 let observed = demand.get(&key).copied().unwrap_or_default();
-                let bounds = self.bounds(endpoint, entity);
+                let bounds = Bounds::of(entity);
                 let scaler = scalers
                     .entry(key.clone())
                     .or_insert_with(|| Scaler::new(now));
@@ -310,42 +300,6 @@ impl Round<'_> {
             info!(endpoint = %key.1, entity = %key.2, ?phases, ?total, "cold start done");
             self.metrics.cold_start(&phases, total);
             cold_starts.remove(key);
-        }
-    }
-
-    fn bounds(&self, endpoint: &ServingEndpoint, entity: &ServedEntityStatus) -> Bounds {
-        let defaults = &self.config.autoscaling;
-        let overrides = endpoint
-            .spec
-            .served_entities
-            .iter()
-            .find(|e| e.name == entity.name)
-            .and_then(|e| e.autoscaling.as_ref());
-        let per_replica = overrides
-            .and_then(|a| a.per_replica_concurrency)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(if entity.engine.is_some() {
-                defaults.engine_per_replica_concurrency
-            } else {
-                defaults.per_replica_concurrency
-            })
-            .max(1);
-        let replicas_for = |concurrency: i32| {
-            u32::try_from(concurrency)
-                .unwrap_or(0)
-                .div_ceil(per_replica)
-        };
-        Bounds {
-            min: replicas_for(entity.min_provisioned_concurrency),
-            max: replicas_for(entity.max_provisioned_concurrency).max(1),
-            per_replica,
-            scale_to_zero: entity.scale_to_zero_enabled,
-            idle: Duration::from_secs(u64::from(
-                overrides
-                    .and_then(|a| a.idle_timeout_seconds)
-                    .and_then(|s| u32::try_from(s).ok())
-                    .unwrap_or(defaults.idle_timeout_seconds),
-            )),
         }
     }
 

@@ -11,17 +11,12 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 use kube::{Api, Client, ResourceExt, api::PostParams};
-use sluice_crds::{CaptureSpool, ResolvedSpool};
+use sluice_contract::claim::ClaimUri;
+use sluice_contract::config::LakeVolume;
+use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_BY};
+use sluice_crds::ResolvedSpool;
 
-use super::desired::{LABEL_ENDPOINT, MANAGED_BY};
-use crate::{
-    config::LakeVolume,
-    error::{Error, kube_err},
-    pvc::ClaimUri,
-};
-
-/// Size of a persistent spool claim when the endpoint sets none.
-pub const DEFAULT_SPOOL_SIZE: &str = "1Gi";
+use crate::error::{Error, kube_err};
 /// Every capture sidecar of the endpoint, on any node, mounts the spool claim.
 const SPOOL_ACCESS_MODE: &str = "ReadWriteMany";
 
@@ -38,25 +33,6 @@ pub fn lake(lake: &ClaimUri, template: &LakeVolume, namespace: &str) -> Persiste
         template.storage_class_name.as_deref(),
         template.access_modes.clone(),
     )
-}
-
-/// The name of the persistent spool claim of `endpoint`: `<endpoint>-capture-spool`.
-pub fn spool_claim_name(endpoint: &str) -> String {
-    format!("{endpoint}-capture-spool")
-}
-
-/// The persistent spool of `endpoint` as the endpoint asks for it, with defaults applied;
-/// `None` unless `spool.persistent`.
-pub fn resolve_spool(endpoint: &str, spool: Option<&CaptureSpool>) -> Option<ResolvedSpool> {
-    let spool = spool.filter(|s| s.persistent)?;
-    Some(ResolvedSpool {
-        claim_name: spool_claim_name(endpoint),
-        size: spool
-            .size
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SPOOL_SIZE.to_string()),
-        storage_class_name: spool.storage_class_name.clone(),
-    })
 }
 
 /// The persistent spool claim of `endpoint`, in `namespace`.
@@ -142,6 +118,9 @@ pub async fn ensure(
 
 #[cfg(test)]
 mod tests {
+    use sluice_contract::resolve::{DEFAULT_SPOOL_SIZE, resolve_spool};
+    use sluice_crds::CaptureSpool;
+
     use super::*;
 
     #[test]

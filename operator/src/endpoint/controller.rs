@@ -1,6 +1,7 @@
 //! The side-effecting half of the ServingEndpoint pipeline: gather inputs (ModelVersions, child
-//! Deployments and their pods), run the pure steps, then apply children with server-side apply, write status
-//! when it changed, prune children no config uses, and publish an event per decision.
+//! Deployments and their pods), run the pure steps, then apply the children the plan rendered
+//! with server-side apply, write status when it changed, prune children no config uses, and
+//! publish an event per decision. Nothing here decides: the plan does.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -11,7 +12,6 @@ use k8s_openapi::{
         core::v1::{Pod, Service},
         networking::v1::NetworkPolicy,
     },
-    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -26,23 +26,27 @@ use kube::{
     },
 };
 use serde_json::json;
-use sluice_crds::{ModelVersion, ResolvedCapture, ServingEndpoint, ServingEndpointStatus};
+use sluice_contract::claim::ClaimUri;
+use sluice_contract::config::OperatorConfig;
+use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_SELECTOR};
+use sluice_contract::resolve::{resolve, resolve_capture};
+use sluice_crds::{ModelVersion, ServingEndpoint, ServingEndpointStatus};
 use tracing::{instrument, warn};
 
 use super::{
+    children::child_state,
     claims,
-    desired::{BuildContext, EntityObjects, LABEL_ENDPOINT, MANAGED_BY, build},
-    plan::{ChildState, LastScale, plan},
+    desired::BuildContext,
+    events::{EventReason, PlanEvent},
+    plan::{ChildState, Replicas, Wanted, plan},
     pods::problems_by_child,
-    resolve::resolve,
+    requeue,
 };
 use crate::{
     STATUS_MANAGER,
-    conditions::{self, Desired, Status},
-    config::OperatorConfig,
+    conditions::{self, APPLIED},
     error::{Error, kube_err},
     metrics::ControllerName,
-    pvc::ClaimUri,
     runtime::{Env, Tracked},
 };
 
@@ -59,8 +63,7 @@ struct Context {
 /// Runs the ServingEndpoint controller until `env.shutdown` completes and in-flight reconciles
 /// have finished.
 pub async fn run(env: Env, config: OperatorConfig) {
-    let managed =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         client: env.client.clone(),
@@ -161,22 +164,10 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .collect();
     let capture = resolve_capture(ep, &ctx.config);
     let resolved = resolve(ep, &models, &previous_versions, &ctx.config);
-    let planned = plan(ep, resolved, capture.clone(), &children, Timestamp::now());
-
-    // Apply the children the plan wants.
-    let owner = ep
-        .controller_owner_ref(&())
+    let build_ctx = BuildContext::of(ep, &ctx.config, capture.as_ref())
         .ok_or(Error::MissingField("metadata.uid"))?;
-    let build_ctx = BuildContext {
-        endpoint: &name,
-        namespace: &ns,
-        owner,
-        data_plane_image: &ctx.config.images.inference_server,
-        progress_deadline_seconds: i32::try_from(ctx.config.progress_deadline_seconds)
-            .unwrap_or(i32::MAX),
-        network_policy: Some(&ctx.config.network_policy),
-        capture: capture.as_ref(),
-    };
+    let planned = plan(ep, resolved, &build_ctx, &children, Timestamp::now());
+
     // A table on a claim, and a persistent spool, need their claims before the pods start.
     if let Some(lake) = capture.as_ref().and_then(|c| ClaimUri::of(&c.table_uri))
         && !planned.apply.is_empty()
@@ -204,29 +195,11 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     // and as an event; the others are still applied.
     let mut refused = Vec::new();
     for wanted in &planned.apply {
-        let Some(objects) = build(
-            &wanted.entity,
-            &wanted.revision,
-            wanted.initial_replicas,
-            &build_ctx,
-        ) else {
-            continue;
-        };
-        let current = existing.iter().find(|d| d.name_any() == objects.name);
-        match apply_child(
-            &ns,
-            &deployments,
-            &services,
-            &objects,
-            current,
-            wanted.initial_replicas,
-        )
-        .await
-        {
+        match apply_child(&ns, &deployments, &services, wanted).await {
             Ok(()) => {}
-            Err(kube::Error::Api(e)) => refused.push(format!("{}: {}", objects.name, e.message)),
+            Err(kube::Error::Api(e)) => refused.push(format!("{}: {}", wanted.child, e.message)),
             Err(e) => {
-                return Err(kube_err(format!("applying the children {}", objects.name))(
+                return Err(kube_err(format!("applying the children {}", wanted.child))(
                     e,
                 ));
             }
@@ -240,7 +213,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .unwrap_or_default();
     status.conditions.extend(conditions::merge(
         previous_conditions,
-        &[applied_condition(&refused)],
+        &[conditions::applied(&refused)],
         ep.metadata.generation,
         Timestamp::now(),
     ));
@@ -254,10 +227,11 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .iter()
         .any(|c| c.type_ == APPLIED && c.status == "False" && c.message == refused.join("; "));
     if !refused.is_empty() && !refused_before {
-        publish(&ctx.recorder, ep, true, APPLY_FAILED, &refused.join("; ")).await;
+        let event = PlanEvent::new(EventReason::ApplyFailed, refused.join("; "));
+        publish(&ctx.recorder, ep, &event).await;
     }
-    for (warning, reason, note) in &planned.events {
-        publish(&ctx.recorder, ep, *warning, reason, note).await;
+    for event in &planned.events {
+        publish(&ctx.recorder, ep, event).await;
     }
     // Only children this endpoint owns: a Deployment that merely carries its label (someone
     // else's, or a copy) is never pruned.
@@ -284,75 +258,40 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(kube_err(format!("pruning NetworkPolicy {child}"))(e)),
         }
-        publish(
-            &ctx.recorder,
-            ep,
-            false,
-            "Pruned",
-            &format!("removed {child}, which no config uses"),
-        )
-        .await;
+        let event = PlanEvent::new(
+            EventReason::Pruned,
+            format!("removed {child}, which no config uses"),
+        );
+        publish(&ctx.recorder, ep, &event).await;
     }
     Ok(if refused.is_empty() {
-        next_action(&status)
+        requeue::next_action(&status)
     } else {
         Action::requeue(Duration::from_secs(30))
     })
 }
 
-/// Condition type: every child the plan wants was accepted by the API server.
-pub const APPLIED: &str = "Applied";
-/// Reason (and Warning event reason) when the API server refused a child.
-pub const APPLY_FAILED: &str = "ApplyFailed";
-
-fn applied_condition(refused: &[String]) -> Desired {
-    if refused.is_empty() {
-        Desired {
-            type_: APPLIED,
-            status: Status::True,
-            reason: "Applied",
-            message: String::new(),
-        }
-    } else {
-        Desired {
-            type_: APPLIED,
-            status: Status::False,
-            reason: APPLY_FAILED,
-            message: refused.join("; "),
-        }
-    }
-}
-
-/// Applies one entity revision's Deployment and Service with server-side apply.
+/// Applies one entity revision's objects, as planned, with server-side apply; replicas go to
+/// the autoscaler's field manager as the plan says.
 async fn apply_child(
     namespace: &str,
     deployments: &Api<Deployment>,
     services: &Api<Service>,
-    objects: &EntityObjects,
-    current: Option<&Deployment>,
-    initial_replicas: i32,
+    wanted: &Wanted,
 ) -> Result<(), kube::Error> {
     let apply = PatchParams::apply(CHILD_MANAGER).force();
-    let mut deployment = serde_json::to_value(&objects.deployment).unwrap_or_default();
-    if let Some(current) = current {
-        // The autoscaler owns replicas once the Deployment exists: an apply that leaves out a
-        // field only its own manager holds would reset it to 1. (A Deployment made by an
-        // older operator may not have handed them over yet.)
-        if !replicas_owned_by_autoscaler(current) {
-            let replicas = current.spec.replicas.unwrap_or(1);
-            hand_replicas_to_autoscaler(deployments, &objects.name, replicas).await?;
-        }
-        if let Some(spec) = deployment.get_mut("spec").and_then(|s| s.as_object_mut()) {
-            spec.remove("replicas");
-        }
+    let objects = &wanted.objects;
+    if let Replicas::HandOver(replicas) = wanted.replicas {
+        hand_replicas_to_autoscaler(deployments, &objects.name, replicas).await?;
     }
+    let mut deployment = serde_json::to_value(&objects.deployment).unwrap_or_default();
     deployment["apiVersion"] = json!("apps/v1");
     deployment["kind"] = json!("Deployment");
     deployments
         .patch(&objects.name, &apply, &Patch::Apply(&deployment))
         .await?;
-    if current.is_none() {
-        hand_replicas_to_autoscaler(deployments, &objects.name, initial_replicas).await?;
+    if let Replicas::Create(replicas) = wanted.replicas {
+        hand_replicas_to_autoscaler(deployments, &objects.name, replicas).await?;
     }
     let mut service = serde_json::to_value(&objects.service).unwrap_or_default();
     service["apiVersion"] = json!("v1");
@@ -369,18 +308,6 @@ async fn apply_child(
             .await?;
     }
     Ok(())
-}
-
-/// Whether the autoscaler's field manager owns `spec.replicas` of `d`.
-fn replicas_owned_by_autoscaler(d: &Deployment) -> bool {
-    d.metadata.managed_fields.iter().flatten().any(|m| {
-        m.manager.as_deref() == Some(crate::autoscaler::FIELD_MANAGER)
-            && m.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:spec"))
-                .and_then(|spec| spec.get("f:replicas"))
-                .is_some()
-    })
 }
 
 /// Applies `replicas` as the autoscaler's field manager, so exactly one manager owns them from
@@ -404,80 +331,6 @@ async fn hand_replicas_to_autoscaler(
         )
         .await?;
     Ok(())
-}
-
-/// After a successful reconcile: a spec that cannot be resolved waits for the next change (of
-/// the endpoint or a ModelVersion, both watched) instead of polling; a rollout looks again
-/// soon in case a Deployment stalls without an event; a settled endpoint resyncs rarely.
-fn next_action(status: &ServingEndpointStatus) -> Action {
-    let unresolved = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Resolved" && c.status == "False");
-    if unresolved {
-        Action::await_change()
-    } else if status.pending_config.is_some() {
-        Action::requeue(Duration::from_secs(30))
-    } else {
-        Action::requeue(Duration::from_secs(300))
-    }
-}
-
-fn child_state(d: &Deployment) -> ChildState {
-    let status = d.status.clone().unwrap_or_default();
-    let failed = status.conditions.iter().flatten().find_map(|c| {
-        let stalled =
-            c.type_.as_deref() == Some("Progressing") && c.status.as_deref() == Some("False");
-        stalled.then(|| {
-            c.message
-                .clone()
-                .or_else(|| c.reason.clone())
-                .unwrap_or_default()
-        })
-    });
-    let annotations = d.metadata.annotations.as_ref();
-    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
-    let last_scale = annotation(crate::autoscaler::SCALE_REASON).map(|reason| LastScale {
-        reason,
-        message: annotation(crate::autoscaler::SCALE_MESSAGE).unwrap_or_default(),
-        at: annotation(crate::autoscaler::SCALED_AT)
-            .and_then(|t| t.parse().ok())
-            .map(Time),
-    });
-    ChildState {
-        desired: d.spec.replicas.unwrap_or(1),
-        current: status.replicas.unwrap_or(0),
-        ready: status.ready_replicas.unwrap_or(0),
-        last_scale,
-        failed,
-        problem: None,
-    }
-}
-
-/// The payload table of the endpoint: an explicit URI, or `<lakeRoot>/<catalog>/<schema>/<prefix>_payload`.
-pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<ResolvedCapture> {
-    let c = ep.spec.auto_capture.as_ref().filter(|c| c.enabled)?;
-    let prefix = c
-        .table_name_prefix
-        .clone()
-        .unwrap_or_else(|| ep.name_any().replace('-', "_"));
-    let table_uri = match &c.uri {
-        Some(uri) => uri.clone(),
-        None => format!(
-            "{}/{}/{}/{prefix}_payload",
-            config.lake_root.trim_end_matches('/'),
-            c.catalog_name.as_deref().unwrap_or("default"),
-            c.schema_name.as_deref().unwrap_or("default")
-        ),
-    };
-    Some(ResolvedCapture {
-        table_uri,
-        sampling_fraction: c.sampling_fraction.unwrap_or(1.0),
-        table_format: c.table_format,
-        secret_name: c.secret_ref.as_ref().map(|s| s.name.clone()),
-        store_options: c.store_options.clone(),
-        spool: claims::resolve_spool(&ep.name_any(), c.spool.as_ref()),
-    })
 }
 
 async fn write_status(
@@ -504,21 +357,15 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(
-    recorder: &Recorder,
-    ep: &ServingEndpoint,
-    warning: bool,
-    reason: &str,
-    note: &str,
-) {
+async fn publish(recorder: &Recorder, ep: &ServingEndpoint, event: &PlanEvent) {
     let event = Event {
-        type_: if warning {
+        type_: if event.reason.is_warning() {
             EventType::Warning
         } else {
             EventType::Normal
         },
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        reason: event.reason.as_str().into(),
+        note: Some(event.message.chars().take(1000).collect()),
         action: "Reconcile".into(),
         secondary: None,
     };

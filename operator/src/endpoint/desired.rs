@@ -28,22 +28,16 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture};
+use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture, ServingEndpoint};
 
-use super::resolve::{CAPTURE_PORT, EntitySource, ResolvedEntity, ResolvedRuntime};
-use crate::{
-    config::NetworkPolicyConfig,
-    pvc::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume},
+use kube::Resource;
+use sluice_contract::claim::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume};
+use sluice_contract::config::{NetworkPolicyConfig, OperatorConfig};
+pub use sluice_contract::labels::{
+    CAPTURE_PORT, FRONT_PORT_NAME, LABEL_ENDPOINT, LABEL_ENTITY, LABEL_REVISION, MANAGED_BY,
+    child_name,
 };
-
-/// `app.kubernetes.io/managed-by` value on every child.
-pub const MANAGED_BY: &str = "sluice";
-/// Label naming the endpoint a child belongs to.
-pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
-/// Label naming the served entity.
-pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
-/// Label naming the entity revision.
-pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
+use sluice_contract::resolve::{EntitySource, ResolvedEntity, ResolvedRuntime};
 /// Where the fetch step puts the model and the model server reads it.
 pub const MODEL_DIR: &str = "/models";
 
@@ -64,6 +58,28 @@ pub struct BuildContext<'a> {
     pub progress_deadline_seconds: i32,
     /// Who may reach entity pods (a NetworkPolicy per revision when enabled).
     pub network_policy: Option<&'a NetworkPolicyConfig>,
+}
+
+impl<'a> BuildContext<'a> {
+    /// The context the operator renders the children of `ep` in: owned by `ep`, with the
+    /// images, progress deadline and network policy of `config`. `None` when `ep` lacks a
+    /// name, namespace or uid (not yet created).
+    pub fn of(
+        ep: &'a ServingEndpoint,
+        config: &'a OperatorConfig,
+        capture: Option<&'a ResolvedCapture>,
+    ) -> Option<Self> {
+        Some(Self {
+            endpoint: ep.metadata.name.as_deref()?,
+            namespace: ep.metadata.namespace.as_deref()?,
+            owner: ep.controller_owner_ref(&())?,
+            data_plane_image: &config.images.inference_server,
+            capture,
+            progress_deadline_seconds: i32::try_from(config.progress_deadline_seconds)
+                .unwrap_or(i32::MAX),
+            network_policy: Some(&config.network_policy),
+        })
+    }
 }
 
 /// The objects of one entity revision.
@@ -209,9 +225,9 @@ pub fn build(
         spec: Some(ServiceSpec {
             selector: Some(labels),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+                name: Some(FRONT_PORT_NAME.into()),
                 port: CAPTURE_PORT,
-                target_port: Some(IntOrString::String("http".into())),
+                target_port: Some(IntOrString::String(FRONT_PORT_NAME.into())),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -269,7 +285,7 @@ fn network_policy(
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(from),
                 ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::String("http".into())),
+                    port: Some(IntOrString::String(FRONT_PORT_NAME.into())),
                     protocol: Some("TCP".into()),
                     ..Default::default()
                 }]),
@@ -285,11 +301,6 @@ pub fn empty_dir(name: &str) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     }
-}
-
-/// The name of an entity revision's Deployment and Service: `<endpoint>-<entity>-<revision>`.
-pub fn child_name(endpoint: &str, entity: &str, revision: &str) -> String {
-    format!("{endpoint}-{entity}-{revision}")
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -723,7 +734,7 @@ fn drain_pause() -> Lifecycle {
 
 fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -> Container {
     // Without capture the model container is the pod's front door and owns the `http` port.
-    let port_name = if front { "http" } else { "model" };
+    let port_name = if front { FRONT_PORT_NAME } else { "model" };
     let ours = rt.engine == Engine::Builtin;
     Container {
         name: "model".into(),
@@ -822,17 +833,17 @@ fn capture_container(
             }]
         }),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(FRONT_PORT_NAME.into()),
             container_port: CAPTURE_PORT,
             ..Default::default()
         }]),
         // Ready only while the model behind it is ready.
-        readiness_probe: Some(http_probe("/health", "http", 1)),
+        readiness_probe: Some(http_probe("/health", FRONT_PORT_NAME, 1)),
         // The pod's front door: it keeps proxying as long as the model keeps answering.
         lifecycle: Some(drain_pause()),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(5),
-            ..http_probe("/ping", "http", 10)
+            ..http_probe("/ping", FRONT_PORT_NAME, 10)
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: "spool".into(),
@@ -850,14 +861,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{
-        config::OperatorConfig,
-        endpoint::resolve::{resolve, revision},
-    };
+    use sluice_contract::config::OperatorConfig;
+    use sluice_contract::fixtures;
+    use sluice_contract::resolve::resolve;
 
     fn entity(spec: &str) -> ResolvedEntity {
-        let ep = crate::fixtures::endpoint("fraud", &format!("  servedEntities:\n  - {spec}"));
-        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        let ep = fixtures::endpoint("fraud", &format!("  servedEntities:\n  - {spec}"));
+        let mut mv = fixtures::checked_version("fraud", 3, &[], true);
         mv.spec.source.secret_ref = Some(sluice_crds::common::SecretRef {
             name: "store".into(),
         });
@@ -942,13 +952,7 @@ mod tests {
         let e = entity(
             "{name: fraud-3, model: fraud, version: 3, workloadType: GPU_MEDIUM, runtime: {engine: vllm, args: [--dtype, half]}, environmentVars: {HF_TOKEN: '{{secrets/hf/token}}', MODE: fast}}",
         );
-        let o = build(
-            &e,
-            &revision(&e, Some("s3://lake/t")),
-            2,
-            &ctx(Some(("s3://lake/t", 0.5))),
-        )
-        .expect("objects");
+        let o = build(&e, "1a2b3", 2, &ctx(Some(("s3://lake/t", 0.5)))).expect("objects");
         let p = pod(&o);
         let names: Vec<_> = p.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["model", "capture"]);
@@ -1099,11 +1103,11 @@ mod tests {
 
     #[test]
     fn a_pvc_source_is_mounted_read_only_into_the_fetch_step_only() {
-        let ep = crate::fixtures::endpoint(
+        let ep = fixtures::endpoint(
             "fraud",
             "  servedEntities:\n  - {name: fraud-3, model: fraud, version: 3}",
         );
-        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        let mut mv = fixtures::checked_version("fraud", 3, &[], true);
         mv.spec.source.uri = "pvc://models/fraud/3".into();
         let e = resolve(&ep, &[mv], &BTreeMap::new(), &OperatorConfig::default())
             .expect("resolves")
@@ -1155,11 +1159,11 @@ mod tests {
 
     #[test]
     fn the_declared_format_task_signature_and_digest_reach_the_pod() {
-        let ep = crate::fixtures::endpoint(
+        let ep = fixtures::endpoint(
             "fraud",
             "  servedEntities:\n  - {name: a, model: fraud, version: 3}",
         );
-        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        let mut mv = fixtures::checked_version("fraud", 3, &[], true);
         mv.spec.task = Some(sluice_crds::ModelTask::Predict);
         mv.spec.signature = Some(sluice_crds::model_version::ModelSignature {
             inputs: vec![sluice_crds::model_version::SignatureField {

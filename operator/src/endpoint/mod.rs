@@ -1,9 +1,12 @@
-//! The ServingEndpoint controller pipeline: resolve → validate → build desired objects (pure),
-//! then apply → prune → status (side effects).
+//! The ServingEndpoint controller pipeline: resolve (in `sluice-contract`) → plan, which renders
+//! the final children ([`desired`]) and the status (pure), then apply → status → prune → events
+//! ([`controller`], side effects).
 
+pub mod children;
 pub mod claims;
 pub mod controller;
 pub mod desired;
+pub mod events;
 pub mod plan;
 pub mod pods;
-pub mod resolve;
+pub mod requeue;

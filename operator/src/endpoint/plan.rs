@@ -1,6 +1,12 @@
 //! Plan: the pure blue/green step. From the resolved spec, the current status and what the
-//! cluster shows of each child Deployment, decide the active and pending configs, which entity
-//! revisions must exist, and the new status.
+//! cluster shows of each child Deployment, decide the active and pending configs, the final
+//! objects of every entity revision that must exist (replicas included: who owns them is
+//! decided here), the new status and the events worth publishing. The shell applies what it
+//! gets and decides nothing.
+//!
+//! An entity's revision is the hash of its rendered pod template, so a change that shapes no
+//! pod (traffic, autoscaling bounds, hold limits) renders the same children and is promoted at
+//! once, with the new values published for the gateway and the autoscaler.
 //!
 //! Rules (upstream semantics): a spec change becomes a pending config with the next
 //! `configVersion`; the active config keeps serving until every pending entity is ready, then the
@@ -14,6 +20,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
+use sluice_contract::labels::revision_of;
+use sluice_contract::published;
+use sluice_contract::resolve::{EntitySource, ResolveProblem, ResolvedEntity};
 use sluice_crds::{
     ConfigUpdateState, DeploymentState, EndpointConfigStatus, EndpointState, ReadyState,
     ReplicaStatus, ResolvedCapture, ResolvedRoute, ServedEntityState, ServedEntityStatus,
@@ -21,11 +30,14 @@ use sluice_crds::{
 };
 
 use super::{
-    desired::child_name,
+    desired::{BuildContext, EntityObjects, build},
+    events::{EventReason, PlanEvent},
     pods::PodProblem,
-    resolve::{EntitySource, ResolveProblem, ResolvedEntity, revision},
 };
-use crate::conditions::{self, Desired, Status};
+use crate::conditions::{
+    self, ALIAS_CONFLICT, Desired, FIELD_NOT_SUPPORTED, READY, RESOLVED, SUPPORTED, Status,
+    UPDATING,
+};
 
 /// What the cluster shows of one child Deployment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,6 +54,9 @@ pub struct ChildState {
     pub failed: Option<String>,
     /// Why its first failing pod fails, if one does.
     pub problem: Option<PodProblem>,
+    /// Whether the autoscaler's field manager owns `spec.replicas` (a Deployment made by an
+    /// older operator may not have handed them over yet).
+    pub autoscaler_owns_replicas: bool,
 }
 
 /// The autoscaler's last change of an entity's replicas.
@@ -55,17 +70,32 @@ pub struct LastScale {
     pub at: Option<Time>,
 }
 
-/// One entity revision that must exist, with the replicas a new Deployment starts with.
+/// Who sets an entity Deployment's `spec.replicas`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// A new Deployment: created with this many replicas, then handed to the autoscaler.
+    Create(i32),
+    /// The autoscaler owns them: the apply leaves them out (an apply that left out a field its
+    /// own manager held would reset it).
+    Autoscaler,
+    /// An existing Deployment whose replicas no manager handed over yet: handed to the
+    /// autoscaler at this count before the apply, which leaves them out.
+    HandOver(i32),
+}
+
+/// One entity revision that must exist, rendered.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Wanted {
-    /// The entity.
-    pub entity: ResolvedEntity,
-    /// Its revision hash.
+    /// Entity name.
+    pub entity: String,
+    /// Its revision: the hash of its rendered pod template.
     pub revision: String,
-    /// Child object name.
+    /// Child object name, `<endpoint>-<entity>-<revision>`.
     pub child: String,
-    /// Replicas when the Deployment is created (the autoscaler owns them afterwards).
-    pub initial_replicas: i32,
+    /// The objects to apply, final: the Deployment carries `replicas` only for [`Replicas::Create`].
+    pub objects: EntityObjects,
+    /// Who sets the Deployment's replicas.
+    pub replicas: Replicas,
 }
 
 /// The outcome of planning.
@@ -79,24 +109,33 @@ pub struct Plan {
     /// Every child the active and pending configs use; all other children are pruned. Children
     /// of an older spec that still serves are kept as they are.
     pub keep: BTreeSet<String>,
-    /// Decisions worth an event: (warning?, reason, message).
-    pub events: Vec<(bool, String, String)>,
+    /// Decisions worth an event.
+    pub events: Vec<PlanEvent>,
 }
 
-/// Plans one reconcile of `ep`.
+/// An entity rendered: its revision and objects (none for entities without pods).
+struct Rendered {
+    entity: ResolvedEntity,
+    pods: Option<(String, EntityObjects)>,
+    /// Replicas a new Deployment starts with.
+    initial_replicas: i32,
+}
+
+/// Plans one reconcile of `ep`; `ctx` renders its children (and carries its resolved capture
+/// settings).
 pub fn plan(
     ep: &ServingEndpoint,
     resolved: Result<Vec<ResolvedEntity>, Vec<ResolveProblem>>,
-    capture: Option<ResolvedCapture>,
+    ctx: &BuildContext<'_>,
     children: &BTreeMap<String, ChildState>,
     now: Timestamp,
 ) -> Plan {
-    let name = ep.metadata.name.clone().unwrap_or_default();
+    let capture = ctx.capture.cloned();
     let previous = ep.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let mut active = previous.config.clone();
     let mut pending = previous.pending_config.clone();
-    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, Rendered> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut conflicts = Vec::new();
 
@@ -107,11 +146,7 @@ pub fn plan(
                 .iter()
                 .filter_map(|e| e.alias_conflict.clone())
                 .collect();
-            let capture_key = capture.as_ref().map(capture_revision_key);
-            let wants: Vec<Wanted> = entities
-                .into_iter()
-                .map(|e| want(&name, e, capture_key.as_deref()))
-                .collect();
+            let wants: Vec<Rendered> = entities.into_iter().map(|e| render(e, ctx)).collect();
             let next_version = active
                 .iter()
                 .chain(pending.iter())
@@ -122,16 +157,14 @@ pub fn plan(
             let mut desired = config_of(ep, &wants, capture, next_version);
             if active.as_ref().is_some_and(|a| same_config(a, &desired)) {
                 if pending.take().is_some() {
-                    events.push((
-                        false,
-                        "UpdateReverted".into(),
-                        "spec matches the active config again; pending config dropped".into(),
+                    events.push(PlanEvent::new(
+                        EventReason::UpdateReverted,
+                        "spec matches the active config again; pending config dropped",
                     ));
                 }
             } else if active.as_ref().is_some_and(|a| same_pods(a, &desired)) {
-                events.push((
-                    false,
-                    "Promoted".into(),
+                events.push(PlanEvent::new(
+                    EventReason::Promoted,
                     format!("config {next_version} needs no new pods; promoted at once"),
                 ));
                 active = Some(desired);
@@ -141,9 +174,8 @@ pub fn plan(
                     Some(p) if same_config(p, &desired) => {}
                     _ => {
                         desired.start_time = Some(Time(now));
-                        events.push((
-                            false,
-                            "UpdateStarted".into(),
+                        events.push(PlanEvent::new(
+                            EventReason::UpdateStarted,
                             format!("rolling out config {next_version}"),
                         ));
                         pending = Some(desired);
@@ -151,15 +183,18 @@ pub fn plan(
                 }
             }
             for mut w in wants {
+                let Some((_, objects)) = &w.pods else {
+                    continue;
+                };
                 // A new revision of a serving entity starts with the replicas the old one
                 // has, so a cutover never drops capacity.
-                if !children.contains_key(&w.child)
+                if !children.contains_key(&objects.name)
                     && let Some(serving) =
                         serving_replicas(active.as_ref(), &w.entity.name, children)
                 {
                     w.initial_replicas = w.initial_replicas.max(serving);
                 }
-                wanted.insert(w.child.clone(), w);
+                wanted.insert(objects.name.clone(), w);
             }
         }
     }
@@ -191,9 +226,8 @@ pub fn plan(
                 .iter()
                 .all(|e| state_of(e) == DeploymentState::DEPLOYMENT_READY) =>
         {
-            events.push((
-                false,
-                "Promoted".into(),
+            events.push(PlanEvent::new(
+                EventReason::Promoted,
                 format!("config {} is ready and now serves", p.config_version),
             ));
             active = pending.take();
@@ -215,7 +249,7 @@ pub fn plan(
         } else {
             problems.join("; ")
         };
-        events.push((true, "UpdateFailed".into(), why));
+        events.push(PlanEvent::new(EventReason::UpdateFailed, why));
     }
     // Children of the configs that remain; taken after a possible promotion.
     let keep: BTreeSet<String> = active
@@ -228,6 +262,10 @@ pub fn plan(
         })
         .collect();
     wanted.retain(|child, _| keep.contains(child));
+    let apply = wanted
+        .into_values()
+        .filter_map(|w| finish(w, children))
+        .collect();
     let unsupported = unsupported_fields(ep);
     let entities_ready = active.as_ref().is_some_and(|a| {
         a.served_entities
@@ -248,9 +286,8 @@ pub fn plan(
         .iter()
         .any(|c| c.type_ == SUPPORTED && c.status == "False");
     if !unsupported.is_empty() && !was_unsupported {
-        events.push((
-            true,
-            FIELD_NOT_SUPPORTED.into(),
+        events.push(PlanEvent::new(
+            EventReason::FieldNotSupported,
             unsupported_message(&unsupported),
         ));
     }
@@ -259,7 +296,10 @@ pub fn plan(
         .iter()
         .any(|c| c.type_ == ALIAS_CONFLICT && c.status == "True");
     if !conflicts.is_empty() && !had_conflict {
-        events.push((true, "AliasConflict".into(), conflicts.join("; ")));
+        events.push(PlanEvent::new(
+            EventReason::AliasConflict,
+            conflicts.join("; "),
+        ));
     }
     let previous_conditions: &[Condition] = &previous.conditions;
     let status = ServingEndpointStatus {
@@ -273,49 +313,61 @@ pub fn plan(
             config_update: update,
         }),
         traffic_summary: active.as_ref().map(summary),
-        url: Some(format!("/serving-endpoints/{name}/invocations")),
+        url: Some(format!("/serving-endpoints/{}/invocations", ctx.endpoint)),
         config: active,
         pending_config: pending,
         conditions: conditions::merge(previous_conditions, &conds, ep.metadata.generation, now),
     };
     Plan {
         status,
-        apply: wanted.into_values().collect(),
+        apply,
         keep,
         events,
     }
 }
 
-/// What of the capture settings shapes a pod's revision: the table and, when set, its format,
-/// Secret and store options, and the persistent spool (so an endpoint that sets none keeps the
-/// revisions it had).
-fn capture_revision_key(c: &ResolvedCapture) -> String {
-    let mut key = c.table_uri.clone();
-    if c.table_format.is_some() || c.secret_name.is_some() || !c.store_options.is_empty() {
-        let extras = (&c.table_format, &c.secret_name, &c.store_options);
-        key.push_str(&serde_json::to_string(&extras).unwrap_or_default());
+/// Renders `entity`: its pod template first, whose hash is the revision, then its objects at
+/// that revision.
+fn render(entity: ResolvedEntity, ctx: &BuildContext<'_>) -> Rendered {
+    let per = entity.per_replica_concurrency.max(1);
+    let initial_replicas = i32::try_from(entity.min_concurrency.div_ceil(per).max(1)).unwrap_or(1);
+    let pods = build(&entity, "", initial_replicas, ctx).and_then(|unnamed| {
+        let template = serde_json::to_vec(&unnamed.deployment.spec.template).ok()?;
+        let revision = revision_of(&template);
+        let objects = build(&entity, &revision, initial_replicas, ctx)?;
+        Some((revision, objects))
+    });
+    Rendered {
+        entity,
+        pods,
+        initial_replicas,
     }
-    if let Some(spool) = &c.spool {
-        key.push_str(&serde_json::to_string(spool).unwrap_or_default());
-    }
-    key
 }
 
-fn want(endpoint: &str, entity: ResolvedEntity, capture: Option<&str>) -> Wanted {
-    let rev = revision(&entity, capture);
-    let per = entity.per_replica_concurrency.max(1);
-    let initial = entity.min_concurrency.div_ceil(per).max(1);
-    Wanted {
-        child: child_name(endpoint, &entity.name, &rev),
-        revision: rev,
-        initial_replicas: i32::try_from(initial).unwrap_or(1),
-        entity,
-    }
+/// Decides who sets the replicas of a rendered revision and finishes its objects.
+fn finish(r: Rendered, children: &BTreeMap<String, ChildState>) -> Option<Wanted> {
+    let (revision, mut objects) = r.pods?;
+    let replicas = match children.get(&objects.name) {
+        None => Replicas::Create(r.initial_replicas),
+        Some(c) if c.autoscaler_owns_replicas => Replicas::Autoscaler,
+        Some(c) => Replicas::HandOver(c.desired),
+    };
+    objects.deployment.spec.replicas = match replicas {
+        Replicas::Create(n) => Some(n),
+        Replicas::Autoscaler | Replicas::HandOver(_) => None,
+    };
+    Some(Wanted {
+        entity: r.entity.name,
+        revision,
+        child: objects.name.clone(),
+        objects,
+        replicas,
+    })
 }
 
 fn config_of(
     ep: &ServingEndpoint,
-    wants: &[Wanted],
+    wants: &[Rendered],
     capture: Option<ResolvedCapture>,
     version: i64,
 ) -> EndpointConfigStatus {
@@ -350,7 +402,7 @@ fn config_of(
     }
 }
 
-fn entity_status(w: &Wanted) -> ServedEntityStatus {
+fn entity_status(w: &Rendered) -> ServedEntityStatus {
     let e = &w.entity;
     let (model, version, alias, artifact_uri, external_provider) = match &e.source {
         EntitySource::Registered {
@@ -368,7 +420,7 @@ fn entity_status(w: &Wanted) -> ServedEntityStatus {
         ),
         EntitySource::External(x) => (None, None, None, None, Some(x.provider)),
     };
-    let pods = e.runtime.is_some();
+    let pods = w.pods.as_ref();
     ServedEntityStatus {
         name: e.name.clone(),
         model,
@@ -377,20 +429,36 @@ fn entity_status(w: &Wanted) -> ServedEntityStatus {
         artifact_uri,
         external_provider,
         workload_size: e.workload_size,
-        workload_type: pods.then_some(e.workload_type),
+        workload_type: pods.map(|_| e.workload_type),
         engine: e.runtime.as_ref().map(|r| r.engine),
         scale_to_zero_enabled: e.scale_to_zero,
         min_provisioned_concurrency: i32::try_from(e.min_concurrency).unwrap_or(i32::MAX),
         max_provisioned_concurrency: i32::try_from(e.max_concurrency).unwrap_or(i32::MAX),
-        deployment_name: pods.then(|| w.child.clone()),
+        revision: pods.map(|(revision, _)| revision.clone()),
+        deployment_name: pods.map(|(_, objects)| objects.name.clone()),
+        autoscaling: Some(published::autoscaling(e)),
         state: None,
         replicas: None,
     }
 }
 
-/// Pod-independent fields compared: entity names and revisions, routes, shadows, capture.
+/// Whether two configs are the same: the same pods, routes and shadows, and every entity
+/// resolved the same (observed state aside).
 fn same_config(a: &EndpointConfigStatus, b: &EndpointConfigStatus) -> bool {
-    same_pods(a, b) && a.routes == b.routes && a.shadow_routes == b.shadow_routes
+    let resolved = |c: &EndpointConfigStatus| -> Vec<ServedEntityStatus> {
+        c.served_entities
+            .iter()
+            .map(|e| ServedEntityStatus {
+                state: None,
+                replicas: None,
+                ..e.clone()
+            })
+            .collect()
+    };
+    same_pods(a, b)
+        && a.routes == b.routes
+        && a.shadow_routes == b.shadow_routes
+        && resolved(a) == resolved(b)
 }
 
 fn same_pods(a: &EndpointConfigStatus, b: &EndpointConfigStatus) -> bool {
@@ -516,9 +584,6 @@ fn summary(c: &EndpointConfigStatus) -> String {
         .join(",")
 }
 
-/// Condition type saying an entity keeps an older version because its alias is in conflict.
-pub const ALIAS_CONFLICT: &str = "AliasConflict";
-
 fn alias_condition(conflicts: &[String]) -> Desired {
     if conflicts.is_empty() {
         Desired {
@@ -536,11 +601,6 @@ fn alias_condition(conflicts: &[String]) -> Desired {
         }
     }
 }
-
-/// Condition type saying whether the spec uses only what this version acts on.
-pub const SUPPORTED: &str = "Supported";
-/// Reason (and Warning event reason) for a spec field this version does not act on.
-pub const FIELD_NOT_SUPPORTED: &str = "FieldNotSupported";
 
 /// Fields the API accepts that this version does not act on yet: an endpoint that sets one is
 /// never READY, so nobody mistakes an ignored policy for an enforced one.
@@ -596,7 +656,7 @@ fn supported_condition(fields: &[String]) -> Desired {
 fn failure_events<'a>(
     previous: &ServingEndpointStatus,
     configs: impl Iterator<Item = &'a EndpointConfigStatus>,
-) -> Vec<(bool, String, String)> {
+) -> Vec<PlanEvent> {
     let reason_of = |e: &ServedEntityStatus| e.state.as_ref().and_then(|s| s.reason.clone());
     let before: BTreeMap<(String, Option<String>), Option<String>> = previous
         .config
@@ -620,7 +680,10 @@ fn failure_events<'a>(
             .as_ref()
             .and_then(|s| s.deployment_state_message.clone())
             .unwrap_or_default();
-        events.push((true, reason, format!("entity {}: {message}", e.name)));
+        events.push(PlanEvent::new(
+            EventReason::EntityFailing(reason),
+            format!("entity {}: {message}", e.name),
+        ));
     }
     events
 }
@@ -650,7 +713,7 @@ fn readiness(
     unsupported: &[String],
 ) -> Desired {
     let not_ready_with = |reason, message| Desired {
-        type_: "Ready",
+        type_: READY,
         status: Status::False,
         reason,
         message,
@@ -663,7 +726,7 @@ fn readiness(
             let waiting = not_ready(a);
             if waiting.is_empty() {
                 Desired {
-                    type_: "Ready",
+                    type_: READY,
                     status: Status::True,
                     reason: "AllEntitiesReady",
                     message: "every entity of the active config is ready".into(),
@@ -698,14 +761,14 @@ fn condition_set(
 ) -> Vec<Desired> {
     let resolved_c = if problems.is_empty() {
         Desired {
-            type_: "Resolved",
+            type_: RESOLVED,
             status: Status::True,
             reason: "Resolved",
             message: String::new(),
         }
     } else {
         Desired {
-            type_: "Resolved",
+            type_: RESOLVED,
             status: Status::False,
             reason: "ResolveFailed",
             message: problems.join("; "),
@@ -713,7 +776,7 @@ fn condition_set(
     };
     let updating_c = match update {
         ConfigUpdateState::IN_PROGRESS => Desired {
-            type_: "Updating",
+            type_: UPDATING,
             status: Status::True,
             reason: "RollingOut",
             message: match pending.as_ref() {
@@ -733,7 +796,7 @@ fn condition_set(
             },
         },
         ConfigUpdateState::UPDATE_FAILED => Desired {
-            type_: "Updating",
+            type_: UPDATING,
             status: Status::False,
             reason: "UpdateFailed",
             message: match pending.as_ref().map(not_ready).filter(|w| !w.is_empty()) {
@@ -742,7 +805,7 @@ fn condition_set(
             },
         },
         _ => Desired {
-            type_: "Updating",
+            type_: UPDATING,
             status: Status::False,
             reason: "UpToDate",
             message: String::new(),
@@ -756,14 +819,14 @@ mod tests {
     use sluice_crds::ModelVersion;
 
     use super::*;
-    use crate::{config::OperatorConfig, endpoint::resolve::resolve};
+    use sluice_contract::{config::OperatorConfig, resolve::resolve};
 
     fn mv(v: i64) -> ModelVersion {
-        crate::fixtures::checked_version("m", v, &[], true)
+        sluice_contract::fixtures::checked_version("m", v, &[], true)
     }
 
     fn endpoint(entities: &str, status: Option<ServingEndpointStatus>) -> ServingEndpoint {
-        let mut ep = crate::fixtures::endpoint("ep", entities);
+        let mut ep = sluice_contract::fixtures::endpoint("ep", entities);
         ep.status = status;
         ep
     }
@@ -775,7 +838,19 @@ mod tests {
             &BTreeMap::new(),
             &OperatorConfig::default(),
         );
-        plan(ep, resolved, None, children, Timestamp::UNIX_EPOCH)
+        plan(ep, resolved, &ctx(), children, Timestamp::UNIX_EPOCH)
+    }
+
+    fn ctx() -> BuildContext<'static> {
+        BuildContext {
+            endpoint: "ep",
+            namespace: "ns",
+            owner: Default::default(),
+            data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
+            capture: None,
+            progress_deadline_seconds: 600,
+            network_policy: None,
+        }
     }
 
     fn ready_children(p: &Plan) -> BTreeMap<String, ChildState> {
@@ -837,7 +912,12 @@ mod tests {
         );
         assert!(second.status.pending_config.is_none());
         assert_eq!(second.status.traffic_summary.as_deref(), Some("a:100"));
-        assert!(second.events.iter().any(|e| e.1 == "Promoted"));
+        assert!(
+            second
+                .events
+                .iter()
+                .any(|e| e.reason.as_str() == "Promoted")
+        );
         // Recomputing from the same inputs changes nothing: no status write.
         let again = run(
             &endpoint(ONE, Some(second.status.clone())),
@@ -928,7 +1008,12 @@ mod tests {
             state(&failed),
             (ReadyState::READY, ConfigUpdateState::UPDATE_FAILED)
         );
-        assert!(failed.events.iter().any(|e| e.0 && e.1 == "UpdateFailed"));
+        assert!(
+            failed
+                .events
+                .iter()
+                .any(|e| e.reason.is_warning() && e.reason.as_str() == "UpdateFailed")
+        );
 
         let mut healthy = children.clone();
         healthy.insert(
@@ -1048,9 +1133,13 @@ mod tests {
             message.contains("entity a: 0 of 1 replicas ready; ImagePullBackOff"),
             "{message}"
         );
-        let warnings: Vec<_> = pulling.events.iter().filter(|e| e.0).collect();
+        let warnings: Vec<_> = pulling
+            .events
+            .iter()
+            .filter(|e| e.reason.is_warning())
+            .collect();
         assert_eq!(warnings.len(), 1, "{:?}", pulling.events);
-        assert_eq!(warnings[0].1, "ImagePullBackOff");
+        assert_eq!(warnings[0].reason.as_str(), "ImagePullBackOff");
 
         let again = run(
             &endpoint(ONE, Some(pulling.status.clone())),
@@ -1060,7 +1149,7 @@ mod tests {
             ),
         );
         assert!(
-            again.events.iter().all(|e| !e.0),
+            again.events.iter().all(|e| !e.reason.is_warning()),
             "same reason, no new warning"
         );
         let crashing = run(
@@ -1074,7 +1163,7 @@ mod tests {
             crashing
                 .events
                 .iter()
-                .any(|e| e.0 && e.1 == "CrashLoopBackOff")
+                .any(|e| e.reason.is_warning() && e.reason.as_str() == "CrashLoopBackOff")
         );
     }
 
@@ -1098,7 +1187,7 @@ mod tests {
         let warned = |p: &Plan| {
             p.events
                 .iter()
-                .filter(|e| e.0 && e.1 == FIELD_NOT_SUPPORTED)
+                .filter(|e| e.reason.is_warning() && e.reason.as_str() == FIELD_NOT_SUPPORTED)
                 .count()
         };
         assert_eq!(warned(&first), 1);
@@ -1149,9 +1238,11 @@ mod tests {
             .find(|w| w.child != old_child)
             .expect("new revision");
         assert_eq!(
-            new.initial_replicas, 4,
+            new.replicas,
+            Replicas::Create(4),
             "starts with the old revision's replicas"
         );
+        assert_eq!(new.objects.deployment.spec.replicas, Some(4));
         let partly = |ready: i32| {
             let mut c = children.clone();
             c.insert(
@@ -1178,5 +1269,70 @@ mod tests {
         let all_ready = run(&endpoint(v2, Some(rolling.status)), &partly(4));
         assert_eq!(state(&all_ready).1, ConfigUpdateState::NOT_UPDATING);
         assert!(!all_ready.keep.contains(&old_child));
+    }
+
+    #[test]
+    fn an_autoscaling_only_change_rolls_no_pods_and_is_published_at_once() {
+        let (live, children) = serving(ONE);
+        let entity =
+            |p: &Plan| p.status.config.as_ref().expect("config").served_entities[0].clone();
+        let before = entity(&live);
+        assert_eq!(
+            before.autoscaling.as_ref().map(|a| a.hold_timeout_seconds),
+            Some(120),
+            "the operator config's default is published"
+        );
+        let knobs = "  servedEntities:\n  - {name: a, model: m, version: 1, maxProvisionedConcurrency: 32, autoscaling: {holdTimeoutSeconds: 7, idleTimeoutSeconds: 60, maxHeldRequests: 3}}\n";
+        let tuned = run(&endpoint(knobs, Some(live.status.clone())), &children);
+        assert_eq!(
+            state(&tuned),
+            (ReadyState::READY, ConfigUpdateState::NOT_UPDATING)
+        );
+        assert_eq!(tuned.keep, live.keep, "the same children: no pod rolls");
+        let after = entity(&tuned);
+        assert_eq!(after.deployment_name, before.deployment_name);
+        assert_eq!(after.revision, before.revision);
+        assert_eq!(
+            before.deployment_name,
+            before.revision.as_ref().map(|r| format!("ep-a-{r}"))
+        );
+        let published = after.autoscaling.expect("published");
+        assert_eq!(
+            (
+                published.hold_timeout_seconds,
+                published.idle_timeout_seconds,
+                published.max_held_requests,
+                published.max_replicas
+            ),
+            (7, 60, 3, 8)
+        );
+        assert_eq!(
+            tuned.status.config.as_ref().map(|c| c.config_version),
+            Some(2),
+            "a new config, promoted at once"
+        );
+        assert!(
+            tuned
+                .events
+                .iter()
+                .any(|e| e.reason == EventReason::Promoted)
+        );
+        // Existing children keep their replicas with the autoscaler.
+        assert!(
+            tuned
+                .apply
+                .iter()
+                .all(|w| w.objects.deployment.spec.replicas.is_none())
+        );
+    }
+
+    #[test]
+    fn a_pod_shaping_change_makes_a_new_revision() {
+        let (live, children) = serving(ONE);
+        let gpu =
+            "  servedEntities:\n  - {name: a, model: m, version: 1, workloadType: GPU_SMALL}\n";
+        let rolling = run(&endpoint(gpu, Some(live.status.clone())), &children);
+        assert_eq!(state(&rolling).1, ConfigUpdateState::IN_PROGRESS);
+        assert_eq!(rolling.keep.len(), 2, "a new revision beside the old");
     }
 }

@@ -7,15 +7,10 @@ use kube::ResourceExt;
 use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
 
 use super::source_check::{SOURCE_REACHABLE, Verdict};
-use crate::{
-    conditions::{self, Desired, Status},
-    pvc::ClaimUri,
-};
+use sluice_contract::claim::ClaimUri;
 
-/// Condition type: the version was checked and may be served.
-pub const READY: &str = "Ready";
-/// Condition type: another version of the same model claims one of this version's aliases.
-pub const ALIAS_CONFLICT: &str = "AliasConflict";
+use crate::conditions::{self, Desired, Status};
+pub use crate::conditions::{ALIAS_CONFLICT, READY};
 
 /// The status `mv` should have. `siblings` may include `mv` itself; only versions of the same
 /// model in the same namespace are considered.

@@ -228,7 +228,7 @@ mod tests {
     use super::*;
 
     fn mv(uri: &str) -> ModelVersion {
-        let mut mv = crate::fixtures::checked_version("fraud", 3, &[], true);
+        let mut mv = sluice_contract::fixtures::checked_version("fraud", 3, &[], true);
         mv.spec.source.uri = uri.into();
         mv.metadata.uid = Some("u1".into());
         mv

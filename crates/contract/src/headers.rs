@@ -1,0 +1,83 @@
+//! Header names the gateway, the capture sidecar and the model server agree on, and the one
+//! filter of connection-level (hop-by-hop) headers both proxies apply.
+
+use http::{HeaderMap, HeaderName, header};
+
+/// The request id: read from the client or assigned by the first proxy, passed on to the pod,
+/// recorded in the inference table and always answered.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The entity that answered, on every gateway answer.
+pub const SERVED_MODEL_NAME: &str = "served-model-name";
+/// The `configVersion` of the endpoint config that routed the request.
+pub const CONFIG_VERSION: &str = "x-sluice-config-version";
+/// The gateway's mark on mirrored (shadow) requests, recorded in `request_metadata`.
+pub const SHADOW: &str = "x-sluice-shadow";
+/// The caller's identity as the gateway sets it.
+pub const REQUESTER: &str = "x-sluice-requester";
+/// Headers that carry the client's own request id, first match wins (a JSON body's
+/// `client_request_id` is used when none is present).
+pub const CLIENT_REQUEST_ID: &[&str] = &["x-client-request-id", "client-request-id"];
+/// Headers that carry the caller's identity, first match wins: the gateway's own, then what
+/// common auth proxies set.
+pub const REQUESTER_CANDIDATES: &[&str] = &[
+    REQUESTER,
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-auth-request-user",
+];
+
+/// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1), besides those the
+/// `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers of `headers`: the fixed set, `Keep-Alive`, and every header
+/// the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-private", "1"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer t"),
+            (REQUEST_ID, "abc"),
+        ] {
+            headers.insert(HeaderName::from_static(name), value.parse().expect("value"));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type", REQUEST_ID]);
+    }
+}

@@ -1,0 +1,36 @@
+//! Labels, names and ports of the objects the operator renders for an entity, which the gateway
+//! and the operator's own watches select by.
+
+/// `app.kubernetes.io/managed-by` value on every child.
+pub const MANAGED_BY: &str = "sluice";
+/// The `app.kubernetes.io/managed-by` label selector of every child.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=sluice";
+/// Label naming the endpoint a child belongs to.
+pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
+/// Label naming the served entity.
+pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
+/// Label naming the entity revision (published as `servedEntities[].revision`).
+pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
+/// Name of the container port that fronts an entity pod (the capture sidecar, or the model
+/// container when capture is off); the gateway routes to it.
+pub const FRONT_PORT_NAME: &str = "http";
+/// Port of the model container (builtin runtime) inside every entity pod.
+pub const MODEL_PORT: i32 = 8081;
+/// Port of the capture sidecar, the pod's front door when capture is on.
+pub const CAPTURE_PORT: i32 = 8080;
+
+/// The name of an entity revision's Deployment, Service and NetworkPolicy:
+/// `<endpoint>-<entity>-<revision>`. Readers take the revision from status, never from this
+/// name.
+pub fn child_name(endpoint: &str, entity: &str, revision: &str) -> String {
+    format!("{endpoint}-{entity}-{revision}")
+}
+
+/// The revision of a rendered pod template (its JSON): a short, stable hash, equal exactly
+/// when the pods would be equal. FNV-1a, stable across Rust releases unlike the std hasher.
+pub fn revision_of(rendered: &[u8]) -> String {
+    let hash = rendered.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{:05x}", hash & 0xf_ffff)
+}

@@ -1,0 +1,27 @@
+//! The contract between the Sluice operator and its data plane, one owner for each rule.
+//!
+//! The operator is the only place that resolves a ServingEndpoint: it publishes every entity
+//! fully resolved in `status.config.servedEntities[]`, and the gateway (cluster mode), the
+//! autoscaler and the capture sidecar read those values instead of applying defaults of their
+//! own. Standalone mode, which has no operator, calls the same [`resolve`] step.
+//!
+//! - [`config`]: the operator configuration, where every default comes from.
+//! - [`resolve`]: the spec's entities with every default filled in ([`resolve::ResolvedEntity`]),
+//!   and the endpoint's capture settings.
+//! - [`published`]: what of a resolved entity is published in status, and how readers get it
+//!   back ([`published::HoldPolicy`], [`sluice_crds::ResolvedAutoscaling`]).
+//! - [`labels`]: label names, child naming (`<endpoint>-<entity>-<revision>`) and ports.
+//! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
+//! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
+//! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
+//!   hop-by-hop filter both proxies use.
+
+pub mod claim;
+pub mod config;
+pub mod demand;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
+pub mod headers;
+pub mod labels;
+pub mod published;
+pub mod resolve;

@@ -1,0 +1,190 @@
+//! One captured exchange as the proxy leaves it ([`RawExchange`]: bytes and facts, cheap to
+//! make on the request path) and its conversion into a table row, done later by the spool
+//! writer: UTF-8 decoding, reassembly of streamed responses, token counts and the client's
+//! request id from the body.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sluice_protocol::sse;
+
+use crate::table::PayloadRecord;
+use crate::table::record::{PAYLOAD_NOT_UTF8, STREAM_NOT_REASSEMBLED};
+
+/// What every row of this sidecar shares.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// The ServingEndpoint.
+    pub endpoint: String,
+    /// The served entity.
+    pub entity: String,
+    /// The registered model.
+    pub model: String,
+    /// The model version.
+    pub model_version: String,
+    /// The sampling fraction in force.
+    pub sampling_fraction: f64,
+}
+
+/// A finished exchange before it becomes a row.
+#[derive(Clone, Debug, Default)]
+pub struct RawExchange {
+    /// The id assigned or propagated.
+    pub request_id: String,
+    /// The client's id, when a header carried it.
+    pub client_request_id: Option<String>,
+    /// The caller, as the gateway asserted it.
+    pub requester: Option<String>,
+    /// Arrival, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// First request byte to last response byte.
+    pub execution_time_ms: i64,
+    /// The status answered.
+    pub status_code: u16,
+    /// The copied request body (possibly cut).
+    pub request: Vec<u8>,
+    /// The copied response body (possibly cut).
+    pub response: Vec<u8>,
+    /// The response was a server-sent event stream.
+    pub response_is_stream: bool,
+    /// Request facts (method, path, content types, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// `logging_error_codes` known on the request path.
+    pub codes: Vec<&'static str>,
+}
+
+impl RawExchange {
+    /// Bytes held, for the queue's accounting.
+    pub fn size(&self) -> usize {
+        self.request.len() + self.response.len() + 256
+    }
+
+    /// The table row of this exchange.
+    pub fn finish(self, identity: &Identity) -> PayloadRecord {
+        let mut codes: Vec<String> = self.codes.iter().map(|c| (*c).to_string()).collect();
+        let mut text = |bytes: Vec<u8>| -> Option<String> {
+            if bytes.is_empty() {
+                return None;
+            }
+            Some(match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(error) => {
+                    let code = PAYLOAD_NOT_UTF8.to_string();
+                    if !codes.contains(&code) {
+                        codes.push(code);
+                    }
+                    String::from_utf8_lossy(error.as_bytes()).into_owned()
+                }
+            })
+        };
+        let request = text(self.request);
+        let mut response = text(self.response);
+        let mut response_json: Option<Value> = None;
+        if self.response_is_stream {
+            match response.as_deref().and_then(sse::reassemble) {
+                Some(body) => {
+                    response = Some(body.to_string());
+                    response_json = Some(body);
+                }
+                None if response.is_some() => codes.push(STREAM_NOT_REASSEMBLED.into()),
+                None => {}
+            }
+        } else if let Some(body) = response.as_deref() {
+            response_json = parse_object(body);
+        }
+        let usage = response_json.as_ref().and_then(|body| body.get("usage"));
+        let count = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_i64);
+        let client_request_id = self.client_request_id.or_else(|| {
+            request
+                .as_deref()
+                .filter(|body| body.contains("\"client_request_id\""))
+                .and_then(parse_object)
+                .and_then(|body| match body.get("client_request_id") {
+                    Some(Value::String(id)) => Some(id.clone()),
+                    Some(Value::Number(id)) => Some(id.to_string()),
+                    _ => None,
+                })
+        });
+        PayloadRecord {
+            request_id: self.request_id,
+            client_request_id,
+            timestamp_ms: self.timestamp_ms,
+            status_code: i32::from(self.status_code),
+            execution_time_ms: self.execution_time_ms,
+            request,
+            response,
+            request_metadata: self.metadata,
+            endpoint: identity.endpoint.clone(),
+            served_entity: identity.entity.clone(),
+            model: identity.model.clone(),
+            model_version: identity.model_version.clone(),
+            requester: self.requester,
+            input_token_count: count("prompt_tokens").or_else(|| count("input_tokens")),
+            output_token_count: count("completion_tokens").or_else(|| count("output_tokens")),
+            sampling_fraction: identity.sampling_fraction,
+            logging_error_codes: codes,
+        }
+    }
+}
+
+/// Parses `body` when it looks like one JSON object.
+fn parse_object(body: &str) -> Option<Value> {
+    if !body.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::record::REQUEST_TRUNCATED;
+
+    fn identity() -> Identity {
+        Identity {
+            endpoint: "chat".into(),
+            entity: "chat-1".into(),
+            model: "llama".into(),
+            model_version: "1".into(),
+            sampling_fraction: 0.5,
+        }
+    }
+
+    #[test]
+    fn token_counts_and_client_ids_come_from_the_bodies() {
+        let raw = RawExchange {
+            request_id: "r".into(),
+            status_code: 200,
+            request: br#"{"messages": [], "client_request_id": "mine"}"#.to_vec(),
+            response: br#"{"usage": {"prompt_tokens": 4, "completion_tokens": 9}}"#.to_vec(),
+            ..Default::default()
+        };
+        let row = raw.finish(&identity());
+        assert_eq!(row.client_request_id.as_deref(), Some("mine"));
+        assert_eq!(row.input_token_count, Some(4));
+        assert_eq!(row.output_token_count, Some(9));
+        assert_eq!(row.served_entity, "chat-1");
+        assert_eq!(row.sampling_fraction, 0.5);
+    }
+
+    #[test]
+    fn bad_bytes_and_odd_streams_are_kept_and_flagged() {
+        let raw = RawExchange {
+            request: vec![b'{', 0xff],
+            response: b"data: tick\n\n".to_vec(),
+            response_is_stream: true,
+            codes: vec![REQUEST_TRUNCATED],
+            ..Default::default()
+        };
+        let row = raw.finish(&identity());
+        assert_eq!(row.request.as_deref(), Some("{\u{fffd}"));
+        assert_eq!(row.response.as_deref(), Some("data: tick\n\n"));
+        assert_eq!(
+            row.logging_error_codes,
+            [REQUEST_TRUNCATED, PAYLOAD_NOT_UTF8, STREAM_NOT_REASSEMBLED]
+        );
+        assert_eq!(row.input_token_count, None);
+    }
+}

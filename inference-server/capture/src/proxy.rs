@@ -1,0 +1,851 @@
+//! The reverse proxy: every request streams through to the model container and back, frame by
+//! frame; sampled exchanges get a copy of each body (capped) that becomes a row when the
+//! response ends.
+//!
+//! | route | answered by |
+//! |---|---|
+//! | `GET /ping` | the sidecar: 200 while its process is up (liveness) |
+//! | `GET /health` | the model's readiness path, proxied (503 when unreachable or draining) |
+//! | `GET /metrics`, `GET /capture/metrics` | the sidecar's Prometheus metrics |
+//! | anything else | proxied to the model, and captured |
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::registry::Registry;
+use sluice_protocol::error::error_chain;
+use sluice_protocol::{ApiError, ErrorKind};
+use tracing::Instrument;
+
+use super::exchange::RawExchange;
+use super::metrics::UpstreamLabels;
+use super::metrics::{Body as BodyKind, BodyLabels, CaptureMetrics, DropReason, UpstreamFailure};
+use super::queue::Queue;
+use crate::table::record::{
+    CAPTURE_MEMORY_LIMIT, CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, REQUEST_TRUNCATED,
+    RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, SHUTDOWN, SHUTDOWN_STATUS, UPSTREAM_UNAVAILABLE,
+};
+
+/// The request id header, read from the client or assigned, and always answered.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Headers that carry the client's own request id, first match wins (a JSON body's
+/// `client_request_id` is used when none is present).
+pub const CLIENT_REQUEST_ID_HEADERS: &[&str] = &["x-client-request-id", "client-request-id"];
+/// Headers that carry the caller's identity, first match wins. The gateway sets
+/// `x-sluice-requester` after authenticating; the others are what common auth proxies set.
+pub const REQUESTER_HEADERS: &[&str] = &[
+    "x-sluice-requester",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-auth-request-user",
+];
+/// The gateway's mark on mirrored (shadow) requests, recorded in `request_metadata`.
+pub const SHADOW_HEADER: &str = "x-sluice-shadow";
+/// Longest a readiness check of the model may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connection-level headers that never cross a proxy.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Limits on what is copied.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most bytes copied of one body.
+    pub max_payload_bytes: usize,
+    /// Most bytes of copies held by all requests in flight.
+    pub memory_bytes: usize,
+}
+
+/// What finished exchanges are handed to: the queue, the metrics and the copy budget; and
+/// the sampled exchanges in flight, so that a shutdown can record them as cut.
+#[derive(Debug)]
+struct Recorder {
+    queue: Arc<Queue>,
+    metrics: CaptureMetrics,
+    limits: Limits,
+    in_flight_bytes: AtomicUsize,
+    /// Sampled exchanges not finished yet, by [`Exchange::id`].
+    live: Mutex<HashMap<u64, Weak<Exchange>>>,
+    next_id: AtomicU64,
+    /// Set at the drain deadline: exchanges that end from now on were cut by the shutdown.
+    cutting: AtomicBool,
+}
+
+impl Recorder {
+    fn new(queue: Arc<Queue>, metrics: CaptureMetrics, limits: Limits) -> Self {
+        Self {
+            queue,
+            metrics,
+            limits,
+            in_flight_bytes: AtomicUsize::new(0),
+            live: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            cutting: AtomicBool::new(false),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, Weak<Exchange>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new sampled exchange, known to the recorder until it finishes.
+    fn start(self: &Arc<Self>, raw: RawExchange) -> Arc<Exchange> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let exchange = Arc::new(Exchange {
+            id,
+            recorder: self.clone(),
+            started: Instant::now(),
+            state: Mutex::new(ExchangeState {
+                raw,
+                ..ExchangeState::default()
+            }),
+        });
+        self.live().insert(id, Arc::downgrade(&exchange));
+        exchange
+    }
+
+    /// Ends every exchange still in flight as cut by the shutdown (and any that ends later
+    /// on); returns how many were.
+    fn cut(&self) -> usize {
+        self.cutting.store(true, Ordering::Relaxed);
+        let live: Vec<Arc<Exchange>> = self.live().values().filter_map(Weak::upgrade).collect();
+        for exchange in &live {
+            exchange.abandon();
+        }
+        live.len()
+    }
+
+    /// Reserves `n` bytes of the copy budget.
+    fn reserve(&self, n: usize) -> bool {
+        let reserved = self
+            .in_flight_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let total = held.checked_add(n)?;
+                (total <= self.limits.memory_bytes).then_some(total)
+            })
+            .is_ok();
+        if reserved {
+            self.publish_in_flight();
+        }
+        reserved
+    }
+
+    fn release(&self, n: usize) {
+        self.in_flight_bytes.fetch_sub(n, Ordering::AcqRel);
+        self.publish_in_flight();
+    }
+
+    fn publish_in_flight(&self) {
+        let held = self.in_flight_bytes.load(Ordering::Relaxed);
+        self.metrics
+            .in_flight_bytes
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    fn record(&self, exchange: RawExchange) {
+        self.metrics.captured.inc();
+        let (dropped, queued) = self.queue.push(exchange);
+        self.metrics.drop_records(DropReason::QueueFull, dropped);
+        self.metrics
+            .queue_bytes
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+}
+
+/// Which body a tap copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Default)]
+struct ExchangeState {
+    raw: RawExchange,
+    reserved: usize,
+    request_cut: bool,
+    response_cut: bool,
+    finished: bool,
+}
+
+/// One sampled exchange in flight, shared by the request and response taps.
+#[derive(Debug)]
+struct Exchange {
+    /// Its key among the recorder's live exchanges.
+    id: u64,
+    recorder: Arc<Recorder>,
+    started: Instant,
+    state: Mutex<ExchangeState>,
+}
+
+impl Exchange {
+    fn lock(&self) -> MutexGuard<'_, ExchangeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies what fits of `data` into the `side` body.
+    fn copy(&self, side: Side, data: &[u8]) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let (buffer, cut, code, kind) = match side {
+            Side::Request => (
+                &mut state.raw.request,
+                &mut state.request_cut,
+                REQUEST_TRUNCATED,
+                BodyKind::Request,
+            ),
+            Side::Response => (
+                &mut state.raw.response,
+                &mut state.response_cut,
+                RESPONSE_TRUNCATED,
+                BodyKind::Response,
+            ),
+        };
+        if *cut || data.is_empty() || state.finished {
+            return;
+        }
+        let room = self
+            .recorder
+            .limits
+            .max_payload_bytes
+            .saturating_sub(buffer.len());
+        let take = data.len().min(room);
+        let mut reason = (take < data.len()).then_some(code);
+        if take > 0 {
+            if self.recorder.reserve(take) {
+                buffer.extend_from_slice(&data[..take]);
+                state.reserved += take;
+            } else {
+                reason = Some(CAPTURE_MEMORY_LIMIT);
+            }
+        }
+        if let Some(reason) = reason {
+            *cut = true;
+            if !state.raw.codes.contains(&reason) {
+                state.raw.codes.push(reason);
+            }
+            self.recorder
+                .metrics
+                .truncated
+                .get_or_create(&BodyLabels { body: kind })
+                .inc();
+        }
+    }
+
+    /// Notes the response head.
+    fn respond(&self, status: StatusCode, headers: &HeaderMap) {
+        let mut state = self.lock();
+        state.raw.status_code = status.as_u16();
+        if let Some(kind) = headers.get(header::CONTENT_TYPE) {
+            let kind = String::from_utf8_lossy(kind.as_bytes()).into_owned();
+            state.raw.response_is_stream = kind.starts_with("text/event-stream");
+            state
+                .raw
+                .metadata
+                .insert("response_content_type".into(), kind);
+        }
+    }
+
+    /// Ends the exchange (once) and hands the row to the pipeline.
+    fn finish(&self, codes: &[&'static str]) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        state.finished = true;
+        let mut raw = std::mem::take(&mut state.raw);
+        let reserved = std::mem::take(&mut state.reserved);
+        drop(state);
+        self.recorder.live().remove(&self.id);
+        raw.execution_time_ms = self.started.elapsed().as_millis() as i64;
+        raw.codes.extend(codes);
+        self.recorder.release(reserved);
+        self.recorder.record(raw);
+    }
+
+    /// Ends an exchange that did not run to its end: the client (or the gateway) went away
+    /// ([`CLIENT_DISCONNECTED`] with status 499 before the response head, else
+    /// [`RESPONSE_INCOMPLETE`] when part of the response was copied), or, once the recorder is
+    /// cutting, the shutdown closed it ([`SHUTDOWN`]; status 503 before the response head,
+    /// else [`RESPONSE_INCOMPLETE`] too). Its copy budget returns and it still becomes a row.
+    fn abandon(&self) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let answered = state.raw.status_code != 0;
+        let copied = !state.raw.response.is_empty();
+        let codes: &[&'static str] = if self.recorder.cutting.load(Ordering::Relaxed) {
+            if !answered {
+                state.raw.status_code = SHUTDOWN_STATUS;
+            }
+            if answered {
+                &[RESPONSE_INCOMPLETE, SHUTDOWN]
+            } else {
+                &[SHUTDOWN]
+            }
+        } else if !answered {
+            state.raw.status_code = CLIENT_CLOSED_STATUS;
+            &[CLIENT_DISCONNECTED]
+        } else if copied {
+            &[RESPONSE_INCOMPLETE]
+        } else {
+            // Never polled because it was empty: complete.
+            &[]
+        };
+        drop(state);
+        self.finish(codes);
+    }
+}
+
+impl Drop for Exchange {
+    /// The last handle went away before the exchange ended: the request was abandoned (the
+    /// client or the gateway gave up and the handler was cancelled), see
+    /// [`Exchange::abandon`].
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// A body passed through frame by frame, copying data frames into an exchange.
+#[derive(Debug)]
+pub struct TeeBody<B> {
+    inner: B,
+    tap: Option<(Arc<Exchange>, Side)>,
+}
+
+impl<B> TeeBody<B> {
+    fn new(inner: B, tap: Option<(Arc<Exchange>, Side)>) -> Self {
+        Self { inner, tap }
+    }
+
+    /// The response side ended: the row is complete (or not, with `codes`).
+    fn end(&mut self, codes: &[&'static str]) {
+        if let Some((exchange, Side::Response)) = self.tap.take() {
+            exchange.finish(codes);
+        }
+    }
+}
+
+impl<B> hyper::body::Body for TeeBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some((exchange, side)), Some(data)) = (&self.tap, frame.data_ref()) {
+                    exchange.copy(*side, data);
+                }
+                if self.inner.is_end_stream() {
+                    self.end(&[]);
+                }
+            }
+            Poll::Ready(None) => self.end(&[]),
+            Poll::Ready(Some(Err(_))) => self.end(&[RESPONSE_INCOMPLETE]),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for TeeBody<B> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away, or the shutdown closed the
+        // connection (or the body was never polled because it was empty, which cannot be
+        // told apart cheaply; an empty body is complete).
+        if let Some((exchange, Side::Response)) = self.tap.take() {
+            exchange.abandon();
+        }
+    }
+}
+
+/// The body type sent to the model.
+type UpstreamBody = TeeBody<Body>;
+
+/// The proxy's shared state.
+#[derive(Debug)]
+pub struct Proxy {
+    client: Client<HttpConnector, UpstreamBody>,
+    upstream: SocketAddr,
+    health_path: String,
+    upstream_timeout: Duration,
+    sampling_fraction: f64,
+    recorder: Arc<Recorder>,
+    registry: Arc<Registry>,
+    draining: AtomicBool,
+}
+
+/// Settings of the proxy.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// The model container.
+    pub upstream: SocketAddr,
+    /// Its readiness path.
+    pub health_path: String,
+    /// Longest wait for a response head.
+    pub upstream_timeout: Duration,
+    /// Fraction of requests captured.
+    pub sampling_fraction: f64,
+    /// Copy limits.
+    pub limits: Limits,
+}
+
+impl Proxy {
+    /// A proxy handing captured exchanges to `queue`.
+    pub fn new(
+        config: ProxyConfig,
+        queue: Arc<Queue>,
+        metrics: CaptureMetrics,
+        registry: Arc<Registry>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            upstream: config.upstream,
+            health_path: config.health_path,
+            upstream_timeout: config.upstream_timeout,
+            sampling_fraction: config.sampling_fraction,
+            recorder: Arc::new(Recorder::new(queue, metrics, config.limits)),
+            registry,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes `/health` answer 503 from now on (the pod is stopping).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The drain deadline: records every sampled exchange still in flight, and any that ends
+    /// from now on, as cut by the shutdown (`SHUTDOWN`). Returns how many were in flight.
+    pub fn cut_in_flight(&self) -> usize {
+        self.recorder.cut()
+    }
+
+    /// The routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/ping", get(ping))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .route("/capture/metrics", get(metrics))
+            .fallback(forward)
+            .with_state(self)
+    }
+
+    /// A router serving only the metrics (for `--metrics-listen`).
+    pub fn metrics_router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(self)
+    }
+
+    fn upstream_uri(&self, uri: &Uri, path: Option<&str>) -> Uri {
+        let path_and_query = path
+            .or_else(|| uri.path_and_query().map(|p| p.as_str()))
+            .unwrap_or("/");
+        format!("http://{}{path_and_query}", self.upstream)
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    fn sampled(&self) -> bool {
+        self.sampling_fraction >= 1.0 || fastrand::f64() < self.sampling_fraction
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn header_text(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// The client's `x-request-id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID)
+        && (1..=200).contains(&id.len())
+        && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return id.clone();
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+/// The request facts kept in `request_metadata`.
+fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::from([
+        ("method".to_string(), request.method.to_string()),
+        ("path".to_string(), request.uri.path().to_string()),
+    ]);
+    if let Some(query) = request.uri.query() {
+        metadata.insert("query".into(), query.to_string());
+    }
+    let headers = &request.headers;
+    for (key, name) in [
+        ("content_type", header::CONTENT_TYPE.as_str()),
+        ("user_agent", header::USER_AGENT.as_str()),
+    ] {
+        if let Some(value) = header_text(headers, &[name]) {
+            metadata.insert(key.into(), value);
+        }
+    }
+    if headers.contains_key(SHADOW_HEADER) {
+        metadata.insert("shadow".into(), "true".into());
+    }
+    metadata
+}
+
+/// Proxies one request, capturing it when sampled.
+async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    proxy.recorder.metrics.requests.inc();
+    let (mut parts, body) = request.into_parts();
+    let id = request_id(&parts.headers);
+    let exchange = proxy.sampled().then(|| {
+        proxy.recorder.start(RawExchange {
+            request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+            client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
+            requester: header_text(&parts.headers, REQUESTER_HEADERS),
+            timestamp_ms: now_ms(),
+            metadata: metadata(&parts),
+            ..RawExchange::default()
+        })
+    });
+    let span = tracing::debug_span!("capture", request_id = ?id, method = %parts.method, path = %parts.uri.path());
+    parts.uri = proxy.upstream_uri(&parts.uri, None);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.insert(REQUEST_ID, id.clone());
+    let tap = exchange.clone().map(|e| (e, Side::Request));
+    let upstream = axum::http::Request::from_parts(parts, TeeBody::new(body, tap));
+    let answer = tokio::time::timeout(proxy.upstream_timeout, proxy.client.request(upstream))
+        .instrument(span)
+        .await;
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            let message = format!(
+                "the model at {} did not answer: {}",
+                proxy.upstream,
+                error_chain(&error)
+            );
+            tracing::warn!(request_id = ?id, %message);
+            return proxy.fail(
+                exchange,
+                &id,
+                UpstreamFailure::Unreachable,
+                ApiError::new(ErrorKind::BadGateway, message),
+            );
+        }
+        Err(_) => {
+            let message = format!(
+                "the model did not start answering within {:?}",
+                proxy.upstream_timeout
+            );
+            return proxy.fail(
+                exchange,
+                &id,
+                UpstreamFailure::Timeout,
+                ApiError::new(ErrorKind::DeadlineExceeded, message),
+            );
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(REQUEST_ID, id);
+    if let Some(exchange) = &exchange {
+        exchange.respond(parts.status, &parts.headers);
+    }
+    let tap = exchange.map(|e| (e, Side::Response));
+    Response::from_parts(parts, Body::new(TeeBody::new(body, tap)))
+}
+
+impl Proxy {
+    /// Answers (and records) a request the model did not answer.
+    fn fail(
+        &self,
+        exchange: Option<Arc<Exchange>>,
+        id: &HeaderValue,
+        kind: UpstreamFailure,
+        error: ApiError,
+    ) -> Response {
+        self.recorder
+            .metrics
+            .upstream_failures
+            .get_or_create(&UpstreamLabels { kind })
+            .inc();
+        if let Some(exchange) = exchange {
+            let body = serde_json::to_vec(&error.body()).unwrap_or_default();
+            {
+                let mut state = exchange.lock();
+                state.raw.status_code = error.kind.status().as_u16();
+                state
+                    .raw
+                    .metadata
+                    .insert("response_content_type".into(), "application/json".into());
+            }
+            exchange.copy(Side::Response, &body);
+            exchange.finish(&[UPSTREAM_UNAVAILABLE]);
+        }
+        let mut response = error.into_response();
+        response.headers_mut().insert(REQUEST_ID, id.clone());
+        response
+    }
+}
+
+/// Liveness of the sidecar itself.
+async fn ping() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "alive"}))
+}
+
+/// Readiness: the model's, through the sidecar.
+async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
+    if proxy.draining.load(Ordering::Relaxed) {
+        return ApiError::new(
+            ErrorKind::Unavailable,
+            "the capture sidecar is shutting down",
+        )
+        .into_response();
+    }
+    let mut request = axum::http::Request::new(TeeBody::new(Body::empty(), None));
+    *request.uri_mut() = proxy.upstream_uri(&Uri::from_static("/"), Some(&proxy.health_path));
+    let unavailable = |message: String| {
+        ApiError::new(ErrorKind::Unavailable, message)
+            .with_retry_after(Duration::from_secs(1))
+            .into_response()
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, proxy.client.request(request)).await {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(error)) => unavailable(format!(
+            "the model at {} is not reachable: {}",
+            proxy.upstream,
+            error_chain(&error)
+        )),
+        Err(_) => unavailable(format!(
+            "the model did not answer its readiness check within {HEALTH_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The sidecar's metrics, in the Prometheus text format.
+async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &proxy.registry) {
+        return ApiError::internal(format!("encoding metrics: {error}")).into_response();
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Popped;
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&headers).len(), 32);
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    fn recorder(max_payload_bytes: usize, memory_bytes: usize) -> Arc<Recorder> {
+        Arc::new(Recorder::new(
+            Arc::new(Queue::new(1 << 20)),
+            CaptureMetrics::default(),
+            Limits {
+                max_payload_bytes,
+                memory_bytes,
+            },
+        ))
+    }
+
+    fn queued(recorder: &Recorder) -> Vec<RawExchange> {
+        let Popped::Items(rows) = recorder.queue.pop(1 << 20, Duration::ZERO) else {
+            panic!("the queue is open");
+        };
+        rows
+    }
+
+    #[test]
+    fn copies_are_capped_and_the_budget_is_returned() {
+        let recorder = recorder(10, 15);
+        let exchange = recorder.start(RawExchange::default());
+        exchange.copy(Side::Request, b"0123456");
+        exchange.copy(Side::Request, b"789abc");
+        exchange.copy(Side::Response, b"0123456789");
+        {
+            let state = exchange.lock();
+            assert_eq!(state.raw.request, b"0123456789");
+            assert!(state.raw.response.is_empty(), "over the memory budget");
+            assert_eq!(state.raw.codes, [REQUEST_TRUNCATED, CAPTURE_MEMORY_LIMIT]);
+        }
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 10);
+        exchange.finish(&[]);
+        exchange.finish(&[]);
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.metrics.captured.get(), 1, "finished once");
+    }
+
+    #[test]
+    fn an_abandoned_exchange_returns_its_budget_and_is_still_a_row() {
+        let recorder = recorder(1000, 1000);
+        let exchange = recorder.start(RawExchange::default());
+        exchange.copy(Side::Request, b"a request the model never answered");
+        assert!(recorder.in_flight_bytes.load(Ordering::Relaxed) > 0);
+        drop(exchange);
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(recorder.metrics.captured.get(), 1, "a row");
+        assert!(recorder.live().is_empty(), "not in flight any more");
+        let rows = queued(&recorder);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status_code, CLIENT_CLOSED_STATUS);
+        assert_eq!(rows[0].codes, [CLIENT_DISCONNECTED]);
+        assert_eq!(rows[0].request, b"a request the model never answered");
+    }
+
+    #[test]
+    fn the_shutdown_cut_records_every_exchange_in_flight_once() {
+        let recorder = recorder(1000, 1000);
+        let waiting = recorder.start(RawExchange {
+            request_id: "waiting".into(),
+            ..RawExchange::default()
+        });
+        waiting.copy(Side::Request, b"{}");
+        let streaming = recorder.start(RawExchange {
+            request_id: "streaming".into(),
+            ..RawExchange::default()
+        });
+        streaming.respond(StatusCode::OK, &HeaderMap::new());
+        streaming.copy(Side::Response, b"data: tick");
+        let done = recorder.start(RawExchange::default());
+        done.finish(&[]);
+        let _ = queued(&recorder);
+
+        assert_eq!(recorder.cut(), 2, "the two still in flight");
+        streaming.copy(Side::Response, b"data: late");
+        drop((waiting, streaming, done));
+        let rows = queued(&recorder);
+        assert_eq!(rows.len(), 2, "once each, whatever drops later");
+        let waiting = rows.iter().find(|r| r.request_id == "waiting").unwrap();
+        assert_eq!(
+            (waiting.status_code, waiting.codes.as_slice()),
+            (SHUTDOWN_STATUS, &[SHUTDOWN][..])
+        );
+        assert_eq!(waiting.request, b"{}");
+        let streaming = rows.iter().find(|r| r.request_id == "streaming").unwrap();
+        assert_eq!(
+            (streaming.status_code, streaming.codes.as_slice()),
+            (200, &[RESPONSE_INCOMPLETE, SHUTDOWN][..])
+        );
+        assert_eq!(
+            streaming.response, b"data: tick",
+            "nothing copied after the cut"
+        );
+        assert_eq!(recorder.in_flight_bytes.load(Ordering::Relaxed), 0);
+        assert!(recorder.live().is_empty());
+    }
+}

@@ -1,0 +1,181 @@
+//! The bounded in-memory queue between the proxy and the spool writer.
+//!
+//! Pushing never waits: when the queue holds more than its byte budget the oldest exchanges
+//! are dropped (and the caller counts them). The spool writer pops everything waiting at once.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::exchange::RawExchange;
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<RawExchange>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A drop-oldest queue bounded in bytes.
+#[derive(Debug)]
+pub struct Queue {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    max_bytes: usize,
+}
+
+/// What a [`Queue::pop`] got.
+#[derive(Debug)]
+pub enum Popped {
+    /// Exchanges, oldest first (possibly none, after a timeout).
+    Items(Vec<RawExchange>),
+    /// The queue is closed and empty: the writer may stop.
+    Closed,
+}
+
+impl Queue {
+    /// An empty queue holding at most `max_bytes` (one exchange is always accepted).
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            ready: Condvar::new(),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Adds an exchange; returns how many older ones were dropped to make room and the bytes
+    /// now queued. After [`Queue::close`] the exchange itself is dropped (and counted).
+    pub fn push(&self, exchange: RawExchange) -> (u64, usize) {
+        let size = exchange.size();
+        let mut inner = self.lock();
+        if inner.closed {
+            return (1, inner.bytes);
+        }
+        let mut dropped = 0;
+        while !inner.items.is_empty() && inner.bytes + size > self.max_bytes {
+            if let Some(old) = inner.items.pop_front() {
+                inner.bytes -= old.size();
+                dropped += 1;
+            }
+        }
+        inner.bytes += size;
+        inner.items.push_back(exchange);
+        let bytes = inner.bytes;
+        drop(inner);
+        self.ready.notify_one();
+        (dropped, bytes)
+    }
+
+    /// Takes the oldest exchanges waiting, up to `max_bytes` of them (at least one), waiting
+    /// up to `timeout` for something to arrive.
+    pub fn pop(&self, max_bytes: usize, timeout: Duration) -> Popped {
+        let mut inner = self.lock();
+        if inner.items.is_empty() && !inner.closed {
+            inner = self
+                .ready
+                .wait_timeout(inner, timeout)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+        if inner.items.is_empty() && inner.closed {
+            return Popped::Closed;
+        }
+        let mut taken = 0;
+        let mut items = Vec::new();
+        while let Some(front) = inner.items.front() {
+            let size = front.size();
+            if !items.is_empty() && taken + size > max_bytes {
+                break;
+            }
+            taken += size;
+            if let Some(item) = inner.items.pop_front() {
+                items.push(item);
+            }
+        }
+        inner.bytes -= taken;
+        Popped::Items(items)
+    }
+
+    /// Wakes a writer waiting in [`Queue::pop`] (it gets what is there, possibly nothing).
+    pub fn wake(&self) {
+        let _held = self.lock();
+        self.ready.notify_all();
+    }
+
+    /// Refuses new exchanges and wakes the writer so it drains what is left.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(id: &str, bytes: usize) -> RawExchange {
+        RawExchange {
+            request_id: id.into(),
+            request: vec![b'x'; bytes],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest() {
+        let queue = Queue::new(3 * 356);
+        for id in ["a", "b", "c"] {
+            assert_eq!(queue.push(exchange(id, 100)).0, 0);
+        }
+        assert_eq!(queue.push(exchange("d", 100)).0, 1);
+        let Popped::Items(items) = queue.pop(usize::MAX, Duration::ZERO) else {
+            panic!("open queue");
+        };
+        let ids: Vec<_> = items.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn pops_take_a_bounded_batch_oldest_first() {
+        let queue = Queue::new(1 << 20);
+        for id in ["a", "b", "c"] {
+            queue.push(exchange(id, 100));
+        }
+        let Popped::Items(items) = queue.pop(400, Duration::ZERO) else {
+            panic!("open queue");
+        };
+        assert_eq!(items.len(), 1);
+        assert_eq!(queue.bytes(), 2 * 356);
+        let Popped::Items(items) = queue.pop(1, Duration::ZERO) else {
+            panic!("open queue");
+        };
+        assert_eq!(
+            items[0].request_id, "b",
+            "at least one, even past the limit"
+        );
+    }
+
+    #[test]
+    fn closing_drains_then_stops() {
+        let queue = Queue::new(1 << 20);
+        queue.push(exchange("a", 1));
+        queue.close();
+        assert_eq!(queue.push(exchange("late", 1)).0, 1);
+        assert!(
+            matches!(queue.pop(usize::MAX, Duration::ZERO), Popped::Items(items) if items.len() == 1)
+        );
+        assert!(matches!(
+            queue.pop(usize::MAX, Duration::ZERO),
+            Popped::Closed
+        ));
+    }
+}

@@ -1,0 +1,220 @@
+//! The gateway (`inference-server gateway`): the URL users call. It routes to model servers and
+//! never runs a model itself, so it links no runtime and no table (standalone mode starts
+//! `inference-server serve` processes, after fetching their models with `sluice-fetch`).
+//!
+//! A request goes: route ([`proxy`]) → endpoint by name → entity by traffic weight → a ready
+//! pod by least outstanding requests (power of two choices, [`backend`]) → streamed back with
+//! `served-model-name`. A scale-to-zero entity with no ready pod holds the request in a bounded
+//! queue ([`hold`]) until a pod is ready; shadow routes mirror a share of requests without
+//! touching the caller's answer. Global budgets ([`budget`]) shed requests at once when too
+//! many are in flight or too many body bytes are buffered.
+//!
+//! What is routed comes from [`routing`] (pure: cluster objects or a manifest → specs), applied
+//! to the live [`state`]; in a cluster from ServingEndpoint `status.config` and entity pods
+//! ([`discovery`]), in standalone mode from a manifest ([`standalone`]). The admin port
+//! ([`admin`]) serves metrics, per-entity demand for the autoscaler ([`demand`]) and probes.
+
+// The map above names private modules: they are documented with `cargo doc
+// --document-private-items`; the public API is only what the binary calls.
+#![allow(rustdoc::private_intra_doc_links)]
+
+mod admin;
+mod args;
+mod backend;
+mod budget;
+mod demand;
+mod discovery;
+mod health;
+mod hold;
+mod metrics;
+mod proxy;
+mod routing;
+mod standalone;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use args::GatewayArgs;
+use metrics::GatewayMetrics;
+use proxy::{Proxy, ProxyConfig};
+use state::State;
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the {what} server failed: {source}")]
+    Serve {
+        /// Which server.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No Kubernetes client could be made (no kubeconfig, no in-cluster account).
+    #[error(
+        "cannot reach the Kubernetes API (set KUBECONFIG, run in a pod, or use --standalone FILE): {0}"
+    )]
+    Kube(String),
+    /// A watch failed for good.
+    #[error("watching the cluster failed: {0}")]
+    Watch(String),
+    /// The standalone manifest could not be read.
+    #[error("standalone manifest {path}: {message}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A standalone entity could not be started.
+    #[error("standalone mode: {0}")]
+    Start(String),
+}
+
+/// Runs the gateway until `shutdown` resolves (the binary passes SIGTERM or SIGINT), then drains
+/// in-flight requests.
+pub async fn run(
+    args: GatewayArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let mut registry = Registry::with_prefix("sluice_gateway");
+    let metrics = GatewayMetrics::register(&mut registry);
+    let state = Arc::new(State::new(metrics));
+    let defaults = args.hold_defaults();
+    if args.max_buffered_bytes < args.max_body_bytes {
+        tracing::warn!(
+            max_buffered_bytes = args.max_buffered_bytes,
+            max_body_bytes = args.max_body_bytes,
+            "--max-buffered-bytes is below --max-body-bytes: larger bodies get 413"
+        );
+    }
+    let proxy = Arc::new(Proxy::new(
+        state.clone(),
+        ProxyConfig {
+            max_body_bytes: args.max_body_bytes,
+            body_timeout: args.body_timeout,
+            body_idle_timeout: args.body_idle_timeout,
+            max_in_flight: args.max_in_flight.get(),
+            max_buffered_bytes: args.max_buffered_bytes,
+            request_timeout: args.request_timeout,
+            response_idle_timeout: args.response_idle_timeout,
+            max_attempts: args.max_attempts as usize,
+            max_shadow_in_flight: args.max_shadow_in_flight,
+        },
+    ));
+    let listener = bind(args.listen).await?;
+    let admin_listener = bind(args.admin_listen).await?;
+    let admin = Arc::new(admin::Admin {
+        state: state.clone(),
+        registry,
+        draining: AtomicBool::new(false),
+    });
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
+    tracing::info!(%listen, admin = %admin_addr, "gateway listening");
+    let admin_server = axum::serve(admin_listener, admin::router(admin.clone()));
+    let admin_task = tokio::spawn(async move { admin_server.await });
+    let health_task = (!args.health_interval.is_zero()).then(|| {
+        tokio::spawn(health::run(
+            state.clone(),
+            args.health_path.clone(),
+            args.health_interval,
+        ))
+    });
+    // Pods of waking entities, probed before the kubelet calls them Ready (cluster mode).
+    let warm_task = args.standalone.is_none().then(|| {
+        tokio::spawn(health::probe_warming(
+            state.clone(),
+            args.health_path.clone(),
+        ))
+    });
+
+    // The source of routes: a manifest, or the cluster.
+    let source: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send + '_>,
+    > = match &args.standalone {
+        Some(path) => {
+            let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id()))
+            });
+            let (state, args) = (state.clone(), &args);
+            Box::pin(async move { standalone::run(path, args, &work_dir, listen, &state).await })
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| GatewayError::Kube(e.to_string()))?;
+            Box::pin(discovery::run(
+                client,
+                &args.namespaces,
+                args.selector.as_deref().filter(|s| !s.is_empty()),
+                defaults,
+                state.clone(),
+            ))
+        }
+    };
+
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let admin = admin.clone();
+        let draining = draining.clone();
+        let delay = args.drain_delay;
+        async move {
+            shutdown.await;
+            admin.draining.store(true, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutting down: not ready any more, still routing until load balancers have noticed"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutting down: no new connections; draining in-flight requests");
+            draining.notify_one();
+        }
+    };
+    let server = axum::serve(
+        listener,
+        proxy
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
+    let drain_timeout = args.drain_timeout;
+    let result = tokio::select! {
+        served = server => served.map_err(|source| GatewayError::Serve { what: "gateway", source }),
+        failed = source => failed,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!(?drain_timeout, "drain deadline passed with requests still in flight");
+            Ok(())
+        }
+    };
+    admin_task.abort();
+    for task in [health_task, warm_task].into_iter().flatten() {
+        task.abort();
+    }
+    result
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| GatewayError::Bind { address, source })
+}

@@ -1,0 +1,1196 @@
+//! The request path: find the endpoint, pick an entity by weight and a pod by load, hold the
+//! request while a scale-to-zero entity wakes, mirror a share to shadow entities, and stream
+//! the pod's answer back.
+//!
+//! The request body is read once, up to `--max-body-bytes` (the OpenAI routes name the endpoint
+//! inside it, and a retry on another pod or a shadow copy needs it again), its bytes reserved in
+//! the global `--max-buffered-bytes` budget as they arrive; a body that stalls for
+//! `--body-idle-timeout` gets 408. Every request takes a place in the `--max-in-flight` budget
+//! until its answer ends; over either budget it is refused at once ([`budget`](super::budget)).
+//! The response body is never buffered, so server-sent events flow through as the model writes
+//! them, and a pod that stalls mid-answer for `--response-idle-timeout` is cut off.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::BoxError;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use sluice_protocol::error::error_chain;
+use sluice_protocol::{ApiError, ErrorKind};
+use tokio::sync::Semaphore;
+
+use super::backend::{self, Backend, InFlight};
+use super::budget::{Budgets, BufferedBody, Reservation, Shed};
+use super::hold::HoldRefused;
+use super::metrics::{IDLE_REQUEST, IDLE_RESPONSE};
+use super::state::{EntityPool, LiveConfig, Lookup, State};
+
+/// Header naming the entity that answered.
+pub const SERVED_MODEL_NAME: &str = "served-model-name";
+/// Header carrying the request id (propagated, or assigned by the gateway).
+pub const REQUEST_ID: &str = "x-request-id";
+/// Header naming the `configVersion` of the endpoint config that routed the request.
+pub const CONFIG_VERSION: &str = "x-sluice-config-version";
+/// Header marking a mirrored request, so the capture sidecar can tell it apart.
+pub const SHADOW_HEADER: &str = "x-sluice-shadow";
+
+/// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Limits of the request path.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyConfig {
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its body (408 past it).
+    pub body_timeout: Duration,
+    /// How long a client may send nothing while sending its body (408 past it; zero: no limit).
+    pub body_idle_timeout: Duration,
+    /// Most requests in flight at once (503 past it).
+    pub max_in_flight: usize,
+    /// Most bytes of request bodies buffered at once (503 past it).
+    pub max_buffered_bytes: usize,
+    /// How long a pod may take to start answering (504 past it).
+    pub request_timeout: Duration,
+    /// How long a pod may send nothing once it started answering (cut off past it; zero: no
+    /// limit).
+    pub response_idle_timeout: Duration,
+    /// Pods tried when connecting fails.
+    pub max_attempts: usize,
+    /// Most shadow requests in flight; more are shed and counted.
+    pub max_shadow_in_flight: usize,
+}
+
+/// The proxy shared by every request.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<State>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ProxyConfig,
+    shadow_permits: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
+}
+
+type Shared = Arc<Proxy>;
+
+impl Proxy {
+    /// A proxy routing by `state`.
+    pub fn new(state: Arc<State>, config: ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let budgets = Arc::new(Budgets::new(
+            config.max_in_flight,
+            config.max_buffered_bytes,
+            state.metrics().load().clone(),
+        ));
+        Self {
+            state,
+            client,
+            shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
+            config,
+            budgets,
+        }
+    }
+
+    /// The HTTP routes of the gateway.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/serving-endpoints/{name}/invocations",
+                post(endpoint_invocations),
+            )
+            .route(
+                "/serving-endpoints/{name}/served-models/{entity}/invocations",
+                post(entity_invocations),
+            )
+            .route("/serving-endpoints/v1/chat/completions", post(chat))
+            .route("/serving-endpoints/v1/completions", post(completions))
+            .route("/serving-endpoints/v1/embeddings", post(embeddings))
+            .fallback(unknown_route)
+            .method_not_allowed_fallback(wrong_method)
+            .with_state(self)
+    }
+
+    fn fail(&self, namespace: &str, endpoint: &str, error: ApiError) -> Response {
+        self.state
+            .metrics()
+            .error(namespace, endpoint, error.kind.code());
+        error.into_response()
+    }
+
+    /// Admits the request into the in-flight budget (or sheds it), then routes it; its place
+    /// is kept until the answer's body ends.
+    async fn handle(
+        &self,
+        name: Option<String>,
+        entity: Option<String>,
+        upstream_path: &'static str,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Response {
+        match self.budgets.admit() {
+            Ok(slot) => {
+                slot.hold_until_end_of(self.route(name, entity, upstream_path, peer, request).await)
+            }
+            Err(shed) => self.fail("", "", shed_error(shed)),
+        }
+    }
+
+    async fn route(
+        &self,
+        name: Option<String>,
+        entity: Option<String>,
+        upstream_path: &'static str,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(error) => return self.fail("", "", error.into()),
+        };
+        let name = match name.map_or_else(|| endpoint_from_body(body.bytes()), Ok) {
+            Ok(name) => name,
+            Err(error) => return self.fail("", "", error),
+        };
+        let table = self.state.table();
+        let endpoint = match table.get(&name) {
+            Ok(endpoint) => endpoint,
+            Err(Lookup::Unknown) => {
+                return self.fail(
+                    "",
+                    "",
+                    ApiError::new(
+                        ErrorKind::NotFound,
+                        format!("no serving endpoint named {name:?}"),
+                    ),
+                );
+            }
+            Err(Lookup::Ambiguous(namespaces)) => {
+                return self.fail(
+                    "",
+                    "",
+                    ApiError::bad_request(format!(
+                        "serving endpoint {name:?} exists in namespaces {}; call it as \
+                         <namespace>.{name}",
+                        namespaces.join(", ")
+                    )),
+                );
+            }
+        };
+        let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
+        let Some(config) = endpoint.config.as_ref() else {
+            return self.fail(
+                namespace,
+                endpoint_name,
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "serving endpoint {endpoint_name:?} has no ready config yet; it is \
+                         still rolling out"
+                    ),
+                )
+                .with_retry_after(Duration::from_secs(5)),
+            );
+        };
+        let mut rng = fastrand::Rng::new();
+        let pool = match entity {
+            Some(entity) => match config.entities.iter().find(|e| e.name == entity) {
+                Some(pool) => pool,
+                None => {
+                    return self.fail(
+                        namespace,
+                        endpoint_name,
+                        ApiError::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "serving endpoint {endpoint_name:?} serves no entity named \
+                                 {entity:?}"
+                            ),
+                        ),
+                    );
+                }
+            },
+            None => match pick_entity(config, &mut rng) {
+                Some(pool) => {
+                    self.mirror(config, &parts, &body, upstream_path, &mut rng);
+                    pool
+                }
+                None => {
+                    return self.fail(
+                        namespace,
+                        endpoint_name,
+                        ApiError::new(
+                            ErrorKind::Unavailable,
+                            format!("serving endpoint {endpoint_name:?} routes no traffic"),
+                        )
+                        .with_retry_after(Duration::from_secs(5)),
+                    );
+                }
+            },
+        };
+        match self
+            .forward(pool, &parts, body, upstream_path, peer, &mut rng)
+            .await
+        {
+            Ok(mut response) => {
+                response.headers_mut().insert(
+                    HeaderName::from_static(CONFIG_VERSION),
+                    HeaderValue::from(config.version),
+                );
+                response
+            }
+            Err(error) => self.fail(namespace, endpoint_name, error),
+        }
+    }
+
+    /// Reads the request body into memory within the body limits, its bytes reserved in the
+    /// buffered-bytes budget before they are kept.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<BufferedBody, BodyError> {
+        // A body larger than the whole budget could never fit: 413, not a 503 to retry forever.
+        let limit = self
+            .config
+            .max_body_bytes
+            .min(self.budgets.max_buffered_bytes());
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut reservation = self.budgets.reservation();
+        let read = read_into(
+            body,
+            declared,
+            limit,
+            self.config.body_idle_timeout,
+            &mut reservation,
+        );
+        let read = match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(read) => read,
+            Err(_) => Err(BodyError::Deadline(self.config.body_timeout)),
+        };
+        if let Err(BodyError::Idle(_)) = read {
+            self.budgets.metrics().idle_timeout(IDLE_REQUEST);
+        }
+        Ok(BufferedBody::new(read?, reservation))
+    }
+
+    /// Sends the request to a ready pod of `pool`, holding it first if the entity is waking.
+    async fn forward(
+        &self,
+        pool: &Arc<EntityPool>,
+        parts: &Parts,
+        body: BufferedBody,
+        upstream_path: &str,
+        peer: SocketAddr,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Response, ApiError> {
+        pool.demand.arrived();
+        if let Some(why) = pool.unsupported() {
+            return Err(ApiError::new(ErrorKind::BadGateway, why));
+        }
+        let held = !pool.has_ready();
+        if held {
+            self.hold(pool).await?;
+        }
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last_error = String::new();
+        while tried.len() < self.config.max_attempts {
+            let backends = pool.backends();
+            let Some(backend) = backend::pick(&backends, &tried, rng) else {
+                break;
+            };
+            let request = upstream_request(
+                backend.addr,
+                upstream_path,
+                parts,
+                body.bytes().clone(),
+                &request_id,
+                Some(peer),
+            );
+            let guard = RequestGuard::start(backend, pool);
+            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!(
+                            "entity {:?} did not start answering within {:?}",
+                            pool.name, self.config.request_timeout
+                        ),
+                    ));
+                }
+                Ok(Ok(response)) => {
+                    backend.record_success();
+                    if held {
+                        pool.demand.held_answered();
+                    }
+                    return Ok(self.respond(pool, response, guard, request_id).await);
+                }
+                Ok(Err(error)) => {
+                    last_error = error_chain(&error);
+                    if !error.is_connect() {
+                        return Err(ApiError::new(
+                            ErrorKind::BadGateway,
+                            format!(
+                                "entity {:?} failed while answering: {last_error}",
+                                pool.name
+                            ),
+                        ));
+                    }
+                    backend.record_failure();
+                    tried.push(backend.addr);
+                    pool.metrics.retries.inc();
+                    tracing::debug!(backend = %backend.addr, error = %last_error, "connect failed; trying another pod");
+                }
+            }
+        }
+        Err(ApiError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "no pod of entity {:?} accepted the connection ({} tried): {last_error}",
+                pool.name,
+                tried.len()
+            ),
+        ))
+    }
+
+    /// Holds the request until the entity has a ready pod, or refuses it (503 + Retry-After).
+    async fn hold(&self, pool: &Arc<EntityPool>) -> Result<(), ApiError> {
+        if !pool.scale_to_zero() {
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("entity {:?} has no ready pod", pool.name),
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        }
+        let policy = pool.hold_policy();
+        let started = Instant::now();
+        pool.metrics.held.inc();
+        let result = pool
+            .hold
+            .wait(
+                policy,
+                || pool.has_ready(),
+                |first| {
+                    if first {
+                        pool.demand.hold_started();
+                        tracing::info!(endpoint = %pool.labels().endpoint, entity = %pool.name, "holding requests until a pod is ready");
+                        self.state.wake.notify_waiters();
+                    }
+                },
+            )
+            .await;
+        pool.metrics.held.dec();
+        let waited = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) if pool.has_ready() => {
+                pool.metrics.hold_ended(0, waited);
+                Ok(())
+            }
+            Ok(()) => Err(ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "entity {:?} left the routed config while the request was held",
+                    pool.name
+                ),
+            )
+            .with_retry_after(Duration::from_secs(1))),
+            Err(refused) => {
+                let outcome = match refused {
+                    HoldRefused::TimedOut(_) => 1,
+                    HoldRefused::Full(_) => 2,
+                };
+                pool.metrics.hold_ended(outcome, waited);
+                Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "entity {:?} is scaled to zero and waking: {refused}",
+                        pool.name
+                    ),
+                )
+                .with_retry_after(
+                    policy
+                        .timeout
+                        .min(Duration::from_secs(30))
+                        .max(Duration::from_secs(1)),
+                ))
+            }
+        }
+    }
+
+    async fn respond(
+        &self,
+        pool: &Arc<EntityPool>,
+        response: hyper::Response<Incoming>,
+        guard: RequestGuard,
+        request_id: HeaderValue,
+    ) -> Response {
+        let (mut parts, body) = response.into_parts();
+        pool.metrics.response(parts.status.as_u16());
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(
+            HeaderName::from_static(SERVED_MODEL_NAME),
+            pool.served_name.clone(),
+        );
+        parts
+            .headers
+            .insert(HeaderName::from_static(REQUEST_ID), request_id);
+        if parts.status.is_client_error() || parts.status.is_server_error() {
+            let is_json = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if !is_json {
+                return upstream_error(pool, parts, body, guard).await;
+            }
+        }
+        let idle = self.config.response_idle_timeout;
+        let idle = (!idle.is_zero())
+            .then(|| IdleTimer::new(idle, self.budgets.metrics().idle_timeouts(IDLE_RESPONSE)));
+        Response::from_parts(
+            parts,
+            Body::new(GuardedBody {
+                inner: body,
+                guard,
+                idle,
+            }),
+        )
+    }
+
+    /// Sends a copy of the request to each shadow entity whose percentage comes up; the
+    /// answers are counted and drained, never collected or waited for. The copy keeps the body
+    /// (and its bytes in the budget) until the shadow request is done.
+    fn mirror(
+        &self,
+        config: &LiveConfig,
+        parts: &Parts,
+        body: &BufferedBody,
+        upstream_path: &'static str,
+        rng: &mut fastrand::Rng,
+    ) {
+        for (pool, percent) in &config.shadows {
+            if rng.u32(..100) >= *percent {
+                continue;
+            }
+            let Ok(permit) = self.shadow_permits.clone().try_acquire_owned() else {
+                pool.metrics.shadow(3);
+                continue;
+            };
+            let backends = pool.backends();
+            let Some(backend) = backend::pick(&backends, &[], rng).cloned() else {
+                pool.metrics.shadow(2);
+                continue;
+            };
+            let mut request = upstream_request(
+                backend.addr,
+                upstream_path,
+                parts,
+                body.bytes().clone(),
+                &parts
+                    .headers
+                    .get(REQUEST_ID)
+                    .cloned()
+                    .unwrap_or_else(new_request_id),
+                None,
+            );
+            request.headers_mut().insert(
+                HeaderName::from_static(SHADOW_HEADER),
+                HeaderValue::from_static("true"),
+            );
+            let client = self.client.clone();
+            let pool = pool.clone();
+            let timeout = self.config.request_timeout;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _body = body;
+                let _in_flight = backend.start();
+                let outcome = match tokio::time::timeout(timeout, async {
+                    let response = client.request(request).await.ok()?;
+                    let ok = response.status().is_success();
+                    drain(response.into_body()).await.ok()?;
+                    Some(ok)
+                })
+                .await
+                {
+                    Ok(Some(true)) => 0,
+                    _ => 1,
+                };
+                pool.metrics.shadow(outcome);
+            });
+        }
+    }
+}
+
+/// Picks a live entity by weight, among entities that can take the request now (a ready pod,
+/// or a hold queue); when none can, by the plain weights (the request then waits or fails with
+/// the entity's own reason).
+fn pick_entity<'a>(config: &'a LiveConfig, rng: &mut fastrand::Rng) -> Option<&'a Arc<EntityPool>> {
+    let usable = |i: usize| {
+        let pool = &config.entities[i];
+        if pool.has_ready() || pool.scale_to_zero() {
+            config.weights[i]
+        } else {
+            0
+        }
+    };
+    let index = backend::pick_weighted_by(config.entities.len(), usable, rng)
+        .or_else(|| backend::pick_weighted(&config.weights, rng))?;
+    config.entities.get(index)
+}
+
+/// Reads the endpoint name from an OpenAI-style body's `model` field.
+fn endpoint_from_body(body: &Bytes) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    struct Model {
+        model: Option<serde_json::Value>,
+    }
+    let parsed: Model = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    match parsed.model {
+        Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name),
+        Some(other) => Err(ApiError::invalid(format!(
+            "`model` must be the serving endpoint's name as a string, got {other}"
+        ))),
+        None => Err(ApiError::bad_request(
+            "the request body has no `model`; set it to the serving endpoint's name",
+        )),
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// Past `--max-body-bytes` (or the whole buffered-bytes budget): 413.
+    #[error("the request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// It does not fit in what is left of the buffered-bytes budget: 503.
+    #[error(transparent)]
+    Shed(#[from] Shed),
+    /// Nothing arrived for `--body-idle-timeout`: 408.
+    #[error("the request body sent nothing for {0:?} (--body-idle-timeout)")]
+    Idle(Duration),
+    /// Not all of it arrived within `--body-timeout`: 408.
+    #[error("the request body did not arrive within {0:?} (--body-timeout)")]
+    Deadline(Duration),
+    /// The connection failed or the body was malformed: 400.
+    #[error("could not read the request body: {0}")]
+    Read(#[source] axum::Error),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let kind = match &error {
+            BodyError::TooLarge(_) => ErrorKind::PayloadTooLarge,
+            BodyError::Shed(shed) => return shed_error(*shed),
+            BodyError::Idle(_) | BodyError::Deadline(_) => ErrorKind::RequestTimeout,
+            BodyError::Read(_) => ErrorKind::BadRequest,
+        };
+        ApiError::new(kind, error.to_string())
+    }
+}
+
+/// 503 + `Retry-After` for a request shed by a global budget.
+fn shed_error(shed: Shed) -> ApiError {
+    ApiError::new(ErrorKind::Unavailable, shed.to_string()).with_retry_after(SHED_RETRY_AFTER)
+}
+
+/// Reads `body` into memory, at most `limit` bytes, growing `reservation` before any byte is
+/// kept: by the declared length at once (so a body that cannot fit is refused before it is
+/// read), else frame by frame. Waits at most `idle` for each frame (zero: no limit).
+///
+/// The budget counts body bytes, not the allocator's slack: a body of undeclared length may
+/// take up to as much again while its buffer grows.
+async fn read_into(
+    mut body: Body,
+    declared: Option<usize>,
+    limit: usize,
+    idle: Duration,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    if declared.is_some_and(|length| length > limit) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let expected = declared.unwrap_or(0);
+    reservation.grow_to(expected)?;
+    let mut buffer = Vec::with_capacity(expected);
+    while let Some(frame) = next_frame(&mut body, idle).await? {
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let total = buffer.len() + data.len();
+        if total > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        reservation.grow_to(total)?;
+        buffer.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// The next frame of a request body, waiting at most `idle` for it (zero: no limit).
+async fn next_frame(body: &mut Body, idle: Duration) -> Result<Option<Frame<Bytes>>, BodyError> {
+    let frame = if idle.is_zero() {
+        body.frame().await
+    } else {
+        tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| BodyError::Idle(idle))?
+    };
+    frame.transpose().map_err(BodyError::Read)
+}
+
+/// Reads a body to its end, keeping nothing.
+async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(())
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn upstream_request(
+    addr: SocketAddr,
+    path: &str,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+    peer: Option<SocketAddr>,
+) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    let uri = match parts.uri.query() {
+        Some(query) => format!("http://{addr}{path}?{query}"),
+        None => format!("http://{addr}{path}"),
+    };
+    *request.uri_mut() = uri.parse().unwrap_or_default();
+    let headers = request.headers_mut();
+    headers.clone_from(&parts.headers);
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
+    if let Some(peer) = peer
+        && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
+    {
+        headers.append(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    request
+}
+
+/// Turns a non-JSON error from a pod (an engine's plain-text 500, a proxy's HTML 502) into the
+/// error body, keeping the status.
+async fn upstream_error(
+    pool: &Arc<EntityPool>,
+    parts: axum::http::response::Parts,
+    body: Incoming,
+    guard: RequestGuard,
+) -> Response {
+    const KEEP: usize = 1024;
+    let status = parts.status;
+    let text = match tokio::time::timeout(
+        Duration::from_secs(5),
+        Limited::new(body, 64 * 1024).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => {
+            let bytes = collected.to_bytes();
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(KEEP)]).into_owned();
+            text.trim().to_string()
+        }
+        _ => "(body unreadable)".to_string(),
+    };
+    drop(guard);
+    let kind = if status.is_server_error() {
+        ErrorKind::BadGateway
+    } else {
+        ErrorKind::BadRequest
+    };
+    let mut response = ApiError::new(
+        kind,
+        format!("entity {:?} answered {status}: {text}", pool.name),
+    )
+    .into_response();
+    *response.status_mut() = status;
+    for name in [SERVED_MODEL_NAME, REQUEST_ID] {
+        if let Some(value) = parts.headers.get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Accounts one proxied request: in flight on its backend and entity until the response body
+/// ends (or the client goes away), then its duration.
+struct RequestGuard {
+    _in_flight: InFlight,
+    pool: Arc<EntityPool>,
+    started: Instant,
+}
+
+impl RequestGuard {
+    fn start(backend: &Arc<Backend>, pool: &Arc<EntityPool>) -> Self {
+        pool.demand.started();
+        Self {
+            _in_flight: backend.start(),
+            pool: pool.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.pool.demand.finished();
+        self.pool
+            .metrics
+            .latency
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The pod's response body, streamed through, holding the request's accounting until it ends,
+/// and cut off when the pod sends nothing for its idle timeout.
+struct GuardedBody {
+    inner: Incoming,
+    guard: RequestGuard,
+    /// `None` when there is no idle timeout, or once it fired.
+    idle: Option<IdleTimer>,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(idle) = &mut this.idle {
+                idle.frame_arrived();
+            }
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let Some(idle) = &mut this.idle else {
+            return Poll::Pending;
+        };
+        std::task::ready!(idle.poll_expired(cx));
+        let error = ResponseIdle {
+            entity: this.guard.pool.name.clone(),
+            timeout: idle.timeout,
+        };
+        this.idle = None;
+        tracing::warn!(endpoint = %this.guard.pool.labels().endpoint, %error, "cutting off a stalled answer");
+        Poll::Ready(Some(Err(error.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A pod's answer sent nothing for `--response-idle-timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("entity {entity:?} sent nothing for {timeout:?} of its answer (--response-idle-timeout)")]
+struct ResponseIdle {
+    entity: String,
+    timeout: Duration,
+}
+
+/// Fires once the gateway has waited `timeout` for the next frame of a body. Only time spent
+/// waiting on the pod counts, never time the client took to read (the body is not polled
+/// then). The timer is re-armed lazily, when it fires early, so a frame costs a clock read
+/// rather than a timer update.
+struct IdleTimer {
+    timeout: Duration,
+    /// When the current wait for a frame began; `None` while frames flow.
+    waiting_since: Option<tokio::time::Instant>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Counted when it fires.
+    fired: Counter,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration, fired: Counter) -> Self {
+        Self {
+            timeout,
+            waiting_since: None,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            fired,
+        }
+    }
+
+    fn frame_arrived(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// Called when the body has no frame ready: Ready (and counted) once the wait reached the
+    /// timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let due = since + self.timeout;
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            if due <= tokio::time::Instant::now() {
+                self.fired.inc();
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
+async fn endpoint_invocations(
+    AxumState(proxy): AxumState<Shared>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(Some(name), None, "/invocations", peer, request)
+        .await
+}
+
+async fn entity_invocations(
+    AxumState(proxy): AxumState<Shared>,
+    Path((name, entity)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(Some(name), Some(entity), "/invocations", peer, request)
+        .await
+}
+
+async fn chat(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/chat/completions", peer, request)
+        .await
+}
+
+async fn completions(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/completions", peer, request)
+        .await
+}
+
+async fn embeddings(
+    AxumState(proxy): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy
+        .handle(None, None, "/v1/embeddings", peer, request)
+        .await
+}
+
+const ROUTES: &str = "POST /serving-endpoints/{name}/invocations, \
+     /serving-endpoints/{name}/served-models/{entity}/invocations, \
+     /serving-endpoints/v1/chat/completions, /serving-endpoints/v1/completions, \
+     /serving-endpoints/v1/embeddings";
+
+async fn unknown_route(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
+    proxy.fail(
+        "",
+        "",
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "no route {} {}; routes: {ROUTES}",
+                request.method(),
+                request.uri().path()
+            ),
+        ),
+    )
+}
+
+async fn wrong_method(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
+    let mut response = proxy.fail(
+        "",
+        "",
+        ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {}; use POST",
+                request.method(),
+                request.uri().path()
+            ),
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use prometheus_client::registry::Registry;
+
+    use super::super::metrics::GatewayMetrics;
+    use super::*;
+
+    fn budgets(max_buffered_bytes: usize) -> Arc<Budgets> {
+        let metrics = GatewayMetrics::register(&mut Registry::default());
+        Arc::new(Budgets::new(10, max_buffered_bytes, metrics.load().clone()))
+    }
+
+    /// A body of `chunks`, then `stall` (never ends) or the end.
+    fn chunked(chunks: &[&'static [u8]], stall: bool) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|chunk| Ok(Bytes::from_static(chunk)))
+            .collect();
+        let stream = futures::stream::iter(chunks);
+        if stall {
+            Body::from_stream(stream.chain(futures::stream::pending()))
+        } else {
+            Body::from_stream(stream)
+        }
+    }
+
+    #[tokio::test]
+    async fn body_bytes_are_reserved_as_they_arrive_and_a_body_that_does_not_fit_is_shed() {
+        let budgets = budgets(100);
+        let mut other = budgets.reservation();
+        other.grow_to(60).expect("fits");
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[&[1; 30], &[2; 30]], false),
+            None,
+            1000,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(
+            matches!(
+                read,
+                Err(BodyError::Shed(Shed::BufferedBytes { wanted: 30, .. }))
+            ),
+            "{read:?}"
+        );
+        assert_eq!(
+            budgets.metrics().buffered_bytes.get(),
+            90,
+            "the first chunk fit"
+        );
+        drop(reservation);
+        drop(other);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+        // With room, the body is read whole and holds exactly its length.
+        let mut reservation = budgets.reservation();
+        let bytes = read_into(
+            chunked(&[b"ab", b"cd"], false),
+            None,
+            1000,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await
+        .expect("read");
+        let body = BufferedBody::new(bytes, reservation);
+        assert_eq!(&body.bytes()[..], b"abcd");
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 4);
+        drop(body);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_reserved_before_reading_and_limits_hold() {
+        let budgets = budgets(100);
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[], true),
+            Some(101),
+            100,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::TooLarge(100))), "{read:?}");
+        let mut first = budgets.reservation();
+        first.grow_to(50).expect("fits");
+        // Refused at once although the body never sends a byte.
+        let read = read_into(
+            chunked(&[], true),
+            Some(60),
+            100,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::Shed(_))), "{read:?}");
+        // An undeclared body past the limit is cut as it grows.
+        let read = read_into(
+            chunked(&[&[0; 40], &[0; 40]], false),
+            None,
+            50,
+            Duration::ZERO,
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::TooLarge(50))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_cut_after_the_idle_timeout() {
+        let budgets = budgets(100);
+        let mut reservation = budgets.reservation();
+        let read = read_into(
+            chunked(&[b"{"], true),
+            None,
+            100,
+            Duration::from_millis(50),
+            &mut reservation,
+        )
+        .await;
+        assert!(matches!(read, Err(BodyError::Idle(_))), "{read:?}");
+        let error = ApiError::from(read.expect_err("idle"));
+        assert_eq!(error.kind, ErrorKind::RequestTimeout);
+        assert!(
+            error.message.contains("--body-idle-timeout"),
+            "{}",
+            error.message
+        );
+        drop(reservation);
+        assert_eq!(budgets.metrics().buffered_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_shed_request_gets_503_with_retry_after_naming_the_budget() {
+        let error = ApiError::from(BodyError::Shed(Shed::BufferedBytes {
+            limit: 100,
+            wanted: 30,
+        }));
+        assert_eq!(error.kind, ErrorKind::Unavailable);
+        assert_eq!(error.retry_after, Some(SHED_RETRY_AFTER));
+        assert!(
+            error.message.contains("--max-buffered-bytes"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn the_openai_routes_read_the_endpoint_from_model() {
+        assert_eq!(
+            endpoint_from_body(&Bytes::from_static(br#"{"model":"chat","messages":[]}"#))
+                .expect("name"),
+            "chat"
+        );
+        let missing =
+            endpoint_from_body(&Bytes::from_static(br#"{"messages":[]}"#)).expect_err("no model");
+        assert_eq!(missing.kind, ErrorKind::BadRequest);
+        assert!(
+            missing.message.contains("no `model`"),
+            "{}",
+            missing.message
+        );
+        let malformed = endpoint_from_body(&Bytes::from_static(b"{nope")).expect_err("bad json");
+        assert!(
+            malformed.message.contains("not valid JSON"),
+            "{}",
+            malformed.message
+        );
+        let typed = endpoint_from_body(&Bytes::from_static(br#"{"model":3}"#)).expect_err("type");
+        assert!(typed.message.contains("got 3"), "{}", typed.message);
+    }
+
+    #[test]
+    fn requests_to_pods_drop_hop_by_hop_headers_and_carry_ids() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .method("POST")
+            .uri("/serving-endpoints/x/invocations?a=1")
+            .header("connection", "keep-alive")
+            .header("host", "gateway")
+            .header("authorization", "Bearer t")
+            .body(())
+            .expect("request")
+            .into_parts();
+        parts
+            .headers
+            .insert("te", HeaderValue::from_static("trailers"));
+        let request = upstream_request(
+            "127.0.0.5:8080".parse().expect("addr"),
+            "/invocations",
+            &parts,
+            Bytes::from_static(b"{}"),
+            &HeaderValue::from_static("abc"),
+            Some("127.0.0.9:5555".parse().expect("addr")),
+        );
+        assert_eq!(request.uri(), "http://127.0.0.5:8080/invocations?a=1");
+        let headers = request.headers();
+        assert!(headers.get("connection").is_none());
+        assert!(headers.get("te").is_none());
+        assert!(headers.get("host").is_none());
+        assert_eq!(headers["authorization"], "Bearer t");
+        assert_eq!(headers[REQUEST_ID], "abc");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.9");
+    }
+}
