@@ -8,6 +8,7 @@ use std::time::Duration;
 use sluice_crds::{Engine, ResolvedAutoscaling, ServedEntityStatus};
 
 use crate::config::AutoscalingDefaults;
+use crate::labels::child_name;
 use crate::resolve::ResolvedEntity;
 
 /// The scaling and hold settings of `entity`, as published.
@@ -49,6 +50,16 @@ pub fn autoscaling_of(entity: &ServedEntityStatus) -> ResolvedAutoscaling {
         max_held_requests: int(defaults.max_held_requests),
         hold_timeout_seconds: int(defaults.hold_timeout_seconds),
     }
+}
+
+/// The revision of `entity`'s pods: the published one, or for a status written before revisions
+/// were published, the suffix of its Deployment's name (`<endpoint>-<entity>-<revision>`).
+pub fn revision_of_entity<'a>(endpoint: &str, entity: &'a ServedEntityStatus) -> Option<&'a str> {
+    if let Some(revision) = entity.revision.as_deref() {
+        return Some(revision);
+    }
+    let prefix = child_name(endpoint, &entity.name, "");
+    entity.deployment_name.as_deref()?.strip_prefix(&prefix)
 }
 
 /// How many requests a gateway holds for an entity with no ready pod, and for how long.

@@ -10,7 +10,8 @@ use serde::Serialize;
 use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
     CaptureSpool, Engine, ExternalModel, ModelFormat, ModelTask, ModelVersion, ResolvedCapture,
-    ResolvedSpool, ServedEntity, ServingEndpoint, WorkloadSize, WorkloadType,
+    ResolvedRoute, ResolvedSpool, ServedEntity, ServingEndpoint, ShadowRoute, WorkloadSize,
+    WorkloadType,
 };
 
 use crate::config::{OperatorConfig, WorkloadClass};
@@ -390,6 +391,64 @@ fn runtime(
         port: spec.port.unwrap_or(default_port),
         health_path: spec.health_path.unwrap_or_else(|| default_health.into()),
     })
+}
+
+/// The live routes of `ep`: its traffic config, or all traffic to each entity when it has none
+/// (validation allows that only for a single entity).
+pub fn routes(ep: &ServingEndpoint) -> Vec<ResolvedRoute> {
+    match &ep.spec.traffic_config {
+        Some(traffic) => traffic
+            .routes
+            .iter()
+            .map(|r| ResolvedRoute {
+                served_entity_name: r.target().to_string(),
+                traffic_percentage: r.traffic_percentage,
+            })
+            .collect(),
+        None => ep
+            .spec
+            .served_entities
+            .iter()
+            .map(|e| ResolvedRoute {
+                served_entity_name: e.name.clone(),
+                traffic_percentage: 100,
+            })
+            .collect(),
+    }
+}
+
+/// The shadow routes of `ep`.
+pub fn shadow_routes(ep: &ServingEndpoint) -> Vec<ShadowRoute> {
+    ep.spec
+        .traffic_config
+        .as_ref()
+        .and_then(|t| t.shadow_routes.clone())
+        .unwrap_or_default()
+}
+
+/// The aliases `mv` holds alone among `others` (the other versions of its model), and one
+/// message per alias another version also claims: a claimed-twice alias is held by nobody.
+pub fn alias_claims(mv: &ModelVersion, others: &[&ModelVersion]) -> (Vec<String>, Vec<String>) {
+    let mut effective = Vec::new();
+    let mut conflicts = Vec::new();
+    for alias in &mv.spec.aliases {
+        let mut claimants: Vec<String> = others
+            .iter()
+            .filter(|o| o.spec.aliases.contains(alias))
+            .map(|o| o.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if claimants.is_empty() {
+            effective.push(alias.clone());
+        } else {
+            claimants.sort();
+            conflicts.push(format!(
+                "alias {alias} of model {} is also claimed by {}; endpoints keep the version they resolved before",
+                mv.spec.model,
+                claimants.join(", ")
+            ));
+        }
+    }
+    (effective, conflicts)
 }
 
 /// Default size of an endpoint's persistent capture spool.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -42,34 +42,12 @@ use crate::table::record::{
     RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, SHUTDOWN, SHUTDOWN_STATUS, UPSTREAM_UNAVAILABLE,
 };
 
-/// The request id header, read from the client or assigned, and always answered.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Headers that carry the client's own request id, first match wins (a JSON body's
-/// `client_request_id` is used when none is present).
-pub const CLIENT_REQUEST_ID_HEADERS: &[&str] = &["x-client-request-id", "client-request-id"];
-/// Headers that carry the caller's identity, first match wins. The gateway sets
-/// `x-sluice-requester` after authenticating; the others are what common auth proxies set.
-pub const REQUESTER_HEADERS: &[&str] = &[
-    "x-sluice-requester",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-auth-request-user",
-];
-/// The gateway's mark on mirrored (shadow) requests, recorded in `request_metadata`.
-pub const SHADOW_HEADER: &str = "x-sluice-shadow";
+use sluice_contract::headers::{
+    CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, REQUEST_ID,
+    REQUESTER_CANDIDATES as REQUESTER_HEADERS, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
+};
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Connection-level headers that never cross a proxy.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Limits on what is copied.
 #[derive(Clone, Copy, Debug)]
@@ -526,21 +504,6 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
 }
 
 /// The request facts kept in `request_metadata`.

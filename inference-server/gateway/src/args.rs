@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use sluice_protocol::units::{parse_bytes, parse_duration};
 
-use super::routing::HoldPolicy;
-
 /// `inference-server gateway`: in a cluster (the default) it watches ServingEndpoints and
 /// entity pods through the Kubernetes API (`KUBECONFIG` or the in-cluster service account);
 /// with `--standalone` it serves the endpoints of a manifest file without Kubernetes.
@@ -48,6 +46,11 @@ pub struct GatewayArgs {
     /// Standalone: folder for fetched models and process logs (a temporary folder by default).
     #[arg(long, env = "SLUICE_GATEWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Standalone: the operator config file (the chart's `operator.config`) whose defaults
+    /// resolve the manifest's entities — hold limits, concurrency ranges — as the operator
+    /// would resolve them; the operator's defaults when unset.
+    #[arg(long = "config", env = "SLUICE_GATEWAY_CONFIG")]
+    pub operator_config: Option<PathBuf>,
     /// Standalone: where `pvc://<claim>/<path>` sources are read (`<root>/<claim>/<path>`);
     /// the manifest's folder by default.
     #[arg(long, env = "SLUICE_GATEWAY_PVC_ROOT")]
@@ -85,14 +88,6 @@ pub struct GatewayArgs {
     /// Pods tried for one request when connecting fails.
     #[arg(long, env = "SLUICE_GATEWAY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
-    /// Default most requests held per scale-to-zero entity (an entity's
-    /// `autoscaling.maxHeldRequests` overrides it).
-    #[arg(long, env = "SLUICE_GATEWAY_MAX_HELD", default_value_t = 100)]
-    pub max_held: usize,
-    /// Default longest hold per request (an entity's `autoscaling.holdTimeoutSeconds` overrides
-    /// it).
-    #[arg(long, env = "SLUICE_GATEWAY_HOLD_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub hold_timeout: Duration,
     /// Most shadow requests in flight at once; more are shed and counted.
     #[arg(
         long,
@@ -115,16 +110,6 @@ pub struct GatewayArgs {
     /// gateway exits.
     #[arg(long, env = "SLUICE_GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-}
-
-impl GatewayArgs {
-    /// The hold limits of entities that set none.
-    pub fn hold_defaults(&self) -> HoldPolicy {
-        HoldPolicy {
-            max_held: self.max_held,
-            timeout: self.hold_timeout,
-        }
-    }
 }
 
 /// An entity that already runs at an address (standalone mode).

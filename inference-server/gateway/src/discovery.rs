@@ -14,7 +14,7 @@ use sluice_crds::ServingEndpoint;
 use tokio::sync::Notify;
 
 use super::GatewayError;
-use super::routing::{self, HoldPolicy, LABEL_ENDPOINT};
+use super::routing::{self, LABEL_ENDPOINT};
 use super::state::State;
 
 /// Watches the cluster (the endpoints of `namespaces`, all when empty, matching `selector`)
@@ -23,7 +23,6 @@ pub async fn run(
     client: Client,
     namespaces: &[String],
     selector: Option<&str>,
-    defaults: HoldPolicy,
     state: Arc<State>,
 ) -> Result<(), GatewayError> {
     let changed = Arc::new(Notify::new());
@@ -80,7 +79,7 @@ pub async fn run(
                 .flat_map(|(_, p)| p.state())
                 .map(|p| (*p).clone())
                 .collect();
-            state.apply(&routing::from_cluster(&endpoints, &pods, defaults));
+            state.apply(&routing::from_cluster(&endpoints, &pods));
             notified.await;
         }
         #[allow(unreachable_code)]

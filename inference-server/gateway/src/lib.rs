@@ -32,6 +32,9 @@ mod routing;
 mod standalone;
 mod state;
 
+#[cfg(test)]
+mod in_process_tests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +97,6 @@ pub async fn run(
     let mut registry = Registry::with_prefix("sluice_gateway");
     let metrics = GatewayMetrics::register(&mut registry);
     let state = Arc::new(State::new(metrics));
-    let defaults = args.hold_defaults();
     if args.max_buffered_bytes < args.max_body_bytes {
         tracing::warn!(
             max_buffered_bytes = args.max_buffered_bytes,
@@ -162,7 +164,6 @@ pub async fn run(
                 client,
                 &args.namespaces,
                 args.selector.as_deref().filter(|s| !s.is_empty()),
-                defaults,
                 state.clone(),
             ))
         }

@@ -40,14 +40,10 @@ use super::hold::HoldRefused;
 use super::metrics::{IDLE_REQUEST, IDLE_RESPONSE};
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 
-/// Header naming the entity that answered.
-pub const SERVED_MODEL_NAME: &str = "served-model-name";
-/// Header carrying the request id (propagated, or assigned by the gateway).
-pub const REQUEST_ID: &str = "x-request-id";
-/// Header naming the `configVersion` of the endpoint config that routed the request.
-pub const CONFIG_VERSION: &str = "x-sluice-config-version";
-/// Header marking a mirrored request, so the capture sidecar can tell it apart.
-pub const SHADOW_HEADER: &str = "x-sluice-shadow";
+use sluice_contract::headers::strip_hop_by_hop;
+pub use sluice_contract::headers::{
+    CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
+};
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -672,23 +668,6 @@ async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
         frame?;
     }
     Ok(())
-}
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 fn new_request_id() -> HeaderValue {

@@ -2,38 +2,24 @@
 //! manifest) and the live routing state.
 //!
 //! In a cluster the gateway routes by `status.config` of each ServingEndpoint — the config the
-//! operator promoted once all its entities were ready — never by `spec`. An entity's backends
-//! are the ready pods of the Deployment that `status.config` names, found by the pod labels the
-//! operator sets (`serving.sluice.dev/{endpoint,entity,revision}`). Pods, not EndpointSlices:
+//! operator promoted once all its entities were ready — never by `spec`, and applies no default
+//! of its own: hold limits and revisions are what the operator published for each entity
+//! (`sluice_contract::published`). An entity's backends are the ready pods of its published
+//! revision, found by the pod labels the operator sets
+//! (`serving.sluice.dev/{endpoint,entity,revision}`). Pods, not EndpointSlices:
 //! the API server refuses loopback addresses in EndpointSlices, and every local pod of the test
 //! cluster lives on 127.0.0.0/8 (docs/testing.md); a Pod's Ready condition is the same signal
 //! the EndpointSlice controller publishes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use sluice_crds::{ServedEntity, ServingEndpoint};
-
-/// Pod label naming the endpoint (set by the operator).
-pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
-/// Pod label naming the served entity.
-pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
-/// Pod label naming the entity revision (the suffix of its Deployment name).
-pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
-/// Name of the container port that fronts an entity pod (the capture sidecar, or the model
-/// container when capture is off).
-pub const FRONT_PORT_NAME: &str = "http";
-
-/// How long a held request may wait and how many may wait, per entity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HoldPolicy {
-    /// Most requests held at once; past it, 503 with `Retry-After`.
-    pub max_held: usize,
-    /// How long one request may be held before a 503.
-    pub timeout: Duration,
-}
+pub use sluice_contract::labels::LABEL_ENDPOINT;
+use sluice_contract::labels::{FRONT_PORT_NAME, LABEL_ENTITY, LABEL_REVISION};
+pub use sluice_contract::published::HoldPolicy;
+use sluice_contract::published::revision_of_entity;
+use sluice_crds::ServingEndpoint;
 
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,11 +66,7 @@ pub struct EntitySpec {
 }
 
 /// Builds the routing data of every endpoint from the watched ServingEndpoints and entity pods.
-pub fn from_cluster(
-    endpoints: &[ServingEndpoint],
-    pods: &[Pod],
-    defaults: HoldPolicy,
-) -> Vec<EndpointSpec> {
+pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<EndpointSpec> {
     // (namespace, endpoint, entity, revision) → ready and warming addresses.
     let mut ready: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
     let mut warming: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
@@ -126,10 +108,7 @@ pub fn from_cluster(
                     .served_entities
                     .iter()
                     .map(|entity| {
-                        let revision = entity
-                            .deployment_name
-                            .as_deref()
-                            .and_then(|d| d.strip_prefix(&format!("{name}-{}-", entity.name)));
+                        let revision = revision_of_entity(name, entity);
                         let of = |map: &BTreeMap<_, Vec<SocketAddr>>| {
                             let mut list = revision
                                 .and_then(|rev| {
@@ -144,7 +123,7 @@ pub fn from_cluster(
                         EntitySpec {
                             name: entity.name.clone(),
                             scale_to_zero: entity.scale_to_zero_enabled,
-                            hold: hold_policy(spec_entity(endpoint, &entity.name), defaults),
+                            hold: HoldPolicy::of(entity),
                             backends,
                             warming: of(&warming),
                             unsupported: entity.external_provider.map(|provider| {
@@ -191,30 +170,6 @@ pub fn from_cluster(
     out
 }
 
-fn spec_entity<'a>(endpoint: &'a ServingEndpoint, name: &str) -> Option<&'a ServedEntity> {
-    endpoint
-        .spec
-        .served_entities
-        .iter()
-        .find(|entity| entity.name == name)
-}
-
-/// The hold limits of an entity: its `autoscaling` overrides, else the gateway's defaults.
-pub fn hold_policy(entity: Option<&ServedEntity>, defaults: HoldPolicy) -> HoldPolicy {
-    let autoscaling = entity.and_then(|e| e.autoscaling.as_ref());
-    HoldPolicy {
-        max_held: autoscaling
-            .and_then(|a| a.max_held_requests)
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(defaults.max_held),
-        timeout: autoscaling
-            .and_then(|a| a.hold_timeout_seconds)
-            .and_then(|s| u64::try_from(s).ok())
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.timeout),
-    }
-}
-
 /// The address a running, not-terminating pod answers on, at its front (`http`) port, and
 /// whether it is Ready.
 fn front_address(pod: &Pod) -> Option<(SocketAddr, bool)> {
@@ -244,12 +199,9 @@ fn front_address(pod: &Pod) -> Option<(SocketAddr, bool)> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    const DEFAULTS: HoldPolicy = HoldPolicy {
-        max_held: 100,
-        timeout: Duration::from_secs(30),
-    };
+    use super::*;
 
     fn endpoint() -> ServingEndpoint {
         serde_json::from_value(serde_json::json!({
@@ -272,8 +224,12 @@ mod tests {
                 "servedEntities": [
                     {"name": "a", "deploymentName": "fraud-a-1111a", "scaleToZeroEnabled": false,
                      "minProvisionedConcurrency": 4, "maxProvisionedConcurrency": 4},
-                    {"name": "b", "deploymentName": "fraud-b-2222b", "scaleToZeroEnabled": true,
-                     "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 4}
+                    {"name": "b", "deploymentName": "fraud-b-2222b", "revision": "2222b",
+                     "scaleToZeroEnabled": true,
+                     "minProvisionedConcurrency": 0, "maxProvisionedConcurrency": 4,
+                     "autoscaling": {"perReplicaConcurrency": 4, "minReplicas": 0,
+                                     "maxReplicas": 1, "idleTimeoutSeconds": 300,
+                                     "maxHeldRequests": 7, "holdTimeoutSeconds": 3}}
                 ],
                 "routes": [
                     {"servedEntityName": "a", "trafficPercentage": 90},
@@ -316,7 +272,7 @@ mod tests {
                 pending
             },
         ];
-        let specs = from_cluster(&[endpoint()], &pods, DEFAULTS);
+        let specs = from_cluster(&[endpoint()], &pods);
         let config = specs[0].config.as_ref().expect("config");
         assert_eq!(config.version, 4);
         assert_eq!(
@@ -335,7 +291,14 @@ mod tests {
         assert!(config.entities[1].scale_to_zero);
         assert_eq!(config.entities[1].hold.max_held, 7);
         assert_eq!(config.entities[1].hold.timeout, Duration::from_secs(3));
-        assert_eq!(config.entities[0].hold, DEFAULTS);
+        assert_eq!(
+            config.entities[0].hold,
+            HoldPolicy {
+                max_held: 100,
+                timeout: Duration::from_secs(120)
+            },
+            "a status written before hold limits were published reads as the defaults"
+        );
         assert_eq!(config.routes, vec![("a".into(), 90), ("b".into(), 10)]);
         assert_eq!(config.shadows, vec![("b".into(), 25)]);
     }
@@ -344,7 +307,7 @@ mod tests {
     fn an_endpoint_without_a_promoted_config_is_known_but_not_routable() {
         let mut endpoint = endpoint();
         endpoint.status = None;
-        let specs = from_cluster(&[endpoint], &[], DEFAULTS);
+        let specs = from_cluster(&[endpoint], &[]);
         assert_eq!(specs[0].name, "fraud");
         assert!(specs[0].config.is_none());
     }
@@ -356,11 +319,59 @@ mod tests {
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
-        let specs = from_cluster(&[endpoint()], &[terminating], DEFAULTS);
+        let specs = from_cluster(&[endpoint()], &[terminating]);
         assert!(
             specs[0].config.as_ref().expect("config").entities[0]
                 .backends
                 .is_empty()
+        );
+    }
+
+    /// The gateway holds exactly as long as the operator resolved: the operator config's
+    /// defaults (120 s, 100 requests) when the entity sets none, its overrides otherwise, and
+    /// never a default of the gateway's own.
+    #[test]
+    fn hold_limits_are_the_operators_resolved_values() {
+        use std::collections::BTreeMap;
+
+        use sluice_contract::config::OperatorConfig;
+        use sluice_contract::{fixtures, published, resolve};
+
+        for (config, spec) in [
+            (OperatorConfig::default(), "{name: a, model: m, version: 1}"),
+            (
+                OperatorConfig::parse("autoscaling: {holdTimeoutSeconds: 45}\n", "test")
+                    .expect("config"),
+                "{name: a, model: m, version: 1, autoscaling: {maxHeldRequests: 9}}",
+            ),
+        ] {
+            let mut ep = fixtures::endpoint("fraud", &format!("  servedEntities:\n  - {spec}"));
+            let mv = fixtures::checked_version("m", 1, &[], true);
+            let resolved = resolve::resolve(&ep, &[mv], &BTreeMap::new(), &config)
+                .expect("resolves")
+                .remove(0);
+            let autoscaling = published::autoscaling(&resolved);
+            ep.status = Some(
+                serde_json::from_value(serde_json::json!({"config": {
+                    "configVersion": 1,
+                    "servedEntities": [{"name": "a", "revision": "1111a",
+                                        "deploymentName": "fraud-a-1111a",
+                                        "autoscaling": autoscaling}],
+                    "routes": [{"servedEntityName": "a", "trafficPercentage": 100}]
+                }}))
+                .expect("status"),
+            );
+            let specs = from_cluster(&[ep], &[]);
+            let hold = specs[0].config.as_ref().expect("config").entities[0].hold;
+            assert_eq!(
+                hold.timeout,
+                Duration::from_secs(u64::from(resolved.hold_timeout_seconds))
+            );
+            assert_eq!(hold.max_held, resolved.max_held_requests as usize);
+        }
+        assert_eq!(
+            OperatorConfig::default().autoscaling.hold_timeout_seconds,
+            120
         );
     }
 }

@@ -2,7 +2,10 @@
 //! laptops and edge devices.
 //!
 //! The manifest holds ServingEndpoints and the ModelVersions they name (the same YAML a cluster
-//! takes). In standalone mode the spec is the routed config. Each entity either already runs
+//! takes). In standalone mode the spec is the routed config, resolved by the operator's own
+//! resolver (`sluice_contract::resolve`) with the operator config given by `--config`: the same
+//! defaults, the same alias rules (an alias two versions claim is held by neither), the same
+//! hold limits as on a cluster. Each entity either already runs
 //! somewhere (`--upstream ENTITY=HOST:PORT`) or is started here as the pod would run it: the
 //! model is fetched (`pvc://<claim>/<path>` reads `<pvc root>/<claim>/<path>`, the pvc root
 //! being the manifest's folder unless `--pvc-root` says otherwise) and served by a child
@@ -13,13 +16,24 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
-use sluice_crds::{ModelTask, ModelVersion, ServedEntity, ServingEndpoint};
+use sluice_contract::config::OperatorConfig;
+use sluice_contract::published::{self, HoldPolicy};
+use sluice_contract::resolve::{self, EntitySource, ResolvedEntity, alias_claims};
+use sluice_crds::model_version::ModelSignature;
+use sluice_crds::{
+    ModelFormat, ModelTask, ModelVersion, ModelVersionStatus, ResolvedRoute, ServingEndpoint,
+    ShadowRoute,
+};
 use sluice_fetch::{self as fetch, FetchArgs, FetchOptions};
 
 use super::GatewayError;
 use super::args::{GatewayArgs, Upstream};
-use super::routing::{self, ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
+use super::routing::{ConfigSpec, EndpointSpec, EntitySpec};
 use super::state::State;
 
 /// What the manifest holds.
@@ -83,97 +97,158 @@ pub fn read(path: &Path) -> Result<Manifest, GatewayError> {
 /// Where each `(endpoint, entity)` answers.
 pub type Addresses = Vec<((String, String), SocketAddr)>;
 
+/// One endpoint of the manifest, resolved as the operator resolves it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedEndpoint {
+    /// Namespace (`default` when the manifest names none).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The config version: the manifest's `metadata.generation`, else 1.
+    pub version: i64,
+    /// Every entity, with the operator config's defaults applied.
+    pub entities: Vec<ResolvedEntity>,
+    /// Live routes.
+    pub routes: Vec<ResolvedRoute>,
+    /// Shadow routes.
+    pub shadows: Vec<ShadowRoute>,
+}
+
+/// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
+/// mode runs no source check, so each ModelVersion counts as checked; it holds the aliases no
+/// other version of its model claims. Problems are named, one per entity.
+pub fn resolve_manifest(
+    manifest: &Manifest,
+    config: &OperatorConfig,
+) -> Result<Vec<ResolvedEndpoint>, String> {
+    let checked: Vec<ModelVersion> = manifest
+        .versions
+        .iter()
+        .map(|mv| checked(mv, &manifest.versions))
+        .collect();
+    let mut resolved = Vec::new();
+    let mut problems = Vec::new();
+    for endpoint in &manifest.endpoints {
+        let namespace = namespace_of(&endpoint.metadata.namespace);
+        let name = endpoint.metadata.name.clone().unwrap_or_default();
+        let versions: Vec<ModelVersion> = checked
+            .iter()
+            .filter(|mv| namespace_of(&mv.metadata.namespace) == namespace)
+            .cloned()
+            .collect();
+        match resolve::resolve(endpoint, &versions, &BTreeMap::new(), config) {
+            Ok(entities) => resolved.push(ResolvedEndpoint {
+                version: endpoint.metadata.generation.unwrap_or(1),
+                entities,
+                routes: resolve::routes(endpoint),
+                shadows: resolve::shadow_routes(endpoint),
+                namespace,
+                name,
+            }),
+            Err(found) => problems.extend(
+                found
+                    .iter()
+                    .map(|problem| format!("endpoint {name}: {problem}")),
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `mv` as the operator's check would leave it when its source is readable: Ready, holding the
+/// aliases it claims alone among `all`.
+fn checked(mv: &ModelVersion, all: &[ModelVersion]) -> ModelVersion {
+    let others: Vec<&ModelVersion> = all
+        .iter()
+        .filter(|o| {
+            o.spec.model == mv.spec.model
+                && o.metadata.name != mv.metadata.name
+                && namespace_of(&o.metadata.namespace) == namespace_of(&mv.metadata.namespace)
+        })
+        .collect();
+    let (effective_aliases, _) = alias_claims(mv, &others);
+    let mut mv = mv.clone();
+    mv.status = Some(ModelVersionStatus {
+        observed_generation: mv.metadata.generation,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Standalone".into(),
+            message: "standalone mode fetches the artifact when it starts".into(),
+            observed_generation: mv.metadata.generation,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }],
+        resolved_uri: Some(mv.spec.source.uri.clone()),
+        effective_aliases,
+    });
+    mv
+}
+
 /// The routed config of each endpoint, with `addresses` giving each entity's backend (entities
 /// missing from it have no ready backend).
-pub fn specs(
-    manifest: &Manifest,
-    addresses: &Addresses,
-    defaults: HoldPolicy,
-) -> Vec<EndpointSpec> {
-    manifest
-        .endpoints
+pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<EndpointSpec> {
+    endpoints
         .iter()
-        .map(|endpoint| {
-            let name = endpoint.metadata.name.clone().unwrap_or_default();
-            let entities = &endpoint.spec.served_entities;
-            let routes: Vec<(String, u32)> = match &endpoint.spec.traffic_config {
-                Some(traffic) => traffic
-                    .routes
+        .map(|endpoint| EndpointSpec {
+            namespace: endpoint.namespace.clone(),
+            name: endpoint.name.clone(),
+            config: Some(ConfigSpec {
+                version: endpoint.version,
+                entities: endpoint
+                    .entities
                     .iter()
-                    .map(|r| (r.target().to_string(), r.traffic_percentage.max(0) as u32))
-                    .collect(),
-                None => entities.iter().map(|e| (e.name.clone(), 100)).collect(),
-            };
-            let shadows = endpoint
-                .spec
-                .traffic_config
-                .as_ref()
-                .and_then(|t| t.shadow_routes.as_ref())
-                .map(|routes| {
-                    routes
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.served_entity_name.clone(),
-                                r.mirror_percentage.max(0) as u32,
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            EndpointSpec {
-                namespace: namespace_of(endpoint),
-                name: name.clone(),
-                config: Some(ConfigSpec {
-                    version: endpoint.metadata.generation.unwrap_or(1),
-                    entities: entities
-                        .iter()
-                        .map(|entity| EntitySpec {
-                            name: entity.name.clone(),
-                            scale_to_zero: entity.scale_to_zero_enabled.unwrap_or(false),
-                            hold: routing::hold_policy(Some(entity), defaults),
-                            backends: addresses
-                                .iter()
-                                .filter(|((e, n), _)| *e == name && *n == entity.name)
-                                .map(|(_, address)| *address)
-                                .collect(),
-                            warming: Vec::new(),
-                            unsupported: entity.external_model.as_ref().map(|_| {
+                    .map(|entity| EntitySpec {
+                        name: entity.name.clone(),
+                        scale_to_zero: entity.scale_to_zero,
+                        hold: HoldPolicy::from(&published::autoscaling(entity)),
+                        backends: addresses
+                            .iter()
+                            .filter(|((e, n), _)| *e == endpoint.name && *n == entity.name)
+                            .map(|(_, address)| *address)
+                            .collect(),
+                        warming: Vec::new(),
+                        unsupported: matches!(entity.source, EntitySource::External(_)).then(
+                            || {
                                 format!(
                                     "entity {} is an external model; standalone mode does not \
                                      call external providers yet",
                                     entity.name
                                 )
-                            }),
-                        })
-                        .collect(),
-                    routes,
-                    shadows,
-                }),
-            }
+                            },
+                        ),
+                    })
+                    .collect(),
+                routes: endpoint
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.served_entity_name.clone(),
+                            r.traffic_percentage.max(0) as u32,
+                        )
+                    })
+                    .collect(),
+                shadows: endpoint
+                    .shadows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.served_entity_name.clone(),
+                            r.mirror_percentage.max(0) as u32,
+                        )
+                    })
+                    .collect(),
+            }),
         })
         .collect()
 }
 
-fn namespace_of(endpoint: &ServingEndpoint) -> String {
-    endpoint
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into())
-}
-
-/// The ModelVersion an entity names (by version, or by alias).
-fn version_for<'a>(manifest: &'a Manifest, entity: &ServedEntity) -> Option<&'a ModelVersion> {
-    let model = entity.model.as_deref()?;
-    manifest.versions.iter().find(|mv| {
-        mv.spec.model == model
-            && match (entity.version, entity.alias.as_deref()) {
-                (Some(version), _) => mv.spec.version == version,
-                (None, Some(alias)) => mv.spec.aliases.iter().any(|a| a == alias),
-                (None, None) => false,
-            }
-    })
+fn namespace_of(namespace: &Option<String>) -> String {
+    namespace.clone().unwrap_or_else(|| "default".into())
 }
 
 fn upstreams_for<'a>(
@@ -186,36 +261,38 @@ fn upstreams_for<'a>(
         .filter(move |u| u.entity == entity && u.endpoint.as_deref().is_none_or(|e| e == endpoint))
 }
 
-/// The addresses `--upstream` gives the entities of `manifest`.
-fn upstream_addresses(manifest: &Manifest, upstreams: &[Upstream]) -> Addresses {
+/// The addresses `--upstream` gives the entities of `endpoints`.
+fn upstream_addresses(endpoints: &[ResolvedEndpoint], upstreams: &[Upstream]) -> Addresses {
     let mut addresses = Addresses::new();
-    for endpoint in &manifest.endpoints {
-        let name = endpoint.metadata.name.clone().unwrap_or_default();
-        for entity in &endpoint.spec.served_entities {
-            for upstream in upstreams_for(upstreams, &name, &entity.name) {
-                addresses.push(((name.clone(), entity.name.clone()), upstream.address));
+    for endpoint in endpoints {
+        for entity in &endpoint.entities {
+            for upstream in upstreams_for(upstreams, &endpoint.name, &entity.name) {
+                addresses.push((
+                    (endpoint.name.clone(), entity.name.clone()),
+                    upstream.address,
+                ));
             }
         }
     }
     addresses
 }
 
-/// `serve --declared-*` from a ModelVersion: its format, task and signature, for a folder
-/// without a manifest (the operator passes the same values to pods).
-fn declared_args(spec: &sluice_crds::ModelVersionSpec) -> Vec<String> {
+/// `serve --declared-*` from a resolved ModelVersion: its format, task and signature, for a
+/// folder without a manifest (the operator passes the same values to pods).
+fn declared_args(
+    format: ModelFormat,
+    task: Option<ModelTask>,
+    signature: Option<&ModelSignature>,
+) -> Vec<String> {
     let word = |v: Result<serde_json::Value, _>| v.ok()?.as_str().map(str::to_string);
     let mut args = Vec::new();
-    if let Some(format) = word(serde_json::to_value(spec.format)) {
+    if let Some(format) = word(serde_json::to_value(format)) {
         args.extend(["--declared-format".to_string(), format]);
     }
-    if let Some(task) = spec.task.and_then(|t| word(serde_json::to_value(t))) {
+    if let Some(task) = task.and_then(|t| word(serde_json::to_value(t))) {
         args.extend(["--declared-task".to_string(), task]);
     }
-    if let Some(signature) = spec
-        .signature
-        .as_ref()
-        .and_then(|s| serde_json::to_string(s).ok())
-    {
+    if let Some(signature) = signature.and_then(|s| serde_json::to_string(s).ok()) {
         args.extend(["--declared-signature".to_string(), signature]);
     }
     args
@@ -231,7 +308,7 @@ pub struct LocalEntities {
 
 /// Starts every entity not given by `--upstream`: fetch, then `serve` on a free loopback port.
 pub async fn start(
-    manifest: &Manifest,
+    endpoints: &[ResolvedEndpoint],
     upstreams: &[Upstream],
     work_dir: &Path,
     pvc_root: &Path,
@@ -240,41 +317,34 @@ pub async fn start(
     let exe = std::env::current_exe().map_err(|e| {
         GatewayError::Start(format!("cannot find the inference-server executable: {e}"))
     })?;
-    for endpoint in &manifest.endpoints {
-        let name = endpoint.metadata.name.clone().unwrap_or_default();
-        for entity in &endpoint.spec.served_entities {
-            let key = (name.clone(), entity.name.clone());
-            if upstreams_for(upstreams, &name, &entity.name)
+    for endpoint in endpoints {
+        let name = &endpoint.name;
+        for entity in &endpoint.entities {
+            let EntitySource::Registered {
+                artifact_uri,
+                sha256,
+                format,
+                declared_task,
+                signature,
+                ..
+            } = &entity.source
+            else {
+                continue;
+            };
+            if upstreams_for(upstreams, name, &entity.name)
                 .next()
                 .is_some()
-                || entity.external_model.is_some()
             {
                 continue;
             }
-            let version = version_for(manifest, entity).ok_or_else(|| {
-                GatewayError::Start(format!(
-                    "entity {}/{}: the manifest has no ModelVersion for model {:?} {}; add it or \
-                     pass --upstream {}=HOST:PORT",
-                    name,
-                    entity.name,
-                    entity.model.as_deref().unwrap_or(""),
-                    entity
-                        .version
-                        .map(|v| format!("version {v}"))
-                        .or_else(|| entity.alias.as_ref().map(|a| format!("alias {a}")))
-                        .unwrap_or_default(),
-                    entity.name
-                ))
-            })?;
-            let model_dir = work_dir.join("models").join(&name).join(&entity.name);
-            let uri = version.spec.source.uri.clone();
+            let model_dir = work_dir.join("models").join(name).join(&entity.name);
             let options = FetchOptions {
-                sha256: version.spec.source.sha256.clone(),
+                sha256: sha256.clone(),
                 ..FetchOptions::default()
             };
             fetch::fetch(
                 FetchArgs {
-                    uri: uri.clone(),
+                    uri: artifact_uri.clone(),
                     dest: model_dir.clone(),
                     pvc_root: pvc_root.to_path_buf(),
                 },
@@ -283,7 +353,7 @@ pub async fn start(
             .await
             .map_err(|e| {
                 GatewayError::Start(format!(
-                    "entity {name}/{}: fetching {uri}: {e}",
+                    "entity {name}/{}: fetching {artifact_uri}: {e}",
                     entity.name
                 ))
             })?;
@@ -301,8 +371,8 @@ pub async fn start(
                 .arg(&model_dir)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--parent-pid", &std::process::id().to_string()])
-                .args(declared_args(&version.spec))
-                .envs(&entity.environment_vars)
+                .args(declared_args(*format, *declared_task, signature.as_ref()))
+                .envs(&entity.env)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log_err)
@@ -313,9 +383,10 @@ pub async fn start(
                 })?;
             tracing::info!(endpoint = %name, entity = %entity.name, port, log = %log_path.display(), "started a local entity");
             local.children.push(child);
-            local
-                .addresses
-                .push((key, SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
+            local.addresses.push((
+                (name.clone(), entity.name.clone()),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            ));
         }
     }
     Ok(local)
@@ -357,18 +428,15 @@ impl LocalEntities {
 }
 
 /// The `(endpoint, entity)` keys of entities with `scaleToZeroEnabled`.
-fn scale_to_zero_entities(manifest: &Manifest) -> std::collections::BTreeSet<(String, String)> {
-    manifest
-        .endpoints
+fn scale_to_zero_entities(endpoints: &[ResolvedEndpoint]) -> BTreeSet<(String, String)> {
+    endpoints
         .iter()
         .flat_map(|endpoint| {
-            let name = endpoint.metadata.name.clone().unwrap_or_default();
             endpoint
-                .spec
-                .served_entities
+                .entities
                 .iter()
-                .filter(|e| e.scale_to_zero_enabled == Some(true))
-                .map(move |e| (name.clone(), e.name.clone()))
+                .filter(|e| e.scale_to_zero)
+                .map(|e| (endpoint.name.clone(), e.name.clone()))
         })
         .collect()
 }
@@ -387,13 +455,24 @@ pub async fn run(
     state: &State,
 ) -> Result<(), GatewayError> {
     let upstreams = args.upstreams.as_slice();
-    let defaults = args.hold_defaults();
-    let mut manifest = read(path)?;
+    let config = match &args.operator_config {
+        Some(file) => OperatorConfig::load(file).map_err(|e| GatewayError::Manifest {
+            path: file.clone(),
+            message: e.to_string(),
+        })?,
+        None => OperatorConfig::default(),
+    };
+    let manifest = read(path)?;
+    let mut endpoints =
+        resolve_manifest(&manifest, &config).map_err(|message| GatewayError::Manifest {
+            path: path.to_path_buf(),
+            message,
+        })?;
     let pvc_root = args
         .pvc_root
         .clone()
         .unwrap_or_else(|| manifest.base.clone());
-    let mut local = start(&manifest, upstreams, work_dir, &pvc_root).await?;
+    let mut local = start(&endpoints, upstreams, work_dir, &pvc_root).await?;
     local.wait_ready(args.request_timeout).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
@@ -404,9 +483,9 @@ pub async fn run(
     let mut modified = modified_time(path);
     let mut applied: Option<Vec<EndpointSpec>> = None;
     loop {
-        let mut addresses = upstream_addresses(&manifest, upstreams);
+        let mut addresses = upstream_addresses(&endpoints, upstreams);
         addresses.extend(local.addresses.clone());
-        let waking = scale_to_zero_entities(&manifest);
+        let waking = scale_to_zero_entities(&endpoints);
         let checks = addresses.iter().map(|(key, address)| {
             let client = client.clone();
             let check = waking.contains(key);
@@ -425,15 +504,15 @@ pub async fn run(
             .into_iter()
             .flatten()
             .collect();
-        let specs = specs(&manifest, &ready, defaults);
+        let specs = specs(&endpoints, &ready);
         if applied.as_ref() != Some(&specs) {
             state.apply(&specs);
             if applied.is_none() {
-                for endpoint in &manifest.endpoints {
-                    let (route, body) = example_request(&manifest, endpoint);
+                for endpoint in &endpoints {
+                    let (route, body) = example_request(endpoint);
                     println!(
                         "READY {} curl -s http://{listen}{route} -H 'content-type: application/json' -d '{body}'",
-                        endpoint.metadata.name.as_deref().unwrap_or("")
+                        endpoint.name
                     );
                 }
             }
@@ -449,10 +528,16 @@ pub async fn run(
             _ = hangup.recv() => true,
         };
         if reload {
-            match read(path) {
+            let next = read(path).and_then(|next| {
+                resolve_manifest(&next, &config).map_err(|message| GatewayError::Manifest {
+                    path: path.to_path_buf(),
+                    message,
+                })
+            });
+            match next {
                 Ok(next) => {
                     tracing::info!(path = %path.display(), "manifest changed; routing by it");
-                    manifest = next;
+                    endpoints = next;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "the changed manifest is refused; routing by the previous one");
@@ -475,14 +560,17 @@ fn free_port() -> Result<u16, GatewayError> {
 
 /// The route and a request body that work for the endpoint's first entity, for the printed
 /// curl.
-pub fn example_request(manifest: &Manifest, endpoint: &ServingEndpoint) -> (String, String) {
-    let name = endpoint.metadata.name.clone().unwrap_or_default();
-    let version = endpoint
-        .spec
-        .served_entities
-        .first()
-        .and_then(|e| version_for(manifest, e));
-    match version.and_then(|v| v.spec.task) {
+pub fn example_request(endpoint: &ResolvedEndpoint) -> (String, String) {
+    let name = &endpoint.name;
+    let (task, signature) = match endpoint.entities.first().map(|e| &e.source) {
+        Some(EntitySource::Registered {
+            declared_task,
+            signature,
+            ..
+        }) => (*declared_task, signature.as_ref()),
+        _ => (None, None),
+    };
+    match task {
         Some(ModelTask::Chat) => (
             "/serving-endpoints/v1/chat/completions".into(),
             format!(
@@ -498,8 +586,7 @@ pub fn example_request(manifest: &Manifest, endpoint: &ServingEndpoint) -> (Stri
             format!(r#"{{"model": "{name}", "prompt": "Hello"}}"#),
         ),
         Some(ModelTask::Predict) | None => {
-            let columns: Vec<String> = version
-                .and_then(|v| v.spec.signature.as_ref())
+            let columns: Vec<String> = signature
                 .map(|s| {
                     s.inputs
                         .iter()
@@ -539,11 +626,8 @@ mod tests {
             ("fraud".to_string(), "version-a".to_string()),
             "127.0.0.1:9".parse().expect("addr"),
         )];
-        let defaults = HoldPolicy {
-            max_held: 1,
-            timeout: Duration::from_secs(1),
-        };
-        let specs = specs(&m, &addresses, defaults);
+        let resolved = resolve_manifest(&m, &OperatorConfig::default()).expect("resolves");
+        let specs = specs(&resolved, &addresses);
         let config = specs[0].config.as_ref().expect("config");
         assert_eq!(specs[0].namespace, "default");
         assert_eq!(config.routes.iter().map(|r| r.1).sum::<u32>(), 100);
@@ -574,5 +658,50 @@ mod tests {
         std::fs::write(&path, "").expect("write");
         let error = read(&path).expect_err("refused").to_string();
         assert!(error.contains("no ServingEndpoint"), "{error}");
+    }
+
+    #[test]
+    fn the_operators_resolver_and_defaults_apply_in_standalone_mode() {
+        let m = manifest(include_str!("../../../examples/scale-to-zero.yaml"));
+        let resolved = resolve_manifest(&m, &OperatorConfig::default()).expect("resolves");
+        let specs = specs(&resolved, &Addresses::new());
+        let entity = &specs[0].config.as_ref().expect("config").entities[0];
+        assert!(entity.scale_to_zero);
+        let expected = HoldPolicy::from(&published::autoscaling(&resolved[0].entities[0]));
+        assert_eq!(
+            entity.hold, expected,
+            "the hold limits the operator would publish"
+        );
+        let config =
+            OperatorConfig::parse("autoscaling: {maxHeldRequests: 7}\n", "test").expect("config");
+        let tuned = resolve_manifest(&m, &config).expect("resolves");
+        let entity_sets_it = m.endpoints[0].spec.served_entities[0]
+            .autoscaling
+            .as_ref()
+            .and_then(|a| a.max_held_requests)
+            .is_some();
+        if !entity_sets_it {
+            assert_eq!(
+                tuned[0].entities[0].max_held_requests, 7,
+                "--config applies"
+            );
+        }
+    }
+
+    #[test]
+    fn an_alias_two_versions_claim_is_refused_by_name() {
+        let m = manifest(
+            "apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {name: m-1}\n\
+             spec: {model: m, version: 1, aliases: [champion], source: {uri: 's3://b/m/1'}, format: onnx}\n---\n\
+             apiVersion: serving.sluice.dev/v1alpha1\nkind: ModelVersion\nmetadata: {name: m-2}\n\
+             spec: {model: m, version: 2, aliases: [champion], source: {uri: 's3://b/m/2'}, format: onnx}\n---\n\
+             apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: e}\n\
+             spec: {servedEntities: [{name: c, model: m, alias: champion}]}\n",
+        );
+        let error = resolve_manifest(&m, &OperatorConfig::default()).expect_err("refused");
+        assert_eq!(
+            error,
+            "endpoint e: entity c: no ModelVersion of model m holds alias champion"
+        );
     }
 }

@@ -22,11 +22,11 @@ use k8s_openapi::{
 };
 use sluice_contract::labels::revision_of;
 use sluice_contract::published;
-use sluice_contract::resolve::{EntitySource, ResolveProblem, ResolvedEntity};
+use sluice_contract::resolve::{self, EntitySource, ResolveProblem, ResolvedEntity};
 use sluice_crds::{
     ConfigUpdateState, DeploymentState, EndpointConfigStatus, EndpointState, ReadyState,
-    ReplicaStatus, ResolvedCapture, ResolvedRoute, ServedEntityState, ServedEntityStatus,
-    ServingEndpoint, ServingEndpointStatus,
+    ReplicaStatus, ResolvedCapture, ServedEntityState, ServedEntityStatus, ServingEndpoint,
+    ServingEndpointStatus,
 };
 
 use super::{
@@ -371,33 +371,13 @@ fn config_of(
     capture: Option<ResolvedCapture>,
     version: i64,
 ) -> EndpointConfigStatus {
-    let traffic = ep.spec.traffic_config.as_ref();
-    let routes = match traffic {
-        Some(t) => t
-            .routes
-            .iter()
-            .map(|r| ResolvedRoute {
-                served_entity_name: r.target().to_string(),
-                traffic_percentage: r.traffic_percentage,
-            })
-            .collect(),
-        None => wants
-            .iter()
-            .map(|w| ResolvedRoute {
-                served_entity_name: w.entity.name.clone(),
-                traffic_percentage: 100,
-            })
-            .collect(),
-    };
     EndpointConfigStatus {
         config_version: version,
         spec_generation: ep.metadata.generation,
         start_time: None,
         served_entities: wants.iter().map(entity_status).collect(),
-        routes,
-        shadow_routes: traffic
-            .and_then(|t| t.shadow_routes.clone())
-            .unwrap_or_default(),
+        routes: resolve::routes(ep),
+        shadow_routes: resolve::shadow_routes(ep),
         auto_capture: capture,
     }
 }

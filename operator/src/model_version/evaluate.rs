@@ -8,6 +8,7 @@ use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
 
 use super::source_check::{SOURCE_REACHABLE, Verdict};
 use sluice_contract::claim::ClaimUri;
+use sluice_contract::resolve::alias_claims;
 
 use crate::conditions::{self, Desired, Status};
 pub use crate::conditions::{ALIAS_CONFLICT, READY};
@@ -30,7 +31,7 @@ pub fn evaluate(
         .collect();
 
     let ready = readiness(mv, &others, source);
-    let (effective_aliases, conflicts) = alias_conflicts(mv, &others);
+    let (effective_aliases, conflicts) = alias_claims(mv, &others);
     let mut desired = vec![ready, source_condition(mv, source)];
     desired.push(if conflicts.is_empty() {
         Desired {
@@ -225,30 +226,6 @@ fn is_older(a: &ModelVersion, b: &ModelVersion) -> bool {
         )
     };
     key(a) < key(b)
-}
-
-/// The aliases `mv` holds alone, and one message per alias another version also claims.
-fn alias_conflicts(mv: &ModelVersion, others: &[&ModelVersion]) -> (Vec<String>, Vec<String>) {
-    let mut effective = Vec::new();
-    let mut conflicts = Vec::new();
-    for alias in &mv.spec.aliases {
-        let mut claimants: Vec<String> = others
-            .iter()
-            .filter(|o| o.spec.aliases.contains(alias))
-            .map(|o| o.name_any())
-            .collect();
-        if claimants.is_empty() {
-            effective.push(alias.clone());
-        } else {
-            claimants.sort();
-            conflicts.push(format!(
-                "alias {alias} of model {} is also claimed by {}; endpoints keep the version they resolved before",
-                mv.spec.model,
-                claimants.join(", ")
-            ));
-        }
-    }
-    (effective, conflicts)
 }
 
 #[cfg(test)]

@@ -1,0 +1,196 @@
+//! The proxy tested in-process: its router called with `tower::ServiceExt::oneshot`, real HTTP
+//! upstreams on loopback ports, no gateway process. The end-to-end tests
+//! (`inference-server/tests/gateway/`, `tests/tests/gateway_cluster.rs`) cover the same paths
+//! through a real binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::metrics::GatewayMetrics;
+use crate::proxy::{Proxy, ProxyConfig};
+use crate::routing::{ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
+use crate::state::State;
+
+/// A model server on a free loopback port that answers `/invocations` with its name and the
+/// headers it received.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/invocations",
+        axum::routing::post(move |headers: HeaderMap| async move {
+            let received: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                .collect();
+            axum::Json(json!({"predictions": [name], "headers": received}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn entity(name: &str, backends: Vec<SocketAddr>, hold: Option<HoldPolicy>) -> EntitySpec {
+    EntitySpec {
+        name: name.into(),
+        scale_to_zero: hold.is_some(),
+        hold: hold.unwrap_or(HoldPolicy {
+            max_held: 100,
+            timeout: Duration::from_secs(120),
+        }),
+        backends,
+        warming: Vec::new(),
+        unsupported: None,
+    }
+}
+
+fn proxy(entities: Vec<EntitySpec>, routes: Vec<(String, u32)>) -> axum::Router {
+    let state = Arc::new(State::new(GatewayMetrics::register(
+        &mut Registry::default(),
+    )));
+    state.apply(&[EndpointSpec {
+        namespace: "ml".into(),
+        name: "fraud".into(),
+        config: Some(ConfigSpec {
+            version: 3,
+            entities,
+            routes,
+            shadows: Vec::new(),
+        }),
+    }]);
+    let config = ProxyConfig {
+        max_body_bytes: 1 << 20,
+        body_timeout: Duration::from_secs(5),
+        body_idle_timeout: Duration::from_secs(5),
+        max_in_flight: 64,
+        max_buffered_bytes: 16 << 20,
+        request_timeout: Duration::from_secs(5),
+        response_idle_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        max_shadow_in_flight: 8,
+    };
+    Arc::new(Proxy::new(state, config)).router()
+}
+
+async fn call(
+    router: axum::Router,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Value) {
+    let mut request = Request::post(path).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request
+        .body(Body::from(
+            r#"{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}"#,
+        ))
+        .expect("request");
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = router.oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+#[tokio::test]
+async fn a_request_reaches_the_weighted_entity_which_is_named_in_the_answer() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let router = proxy(
+        vec![entity("a", vec![a], None), entity("b", vec![b], None)],
+        vec![("a".into(), 0), ("b".into(), 100)],
+    );
+    for _ in 0..5 {
+        let (status, headers, body) = call(
+            router.clone(),
+            "/serving-endpoints/fraud/invocations",
+            &[("x-request-id", "req-1")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["predictions"], json!(["b"]));
+        assert_eq!(headers["served-model-name"], "b");
+        assert_eq!(headers["x-sluice-config-version"], "3");
+        assert_eq!(headers["x-request-id"], "req-1", "the client's id is kept");
+        assert_eq!(body["headers"]["x-request-id"], "req-1", "and passed on");
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_those_connection_names_never_reach_the_pod() {
+    let a = upstream("a").await;
+    let router = proxy(vec![entity("a", vec![a], None)], vec![("a".into(), 100)]);
+    let (status, _, body) = call(
+        router,
+        "/serving-endpoints/fraud/invocations",
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let received = &body["headers"];
+    assert_eq!(received["x-kept"], "1");
+    for dropped in ["x-private", "proxy-authorization", "connection"] {
+        assert!(
+            received.get(dropped).is_none(),
+            "{dropped} reached the pod: {received}"
+        );
+    }
+    assert_eq!(
+        received["x-forwarded-for"], "127.0.0.1",
+        "the peer is named to the pod"
+    );
+}
+
+#[tokio::test]
+async fn a_sleeping_entity_holds_for_its_published_timeout_then_answers_503() {
+    let hold = HoldPolicy {
+        max_held: 5,
+        timeout: Duration::from_millis(200),
+    };
+    let router = proxy(
+        vec![entity("a", Vec::new(), Some(hold))],
+        vec![("a".into(), 100)],
+    );
+    let started = tokio::time::Instant::now();
+    let (status, headers, body) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() >= hold.timeout,
+        "held for the entity's timeout before giving up"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_endpoint_is_a_404_naming_it() {
+    let router = proxy(Vec::new(), Vec::new());
+    let (status, _, body) = call(router, "/serving-endpoints/nope/invocations", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("nope")),
+        "{body}"
+    );
+    assert!(body["error_code"].is_string(), "{body}");
+}
