@@ -116,16 +116,16 @@ pub struct ResolvedEndpoint {
 
 /// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
 /// mode runs no source check, so each ModelVersion counts as checked; it holds the aliases no
-/// other version of its model claims. Problems are named, one per entity.
+/// other version of its model claims. An entity that `upstreams` serve needs no ModelVersion
+/// in the manifest: the upstream stands for it. Problems are named, one per entity.
 pub fn resolve_manifest(
     manifest: &Manifest,
     config: &OperatorConfig,
+    upstreams: &[Upstream],
 ) -> Result<Vec<ResolvedEndpoint>, String> {
-    let checked: Vec<ModelVersion> = manifest
-        .versions
-        .iter()
-        .map(|mv| checked(mv, &manifest.versions))
-        .collect();
+    let mut versions = manifest.versions.clone();
+    versions.extend(served_upstream(manifest, upstreams));
+    let checked: Vec<ModelVersion> = versions.iter().map(|mv| checked(mv, &versions)).collect();
     let mut resolved = Vec::new();
     let mut problems = Vec::new();
     for endpoint in &manifest.endpoints {
@@ -157,6 +157,57 @@ pub fn resolve_manifest(
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// A ModelVersion for each entity that an `--upstream` serves and the manifest registers no
+/// version for: its source is the upstream.
+fn served_upstream(manifest: &Manifest, upstreams: &[Upstream]) -> Vec<ModelVersion> {
+    let mut made = Vec::new();
+    for endpoint in &manifest.endpoints {
+        let name = endpoint.metadata.name.clone().unwrap_or_default();
+        for entity in &endpoint.spec.served_entities {
+            let (Some(model), Some(upstream)) = (
+                entity.model.as_deref(),
+                upstreams_for(upstreams, &name, &entity.name).next(),
+            ) else {
+                continue;
+            };
+            let registered = manifest.versions.iter().any(|mv| {
+                mv.spec.model == model
+                    && match (entity.version, &entity.alias) {
+                        (Some(version), _) => mv.spec.version == version,
+                        (None, Some(alias)) => mv.spec.aliases.contains(alias),
+                        (None, None) => false,
+                    }
+            });
+            if registered {
+                continue;
+            }
+            let version = entity.version.unwrap_or(0);
+            let made_version = serde_json::from_value(serde_json::json!({
+                "apiVersion": "serving.sluice.dev/v1alpha1",
+                "kind": "ModelVersion",
+                "metadata": {
+                    "name": format!("{name}-{}-upstream", entity.name),
+                    "namespace": endpoint.metadata.namespace,
+                },
+                "spec": {
+                    "model": model,
+                    "version": version,
+                    "aliases": entity.alias.iter().collect::<Vec<_>>(),
+                    "source": {"uri": format!("http://{}", upstream.address)},
+                    "format": "custom",
+                },
+            }));
+            match made_version {
+                Ok(mv) => made.push(mv),
+                Err(error) => {
+                    tracing::warn!(%error, entity = %entity.name, "describing an upstream")
+                }
+            }
+        }
+    }
+    made
 }
 
 /// `mv` as the operator's check would leave it when its source is readable: Ready, holding the
@@ -463,11 +514,12 @@ pub async fn run(
         None => OperatorConfig::default(),
     };
     let manifest = read(path)?;
-    let mut endpoints =
-        resolve_manifest(&manifest, &config).map_err(|message| GatewayError::Manifest {
+    let mut endpoints = resolve_manifest(&manifest, &config, upstreams).map_err(|message| {
+        GatewayError::Manifest {
             path: path.to_path_buf(),
             message,
-        })?;
+        }
+    })?;
     let pvc_root = args
         .pvc_root
         .clone()
@@ -529,9 +581,11 @@ pub async fn run(
         };
         if reload {
             let next = read(path).and_then(|next| {
-                resolve_manifest(&next, &config).map_err(|message| GatewayError::Manifest {
-                    path: path.to_path_buf(),
-                    message,
+                resolve_manifest(&next, &config, upstreams).map_err(|message| {
+                    GatewayError::Manifest {
+                        path: path.to_path_buf(),
+                        message,
+                    }
                 })
             });
             match next {
@@ -626,7 +680,7 @@ mod tests {
             ("fraud".to_string(), "version-a".to_string()),
             "127.0.0.1:9".parse().expect("addr"),
         )];
-        let resolved = resolve_manifest(&m, &OperatorConfig::default()).expect("resolves");
+        let resolved = resolve_manifest(&m, &OperatorConfig::default(), &[]).expect("resolves");
         let specs = specs(&resolved, &addresses);
         let config = specs[0].config.as_ref().expect("config");
         assert_eq!(specs[0].namespace, "default");
@@ -663,7 +717,7 @@ mod tests {
     #[test]
     fn the_operators_resolver_and_defaults_apply_in_standalone_mode() {
         let m = manifest(include_str!("../../../examples/scale-to-zero.yaml"));
-        let resolved = resolve_manifest(&m, &OperatorConfig::default()).expect("resolves");
+        let resolved = resolve_manifest(&m, &OperatorConfig::default(), &[]).expect("resolves");
         let specs = specs(&resolved, &Addresses::new());
         let entity = &specs[0].config.as_ref().expect("config").entities[0];
         assert!(entity.scale_to_zero);
@@ -674,7 +728,7 @@ mod tests {
         );
         let config =
             OperatorConfig::parse("autoscaling: {maxHeldRequests: 7}\n", "test").expect("config");
-        let tuned = resolve_manifest(&m, &config).expect("resolves");
+        let tuned = resolve_manifest(&m, &config, &[]).expect("resolves");
         let entity_sets_it = m.endpoints[0].spec.served_entities[0]
             .autoscaling
             .as_ref()
@@ -698,7 +752,7 @@ mod tests {
              apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: e}\n\
              spec: {servedEntities: [{name: c, model: m, alias: champion}]}\n",
         );
-        let error = resolve_manifest(&m, &OperatorConfig::default()).expect_err("refused");
+        let error = resolve_manifest(&m, &OperatorConfig::default(), &[]).expect_err("refused");
         assert_eq!(
             error,
             "endpoint e: entity c: no ModelVersion of model m holds alias champion"
