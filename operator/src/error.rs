@@ -15,6 +15,9 @@ pub enum Error {
     /// An object lacked a field the API server always sets (name, namespace).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// A watch's store was dropped before it synced (the controller is stopping).
+    #[error("a watch store stopped before it synced: {0}")]
+    StoreStopped(#[from] kube::runtime::reflector::store::WriterDropped),
     /// A status could not be serialised.
     #[error("serialising status: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -22,13 +25,15 @@ pub enum Error {
 
 impl Error {
     /// Every value [`Error::category`] returns.
-    pub const CATEGORIES: &'static [&'static str] = &["kube_api", "invalid_object", "serialize"];
+    pub const CATEGORIES: &'static [&'static str] =
+        &["kube_api", "invalid_object", "store_stopped", "serialize"];
 
     /// A small, fixed set of labels: safe for metrics and event reasons.
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube_api",
             Error::MissingField(_) => "invalid_object",
+            Error::StoreStopped(_) => "store_stopped",
             Error::Serialize(_) => "serialize",
         }
     }

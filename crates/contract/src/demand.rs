@@ -5,6 +5,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// One entity of one endpoint: how the gateway, the autoscaler and `/demand` rows name it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntityKey {
+    /// Namespace of the endpoint.
+    pub namespace: String,
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Entity name.
+    pub entity: String,
+}
+
 /// The demand of one entity, as published.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +44,17 @@ pub struct EntityDemand {
     /// if none ever did): the end of the last cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_answered_ago_ms: Option<u64>,
+}
+
+impl EntityDemand {
+    /// The entity this row is about.
+    pub fn key(&self) -> EntityKey {
+        EntityKey {
+            namespace: self.namespace.clone(),
+            endpoint: self.endpoint.clone(),
+            entity: self.entity.clone(),
+        }
+    }
 }
 
 /// What `GET /demand` answers.

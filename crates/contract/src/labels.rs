@@ -11,6 +11,10 @@ pub const LABEL_ENDPOINT: &str = "serving.sluice.dev/endpoint";
 pub const LABEL_ENTITY: &str = "serving.sluice.dev/entity";
 /// Label naming the entity revision (published as `servedEntities[].revision`).
 pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
+/// Pod annotation naming the registered model an entity pod serves.
+pub const ANNOTATION_MODEL: &str = "serving.sluice.dev/model";
+/// Pod annotation naming the model version an entity pod serves.
+pub const ANNOTATION_MODEL_VERSION: &str = "serving.sluice.dev/model-version";
 /// Name of the container port that fronts an entity pod (the capture sidecar, or the model
 /// container when capture is off); the gateway routes to it.
 pub const FRONT_PORT_NAME: &str = "http";

@@ -16,7 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 
-use super::metrics::LoadMetrics;
+use super::metrics::{LoadMetrics, ShedReason};
 
 /// Why a request was shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,11 +41,11 @@ pub enum Shed {
 }
 
 impl Shed {
-    /// The index of the `reason` label in [`SHED_REASONS`](super::metrics::SHED_REASONS).
-    pub fn reason(self) -> usize {
+    /// The `reason` label it is counted under.
+    pub fn reason(self) -> ShedReason {
         match self {
-            Self::InFlight { .. } => 0,
-            Self::BufferedBytes { .. } => 1,
+            Self::InFlight { .. } => ShedReason::InFlight,
+            Self::BufferedBytes { .. } => ShedReason::BufferedBytes,
         }
     }
 }
@@ -264,7 +264,7 @@ mod tests {
             Shed::InFlight { limit: 2 }
         );
         assert_eq!(budgets.metrics.in_flight.get(), 2);
-        assert_eq!(budgets.metrics.shed_total(0), 1);
+        assert_eq!(budgets.metrics.shed_total(ShedReason::InFlight), 1);
         drop(first);
         let third = budgets.admit().expect("a place came back");
         drop((second, third));
@@ -290,7 +290,7 @@ mod tests {
         );
         assert_eq!(second.bytes, 30, "a refused growth keeps what it held");
         assert_eq!(budgets.metrics.buffered_bytes.get(), 90);
-        assert_eq!(budgets.metrics.shed_total(1), 1);
+        assert_eq!(budgets.metrics.shed_total(ShedReason::BufferedBytes), 1);
         drop(second);
         // A body shorter than its reservation gives the rest back; its copies share the rest.
         let body = BufferedBody::new(Bytes::from_static(&[0; 50]), first);

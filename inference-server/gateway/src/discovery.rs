@@ -61,10 +61,10 @@ pub async fn run(
             endpoints
                 .wait_until_ready()
                 .await
-                .map_err(|e| GatewayError::Watch(e.to_string()))?;
+                .map_err(GatewayError::WatchStore)?;
             pods.wait_until_ready()
                 .await
-                .map_err(|e| GatewayError::Watch(e.to_string()))?;
+                .map_err(GatewayError::WatchStore)?;
         }
         tracing::info!("ServingEndpoint and Pod watches synced");
         loop {
@@ -111,7 +111,7 @@ where
             match stream.try_next().await {
                 // Applied, deleted or relisted: the stores changed, rebuild.
                 Ok(Some(_)) => changed.notify_one(),
-                Ok(None) => return Err(GatewayError::Watch("a watch stream ended".into())),
+                Ok(None) => return Err(GatewayError::WatchEnded),
                 Err(error) => {
                     // The watcher retries with backoff; a failure is logged, never fatal.
                     tracing::warn!(%error, "watch error");

@@ -71,10 +71,13 @@ pub enum GatewayError {
     #[error(
         "cannot reach the Kubernetes API (set KUBECONFIG, run in a pod, or use --standalone FILE): {0}"
     )]
-    Kube(String),
-    /// A watch failed for good.
+    Kube(#[source] kube::Error),
+    /// A watch's store was dropped before it had synced.
     #[error("watching the cluster failed: {0}")]
-    Watch(String),
+    WatchStore(#[source] kube::runtime::reflector::store::WriterDropped),
+    /// A watch stream ended (the watcher retries its errors itself, so it never should).
+    #[error("watching the cluster failed: a watch stream ended")]
+    WatchEnded,
     /// The standalone manifest could not be read.
     #[error("standalone manifest {path}: {message}")]
     Manifest {
@@ -159,7 +162,7 @@ pub async fn run(
         None => {
             let client = kube::Client::try_default()
                 .await
-                .map_err(|e| GatewayError::Kube(e.to_string()))?;
+                .map_err(GatewayError::Kube)?;
             Box::pin(discovery::run(
                 client,
                 &args.namespaces,

@@ -57,32 +57,89 @@ pub struct ErrorLabels {
 /// Labels of a request shed by a global budget.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    /// One of [`SHED_REASONS`].
+    /// A [`ShedReason`].
     reason: &'static str,
 }
 
 /// Labels of an idle timeout.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BodyLabels {
-    /// One of [`IDLE_BODIES`].
+    /// An [`IdleBody`].
     body: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
-/// Outcomes of a held request.
-pub const HOLD_OUTCOMES: [&str; 3] = ["released", "timed_out", "refused_full"];
-/// Outcomes of a shadow request.
-pub const SHADOW_OUTCOMES: [&str; 4] = ["ok", "error", "unavailable", "shed"];
-/// Why a request was shed by a global budget (see [`Shed`](super::budget::Shed)).
-pub const SHED_REASONS: [&str; 2] = ["in_flight", "buffered_bytes"];
-/// Which body went idle: the client's request body, or a pod's response body.
-pub const IDLE_BODIES: [&str; 2] = ["request", "response"];
-/// Index of the client's request body in [`IDLE_BODIES`].
-pub const IDLE_REQUEST: usize = 0;
-/// Index of a pod's response body in [`IDLE_BODIES`].
-pub const IDLE_RESPONSE: usize = 1;
+/// Declares a metric label as an enum: each variant's label value, and every variant in order
+/// (series are registered up front, so the set is bounded and every series exists at zero).
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order of the series handles.
+            pub const ALL: [Self; [$($label),+].len()] = [$(Self::$variant),+];
+
+            /// The label value.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label),+
+                }
+            }
+        }
+    };
+}
+
+label_enum!(
+    /// How a held request's wait ended (`outcome` of `hold_duration_seconds`).
+    HoldOutcome {
+        /// A pod became ready and the request went on.
+        Released => "released",
+        /// The entity's hold timeout passed (503).
+        TimedOut => "timed_out",
+        /// The hold queue was full (503).
+        RefusedFull => "refused_full",
+    }
+);
+
+label_enum!(
+    /// What became of a shadow request (`outcome` of `shadow_requests_total`).
+    ShadowOutcome {
+        /// The shadow entity answered 2xx.
+        Ok => "ok",
+        /// It answered an error, or not in time.
+        Error => "error",
+        /// It had no ready pod.
+        Unavailable => "unavailable",
+        /// Too many shadow requests were in flight; not sent.
+        Shed => "shed",
+    }
+);
+
+label_enum!(
+    /// Why a request was shed by a global budget (see [`Shed`](super::budget::Shed)).
+    ShedReason {
+        /// `--max-in-flight` was reached.
+        InFlight => "in_flight",
+        /// `--max-buffered-bytes` was reached.
+        BufferedBytes => "buffered_bytes",
+    }
+);
+
+label_enum!(
+    /// Which body went idle past its timeout.
+    IdleBody {
+        /// The client's request body.
+        Request => "request",
+        /// A pod's response body.
+        Response => "response",
+    }
+);
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
@@ -124,8 +181,16 @@ impl LoadMetrics {
         let shed = Family::<ReasonLabels, Counter>::default();
         let idle = Family::<BodyLabels, Counter>::default();
         let metrics = Self {
-            shed: SHED_REASONS.map(|reason| shed.get_or_create(&ReasonLabels { reason }).clone()),
-            idle_timeouts: IDLE_BODIES.map(|body| idle.get_or_create(&BodyLabels { body }).clone()),
+            shed: ShedReason::ALL.map(|reason| {
+                shed.get_or_create(&ReasonLabels {
+                    reason: reason.label(),
+                })
+                .clone()
+            }),
+            idle_timeouts: IdleBody::ALL.map(|body| {
+                idle.get_or_create(&BodyLabels { body: body.label() })
+                    .clone()
+            }),
             in_flight: Gauge::default(),
             buffered_bytes: Gauge::default(),
         };
@@ -152,26 +217,25 @@ impl LoadMetrics {
         metrics
     }
 
-    /// Counts a request shed by a global budget (an index into [`SHED_REASONS`]).
-    pub fn shed(&self, reason: usize) {
-        self.shed[reason].inc();
+    /// Counts a request shed by a global budget.
+    pub fn shed(&self, reason: ShedReason) {
+        self.shed[reason as usize].inc();
     }
 
-    /// Requests shed so far for `reason` (an index into [`SHED_REASONS`]).
+    /// Requests shed so far for `reason`.
     #[cfg(test)]
-    pub fn shed_total(&self, reason: usize) -> u64 {
-        self.shed[reason].get()
+    pub fn shed_total(&self, reason: ShedReason) -> u64 {
+        self.shed[reason as usize].get()
     }
 
-    /// Counts a body cut by its idle timeout (an index into [`IDLE_BODIES`]).
-    pub fn idle_timeout(&self, body: usize) {
-        self.idle_timeouts[body].inc();
+    /// Counts a body cut by its idle timeout.
+    pub fn idle_timeout(&self, body: IdleBody) {
+        self.idle_timeouts[body as usize].inc();
     }
 
-    /// The counter of bodies cut by their idle timeout (an index into [`IDLE_BODIES`]), for a
-    /// timer that counts when it fires.
-    pub fn idle_timeouts(&self, body: usize) -> Counter {
-        self.idle_timeouts[body].clone()
+    /// The counter of bodies cut by their idle timeout, for a timer that counts when it fires.
+    pub fn idle_timeouts(&self, body: IdleBody) -> Counter {
+        self.idle_timeouts[body as usize].clone()
     }
 }
 
@@ -270,8 +334,10 @@ impl GatewayMetrics {
             requests: CODES.map(code),
             latency: self.latency.get_or_create(&labels).clone(),
             held: self.held.get_or_create(&labels).clone(),
-            hold_time: HOLD_OUTCOMES.map(|o| self.hold_time.get_or_create(&outcome(o)).clone()),
-            shadow: SHADOW_OUTCOMES.map(|o| self.shadow.get_or_create(&outcome(o)).clone()),
+            hold_time: HoldOutcome::ALL
+                .map(|o| self.hold_time.get_or_create(&outcome(o.label())).clone()),
+            shadow: ShadowOutcome::ALL
+                .map(|o| self.shadow.get_or_create(&outcome(o.label())).clone()),
             retries: self.retries.get_or_create(&labels).clone(),
             backends: self.backends.get_or_create(&labels).clone(),
             labels,
@@ -288,7 +354,11 @@ impl GatewayMetrics {
                 code,
             });
         }
-        for outcome in HOLD_OUTCOMES.iter().chain(SHADOW_OUTCOMES.iter()) {
+        let outcomes = HoldOutcome::ALL
+            .map(HoldOutcome::label)
+            .into_iter()
+            .chain(ShadowOutcome::ALL.map(ShadowOutcome::label));
+        for outcome in outcomes {
             let labels = OutcomeLabels {
                 namespace: labels.namespace.clone(),
                 endpoint: labels.endpoint.clone(),
@@ -335,13 +405,13 @@ impl EntityMetrics {
         self.requests[class].inc();
     }
 
-    /// Records how a hold ended (an index into [`HOLD_OUTCOMES`]) and how long it took.
-    pub fn hold_ended(&self, outcome: usize, seconds: f64) {
-        self.hold_time[outcome].observe(seconds);
+    /// Records how a hold ended and how long it took.
+    pub fn hold_ended(&self, outcome: HoldOutcome, seconds: f64) {
+        self.hold_time[outcome as usize].observe(seconds);
     }
 
-    /// Counts a shadow request by outcome (an index into [`SHADOW_OUTCOMES`]).
-    pub fn shadow(&self, outcome: usize) {
-        self.shadow[outcome].inc();
+    /// Counts a shadow request by outcome.
+    pub fn shadow(&self, outcome: ShadowOutcome) {
+        self.shadow[outcome as usize].inc();
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::hold::HoldRefused;
-use super::metrics::{IDLE_REQUEST, IDLE_RESPONSE};
+use super::metrics::{HoldOutcome, IdleBody, ShadowOutcome};
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 
 use sluice_contract::headers::strip_hop_by_hop;
@@ -285,7 +285,7 @@ impl Proxy {
             Err(_) => Err(BodyError::Deadline(self.config.body_timeout)),
         };
         if let Err(BodyError::Idle(_)) = read {
-            self.budgets.metrics().idle_timeout(IDLE_REQUEST);
+            self.budgets.metrics().idle_timeout(IdleBody::Request);
         }
         Ok(BufferedBody::new(read?, reservation))
     }
@@ -405,7 +405,7 @@ impl Proxy {
         let waited = started.elapsed().as_secs_f64();
         match result {
             Ok(()) if pool.has_ready() => {
-                pool.metrics.hold_ended(0, waited);
+                pool.metrics.hold_ended(HoldOutcome::Released, waited);
                 Ok(())
             }
             Ok(()) => Err(ApiError::new(
@@ -418,8 +418,8 @@ impl Proxy {
             .with_retry_after(Duration::from_secs(1))),
             Err(refused) => {
                 let outcome = match refused {
-                    HoldRefused::TimedOut(_) => 1,
-                    HoldRefused::Full(_) => 2,
+                    HoldRefused::TimedOut(_) => HoldOutcome::TimedOut,
+                    HoldRefused::Full(_) => HoldOutcome::RefusedFull,
                 };
                 pool.metrics.hold_ended(outcome, waited);
                 Err(ApiError::new(
@@ -467,8 +467,12 @@ impl Proxy {
             }
         }
         let idle = self.config.response_idle_timeout;
-        let idle = (!idle.is_zero())
-            .then(|| IdleTimer::new(idle, self.budgets.metrics().idle_timeouts(IDLE_RESPONSE)));
+        let idle = (!idle.is_zero()).then(|| {
+            IdleTimer::new(
+                idle,
+                self.budgets.metrics().idle_timeouts(IdleBody::Response),
+            )
+        });
         Response::from_parts(
             parts,
             Body::new(GuardedBody {
@@ -495,12 +499,12 @@ impl Proxy {
                 continue;
             }
             let Ok(permit) = self.shadow_permits.clone().try_acquire_owned() else {
-                pool.metrics.shadow(3);
+                pool.metrics.shadow(ShadowOutcome::Shed);
                 continue;
             };
             let backends = pool.backends();
             let Some(backend) = backend::pick(&backends, &[], rng).cloned() else {
-                pool.metrics.shadow(2);
+                pool.metrics.shadow(ShadowOutcome::Unavailable);
                 continue;
             };
             let mut request = upstream_request(
@@ -535,8 +539,8 @@ impl Proxy {
                 })
                 .await
                 {
-                    Ok(Some(true)) => 0,
-                    _ => 1,
+                    Ok(Some(true)) => ShadowOutcome::Ok,
+                    _ => ShadowOutcome::Error,
                 };
                 pool.metrics.shadow(outcome);
             });

@@ -3,12 +3,15 @@
 //!
 //! Updates build a new immutable [`Table`] and swap it in; requests read the current table
 //! without blocking each other. Entity pools and backends are kept across updates (matched by
-//! name and address), so in-flight counts, ejections and held requests survive a config change.
+//! [`EntityKey`] and address), so in-flight counts, ejections and held requests survive a
+//! config change; what a pool routes by is one immutable [`Routing`] snapshot, replaced whole.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use sluice_contract::demand::EntityKey;
 
 use tokio::sync::Notify;
 
@@ -18,6 +21,23 @@ use super::hold::HoldQueue;
 use super::metrics::{EntityLabels, EntityMetrics, GatewayMetrics};
 use super::routing::{EndpointSpec, HoldPolicy};
 
+/// What one entity routes by: built whole on each update (or promotion) and never changed.
+#[derive(Debug)]
+pub struct Routing {
+    /// Ready backends, with the promoted warming pods.
+    pub backends: Arc<[Arc<Backend>]>,
+    /// Running, not yet Ready pods (see [`EntitySpec::warming`](super::routing::EntitySpec)).
+    pub warming: Arc<[SocketAddr]>,
+    /// Warming pods this gateway's own probe found answering, routed to before they are Ready.
+    pub promoted: BTreeSet<SocketAddr>,
+    /// Whether requests are held while no pod is ready.
+    pub scale_to_zero: bool,
+    /// The hold limits the operator published.
+    pub hold_policy: HoldPolicy,
+    /// Why this gateway cannot serve the entity at all, if so.
+    pub unsupported: Option<String>,
+}
+
 /// One served entity as the gateway routes to it.
 #[derive(Debug)]
 pub struct EntityPool {
@@ -25,14 +45,7 @@ pub struct EntityPool {
     pub name: String,
     /// The name as the `served-model-name` header value.
     pub served_name: axum::http::HeaderValue,
-    backends: RwLock<Arc<[Arc<Backend>]>>,
-    /// Running, not yet Ready pods (see [`EntitySpec::warming`](super::routing::EntitySpec)).
-    warming: RwLock<Arc<[SocketAddr]>>,
-    /// Warming pods this gateway's own probe found answering, routed to before they are Ready.
-    promoted: Mutex<BTreeSet<SocketAddr>>,
-    scale_to_zero: AtomicBool,
-    hold_policy: RwLock<HoldPolicy>,
-    unsupported: RwLock<Option<String>>,
+    routing: RwLock<Arc<Routing>>,
     /// Requests held while no pod is ready.
     pub hold: HoldQueue,
     /// Demand published to the autoscaler.
@@ -42,39 +55,42 @@ pub struct EntityPool {
 }
 
 impl EntityPool {
-    /// The ready backends now.
-    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
-        self.backends
+    /// What the entity routes by now.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn set_routing(&self, routing: Routing) {
+        self.metrics.backends.set(routing.backends.len() as i64);
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+    }
+
+    /// The ready backends now.
+    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
+        self.routing().backends.clone()
     }
 
     /// Whether the entity has a ready pod.
     pub fn has_ready(&self) -> bool {
-        !self
-            .backends
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        !self.routing().backends.is_empty()
     }
 
     /// Whether requests are held while no pod is ready.
     pub fn scale_to_zero(&self) -> bool {
-        self.scale_to_zero.load(Ordering::Relaxed)
+        self.routing().scale_to_zero
     }
 
     /// The hold limits now.
     pub fn hold_policy(&self) -> HoldPolicy {
-        *self.hold_policy.read().unwrap_or_else(|e| e.into_inner())
+        self.routing().hold_policy
     }
 
     /// Why this gateway cannot serve the entity at all, if so.
     pub fn unsupported(&self) -> Option<String> {
-        self.unsupported
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.routing().unsupported.clone()
     }
 
     /// The entity's labels (namespace, endpoint, entity).
@@ -142,8 +158,6 @@ impl Table {
     }
 }
 
-type EntityKey = (String, String, String);
-
 /// The gateway's live state.
 #[derive(Debug)]
 pub struct State {
@@ -202,11 +216,7 @@ impl State {
             .values()
             .filter(|pool| pool.hold.held() > 0 && !pool.has_ready())
             .filter_map(|pool| {
-                let warming = pool
-                    .warming
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
+                let warming = pool.routing().warming.clone();
                 (!warming.is_empty()).then(|| (pool.clone(), warming))
             })
             .collect()
@@ -215,32 +225,30 @@ impl State {
     /// Routes to `addr`, a warming pod of `pool` that answered this gateway's health check:
     /// it becomes a backend at once and the held requests are released.
     pub fn promote(&self, pool: &Arc<EntityPool>, addr: SocketAddr) {
+        // Updates and promotions are serialised by the backends lock.
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        let still_warming = pool
-            .warming
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&addr);
-        if !still_warming {
+        let now = pool.routing();
+        if !now.warming.contains(&addr) {
             return;
         }
-        pool.promoted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr);
         let backend = backends
             .entry(addr)
             .or_insert_with(|| Arc::new(Backend::new(addr)))
             .clone();
-        {
-            let mut list = pool.backends.write().unwrap_or_else(|e| e.into_inner());
-            if !list.iter().any(|b| b.addr == addr) {
-                let mut grown = list.to_vec();
-                grown.push(backend);
-                pool.metrics.backends.set(grown.len() as i64);
-                *list = Arc::from(grown);
-            }
+        let mut promoted = now.promoted.clone();
+        promoted.insert(addr);
+        let mut list = now.backends.to_vec();
+        if !list.iter().any(|b| b.addr == addr) {
+            list.push(backend);
         }
+        pool.set_routing(Routing {
+            backends: Arc::from(list),
+            warming: now.warming.clone(),
+            promoted,
+            scale_to_zero: now.scale_to_zero,
+            hold_policy: now.hold_policy,
+            unsupported: now.unsupported.clone(),
+        });
         drop(backends);
         let released = pool.hold.release();
         tracing::info!(
@@ -266,11 +274,11 @@ impl State {
                     .entities
                     .iter()
                     .map(|entity| {
-                        let key = (
-                            spec.namespace.clone(),
-                            spec.name.clone(),
-                            entity.name.clone(),
-                        );
+                        let key = EntityKey {
+                            namespace: spec.namespace.clone(),
+                            endpoint: spec.name.clone(),
+                            entity: entity.name.clone(),
+                        };
                         wanted_pools.insert(key.clone());
                         let pool = pools
                             .entry(key)
@@ -282,12 +290,14 @@ impl State {
                                         .unwrap_or_else(|_| {
                                             axum::http::HeaderValue::from_static("invalid-name")
                                         }),
-                                    backends: RwLock::new(Arc::from(Vec::new())),
-                                    warming: RwLock::new(Arc::from(Vec::new())),
-                                    promoted: Mutex::default(),
-                                    scale_to_zero: AtomicBool::new(false),
-                                    hold_policy: RwLock::new(entity.hold),
-                                    unsupported: RwLock::default(),
+                                    routing: RwLock::new(Arc::new(Routing {
+                                        backends: Arc::from(Vec::new()),
+                                        warming: Arc::from(Vec::new()),
+                                        promoted: BTreeSet::new(),
+                                        scale_to_zero: entity.scale_to_zero,
+                                        hold_policy: entity.hold,
+                                        unsupported: None,
+                                    })),
                                     hold: HoldQueue::default(),
                                     demand: Demand::default(),
                                     metrics: self.metrics.entity(EntityLabels {
@@ -300,10 +310,8 @@ impl State {
                             .clone();
                         // A promoted pod stays a backend while it is still warming; once
                         // Ready it is among the backends anyway, and once gone it is dropped.
-                        let mut promoted = pool.promoted.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut promoted = pool.routing().promoted.clone();
                         promoted.retain(|addr| entity.warming.contains(addr));
-                        *pool.warming.write().unwrap_or_else(|e| e.into_inner()) =
-                            Arc::from(entity.warming.clone());
                         let list: Vec<Arc<Backend>> = entity
                             .backends
                             .iter()
@@ -316,15 +324,15 @@ impl State {
                                     .clone()
                             })
                             .collect();
-                        drop(promoted);
-                        pool.metrics.backends.set(list.len() as i64);
-                        pool.scale_to_zero
-                            .store(entity.scale_to_zero, Ordering::Relaxed);
-                        *pool.hold_policy.write().unwrap_or_else(|e| e.into_inner()) = entity.hold;
-                        *pool.unsupported.write().unwrap_or_else(|e| e.into_inner()) =
-                            entity.unsupported.clone();
                         let has_ready = !list.is_empty();
-                        *pool.backends.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(list);
+                        pool.set_routing(Routing {
+                            backends: Arc::from(list),
+                            warming: Arc::from(entity.warming.clone()),
+                            promoted,
+                            scale_to_zero: entity.scale_to_zero,
+                            hold_policy: entity.hold,
+                            unsupported: entity.unsupported.clone(),
+                        });
                         if has_ready {
                             released.push(pool.clone());
                         }

@@ -1,19 +1,21 @@
-//! Reading demand from the gateways: their admin endpoints, given as URLs or found as pods.
+//! Reading demand from the gateways: their admin endpoints, given as URLs or found as pods in a
+//! watched store (no LIST per sizing round).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::ListParams;
-use sluice_contract::demand::DemandReport;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use sluice_contract::demand::{DemandReport, EntityKey};
 use tokio::sync::Notify;
 use tracing::debug;
 
-use super::EntityKey;
 use super::algorithm::Demand;
 use crate::runtime::Env;
 
@@ -34,62 +36,93 @@ pub enum GatewaySource {
     },
 }
 
-/// The admin base URLs of the gateways now.
-async fn admin_urls(env: &Env, source: &GatewaySource) -> Vec<String> {
-    match source {
-        GatewaySource::Urls(urls) => urls.clone(),
-        GatewaySource::Pods {
-            namespace,
-            selector,
-            port_name,
-        } => {
-            let api: Api<Pod> = match namespace {
-                Some(ns) => Api::namespaced(env.client.clone(), ns),
-                None => Api::all(env.client.clone()),
-            };
-            let pods = match api.list(&ListParams::default().labels(selector)).await {
-                Ok(pods) => pods.items,
-                Err(error) => {
-                    debug!(%error, "listing gateway pods failed");
-                    return Vec::new();
-                }
-            };
-            pods.iter()
-                .filter_map(|pod| {
-                    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
-                    let port = pod
-                        .spec
-                        .as_ref()?
-                        .containers
-                        .iter()
-                        .flat_map(|c| c.ports.iter().flatten())
-                        .find(|p| p.name.as_deref() == Some(port_name.as_str()))?
-                        .container_port;
-                    Some(format!("http://{ip}:{port}"))
-                })
-                .collect()
+/// The gateways as the autoscaler reaches them.
+#[derive(Clone)]
+pub enum Gateways {
+    /// Fixed admin base URLs.
+    Urls(Vec<String>),
+    /// The gateway pods of a watched store, and the name of their admin port.
+    Pods {
+        /// Gateway pods, kept in step by a watch.
+        store: Store<Pod>,
+        /// Name of the admin container port.
+        port_name: String,
+    },
+}
+
+impl Gateways {
+    /// The gateways `source` names; for pods, also the watch that keeps their store in step
+    /// (it runs until the process stops).
+    pub fn watch(env: &Env, source: &GatewaySource) -> (Self, BoxFuture<'static, ()>) {
+        match source {
+            GatewaySource::Urls(urls) => (
+                Self::Urls(urls.clone()),
+                Box::pin(futures::future::pending()),
+            ),
+            GatewaySource::Pods {
+                namespace,
+                selector,
+                port_name,
+            } => {
+                let api: Api<Pod> = match namespace {
+                    Some(ns) => Api::namespaced(env.client.clone(), ns),
+                    None => Api::all(env.client.clone()),
+                };
+                let (store, watch) = super::store(api, watcher::Config::default().labels(selector));
+                (
+                    Self::Pods {
+                        store,
+                        port_name: port_name.clone(),
+                    },
+                    Box::pin(watch),
+                )
+            }
+        }
+    }
+
+    /// The admin base URLs of the gateways now.
+    fn admin_urls(&self) -> Vec<String> {
+        match self {
+            Self::Urls(urls) => urls.clone(),
+            Self::Pods { store, port_name } => store
+                .state()
+                .iter()
+                .filter_map(|pod| admin_url(pod, port_name))
+                .collect(),
         }
     }
 }
 
+/// The admin base URL of a gateway pod: its IP and the container port named `port_name`;
+/// `None` for a pod without an IP yet or that is being deleted.
+fn admin_url(pod: &Pod, port_name: &str) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+    let port = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(port_name))?
+        .container_port;
+    Some(format!("http://{ip}:{port}"))
+}
+
 /// Every gateway's demand, summed per entity. A gateway that does not answer is skipped (its
 /// share is missing for this round, never invented).
-pub async fn demand(
-    env: &Env,
-    source: &GatewaySource,
-    http: &reqwest::Client,
-) -> BTreeMap<EntityKey, Demand> {
+pub async fn demand(gateways: &Gateways, http: &reqwest::Client) -> BTreeMap<EntityKey, Demand> {
     let mut total: BTreeMap<EntityKey, Demand> = BTreeMap::new();
-    let mut reports: FuturesUnordered<_> = admin_urls(env, source)
-        .await
+    let mut reports: FuturesUnordered<_> = gateways
+        .admin_urls()
         .into_iter()
         .map(|url| fetch(http, format!("{url}/demand"), None))
         .collect();
     while let Some(report) = reports.next().await {
         for row in report.map(|r| r.entities).unwrap_or_default() {
-            let sum = total
-                .entry((row.namespace, row.endpoint, row.entity))
-                .or_default();
+            let sum = total.entry(row.key()).or_default();
             sum.in_flight += row.in_flight as f64;
             sum.held += row.held as u64;
             sum.requests_total += row.requests_total;
@@ -153,10 +186,10 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Option<Ve
 }
 
 /// Long-polls every gateway and wakes the sizing loop as soon as one reports a held request.
-pub async fn long_poll(env: Env, source: GatewaySource, http: reqwest::Client, woken: Arc<Notify>) {
+pub async fn long_poll(gateways: Gateways, http: reqwest::Client, woken: Arc<Notify>) {
     const WAIT: Duration = Duration::from_secs(10);
     loop {
-        let urls = admin_urls(&env, &source).await;
+        let urls = gateways.admin_urls();
         if urls.is_empty() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
@@ -242,5 +275,33 @@ mod tests {
             fetch(&http, answering(huge).await, None).await.is_none(),
             "over the cap: ignored"
         );
+    }
+
+    #[test]
+    fn a_gateway_pod_is_reached_on_its_named_admin_port_once_it_has_an_ip() {
+        let pod = |ip: Option<&str>, deleting: bool| -> Pod {
+            let mut pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "gw"},
+                "spec": {"containers": [{"name": "gateway", "ports": [
+                    {"name": "http", "containerPort": 8000},
+                    {"name": "admin", "containerPort": 9090}]}]},
+                "status": {"podIP": ip}
+            }))
+            .expect("pod");
+            if deleting {
+                pod.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ));
+            }
+            pod
+        };
+        assert_eq!(
+            admin_url(&pod(Some("127.0.0.5"), false), "admin").as_deref(),
+            Some("http://127.0.0.5:9090")
+        );
+        assert_eq!(admin_url(&pod(None, false), "admin"), None, "no IP yet");
+        assert_eq!(admin_url(&pod(Some("127.0.0.5"), true), "admin"), None);
+        assert_eq!(admin_url(&pod(Some("127.0.0.5"), false), "metrics"), None);
     }
 }

@@ -45,6 +45,7 @@ use crate::runtime::Env;
 use crate::runtime::WatchBackoff;
 use algorithm::{Decision, Demand, Reason, Scaler};
 use cold_start::{ColdStart, PodProgress};
+use sluice_contract::demand::EntityKey;
 use sluice_contract::labels::{LABEL_ENDPOINT, LABEL_ENTITY};
 
 /// Field manager of the autoscaler's replica writes.
@@ -70,8 +71,6 @@ pub struct Options {
     pub windows: Windows,
 }
 
-type EntityKey = (String, String, String);
-
 /// Runs until the shutdown signal.
 pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
     let (endpoints, endpoint_watch) = store::<ServingEndpoint>(env.api(), env.managed_watch());
@@ -84,12 +83,8 @@ pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap_or_default();
-    let long_polls = gateways::long_poll(
-        env.clone(),
-        options.gateways.clone(),
-        http.clone(),
-        woken.clone(),
-    );
+    let (gateways, gateway_watch) = gateways::Gateways::watch(&env, &options.gateways);
+    let long_polls = gateways::long_poll(gateways.clone(), http.clone(), woken.clone());
     let recorder = Recorder::new(env.client.clone(), env.reporter.clone());
     let rounds = async {
         let _ = endpoints.wait_until_ready().await;
@@ -97,7 +92,7 @@ pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
         info!("autoscaler running");
         let mut scalers: HashMap<EntityKey, Scaler> = HashMap::new();
         loop {
-            let demand = gateways::demand(&env, &options.gateways, &http).await;
+            let demand = gateways::demand(&gateways, &http).await;
             let round = Round {
                 env: &env,
                 options: &options,
@@ -121,11 +116,12 @@ pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
         () = deployment_watch => {}
         () = pod_watch => {}
         () = long_polls => {}
+        () = gateway_watch => {}
         () = env.shutdown.clone() => info!("autoscaler stopped"),
     }
 }
 
-fn store<K>(
+pub(crate) fn store<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (Store<K>, impl std::future::Future<Output = ()>)
@@ -178,7 +174,11 @@ async fn watch_pods(api: Api<Pod>, cold_starts: ColdStarts) {
         ) else {
             continue;
         };
-        let key = (namespace, endpoint.clone(), entity.clone());
+        let key = EntityKey {
+            namespace,
+            endpoint: endpoint.clone(),
+            entity: entity.clone(),
+        };
         let mut cold_starts = cold_starts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cold_start) = cold_starts.get_mut(&key) {
             cold_start.pod(PodProgress::of(&pod), Instant::now());
@@ -223,7 +223,11 @@ impl Round<'_> {
                 else {
                     continue;
                 };
-                let key = (namespace.clone(), endpoint.name_any(), entity.name.clone());
+                let key = EntityKey {
+                    namespace: namespace.clone(),
+                    endpoint: endpoint.name_any(),
+                    entity: entity.name.clone(),
+                };
                 seen.push(key.clone());
                 let current = deployment.spec.replicas.unwrap_or(1).max(0) as u32;
                 let ready = deployment
@@ -297,7 +301,7 @@ impl Round<'_> {
             cold_start.answered(at);
         }
         if let Some((phases, total)) = cold_start.phases() {
-            info!(endpoint = %key.1, entity = %key.2, ?phases, ?total, "cold start done");
+            info!(endpoint = %key.endpoint, entity = %key.entity, ?phases, ?total, "cold start done");
             self.metrics.cold_start(&phases, total);
             cold_starts.remove(key);
         }

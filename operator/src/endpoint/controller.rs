@@ -1,11 +1,12 @@
 //! The side-effecting half of the ServingEndpoint pipeline: gather inputs (ModelVersions, child
-//! Deployments and their pods), run the pure steps, then apply the children the plan rendered
+//! Deployments and their pods, read from the stores of the controller's own watches, never
+//! listed per reconcile), run the pure steps, then apply the children the plan rendered
 //! with server-side apply, write status when it changed, prune children no config uses, and
 //! publish an event per decision. Nothing here decides: the plan does.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -16,15 +17,16 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use sluice_contract::claim::ClaimUri;
 use sluice_contract::config::OperatorConfig;
@@ -58,32 +60,70 @@ struct Context {
     config: OperatorConfig,
     recorder: Recorder,
     tracked: Tracked,
+    /// ModelVersions of the watched scope.
+    models: Store<ModelVersion>,
+    /// Child Deployments (managed by Sluice) of the watched scope.
+    deployments: Store<Deployment>,
+    /// Entity pods of the watched scope.
+    pods: Store<Pod>,
+}
+
+/// A watch of `api` that keeps a store and triggers the controller with every object it
+/// touches (deletions included).
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .backoff(crate::runtime::WatchBackoff::default())
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
 }
 
 /// Runs the ServingEndpoint controller until `env.shutdown` completes and in-flight reconciles
 /// have finished.
 pub async fn run(env: Env, config: OperatorConfig) {
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let (models, model_events) = cached(env.api::<ModelVersion>(), env.managed_watch());
+    let (deployments, deployment_events) = cached(env.api::<Deployment>(), managed.clone());
+    let (pods, pod_events) = cached(env.api::<Pod>(), managed.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         client: env.client.clone(),
         config,
         tracked: Tracked::new(ControllerName::ServingEndpoint, env.metrics.clone()),
+        models,
+        deployments,
+        pods,
     });
     let controller = Controller::new(env.api::<ServingEndpoint>(), env.managed_watch());
     let store = controller.store();
     controller
-        .owns(env.api::<Deployment>(), managed.clone())
-        .owns(env.api::<Service>(), managed.clone())
+        .owns_stream(deployment_events)
+        .owns(env.api::<Service>(), managed)
         // Entity pods: a pod that fails (image pull, crash loop, unschedulable) shows in the
         // endpoint's status within seconds, not at the rollout's progress deadline.
-        .watches(env.api::<Pod>(), managed, |pod| {
+        .watches_stream(pod_events, |pod| {
             let endpoint = pod.labels().get(LABEL_ENDPOINT)?;
             Some(ObjectRef::<ServingEndpoint>::new(endpoint).within(&pod.namespace()?))
         })
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
         // namespace that serves its model.
-        .watches(env.api::<ModelVersion>(), env.managed_watch(), move |mv| {
+        .watches_stream(model_events, move |mv| {
             store
                 .state()
                 .iter()
@@ -126,24 +166,47 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = ep.name_any();
     let client = &ctx.client;
-    let models = Api::<ModelVersion>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing ModelVersions"))?
-        .items;
+    // Reading a store before its first full list would look like "no children" (and re-create
+    // replicas the autoscaler owns): wait for the three to sync once.
+    for synced in [
+        ctx.models.wait_until_ready().boxed(),
+        ctx.deployments.wait_until_ready().boxed(),
+        ctx.pods.wait_until_ready().boxed(),
+    ] {
+        synced.await?;
+    }
+    let in_namespace = |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == Some(&ns);
+    let of_endpoint = |meta: &kube::api::ObjectMeta| {
+        in_namespace(meta)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_ENDPOINT))
+                .is_some_and(|e| *e == name)
+    };
+    let models: Vec<ModelVersion> = ctx
+        .models
+        .state()
+        .iter()
+        .filter(|m| in_namespace(&m.metadata))
+        .map(|m| ModelVersion::clone(m))
+        .collect();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let selector = ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}"));
-    let existing = deployments
-        .list(&selector)
-        .await
-        .map_err(kube_err("listing entity Deployments"))?
-        .items;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&selector)
-        .await
-        .map_err(kube_err("listing entity pods"))?
-        .items;
+    let existing: Vec<Deployment> = ctx
+        .deployments
+        .state()
+        .iter()
+        .filter(|d| of_endpoint(&d.metadata))
+        .map(|d| Deployment::clone(d))
+        .collect();
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| of_endpoint(&p.metadata))
+        .map(|p| Pod::clone(p))
+        .collect();
     let mut problems = problems_by_child(&name, &pods);
     let children: BTreeMap<String, ChildState> = existing
         .iter()

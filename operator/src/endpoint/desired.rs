@@ -34,8 +34,8 @@ use kube::Resource;
 use sluice_contract::claim::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume};
 use sluice_contract::config::{NetworkPolicyConfig, OperatorConfig};
 pub use sluice_contract::labels::{
-    CAPTURE_PORT, FRONT_PORT_NAME, LABEL_ENDPOINT, LABEL_ENTITY, LABEL_REVISION, MANAGED_BY,
-    child_name,
+    ANNOTATION_MODEL, ANNOTATION_MODEL_VERSION, CAPTURE_PORT, FRONT_PORT_NAME, LABEL_ENDPOINT,
+    LABEL_ENTITY, LABEL_REVISION, MANAGED_BY, child_name,
 };
 use sluice_contract::resolve::{EntitySource, ResolvedEntity, ResolvedRuntime};
 /// Where the fetch step puts the model and the model server reads it.
@@ -208,6 +208,13 @@ pub fn build(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels.clone()),
+                    // What the pods serve, for people and tools reading them; it is part of the
+                    // template, so a new version is a new revision even when its artifact is
+                    // the same file.
+                    annotations: Some(BTreeMap::from([
+                        (ANNOTATION_MODEL.to_string(), model.clone()),
+                        (ANNOTATION_MODEL_VERSION.to_string(), version.to_string()),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(pod),

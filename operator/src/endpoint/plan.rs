@@ -1315,4 +1315,32 @@ mod tests {
         assert_eq!(state(&rolling).1, ConfigUpdateState::IN_PROGRESS);
         assert_eq!(rolling.keep.len(), 2, "a new revision beside the old");
     }
+
+    #[test]
+    fn a_new_version_of_the_same_artifact_is_still_a_new_revision() {
+        let one = mv(1);
+        let mut two = mv(2);
+        two.spec.source.uri = one.spec.source.uri.clone();
+        let children_of = |version: i64| {
+            let ep = endpoint(
+                &format!("  servedEntities:\n  - {{name: a, model: m, version: {version}}}\n"),
+                None,
+            );
+            let models = [one.clone(), two.clone()];
+            let resolved = resolve(&ep, &models, &BTreeMap::new(), &OperatorConfig::default());
+            plan(
+                &ep,
+                resolved,
+                &ctx(),
+                &BTreeMap::new(),
+                Timestamp::UNIX_EPOCH,
+            )
+            .keep
+        };
+        assert_ne!(
+            children_of(1),
+            children_of(2),
+            "the version is part of the pod template"
+        );
+    }
 }
