@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use capture_support::{
-    S3_ENV, Sidecar, Upstream, free_port, read_parquet, run_python, spool_folder, strings, temp_dir,
+    S3_ENV, Sidecar, Upstream, read_parquet, run_python, spool_folder, strings, temp_dir,
+    unused_loopback_port,
 };
 use serde_json::Value;
 
@@ -267,7 +268,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
     let upstream = Upstream::start().await;
     let spool = temp_dir("delta-restart-spool");
     // First, rows pile up in the spool while the store is unreachable.
-    let dead = format!("aws_endpoint=http://127.0.0.1:{}", free_port());
+    let dead = format!("aws_endpoint=http://127.0.0.1:{}", unused_loopback_port());
     let mut first = Sidecar::start(
         &upstream.addr.to_string(),
         "s3://lake/t",
@@ -387,7 +388,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sidecars_append_to_a_delta_table_on_an_s3_compatible_server() {
     let upstream = Upstream::start().await;
-    let moto = capture_support::Moto::start(free_port()).await;
+    let moto = capture_support::Moto::start(unused_loopback_port()).await;
     moto.create_bucket("lake").await;
     let mut extra: Vec<String> = vec![
         "--table-format".into(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use capture_support::{S3_ENV, Sidecar, Upstream, free_port, temp_dir};
+use capture_support::{S3_ENV, Sidecar, Upstream, temp_dir, unused_loopback_port};
 
 const LOAD: Duration = Duration::from_secs(20);
 const WORKERS: usize = 24;
@@ -26,7 +26,7 @@ const RSS_LIMIT: u64 = 192 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_and_spool_stay_bounded_under_large_bodies() {
     let upstream = Upstream::start().await;
-    let dead = format!("aws_endpoint=http://127.0.0.1:{}", free_port());
+    let dead = format!("aws_endpoint=http://127.0.0.1:{}", unused_loopback_port());
     let spool = temp_dir("memory-spool");
     let sidecar = Sidecar::start(
         &upstream.addr.to_string(),

@@ -7,13 +7,15 @@ mod capture_support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use capture_support::{Moto, S3_ENV, Sidecar, Upstream, free_port, signal, strings, temp_dir};
+use capture_support::{
+    Moto, S3_ENV, Sidecar, Upstream, signal, strings, temp_dir, unused_loopback_port,
+};
 
 const OUTAGE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sixty_second_store_outage_loses_no_rows() {
-    let moto = Moto::start(free_port()).await;
+    let moto = Moto::start(unused_loopback_port()).await;
     moto.create_bucket("lake").await;
     let upstream = Upstream::start().await;
     let mut extra: Vec<String> = moto.table_options();

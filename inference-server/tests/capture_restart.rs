@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use capture_support::{
-    S3_ENV, Sidecar, Upstream, free_port, read_local_table, spool_files, strings, temp_dir,
+    S3_ENV, Sidecar, Upstream, read_local_table, spool_files, strings, temp_dir,
+    unused_loopback_port,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +17,7 @@ async fn a_killed_sidecar_replays_its_spool_after_restart() {
     let upstream = Upstream::start().await;
     let spool = temp_dir("restart-spool");
     // Nothing listens at this S3 endpoint: every write fails.
-    let dead = format!("aws_endpoint=http://127.0.0.1:{}", free_port());
+    let dead = format!("aws_endpoint=http://127.0.0.1:{}", unused_loopback_port());
     let mut first = Sidecar::start(
         &upstream.addr.to_string(),
         "s3://lake/t",

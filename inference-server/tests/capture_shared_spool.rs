@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use capture_support::{
-    Moto, S3_ENV, Sidecar, Upstream, eventually, free_port, send, strings, temp_dir,
+    Moto, S3_ENV, Sidecar, Upstream, eventually, send, strings, temp_dir, unused_loopback_port,
 };
 
 /// The instance folders under a spool root.
@@ -39,7 +39,7 @@ async fn a_killed_sidecars_spool_is_adopted_by_its_sibling_and_every_row_lands_o
     let upstream = Upstream::start().await;
     let root = temp_dir("shared-spool");
     // The store's port: nothing listens there until the outage ends.
-    let port = free_port();
+    let port = unused_loopback_port();
     let endpoint = format!("aws_endpoint=http://127.0.0.1:{port}");
     let flags = [
         "--table-option",

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use capture_support::{
-    Moto, S3_ENV, Sidecar, Upstream, error_codes, eventually, free_port, int32s, parquet_files,
-    read_local_table, send, signal, spool_files, strings, temp_dir,
+    Moto, S3_ENV, Sidecar, Upstream, error_codes, eventually, int32s, parquet_files,
+    read_local_table, send, signal, spool_files, strings, temp_dir, unused_loopback_port,
 };
 
 /// `--drain-timeout`: how long exchanges still open at SIGTERM may run.
@@ -170,7 +170,7 @@ async fn a_sigterm_flushes_at_once_and_cuts_an_endless_stream_at_the_drain_deadl
 /// them once the store answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_during_a_hung_store_exits_on_time_and_keeps_the_rows() {
-    let moto = Moto::start(free_port()).await;
+    let moto = Moto::start(unused_loopback_port()).await;
     moto.create_bucket("lake").await;
     let upstream = Upstream::start().await;
     let spool = temp_dir("shutdown-hung-spool");

@@ -203,7 +203,7 @@ async fn readiness_follows_the_model_and_an_absent_model_is_a_recorded_502() {
     sidecar.terminate();
 
     // A sidecar whose model is not there: /health is 503, /ping 200, requests 502 (recorded).
-    let dead = format!("127.0.0.1:{}", capture_support::free_port());
+    let dead = format!("127.0.0.1:{}", capture_support::unused_loopback_port());
     let mut sidecar = Sidecar::start(&dead, table.to_str().unwrap(), &spool, &[], &[]).await;
     assert_eq!(health_of(&sidecar, "/health").await, 503);
     assert_eq!(health_of(&sidecar, "/ping").await, 200);

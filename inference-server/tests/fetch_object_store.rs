@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use capture_support::{Moto, client, free_port, temp_dir};
+use capture_support::{Moto, client, temp_dir, unused_loopback_port};
 use sluice_tests::object_store::{AzureServer, GcsServer, base64};
 
 const SECRET: &str = "not-a-real-secret-9f3b";
@@ -132,7 +132,7 @@ fn s3_env(moto: &Moto) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn a_model_folder_an_object_a_large_object_and_a_tarball_come_from_s3() {
-    let moto = Moto::start(free_port()).await;
+    let moto = Moto::start(unused_loopback_port()).await;
     moto.create_bucket("models").await;
     for (name, bytes) in model_objects() {
         put(&moto, &format!("models/{name}"), bytes).await;

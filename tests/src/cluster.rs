@@ -611,12 +611,10 @@ pub fn metric_value(exposition: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A loopback address with a port free at the time of the call.
-/// A free port on 127.0.0.1 (bound, read, released).
+/// 127.0.0.1 with a port nothing listens on now, for servers that cannot announce their own
+/// (see [`crate::process::unused_port`]).
 pub fn free_loopback_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::process::unused_loopback_port()))
 }
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();

@@ -1,6 +1,5 @@
 //! The real `inference-server gateway` in cluster mode against the local control plane.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,10 +17,6 @@ pub struct GatewayProcess {
     pub log: PathBuf,
 }
 
-fn free_addr() -> SocketAddr {
-    crate::cluster::free_loopback_addr()
-}
-
 impl GatewayProcess {
     /// Kills the process with SIGKILL (no drain), as a crashed or evicted replica ends.
     pub fn sigkill(&mut self) {
@@ -31,8 +26,8 @@ impl GatewayProcess {
     /// Starts a gateway watching `namespace` with `kubeconfig`, and waits until `/readyz`
     /// answers 200 (its watches synced).
     pub async fn start(cp: &ControlPlane, kubeconfig: &std::path::Path, namespace: &str) -> Self {
-        // Pods live on 127.0.0.0/8 in the local cluster; the gateway dials them directly.
-        let (listen, admin) = (free_addr(), free_addr());
+        // Pods live on 127.0.0.0/8 in the local cluster; the gateway dials them directly. Port
+        // 0 for both listeners: it announces what it bound in its output (the log).
         let log = cp
             .state_dir
             .join("logs")
@@ -40,8 +35,7 @@ impl GatewayProcess {
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("gateway log: {e}"));
         let child = tokio::process::Command::new(built("inference-server", "inference-server"))
             .arg("gateway")
-            .args(["--listen", &listen.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--namespace", namespace])
             .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_LOG", "info,kube=warn")
@@ -53,10 +47,12 @@ impl GatewayProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
+        let bound =
+            crate::process::announced(&log, &["gateway", "admin"], Duration::from_secs(30)).await;
         let gateway = Self {
             child,
-            base: format!("http://{listen}"),
-            admin: format!("http://{admin}"),
+            base: format!("http://{}", bound[0]),
+            admin: format!("http://{}", bound[1]),
             log,
         };
         let client = reqwest::Client::new();

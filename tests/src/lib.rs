@@ -13,6 +13,7 @@ pub mod load;
 pub mod manifests;
 pub mod models;
 pub mod object_store;
+pub mod process;
 pub mod pvc;
 pub mod schema;
 pub mod tiny_llm;

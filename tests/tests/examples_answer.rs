@@ -420,24 +420,22 @@ impl ChatUpstream {
     async fn start(dir: &Path) -> Self {
         let model = sluice_tests::tiny_llm::Model::random(7);
         sluice_tests::tiny_llm::write_model_dir(dir, "safetensors", "llm/v1/chat", &model);
-        let addr = sluice_tests::cluster::free_loopback_addr();
+        // Port 0: serve announces what it bound on stdout (a file beside the model folder).
+        let output = dir.with_extension("stdout");
         let child = tokio::process::Command::new(sluice_tests::binaries::built(
             "inference-server",
             "inference-server",
         ))
         .args(["serve", "--model-dir"])
         .arg(dir)
-        .args([
-            "--host",
-            &addr.ip().to_string(),
-            "--port",
-            &addr.port().to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(std::fs::File::create(&output).unwrap_or_else(|e| panic!("stdout file: {e}")))
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("starting the chat upstream: {e}"));
+        let addr =
+            sluice_tests::process::announced(&output, &["serve"], Duration::from_secs(30)).await[0];
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
         sluice_tests::wait::eventually(

@@ -6,7 +6,7 @@
 //! capabilities, no-new-privileges, a memory limit), seen from the host in the container's
 //! `/proc/<pid>/status`, and serve a real model mounted read-only.
 
-use std::{net::TcpListener, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use sluice_tests::{
     binaries, http,
@@ -30,13 +30,6 @@ const RESTRICTED: [&str; 12] = [
     "nofile=4096:4096",
     "--ulimit=nproc=4096:4096",
 ];
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
-}
 
 /// Removes the named container when dropped (also when the test fails).
 struct Container(String);
@@ -74,7 +67,7 @@ async fn the_inference_server_image_pulled_by_digest_serves_a_model_as_nonroot_r
         .expect("copy model");
     }
     let ip = "127.21.0.1";
-    let port = free_port(ip);
+    let port = sluice_tests::process::unused_port(ip);
     let name = format!("sluice-image-test-{}", std::process::id());
     let container = Container(name.clone());
     run_ok(

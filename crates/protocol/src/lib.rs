@@ -13,12 +13,14 @@
 //! - [`manifest`]: the layout of a model directory's manifests, MLflow's `MLmodel` and our
 //!   `sluice-model.yaml`.
 //! - [`units`]: sizes and durations as flags spell them (`16MiB`, `500ms`).
+//! - [`process`]: the line a server prints once bound, for whoever started it on port 0.
 //! - [`fuzz`]: what must hold for any input of each parser, as the fuzz targets check it.
 
 pub mod error;
 pub mod fuzz;
 pub mod manifest;
 pub mod openai;
+pub mod process;
 pub mod scoring;
 pub mod sse;
 pub mod units;

@@ -130,6 +130,8 @@ pub async fn run(
     });
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
+    sluice_protocol::process::announce("gateway", listen);
+    sluice_protocol::process::announce("admin", admin_addr);
     tracing::info!(%listen, admin = %admin_addr, "gateway listening");
     let admin_server = axum::serve(admin_listener, admin::router(admin.clone()));
     let admin_task = tokio::spawn(async move { admin_server.await });

@@ -11,7 +11,7 @@
 //! being the manifest's folder unless `--pvc-root` says otherwise) and served by a child
 //! `inference-server serve` process on a free loopback port.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -408,7 +408,6 @@ pub async fn start(
                     entity.name
                 ))
             })?;
-            let port = free_port()?;
             let log_path = work_dir.join(format!("{name}-{}.log", entity.name));
             let log = std::fs::File::create(&log_path).map_err(|e| {
                 GatewayError::Start(format!("creating {}: {e}", log_path.display()))
@@ -416,11 +415,11 @@ pub async fn start(
             let log_err = log.try_clone().map_err(|e| {
                 GatewayError::Start(format!("creating {}: {e}", log_path.display()))
             })?;
-            let child = tokio::process::Command::new(&exe)
+            let mut child = tokio::process::Command::new(&exe)
                 .arg("serve")
                 .arg("--model-dir")
                 .arg(&model_dir)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--host", "127.0.0.1", "--port", "0"])
                 .args(["--parent-pid", &std::process::id().to_string()])
                 .args(declared_args(*format, *declared_task, signature.as_ref()))
                 .envs(&entity.env)
@@ -432,12 +431,12 @@ pub async fn start(
                 .map_err(|e| {
                     GatewayError::Start(format!("starting serve for {name}/{}: {e}", entity.name))
                 })?;
-            tracing::info!(endpoint = %name, entity = %entity.name, port, log = %log_path.display(), "started a local entity");
+            let address = announced_address(&log_path, &mut child).await?;
+            tracing::info!(endpoint = %name, entity = %entity.name, %address, log = %log_path.display(), "started a local entity");
             local.children.push(child);
-            local.addresses.push((
-                (name.clone(), entity.name.clone()),
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            ));
+            local
+                .addresses
+                .push(((name.clone(), entity.name.clone()), address));
         }
     }
     Ok(local)
@@ -605,12 +604,40 @@ fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn free_port() -> Result<u16, GatewayError> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| GatewayError::Start(format!("finding a free port: {e}")))
+/// The address a child `serve` started on port 0 announces in its output (`log`), once it has
+/// bound; an error when it exits first or takes longer than [`ANNOUNCE_TIMEOUT`].
+async fn announced_address(
+    log: &Path,
+    child: &mut tokio::process::Child,
+) -> Result<SocketAddr, GatewayError> {
+    let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((_, address)) = text
+            .lines()
+            .filter_map(sluice_protocol::process::parse_listening_line)
+            .find(|(name, _)| *name == "serve")
+        {
+            return Ok(address);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(GatewayError::Start(format!(
+                "serve exited ({status}) before listening; see {}",
+                log.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(GatewayError::Start(format!(
+                "serve did not listen within {ANNOUNCE_TIMEOUT:?}; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
+
+/// How long a child `serve` may take to bind its port (it binds before loading the model).
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The route and a request body that work for the endpoint's first entity, for the printed
 /// curl.

@@ -92,6 +92,7 @@ pub async fn run(
         .map_err(|source| ServeError::Bind { address, source })?;
     let address = listener.local_addr().unwrap_or(address);
     tracing::info!(%address, model = %spec.name, runtime = ?spec.runtime, "listening; loading the model");
+    sluice_protocol::process::announce("serve", address);
 
     let slot = Arc::new(ModelSlot::loading(spec.name.clone()));
     let context = LoadContext {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, RecordBatch};
@@ -27,17 +27,8 @@ use serde_json::{Value, json};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
 
 /// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(label: &str) -> PathBuf {
-    static COUNT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-capture-test-{label}-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+#[allow(unused_imports)]
+pub use sluice_tests::process::temp_dir;
 
 /// The files of every spool folder under the spool root `root` (one folder per sidecar).
 pub fn spool_files(root: &Path) -> Vec<PathBuf> {
@@ -67,14 +58,8 @@ pub fn spool_folder(root: &Path) -> PathBuf {
     folders.into_iter().next().unwrap()
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use sluice_tests::process::unused_loopback_port;
 
 /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to `pid`.
 pub fn signal(pid: u32, signal: &str) {
@@ -130,10 +115,11 @@ impl Sidecar {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Sidecar {
-        let port = free_port();
+        // Port 0: capture announces the port it bound on stdout.
+        let output = temp_dir("capture-output").join("stdout");
         let mut command = Command::new(BINARY);
         command
-            .args(["capture", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["capture", "--listen", "127.0.0.1:0"])
             .args(["--upstream", upstream, "--table", table, "--spool-dir"])
             .arg(spool)
             .args([
@@ -161,15 +147,18 @@ impl Sidecar {
                 "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or("warn".into()),
             )
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&output).unwrap())
             .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
         }
         let child = command.spawn().unwrap();
+        let address =
+            sluice_tests::process::announced(&output, &["capture"], Duration::from_secs(20)).await
+                [0];
         let mut sidecar = Sidecar {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{address}"),
             spool: spool.to_path_buf(),
             client: client(),
         };

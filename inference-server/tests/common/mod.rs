@@ -23,23 +23,13 @@ pub mod tiny_llm {
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
 
 /// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(label: &str) -> PathBuf {
-    static COUNT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-serve-test-{label}-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+#[allow(unused_imports)]
+pub use sluice_tests::process::temp_dir;
 
 /// A model directory with `files` (name, contents).
 pub fn model_dir(label: &str, files: &[(&str, &[u8])]) -> PathBuf {
@@ -55,14 +45,8 @@ pub fn iris_onnx() -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/iris.onnx")).unwrap()
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use sluice_tests::process::unused_loopback_port;
 
 /// A running server.
 pub struct Server {
@@ -74,20 +58,23 @@ pub struct Server {
 impl Server {
     /// Starts `serve --model-dir dir` plus `extra` flags and waits until `/ping` answers.
     pub async fn start(dir: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
+        // Port 0: serve announces the port it bound on stdout.
+        let output = temp_dir("serve-output").join("stdout");
         let child = Command::new(BINARY)
             .args(["serve", "--model-dir"])
             .arg(dir)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
             .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&output).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let address =
+            sluice_tests::process::announced(&output, &["serve"], Duration::from_secs(20)).await[0];
         let server = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{address}"),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -207,11 +194,10 @@ pub fn run_to_exit(dir: &Path) -> Output {
 
 /// As [`run_to_exit`], with more flags and environment variables.
 pub fn run_to_exit_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let port = free_port().to_string();
     let mut child = Command::new(BINARY)
         .args(["serve", "--model-dir"])
         .arg(dir)
-        .args(["--port", &port])
+        .args(["--port", "0"])
         .args(args)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())

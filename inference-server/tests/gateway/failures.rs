@@ -57,7 +57,7 @@ async fn a_pod_that_stops_answering_is_taken_out_of_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_on_another_pod() {
     let live = Upstream::python("live", None).await;
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::unused_loopback_port()));
     // Health checks off: only the request path can find out the dead pod.
     let gateway = Gateway::start(
         ONE,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BINARY, free_port, temp_dir};
+use crate::common::{BINARY, temp_dir, unused_loopback_port};
 
 /// A process the gateway routes to.
 pub struct Upstream {
@@ -19,7 +19,7 @@ pub struct Upstream {
 impl Upstream {
     /// Starts `upstream.py` answering as `name`; chat streams wait for `release` to exist.
     pub async fn python(name: &str, release: Option<&Path>) -> Upstream {
-        Self::python_at(free_port(), name, release).await
+        Self::python_at(unused_loopback_port(), name, release).await
     }
 
     /// [`python`](Self::python) on a given port.
@@ -128,26 +128,33 @@ impl Gateway {
         let dir = temp_dir("gateway");
         let path = dir.join("endpoints.yaml");
         std::fs::write(&path, manifest).expect("manifest");
-        let (port, admin) = (free_port(), free_port());
+        // Port 0 for both: the gateway announces what it bound on stdout.
+        let output = dir.join("stdout");
         let mut command = Command::new(BINARY);
         command
             .args(["gateway", "--standalone"])
             .arg(&path)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--work-dir")
             .arg(dir.join("work"))
             .args(extra)
             .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&output).expect("stdout file"))
             .stderr(Stdio::inherit());
         for (entity, addr) in upstreams {
             command.args(["--upstream", &format!("{entity}={addr}")]);
         }
+        let child = command.spawn().expect("gateway starts");
+        let bound = sluice_tests::process::announced(
+            &output,
+            &["gateway", "admin"],
+            Duration::from_secs(30),
+        )
+        .await;
         let gateway = Gateway {
-            child: command.spawn().expect("gateway starts"),
-            base: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin}"),
+            child,
+            base: format!("http://{}", bound[0]),
+            admin: format!("http://{}", bound[1]),
             manifest: path,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

@@ -4,16 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::free_port;
+use crate::common::unused_loopback_port;
 use crate::harness::{Gateway, Upstream, two_entities};
 
 fn nowhere() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    SocketAddr::from(([127, 0, 0, 1], unused_loopback_port()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_are_answered_when_the_entity_comes_up_and_extras_are_refused() {
-    let port = free_port();
+    let port = unused_loopback_port();
     let b = SocketAddr::from(([127, 0, 0, 1], port));
     let manifest = two_entities(
         0,

@@ -5,17 +5,15 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::{BINARY, free_port, temp_dir};
+use crate::common::{BINARY, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standalone_quickstart_prints_a_curl_that_answers() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.yaml");
-    let port = free_port();
     let mut child = Command::new(BINARY)
         .args(["gateway", "--standalone"])
         .arg(&manifest)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--work-dir")
         .arg(temp_dir("quickstart"))
         .env("SLUICE_LOG", "warn")
@@ -25,11 +23,12 @@ async fn the_standalone_quickstart_prints_a_curl_that_answers() {
         .expect("gateway starts");
     let stdout = child.stdout.take().expect("stdout");
     let line = tokio::task::spawn_blocking(move || {
+        // The listening announcements come first; the READY line follows.
         BufReader::new(stdout)
             .lines()
-            .next()
-            .expect("a line")
-            .expect("text")
+            .map(|line| line.expect("text"))
+            .find(|line| line.starts_with("READY "))
+            .expect("a READY line")
     })
     .await
     .expect("read");
