@@ -27,6 +27,9 @@ mod queue;
 mod server;
 mod table;
 
+#[cfg(test)]
+mod in_process_tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

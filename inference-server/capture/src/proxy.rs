@@ -697,24 +697,6 @@ mod tests {
         assert_eq!(request_id(&HeaderMap::new()).len(), 32);
     }
 
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_go() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::CONTENT_TYPE));
-    }
-
     fn recorder(max_payload_bytes: usize, memory_bytes: usize) -> Arc<Recorder> {
         Arc::new(Recorder::new(
             Arc::new(Queue::new(1 << 20)),

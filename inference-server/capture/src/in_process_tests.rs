@@ -1,0 +1,135 @@
+//! The capture proxy tested in-process: its router called with `tower::ServiceExt::oneshot` in
+//! front of a real model server on a loopback port; the exchange is read back from the queue
+//! the table writer drains. The end-to-end tests (`inference-server/tests/capture_*.rs`) run the
+//! same path through the binary and read the table with DuckDB and pyarrow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::exchange::RawExchange;
+use crate::metrics::CaptureMetrics;
+use crate::proxy::{Limits, Proxy, ProxyConfig};
+use crate::queue::{Popped, Queue};
+
+/// A model server on a free loopback port: `/invocations` answers a prediction and the
+/// headers it received.
+async fn model() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/invocations",
+        axum::routing::post(|headers: HeaderMap, body: String| async move {
+            let received: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                .collect();
+            axum::Json(json!({"predictions": [1], "echo": body, "headers": received}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn proxy(upstream: SocketAddr, sampling_fraction: f64) -> (axum::Router, Arc<Queue>) {
+    let queue = Arc::new(Queue::new(1 << 20));
+    let proxy = Proxy::new(
+        ProxyConfig {
+            upstream,
+            health_path: "/health".into(),
+            upstream_timeout: Duration::from_secs(5),
+            sampling_fraction,
+            limits: Limits {
+                max_payload_bytes: 1 << 20,
+                memory_bytes: 16 << 20,
+            },
+        },
+        queue.clone(),
+        CaptureMetrics::default(),
+        Arc::new(Registry::default()),
+    );
+    (Arc::new(proxy).router(), queue)
+}
+
+/// What the queue holds, waiting up to `wait` for something to arrive.
+async fn queued(queue: Arc<Queue>, wait: Duration) -> Vec<RawExchange> {
+    let popped = tokio::task::spawn_blocking(move || queue.pop(1 << 20, wait))
+        .await
+        .expect("pop");
+    match popped {
+        Popped::Items(rows) => rows,
+        Popped::Closed => panic!("the queue is open"),
+    }
+}
+
+async fn post(
+    router: axum::Router,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut request = Request::post("/invocations").header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = router
+        .oneshot(request.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn an_exchange_passes_through_and_is_recorded_with_the_callers_identity() {
+    let (router, queue) = proxy(model().await, 1.0);
+    let body = r#"{"dataframe_split": {"columns": ["x"], "data": [[1.0]]}}"#;
+    let (status, headers, answer) = post(
+        router,
+        &[
+            ("x-request-id", "req-7"),
+            ("x-sluice-requester", "alice@example.com"),
+            ("connection", "x-private"),
+            ("x-private", "1"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["echo"], body, "the body reaches the model unchanged");
+    assert_eq!(headers["x-request-id"], "req-7");
+    assert!(
+        answer["headers"].get("x-private").is_none(),
+        "hop-by-hop stays here"
+    );
+    let rows = queued(queue, Duration::from_secs(5)).await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.request_id, "req-7");
+    assert_eq!(row.requester.as_deref(), Some("alice@example.com"));
+    assert_eq!(row.status_code, 200);
+    assert_eq!(row.request, body.as_bytes());
+    let recorded: Value = serde_json::from_slice(&row.response).expect("response JSON");
+    assert_eq!(recorded["predictions"], json!([1]));
+}
+
+#[tokio::test]
+async fn an_unsampled_exchange_is_answered_and_not_recorded() {
+    let (router, queue) = proxy(model().await, 0.0);
+    let (status, _, _) = post(router, &[], "{}").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(queued(queue, Duration::from_millis(200)).await.is_empty());
+}
