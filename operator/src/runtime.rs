@@ -41,46 +41,6 @@ pub fn controller_config() -> controller::Config {
 /// Completes once when the process should shut down; clone it for each waiter.
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;
 
-/// The backoff of every watch of the operator, and of each controller's merged trigger stream:
-/// 250 ms doubling to 5 s, back to 250 ms at the next event that arrives.
-///
-/// kube-runtime's default (800 ms doubling to 30 s, reset only after 120 s without errors) is
-/// shared by all the watches a controller merges. After an API server restart each of them
-/// meets one `410 Gone` on resuming, so the delays stacked up and the controllers were blind
-/// for about 90 s (`faults_apiserver` measured it); with this one they resume in seconds.
-#[derive(Clone, Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-}
-
-impl WatchBackoff {
-    const FIRST: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(5);
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        // Up to 10 % jitter, so watches that failed together do not retry together.
-        Some(delay.mul_f64(1.0 + fastrand::f64() / 10.0))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 /// Shared by every controller of the process.
 ///
 /// An installation manages either the whole cluster or a list of namespaces. With a list, each
@@ -167,7 +127,7 @@ impl Env {
             let config = env.managed_watch();
             async move {
                 let mut events = watcher(api, config)
-                    .backoff(WatchBackoff::default())
+                    .backoff(sluice_watch::WatchBackoff::default())
                     .boxed();
                 while let Some(event) = events.next().await {
                     match event {
@@ -243,26 +203,5 @@ impl Tracked {
     /// Counts one status write.
     pub fn status_written(&self) {
         self.metrics.status_written(self.controller);
-    }
-}
-
-#[cfg(test)]
-mod watch_backoff_tests {
-    use kube::runtime::utils::Backoff;
-
-    use super::WatchBackoff;
-
-    #[test]
-    fn delays_double_to_five_seconds_and_an_event_resets_them() {
-        let mut backoff = WatchBackoff::default();
-        let delays: Vec<f64> = (0..8)
-            .map(|_| backoff.next().expect("delay").as_secs_f64())
-            .collect();
-        let expected = [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0];
-        for (delay, want) in delays.iter().zip(expected) {
-            assert!(*delay >= want && *delay <= want * 1.1, "{delays:?}");
-        }
-        backoff.reset();
-        assert!(backoff.next().expect("delay").as_secs_f64() < 0.3);
     }
 }

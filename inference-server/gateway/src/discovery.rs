@@ -5,10 +5,9 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use sluice_crds::ServingEndpoint;
 use tokio::sync::Notify;
@@ -46,15 +45,25 @@ pub async fn run(
             Some(selector) => watcher::Config::default().labels(selector),
             None => watcher::Config::default(),
         };
-        let (endpoint_store, endpoint_watch) = watch(endpoints, managed, changed.clone());
-        let (pod_store, pod_watch) = watch(
+        let notify = |changed: &Arc<Notify>| {
+            let changed = changed.clone();
+            move || changed.notify_one()
+        };
+        let (endpoint_store, endpoint_watch) = sluice_watch::store(
+            endpoints,
+            managed,
+            "gateway: servingendpoints",
+            notify(&changed),
+        );
+        let (pod_store, pod_watch) = sluice_watch::store(
             pods,
             watcher::Config::default().labels(LABEL_ENDPOINT),
-            changed.clone(),
+            "gateway: pods",
+            notify(&changed),
         );
         stores.push((endpoint_store, pod_store));
-        watches.push(endpoint_watch);
-        watches.push(pod_watch);
+        watches.push(endpoint_watch.boxed());
+        watches.push(pod_watch.boxed());
     }
     let rebuild = async {
         for (endpoints, pods) in &stores {
@@ -86,38 +95,8 @@ pub async fn run(
         Ok::<(), GatewayError>(())
     };
     tokio::select! {
-        result = futures::future::try_join_all(watches) => result.map(|_| ()),
+        // The watches retry their errors themselves and never end; if one did, say so.
+        _ = futures::future::join_all(watches) => Err(GatewayError::WatchEnded),
         result = rebuild => result,
     }
-}
-
-type Watch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send>>;
-
-fn watch<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> (Store<K>, Watch)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    let task = async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            match stream.try_next().await {
-                // Applied, deleted or relisted: the stores changed, rebuild.
-                Ok(Some(_)) => changed.notify_one(),
-                Ok(None) => return Err(GatewayError::WatchEnded),
-                Err(error) => {
-                    // The watcher retries with backoff; a failure is logged, never fatal.
-                    tracing::warn!(%error, "watch error");
-                }
-            }
-        }
-    };
-    (reader, Box::pin(task))
 }

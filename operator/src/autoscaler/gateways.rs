@@ -68,7 +68,12 @@ impl Gateways {
                     Some(ns) => Api::namespaced(env.client.clone(), ns),
                     None => Api::all(env.client.clone()),
                 };
-                let (store, watch) = super::store(api, watcher::Config::default().labels(selector));
+                let (store, watch) = sluice_watch::store(
+                    api,
+                    watcher::Config::default().labels(selector),
+                    "autoscaler: gateway pods",
+                    || {},
+                );
                 (
                     Self::Pods {
                         store,

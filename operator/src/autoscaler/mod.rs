@@ -42,11 +42,11 @@ pub use gateways::GatewaySource;
 pub use metrics::AutoscalerMetrics;
 
 use crate::runtime::Env;
-use crate::runtime::WatchBackoff;
 use algorithm::{Decision, Demand, Reason, Scaler};
 use cold_start::{ColdStart, PodProgress};
 use sluice_contract::demand::EntityKey;
 use sluice_contract::labels::{LABEL_ENDPOINT, LABEL_ENTITY};
+use sluice_watch::WatchBackoff;
 
 /// Field manager of the autoscaler's replica writes.
 pub const FIELD_MANAGER: &str = "sluice-operator/autoscaler";
@@ -73,9 +73,18 @@ pub struct Options {
 
 /// Runs until the shutdown signal.
 pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
-    let (endpoints, endpoint_watch) = store::<ServingEndpoint>(env.api(), env.managed_watch());
-    let (deployments, deployment_watch) =
-        store::<Deployment>(env.api(), watcher::Config::default().labels(LABEL_ENDPOINT));
+    let (endpoints, endpoint_watch) = sluice_watch::store::<ServingEndpoint>(
+        env.api(),
+        env.managed_watch(),
+        "autoscaler: servingendpoints",
+        || {},
+    );
+    let (deployments, deployment_watch) = sluice_watch::store::<Deployment>(
+        env.api(),
+        watcher::Config::default().labels(LABEL_ENDPOINT),
+        "autoscaler: deployments",
+        || {},
+    );
     let cold_starts: ColdStarts = Arc::default();
     let pod_watch = watch_pods(env.api(), cold_starts.clone());
     let woken = Arc::new(Notify::new());
@@ -119,35 +128,6 @@ pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
         () = gateway_watch => {}
         () = env.shutdown.clone() => info!("autoscaler stopped"),
     }
-}
-
-pub(crate) fn store<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (Store<K>, impl std::future::Future<Output = ()>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .reflect(writer);
-    let task = async move {
-        use futures::StreamExt;
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                warn!(%error, "autoscaler watch error");
-            }
-        }
-    };
-    (reader, task)
 }
 
 /// Stamps the progress of entity pods into the cold starts being followed. Only events are

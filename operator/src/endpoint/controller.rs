@@ -88,7 +88,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
-        .backoff(crate::runtime::WatchBackoff::default())
+        .backoff(sluice_watch::WatchBackoff::default())
         .reflect(writer)
         .touched_objects();
     (store, stream)
@@ -132,7 +132,7 @@ pub async fn run(env: Env, config: OperatorConfig) {
                 .collect::<Vec<_>>()
         })
         .with_config(crate::runtime::controller_config())
-        .trigger_backoff(crate::runtime::WatchBackoff::default())
+        .trigger_backoff(sluice_watch::WatchBackoff::default())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

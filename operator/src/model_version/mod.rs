@@ -80,7 +80,7 @@ pub async fn run(env: Env, image: String) {
             sibling_refs(&siblings, &changed)
         })
         .with_config(crate::runtime::controller_config())
-        .trigger_backoff(crate::runtime::WatchBackoff::default())
+        .trigger_backoff(sluice_watch::WatchBackoff::default())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
