@@ -23,6 +23,17 @@ pub const MODEL_PORT: i32 = 8081;
 /// Port of the capture sidecar, the pod's front door when capture is on.
 pub const CAPTURE_PORT: i32 = 8080;
 
+/// The number of `pod`'s container port named `name` (the first container that has one).
+pub fn container_port(pod: &k8s_openapi::api::core::v1::Pod, name: &str) -> Option<i32> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
+
 /// The name of an entity revision's Deployment, Service and NetworkPolicy:
 /// `<endpoint>-<entity>-<revision>`. Readers take the revision from status, never from this
 /// name.

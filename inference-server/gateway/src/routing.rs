@@ -16,10 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Pod;
 pub use sluice_contract::labels::LABEL_ENDPOINT;
-use sluice_contract::labels::{FRONT_PORT_NAME, LABEL_ENTITY, LABEL_REVISION};
+use sluice_contract::labels::{FRONT_PORT_NAME, LABEL_ENTITY, LABEL_REVISION, container_port};
 pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
-use sluice_crds::ServingEndpoint;
+use sluice_crds::{ResolvedRoute, ServingEndpoint, ShadowRoute};
 
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +43,30 @@ pub struct ConfigSpec {
     pub routes: Vec<(String, u32)>,
     /// Shadow routes: entity name and the percentage of live requests mirrored to it.
     pub shadows: Vec<(String, u32)>,
+}
+
+impl ConfigSpec {
+    /// Live routes as the routing table takes them: entity name and weight.
+    pub fn routes_of(routes: &[ResolvedRoute]) -> Vec<(String, u32)> {
+        routes
+            .iter()
+            .map(|r| {
+                let weight = u32::try_from(r.traffic_percentage).unwrap_or(0);
+                (r.served_entity_name.clone(), weight)
+            })
+            .collect()
+    }
+
+    /// Shadow routes as the routing table takes them: entity name and mirrored percentage.
+    pub fn shadows_of(shadows: &[ShadowRoute]) -> Vec<(String, u32)> {
+        shadows
+            .iter()
+            .map(|r| {
+                let percent = u32::try_from(r.mirror_percentage).unwrap_or(0);
+                (r.served_entity_name.clone(), percent)
+            })
+            .collect()
+    }
 }
 
 /// One entity and the addresses of its ready backends.
@@ -139,26 +163,8 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
                 ConfigSpec {
                     version: config.config_version,
                     entities,
-                    routes: config
-                        .routes
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.served_entity_name.clone(),
-                                r.traffic_percentage.max(0) as u32,
-                            )
-                        })
-                        .collect(),
-                    shadows: config
-                        .shadow_routes
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.served_entity_name.clone(),
-                                r.mirror_percentage.max(0) as u32,
-                            )
-                        })
-                        .collect(),
+                    routes: ConfigSpec::routes_of(&config.routes),
+                    shadows: ConfigSpec::shadows_of(&config.shadow_routes),
                 }
             });
         out.push(EndpointSpec {
@@ -186,14 +192,7 @@ fn front_address(pod: &Pod) -> Option<(SocketAddr, bool)> {
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let port = pod
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(FRONT_PORT_NAME))?
-        .container_port;
+    let port = container_port(pod, FRONT_PORT_NAME)?;
     Some((SocketAddr::new(ip, u16::try_from(port).ok()?), ready))
 }
 

@@ -273,26 +273,8 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
                         ),
                     })
                     .collect(),
-                routes: endpoint
-                    .routes
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.served_entity_name.clone(),
-                            r.traffic_percentage.max(0) as u32,
-                        )
-                    })
-                    .collect(),
-                shadows: endpoint
-                    .shadows
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.served_entity_name.clone(),
-                            r.mirror_percentage.max(0) as u32,
-                        )
-                    })
-                    .collect(),
+                routes: ConfigSpec::routes_of(&endpoint.routes),
+                shadows: ConfigSpec::shadows_of(&endpoint.shadows),
             }),
         })
         .collect()

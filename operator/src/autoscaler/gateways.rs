@@ -105,14 +105,7 @@ fn admin_url(pod: &Pod, port_name: &str) -> Option<String> {
         return None;
     }
     let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
-    let port = pod
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(port_name))?
-        .container_port;
+    let port = sluice_contract::labels::container_port(pod, port_name)?;
     Some(format!("http://{ip}:{port}"))
 }
 
