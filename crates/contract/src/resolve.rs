@@ -255,10 +255,11 @@ fn registered_source(
             });
             // An alias in conflict is held by nobody: keep serving what it resolved to before.
             let kept = || {
-                let claimants: Vec<String> = of_model()
+                let mut claimants: Vec<String> = of_model()
                     .filter(|m| m.spec.aliases.contains(alias))
                     .map(|m| m.metadata.name.clone().unwrap_or_default())
                     .collect();
+                claimants.sort();
                 let mv = previous
                     .get(name)
                     .and_then(|v| of_model().find(|m| m.spec.version == *v))?;

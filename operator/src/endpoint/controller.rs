@@ -68,6 +68,22 @@ struct Context {
     pods: Store<Pod>,
 }
 
+/// The objects of `store` that `keep` selects, in name order (a store has none; a LIST had, and
+/// what the pure steps report, e.g. the first failing pod, must not depend on hashing).
+fn snapshot<K>(store: &Store<K>, keep: impl Fn(&kube::api::ObjectMeta) -> bool) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let mut objects: Vec<K> = store
+        .state()
+        .iter()
+        .filter(|o| keep(o.meta()))
+        .map(|o| K::clone(o))
+        .collect();
+    objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    objects
+}
+
 /// A watch of `api` that keeps a store and triggers the controller with every object it
 /// touches (deletions included).
 fn cached<K>(
@@ -184,29 +200,11 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
                 .and_then(|l| l.get(LABEL_ENDPOINT))
                 .is_some_and(|e| *e == name)
     };
-    let models: Vec<ModelVersion> = ctx
-        .models
-        .state()
-        .iter()
-        .filter(|m| in_namespace(&m.metadata))
-        .map(|m| ModelVersion::clone(m))
-        .collect();
+    let models = snapshot(&ctx.models, in_namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let existing: Vec<Deployment> = ctx
-        .deployments
-        .state()
-        .iter()
-        .filter(|d| of_endpoint(&d.metadata))
-        .map(|d| Deployment::clone(d))
-        .collect();
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| of_endpoint(&p.metadata))
-        .map(|p| Pod::clone(p))
-        .collect();
+    let existing = snapshot(&ctx.deployments, of_endpoint);
+    let pods = snapshot(&ctx.pods, of_endpoint);
     let mut problems = problems_by_child(&name, &pods);
     let children: BTreeMap<String, ChildState> = existing
         .iter()
