@@ -51,6 +51,41 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// A reflector store of the objects of `api` that match `config`, and the stream of every object
+/// the watch touches (deletions included), retried with [`WatchBackoff`]: for a controller to
+/// be triggered by the same watch that keeps the store (`owns_stream`, `watches_stream`).
+pub fn store_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, events) = reflected(api, config);
+    (reader, events.touched_objects())
+}
+
+/// A reflector store of `api` and the watch events that keep it, retried with [`WatchBackoff`].
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config)
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
+    (reader, events)
+}
+
 /// A reflector store of the objects of `api` that match `config`, and the future that keeps it
 /// in step (it runs until the process stops; a watch error is logged under `what` and retried
 /// with [`WatchBackoff`]). `changed` runs after every event that reached the store.
@@ -63,10 +98,8 @@ pub fn store<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .reflect(writer);
+    // Every event, relists included: a relist that drops an object touches nothing.
+    let (reader, stream) = reflected(api, config);
     let task = async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

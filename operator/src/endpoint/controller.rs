@@ -19,14 +19,13 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::{Event, EventType, Recorder},
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use sluice_contract::claim::ClaimUri;
 use sluice_contract::config::OperatorConfig;
@@ -84,39 +83,15 @@ where
     objects
 }
 
-/// A watch of `api` that keeps a store and triggers the controller with every object it
-/// touches (deletions included).
-fn cached<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .backoff(sluice_watch::WatchBackoff::default())
-        .reflect(writer)
-        .touched_objects();
-    (store, stream)
-}
-
 /// Runs the ServingEndpoint controller until `env.shutdown` completes and in-flight reconciles
 /// have finished.
 pub async fn run(env: Env, config: OperatorConfig) {
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let (models, model_events) = cached(env.api::<ModelVersion>(), env.managed_watch());
-    let (deployments, deployment_events) = cached(env.api::<Deployment>(), managed.clone());
-    let (pods, pod_events) = cached(env.api::<Pod>(), managed.clone());
+    let (models, model_events) =
+        sluice_watch::store_stream(env.api::<ModelVersion>(), env.managed_watch());
+    let (deployments, deployment_events) =
+        sluice_watch::store_stream(env.api::<Deployment>(), managed.clone());
+    let (pods, pod_events) = sluice_watch::store_stream(env.api::<Pod>(), managed.clone());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         client: env.client.clone(),
