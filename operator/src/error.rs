@@ -17,7 +17,7 @@ pub enum Error {
     MissingField(&'static str),
     /// A watch's store was dropped before it synced (the controller is stopping).
     #[error("a watch store stopped before it synced: {0}")]
-    StoreStopped(#[from] kube::runtime::reflector::store::WriterDropped),
+    StoreStopped(#[from] sluice_watch::StoreStopped),
     /// A status could not be serialised.
     #[error("serialising status: {0}")]
     Serialize(#[from] serde_json::Error),

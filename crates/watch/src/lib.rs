@@ -1,11 +1,13 @@
 //! Kubernetes watches as the Sluice operator and gateway run them: one retry policy
-//! ([`WatchBackoff`]) and one way to keep a reflector store in step ([`store`]).
+//! ([`WatchBackoff`]), one way to keep a reflector store in step ([`store`]), and one way for
+//! many tasks to wait until stores have synced ([`Synced`]).
 
 use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -113,11 +115,103 @@ where
     (reader, task)
 }
 
+/// A store's writer stopped before its first full list (its watch is gone: the process is
+/// stopping).
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("a watch store stopped before its first full list")]
+pub struct StoreStopped;
+
+/// Resolves once each of a set of reflector stores has had its first full list; cheap to clone,
+/// and any number of tasks may wait on it at once.
+///
+/// kube's `Store::wait_until_ready` keeps only the waker of its latest poller (a one-shot
+/// channel): two reconciles waiting on it together leave one asleep for good, holding its
+/// object's reconcile slot, so that object is never reconciled again. Here one shared future
+/// polls each store's readiness, and wakes every waiter.
+#[derive(Clone)]
+pub struct Synced(Shared<BoxFuture<'static, Result<(), StoreStopped>>>);
+
+impl Synced {
+    /// Ready once `store` has synced.
+    pub fn of<K>(store: &Store<K>) -> Self
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        Self(Self::ready(store.clone()).boxed().shared())
+    }
+
+    /// Ready once these stores and `store` have synced.
+    pub fn and<K>(self, store: &Store<K>) -> Self
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let store = store.clone();
+        Self(
+            async move {
+                self.0.await?;
+                Self::ready(store).await
+            }
+            .boxed()
+            .shared(),
+        )
+    }
+
+    /// Waits until every store has synced.
+    pub async fn wait(&self) -> Result<(), StoreStopped> {
+        self.0.clone().await
+    }
+
+    async fn ready<K>(store: Store<K>) -> Result<(), StoreStopped>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        store.wait_until_ready().await.map_err(|_| StoreStopped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use kube::runtime::utils::Backoff;
+    use std::cell::Cell;
+    use std::rc::Rc;
 
-    use super::WatchBackoff;
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::runtime::reflector;
+    use kube::runtime::utils::Backoff;
+    use kube::runtime::watcher::Event;
+
+    use super::{Synced, WatchBackoff};
+
+    #[test]
+    fn every_waiter_wakes_when_the_stores_sync() {
+        let (maps, mut maps_writer) = reflector::store::<ConfigMap>();
+        let (pods, mut pods_writer) = reflector::store::<Pod>();
+        let synced = Synced::of(&maps).and(&pods);
+        // Two tasks wait at once; a task is polled again only when its waker is woken.
+        let mut pool = LocalPool::new();
+        let done = Rc::new(Cell::new(0));
+        for _ in 0..2 {
+            let (synced, done) = (synced.clone(), done.clone());
+            pool.spawner()
+                .spawn_local(async move {
+                    synced.wait().await.expect("synced");
+                    done.set(done.get() + 1);
+                })
+                .expect("spawn");
+        }
+        pool.run_until_stalled();
+        for event in [Event::Init, Event::InitDone] {
+            maps_writer.apply_watcher_event(&event);
+        }
+        pool.run_until_stalled();
+        assert_eq!(done.get(), 0, "the pods have not synced yet");
+        for event in [Event::Init, Event::InitDone] {
+            pods_writer.apply_watcher_event(&event);
+        }
+        pool.run_until_stalled();
+        assert_eq!(done.get(), 2, "each waiter woke");
+    }
 
     #[test]
     fn delays_double_to_five_seconds_and_an_event_resets_them() {

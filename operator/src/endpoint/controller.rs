@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -32,6 +32,7 @@ use sluice_contract::config::OperatorConfig;
 use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_SELECTOR};
 use sluice_contract::resolve::{resolve, resolve_capture};
 use sluice_crds::{ModelVersion, ServingEndpoint, ServingEndpointStatus};
+use sluice_watch::Synced;
 use tracing::{instrument, warn};
 
 use super::{
@@ -65,6 +66,8 @@ struct Context {
     deployments: Store<Deployment>,
     /// Entity pods of the watched scope.
     pods: Store<Pod>,
+    /// The three stores above have synced (for every concurrent reconcile).
+    synced: Synced,
 }
 
 /// The objects of `store` that `keep` selects, in name order (a store has none; a LIST had, and
@@ -97,6 +100,7 @@ pub async fn run(env: Env, config: OperatorConfig) {
         client: env.client.clone(),
         config,
         tracked: Tracked::new(ControllerName::ServingEndpoint, env.metrics.clone()),
+        synced: Synced::of(&models).and(&deployments).and(&pods),
         models,
         deployments,
         pods,
@@ -159,13 +163,7 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     let client = &ctx.client;
     // Reading a store before its first full list would look like "no children" (and re-create
     // replicas the autoscaler owns): wait for the three to sync once.
-    for synced in [
-        ctx.models.wait_until_ready().boxed(),
-        ctx.deployments.wait_until_ready().boxed(),
-        ctx.pods.wait_until_ready().boxed(),
-    ] {
-        synced.await?;
-    }
+    ctx.synced.wait().await?;
     let in_namespace = |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == Some(&ns);
     let of_endpoint = |meta: &kube::api::ObjectMeta| {
         in_namespace(meta)
