@@ -8,6 +8,7 @@
 //! - `gateway`: the entry point users call ([`sluice_gateway`]).
 //! - `capture`: the sidecar that records requests and responses in the inference table
 //!   ([`sluice_capture`], with the table it writes).
+//! - `check`: what the chart's `helm test` pod runs against a release ([`sluice_gateway::check`]).
 //!
 //! The roles share their wire formats and flag parsers through `sluice-protocol`.
 
@@ -35,6 +36,9 @@ enum Command {
     /// The auto-capture sidecar: proxies to the model and records every exchange in the
     /// inference table.
     Capture(Box<sluice_capture::CaptureArgs>),
+    /// Check that a release works: its operator and gateway pods answer `/readyz` and, when
+    /// named, a ServingEndpoint answers one query (what the chart's `helm test` runs).
+    Check(Box<sluice_gateway::CheckArgs>),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,9 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Capture(args) => runtime
             .block_on(sluice_capture::run(*args, shutdown_signal()))
+            .map_err(Into::into),
+        Command::Check(args) => runtime
+            .block_on(sluice_gateway::check(*args))
             .map_err(Into::into),
     };
     match result {

@@ -10,7 +10,6 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Mutex, OnceLock},
 };
@@ -144,23 +143,14 @@ fn push_once(path: &str, build: impl FnOnce() -> String) -> Pushed {
     }
     let tag = build();
     let repository = format!("{}/{path}", registry().host);
-    let digest_file: PathBuf = std::env::temp_dir().join(format!(
-        "sluice-digest-{}-{}",
-        path.replace('/', "_"),
-        std::process::id()
-    ));
-    run_ok(
-        podman()
-            .args(["push", "--quiet", "--tls-verify=false", "--digestfile"])
-            .arg(&digest_file)
+    // The release's own push script, so the tests push as a release does.
+    let digest = run_ok(
+        Command::new("bash")
+            .arg(repo_root().join("images/push.sh"))
             .arg(&tag)
-            .arg(format!("docker://{repository}:{}", tag_of(&tag))),
+            .arg(format!("{repository}:{}", tag_of(&tag)))
+            .env("PUSH_TLS_VERIFY", "false"),
     );
-    let digest = std::fs::read_to_string(&digest_file)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", digest_file.display()))
-        .trim()
-        .to_string();
-    let _ = std::fs::remove_file(&digest_file);
     let p = Pushed { repository, digest };
     pushed.insert(path.to_string(), p.clone());
     p
@@ -182,4 +172,67 @@ pub fn pull(reference: &str) -> Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
+}
+
+/// The chart as a release publishes it: our two images made multi-architecture indexes
+/// (`images/index.sh`, over the one architecture built here), the chart packaged with their
+/// digests pinned in its default values (`charts/tools/package.sh`), and pushed as an OCI
+/// artifact to the loopback registry (`helm push`), exactly the steps of
+/// `.github/workflows/release.yml`.
+#[derive(Clone, Debug)]
+pub struct ReleaseChart {
+    /// `oci://127.0.0.1:<port>/charts/sluice`.
+    pub reference: String,
+    /// The chart and app version (the workspace version).
+    pub version: String,
+    /// The operator image index.
+    pub operator: Pushed,
+    /// The data-plane image index.
+    pub inference_server: Pushed,
+}
+
+/// Publishes [`ReleaseChart`] once per test binary, with the Helm binary `helm`.
+pub fn release_chart(helm: &std::path::Path) -> ReleaseChart {
+    static RELEASE: OnceLock<ReleaseChart> = OnceLock::new();
+    RELEASE
+        .get_or_init(|| {
+            let version = run_ok(Command::new("bash").arg(repo_root().join(".ci/version.sh")));
+            let index = |component: &str| {
+                let pushed = ours(component);
+                let digest = run_ok(
+                    Command::new("bash")
+                        .arg(repo_root().join("images/index.sh"))
+                        .arg(format!("{}:{version}", pushed.repository))
+                        .arg(pushed.reference())
+                        .env("PUSH_TLS_VERIFY", "false"),
+                );
+                Pushed {
+                    repository: pushed.repository,
+                    digest,
+                }
+            };
+            let (operator, inference_server) = (index("operator"), index("inference-server"));
+            let out = std::env::temp_dir().join(format!("sluice-chart-{}", std::process::id()));
+            let package = run_ok(
+                Command::new("bash")
+                    .arg(repo_root().join("charts/tools/package.sh"))
+                    .args(["--version", &version])
+                    .args(["--operator", &operator.reference()])
+                    .args(["--inference-server", &inference_server.reference()])
+                    .arg("--out")
+                    .arg(&out)
+                    .arg("--helm")
+                    .arg(helm),
+            );
+            let charts = format!("oci://{}/charts", registry().host);
+            run_ok(Command::new(helm).args(["push", "--plain-http", &package, &charts]));
+            let _ = std::fs::remove_dir_all(&out);
+            ReleaseChart {
+                reference: format!("{charts}/sluice"),
+                version,
+                operator,
+                inference_server,
+            }
+        })
+        .clone()
 }

@@ -2,13 +2,18 @@
 //! values file rendered and checked by `kubernetes-validate --strict`, bad values refused by
 //! `values.schema.json` with a message naming the value, the CRDs identical to
 //! `crds/generated/`, the operator config read by the operator's own type, restricted containers
-//! and RBAC rules taken from the rules files.
+//! and RBAC rules taken from the rules files; the gateway's Ingress, HTTPRoute (checked against
+//! the pinned Gateway API CRD's schema and CEL rules) and HorizontalPodAutoscaler.
 
 mod helm_support;
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use helm_support::{chart, documents, helm_run, object, of_kind, template, values_files};
+use helm_support::{
+    chart, check_jsonschema, crd_json_schema, documents, helm_run, httproute_crd, object, of_kind,
+    template, values_files,
+};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_contract::config::OperatorConfig;
 use sluice_tests::{binaries, repo_root, venv_tool};
@@ -35,9 +40,12 @@ fn helm_lint_strict_passes_with_every_values_file() {
     }
 }
 
-/// Kinds whose schemas kubernetes-validate does not bundle (Prometheus Operator CRDs); it
-/// reports them as unknown and they are checked for shape by the other tests only.
-const CUSTOM_KINDS: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
+/// Kinds whose schemas kubernetes-validate does not bundle; it reports them as unknown and
+/// passes them. The Prometheus Operator CRDs are checked for shape by the other tests only;
+/// HTTPRoute (Gateway API) is checked against its own CRD's schema by
+/// `every_values_files_httproutes_pass_the_gateway_api_crd_schema`, which is why it may be
+/// skipped here. Ingress and HorizontalPodAutoscaler are core kinds and validated strictly here.
+const CUSTOM_KINDS: [&str; 3] = ["ServiceMonitor", "PrometheusRule", "HTTPRoute"];
 
 #[test]
 fn every_values_file_renders_manifests_that_pass_kubernetes_validate_strict() {
@@ -150,6 +158,47 @@ fn bad_values_are_refused_by_the_schema_with_a_message_naming_the_value() {
             "/monitoring/serviceMonitor/interval",
         ),
         (&["crds.install=maybe"], "/crds/install"),
+        (
+            &["gateway.ingress.enabled=maybe"],
+            "/gateway/ingress/enabled",
+        ),
+        (
+            &["gateway.ingress.hosts[0].paths[0].pathType=Regex"],
+            "/gateway/ingress/hosts/0/paths/0/pathType",
+        ),
+        (
+            &["gateway.ingress.hosts[0].host=Not_A_Host"],
+            "/gateway/ingress/hosts/0/host",
+        ),
+        (
+            &["gateway.ingress.certManager.clusterIssur=letsencrypt"],
+            "clusterIssur",
+        ),
+        (
+            &["gateway.httpRoute.parentRefs[0].namespace=gateway-system"],
+            "/gateway/httpRoute/parentRefs/0",
+        ),
+        (
+            &["gateway.httpRoute.rules[0].matches[0].path.type=Prefix"],
+            "/gateway/httpRoute/rules/0/matches/0/path/type",
+        ),
+        (
+            &["gateway.httpRoute.timeouts.request=10 minutes"],
+            "/gateway/httpRoute/timeouts/request",
+        ),
+        (&["gateway.httpRoute.tls=true"], "tls"),
+        (
+            &["gateway.autoscaling.minReplicas=0"],
+            "/gateway/autoscaling/minReplicas",
+        ),
+        (
+            &["gateway.autoscaling.targetCPUUtilizationPercentage=high"],
+            "/gateway/autoscaling/targetCPUUtilizationPercentage",
+        ),
+        (
+            &["gateway.autoscaling.behavior.scaleSideways.periodSeconds=60"],
+            "scaleSideways",
+        ),
         (&["gatewy.replicas=3"], "gatewy"),
     ];
     for (sets, named) in cases {
@@ -556,7 +605,7 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
 /// only this release's operator pods (and the namespaces listed, for a scraper) reach it, while
 /// the serving port stays open to every caller.
 #[test]
-fn only_the_releases_operator_reaches_the_gateway_admin_port() {
+fn only_the_releases_operator_and_test_pod_reach_the_gateway_admin_port() {
     let docs = render(
         &[],
         &["gateway.networkPolicy.adminAllowedNamespaces={monitoring}"],
@@ -600,7 +649,7 @@ fn only_the_releases_operator_reaches_the_gateway_admin_port() {
         port_of("sluice-gateway", "admin")
     );
     let from = ingress[1]["from"].as_array().expect("from");
-    assert_eq!(from.len(), 2, "{policy}");
+    assert_eq!(from.len(), 3, "{policy}");
     assert!(selects(
         &from[0]["podSelector"]["matchLabels"],
         &labels_of("sluice-operator")
@@ -609,9 +658,25 @@ fn only_the_releases_operator_reaches_the_gateway_admin_port() {
         &from[0]["podSelector"]["matchLabels"],
         &labels_of("sluice-gateway")
     ));
+    // The `helm test` pod asks each gateway's /readyz on the admin port.
+    let test_pod = &object(&docs, "Pod", "sluice-test")["metadata"]["labels"];
+    assert!(selects(&from[1]["podSelector"]["matchLabels"], test_pod));
+    assert!(!selects(
+        &from[1]["podSelector"]["matchLabels"],
+        &labels_of("sluice-operator")
+    ));
     assert_eq!(
-        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        from[2]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "monitoring"
+    );
+    let untested = render(&[], &["tests.enabled=false"]);
+    let policy = object(&untested, "NetworkPolicy", "sluice-gateway");
+    assert_eq!(
+        policy["spec"]["ingress"][1]["from"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "without helm test, only the operator: {policy}"
     );
     let off = render(&[], &["gateway.networkPolicy.enabled=false"]);
     assert!(of_kind(&off, "NetworkPolicy").is_empty());
@@ -644,6 +709,7 @@ fn the_flags_the_chart_passes_are_known_to_the_binaries() {
     let server = binaries::built("inference-server", "inference-server");
     let operator_help = help(&operator, &[]);
     let gateway_help = help(&server, &["gateway"]);
+    let check_help = help(&server, &["check"]);
     for (name, files) in values_files() {
         let docs = render(&paths(&files), &[]);
         let op = &object(&docs, "Deployment", "sluice-operator")["spec"]["template"]["spec"]["containers"]
@@ -661,6 +727,14 @@ fn the_flags_the_chart_passes_are_known_to_the_binaries() {
             assert!(
                 gateway_help.contains(&flag),
                 "{name}: the chart passes {flag} to `inference-server gateway`, which does not know it:\n{gateway_help}"
+            );
+        }
+        let check = &object(&docs, "Pod", "sluice-test")["spec"]["containers"][0];
+        assert_eq!(check["args"][0], "check", "{name}");
+        for flag in flags(check) {
+            assert!(
+                check_help.contains(&flag),
+                "{name}: the chart passes {flag} to `inference-server check`, which does not know it:\n{check_help}"
             );
         }
     }
@@ -685,11 +759,14 @@ fn notes_tell_the_next_step() {
             .unwrap_or_else(|| panic!("no NOTES:\n{out}"))
     };
     let default = notes(&[]);
+    let version = chart_version();
     for expected in [
         "kubectl -n sluice-system get deploy,pods -l app.kubernetes.io/instance=sluice",
-        "examples/minimal-cpu.yaml",
+        "helm test sluice -n sluice-system",
         "port-forward svc/sluice-gateway 8000:80",
         "/serving-endpoints/iris/invocations",
+        &format!("operator          ghcr.io/sluice-dev/operator:{version}"),
+        "a release's chart pins both by digest",
     ] {
         assert!(
             default.contains(expected),
@@ -697,6 +774,634 @@ fn notes_tell_the_next_step() {
         );
     }
     assert!(!default.contains("WARNING"), "{default}");
+    // The first endpoint, as printed, is what the CRDs accept, and its model is the asset the
+    // release workflow attaches.
+    let manifest = first_endpoint(&default);
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&manifest)
+        .map(|d| Value::deserialize(d).expect("YAML"))
+        .collect();
+    assert_eq!(docs.len(), 2, "{manifest}");
+    let mv: sluice_crds::ModelVersion =
+        serde_json::from_value(docs[0].clone()).expect("a ModelVersion");
+    let ep: sluice_crds::ServingEndpoint =
+        serde_json::from_value(docs[1].clone()).expect("a ServingEndpoint");
+    assert_eq!(
+        mv.spec.source.uri,
+        format!("https://github.com/sluice-dev/sluice/releases/download/v{version}/iris.tar.gz")
+    );
+    assert_eq!(ep.spec.served_entities[0].model.as_deref(), Some("iris"));
+    let release = std::fs::read_to_string(repo_root().join(".github/workflows/release.yml"))
+        .expect("release workflow");
+    assert!(
+        release.contains("tar czf dist/iris.tar.gz -C examples/models iris")
+            && release.contains("dist/iris.tar.gz"),
+        "the release workflow attaches iris.tar.gz"
+    );
+
+    // A release's values: the images by digest, no tag note.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let pinned = notes(&[
+        "--set",
+        &format!("images.operator.digest={digest}"),
+        "--set",
+        &format!("images.inferenceServer.digest={digest}"),
+    ]);
+    assert!(
+        pinned.contains(&format!("ghcr.io/sluice-dev/inference-server@{digest}")),
+        "{pinned}"
+    );
+    assert!(!pinned.contains("named by tag"), "{pinned}");
+
     let single = notes(&["--set", "gateway.replicas=1"]);
     assert!(single.contains("WARNING: gateway.replicas=1"), "{single}");
+    let scaled = notes(&[
+        "--set",
+        "gateway.autoscaling.enabled=true",
+        "--set",
+        "gateway.autoscaling.minReplicas=1",
+    ]);
+    assert!(
+        scaled.contains("WARNING: gateway.autoscaling.minReplicas=1"),
+        "{scaled}"
+    );
+    let ingress = notes(&[
+        "--set",
+        "gateway.ingress.enabled=true",
+        "--set",
+        "gateway.ingress.hosts[0].host=models.example.org",
+        "--set",
+        "gateway.ingress.hosts[0].paths[0].path=/",
+    ]);
+    assert!(
+        ingress.contains("GATEWAY=http://models.example.org"),
+        "{ingress}"
+    );
+}
+
+/// The chart's version (Chart.yaml), which is the release version.
+fn chart_version() -> String {
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    chart["version"].as_str().expect("version").to_string()
+}
+
+/// The manifest NOTES.txt prints for the first endpoint: the indented block from its
+/// `apiVersion:` line to the last entity line, dedented.
+fn first_endpoint(notes: &str) -> String {
+    let lines: Vec<&str> = notes.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("apiVersion: serving.sluice.dev"))
+        .expect("a manifest in NOTES");
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    lines[start..]
+        .iter()
+        .take_while(|l| l.len() > indent && l[..indent].trim().is_empty())
+        .map(|l| &l[indent..])
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `helm test`: a hook pod of the release's own data-plane image checks the release's own
+/// operator and gateway pods (the selectors and ports the Deployments use), with a Role that
+/// can only read pods in the release namespace, and nothing of it renders when off.
+#[test]
+fn helm_test_checks_the_releases_own_pods() {
+    let docs = render(&[], &["tests.queryEndpoint=iris"]);
+    let pod = object(&docs, "Pod", "sluice-test");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["spec"]["serviceAccountName"], "sluice-test");
+    let container = &pod["spec"]["containers"][0];
+    let gateway = object(&docs, "Deployment", "sluice-gateway");
+    assert_eq!(
+        container["image"], gateway["spec"]["template"]["spec"]["containers"][0]["image"],
+        "the test runs the release's own data-plane image"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let arg = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{flag}=")))
+            .unwrap_or_else(|| panic!("no --{flag} in {args:?}"))
+            .to_string()
+    };
+    for (component, flag) in [
+        ("operator", "operator-selector"),
+        ("gateway", "gateway-selector"),
+    ] {
+        let deployment = object(&docs, "Deployment", &format!("sluice-{component}"));
+        let mut wanted: Vec<String> = deployment["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .expect("matchLabels")
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        wanted.sort();
+        assert_eq!(arg(flag), wanted.join(","), "{component} selector");
+    }
+    let port_of = |deployment: &str, port: &str| {
+        object(&docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+            ["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == port)
+            .map(|p| p["containerPort"].to_string())
+            .expect("port")
+    };
+    assert_eq!(arg("operator-port"), port_of("sluice-operator", "probes"));
+    assert_eq!(
+        arg("gateway-admin-port"),
+        port_of("sluice-gateway", "admin")
+    );
+    assert_eq!(arg("gateway-port"), port_of("sluice-gateway", "http"));
+    assert_eq!(arg("query-endpoint"), "iris");
+    let body: Value = serde_json::from_str(&arg("query-body")).expect("the query body is JSON");
+    assert!(body["inputs"].is_array(), "{body}");
+
+    let role = object(&docs, "Role", "sluice-test");
+    assert_eq!(role["metadata"]["namespace"], "sluice-system");
+    assert_eq!(
+        role["rules"].as_array().expect("rules"),
+        &rules_file("test-rbac.yaml")
+    );
+    let binding = object(&docs, "RoleBinding", "sluice-test");
+    assert_eq!(binding["subjects"][0]["name"], "sluice-test");
+    // Only the pod is a hook, deleted when it passed; its account is a release object, so
+    // `helm uninstall` removes it (Helm leaves hooks behind).
+    assert_eq!(
+        pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"],
+        "before-hook-creation,hook-succeeded"
+    );
+    for kind in ["ServiceAccount", "Role", "RoleBinding"] {
+        let object = object(&docs, kind, "sluice-test");
+        assert!(
+            object["metadata"]["annotations"]["helm.sh/hook"].is_null(),
+            "{kind}"
+        );
+    }
+
+    let default = render(&[], &[]);
+    let args = object(&default, "Pod", "sluice-test")["spec"]["containers"][0]["args"].clone();
+    assert!(
+        !args.to_string().contains("--query-endpoint"),
+        "no query without tests.queryEndpoint: {args}"
+    );
+    let off = render(&[], &["tests.enabled=false"]);
+    for kind in ["Pod", "Role", "RoleBinding"] {
+        assert!(
+            of_kind(&off, kind)
+                .iter()
+                .all(|o| o["metadata"]["name"] != "sluice-test"),
+            "{kind} sluice-test rendered with tests.enabled=false"
+        );
+    }
+}
+
+/// A scratch folder for one test (tests run in parallel in one process).
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-helm-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The JSON Schema of the HTTPRoute CRD's version `api_version` (from the pinned Gateway API
+/// module), written into `dir`.
+fn httproute_schema_file(dir: &Path, api_version: &str) -> std::path::PathBuf {
+    let schema = crd_json_schema(&httproute_crd(), api_version);
+    let file = dir.join(format!("{}.schema.json", api_version.replace('/', "_")));
+    std::fs::write(&file, serde_json::to_vec_pretty(&schema).expect("json")).expect("write schema");
+    file
+}
+
+/// The suite's offline API-server validator (schema, unknown fields and CEL rules) for the
+/// HTTPRoute CRD alone, loaded from a copy in `dir`.
+fn httproute_validator(dir: &Path) -> sluice_tests::schema::SchemaValidator {
+    let crds = dir.join("crds");
+    std::fs::create_dir_all(&crds).expect("crds dir");
+    std::fs::copy(httproute_crd(), crds.join("httproutes.yaml")).expect("copy the CRD");
+    sluice_tests::schema::SchemaValidator::from_dir(&crds)
+        .unwrap_or_else(|e| panic!("the HTTPRoute CRD: {e}"))
+}
+
+/// The HTTPRoute of the all-features values.
+fn all_features_httproute() -> Value {
+    let docs = render(&[&chart().join("ci/all-features-values.yaml")], &[]);
+    object(&docs, "HTTPRoute", "sluice-gateway").clone()
+}
+
+/// kubernetes-validate knows no Gateway API kinds, so the rendered HTTPRoutes are checked here
+/// against the `openAPIV3Schema` of the HTTPRoute CRD (the served version the chart renders) of
+/// the pinned Gateway API release, with unknown fields refused, by `check-jsonschema`; then the
+/// CRD's CEL rules by the suite's own validator. The all-features values render one, so this
+/// cannot pass with nothing checked.
+#[test]
+fn every_values_files_httproutes_pass_the_gateway_api_crd_schema() {
+    let dir = scratch("httproute");
+    let mut schemas = std::collections::BTreeMap::new();
+    let mut checked = Vec::new();
+    for (i, (name, files)) in values_files().into_iter().enumerate() {
+        let docs = render(&paths(&files), &[]);
+        let routes = of_kind(&docs, "HTTPRoute");
+        if name == "ci/all-features-values.yaml" {
+            assert_eq!(routes.len(), 1, "{name} renders no HTTPRoute");
+        }
+        for (j, route) in routes.into_iter().enumerate() {
+            let api_version = route["apiVersion"]
+                .as_str()
+                .expect("apiVersion")
+                .to_string();
+            let schema = schemas
+                .entry(api_version.clone())
+                .or_insert_with(|| httproute_schema_file(&dir, &api_version))
+                .clone();
+            let file = dir.join(format!("route-{i}-{j}.json"));
+            std::fs::write(&file, serde_json::to_vec_pretty(route).expect("json"))
+                .expect("write route");
+            checked.push((name.clone(), schema, file));
+        }
+    }
+    assert!(!checked.is_empty(), "no values file renders an HTTPRoute");
+    // The CRD's CEL rules too (`x-kubernetes-validations`, which are not JSON Schema), with the
+    // suite's own offline API-server validator.
+    let validator = httproute_validator(&dir);
+    for (name, _, file) in &checked {
+        let route: Value =
+            serde_json::from_slice(&std::fs::read(file).expect("read route")).expect("route");
+        if let Err(errors) = validator.validate(&route, None) {
+            panic!("{name}: the HTTPRoute breaks the CRD's rules: {errors:?}");
+        }
+    }
+    for (name, schema, file) in &checked {
+        let out = check_jsonschema(schema, std::slice::from_ref(file)).unwrap_or_else(|e| {
+            panic!(
+                "{name}: the HTTPRoute fails the Gateway API CRD schema:\n{e}\n{}",
+                std::fs::read_to_string(file).unwrap_or_default()
+            )
+        });
+        assert!(out.contains("ok -- validation done"), "{name}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The checks above really validate: a rendered HTTPRoute passes, and each broken copy of it
+/// fails with a message naming what is wrong (check-jsonschema for the schema, the suite's
+/// validator for a CEL rule the schema cannot express).
+#[test]
+fn the_httproute_schema_check_refuses_broken_routes() {
+    let dir = scratch("httproute-broken");
+    let route = all_features_httproute();
+    let api_version = route["apiVersion"]
+        .as_str()
+        .expect("apiVersion")
+        .to_string();
+    let schema = httproute_schema_file(&dir, &api_version);
+    let good = dir.join("good.json");
+    std::fs::write(&good, route.to_string()).expect("write");
+    check_jsonschema(&schema, &[good]).unwrap_or_else(|e| panic!("the rendered route fails:\n{e}"));
+
+    type Breakage = fn(&mut Value);
+    let cases: &[(&str, Breakage, &str)] = &[
+        (
+            "a parentRef without name",
+            |r| {
+                r["spec"]["parentRefs"][0]
+                    .as_object_mut()
+                    .expect("parentRef")
+                    .remove("name");
+            },
+            "'name' is a required property",
+        ),
+        (
+            "path type Bogus",
+            |r| r["spec"]["rules"][0]["matches"][0]["path"]["type"] = json!("Bogus"),
+            "'Bogus' is not one of",
+        ),
+        (
+            "a misspelt field",
+            |r| r["spec"]["rules"][0]["backendRef"] = json!([{"name": "x", "port": 80}]),
+            "'backendRef' was unexpected",
+        ),
+        (
+            "a timeout that is not a Gateway API duration",
+            |r| r["spec"]["rules"][0]["timeouts"]["request"] = json!("10 minutes"),
+            "'10 minutes' does not match",
+        ),
+        (
+            "a backend port out of range",
+            |r| r["spec"]["rules"][0]["backendRefs"][0]["port"] = json!(70000),
+            "70000 is greater than the maximum of 65535",
+        ),
+        (
+            "an unserved apiVersion",
+            |r| r["apiVersion"] = json!("gateway.networking.k8s.io/v1alpha1"),
+            "'gateway.networking.k8s.io/v1' was expected",
+        ),
+    ];
+    for (i, (what, breaks, message)) in cases.iter().enumerate() {
+        let mut broken = route.clone();
+        breaks(&mut broken);
+        let file = dir.join(format!("broken-{i}.json"));
+        std::fs::write(&file, broken.to_string()).expect("write");
+        match check_jsonschema(&schema, &[file]) {
+            Ok(out) => panic!("{what}: accepted:\n{out}"),
+            Err(out) => assert!(out.contains(message), "{what}: no {message:?} in:\n{out}"),
+        }
+    }
+    // A CEL rule, which JSON Schema cannot express, caught by the second check.
+    let validator = httproute_validator(&dir);
+    validator
+        .validate(&route, None)
+        .unwrap_or_else(|e| panic!("the rendered route breaks the CRD's rules: {e:?}"));
+    let mut portless = route.clone();
+    portless["spec"]["rules"][0]["backendRefs"][0]
+        .as_object_mut()
+        .expect("backendRef")
+        .remove("port");
+    let good = dir.join("portless.json");
+    std::fs::write(&good, portless.to_string()).expect("write");
+    check_jsonschema(&schema, &[good]).expect("a Service backend without port is valid JSON");
+    let errors = validator
+        .validate(&portless, None)
+        .expect_err("a Service backendRef without port was accepted");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message == "Must have port for Service reference"),
+        "{errors:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `gateway.autoscaling.enabled` the HorizontalPodAutoscaler owns the gateway's replica
+/// count: the Deployment sets none, and the HPA scales exactly that Deployment within the bounds
+/// given, above the PodDisruptionBudget's minAvailable.
+#[test]
+fn gateway_autoscaling_leaves_the_replica_count_to_an_hpa() {
+    let fixed = render(&[], &[]);
+    assert_eq!(
+        object(&fixed, "Deployment", "sluice-gateway")["spec"]["replicas"],
+        2
+    );
+    assert!(of_kind(&fixed, "HorizontalPodAutoscaler").is_empty());
+
+    let docs = render(
+        &[],
+        &[
+            "gateway.autoscaling.enabled=true",
+            "gateway.autoscaling.minReplicas=3",
+            "gateway.autoscaling.maxReplicas=7",
+            "gateway.autoscaling.targetMemoryUtilizationPercentage=85",
+        ],
+    );
+    let deployment = object(&docs, "Deployment", "sluice-gateway");
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the Deployment sets replicas under an HPA: {}",
+        deployment["spec"]
+    );
+    let hpa = object(&docs, "HorizontalPodAutoscaler", "sluice-gateway");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"],
+        json!({"apiVersion": deployment["apiVersion"], "kind": "Deployment", "name": deployment["metadata"]["name"]})
+    );
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    assert_eq!(hpa["spec"]["maxReplicas"], 7);
+    let target = |resource: &str, percent: i64| json!({"type": "Resource", "resource": {"name": resource, "target": {"type": "Utilization", "averageUtilization": percent}}});
+    assert_eq!(
+        hpa["spec"]["metrics"],
+        json!([target("cpu", 70), target("memory", 85)])
+    );
+    assert!(hpa["spec"].get("behavior").is_none(), "{}", hpa["spec"]);
+    let pdb = object(&docs, "PodDisruptionBudget", "sluice-gateway");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert!(
+        pdb["spec"]["minAvailable"].as_i64().expect("minAvailable")
+            < hpa["spec"]["minReplicas"].as_i64().expect("minReplicas"),
+        "the PodDisruptionBudget would block every drain at minReplicas"
+    );
+    // Only the memory target; the behavior of the all-features values passes through.
+    let memory_only = render(
+        &[&chart().join("ci/all-features-values.yaml")],
+        &["gateway.autoscaling.targetCPUUtilizationPercentage=null"],
+    );
+    let hpa = object(&memory_only, "HorizontalPodAutoscaler", "sluice-gateway");
+    assert_eq!(hpa["spec"]["metrics"], json!([target("memory", 80)]));
+    assert_eq!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        300
+    );
+}
+
+/// The Ingress sends every host and path to the gateway Service's serving port; with
+/// `certManager` it carries cert-manager's annotation and the tls entries it fills.
+#[test]
+fn gateway_ingress_routes_to_the_service_port_with_cert_manager_tls() {
+    let defaults = render(&[], &[]);
+    assert!(of_kind(&defaults, "Ingress").is_empty());
+    let values = chart().join("ci/all-features-values.yaml");
+    let docs = render(&[&values], &[]);
+    let service = object(&docs, "Service", "sluice-gateway");
+    let http_port = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "http")
+        .map(|p| p["port"].clone())
+        .expect("http port");
+    let ingress = object(&docs, "Ingress", "sluice-gateway");
+    assert_eq!(ingress["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    let annotations = &ingress["metadata"]["annotations"];
+    assert_eq!(
+        annotations["cert-manager.io/cluster-issuer"],
+        "letsencrypt-prod"
+    );
+    assert!(annotations.get("cert-manager.io/issuer").is_none());
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+        "600"
+    );
+    assert_eq!(
+        ingress["spec"]["tls"],
+        json!([{"secretName": "sluice-gateway-tls", "hosts": ["sluice.example.com", "*.sluice.example.com"]}])
+    );
+    let rules = ingress["spec"]["rules"].as_array().expect("rules");
+    let hosts: Vec<&Value> = rules.iter().map(|r| &r["host"]).collect();
+    assert_eq!(
+        hosts,
+        [&json!("sluice.example.com"), &json!("*.sluice.example.com")]
+    );
+    for rule in rules {
+        for path in rule["http"]["paths"].as_array().expect("paths") {
+            assert_eq!(path["pathType"], "Prefix", "{path}");
+            assert_eq!(
+                path["backend"]["service"],
+                json!({"name": service["metadata"]["name"], "port": {"number": http_port}})
+            );
+        }
+    }
+    // An Issuer instead, on the defaults' host.
+    let issuer = render(
+        &[],
+        &[
+            "gateway.ingress.enabled=true",
+            "gateway.ingress.certManager.issuer=internal-ca",
+            "gateway.ingress.tls[0].secretName=sluice-tls",
+            "gateway.ingress.tls[0].hosts[0]=sluice.example.com",
+        ],
+    );
+    let ingress = object(&issuer, "Ingress", "sluice-gateway");
+    assert_eq!(
+        ingress["metadata"]["annotations"],
+        json!({"cert-manager.io/issuer": "internal-ca"})
+    );
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "sluice.example.com");
+    assert!(ingress["spec"].get("ingressClassName").is_none());
+}
+
+/// The HTTPRoute attaches to the Gateways named and sends every rule to the gateway Service's
+/// serving port, with the timeouts given.
+#[test]
+fn gateway_httproute_routes_to_the_service_port() {
+    assert!(of_kind(&render(&[], &[]), "HTTPRoute").is_empty());
+    let docs = render(&[&chart().join("ci/all-features-values.yaml")], &[]);
+    let service = object(&docs, "Service", "sluice-gateway");
+    let route = object(&docs, "HTTPRoute", "sluice-gateway");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["metadata"]["labels"]["exposure"], "public");
+    assert_eq!(
+        route["spec"]["parentRefs"],
+        json!([{"name": "public", "namespace": "gateway-system", "sectionName": "https"}])
+    );
+    assert_eq!(route["spec"]["hostnames"], json!(["sluice.example.com"]));
+    let rules = route["spec"]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 2);
+    for rule in rules {
+        assert_eq!(
+            rule["backendRefs"],
+            json!([{"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}])
+        );
+        assert_eq!(
+            rule["timeouts"],
+            json!({"request": "600s", "backendRequest": "590s"})
+        );
+    }
+    assert_eq!(
+        rules[1]["matches"],
+        json!([{"path": {"type": "PathPrefix", "value": "/v1"}, "method": "POST"}])
+    );
+    // The defaults: one rule for every path, no timeouts.
+    let minimal = render(
+        &[],
+        &[
+            "gateway.httpRoute.enabled=true",
+            "gateway.httpRoute.parentRefs[0].name=public",
+        ],
+    );
+    let route = object(&minimal, "HTTPRoute", "sluice-gateway");
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "backendRefs": [{"name": "sluice-gateway", "port": 80}],
+        }])
+    );
+}
+
+/// Exposure values the schema cannot judge alone are refused while rendering, with a message
+/// naming the values to change.
+#[test]
+fn gateway_exposure_values_that_cannot_work_are_refused_by_name() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "gateway.ingress.enabled=true",
+                "gateway.ingress.certManager.clusterIssuer=letsencrypt-prod",
+            ],
+            &["gateway.ingress.certManager", "gateway.ingress.tls"],
+        ),
+        (
+            &[
+                "gateway.ingress.enabled=true",
+                "gateway.ingress.certManager.clusterIssuer=letsencrypt-prod",
+                "gateway.ingress.tls[0].secretName=sluice-tls",
+            ],
+            &["gateway.ingress.tls[0]", "hosts"],
+        ),
+        (
+            &[
+                "gateway.ingress.enabled=true",
+                "gateway.ingress.certManager.issuer=internal-ca",
+                "gateway.ingress.certManager.clusterIssuer=letsencrypt-prod",
+                "gateway.ingress.tls[0].secretName=sluice-tls",
+                "gateway.ingress.tls[0].hosts[0]=sluice.example.com",
+            ],
+            &["gateway.ingress.certManager", "not both"],
+        ),
+        (
+            &["gateway.httpRoute.enabled=true"],
+            &["gateway.httpRoute.parentRefs"],
+        ),
+        (
+            &[
+                "gateway.autoscaling.enabled=true",
+                "gateway.autoscaling.minReplicas=5",
+                "gateway.autoscaling.maxReplicas=4",
+            ],
+            &[
+                "gateway.autoscaling.minReplicas",
+                "gateway.autoscaling.maxReplicas",
+            ],
+        ),
+        (
+            &[
+                "gateway.autoscaling.enabled=true",
+                "gateway.autoscaling.targetCPUUtilizationPercentage=null",
+            ],
+            &[
+                "targetCPUUtilizationPercentage",
+                "targetMemoryUtilizationPercentage",
+            ],
+        ),
+        (
+            &[
+                "gateway.autoscaling.enabled=true",
+                "gateway.resources.requests.cpu=null",
+            ],
+            &[
+                "gateway.autoscaling.targetCPUUtilizationPercentage",
+                "gateway.resources.requests.cpu",
+            ],
+        ),
+    ];
+    for (sets, named) in cases {
+        let err = match template(&[], sets) {
+            Ok(_) => panic!("{sets:?} was accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains("execution error"),
+            "{sets:?} refused for another reason:\n{err}"
+        );
+        for name in *named {
+            assert!(
+                err.contains(name),
+                "{sets:?}: the message does not name {name}:\n{err}"
+            );
+        }
+    }
 }

@@ -1,14 +1,16 @@
-//! `helm install` of the chart into the local control plane (real apiserver, RBAC on), with our
-//! images by digest from the loopback registry, its pods run by the test kubelet as real
-//! containers (uid 65532, read-only roots): both operator replicas and both gateway replicas
-//! become Ready under the chart's own ServiceAccounts and RBAC, one operator holds the Lease,
-//! the quickstart endpoint reaches READY and answers through the gateway, `helm upgrade` rolls
-//! both Deployments under steady load without a failed request, and `helm uninstall`
+//! `helm install` of the chart as a release publishes it (an OCI artifact in the loopback
+//! registry whose default values pin, by digest, the image indexes the release steps built)
+//! into the local control plane (real apiserver, RBAC on), its pods run by the test kubelet as
+//! real containers (uid 65532, read-only roots): both operator replicas and both gateway
+//! replicas become Ready under the chart's own ServiceAccounts and RBAC, one operator holds the
+//! Lease, the quickstart endpoint reaches READY and answers through the gateway, `helm test`
+//! passes (every operator and gateway pod ready, one query of the endpoint), `helm upgrade`
+//! rolls both Deployments under steady load without a failed request, and `helm uninstall`
 //! removes the release's pods and RBAC but keeps the CRDs (and so every custom resource).
 
 mod helm_support;
 
-use helm_support::{eventually, helm_on_cluster as helm, image_values, ready_replicas};
+use helm_support::{eventually, helm_on_cluster as helm, ready_replicas};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -261,25 +263,48 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     let client = cp.client().await.expect("client");
     let ns = fresh_namespace(&client, "sluice-system").await;
     let values = helm_support::chart().join("ci/local-cluster-values.yaml");
-    let chart = helm_support::chart().display().to_string();
+    // The chart as a release publishes it, from the loopback registry the test kubelet also
+    // pulls the images from: its default values name them by digest, so no image value is set.
+    let release = sluice_tests::images::release_chart(&helm_support::helm());
+    let chart = release.reference.clone();
+    let pinned: serde_json::Value = serde_norway::from_str(&helm(&[
+        "show",
+        "values",
+        &chart,
+        "--version",
+        &release.version,
+        "--plain-http",
+    ]))
+    .expect("the chart's values parse");
+    for (key, image) in [
+        ("operator", &release.operator),
+        ("inferenceServer", &release.inference_server),
+    ] {
+        assert_eq!(
+            pinned["images"][key]["repository"],
+            image.repository.as_str()
+        );
+        assert_eq!(pinned["images"][key]["digest"], image.digest.as_str());
+    }
 
     // The harness applied the CRDs already (as a platform pipeline might); the release takes
     // them over.
-    // Our images as a release names them: by registry and digest (the loopback registry the
-    // test kubelet pulls from).
-    let images = image_values();
-    let mut install = vec![
+    helm(&[
         "install",
         RELEASE,
         &chart,
+        "--version",
+        &release.version,
+        "--plain-http",
         "--namespace",
         &ns,
         "--values",
         values.to_str().unwrap_or_default(),
         "--take-ownership",
-    ];
-    install.extend(images.iter().map(String::as_str));
-    helm(&install);
+        // What `helm test` queries (the quickstart endpoint, applied below).
+        "--set",
+        "tests.queryEndpoint=iris",
+    ]);
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     eventually(nodes, "2 ready operator replicas", || {
@@ -334,7 +359,14 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     for p in pods.list(&ListParams::default()).await.expect("pods").items {
         for c in p.spec.map(|s| s.containers).unwrap_or_default() {
             let image = c.image.unwrap_or_default();
-            assert!(image.contains("@sha256:"), "{image} is named by digest");
+            assert!(
+                [
+                    release.operator.reference(),
+                    release.inference_server.reference()
+                ]
+                .contains(&image),
+                "{image} is one of the release's image indexes, by digest"
+            );
             let sc = c.security_context.unwrap_or_default();
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{image}");
         }
@@ -426,12 +458,59 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         assert_eq!(code, 200, "gateway {ip}: {body}");
     }
 
+    // `helm test`: the release's own check, from a pod of the release's image, finds every
+    // operator and gateway pod ready and queries the endpoint through a gateway.
+    // The pod passed, so Helm deleted it; its log is read from the test kubelet's files.
+    let tested = helm(&["test", RELEASE, "--namespace", &ns]);
+    assert!(tested.contains("Phase:          Succeeded"), "{tested}");
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "sluice-test", "check")
+        .unwrap_or_default();
+    for line in ["all 5 checks passed", "iris answered"] {
+        assert!(
+            log.contains(line),
+            "the helm test pod's log lacks {line:?}:\n{log}"
+        );
+    }
+    // A query that cannot succeed fails the test, naming the check; the failed pod stays.
+    helm(&[
+        "upgrade",
+        RELEASE,
+        &chart,
+        "--version",
+        &release.version,
+        "--plain-http",
+        "--namespace",
+        &ns,
+        "--reuse-values",
+        "--set",
+        "tests.queryEndpoint=no-such-endpoint",
+    ]);
+    let failed = helm_support::helm_on_cluster_result(&["test", RELEASE, "--namespace", &ns])
+        .expect_err("helm test of a missing endpoint fails");
+    assert!(failed.contains("Phase:          Failed"), "{failed}");
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "sluice-test", "check")
+        .unwrap_or_default();
+    assert!(
+        log.contains("FAIL query no-such-endpoint") && log.contains("1 of 5 checks failed"),
+        "{log}"
+    );
+    pods.delete("sluice-test", &Default::default())
+        .await
+        .expect("deleting the failed test pod");
+
     // `helm upgrade` under steady load: both Deployments roll (a new pod annotation), and no
     // request through the gateway fails meanwhile.
-    let mut upgrade = vec![
+    let upgrade = [
         "upgrade",
         RELEASE,
         chart.as_str(),
+        "--version",
+        &release.version,
+        "--plain-http",
         "--namespace",
         ns.as_str(),
         "--values",
@@ -441,7 +520,6 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         "--set-string",
         "gateway.podAnnotations.rollout=2",
     ];
-    upgrade.extend(images.iter().map(String::as_str));
     let before = component_pods(&pods).await;
     let mut old_hashes = BTreeMap::new();
     for component in ["operator", "gateway"] {

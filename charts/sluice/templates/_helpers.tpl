@@ -128,3 +128,12 @@ seccompProfile:
     fieldRef:
       fieldPath: status.podIP
 {{- end -}}
+
+{{/* A label selector string (k=v,k=v, keys sorted) from a label map. */}}
+{{- define "sluice.selector" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

@@ -13,6 +13,9 @@
 //! to the live [`state`]; in a cluster from ServingEndpoint `status.config` and entity pods
 //! ([`discovery`]), in standalone mode from a manifest ([`standalone`]). The admin port
 //! ([`admin`]) serves metrics, per-entity demand for the autoscaler ([`demand`]) and probes.
+//!
+//! [`check`] is the client side: what `helm test` runs to tell that a release's operator and
+//! gateway answer ([`release_check`]).
 
 // The map above names private modules: they are documented with `cargo doc
 // --document-private-items`; the public API is only what the binary calls.
@@ -28,6 +31,7 @@ mod health;
 mod hold;
 mod metrics;
 mod proxy;
+mod release_check;
 mod routing;
 mod standalone;
 mod state;
@@ -46,6 +50,7 @@ use tokio::net::TcpListener;
 pub use args::GatewayArgs;
 use metrics::GatewayMetrics;
 use proxy::{Proxy, ProxyConfig};
+pub use release_check::{CheckArgs, CheckError, run as check};
 use state::State;
 
 /// Why the gateway could not start or stopped.

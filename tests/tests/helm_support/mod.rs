@@ -158,13 +158,18 @@ where
 
 /// Runs Helm against the local control plane; panics with its output when it fails.
 pub fn helm_on_cluster(args: &[&str]) -> String {
+    helm_on_cluster_result(args).unwrap_or_else(|e| panic!("helm {}:\n{e}", args.join(" ")))
+}
+
+/// As [`helm_on_cluster`], for a command that may fail: `Err(output)` when it did.
+pub fn helm_on_cluster_result(args: &[&str]) -> Result<String, String> {
     let kubeconfig = sluice_tests::cluster::shared()
         .kubeconfig
         .display()
         .to_string();
     let mut all = args.to_vec();
     all.extend(["--kubeconfig", kubeconfig.as_str()]);
-    helm_run(&all).unwrap_or_else(|e| panic!("helm {}:\n{e}", args.join(" ")))
+    helm_run(&all)
 }
 
 /// `want` replicas of the Deployment `name` are ready and updated.
@@ -192,4 +197,109 @@ pub fn image_values() -> Vec<String> {
         flags.push(format!("images.{key}.digest={}", pushed.digest));
     }
     flags
+}
+
+/// The HTTPRoute CRD of the pinned Gateway API release (`sigs.k8s.io/gateway-api`, standard
+/// channel): `SLUICE_HTTPROUTE_CRD` when set, else the file `charts/tools/gateway-api.sh` prints
+/// (in the Go module cache, downloaded through the Go module proxy on first use).
+pub fn httproute_crd() -> PathBuf {
+    static CRD: OnceLock<PathBuf> = OnceLock::new();
+    CRD.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SLUICE_HTTPROUTE_CRD") {
+            return PathBuf::from(path);
+        }
+        let out = Command::new("bash")
+            .arg(repo_root().join("charts/tools/gateway-api.sh"))
+            .output()
+            .unwrap_or_else(|e| panic!("running charts/tools/gateway-api.sh: {e}"));
+        assert!(
+            out.status.success(),
+            "charts/tools/gateway-api.sh failed (run `bash .ci/setup`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// A JSON Schema (draft 7) for objects of `api_version` (`group/version`) of the CRD in
+/// `crd_file`: that version's `openAPIV3Schema`, with `apiVersion` and `kind` pinned and unknown
+/// fields refused wherever the schema lists properties (strict field validation, as `kubectl
+/// apply` asks of the API server). Panics unless the CRD serves that version. The CEL rules
+/// (`x-kubernetes-validations`) are not JSON Schema and stay unchecked here.
+pub fn crd_json_schema(crd_file: &Path, api_version: &str) -> Value {
+    let text = std::fs::read_to_string(crd_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", crd_file.display()));
+    let crd: Value = serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", crd_file.display()));
+    let group = crd["spec"]["group"].as_str().expect("spec.group");
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .expect("spec.names.kind");
+    let version = api_version
+        .strip_prefix(&format!("{group}/"))
+        .unwrap_or_else(|| panic!("{api_version} is not in group {group}"));
+    let entry = crd["spec"]["versions"]
+        .as_array()
+        .expect("spec.versions")
+        .iter()
+        .find(|v| v["name"] == version)
+        .unwrap_or_else(|| panic!("{kind} CRD has no version {version}"));
+    assert_eq!(entry["served"], true, "{kind} {version} is not served");
+    assert_ne!(entry["deprecated"], true, "{kind} {version} is deprecated");
+    let mut schema = entry["schema"]["openAPIV3Schema"].clone();
+    refuse_unknown_fields(&mut schema);
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#".into();
+    schema["properties"]["apiVersion"] = serde_json::json!({"const": api_version});
+    schema["properties"]["kind"] = serde_json::json!({"const": kind});
+    schema["required"] = serde_json::json!(["apiVersion", "kind", "metadata", "spec"]);
+    schema
+}
+
+/// Adds `additionalProperties: false` to every object schema that lists its properties and does
+/// not keep unknown fields, recursing through the keywords that hold subschemas.
+fn refuse_unknown_fields(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else {
+        return;
+    };
+    if map.contains_key("properties")
+        && !map.contains_key("additionalProperties")
+        && map.get("x-kubernetes-preserve-unknown-fields") != Some(&Value::Bool(true))
+    {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    if let Some(Value::Object(props)) = map.get_mut("properties") {
+        props.values_mut().for_each(refuse_unknown_fields);
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(sub) = map.get_mut(key) {
+            refuse_unknown_fields(sub);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(Value::Array(subs)) = map.get_mut(key) {
+            subs.iter_mut().for_each(refuse_unknown_fields);
+        }
+    }
+}
+
+/// Runs the venv's `check-jsonschema` on `instances` against the schema file `schema`:
+/// `Ok(output)` when every instance passes, `Err(output)` otherwise.
+pub fn check_jsonschema(schema: &Path, instances: &[PathBuf]) -> Result<String, String> {
+    let out = Command::new(sluice_tests::venv_tool("check-jsonschema"))
+        .arg("--schemafile")
+        .arg(schema)
+        .args(instances)
+        .output()
+        .unwrap_or_else(|e| panic!("running check-jsonschema: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
