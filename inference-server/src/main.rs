@@ -8,6 +8,7 @@
 //! - `gateway`: the entry point users call ([`sluice_gateway`]).
 //! - `capture`: the sidecar that records requests and responses in the inference table
 //!   ([`sluice_capture`], with the table it writes).
+//! - `api-key`: mint, list and revoke API keys ([`sluice_gateway::api_key`]).
 //! - `check`: what the chart's `helm test` pod runs against a release ([`sluice_gateway::check`]).
 //!
 //! The roles share their wire formats and flag parsers through `sluice-protocol`.
@@ -39,6 +40,9 @@ enum Command {
     /// Check that a release works: its operator and gateway pods answer `/readyz` and, when
     /// named, a ServingEndpoint answers one query (what the chart's `helm test` runs).
     Check(Box<sluice_gateway::CheckArgs>),
+    /// Mint, list and revoke the API keys the gateway accepts (Secrets in its namespace, or a
+    /// standalone gateway's keys file).
+    ApiKey(sluice_gateway::ApiKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,9 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Check(args) => runtime
             .block_on(sluice_gateway::check(*args))
+            .map_err(Into::into),
+        Command::ApiKey(args) => runtime
+            .block_on(sluice_gateway::api_key(args))
             .map_err(Into::into),
     };
     match result {

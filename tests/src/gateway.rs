@@ -23,9 +23,20 @@ impl GatewayProcess {
         let _ = self.child.start_kill();
     }
 
-    /// Starts a gateway watching `namespace` with `kubeconfig`, and waits until `/readyz`
-    /// answers 200 (its watches synced).
+    /// Starts a gateway watching `namespace` with `kubeconfig` that lets callers without
+    /// credentials through (`--allow-anonymous`: the tests that use it are about routing), and
+    /// waits until `/readyz` answers 200 (its watches synced).
     pub async fn start(cp: &ControlPlane, kubeconfig: &std::path::Path, namespace: &str) -> Self {
+        Self::start_with(cp, kubeconfig, namespace, &["--allow-anonymous"]).await
+    }
+
+    /// As [`Self::start`], with the flags `args` instead of `--allow-anonymous`.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        args: &[&str],
+    ) -> Self {
         // Pods live on 127.0.0.0/8 in the local cluster; the gateway dials them directly. Port
         // 0 for both listeners: it announces what it bound in its output (the log).
         let log = cp
@@ -37,6 +48,7 @@ impl GatewayProcess {
             .arg("gateway")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--namespace", namespace])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_LOG", "info,kube=warn")
             .stdout(

@@ -20,8 +20,23 @@ pub async fn get(ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
 
 /// `POST` of a JSON body; as [`get`].
 pub async fn post_json(ip: &str, port: u16, path: &str, body: &str) -> Option<(u16, String)> {
+    post_json_with(ip, port, path, body, &[]).await
+}
+
+/// As [`post_json`], with extra request headers (e.g. `Authorization`).
+pub async fn post_json_with(
+    ip: &str,
+    port: u16,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     exchange(ip, port, head + body).await

@@ -537,7 +537,12 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
         ],
     );
     assert!(of_kind(&docs, "ClusterRole").is_empty());
-    assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    // One cluster-wide binding, to the built-in system:auth-delegator (create on TokenReviews
+    // and SubjectAccessReviews, which are cluster-scoped): the gateway's checks of callers.
+    let bindings = of_kind(&docs, "ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0]["roleRef"]["name"], "system:auth-delegator");
+    assert_eq!(bindings[0]["subjects"][0]["name"], "sluice-gateway");
     let operator_rules = rules_file("operator-rbac.yaml");
     let managed: Vec<&Value> = operator_rules
         .iter()
@@ -599,6 +604,66 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
             "a rule on Secrets: {rule}"
         );
     }
+    // Only the gateway reads Secrets (API keys), read-only, and in the release namespace only.
+    let readers: Vec<&Value> = of_kind(&docs, "Role")
+        .into_iter()
+        .filter(|r| {
+            r["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|rule| rule["resources"].to_string().contains("secrets"))
+        })
+        .collect();
+    assert_eq!(readers.len(), 1, "{readers:?}");
+    assert_eq!(readers[0]["metadata"]["name"], "sluice-gateway-api-keys");
+    assert_eq!(readers[0]["metadata"]["namespace"], "sluice-system");
+    assert_eq!(
+        readers[0]["rules"].as_array().expect("rules"),
+        &rules_file("gateway-keys-rbac.yaml")
+    );
+}
+
+/// Who may call and change endpoints: `<release>-view` reads them, `-edit` changes them,
+/// `-query` calls them through the gateway (the verb the gateway's SubjectAccessReview asks
+/// about), aggregated into Kubernetes' own view / edit / admin roles.
+#[test]
+fn user_roles_aggregate_into_view_edit_and_admin() {
+    let docs = render(&[], &[]);
+    let aggregated = |name: &str, into: &str| {
+        object(&docs, "ClusterRole", name)["metadata"]["labels"]
+            [format!("rbac.authorization.k8s.io/aggregate-to-{into}")]
+            == "true"
+    };
+    for into in ["view", "edit", "admin"] {
+        assert!(aggregated("sluice-view", into), "view into {into}");
+    }
+    for into in ["edit", "admin"] {
+        assert!(aggregated("sluice-edit", into), "edit into {into}");
+        assert!(aggregated("sluice-query", into), "query into {into}");
+    }
+    assert!(
+        !aggregated("sluice-query", "view"),
+        "view users may not call endpoints"
+    );
+    assert!(!aggregated("sluice-edit", "view"));
+    let query = object(&docs, "ClusterRole", "sluice-query");
+    assert_eq!(
+        query["rules"],
+        json!([{"apiGroups": ["serving.sluice.dev"], "resources": ["servingendpoints"], "verbs": ["query"]}])
+    );
+    let gateway = object(&docs, "Deployment", "sluice-gateway");
+    let args = gateway["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--api-keys-namespace=sluice-system"),
+        "{args}"
+    );
+    assert!(
+        !args.contains("--allow-anonymous"),
+        "anonymous calls are off by default"
+    );
+    let binding = object(&docs, "ClusterRoleBinding", "sluice-gateway-auth-delegator");
+    assert_eq!(binding["roleRef"]["name"], "system:auth-delegator");
 }
 
 /// The gateway's admin port serves `/demand`, which the autoscaler trusts: a NetworkPolicy lets

@@ -18,7 +18,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod, rbac::v1::ClusterRole},
+    api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::Pod,
+        rbac::v1::{ClusterRole, RoleBinding},
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -33,6 +38,27 @@ use sluice_tests::{
 };
 
 const RELEASE: &str = "sluice";
+
+/// Runs `inference-server api-key <args> --namespace <namespace>` as the cluster admin; its
+/// stdout (for `create`, the key).
+fn api_key(namespace: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(sluice_tests::binaries::built(
+        "inference-server",
+        "inference-server",
+    ))
+    .arg("api-key")
+    .args(args)
+    .args(["--namespace", namespace])
+    .env("KUBECONFIG", &shared().kubeconfig)
+    .output()
+    .expect("inference-server api-key");
+    assert!(
+        output.status.success(),
+        "api-key {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
 
 /// Pod UIDs of the release's operator and gateway, by component.
 async fn component_pods(pods: &Api<Pod>) -> BTreeMap<String, Vec<String>> {
@@ -143,7 +169,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(pods: Api<Pod>) -> Self {
+    fn start(pods: Api<Pod>, bearer: String) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicUsize::new(0));
         let targets: Arc<RwLock<Vec<String>>> = Arc::default();
@@ -183,6 +209,7 @@ impl Load {
         let mut workers = vec![refresher];
         for worker in 0..4usize {
             let (stop, targets, total) = (stop.clone(), targets.clone(), total.clone());
+            let bearer = bearer.clone();
             workers.push(tokio::spawn(async move {
                 let (mut answered, mut failed) = (0, Vec::new());
                 let mut turn = worker;
@@ -196,11 +223,12 @@ impl Load {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                         continue;
                     };
-                    match http::post_json(
+                    match http::post_json_with(
                         &ip,
                         8000,
                         "/serving-endpoints/iris/invocations",
                         r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
+                        &[("authorization", &bearer)],
                     )
                     .await
                     {
@@ -443,13 +471,28 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         .filter_map(|p| p.status?.pod_ip)
         .collect();
     assert_eq!(gateway_ips.len(), 2, "{gateway_ips:?}");
+    // Callers are checked: none without credentials; with an API key minted by the CLI (a
+    // Secret in the release namespace, read by the gateway under the chart's own Role).
+    let key = api_key(&ns, &["create", "--principal", "helm-install-test"]);
+    let bearer = format!("Bearer {key}");
     for ip in &gateway_ips {
+        let (code, body) = http::post_json(
+            ip,
+            8000,
+            "/serving-endpoints/iris/invocations",
+            r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(code, 401, "gateway {ip} without credentials: {body}");
+        assert!(body.contains("UNAUTHENTICATED"), "{body}");
         let (code, body) = eventually(nodes, "the gateway to route to the endpoint", || async {
-            let answer = http::post_json(
+            let answer = http::post_json_with(
                 ip,
                 8000,
                 "/serving-endpoints/iris/invocations",
                 r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
+                &[("authorization", &bearer)],
             )
             .await?;
             (answer.0 == 200).then_some(answer)
@@ -459,7 +502,40 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     }
 
     // `helm test`: the release's own check, from a pod of the release's image, finds every
-    // operator and gateway pod ready and queries the endpoint through a gateway.
+    // operator and gateway pod ready and queries the endpoint through a gateway with its own
+    // ServiceAccount token. Until that account may `query` the endpoint, the query is refused
+    // (403, naming the verb) and the test fails; the failed pod stays for its log.
+    let failed = helm_support::helm_on_cluster_result(&["test", RELEASE, "--namespace", &ns])
+        .expect_err("helm test without the right to query fails");
+    assert!(failed.contains("Phase:          Failed"), "{failed}");
+    let log = nodes
+        .kubelet
+        .container_log(&ns, "sluice-test", "check")
+        .unwrap_or_default();
+    assert!(
+        log.contains("FAIL query iris")
+            && log.contains("PERMISSION_DENIED")
+            && log.contains("`query`")
+            && log.contains("1 of 5 checks failed"),
+        "{log}"
+    );
+    pods.delete("sluice-test", &Default::default())
+        .await
+        .expect("deleting the failed test pod");
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &app);
+    bindings
+        .patch(
+            "helm-test-may-query",
+            &PatchParams::apply("test-user"),
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "helm-test-may-query"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "sluice-query"},
+                "subjects": [{"kind": "ServiceAccount", "name": "sluice-test", "namespace": ns}]})),
+        )
+        .await
+        .expect("RoleBinding");
     // The pod passed, so Helm deleted it; its log is read from the test kubelet's files.
     let tested = helm(&["test", RELEASE, "--namespace", &ns]);
     assert!(tested.contains("Phase:          Succeeded"), "{tested}");
@@ -473,34 +549,6 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
             "the helm test pod's log lacks {line:?}:\n{log}"
         );
     }
-    // A query that cannot succeed fails the test, naming the check; the failed pod stays.
-    helm(&[
-        "upgrade",
-        RELEASE,
-        &chart,
-        "--version",
-        &release.version,
-        "--plain-http",
-        "--namespace",
-        &ns,
-        "--reuse-values",
-        "--set",
-        "tests.queryEndpoint=no-such-endpoint",
-    ]);
-    let failed = helm_support::helm_on_cluster_result(&["test", RELEASE, "--namespace", &ns])
-        .expect_err("helm test of a missing endpoint fails");
-    assert!(failed.contains("Phase:          Failed"), "{failed}");
-    let log = nodes
-        .kubelet
-        .container_log(&ns, "sluice-test", "check")
-        .unwrap_or_default();
-    assert!(
-        log.contains("FAIL query no-such-endpoint") && log.contains("1 of 5 checks failed"),
-        "{log}"
-    );
-    pods.delete("sluice-test", &Default::default())
-        .await
-        .expect("deleting the failed test pod");
 
     // `helm upgrade` under steady load: both Deployments roll (a new pod annotation), and no
     // request through the gateway fails meanwhile.
@@ -547,7 +595,7 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
             (samples, not_ready)
         })
     };
-    let load = Load::start(pods.clone());
+    let load = Load::start(pods.clone(), bearer.clone());
     // Steady load on the old gateways first.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
@@ -606,6 +654,37 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         "Some(READY)",
         "the endpoint stays READY through the upgrade"
     );
+
+    // Revoking the key (its Secret deleted) refuses it from the gateways.
+    let id = key
+        .strip_prefix("sluice_")
+        .and_then(|rest| rest.split('_').next())
+        .expect("key id");
+    api_key(&ns, &["revoke", id]);
+    let new_ips: Vec<String> = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await
+        .expect("gateway pods")
+        .items
+        .into_iter()
+        .filter(serving)
+        .filter_map(|p| p.status?.pod_ip)
+        .collect();
+    for ip in &new_ips {
+        let body = eventually(nodes, "the revoked key to be refused", || async {
+            let (code, body) = http::post_json_with(
+                ip,
+                8000,
+                "/serving-endpoints/iris/invocations",
+                r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
+                &[("authorization", &bearer)],
+            )
+            .await?;
+            (code == 401).then_some(body)
+        })
+        .await;
+        assert!(body.contains("revoked"), "{body}");
+    }
 
     // Uninstall: the release's pods and RBAC go, the CRDs and the custom resources stay.
     helm(&["uninstall", RELEASE, "--namespace", &ns, "--wait"]);

@@ -48,6 +48,9 @@ fn install(release: &str, ns: &str, managed: &str) {
         "gateway.podDisruptionBudget.enabled=false",
         "--set",
         &scope,
+        // This test is about scoping; who may call is tested in helm_install.rs.
+        "--set",
+        "gateway.auth.allowAnonymous=true",
     ];
     let images = image_values();
     args.extend(images.iter().map(String::as_str));

@@ -12,18 +12,30 @@ pub const SERVED_MODEL_NAME: &str = "served-model-name";
 pub const CONFIG_VERSION: &str = "x-sluice-config-version";
 /// The gateway's mark on mirrored (shadow) requests, recorded in `request_metadata`.
 pub const SHADOW: &str = "x-sluice-shadow";
-/// The caller's identity as the gateway sets it.
+/// The caller's identity as the gateway verified it (the user name, or an API key's principal).
 pub const REQUESTER: &str = "x-sluice-requester";
+/// The verified caller's groups, comma-separated.
+pub const GROUPS: &str = "x-sluice-groups";
+/// The id of the API key the caller presented, when it used one.
+pub const KEY_ID: &str = "x-sluice-key-id";
 /// Headers that carry the client's own request id, first match wins (a JSON body's
 /// `client_request_id` is used when none is present).
 pub const CLIENT_REQUEST_ID: &[&str] = &["x-client-request-id", "client-request-id"];
-/// Headers that carry the caller's identity, first match wins: the gateway's own, then what
-/// common auth proxies set.
-pub const REQUESTER_CANDIDATES: &[&str] = &[
-    REQUESTER,
+/// Identity headers of common auth proxies. The gateway removes them, with every `x-sluice-*`
+/// header a client sent, before it writes the verified identity: what reaches a pod about the
+/// caller is never the caller's own claim.
+pub const CLIENT_IDENTITY: &[&str] = &[
     "x-forwarded-user",
     "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
     "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-remote-user",
+    "x-remote-group",
+    "remote-user",
 ];
 
 /// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1), besides those the

@@ -29,6 +29,11 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// A content type other than JSON or CSV, or a charset other than UTF-8: 415.
     UnsupportedMediaType,
+    /// No credentials, or credentials that do not prove who the caller is: 401, with
+    /// `WWW-Authenticate: Bearer`.
+    Unauthenticated,
+    /// The caller is known but may not do this: 403.
+    PermissionDenied,
     /// Too many requests: 429.
     RequestLimitExceeded,
     /// An unexpected failure inside the server: 500.
@@ -51,6 +56,8 @@ impl ErrorKind {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
             Self::RequestLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
@@ -69,6 +76,8 @@ impl ErrorKind {
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge => "REQUEST_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
             Self::RequestLimitExceeded => "REQUEST_LIMIT_EXCEEDED",
             Self::Internal => "INTERNAL_ERROR",
             Self::BadGateway => "UPSTREAM_ERROR",
@@ -150,6 +159,12 @@ impl axum::response::IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.kind == ErrorKind::Unauthenticated {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice\""),
+            );
         }
         // Lets the metrics layer label the error without re-parsing the body.
         response.extensions_mut().insert(self.kind);

@@ -102,6 +102,10 @@ async fn an_exchange_passes_through_and_is_recorded_with_the_callers_identity() 
         &[
             ("x-request-id", "req-7"),
             ("x-sluice-requester", "alice@example.com"),
+            ("x-sluice-groups", "risk,ml"),
+            ("x-sluice-key-id", "0123456789ab"),
+            // What an auth proxy (or a caller) may add: never the recorded identity.
+            ("x-forwarded-user", "mallory"),
             ("connection", "x-private"),
             ("x-private", "1"),
         ],
@@ -120,6 +124,14 @@ async fn an_exchange_passes_through_and_is_recorded_with_the_callers_identity() 
     let row = &rows[0];
     assert_eq!(row.request_id, "req-7");
     assert_eq!(row.requester.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        row.metadata.get("requester_groups").map(String::as_str),
+        Some("risk,ml")
+    );
+    assert_eq!(
+        row.metadata.get("api_key_id").map(String::as_str),
+        Some("0123456789ab")
+    );
     assert_eq!(row.status_code, 200);
     assert_eq!(row.request, body.as_bytes());
     let recorded: Value = serde_json::from_slice(&row.response).expect("response JSON");

@@ -43,8 +43,9 @@ use crate::table::record::{
 };
 
 use sluice_contract::headers::{
-    CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, REQUEST_ID,
-    REQUESTER_CANDIDATES as REQUESTER_HEADERS, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
+    CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, GROUPS as GROUPS_HEADER,
+    KEY_ID as KEY_ID_HEADER, REQUEST_ID, REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
+    strip_hop_by_hop,
 };
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -527,6 +528,14 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     if headers.contains_key(SHADOW_HEADER) {
         metadata.insert("shadow".into(), "true".into());
     }
+    for (key, name) in [
+        ("requester_groups", GROUPS_HEADER),
+        ("api_key_id", KEY_ID_HEADER),
+    ] {
+        if let Some(value) = header_text(headers, &[name]) {
+            metadata.insert(key.into(), value);
+        }
+    }
     metadata
 }
 
@@ -539,7 +548,8 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         proxy.recorder.start(RawExchange {
             request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
             client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
-            requester: header_text(&parts.headers, REQUESTER_HEADERS),
+            // Only the gateway's verified identity (it removes what clients send).
+            requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
             timestamp_ms: now_ms(),
             metadata: metadata(&parts),
             ..RawExchange::default()

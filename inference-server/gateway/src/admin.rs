@@ -26,6 +26,8 @@ pub struct Admin {
     pub registry: Registry,
     /// Set at shutdown: `/readyz` fails from then on.
     pub draining: AtomicBool,
+    /// How callers are checked (not ready before the API key Secrets synced).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The admin routes.
@@ -88,6 +90,12 @@ async fn readyz(AxumState(admin): AxumState<Arc<Admin>>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "the routing table has not synced yet",
+        )
+            .into_response()
+    } else if !admin.auth.ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key Secrets have not synced yet",
         )
             .into_response()
     } else {

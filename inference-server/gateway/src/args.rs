@@ -55,6 +55,27 @@ pub struct GatewayArgs {
     /// the manifest's folder by default.
     #[arg(long, env = "SLUICE_GATEWAY_PVC_ROOT")]
     pub pvc_root: Option<PathBuf>,
+    /// Let callers without credentials through as `system:anonymous`, with no authorization
+    /// check; without it they get 401. (Standalone mode without `--api-keys-file` checks no
+    /// caller at all.)
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Namespace of the API key Secrets (label `serving.sluice.dev/api-key`, made by
+    /// `inference-server api-key create`), watched; the chart passes the release namespace.
+    /// Without it (and without `--api-keys-file`) only Kubernetes tokens are accepted.
+    #[arg(long, env = "SLUICE_GATEWAY_API_KEYS_NAMESPACE")]
+    pub api_keys_namespace: Option<String>,
+    /// A keys file (`inference-server api-key create --file`), read again whenever it changes.
+    /// In standalone mode callers are checked only when this is given.
+    #[arg(long, env = "SLUICE_GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// How long a TokenReview or SubjectAccessReview decision is reused: revoking a token or a
+    /// RoleBinding takes effect within it. `0s` asks the API server on every request.
+    #[arg(long, env = "SLUICE_GATEWAY_AUTH_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
+    /// Most of those decisions kept at once.
+    #[arg(long, env = "SLUICE_GATEWAY_AUTH_CACHE_SIZE", default_value_t = 10_000)]
+    pub auth_cache_size: usize,
     /// Largest request body accepted (413 past it).
     #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub max_body_bytes: usize,

@@ -15,7 +15,9 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::metrics::GatewayMetrics;
+use crate::auth::keys::{self, KeyFile};
+use crate::auth::{Auth, AuthSettings, KeySource};
+use crate::metrics::{AuthOutcome, GatewayMetrics};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::routing::{ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
 use crate::state::State;
@@ -56,6 +58,15 @@ fn entity(name: &str, backends: Vec<SocketAddr>, hold: Option<HoldPolicy>) -> En
 }
 
 fn proxy(entities: Vec<EntitySpec>, routes: Vec<(String, u32)>) -> axum::Router {
+    guarded(entities, routes, Auth::open()).0
+}
+
+/// The proxy checking callers with `auth`, and its metrics.
+fn guarded(
+    entities: Vec<EntitySpec>,
+    routes: Vec<(String, u32)>,
+    auth: Auth,
+) -> (axum::Router, GatewayMetrics) {
     let state = Arc::new(State::new(GatewayMetrics::register(
         &mut Registry::default(),
     )));
@@ -80,7 +91,11 @@ fn proxy(entities: Vec<EntitySpec>, routes: Vec<(String, u32)>) -> axum::Router 
         max_attempts: 3,
         max_shadow_in_flight: 8,
     };
-    Arc::new(Proxy::new(state, config)).router()
+    let metrics = state.metrics().clone();
+    (
+        Arc::new(Proxy::new(state, config, Arc::new(auth))).router(),
+        metrics,
+    )
 }
 
 async fn call(
@@ -193,4 +208,114 @@ async fn an_unknown_endpoint_is_a_404_naming_it() {
         "{body}"
     );
     assert!(body["error_code"].is_string(), "{body}");
+}
+
+/// A proxy that takes the API keys of a keys file, and a key for `fraud` only and one for
+/// another endpoint.
+fn keyed(upstream: SocketAddr) -> (axum::Router, GatewayMetrics, String, String) {
+    let mint = |endpoint: &str| {
+        keys::mint(
+            "batch-scorer",
+            vec!["risk".into()],
+            vec![endpoint.into()],
+            None,
+        )
+        .expect("random")
+    };
+    let (ours, theirs) = (mint("ml/fraud"), mint("ml/churn"));
+    let path = std::env::temp_dir().join(format!("sluice-keys-{}.yaml", ours.record.id));
+    let records = vec![ours.record, theirs.record];
+    std::fs::write(&path, serde_norway::to_string(&records).expect("yaml")).expect("write");
+    // Kept while the test runs: a keys file that disappears holds no keys.
+    let file = KeyFile::open(&path).expect("keys file");
+    let auth = Auth::new(
+        AuthSettings {
+            allow_anonymous: false,
+            cache_ttl: Duration::from_secs(10),
+            cache_size: 100,
+        },
+        None,
+        KeySource::File(file),
+    );
+    let (router, metrics) = guarded(
+        vec![entity("a", vec![upstream], None)],
+        vec![("a".into(), 100)],
+        auth,
+    );
+    (router, metrics, ours.key, theirs.key)
+}
+
+#[tokio::test]
+async fn callers_without_a_valid_key_get_401_and_out_of_scope_ones_403() {
+    let (router, metrics, _, theirs) = keyed(upstream("a").await);
+    let path = "/serving-endpoints/fraud/invocations";
+    let (status, headers, body) = call(router.clone(), path, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"sluice\"");
+    assert_eq!(body["error_code"], "UNAUTHENTICATED");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Authorization: Bearer")),
+        "{body}"
+    );
+    let forged = format!("sluice_{}_{}", "0".repeat(12), "1".repeat(64));
+    let (status, _, body) = call(
+        router.clone(),
+        path,
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) = call(
+        router,
+        path,
+        &[("authorization", &format!("Bearer {theirs}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error_code"], "PERMISSION_DENIED");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ml/fraud") && m.contains("ml/churn")),
+        "names the endpoint and the key's scope: {body}"
+    );
+    assert_eq!(metrics.auth_total(AuthOutcome::Unauthenticated), 2);
+    assert_eq!(metrics.auth_total(AuthOutcome::Forbidden), 1);
+}
+
+#[tokio::test]
+async fn the_pod_sees_the_verified_identity_never_the_clients_claim_or_credentials() {
+    let (router, metrics, ours, _) = keyed(upstream("a").await);
+    let (status, _, body) = call(
+        router,
+        "/serving-endpoints/fraud/invocations",
+        &[
+            ("authorization", &format!("Bearer {ours}")),
+            ("x-sluice-requester", "mallory"),
+            ("x-sluice-groups", "system:masters"),
+            ("x-sluice-shadow", "true"),
+            ("x-forwarded-user", "mallory"),
+            ("x-forwarded-email", "mallory@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let received = &body["headers"];
+    assert_eq!(received["x-sluice-requester"], "batch-scorer");
+    assert_eq!(received["x-sluice-groups"], "risk");
+    assert_eq!(received["x-sluice-key-id"].as_str().map(str::len), Some(12));
+    for gone in [
+        "authorization",
+        "x-sluice-shadow",
+        "x-forwarded-user",
+        "x-forwarded-email",
+    ] {
+        assert!(
+            received.get(gone).is_none(),
+            "{gone} reached the pod: {received}"
+        );
+    }
+    assert_eq!(metrics.auth_total(AuthOutcome::Allowed), 1);
 }

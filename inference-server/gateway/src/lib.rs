@@ -22,7 +22,9 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod admin;
+mod api_keys;
 mod args;
+pub mod auth;
 mod backend;
 mod budget;
 mod demand;
@@ -47,6 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+pub use api_keys::{ApiKeyArgs, ApiKeyError, run as api_key};
 pub use args::GatewayArgs;
 use metrics::GatewayMetrics;
 use proxy::{Proxy, ProxyConfig};
@@ -83,6 +86,14 @@ pub enum GatewayError {
     /// A watch stream ended (the watcher retries its errors itself, so it never should).
     #[error("watching the cluster failed: a watch stream ended")]
     WatchEnded,
+    /// The API keys file could not be read.
+    #[error("API keys file {path}: {message}")]
+    Keys {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The standalone manifest could not be read.
     #[error("standalone manifest {path}: {message}")]
     Manifest {
@@ -112,6 +123,27 @@ pub async fn run(
             "--max-buffered-bytes is below --max-body-bytes: larger bodies get 413"
         );
     }
+    // Cluster mode talks to the API server: for routes, and to check callers.
+    let mode = match &args.standalone {
+        Some(path) => Mode::Standalone(path),
+        None => Mode::Cluster(
+            kube::Client::try_default()
+                .await
+                .map_err(GatewayError::Kube)?,
+        ),
+    };
+    let client = match &mode {
+        Mode::Cluster(client) => Some(client.clone()),
+        Mode::Standalone(_) => None,
+    };
+    let (auth, key_watch) = auth_of(&args, client)?;
+    let auth = Arc::new(auth);
+    let key_task = key_watch.map(|watch| {
+        let synced = auth.keys_synced();
+        tokio::spawn(async move {
+            futures::future::join(watch, synced).await;
+        })
+    });
     let proxy = Arc::new(Proxy::new(
         state.clone(),
         ProxyConfig {
@@ -125,6 +157,7 @@ pub async fn run(
             max_attempts: args.max_attempts as usize,
             max_shadow_in_flight: args.max_shadow_in_flight,
         },
+        auth.clone(),
     ));
     let listener = bind(args.listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
@@ -132,6 +165,7 @@ pub async fn run(
         state: state.clone(),
         registry,
         draining: AtomicBool::new(false),
+        auth: auth.clone(),
     });
     let listen = listener.local_addr().unwrap_or(args.listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(args.admin_listen);
@@ -158,25 +192,20 @@ pub async fn run(
     // The source of routes: a manifest, or the cluster.
     let source: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), GatewayError>> + Send + '_>,
-    > = match &args.standalone {
-        Some(path) => {
+    > = match mode {
+        Mode::Standalone(path) => {
             let work_dir = args.work_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id()))
             });
             let (state, args) = (state.clone(), &args);
             Box::pin(async move { standalone::run(path, args, &work_dir, listen, &state).await })
         }
-        None => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(GatewayError::Kube)?;
-            Box::pin(discovery::run(
-                client,
-                &args.namespaces,
-                args.selector.as_deref().filter(|s| !s.is_empty()),
-                state.clone(),
-            ))
-        }
+        Mode::Cluster(client) => Box::pin(discovery::run(
+            client,
+            &args.namespaces,
+            args.selector.as_deref().filter(|s| !s.is_empty()),
+            state.clone(),
+        )),
     };
 
     let draining = Arc::new(tokio::sync::Notify::new());
@@ -218,10 +247,80 @@ pub async fn run(
         }
     };
     admin_task.abort();
-    for task in [health_task, warm_task].into_iter().flatten() {
+    for task in [health_task, warm_task, key_task].into_iter().flatten() {
         task.abort();
     }
     result
+}
+
+/// Where routes come from.
+enum Mode<'a> {
+    /// A manifest file.
+    Standalone(&'a std::path::Path),
+    /// The cluster, through this client.
+    Cluster(kube::Client),
+}
+
+/// How callers are checked, and the watch that keeps the API key Secrets (cluster mode with
+/// `--api-keys-namespace`).
+fn auth_of(
+    args: &GatewayArgs,
+    client: Option<kube::Client>,
+) -> Result<(auth::Auth, Option<futures::future::BoxFuture<'static, ()>>), GatewayError> {
+    use auth::{Auth, AuthSettings, KeySource};
+    use futures::FutureExt;
+
+    let settings = AuthSettings {
+        allow_anonymous: args.allow_anonymous,
+        cache_ttl: args.auth_cache_ttl,
+        cache_size: args.auth_cache_size,
+    };
+    let file = args
+        .api_keys_file
+        .as_deref()
+        .map(|path| {
+            auth::keys::KeyFile::open(path).map_err(|message| GatewayError::Keys {
+                path: path.to_path_buf(),
+                message,
+            })
+        })
+        .transpose()?;
+    let Some(client) = client else {
+        return Ok(match file {
+            Some(file) => (Auth::new(settings, None, KeySource::File(file)), None),
+            None => {
+                tracing::warn!(
+                    "standalone without --api-keys-file: callers are not checked (every one is anonymous)"
+                );
+                (Auth::open(), None)
+            }
+        });
+    };
+    let (keys, watch) = match (file, &args.api_keys_namespace) {
+        (Some(file), _) => (KeySource::File(file), None),
+        (None, Some(namespace)) => {
+            let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), namespace);
+            let (store, watch) = sluice_watch::store(
+                secrets,
+                kube::runtime::watcher::Config::default().labels(auth::keys::LABEL),
+                "gateway: API keys",
+                || {},
+            );
+            (
+                KeySource::Secrets {
+                    store,
+                    namespace: namespace.clone(),
+                },
+                Some(watch.boxed()),
+            )
+        }
+        (None, None) => (KeySource::None, None),
+    };
+    if args.allow_anonymous {
+        tracing::warn!("--allow-anonymous: callers without credentials are let through");
+    }
+    Ok((Auth::new(settings, Some(client), keys), watch))
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -141,6 +141,25 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// How the check of a caller ended (`auth` module).
+    AuthOutcome {
+        /// Authenticated (or anonymous where allowed) and authorized.
+        Allowed => "allowed",
+        /// No, malformed, unknown, revoked or expired credentials: 401.
+        Unauthenticated => "unauthenticated",
+        /// Known but not allowed to call the endpoint: 403.
+        Forbidden => "forbidden",
+        /// The Kubernetes API could not be asked: 503.
+        Error => "error",
+    }
+);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
 }
@@ -160,6 +179,7 @@ pub struct GatewayMetrics {
     shadow: Family<OutcomeLabels, Counter>,
     retries: Family<EntityLabels, Counter>,
     backends: Family<EntityLabels, Gauge>,
+    auth: [Counter; 4],
     load: LoadMetrics,
 }
 
@@ -251,8 +271,24 @@ impl GatewayMetrics {
             shadow: Family::default(),
             retries: Family::default(),
             backends: Family::default(),
+            auth: Default::default(),
             load: LoadMetrics::register(registry),
         };
+        let auth = Family::<AuthLabels, Counter>::default();
+        let metrics = Self {
+            auth: AuthOutcome::ALL.map(|outcome| {
+                auth.get_or_create(&AuthLabels {
+                    outcome: outcome.label(),
+                })
+                .clone()
+            }),
+            ..metrics
+        };
+        registry.register(
+            "auth_checks",
+            "Callers checked (authentication and authorization), by outcome",
+            auth,
+        );
         registry.register(
             "requests",
             "Requests answered through an entity, by status class",
@@ -294,6 +330,17 @@ impl GatewayMetrics {
             metrics.backends.clone(),
         );
         metrics
+    }
+
+    /// Counts one caller check.
+    pub fn auth(&self, outcome: AuthOutcome) {
+        self.auth[outcome as usize].inc();
+    }
+
+    /// Caller checks so far that ended in `outcome`.
+    #[cfg(test)]
+    pub fn auth_total(&self, outcome: AuthOutcome) -> u64 {
+        self.auth[outcome as usize].get()
     }
 
     /// The handles of the global budgets and idle timeouts.

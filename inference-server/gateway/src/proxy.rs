@@ -34,10 +34,11 @@ use sluice_protocol::error::error_chain;
 use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
 
+use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::hold::HoldRefused;
-use super::metrics::{HoldOutcome, IdleBody, ShadowOutcome};
+use super::metrics::{AuthOutcome, HoldOutcome, IdleBody, ShadowOutcome};
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 
 use sluice_contract::headers::strip_hop_by_hop;
@@ -76,6 +77,7 @@ pub struct ProxyConfig {
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<State>,
+    auth: Arc<Auth>,
     client: Client<HttpConnector, Full<Bytes>>,
     config: ProxyConfig,
     shadow_permits: Arc<Semaphore>,
@@ -86,7 +88,7 @@ type Shared = Arc<Proxy>;
 
 impl Proxy {
     /// A proxy routing by `state`.
-    pub fn new(state: Arc<State>, config: ProxyConfig) -> Self {
+    pub fn new(state: Arc<State>, config: ProxyConfig, auth: Arc<Auth>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -101,6 +103,7 @@ impl Proxy {
         ));
         Self {
             state,
+            auth,
             client,
             shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
             config,
@@ -125,6 +128,13 @@ impl Proxy {
             .fallback(unknown_route)
             .method_not_allowed_fallback(wrong_method)
             .with_state(self)
+    }
+
+    /// Answers a refused caller (401, 403, or 503 when the API could not be asked).
+    fn refuse(&self, namespace: &str, endpoint: &str, error: &AuthError) -> Response {
+        self.state.metrics().auth(error.outcome());
+        tracing::debug!(namespace, endpoint, %error, "caller refused");
+        self.fail(namespace, endpoint, error.to_api_error())
     }
 
     fn fail(&self, namespace: &str, endpoint: &str, error: ApiError) -> Response {
@@ -160,7 +170,19 @@ impl Proxy {
         peer: SocketAddr,
         request: Request,
     ) -> Response {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Who is calling, before the body is read; may they call this endpoint, once it is
+        // known (an OpenAI route names it in the body).
+        let caller = match self.auth.authenticate(&parts.headers).await {
+            Ok(caller) => caller,
+            Err(error) => return self.refuse("", "", &error),
+        };
+        if self.auth.enforced() {
+            // The caller's credentials stay here: no pod sees a user's token or key.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        auth::strip_client_identity(&mut parts.headers);
+        auth::set_identity(&mut parts.headers, &caller.identity);
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
             Err(error) => return self.fail("", "", error.into()),
@@ -195,6 +217,10 @@ impl Proxy {
             }
         };
         let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
+        if let Err(error) = self.auth.authorize(&caller, namespace, endpoint_name).await {
+            return self.refuse(namespace, endpoint_name, &error);
+        }
+        self.state.metrics().auth(AuthOutcome::Allowed);
         let Some(config) = endpoint.config.as_ref() else {
             return self.fail(
                 namespace,

@@ -44,10 +44,16 @@ pub struct CheckArgs {
     /// The JSON body of that query.
     #[arg(long, default_value = r#"{"inputs": [[5.1, 3.5, 1.4, 0.2]]}"#)]
     pub query_body: String,
-    /// Bearer token sent with the query (`Authorization: Bearer …`), when the gateway asks for
-    /// one.
+    /// Bearer token sent with the query (`Authorization: Bearer …`): an API key, or any token
+    /// the gateway accepts. Default: the pod's own ServiceAccount token (`--query-token-file`).
     #[arg(long, env = "SLUICE_CHECK_TOKEN", hide_env_values = true)]
     pub query_token: Option<String>,
+    /// File holding the token to send when `--query-token` is not given (read when it exists).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub query_token_file: std::path::PathBuf,
     /// How long each HTTP call may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -232,7 +238,13 @@ async fn query(
         .post(&address)
         .header("content-type", "application/json")
         .body(args.query_body.clone());
-    if let Some(token) = &args.query_token {
+    let token = args.query_token.clone().or_else(|| {
+        std::fs::read_to_string(&args.query_token_file)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    });
+    if let Some(token) = token {
         request = request.bearer_auth(token);
     }
     let problem = match request.send().await {

@@ -1,12 +1,13 @@
 //! The gateway binary, standalone mode, in front of real upstream processes (`serve` with the
 //! iris ONNX model, and `upstream.py` standing in for an engine): weighted splits, config
-//! changes under load, failing pods, holding, streaming, shadows, errors, draining and load
-//! shedding.
+//! changes under load, failing pods, holding, streaming, shadows, errors, draining, load
+//! shedding and callers checked with API keys.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
 
+mod auth;
 mod errors;
 mod failures;
 mod holding;
