@@ -830,6 +830,8 @@ fn notes_tell_the_next_step() {
         "helm test sluice -n sluice-system",
         "port-forward svc/sluice-gateway 8000:80",
         "/serving-endpoints/iris/invocations",
+        "--clusterrole=sluice-query --serviceaccount=ml:iris-caller",
+        "-H \"Authorization: Bearer $TOKEN\"",
         &format!("operator          ghcr.io/sluice-dev/operator:{version}"),
         "a release's chart pins both by digest",
     ] {

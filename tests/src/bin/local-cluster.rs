@@ -115,7 +115,14 @@ mod quickstart {
     }
 
     pub async fn run(cp: &ControlPlane, client: &Client) -> anyhow::Result<Running> {
-        let gateway = GatewayProcess::start(cp, &cp.kubeconfig, "default").await;
+        // Callers are checked as on a real cluster: API keys are Secrets in `default`.
+        let gateway = GatewayProcess::start_with(
+            cp,
+            &cp.kubeconfig,
+            "default",
+            &["--api-keys-namespace", "default"],
+        )
+        .await;
         let operator = cp.start_operator_with(&OperatorOptions {
             args: vec!["--gateway-admin-url".into(), gateway.admin.clone()],
             ..OperatorOptions::default()
@@ -161,8 +168,23 @@ mod quickstart {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // A key for the user, minted as an admin would (`inference-server api-key create`).
+        let minted = std::process::Command::new(sluice_tests::binaries::built(
+            "inference-server",
+            "inference-server",
+        ))
+        .args(["api-key", "create", "--namespace", "default"])
+        .args(["--principal", "quickstart-user", "--endpoint", "iris"])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()?;
+        anyhow::ensure!(
+            minted.status.success(),
+            "minting an API key failed: {}",
+            String::from_utf8_lossy(&minted.stderr)
+        );
+        let key = String::from_utf8_lossy(&minted.stdout).trim().to_string();
         println!(
-            "READY: curl -s {}/serving-endpoints/iris/invocations -H 'content-type: application/json' \\\n  -d '{{\"dataframe_split\": {{\"columns\": [\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"], \"data\": [[6.7, 3.0, 5.2, 2.3]]}}}}'",
+            "READY: curl -s {}/serving-endpoints/iris/invocations -H 'content-type: application/json' \\\n  -H 'Authorization: Bearer {key}' \\\n  -d '{{\"dataframe_split\": {{\"columns\": [\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"], \"data\": [[6.7, 3.0, 5.2, 2.3]]}}}}'",
             gateway.base
         );
         Ok(Running {
