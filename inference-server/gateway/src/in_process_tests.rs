@@ -319,3 +319,52 @@ async fn the_pod_sees_the_verified_identity_never_the_clients_claim_or_credentia
     }
     assert_eq!(metrics.auth_total(AuthOutcome::Allowed), 1);
 }
+
+/// `GET` of `path` with `headers`: status and JSON body.
+async fn get(router: axum::Router, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Body::empty()).expect("request");
+    let response = router.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_model_list_holds_the_endpoints_the_caller_may_query() {
+    let (router, _, ours, theirs) = keyed(upstream("a").await);
+    let path = "/serving-endpoints/v1/models";
+    let (status, body) = get(router.clone(), path, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = get(
+        router.clone(),
+        path,
+        &[("authorization", &format!("Bearer {ours}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(
+        body["data"],
+        json!([{"id": "fraud", "object": "model", "created": 0, "owned_by": "ml"}])
+    );
+    let (status, body) = get(
+        router,
+        path,
+        &[("authorization", &format!("Bearer {theirs}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"], json!([]), "a key for ml/churn sees no fraud");
+}

@@ -22,7 +22,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
@@ -125,6 +125,7 @@ impl Proxy {
             .route("/serving-endpoints/v1/chat/completions", post(chat))
             .route("/serving-endpoints/v1/completions", post(completions))
             .route("/serving-endpoints/v1/embeddings", post(embeddings))
+            .route("/serving-endpoints/v1/models", get(models))
             .fallback(unknown_route)
             .method_not_allowed_fallback(wrong_method)
             .with_state(self)
@@ -142,6 +143,38 @@ impl Proxy {
             .metrics()
             .error(namespace, endpoint, error.kind.code());
         error.into_response()
+    }
+
+    /// The OpenAI model list (`GET /serving-endpoints/v1/models`): every endpoint this caller
+    /// may query, by the name it calls it with, so OpenAI SDK model pickers show exactly what
+    /// works.
+    async fn list_models(&self, headers: &HeaderMap) -> Response {
+        let caller = match self.auth.authenticate(headers).await {
+            Ok(caller) => caller,
+            Err(error) => return self.refuse("", "", &error),
+        };
+        let table = self.state.table();
+        let mut data = Vec::new();
+        for (id, endpoint) in table.named() {
+            match self
+                .auth
+                .authorize(&caller, &endpoint.namespace, &endpoint.name)
+                .await
+            {
+                Ok(()) => data.push(serde_json::json!({
+                    "id": id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": endpoint.namespace,
+                })),
+                Err(error @ AuthError::Review(_)) => {
+                    return self.refuse(&endpoint.namespace, &endpoint.name, &error);
+                }
+                Err(_) => {}
+            }
+        }
+        self.state.metrics().auth(AuthOutcome::Allowed);
+        axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
     }
 
     /// Admits the request into the in-flight budget (or sheds it), then routes it; its place
@@ -960,7 +993,11 @@ async fn embeddings(
 const ROUTES: &str = "POST /serving-endpoints/{name}/invocations, \
      /serving-endpoints/{name}/served-models/{entity}/invocations, \
      /serving-endpoints/v1/chat/completions, /serving-endpoints/v1/completions, \
-     /serving-endpoints/v1/embeddings";
+     /serving-endpoints/v1/embeddings, GET /serving-endpoints/v1/models";
+
+async fn models(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
+    proxy.list_models(request.headers()).await
+}
 
 async fn unknown_route(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
     proxy.fail(

@@ -139,6 +139,27 @@ pub enum Lookup {
 }
 
 impl Table {
+    /// Every endpoint with the name callers use for it (the bare name, or `namespace.name`
+    /// where several namespaces have one of that name), in name order.
+    pub fn named(&self) -> Vec<(String, &Arc<LiveEndpoint>)> {
+        let mut all: Vec<(String, &Arc<LiveEndpoint>)> = self
+            .endpoints
+            .iter()
+            .flat_map(|(name, found)| {
+                found.iter().map(move |e| {
+                    let id = if found.len() == 1 {
+                        name.clone()
+                    } else {
+                        format!("{}.{name}", e.namespace)
+                    };
+                    (id, e)
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// The endpoint called `name`, or `namespace.name` when the bare name is ambiguous.
     pub fn get(&self, name: &str) -> Result<&Arc<LiveEndpoint>, Lookup> {
         if let Some(found) = self.endpoints.get(name) {

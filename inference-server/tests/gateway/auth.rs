@@ -1,7 +1,7 @@
 //! Callers of a standalone gateway with a keys file: keys minted and revoked with
 //! `inference-server api-key --file`, a call without one refused with 401 and
-//! `WWW-Authenticate`, a key outside its scope refused with 403, and a revoked key refused at
-//! the next call.
+//! `WWW-Authenticate`, a key outside its scope refused with 403, the `openai` client's model list
+//! holding what each key may call, and a revoked key refused at the next call.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +21,26 @@ fn api_key(file: &Path, args: &[&str]) -> String {
     assert!(
         output.status.success(),
         "api-key {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `client.models.list()` of the `openai` Python package with `key`, as a JSON list of ids.
+fn openai_models(base: &str, key: &str) -> String {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let script = format!(
+        "import json, openai\n\
+         client = openai.OpenAI(base_url='{base}/serving-endpoints/v1', api_key='{key}')\n\
+         print(json.dumps([m.id for m in client.models.list()]))"
+    );
+    let output = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("{} (run .ci/setup): {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "openai models.list(): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
@@ -96,6 +116,11 @@ async fn keys_from_a_file_are_checked_and_revoked_at_the_next_call() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error_code"], "PERMISSION_DENIED");
 
+    // The OpenAI client's model list shows what each key may call.
+    for (caller, expected) in [(&key, r#"["ep"]"#), (&scoped, "[]")] {
+        assert_eq!(openai_models(&gateway.base, caller), expected);
+    }
+
     api_key(&file, &["revoke", id]);
     let (status, _, body) = post(&gateway, Some(&key)).await;
     assert_eq!(status, 401, "{body}");
@@ -107,7 +132,8 @@ async fn keys_from_a_file_are_checked_and_revoked_at_the_next_call() {
     );
     let metrics = gateway.metrics().await;
     for line in [
-        "sluice_gateway_auth_checks_total{outcome=\"allowed\"} 1",
+        // One call, and two model lists.
+        "sluice_gateway_auth_checks_total{outcome=\"allowed\"} 3",
         "sluice_gateway_auth_checks_total{outcome=\"unauthenticated\"} 2",
         "sluice_gateway_auth_checks_total{outcome=\"forbidden\"} 1",
     ] {
