@@ -2,7 +2,10 @@
 //! capture sidecar's root filesystem is read-only, so the inference table lands on the claim
 //! the operator creates (`pvc://sluice-lake`, the operator's default `lakeRoot`), and every
 //! request sent through the gateway is a row that DuckDB reads back from that volume once the
-//! pods are gone (the sidecars drain their spool on SIGTERM); and a Delta table on an object
+//! pods are gone (the sidecars drain their spool on SIGTERM), each row naming the caller the
+//! gateway verified (a ServiceAccount token checked with the real API server, or an anonymous
+//! caller RBAC lets in, held to the endpoint's rate limit), never the identity headers a client
+//! sent; and a Delta table on an object
 //! store, with the endpoint's own Secret and store options, read back by `deltalake`.
 
 use std::time::Duration;
@@ -56,7 +59,10 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
             &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
                 "metadata": {"name": "iris"},
                 "spec": {"servedEntities": [{"name": "v1", "model": "iris", "version": 1}],
-                         "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"}}})),
+                         "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"},
+                         // Enforced by the gateway, so the endpoint is READY with it.
+                         "aiGateway": {"rateLimits": [{"calls": 1, "key": "user",
+                             "principal": "system:anonymous", "renewalPeriod": "minute"}]}}})),
         )
         .await
         .expect("endpoint");
@@ -78,23 +84,54 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     let claim = claims.get("sluice-lake").await.expect("the lake claim");
     assert!(claim.metadata.owner_references.is_none());
 
-    let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
+    // Callers are checked (no --allow-anonymous), each decision asked afresh: a ServiceAccount
+    // that may `query` iris, and then anonymous callers once RBAC lets them.
+    let gateway =
+        GatewayProcess::start_with(cp, &cp.kubeconfig, &ns, &["--auth-cache-ttl", "0s"]).await;
+    let token = query_token(&client, &ns, "caller", "iris").await;
     let http = reqwest::Client::new();
     let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
-    for i in 0..REQUESTS {
+    let send = |token: Option<String>, i: usize| {
         let body = format!(
             r#"{{"inputs": [[6.7, 3.0, 5.2, {}]]}}"#,
             2.0 + i as f64 / 100.0
         );
-        let answer = http
+        let mut request = http
             .post(&url)
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(answer.status(), 200);
+            // A caller's claims about who it is never reach the table.
+            .header("x-sluice-requester", "mallory")
+            .header("x-forwarded-user", "mallory")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    for i in 0..REQUESTS {
+        assert_eq!(send(Some(token.clone()), i).await, 200);
     }
+    assert_eq!(send(None, 0).await, 401, "anonymous callers are not let in");
+    open_to_anonymous(&client, &ns, "iris").await;
+    // Both anonymous calls in one budget window (1 call a minute for system:anonymous).
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+    assert_eq!(
+        send(None, 0).await,
+        200,
+        "RBAC lets anonymous callers query iris"
+    );
+    assert_eq!(
+        send(None, 1).await,
+        429,
+        "the rate limit of the spec holds in cluster mode"
+    );
 
     // Deleting the endpoint stops its pods; each capture sidecar writes what it spooled.
     delete_and_drain(&client, &ns, "iris", logs).await;
@@ -106,10 +143,114 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
         duckdb_row(&format!(
             "select count(*), count(distinct request_id) from {table}"
         )),
-        format!("({REQUESTS}, {REQUESTS})"),
+        format!("({0}, {0})", REQUESTS + 1),
         "rows in {}",
         folder.display()
     );
+    assert_eq!(
+        duckdb_row(&format!(
+            "select string_agg(requester || '=' || n, ' ' order by requester) \
+             from (select requester, count(*) as n from {table} group by requester)"
+        )),
+        format!("('system:anonymous=1 system:serviceaccount:{ns}:caller={REQUESTS}',)"),
+        "each row names the verified caller, never the header a client sent"
+    );
+}
+
+/// A ServiceAccount `account` in `ns` bound to a Role that may `query` the endpoint
+/// `endpoint`, and a token of it from the TokenRequest API.
+async fn query_token(client: &kube::Client, ns: &str, account: &str, endpoint: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::PostParams;
+    let apply = PatchParams::apply("test-user");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    accounts
+        .patch(
+            account,
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": account}})),
+        )
+        .await
+        .expect("ServiceAccount");
+    grant_query(
+        client,
+        ns,
+        endpoint,
+        account,
+        json!({"kind": "ServiceAccount", "name": account, "namespace": ns}),
+    )
+    .await;
+    accounts
+        .create_token_request(
+            account,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("TokenRequest")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
+}
+
+/// Lets callers without credentials (the group `system:unauthenticated`) query `endpoint`.
+async fn open_to_anonymous(client: &kube::Client, ns: &str, endpoint: &str) {
+    grant_query(
+        client,
+        ns,
+        endpoint,
+        "anonymous",
+        json!({"kind": "Group", "name": "system:unauthenticated",
+               "apiGroup": "rbac.authorization.k8s.io"}),
+    )
+    .await;
+}
+
+/// A Role that may `query` `endpoint` only, bound to `subject` as `<endpoint>-<name>`.
+async fn grant_query(
+    client: &kube::Client,
+    ns: &str,
+    endpoint: &str,
+    name: &str,
+    subject: serde_json::Value,
+) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let apply = PatchParams::apply("test-user");
+    let role = format!("{endpoint}-{name}");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(
+            &role,
+            &apply,
+            &Patch::Apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": role},
+                "rules": [{"apiGroups": ["serving.sluice.dev"], "resources": ["servingendpoints"],
+                           "resourceNames": [endpoint], "verbs": ["query"]}]}),
+            ),
+        )
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(
+            &role,
+            &apply,
+            &Patch::Apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [subject]}),
+            ),
+        )
+        .await
+        .expect("RoleBinding");
 }
 
 /// The lake on an object store, as a platform team would point it: an `s3://` table, the

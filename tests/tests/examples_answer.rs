@@ -13,8 +13,8 @@
 //!
 //! Not here: `gpu-llm-vllm.yaml` (a vLLM engine on a GPU: engine images run no process on the
 //! test kubelet), and `rate-limits.yaml` and `external-model.yaml`, which set fields this version
-//! refuses (`aiGateway`, `externalModel`: Ready=False, FieldNotSupported), as
-//! `operator_examples` proves.
+//! refuses (`aiGateway.usageTracking` and `guardrails`, `externalModel`: Ready=False,
+//! FieldNotSupported), as `operator_examples` proves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1472,3 +1472,102 @@ fn gateway_exposure_values_that_cannot_work_are_refused_by_name() {
         }
     }
 }
+
+/// The gateway's rate-limit flags and environment: a share of each budget per replica without
+/// Redis (of maxReplicas under an HPA), the URL from values, from a Secret, or of the in-chart
+/// Redis, which only the gateway pods may reach.
+#[test]
+fn rate_limit_budgets_are_shared_through_redis_or_split_by_replicas() {
+    let gateway = |docs: &[Value]| {
+        let deployment = object(docs, "Deployment", "sluice-gateway");
+        let pod = &deployment["spec"]["template"]["spec"];
+        containers(pod)[0].clone()
+    };
+    let arg = |container: &Value, name: &str| {
+        container["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string))
+    };
+    let redis_env = |container: &Value| {
+        container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "SLUICE_GATEWAY_RATE_LIMIT_REDIS")
+            .cloned()
+    };
+
+    let split = gateway(&render(&[], &[]));
+    assert_eq!(arg(&split, "--rate-limit-replicas").as_deref(), Some("2"));
+    assert_eq!(
+        arg(&split, "--rate-limit-fail-mode").as_deref(),
+        Some("open")
+    );
+    assert!(redis_env(&split).is_none());
+    let scaled = gateway(&render(
+        &[],
+        &[
+            "gateway.autoscaling.enabled=true",
+            "gateway.autoscaling.maxReplicas=9",
+        ],
+    ));
+    assert_eq!(arg(&scaled, "--rate-limit-replicas").as_deref(), Some("9"));
+
+    let url = gateway(&render(
+        &[],
+        &[
+            "gateway.rateLimits.redis.url=redis://redis.infra:6379/0",
+            "gateway.rateLimits.failMode=closed",
+        ],
+    ));
+    assert_eq!(
+        arg(&url, "--rate-limit-replicas"),
+        None,
+        "Redis holds the whole budget"
+    );
+    assert_eq!(
+        arg(&url, "--rate-limit-fail-mode").as_deref(),
+        Some("closed")
+    );
+    assert_eq!(
+        redis_env(&url).expect("env")["value"],
+        "redis://redis.infra:6379/0"
+    );
+    let secret = gateway(&render(
+        &[],
+        &["gateway.rateLimits.redis.existingSecret=budgets"],
+    ));
+    assert_eq!(
+        redis_env(&secret).expect("env")["valueFrom"]["secretKeyRef"],
+        json!({"name": "budgets", "key": "url"})
+    );
+
+    let docs = render(&[], &["gateway.rateLimits.redis.deploy.enabled=true"]);
+    assert_eq!(
+        redis_env(&gateway(&docs)).expect("env")["value"],
+        "redis://sluice-redis:6379"
+    );
+    let redis = object(&docs, "Deployment", "sluice-redis");
+    let pod = &redis["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &containers(pod)[0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let service = object(&docs, "Service", "sluice-redis");
+    assert_eq!(
+        service["spec"]["selector"],
+        redis["spec"]["selector"]["matchLabels"]
+    );
+    let policy = object(&docs, "NetworkPolicy", "sluice-redis");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        object(&docs, "Deployment", "sluice-gateway")["spec"]["selector"]["matchLabels"]
+    );
+
+    let refused =
+        template(&[], &["gateway.rateLimits.failMode=maybe"]).expect_err("an unknown fail mode");
+    assert!(refused.contains("failMode"), "{refused}");
+}

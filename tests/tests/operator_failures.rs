@@ -344,8 +344,10 @@ async fn fields_this_version_ignores_keep_an_endpoint_from_ready() {
                     "runtime": {"engine": "vllm"}})],
         &[],
     );
-    limited["spec"]["aiGateway"] =
-        json!({"rateLimits": [{"calls": 10, "key": "endpoint", "renewalPeriod": "minute"}]});
+    limited["spec"]["aiGateway"] = json!({
+        "rateLimits": [{"calls": 10, "key": "endpoint", "renewalPeriod": "minute"}],
+        "guardrails": {"input": {"invalidKeywords": ["secret"]}},
+    });
     scene.apply(limited).await;
     let api = scene.endpoints();
     let status = scene
@@ -363,8 +365,13 @@ async fn fields_this_version_ignores_keep_an_endpoint_from_ready() {
         condition(&status.conditions, "Ready"),
         Some(("False".into(), "FieldNotSupported".into()))
     );
-    assert!(ready_message(&status).contains("spec.aiGateway"));
-    scene.warned("limited", "spec.aiGateway").await;
+    let message = ready_message(&status);
+    assert!(message.contains("spec.aiGateway.guardrails"), "{message}");
+    assert!(
+        !message.contains("rateLimits"),
+        "rate limits act: {message}"
+    );
+    scene.warned("limited", "spec.aiGateway.guardrails").await;
 }
 
 /// A child the API server refuses (here a real ValidatingAdmissionPolicy that freezes

@@ -13,6 +13,7 @@
 //! - [`labels`]: label names, child naming (`<endpoint>-<entity>-<revision>`) and ports.
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
+//! - [`support`]: the accepted fields this version does not act on, refused by name.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
 //!   hop-by-hop filter both proxies use.
 
@@ -25,3 +26,4 @@ pub mod headers;
 pub mod labels;
 pub mod published;
 pub mod resolve;
+pub mod support;

@@ -12,6 +12,7 @@
 //!   capture sidecar records it.
 //! - [`manifest`]: the layout of a model directory's manifests, MLflow's `MLmodel` and our
 //!   `sluice-model.yaml`.
+//! - [`usage`]: the token counts of an answer, read while it streams past.
 //! - [`units`]: sizes and durations as flags spell them (`16MiB`, `500ms`).
 //! - [`process`]: the line a server prints once bound, for whoever started it on port 0.
 //! - [`fuzz`]: what must hold for any input of each parser, as the fuzz targets check it.
@@ -24,5 +25,6 @@ pub mod process;
 pub mod scoring;
 pub mod sse;
 pub mod units;
+pub mod usage;
 
 pub use error::{ApiError, ErrorKind};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sluice_protocol::sse;
+use sluice_protocol::usage::TokenCounts;
 
 use crate::table::PayloadRecord;
 use crate::table::record::{PAYLOAD_NOT_UTF8, STREAM_NOT_REASSEMBLED};
@@ -92,8 +93,8 @@ impl RawExchange {
         } else if let Some(body) = response.as_deref() {
             response_json = parse_object(body);
         }
-        let usage = response_json.as_ref().and_then(|body| body.get("usage"));
-        let count = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_i64);
+        let tokens = response_json.as_ref().and_then(TokenCounts::from_body);
+        let count = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok());
         let client_request_id = self.client_request_id.or_else(|| {
             request
                 .as_deref()
@@ -119,8 +120,8 @@ impl RawExchange {
             model: identity.model.clone(),
             model_version: identity.model_version.clone(),
             requester: self.requester,
-            input_token_count: count("prompt_tokens").or_else(|| count("input_tokens")),
-            output_token_count: count("completion_tokens").or_else(|| count("output_tokens")),
+            input_token_count: count(tokens.and_then(|t| t.input)),
+            output_token_count: count(tokens.and_then(|t| t.output)),
             sampling_fraction: identity.sampling_fraction,
             logging_error_codes: codes,
         }

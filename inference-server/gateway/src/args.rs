@@ -76,6 +76,22 @@ pub struct GatewayArgs {
     /// Most of those decisions kept at once.
     #[arg(long, env = "SLUICE_GATEWAY_AUTH_CACHE_SIZE", default_value_t = 10_000)]
     pub auth_cache_size: usize,
+    /// A Redis every gateway replica shares for `spec.aiGateway.rateLimits` budgets
+    /// (`redis://[:password@]host:port[/db]`). Without it each replica counts alone and allows
+    /// its share of every budget (`--rate-limit-replicas`).
+    #[arg(long, env = "SLUICE_GATEWAY_RATE_LIMIT_REDIS")]
+    pub rate_limit_redis: Option<String>,
+    /// What to do with a rate-limited request when Redis cannot be asked: `open` lets it
+    /// through, `closed` answers 503. Both are counted.
+    #[arg(long, env = "SLUICE_GATEWAY_RATE_LIMIT_FAIL_MODE", value_enum, default_value_t = crate::ratelimit::FailMode::Open)]
+    pub rate_limit_fail_mode: crate::ratelimit::FailMode,
+    /// How long one Redis command may take before the fail mode applies.
+    #[arg(long, env = "SLUICE_GATEWAY_RATE_LIMIT_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub rate_limit_timeout: Duration,
+    /// Without Redis: how many gateway replicas split each budget (each allows the limit
+    /// divided by this, rounded up). The chart passes its replica count.
+    #[arg(long, env = "SLUICE_GATEWAY_RATE_LIMIT_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_replicas: u32,
     /// Largest request body accepted (413 past it).
     #[arg(long, env = "SLUICE_GATEWAY_MAX_BODY_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
     pub max_body_bytes: usize,

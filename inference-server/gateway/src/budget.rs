@@ -232,6 +232,15 @@ impl BufferedBody {
         }
     }
 
+    /// The same reservation holding `bytes` instead (a rewrite of the body a few bytes longer,
+    /// which the reservation does not grow for).
+    pub fn with_bytes(self, bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            _reservation: self._reservation,
+        }
+    }
+
     /// The body.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes

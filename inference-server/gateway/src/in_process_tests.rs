@@ -19,8 +19,10 @@ use crate::auth::keys::{self, KeyFile};
 use crate::auth::{Auth, AuthSettings, KeySource};
 use crate::metrics::{AuthOutcome, GatewayMetrics};
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::ratelimit::RateLimiter;
 use crate::routing::{ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
 use crate::state::State;
+use sluice_crds::{RateLimit, RateLimitKey, RenewalPeriod};
 
 /// A model server on a free loopback port that answers `/invocations` with its name and the
 /// headers it received.
@@ -32,7 +34,11 @@ async fn upstream(name: &'static str) -> SocketAddr {
                 .iter()
                 .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
                 .collect();
-            axum::Json(json!({"predictions": [name], "headers": received}))
+            axum::Json(json!({
+                "predictions": [name],
+                "headers": received,
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+            }))
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -67,12 +73,24 @@ fn guarded(
     routes: Vec<(String, u32)>,
     auth: Auth,
 ) -> (axum::Router, GatewayMetrics) {
+    limited(entities, routes, auth, Vec::new())
+}
+
+/// The proxy checking callers with `auth` and holding the endpoint to `rate_limits`, and its
+/// metrics.
+fn limited(
+    entities: Vec<EntitySpec>,
+    routes: Vec<(String, u32)>,
+    auth: Auth,
+    rate_limits: Vec<RateLimit>,
+) -> (axum::Router, GatewayMetrics) {
     let state = Arc::new(State::new(GatewayMetrics::register(
         &mut Registry::default(),
     )));
     state.apply(&[EndpointSpec {
         namespace: "ml".into(),
         name: "fraud".into(),
+        rate_limits,
         config: Some(ConfigSpec {
             version: 3,
             entities,
@@ -92,8 +110,9 @@ fn guarded(
         max_shadow_in_flight: 8,
     };
     let metrics = state.metrics().clone();
+    let limiter = Arc::new(RateLimiter::local(1, metrics.clone()));
     (
-        Arc::new(Proxy::new(state, config, Arc::new(auth))).router(),
+        Arc::new(Proxy::new(state, config, Arc::new(auth), limiter)).router(),
         metrics,
     )
 }
@@ -367,4 +386,85 @@ async fn the_model_list_holds_the_endpoints_the_caller_may_query() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"], json!([]), "a key for ml/churn sees no fraud");
+}
+
+/// Waits until the current one-minute budget window has at least 5 s left, so a test's calls
+/// all fall in one window.
+async fn inside_one_window() {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 60;
+    if second >= 55 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+}
+
+fn rate_limit(key: RateLimitKey, calls: Option<i64>, tokens: Option<i64>) -> RateLimit {
+    RateLimit {
+        calls,
+        tokens,
+        key,
+        principal: None,
+        renewal_period: RenewalPeriod::Minute,
+    }
+}
+
+#[tokio::test]
+async fn a_spent_call_budget_answers_429_with_when_it_renews() {
+    let a = upstream("a").await;
+    let (router, metrics) = limited(
+        vec![entity("a", vec![a], None)],
+        vec![("a".into(), 100)],
+        Auth::open(),
+        vec![rate_limit(RateLimitKey::User, Some(2), None)],
+    );
+    inside_one_window().await;
+    for _ in 0..2 {
+        let (status, _, body) =
+            call(router.clone(), "/serving-endpoints/fraud/invocations", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, headers, body) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error_code"], "REQUEST_LIMIT_EXCEEDED");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("2 calls per minute per user (system:anonymous)"),
+        "{message}"
+    );
+    let retry: u64 = headers["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(metrics.rate_limited_total("ml", "fraud", "calls"), 1);
+}
+
+#[tokio::test]
+async fn tokens_are_read_from_answers_and_charged_after_the_fact() {
+    let a = upstream("a").await;
+    let (router, _) = limited(
+        vec![entity("a", vec![a], None)],
+        vec![("a".into(), 100)],
+        Auth::open(),
+        vec![rate_limit(RateLimitKey::Endpoint, None, Some(10))],
+    );
+    inside_one_window().await;
+    // Each answer reports 3 + 4 tokens: the second call starts at 7 of 10 and ends at 14.
+    for _ in 0..2 {
+        let (status, _, body) =
+            call(router.clone(), "/serving-endpoints/fraud/invocations", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _, body) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("10 tokens per minute per endpoint")),
+        "{body}"
+    );
 }

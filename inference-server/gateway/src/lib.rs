@@ -31,8 +31,10 @@ mod demand;
 mod discovery;
 mod health;
 mod hold;
+mod metering;
 mod metrics;
 mod proxy;
+mod ratelimit;
 mod release_check;
 mod routing;
 mod standalone;
@@ -94,6 +96,9 @@ pub enum GatewayError {
         /// What is wrong.
         message: String,
     },
+    /// `--rate-limit-redis` is not a Redis URL.
+    #[error("--rate-limit-redis: {0}")]
+    RateLimitStore(#[source] redis::RedisError),
     /// The standalone manifest could not be read.
     #[error("standalone manifest {path}: {message}")]
     Manifest {
@@ -115,6 +120,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let mut registry = Registry::with_prefix("sluice_gateway");
     let metrics = GatewayMetrics::register(&mut registry);
+    let limiter = Arc::new(limiter_of(&args, metrics.clone())?);
     let state = Arc::new(State::new(metrics));
     if args.max_buffered_bytes < args.max_body_bytes {
         tracing::warn!(
@@ -158,6 +164,7 @@ pub async fn run(
             max_shadow_in_flight: args.max_shadow_in_flight,
         },
         auth.clone(),
+        limiter,
     ));
     let listener = bind(args.listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
@@ -321,6 +328,23 @@ fn auth_of(
         tracing::warn!("--allow-anonymous: callers without credentials are let through");
     }
     Ok((Auth::new(settings, Some(client), keys), watch))
+}
+
+/// The rate limiter the flags describe: Redis when one is named, else this replica's share.
+fn limiter_of(
+    args: &GatewayArgs,
+    metrics: GatewayMetrics,
+) -> Result<ratelimit::RateLimiter, GatewayError> {
+    use ratelimit::{RateLimiter, store::RedisCounters};
+    Ok(match &args.rate_limit_redis {
+        Some(url) => {
+            let counters = RedisCounters::new(url, args.rate_limit_timeout)
+                .map_err(GatewayError::RateLimitStore)?;
+            tracing::info!(redis = counters.url(), fail_mode = ?args.rate_limit_fail_mode, "rate limits counted in Redis");
+            RateLimiter::redis(counters, args.rate_limit_fail_mode, metrics)
+        }
+        None => RateLimiter::local(args.rate_limit_replicas, metrics),
+    })
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, GatewayError> {

@@ -155,6 +155,50 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Which tokens of an answer (`direction` of `tokens_total`).
+    TokenDirection {
+        /// Tokens the model read.
+        Input => "input",
+        /// Tokens the model wrote.
+        Output => "output",
+    }
+);
+
+label_enum!(
+    /// What the rate limiter did when its shared store could not be asked.
+    StoreFailure {
+        /// The request went on (`--rate-limit-fail-mode open`).
+        Admitted => "admitted",
+        /// The request got 503 (`--rate-limit-fail-mode closed`).
+        Refused => "refused",
+        /// Tokens of a finished answer could not be charged.
+        Uncharged => "uncharged",
+    }
+);
+
+/// Labels of a request refused by a rate limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitedLabels {
+    namespace: String,
+    endpoint: String,
+    /// `calls` or `tokens`.
+    measure: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    namespace: String,
+    endpoint: String,
+    entity: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     outcome: &'static str,
@@ -181,6 +225,10 @@ pub struct GatewayMetrics {
     backends: Family<EntityLabels, Gauge>,
     auth: [Counter; 4],
     load: LoadMetrics,
+    tokens: Family<DirectionLabels, Counter>,
+    uncounted: Family<EntityLabels, Counter>,
+    limited: Family<LimitedLabels, Counter>,
+    store_failures: [Counter; 3],
 }
 
 /// Metric handles of the global budgets and the idle timeouts (not per entity: a request is
@@ -273,8 +321,13 @@ impl GatewayMetrics {
             backends: Family::default(),
             auth: Default::default(),
             load: LoadMetrics::register(registry),
+            tokens: Family::default(),
+            uncounted: Family::default(),
+            limited: Family::default(),
+            store_failures: Default::default(),
         };
         let auth = Family::<AuthLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
         let metrics = Self {
             auth: AuthOutcome::ALL.map(|outcome| {
                 auth.get_or_create(&AuthLabels {
@@ -282,8 +335,35 @@ impl GatewayMetrics {
                 })
                 .clone()
             }),
+            store_failures: StoreFailure::ALL.map(|outcome| {
+                failures
+                    .get_or_create(&FailureLabels {
+                        outcome: outcome.label(),
+                    })
+                    .clone()
+            }),
             ..metrics
         };
+        registry.register(
+            "tokens",
+            "Tokens of answered requests as the answers reported them, by direction",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "uncounted_answers",
+            "Answers whose tokens could not be read (no usage reported): not charged to token budgets",
+            metrics.uncounted.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 because a rate limit was spent, by measure",
+            metrics.limited.clone(),
+        );
+        registry.register(
+            "rate_limit_store_failures",
+            "Times the shared rate-limit store could not be asked, by what the gateway did",
+            failures,
+        );
         registry.register(
             "auth_checks",
             "Callers checked (authentication and authorization), by outcome",
@@ -343,6 +423,39 @@ impl GatewayMetrics {
         self.auth[outcome as usize].get()
     }
 
+    /// Counts a request refused by a rate limit.
+    pub fn rate_limited(&self, namespace: &str, endpoint: &str, measure: &'static str) {
+        self.limited
+            .get_or_create(&LimitedLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                measure,
+            })
+            .inc();
+    }
+
+    /// Requests refused so far by a rate limit of `measure` on an endpoint.
+    #[cfg(test)]
+    pub fn rate_limited_total(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        measure: &'static str,
+    ) -> u64 {
+        self.limited
+            .get_or_create(&LimitedLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                measure,
+            })
+            .get()
+    }
+
+    /// Counts a time the rate-limit store could not be asked.
+    pub fn store_failure(&self, outcome: StoreFailure) {
+        self.store_failures[outcome as usize].inc();
+    }
+
     /// The handles of the global budgets and idle timeouts.
     pub fn load(&self) -> &LoadMetrics {
         &self.load
@@ -387,6 +500,17 @@ impl GatewayMetrics {
                 .map(|o| self.shadow.get_or_create(&outcome(o.label())).clone()),
             retries: self.retries.get_or_create(&labels).clone(),
             backends: self.backends.get_or_create(&labels).clone(),
+            tokens: TokenDirection::ALL.map(|d| {
+                self.tokens
+                    .get_or_create(&DirectionLabels {
+                        namespace: labels.namespace.clone(),
+                        endpoint: labels.endpoint.clone(),
+                        entity: labels.entity.clone(),
+                        direction: d.label(),
+                    })
+                    .clone()
+            }),
+            uncounted: self.uncounted.get_or_create(&labels).clone(),
             labels,
         }
     }
@@ -415,6 +539,15 @@ impl GatewayMetrics {
             self.hold_time.remove(&labels);
             self.shadow.remove(&labels);
         }
+        for direction in TokenDirection::ALL {
+            self.tokens.remove(&DirectionLabels {
+                namespace: labels.namespace.clone(),
+                endpoint: labels.endpoint.clone(),
+                entity: labels.entity.clone(),
+                direction: direction.label(),
+            });
+        }
+        self.uncounted.remove(labels);
         self.latency.remove(labels);
         self.held.remove(labels);
         self.retries.remove(labels);
@@ -438,6 +571,9 @@ pub struct EntityMetrics {
     pub retries: Counter,
     /// Ready backends.
     pub backends: Gauge,
+    tokens: [Counter; 2],
+    /// Answers whose tokens could not be read.
+    pub uncounted: Counter,
 }
 
 impl EntityMetrics {
@@ -455,6 +591,11 @@ impl EntityMetrics {
     /// Records how a hold ended and how long it took.
     pub fn hold_ended(&self, outcome: HoldOutcome, seconds: f64) {
         self.hold_time[outcome as usize].observe(seconds);
+    }
+
+    /// Counts the tokens of an answer.
+    pub fn tokens(&self, direction: TokenDirection, count: u64) {
+        self.tokens[direction as usize].inc_by(count);
     }
 
     /// Counts a shadow request by outcome.

@@ -38,8 +38,11 @@ use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::hold::HoldRefused;
+use super::metering::{Charge, Metering, TokenMeter};
 use super::metrics::{AuthOutcome, HoldOutcome, IdleBody, ShadowOutcome};
+use super::ratelimit::RateLimiter;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
+use sluice_protocol::usage::{self, UsageChunkFilter};
 
 use sluice_contract::headers::strip_hop_by_hop;
 pub use sluice_contract::headers::{
@@ -78,6 +81,7 @@ pub struct ProxyConfig {
 pub struct Proxy {
     state: Arc<State>,
     auth: Arc<Auth>,
+    limiter: Arc<RateLimiter>,
     client: Client<HttpConnector, Full<Bytes>>,
     config: ProxyConfig,
     shadow_permits: Arc<Semaphore>,
@@ -88,7 +92,12 @@ type Shared = Arc<Proxy>;
 
 impl Proxy {
     /// A proxy routing by `state`.
-    pub fn new(state: Arc<State>, config: ProxyConfig, auth: Arc<Auth>) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        config: ProxyConfig,
+        auth: Arc<Auth>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -104,6 +113,7 @@ impl Proxy {
         Self {
             state,
             auth,
+            limiter,
             client,
             shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
             config,
@@ -172,6 +182,10 @@ impl Proxy {
                 }
                 Err(_) => {}
             }
+        }
+        if data.is_empty() && caller.identity.is_anonymous() && self.auth.enforced() {
+            // Nothing is open to anonymous callers: say how to authenticate.
+            return self.refuse("", "", &AuthError::Missing);
         }
         self.state.metrics().auth(AuthOutcome::Allowed);
         axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
@@ -268,6 +282,38 @@ impl Proxy {
                 .with_retry_after(Duration::from_secs(5)),
             );
         };
+        let charge = match self
+            .limiter
+            .admit(
+                namespace,
+                endpoint_name,
+                &endpoint.rate_limits,
+                &caller.identity,
+            )
+            .await
+        {
+            Ok(admission) => admission.map(|admission| Charge {
+                limiter: self.limiter.clone(),
+                admission,
+            }),
+            Err(error) => return self.fail(namespace, endpoint_name, error),
+        };
+        // A token budget needs the answer's usage: a stream is made to report it.
+        let asked = match (&charge, upstream_path) {
+            (Some(_), "/v1/chat/completions" | "/v1/completions") => {
+                usage::request_usage(body.bytes())
+            }
+            _ => None,
+        };
+        let strip_usage_chunk = asked.is_some();
+        let body = match asked {
+            Some(asked) => body.with_bytes(Bytes::from(asked)),
+            None => body,
+        };
+        let metering = Metering {
+            charge,
+            strip_usage_chunk,
+        };
         let mut rng = fastrand::Rng::new();
         let pool = match entity {
             Some(entity) => match config.entities.iter().find(|e| e.name == entity) {
@@ -305,7 +351,17 @@ impl Proxy {
             },
         };
         match self
-            .forward(pool, &parts, body, upstream_path, peer, &mut rng)
+            .forward(
+                pool,
+                Outgoing {
+                    parts: &parts,
+                    body,
+                    upstream_path,
+                    peer,
+                },
+                metering,
+                &mut rng,
+            )
             .await
         {
             Ok(mut response) => {
@@ -353,12 +409,20 @@ impl Proxy {
     async fn forward(
         &self,
         pool: &Arc<EntityPool>,
-        parts: &Parts,
-        body: BufferedBody,
-        upstream_path: &str,
-        peer: SocketAddr,
+        outgoing: Outgoing<'_>,
+        metering: Metering,
         rng: &mut fastrand::Rng,
     ) -> Result<Response, ApiError> {
+        let Outgoing {
+            parts,
+            body,
+            upstream_path,
+            peer,
+        } = outgoing;
+        // OpenAI answers are always metered (tokens per entity); others only to charge a
+        // token budget.
+        let metered = upstream_path != "/invocations" || metering.charge.is_some();
+        let mut metering = Some(metering);
         pool.demand.arrived();
         if let Some(why) = pool.unsupported() {
             return Err(ApiError::new(ErrorKind::BadGateway, why));
@@ -404,7 +468,8 @@ impl Proxy {
                     if held {
                         pool.demand.held_answered();
                     }
-                    return Ok(self.respond(pool, response, guard, request_id).await);
+                    let meter = metering.take().filter(|_| metered);
+                    return Ok(self.respond(pool, response, guard, request_id, meter).await);
                 }
                 Ok(Err(error)) => {
                     last_error = error_chain(&error);
@@ -504,6 +569,7 @@ impl Proxy {
         response: hyper::Response<Incoming>,
         guard: RequestGuard,
         request_id: HeaderValue,
+        meter: Option<Metering>,
     ) -> Response {
         let (mut parts, body) = response.into_parts();
         pool.metrics.response(parts.status.as_u16());
@@ -532,12 +598,29 @@ impl Proxy {
                 self.budgets.metrics().idle_timeouts(IdleBody::Response),
             )
         });
+        let meter = meter.filter(|_| parts.status.is_success());
+        let is_stream = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let filter = meter
+            .as_ref()
+            .is_some_and(|m| m.strip_usage_chunk && is_stream)
+            .then(UsageChunkFilter::default);
+        if filter.is_some() {
+            // The body loses the usage chunk: its length is not the pod's any more.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let meter = meter.and_then(|m| TokenMeter::of(&parts.headers, &pool.metrics, m.charge));
         Response::from_parts(
             parts,
             Body::new(GuardedBody {
                 inner: body,
                 guard,
                 idle,
+                meter,
+                filter,
             }),
         )
     }
@@ -605,6 +688,14 @@ impl Proxy {
             });
         }
     }
+}
+
+/// What goes to the pod: the client's request head and body, the pod's path, and the peer.
+struct Outgoing<'a> {
+    parts: &'a Parts,
+    body: BufferedBody,
+    upstream_path: &'a str,
+    peer: SocketAddr,
 }
 
 /// Picks a live entity by weight, among entities that can take the request now (a ready pod,
@@ -846,6 +937,10 @@ struct GuardedBody {
     guard: RequestGuard,
     /// `None` when there is no idle timeout, or once it fired.
     idle: Option<IdleTimer>,
+    /// Reads the answer's token counts, when it is metered.
+    meter: Option<TokenMeter>,
+    /// Removes the usage chunk the gateway asked for, when the client did not.
+    filter: Option<UsageChunkFilter>,
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -857,11 +952,35 @@ impl hyper::body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        while let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             if let Some(idle) = &mut this.idle {
                 idle.frame_arrived();
             }
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+            let frame = match frame {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                None => {
+                    let rest = this.filter.take().map(UsageChunkFilter::finish);
+                    return Poll::Ready(
+                        rest.filter(|rest| !rest.is_empty())
+                            .map(|rest| Ok(Frame::data(Bytes::from(rest)))),
+                    );
+                }
+            };
+            let Some(data) = frame.data_ref() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            if let Some(meter) = &mut this.meter {
+                meter.feed(data);
+            }
+            let Some(filter) = &mut this.filter else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let passed = filter.push(data);
+            if !passed.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(passed)))));
+            }
+            // Nothing whole to pass on yet: read on.
         }
         let Some(idle) = &mut this.idle else {
             return Poll::Pending;
@@ -877,11 +996,15 @@ impl hyper::body::Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.filter.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.filter.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub use sluice_contract::labels::LABEL_ENDPOINT;
 use sluice_contract::labels::{FRONT_PORT_NAME, LABEL_ENTITY, LABEL_REVISION, container_port};
 pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
-use sluice_crds::{ResolvedRoute, ServingEndpoint, ShadowRoute};
+use sluice_crds::{RateLimit, ResolvedRoute, ServingEndpoint, ShadowRoute};
 
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +30,9 @@ pub struct EndpointSpec {
     pub name: String,
     /// The routed config; `None` while the endpoint has no promoted config yet.
     pub config: Option<ConfigSpec>,
+    /// `spec.aiGateway.rateLimits`. Read from the spec, not the promoted config: a policy
+    /// change needs no new pods, so it takes effect at once.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// The routed config of an endpoint.
@@ -171,9 +174,20 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
             namespace: namespace.to_string(),
             name: name.to_string(),
             config,
+            rate_limits: rate_limits_of(endpoint),
         });
     }
     out
+}
+
+/// The rate limits of `endpoint`'s spec.
+pub fn rate_limits_of(endpoint: &ServingEndpoint) -> Vec<RateLimit> {
+    endpoint
+        .spec
+        .ai_gateway
+        .as_ref()
+        .map(|gateway| gateway.rate_limits.clone())
+        .unwrap_or_default()
 }
 
 /// The address a running, not-terminating pod answers on, at its front (`http`) port, and

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use sluice_contract::config::OperatorConfig;
 use sluice_contract::published::{self, HoldPolicy};
 use sluice_contract::resolve::{self, EntitySource, ResolvedEntity, alias_claims};
+use sluice_contract::support;
 use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
     ModelFormat, ModelTask, ModelVersion, ModelVersionStatus, ResolvedRoute, ServingEndpoint,
@@ -112,6 +113,8 @@ pub struct ResolvedEndpoint {
     pub routes: Vec<ResolvedRoute>,
     /// Shadow routes.
     pub shadows: Vec<ShadowRoute>,
+    /// `spec.aiGateway.rateLimits`.
+    pub rate_limits: Vec<sluice_crds::RateLimit>,
 }
 
 /// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
@@ -136,12 +139,23 @@ pub fn resolve_manifest(
             .filter(|mv| namespace_of(&mv.metadata.namespace) == namespace)
             .cloned()
             .collect();
+        // What a cluster would keep from READY, standalone refuses: nothing is served while
+        // part of its spec is ignored.
+        let unsupported = support::unsupported_fields(endpoint);
+        if !unsupported.is_empty() {
+            problems.push(format!(
+                "endpoint {name}: {}",
+                support::unsupported_message(&unsupported)
+            ));
+            continue;
+        }
         match resolve::resolve(endpoint, &versions, &BTreeMap::new(), config) {
             Ok(entities) => resolved.push(ResolvedEndpoint {
                 version: endpoint.metadata.generation.unwrap_or(1),
                 entities,
                 routes: resolve::routes(endpoint),
                 shadows: resolve::shadow_routes(endpoint),
+                rate_limits: super::routing::rate_limits_of(endpoint),
                 namespace,
                 name,
             }),
@@ -247,6 +261,7 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
         .map(|endpoint| EndpointSpec {
             namespace: endpoint.namespace.clone(),
             name: endpoint.name.clone(),
+            rate_limits: endpoint.rate_limits.clone(),
             config: Some(ConfigSpec {
                 version: endpoint.version,
                 entities: endpoint

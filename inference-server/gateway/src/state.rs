@@ -121,6 +121,8 @@ pub struct LiveEndpoint {
     pub name: String,
     /// The routed config; `None` until the operator promotes one.
     pub config: Option<LiveConfig>,
+    /// The endpoint's rate limits.
+    pub rate_limits: Vec<sluice_crds::RateLimit>,
 }
 
 /// An immutable snapshot of every endpoint.
@@ -390,6 +392,7 @@ impl State {
                     namespace: spec.namespace.clone(),
                     name: spec.name.clone(),
                     config,
+                    rate_limits: spec.rate_limits.clone(),
                 }));
         }
         // Entities that left every config: their held requests re-resolve (and get whatever
@@ -461,6 +464,7 @@ mod tests {
         EndpointSpec {
             namespace: namespace.into(),
             name: "fraud".into(),
+            rate_limits: Vec::new(),
             config: Some(ConfigSpec {
                 version,
                 entities: vec![EntitySpec {

@@ -1,7 +1,7 @@
 //! The gateway binary, standalone mode, in front of real upstream processes (`serve` with the
 //! iris ONNX model, and `upstream.py` standing in for an engine): weighted splits, config
 //! changes under load, failing pods, holding, streaming, shadows, errors, draining, load
-//! shedding and callers checked with API keys.
+//! shedding, callers checked with API keys and rate limits counted in Redis.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +12,7 @@ mod errors;
 mod failures;
 mod holding;
 mod quickstart;
+mod rate_limits;
 mod shedding;
 mod split;
 mod streaming;

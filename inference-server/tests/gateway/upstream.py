@@ -3,7 +3,8 @@
 POST /invocations          -> 200 JSON naming this server; a body containing "fail" gets a
                               plain-text 500 (as engines answer), "slow" waits 3 s first.
 POST /v1/chat/completions  -> an SSE stream: one chunk, then it waits until the file named by
-                              --release exists, then a second chunk and [DONE].
+                              --release exists, then a second chunk, a usage-only chunk (7
+                              tokens) when stream_options.include_usage is set, and [DONE].
 GET  /health               -> 200.
 Every request is appended to --log (one line: method path), so tests can count what arrived.
 """
@@ -60,6 +61,13 @@ class Handler(BaseHTTPRequestHandler):
             while args.release and not os.path.exists(args.release):
                 time.sleep(0.02)
             self.chunk('data: {"choices": [{"delta": {"content": "second"}}]}\n\n')
+            try:
+                options = json.loads(body).get("stream_options") or {}
+            except ValueError:
+                options = {}
+            if options.get("include_usage"):
+                # As OpenAI streams usage: one last chunk, only when asked for.
+                self.chunk('data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}\n\n')
             self.chunk("data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
             return

@@ -23,6 +23,7 @@ use k8s_openapi::{
 use sluice_contract::labels::revision_of;
 use sluice_contract::published;
 use sluice_contract::resolve::{self, EntitySource, ResolveProblem, ResolvedEntity};
+use sluice_contract::support::{unsupported_fields, unsupported_message};
 use sluice_crds::{
     ConfigUpdateState, DeploymentState, EndpointConfigStatus, EndpointState, ReadyState,
     ReplicaStatus, ResolvedCapture, ServedEntityState, ServedEntityStatus, ServingEndpoint,
@@ -582,37 +583,6 @@ fn alias_condition(conflicts: &[String]) -> Desired {
     }
 }
 
-/// Fields the API accepts that this version does not act on yet: an endpoint that sets one is
-/// never READY, so nobody mistakes an ignored policy for an enforced one.
-pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
-    let mut fields = Vec::new();
-    if ep.spec.ai_gateway.is_some() {
-        fields.push(
-            "spec.aiGateway (rate limits, usage tracking, guardrails and fallback are not \
-             enforced)"
-                .to_string(),
-        );
-    }
-    for (i, e) in ep.spec.served_entities.iter().enumerate() {
-        if e.external_model.is_some() {
-            fields.push(format!(
-                "spec.servedEntities[{i}].externalModel (entity {}: external providers are not \
-                 called)",
-                e.name
-            ));
-        }
-    }
-    fields
-}
-
-fn unsupported_message(fields: &[String]) -> String {
-    format!(
-        "not supported by this version of Sluice: {}; remove the field{} or upgrade",
-        fields.join("; "),
-        if fields.len() == 1 { "" } else { "s" }
-    )
-}
-
 fn supported_condition(fields: &[String]) -> Desired {
     if fields.is_empty() {
         Desired {
@@ -1149,7 +1119,7 @@ mod tests {
 
     #[test]
     fn fields_this_version_ignores_keep_the_endpoint_from_ready_and_say_so() {
-        let spec = "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n";
+        let spec = "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [secret]}}\n";
         let first = run(&endpoint(spec, None), &BTreeMap::new());
         let children = ready_children(&first);
         let served = run(&endpoint(spec, Some(first.status.clone())), &children);
@@ -1163,7 +1133,7 @@ mod tests {
             (status.as_str(), reason.as_str()),
             ("False", FIELD_NOT_SUPPORTED)
         );
-        assert!(message.contains("spec.aiGateway"), "{message}");
+        assert!(message.contains("spec.aiGateway.guardrails"), "{message}");
         let warned = |p: &Plan| {
             p.events
                 .iter()

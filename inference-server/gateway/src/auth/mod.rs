@@ -6,6 +6,12 @@
 //! cache ([`cache`]), so revoking a token or a RoleBinding takes effect within it; deleting a
 //! key's Secret takes effect at once.
 //!
+//! A caller without credentials is `system:anonymous` in the group `system:unauthenticated`,
+//! as the API server names it. With `--allow-anonymous` it may call every endpoint; otherwise
+//! it may call those RBAC lets that group `query` (a RoleBinding of `sluice-query`, optionally
+//! narrowed by `resourceNames`, to the group: anonymous access per endpoint), and gets 401
+//! elsewhere.
+//!
 //! The gateway then forwards the verified identity in its own headers and removes every
 //! identity header the client sent ([`strip_client_identity`], [`set_identity`]).
 
@@ -65,19 +71,24 @@ impl Identity {
         }
     }
 
-    fn is_anonymous(&self) -> bool {
+    /// Whether this is a caller without credentials.
+    pub fn is_anonymous(&self) -> bool {
         self.user == "system:anonymous" && self.key.is_none()
     }
 }
 
 /// A caller as [`Auth::authenticate`] found it: the identity, and the hash of the token that
-/// proved it (the key of cached decisions; never the token itself).
+/// proved it (the key of cached decisions; never the token itself; [`ANONYMOUS`] for a caller
+/// without credentials).
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// Who.
     pub identity: Arc<Identity>,
     token: Option<[u8; 32]>,
 }
+
+/// The decision-cache key of callers without credentials (no token hashes to it in practice).
+const ANONYMOUS: [u8; 32] = [0; 32];
 
 /// Why a call is refused.
 #[derive(Debug, thiserror::Error)]
@@ -286,7 +297,8 @@ impl Auth {
             return Ok(anonymous());
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return if self.allow_anonymous {
+            // RBAC may still let anonymous callers query some endpoints (`authorize`).
+            return if self.allow_anonymous || self.kube.is_some() {
                 Ok(anonymous())
             } else {
                 Err(AuthError::Missing)
@@ -348,7 +360,7 @@ impl Auth {
         name: &str,
     ) -> Result<(), AuthError> {
         let identity = &caller.identity;
-        if self.open || identity.is_anonymous() {
+        if self.open || (identity.is_anonymous() && self.allow_anonymous) {
             return Ok(());
         }
         if let Some(key) = &identity.key {
@@ -363,8 +375,20 @@ impl Auth {
                 })
             };
         }
-        let (Some(client), Some(hash)) = (&self.kube, caller.token) else {
-            return Err(AuthError::TokenUncheckable);
+        let anonymous = identity.is_anonymous();
+        let (Some(client), Some(hash)) = (
+            &self.kube,
+            if anonymous {
+                Some(ANONYMOUS)
+            } else {
+                caller.token
+            },
+        ) else {
+            return Err(if anonymous {
+                AuthError::Missing
+            } else {
+                AuthError::TokenUncheckable
+            });
         };
         let cache_key = (hash, namespace.to_string(), name.to_string());
         let decision = match self.decisions.get(&cache_key) {
@@ -377,6 +401,10 @@ impl Auth {
                 decision
             }
         };
+        if anonymous {
+            // Credentials would help: 401, as if anonymous calls were off.
+            return decision.map_err(|_| AuthError::Missing);
+        }
         decision.map_err(|reason| AuthError::Forbidden {
             user: identity.user.clone(),
             namespace: namespace.to_string(),

@@ -1,0 +1,68 @@
+//! Fields the API accepts that this version does not act on. An endpoint that sets one is never
+//! READY (the operator's `Supported` and `Ready` conditions name the field, with a Warning
+//! event) and standalone mode refuses it, so nobody mistakes an ignored policy for an enforced
+//! one.
+
+use sluice_crds::ServingEndpoint;
+
+/// The fields of `ep` this version ignores, each named with what is not done.
+pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
+    let mut fields = Vec::new();
+    if let Some(gateway) = &ep.spec.ai_gateway {
+        if gateway.usage_tracking.as_ref().is_some_and(|u| u.enabled) {
+            fields.push("spec.aiGateway.usageTracking (usage rows are not written)".to_string());
+        }
+        if gateway.guardrails.is_some() {
+            fields.push(
+                "spec.aiGateway.guardrails (requests and answers are not checked)".to_string(),
+            );
+        }
+        if gateway.fallback.as_ref().is_some_and(|f| f.enabled) {
+            fields.push(
+                "spec.aiGateway.fallback (failed requests are not retried on other entities)"
+                    .to_string(),
+            );
+        }
+    }
+    for (i, e) in ep.spec.served_entities.iter().enumerate() {
+        if e.external_model.is_some() {
+            fields.push(format!(
+                "spec.servedEntities[{i}].externalModel (entity {}: external providers are not \
+                 called)",
+                e.name
+            ));
+        }
+    }
+    fields
+}
+
+/// The message that names `fields`.
+pub fn unsupported_message(fields: &[String]) -> String {
+    format!(
+        "not supported by this version of Sluice: {}; remove the field{} or upgrade",
+        fields.join("; "),
+        if fields.len() == 1 { "" } else { "s" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_act_and_the_rest_of_ai_gateway_is_named() {
+        let limited = crate::fixtures::endpoint(
+            "ep",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: false}\n    fallback: {enabled: false}\n",
+        );
+        assert!(unsupported_fields(&limited).is_empty());
+        let guarded = crate::fixtures::endpoint(
+            "ep",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}}\n    fallback: {enabled: true}\n",
+        );
+        let fields = unsupported_fields(&guarded);
+        assert_eq!(fields.len(), 2, "{fields:?}");
+        assert!(fields[0].starts_with("spec.aiGateway.guardrails"));
+        assert!(unsupported_message(&fields).ends_with("remove the fields or upgrade"));
+    }
+}
