@@ -17,12 +17,6 @@ pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
                 "spec.aiGateway.guardrails (requests and answers are not checked)".to_string(),
             );
         }
-        if gateway.fallback.as_ref().is_some_and(|f| f.enabled) {
-            fields.push(
-                "spec.aiGateway.fallback (failed requests are not retried on other entities)"
-                    .to_string(),
-            );
-        }
     }
     for (i, e) in ep.spec.served_entities.iter().enumerate() {
         if e.external_model.is_some() {
@@ -58,11 +52,12 @@ mod tests {
         assert!(unsupported_fields(&limited).is_empty());
         let guarded = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}}\n    fallback: {enabled: true}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
         );
         let fields = unsupported_fields(&guarded);
         assert_eq!(fields.len(), 2, "{fields:?}");
-        assert!(fields[0].starts_with("spec.aiGateway.guardrails"));
+        assert!(fields[0].starts_with("spec.aiGateway.usageTracking"));
+        assert!(fields[1].starts_with("spec.aiGateway.guardrails"));
         assert!(unsupported_message(&fields).ends_with("remove the fields or upgrade"));
     }
 }

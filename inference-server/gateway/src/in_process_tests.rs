@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use crate::auth::keys::{self, KeyFile};
 use crate::auth::{Auth, AuthSettings, KeySource};
-use crate::metrics::{AuthOutcome, GatewayMetrics};
+use crate::metrics::{AuthOutcome, FallbackReason, GatewayMetrics};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::ratelimit::RateLimiter;
 use crate::routing::{ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
@@ -39,6 +39,26 @@ async fn upstream(name: &'static str) -> SocketAddr {
                 "headers": received,
                 "usage": {"prompt_tokens": 3, "completion_tokens": 4},
             }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A model server on a free loopback port that answers every `/invocations` with `status` and a
+/// plain-text body, as a failing engine does.
+async fn failing(status: u16) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/invocations",
+        axum::routing::post(move || async move {
+            (
+                StatusCode::from_u16(status).expect("status"),
+                "engine exploded",
+            )
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -84,6 +104,17 @@ fn limited(
     auth: Auth,
     rate_limits: Vec<RateLimit>,
 ) -> (axum::Router, GatewayMetrics) {
+    governed(entities, routes, auth, rate_limits, false)
+}
+
+/// As [`limited`], with `spec.aiGateway.fallback.enabled` set to `fallback`.
+fn governed(
+    entities: Vec<EntitySpec>,
+    routes: Vec<(String, u32)>,
+    auth: Auth,
+    rate_limits: Vec<RateLimit>,
+    fallback: bool,
+) -> (axum::Router, GatewayMetrics) {
     let state = Arc::new(State::new(GatewayMetrics::register(
         &mut Registry::default(),
     )));
@@ -91,6 +122,7 @@ fn limited(
         namespace: "ml".into(),
         name: "fraud".into(),
         rate_limits,
+        fallback,
         config: Some(ConfigSpec {
             version: 3,
             entities,
@@ -467,4 +499,84 @@ async fn tokens_are_read_from_answers_and_charged_after_the_fact() {
             .is_some_and(|m| m.contains("10 tokens per minute per endpoint")),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_failed_entity_passes_the_request_to_the_next_in_order() {
+    let (broken, busy, good) = (failing(500).await, failing(429).await, upstream("c").await);
+    let entities = || {
+        vec![
+            entity("a", vec![broken], None),
+            entity("b", vec![busy], None),
+            // No pod at all: unavailable.
+            entity("down", Vec::new(), None),
+            entity("c", vec![good], None),
+        ]
+    };
+    let routes = || {
+        vec![
+            ("a".to_string(), 100),
+            ("b".to_string(), 0),
+            ("down".to_string(), 0),
+            ("c".to_string(), 0),
+        ]
+    };
+    let (router, metrics) = governed(entities(), routes(), Auth::open(), Vec::new(), true);
+    let (status, headers, body) =
+        call(router.clone(), "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        headers["served-model-name"], "c",
+        "the answer names who gave it"
+    );
+    assert_eq!(body["predictions"], json!(["c"]));
+    for (entity, reason) in [
+        ("a", FallbackReason::ServerError),
+        ("b", FallbackReason::RateLimited),
+        ("down", FallbackReason::Unavailable),
+    ] {
+        assert_eq!(metrics.fallback_total(entity, reason), 1, "{entity}");
+    }
+
+    // Asking for one entity by name never falls back.
+    let (status, headers, _) = call(
+        router,
+        "/serving-endpoints/fraud/served-models/a/invocations",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, &headers["served-model-name"]),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &"a".parse().expect("header")
+        )
+    );
+
+    // Without fallback the first failure is the answer.
+    let (router, _) = governed(entities(), routes(), Auth::open(), Vec::new(), false);
+    let (status, headers, _) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(headers["served-model-name"], "a");
+}
+
+#[tokio::test]
+async fn when_every_entity_fails_the_last_failure_is_the_answer() {
+    let (broken, busy) = (failing(500).await, failing(429).await);
+    let (router, metrics) = governed(
+        vec![
+            entity("a", vec![broken], None),
+            entity("b", vec![busy], None),
+        ],
+        vec![("a".into(), 0), ("b".into(), 100)],
+        Auth::open(),
+        Vec::new(),
+        true,
+    );
+    // b first (all the traffic), then a, each once.
+    let (status, headers, _) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(headers["served-model-name"], "a");
+    assert_eq!(metrics.fallback_total("b", FallbackReason::RateLimited), 1);
+    assert_eq!(metrics.fallback_total("a", FallbackReason::ServerError), 0);
 }

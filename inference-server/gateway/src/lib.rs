@@ -29,6 +29,7 @@ mod backend;
 mod budget;
 mod demand;
 mod discovery;
+mod fallback;
 mod health;
 mod hold;
 mod metering;

@@ -177,6 +177,29 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Why a request went on to the next entity (`reason` of `fallbacks_total`).
+    FallbackReason {
+        /// The entity answered 5xx.
+        ServerError => "server_error",
+        /// The entity answered 429.
+        RateLimited => "rate_limited",
+        /// The entity did not start answering in time.
+        Timeout => "timeout",
+        /// No pod of the entity took the request.
+        Unavailable => "unavailable",
+    }
+);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    namespace: String,
+    endpoint: String,
+    /// The entity that failed.
+    entity: String,
+    reason: &'static str,
+}
+
 /// Labels of a request refused by a rate limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitedLabels {
@@ -229,6 +252,7 @@ pub struct GatewayMetrics {
     uncounted: Family<EntityLabels, Counter>,
     limited: Family<LimitedLabels, Counter>,
     store_failures: [Counter; 3],
+    fallbacks: Family<FallbackLabels, Counter>,
 }
 
 /// Metric handles of the global budgets and the idle timeouts (not per entity: a request is
@@ -325,6 +349,7 @@ impl GatewayMetrics {
             uncounted: Family::default(),
             limited: Family::default(),
             store_failures: Default::default(),
+            fallbacks: Family::default(),
         };
         let auth = Family::<AuthLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
@@ -358,6 +383,11 @@ impl GatewayMetrics {
             "rate_limited",
             "Requests refused with 429 because a rate limit was spent, by measure",
             metrics.limited.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Requests sent on to the next entity because the entity failed before answering, by the entity that failed and why",
+            metrics.fallbacks.clone(),
         );
         registry.register(
             "rate_limit_store_failures",
@@ -451,6 +481,19 @@ impl GatewayMetrics {
             .get()
     }
 
+    /// Requests entity `entity` failed with `reason` and passed on so far.
+    #[cfg(test)]
+    pub fn fallback_total(&self, entity: &str, reason: FallbackReason) -> u64 {
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                namespace: "ml".into(),
+                endpoint: "fraud".into(),
+                entity: entity.into(),
+                reason: reason.label(),
+            })
+            .get()
+    }
+
     /// Counts a time the rate-limit store could not be asked.
     pub fn store_failure(&self, outcome: StoreFailure) {
         self.store_failures[outcome as usize].inc();
@@ -511,6 +554,16 @@ impl GatewayMetrics {
                     .clone()
             }),
             uncounted: self.uncounted.get_or_create(&labels).clone(),
+            fallbacks: FallbackReason::ALL.map(|reason| {
+                self.fallbacks
+                    .get_or_create(&FallbackLabels {
+                        namespace: labels.namespace.clone(),
+                        endpoint: labels.endpoint.clone(),
+                        entity: labels.entity.clone(),
+                        reason: reason.label(),
+                    })
+                    .clone()
+            }),
             labels,
         }
     }
@@ -548,6 +601,14 @@ impl GatewayMetrics {
             });
         }
         self.uncounted.remove(labels);
+        for reason in FallbackReason::ALL {
+            self.fallbacks.remove(&FallbackLabels {
+                namespace: labels.namespace.clone(),
+                endpoint: labels.endpoint.clone(),
+                entity: labels.entity.clone(),
+                reason: reason.label(),
+            });
+        }
         self.latency.remove(labels);
         self.held.remove(labels);
         self.retries.remove(labels);
@@ -574,6 +635,7 @@ pub struct EntityMetrics {
     tokens: [Counter; 2],
     /// Answers whose tokens could not be read.
     pub uncounted: Counter,
+    fallbacks: [Counter; 4],
 }
 
 impl EntityMetrics {
@@ -591,6 +653,11 @@ impl EntityMetrics {
     /// Records how a hold ended and how long it took.
     pub fn hold_ended(&self, outcome: HoldOutcome, seconds: f64) {
         self.hold_time[outcome as usize].observe(seconds);
+    }
+
+    /// Counts a request this entity failed and that went on to the next entity.
+    pub fn fallback(&self, reason: FallbackReason) {
+        self.fallbacks[reason as usize].inc();
     }
 
     /// Counts the tokens of an answer.

@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
+use super::fallback;
 use super::hold::HoldRefused;
 use super::metering::{Charge, Metering, TokenMeter};
 use super::metrics::{AuthOutcome, HoldOutcome, IdleBody, ShadowOutcome};
@@ -310,13 +311,13 @@ impl Proxy {
             Some(asked) => body.with_bytes(Bytes::from(asked)),
             None => body,
         };
-        let metering = Metering {
+        let mut metering = Some(Metering {
             charge,
             strip_usage_chunk,
-        };
+        });
         let mut rng = fastrand::Rng::new();
         let pool = match entity {
-            Some(entity) => match config.entities.iter().find(|e| e.name == entity) {
+            Some(ref entity) => match config.entities.iter().find(|e| &e.name == entity) {
                 Some(pool) => pool,
                 None => {
                     return self.fail(
@@ -350,20 +351,36 @@ impl Proxy {
                 }
             },
         };
-        match self
-            .forward(
-                pool,
-                Outgoing {
-                    parts: &parts,
-                    body,
-                    upstream_path,
-                    peer,
-                },
-                metering,
-                &mut rng,
-            )
-            .await
-        {
+        // A request to one named entity never falls back.
+        let fallback = endpoint.fallback && entity.is_none();
+        let mut tried = vec![
+            config
+                .entities
+                .iter()
+                .position(|p| Arc::ptr_eq(p, pool))
+                .unwrap_or_default(),
+        ];
+        let mut pool = pool;
+        let answer = loop {
+            let outgoing = Outgoing {
+                parts: &parts,
+                body: body.clone(),
+                upstream_path,
+                peer,
+            };
+            let answer = self.forward(pool, outgoing, &mut metering, &mut rng).await;
+            let Some(reason) = fallback.then(|| fallback::reason(&answer)).flatten() else {
+                break answer;
+            };
+            let Some((index, next)) = fallback::next(config, &tried) else {
+                break answer;
+            };
+            pool.metrics.fallback(reason);
+            tracing::info!(endpoint = %endpoint_name, from = %pool.name, to = %next.name, reason = reason.label(), "falling back to the next entity");
+            tried.push(index);
+            pool = next;
+        };
+        match answer {
             Ok(mut response) => {
                 response.headers_mut().insert(
                     HeaderName::from_static(CONFIG_VERSION),
@@ -410,7 +427,7 @@ impl Proxy {
         &self,
         pool: &Arc<EntityPool>,
         outgoing: Outgoing<'_>,
-        metering: Metering,
+        metering: &mut Option<Metering>,
         rng: &mut fastrand::Rng,
     ) -> Result<Response, ApiError> {
         let Outgoing {
@@ -421,8 +438,8 @@ impl Proxy {
         } = outgoing;
         // OpenAI answers are always metered (tokens per entity); others only to charge a
         // token budget.
-        let metered = upstream_path != "/invocations" || metering.charge.is_some();
-        let mut metering = Some(metering);
+        let metered = upstream_path != "/invocations"
+            || metering.as_ref().is_some_and(|m| m.charge.is_some());
         pool.demand.arrived();
         if let Some(why) = pool.unsupported() {
             return Err(ApiError::new(ErrorKind::BadGateway, why));
@@ -468,7 +485,11 @@ impl Proxy {
                     if held {
                         pool.demand.held_answered();
                     }
-                    let meter = metering.take().filter(|_| metered);
+                    // Only an answer that stands takes the metering: after a failed one it
+                    // goes to the next entity with the request.
+                    let meter = (metered && response.status().is_success())
+                        .then(|| metering.take())
+                        .flatten();
                     return Ok(self.respond(pool, response, guard, request_id, meter).await);
                 }
                 Ok(Err(error)) => {

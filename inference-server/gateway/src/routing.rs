@@ -33,6 +33,8 @@ pub struct EndpointSpec {
     /// `spec.aiGateway.rateLimits`. Read from the spec, not the promoted config: a policy
     /// change needs no new pods, so it takes effect at once.
     pub rate_limits: Vec<RateLimit>,
+    /// `spec.aiGateway.fallback.enabled`, also read from the spec.
+    pub fallback: bool,
 }
 
 /// The routed config of an endpoint.
@@ -175,6 +177,7 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
             name: name.to_string(),
             config,
             rate_limits: rate_limits_of(endpoint),
+            fallback: fallback_of(endpoint),
         });
     }
     out
@@ -188,6 +191,16 @@ pub fn rate_limits_of(endpoint: &ServingEndpoint) -> Vec<RateLimit> {
         .as_ref()
         .map(|gateway| gateway.rate_limits.clone())
         .unwrap_or_default()
+}
+
+/// Whether `endpoint`'s spec turns fallback on.
+pub fn fallback_of(endpoint: &ServingEndpoint) -> bool {
+    endpoint
+        .spec
+        .ai_gateway
+        .as_ref()
+        .and_then(|gateway| gateway.fallback.as_ref())
+        .is_some_and(|fallback| fallback.enabled)
 }
 
 /// The address a running, not-terminating pod answers on, at its front (`http`) port, and

@@ -115,6 +115,8 @@ pub struct ResolvedEndpoint {
     pub shadows: Vec<ShadowRoute>,
     /// `spec.aiGateway.rateLimits`.
     pub rate_limits: Vec<sluice_crds::RateLimit>,
+    /// `spec.aiGateway.fallback.enabled`.
+    pub fallback: bool,
 }
 
 /// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
@@ -156,6 +158,7 @@ pub fn resolve_manifest(
                 routes: resolve::routes(endpoint),
                 shadows: resolve::shadow_routes(endpoint),
                 rate_limits: super::routing::rate_limits_of(endpoint),
+                fallback: super::routing::fallback_of(endpoint),
                 namespace,
                 name,
             }),
@@ -262,6 +265,7 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
             namespace: endpoint.namespace.clone(),
             name: endpoint.name.clone(),
             rate_limits: endpoint.rate_limits.clone(),
+            fallback: endpoint.fallback,
             config: Some(ConfigSpec {
                 version: endpoint.version,
                 entities: endpoint

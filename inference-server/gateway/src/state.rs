@@ -123,6 +123,8 @@ pub struct LiveEndpoint {
     pub config: Option<LiveConfig>,
     /// The endpoint's rate limits.
     pub rate_limits: Vec<sluice_crds::RateLimit>,
+    /// Whether a failed entity passes the request on to the next one.
+    pub fallback: bool,
 }
 
 /// An immutable snapshot of every endpoint.
@@ -393,6 +395,7 @@ impl State {
                     name: spec.name.clone(),
                     config,
                     rate_limits: spec.rate_limits.clone(),
+                    fallback: spec.fallback,
                 }));
         }
         // Entities that left every config: their held requests re-resolve (and get whatever
@@ -465,6 +468,7 @@ mod tests {
             namespace: namespace.into(),
             name: "fraud".into(),
             rate_limits: Vec::new(),
+            fallback: false,
             config: Some(ConfigSpec {
                 version,
                 entities: vec![EntitySpec {

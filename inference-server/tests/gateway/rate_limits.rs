@@ -221,8 +221,8 @@ async fn streamed_chat(gateway: &Gateway, include_usage: bool) -> (u16, Option<V
         .collect();
     let usage = chunks
         .iter()
-        .filter_map(|chunk| chunk.get("usage").filter(|u| !u.is_null()).cloned())
-        .last();
+        .rev()
+        .find_map(|chunk| chunk.get("usage").filter(|u| !u.is_null()).cloned());
     let usage_only = chunks
         .iter()
         .any(|chunk| chunk["choices"].as_array().is_some_and(Vec::is_empty));
@@ -244,7 +244,11 @@ async fn a_token_budget_is_charged_from_streamed_answers() {
     // The first answer tells how many tokens one request uses; the budget lets two through.
     let probe = Gateway::start(&limited("[]"), &[("a", addr)], &[]).await;
     let (status, usage, usage_only) = streamed_chat(&probe, true).await;
-    assert_eq!((status, usage_only), (200, true), "usage asked for, usage sent");
+    assert_eq!(
+        (status, usage_only),
+        (200, true),
+        "usage asked for, usage sent"
+    );
     let usage = usage.expect("the model reports usage when asked");
     let per_request = usage["prompt_tokens"].as_u64().expect("prompt tokens")
         + usage["completion_tokens"]
@@ -393,7 +397,10 @@ async fn a_stream_that_does_not_ask_for_usage_is_still_charged() {
         assert_eq!((status, usage, usage_only), (200, None, false));
     }
     let (status, _, _) = streamed_chat(&gateway, false).await;
-    assert_eq!(status, 429, "the tokens of streams that asked for nothing were charged");
+    assert_eq!(
+        status, 429,
+        "the tokens of streams that asked for nothing were charged"
+    );
     // The client that asks gets its chunk.
     let open = Gateway::start(&limited("[]"), &[("a", upstream.addr)], &[]).await;
     let (status, usage, usage_only) = streamed_chat(&open, true).await;
