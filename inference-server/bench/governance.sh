@@ -100,6 +100,10 @@ mkdir -p "$(dirname "$OUT")"
   echo "| auth + rate limits in memory (calls per user, tokens per endpoint) | $L_RPS | $L_P99 | $(ratio "$L_RPS" "$O_RPS") | $(ratio "$L_P99" "$O_P99") |"
   echo "| auth + rate limits in Redis | $R_RPS | $R_P99 | $(ratio "$R_RPS" "$O_RPS") | $(ratio "$R_P99" "$O_P99") |"
   echo
+  echo "Where the cost goes: an API key is a salted SHA-256 per call; a rate-limited call also builds"
+  echo "its budget keys (strings), takes one lock on the in-memory counters or one Redis round trip"
+  echo "(a Lua script), and meters the answer byte by byte for the token budget."
+  echo
   echo "Kubernetes tokens are not measured here (standalone gateways have no API server); their"
   echo "TokenReview and SubjectAccessReview answers are cached (\`--auth-cache-ttl\`), so a cached"
   echo "call costs a SHA-256 of the token and two cache lookups, the same order as an API key."

@@ -15,17 +15,19 @@ use crate::manifest;
 use crate::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 use crate::scoring::{self, Frame, ScoringInput, ScoringRequest};
 use crate::sse;
+use crate::usage::{AnswerFormat, TokenCounts, UsageChunkFilter, UsageMeter};
 
 /// A property check: panics when `data` breaks it.
 pub type Check = fn(data: &[u8]);
 
 /// The fuzz targets, by name (the folder names under `fuzz/corpus/` and `fuzz/regressions/`).
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("scoring_json", scoring_json),
     ("scoring_csv", scoring_csv),
     ("openai_request", openai_request),
     ("sse_reassemble", sse_reassemble),
     ("manifest", manifest),
+    ("usage_meter", usage_meter),
 ];
 
 /// A JSON `/invocations` body: a request that parses has rows, a frame's rows are as wide as
@@ -132,6 +134,65 @@ pub fn sse_reassemble(data: &[u8]) {
     let again: Value = serde_json::from_str(&text)
         .unwrap_or_else(|error| panic!("the recorded body {text} is not JSON: {error}"));
     assert!(again.is_object());
+}
+
+/// An answer as the gateway meters it while it streams to the client: the token counts do not
+/// depend on how the answer is cut into frames; for a JSON object they are those of its
+/// `usage` member as `serde_json` reads it (member names compared as written: an escaped name
+/// such as `us\u0061ge` is not `usage`); a stream passed through the usage-chunk filter loses
+/// exactly its usage-only events, whatever the framing. The first byte chooses where the
+/// frames are cut.
+pub fn usage_meter(data: &[u8]) {
+    let Some((&cut, answer)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(cut).max(1);
+    let metered = |format: AnswerFormat, step: usize| {
+        let mut meter = UsageMeter::new(format);
+        for frame in answer.chunks(step) {
+            meter.feed(frame);
+        }
+        meter.finish()
+    };
+    for format in [AnswerFormat::Json, AnswerFormat::EventStream] {
+        let whole = metered(format, answer.len().max(1));
+        assert_eq!(
+            metered(format, step),
+            whole,
+            "{format:?} counts depend on framing"
+        );
+        assert_eq!(
+            metered(format, 1),
+            whole,
+            "{format:?} counts depend on framing"
+        );
+    }
+    if !answer.windows(2).any(|w| w == b"\\u")
+        && let Ok(body) = serde_json::from_slice::<Value>(answer)
+        && body.is_object()
+    {
+        assert_eq!(
+            metered(AnswerFormat::Json, step),
+            TokenCounts::from_body(&body),
+            "the meter disagrees with serde_json on {body}"
+        );
+    }
+    let filtered = |step: usize| {
+        let mut filter = UsageChunkFilter::default();
+        let mut out = Vec::new();
+        for frame in answer.chunks(step) {
+            out.extend(filter.push(frame));
+        }
+        out.extend(filter.finish());
+        out
+    };
+    let whole = filtered(answer.len().max(1));
+    assert_eq!(
+        filtered(step),
+        whole,
+        "the filter's output depends on framing"
+    );
+    assert!(whole.len() <= answer.len(), "the filter added bytes");
 }
 
 /// A manifest as `serve` reads the model directory: the text as an `MLmodel` and as a
