@@ -164,17 +164,12 @@ impl UsageMeter {
         if !contains(data, b"\"usage\"") {
             return;
         }
-        let counts = serde_json::from_slice::<Value>(data)
-            .ok()
-            .as_ref()
-            .and_then(TokenCounts::from_body)
-            .or_else(|| {
-                // Anthropic's `message_start` nests it: {"message": {"usage": …}}.
-                serde_json::from_slice::<Value>(data)
-                    .ok()?
-                    .get("message")
-                    .and_then(TokenCounts::from_body)
-            });
+        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        // Anthropic's `message_start` nests it: {"message": {"usage": …}}.
+        let counts = TokenCounts::from_body(&chunk)
+            .or_else(|| chunk.get("message").and_then(TokenCounts::from_body));
         if let Some(counts) = counts {
             self.found = Some(self.found.unwrap_or_default().merge(counts));
         }

@@ -41,12 +41,7 @@ async fn upstream(name: &'static str) -> SocketAddr {
             }))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    serve(app).await
 }
 
 /// A model server on a free loopback port that answers every `/invocations` with `status` and a
@@ -61,6 +56,11 @@ async fn failing(status: u16) -> SocketAddr {
             )
         }),
     );
+    serve(app).await
+}
+
+/// Serves `app` on a free loopback port.
+async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
