@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_contract::config::OperatorConfig;
-use sluice_contract::resolve::{resolve, resolve_capture};
+use sluice_contract::resolve::{resolve, resolve_capture, resolve_usage};
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_operator::endpoint::desired::BuildContext;
 use sluice_operator::endpoint::plan::plan;
@@ -69,7 +69,9 @@ fn read(path: &Path) -> (Vec<ServingEndpoint>, Vec<ModelVersion>) {
 /// The first reconcile of `ep`: its children and status, as one YAML-ready value.
 fn render(ep: &ServingEndpoint, versions: &[ModelVersion], config: &OperatorConfig) -> Value {
     let capture = resolve_capture(ep, config);
-    let ctx = BuildContext::of(ep, config, capture.as_ref()).expect("a created endpoint");
+    let usage = resolve_usage(ep, config);
+    let ctx =
+        BuildContext::of(ep, config, capture.as_ref(), usage.as_ref()).expect("a created endpoint");
     let resolved = resolve(ep, versions, &BTreeMap::new(), config);
     let planned = plan(ep, resolved, &ctx, &BTreeMap::new(), Timestamp::UNIX_EPOCH);
     let children: Vec<Value> = planned

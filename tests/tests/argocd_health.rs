@@ -257,7 +257,7 @@ fn reconcile(
         .collect();
     let config = OperatorConfig::default();
     let resolved = resolve(ep, models, &previous, &config);
-    let ctx = BuildContext::of(ep, &config, None).expect("a created endpoint");
+    let ctx = BuildContext::of(ep, &config, None, None).expect("a created endpoint");
     let planned = plan(ep, resolved, &ctx, children, now());
     let mut next = ep.clone();
     next.status = Some(planned.status);

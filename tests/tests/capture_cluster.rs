@@ -60,9 +60,11 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
                 "metadata": {"name": "iris"},
                 "spec": {"servedEntities": [{"name": "v1", "model": "iris", "version": 1}],
                          "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"},
-                         // Enforced by the gateway, so the endpoint is READY with it.
+                         // Enforced by the gateway and the sidecars, so the endpoint is
+                         // READY with them.
                          "aiGateway": {"rateLimits": [{"calls": 1, "key": "user",
-                             "principal": "system:anonymous", "renewalPeriod": "minute"}]}}})),
+                             "principal": "system:anonymous", "renewalPeriod": "minute"}],
+                             "usageTracking": {"enabled": true}}}})),
         )
         .await
         .expect("endpoint");
@@ -73,11 +75,21 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
         || async {
             let status = endpoints.get("iris").await.ok()?.status?;
             let ready = format!("{:?}", status.state?.ready) == "READY";
-            ready.then_some(status.config?.auto_capture?.table_uri)
+            let config = status.config?;
+            ready.then_some((
+                config.auto_capture?.table_uri,
+                config.usage_tracking?.table_uri,
+            ))
         },
     )
     .await;
-    assert_eq!(table, "pvc://sluice-lake/ml/prod/iris_payload");
+    assert_eq!(
+        table,
+        (
+            "pvc://sluice-lake/ml/prod/iris_payload".to_string(),
+            "pvc://sluice-lake/ml/prod/iris_usage".to_string()
+        )
+    );
 
     // The claim is the operator's, with no owner: the table outlives the endpoint.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
@@ -154,6 +166,21 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
         )),
         format!("('system:anonymous=1 system:serviceaccount:{ns}:caller={REQUESTS}',)"),
         "each row names the verified caller, never the header a client sent"
+    );
+    // The usage table beside it: a row per request that reached the model (the 401 and the
+    // 429 did not), by the verified caller, with its latency and status.
+    let usage = parquet_table(&folder.join("ml/prod/iris_usage"));
+    assert_eq!(
+        duckdb_row(&format!(
+            "select string_agg(requester || '=' || n, ' ' order by requester) from \
+             (select requester, count(*) as n from {usage} \
+              where status_code = 200 and sampled and execution_time_ms >= 0 \
+                and endpoint_name = 'iris' and served_entity_name = 'v1' \
+              group by requester)"
+        )),
+        format!("('system:anonymous=1 system:serviceaccount:{ns}:caller={REQUESTS}',)"),
+        "usage rows in {}",
+        folder.display()
     );
 }
 

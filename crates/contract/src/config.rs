@@ -70,6 +70,8 @@ pub struct OperatorConfig {
     /// The NetworkPolicy beside every entity: only the gateways (and the namespaces listed)
     /// may reach model pods, so no caller skips the gateway and the capture sidecar.
     pub network_policy: NetworkPolicyConfig,
+    /// The price table of usage tracking: what each usage row's `cost` is computed with.
+    pub usage_pricing: crate::usage::UsagePricing,
 }
 
 /// Who may reach entity pods.
@@ -227,6 +229,7 @@ impl Default for OperatorConfig {
             autoscaling: AutoscalingDefaults::default(),
             progress_deadline_seconds: 600,
             network_policy: NetworkPolicyConfig::default(),
+            usage_pricing: crate::usage::UsagePricing::default(),
         }
     }
 }
@@ -301,6 +304,7 @@ impl OperatorConfig {
             return Err("autoscaling: per-replica concurrency must be positive".into());
         }
         check_table_root(&self.lake_root).map_err(|e| format!("lakeRoot: {e}"))?;
+        self.usage_pricing.check()?;
         if self.lake_volume.access_modes.is_empty() {
             return Err("lakeVolume.accessModes: at least one access mode".into());
         }

@@ -14,6 +14,7 @@
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.
+//! - [`usage`]: the admin price table and the cost of one request, for usage rows.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
 //!   hop-by-hop filter both proxies use.
 
@@ -27,3 +28,4 @@ pub mod labels;
 pub mod published;
 pub mod resolve;
 pub mod support;
+pub mod usage;

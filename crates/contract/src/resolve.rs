@@ -10,8 +10,8 @@ use serde::Serialize;
 use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
     CaptureSpool, Engine, ExternalModel, ModelFormat, ModelTask, ModelVersion, ResolvedCapture,
-    ResolvedRoute, ResolvedSpool, ServedEntity, ServingEndpoint, ShadowRoute, WorkloadSize,
-    WorkloadType,
+    ResolvedRoute, ResolvedSpool, ResolvedUsageTracking, ServedEntity, ServingEndpoint,
+    ShadowRoute, UsagePrice, WorkloadSize, WorkloadType,
 };
 
 use crate::config::{OperatorConfig, WorkloadClass};
@@ -55,6 +55,9 @@ pub struct ResolvedEntity {
     /// the version it resolved to before, and this says so (an endpoint condition).
     #[serde(skip)]
     pub alias_conflict: Option<String>,
+    /// The price its usage rows are costed with (usage tracking on, and the operator config
+    /// prices its model or workload type).
+    pub usage_price: Option<UsagePrice>,
 }
 
 /// What an entity serves.
@@ -162,9 +165,22 @@ pub fn resolve(
 ) -> Result<Vec<ResolvedEntity>, Vec<ResolveProblem>> {
     let mut resolved = Vec::new();
     let mut problems = Vec::new();
+    let tracked = usage_tracking_on(endpoint);
     for entity in &endpoint.spec.served_entities {
         match resolve_entity(entity, models, previous, config) {
-            Ok(r) => resolved.push(r),
+            Ok(mut r) => {
+                if tracked {
+                    let model = match &r.source {
+                        EntitySource::Registered { model, .. } => Some(model.as_str()),
+                        EntitySource::External(_) => None,
+                    };
+                    r.usage_price =
+                        config
+                            .usage_pricing
+                            .price(model, r.workload_type, r.class.gpu_count);
+                }
+                resolved.push(r);
+            }
             Err(p) => problems.push(p),
         }
     }
@@ -227,6 +243,7 @@ fn resolve_entity(
             config.autoscaling.hold_timeout_seconds,
         ),
         alias_conflict,
+        usage_price: None,
     })
 }
 
@@ -474,23 +491,67 @@ pub fn resolve_spool(endpoint: &str, spool: Option<&CaptureSpool>) -> Option<Res
     })
 }
 
+/// Whether `ep` asks for usage rows (`aiGateway.usageTracking.enabled`).
+pub fn usage_tracking_on(ep: &ServingEndpoint) -> bool {
+    ep.spec
+        .ai_gateway
+        .as_ref()
+        .and_then(|g| g.usage_tracking.as_ref())
+        .is_some_and(|u| u.enabled)
+}
+
+/// The table `<prefix><suffix>` of `ep` under `<lakeRoot>/<catalog>/<schema>/`, the defaults
+/// applied (`default` catalog and schema, the endpoint name with `_` for `-` as prefix).
+fn lake_table(ep: &ServingEndpoint, config: &OperatorConfig, suffix: &str) -> String {
+    let c = ep.spec.auto_capture.as_ref();
+    let name = ep.metadata.name.clone().unwrap_or_default();
+    let prefix = c
+        .and_then(|c| c.table_name_prefix.clone())
+        .unwrap_or_else(|| name.replace('-', "_"));
+    format!(
+        "{}/{}/{}/{prefix}{suffix}",
+        config.lake_root.trim_end_matches('/'),
+        c.and_then(|c| c.catalog_name.as_deref())
+            .unwrap_or("default"),
+        c.and_then(|c| c.schema_name.as_deref())
+            .unwrap_or("default")
+    )
+}
+
+/// The usage table of `ep` (`None` when usage tracking is off): beside the payload table,
+/// `<prefix>_usage` for `<prefix>_payload`, or `<uri>_usage` beside an explicit table URI
+/// that does not end in `_payload`; under the lake root when capture is off.
+pub fn resolve_usage(
+    ep: &ServingEndpoint,
+    config: &OperatorConfig,
+) -> Option<ResolvedUsageTracking> {
+    if !usage_tracking_on(ep) {
+        return None;
+    }
+    let explicit = ep
+        .spec
+        .auto_capture
+        .as_ref()
+        .filter(|c| c.enabled)
+        .and_then(|c| c.uri.as_deref());
+    let table_uri = match explicit {
+        Some(uri) => {
+            let uri = uri.trim_end_matches('/');
+            format!("{}_usage", uri.strip_suffix("_payload").unwrap_or(uri))
+        }
+        None => lake_table(ep, config, "_usage"),
+    };
+    Some(ResolvedUsageTracking { table_uri })
+}
+
 /// The capture settings of `ep` with defaults applied (`None` when capture is off): an explicit
 /// table URI, or `<lakeRoot>/<catalog>/<schema>/<prefix>_payload`.
 pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<ResolvedCapture> {
     let c = ep.spec.auto_capture.as_ref().filter(|c| c.enabled)?;
     let name = ep.metadata.name.clone().unwrap_or_default();
-    let prefix = c
-        .table_name_prefix
-        .clone()
-        .unwrap_or_else(|| name.replace('-', "_"));
     let table_uri = match &c.uri {
         Some(uri) => uri.clone(),
-        None => format!(
-            "{}/{}/{}/{prefix}_payload",
-            config.lake_root.trim_end_matches('/'),
-            c.catalog_name.as_deref().unwrap_or("default"),
-            c.schema_name.as_deref().unwrap_or("default")
-        ),
+        None => lake_table(ep, config, "_payload"),
     };
     Some(ResolvedCapture {
         table_uri,
@@ -546,6 +607,42 @@ mod tests {
             "scale to zero lowers the floor to 0"
         );
         assert_eq!(r[1].class.gpu_count, 1);
+    }
+
+    #[test]
+    fn usage_tracking_resolves_a_table_beside_the_payload_and_a_price_per_entity() {
+        let spec = "  servedEntities:\n  - {name: churn-7, model: churn, version: 7, workloadType: GPU_SMALL}\n  aiGateway: {usageTracking: {enabled: true}}";
+        let mut config = OperatorConfig::default();
+        config.usage_pricing.workload_types.insert(
+            WorkloadType::GPU_SMALL,
+            crate::usage::TimePrice {
+                per_gpu_second: 0.001,
+                per_second: 0.0,
+            },
+        );
+        let ep = endpoint(spec);
+        assert_eq!(
+            resolve_usage(&ep, &config).map(|u| u.table_uri),
+            Some("pvc://sluice-lake/default/default/ep_usage".to_string())
+        );
+        let r =
+            resolve(&ep, &[version(7, &[], true)], &BTreeMap::new(), &config).expect("resolves");
+        assert_eq!(
+            r[0].usage_price.as_ref().and_then(|p| p.per_second),
+            Some(0.001)
+        );
+        let explicit = endpoint(&format!(
+            "{spec}\n  autoCapture: {{enabled: true, uri: 's3://lake/t/churn_payload'}}"
+        ));
+        assert_eq!(
+            resolve_usage(&explicit, &config).map(|u| u.table_uri),
+            Some("s3://lake/t/churn_usage".to_string())
+        );
+        let off = endpoint("  servedEntities:\n  - {name: churn-7, model: churn, version: 7}");
+        assert_eq!(resolve_usage(&off, &config), None);
+        let r =
+            resolve(&off, &[version(7, &[], true)], &BTreeMap::new(), &config).expect("resolves");
+        assert_eq!(r[0].usage_price, None, "no price without usage tracking");
     }
 
     #[test]

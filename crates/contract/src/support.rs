@@ -8,15 +8,13 @@ use sluice_crds::ServingEndpoint;
 /// The fields of `ep` this version ignores, each named with what is not done.
 pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
     let mut fields = Vec::new();
-    if let Some(gateway) = &ep.spec.ai_gateway {
-        if gateway.usage_tracking.as_ref().is_some_and(|u| u.enabled) {
-            fields.push("spec.aiGateway.usageTracking (usage rows are not written)".to_string());
-        }
-        if gateway.guardrails.is_some() {
-            fields.push(
-                "spec.aiGateway.guardrails (requests and answers are not checked)".to_string(),
-            );
-        }
+    if ep
+        .spec
+        .ai_gateway
+        .as_ref()
+        .is_some_and(|g| g.guardrails.is_some())
+    {
+        fields.push("spec.aiGateway.guardrails (requests and answers are not checked)".to_string());
     }
     for (i, e) in ep.spec.served_entities.iter().enumerate() {
         if e.external_model.is_some() {
@@ -44,10 +42,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limits_act_and_the_rest_of_ai_gateway_is_named() {
+    fn limits_usage_and_fallback_act_and_guardrails_are_named() {
         let limited = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: false}\n    fallback: {enabled: false}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: true}\n    fallback: {enabled: true}\n",
         );
         assert!(unsupported_fields(&limited).is_empty());
         let guarded = crate::fixtures::endpoint(
@@ -55,9 +53,8 @@ mod tests {
             "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
         );
         let fields = unsupported_fields(&guarded);
-        assert_eq!(fields.len(), 2, "{fields:?}");
-        assert!(fields[0].starts_with("spec.aiGateway.usageTracking"));
-        assert!(fields[1].starts_with("spec.aiGateway.guardrails"));
-        assert!(unsupported_message(&fields).ends_with("remove the fields or upgrade"));
+        assert_eq!(fields.len(), 1, "{fields:?}");
+        assert!(fields[0].starts_with("spec.aiGateway.guardrails"));
+        assert!(unsupported_message(&fields).ends_with("remove the field or upgrade"));
     }
 }

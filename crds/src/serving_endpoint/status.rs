@@ -99,6 +99,39 @@ pub struct EndpointConfigStatus {
     /// Resolved capture settings, when capture is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_capture: Option<ResolvedCapture>,
+    /// The usage table, when `aiGateway.usageTracking` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_tracking: Option<ResolvedUsageTracking>,
+}
+
+/// Where the capture sidecars write one usage row per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedUsageTracking {
+    /// Root URI of the usage table: `<prefix>_usage` beside the payload table (under the
+    /// operator's `lakeRoot` when capture is off). It is written with the capture settings'
+    /// store, format and Secret when capture is on, else with the lake root's defaults.
+    pub table_uri: String,
+}
+
+/// The price of an entity's usage, from the operator config's `usagePricing`: what each
+/// usage row's `cost` is computed with. Changing it rolls the entity's pods, so every row is
+/// priced with the price in force when it was served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsagePrice {
+    /// Currency of the prices (an ISO 4217 code such as `USD`), written beside each cost.
+    pub currency: String,
+    /// Price of 1,000 input (prompt) tokens, when the model is priced by token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_per_1k_tokens: Option<f64>,
+    /// Price of 1,000 output (generated) tokens, when the model is priced by token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_per_1k_tokens: Option<f64>,
+    /// Price of one second of a request's execution time on one replica of the entity's
+    /// workload type (its `perSecond` plus `perGpuSecond` times its GPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
 }
 
 /// A live route by resolved entity name.
@@ -197,6 +230,10 @@ pub struct ServedEntityStatus {
     /// every gateway act on. Changing them rolls no pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<ResolvedAutoscaling>,
+    /// The price the entity's usage rows are costed with, when usage tracking is on and the
+    /// operator config prices the model or the workload type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_price: Option<UsagePrice>,
     /// Deployment progress of the entity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ServedEntityState>,

@@ -22,9 +22,19 @@ pub struct CaptureArgs {
     /// The model container's readiness path; the sidecar's `/health` answers with it.
     #[arg(long, default_value = "/health")]
     pub upstream_health_path: String,
-    /// Where the table lives: a folder, `file://`, `s3://bucket/prefix`, `gs://…`, `az://…`.
+    /// Where the payload table lives: a folder, `file://`, `s3://bucket/prefix`, `gs://…`,
+    /// `az://…`. Without it only the usage table is written (`--usage-table` required).
     #[arg(long, env = "SLUICE_CAPTURE_TABLE")]
-    pub table: String,
+    pub table: Option<String>,
+    /// Where the usage table lives (same forms as `--table`, same store options and format):
+    /// one row per request, sampled or not, with the caller, tokens, latency, status and cost.
+    #[arg(long, env = "SLUICE_CAPTURE_USAGE_TABLE")]
+    pub usage_table: Option<String>,
+    /// The entity's price, for the usage rows' `cost`:
+    /// `<currency>:input=<per 1k tokens>,output=<per 1k tokens>,second=<per second>`, each part
+    /// optional (`USD:input=0.5,output=1.5`). Needs `--usage-table`.
+    #[arg(long, value_parser = sluice_contract::usage::parse_price_arg, requires = "usage_table")]
+    pub usage_price: Option<sluice_contract::usage::UsagePrice>,
     /// Store options, `key=value`, repeatable (e.g. `aws_endpoint=http://minio:9000`,
     /// `aws_allow_http=true`); cloud stores also read their usual `AWS_*`, `GOOGLE_*` and
     /// `AZURE_*` environment variables.
@@ -47,7 +57,7 @@ pub struct CaptureArgs {
     /// The model version (recorded in every row).
     #[arg(long, default_value = "")]
     pub model_version: String,
-    /// Fraction of requests recorded, 0 to 1.
+    /// Fraction of requests recorded in the payload table, 0 to 1.
     #[arg(long, default_value_t = 1.0, value_parser = parse_fraction)]
     pub sampling_fraction: f64,
     /// Folder of the on-disk spool (survives a sidecar restart when it is a volume). Each

@@ -11,6 +11,7 @@ use sluice_protocol::usage::TokenCounts;
 
 use crate::table::PayloadRecord;
 use crate::table::record::{PAYLOAD_NOT_UTF8, STREAM_NOT_REASSEMBLED};
+use crate::table::usage::UsageFacts;
 
 /// What every row of this sidecar shares.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +26,17 @@ pub struct Identity {
     pub model_version: String,
     /// The sampling fraction in force.
     pub sampling_fraction: f64,
+    /// The currency of usage costs, when the entity has a price.
+    pub currency: Option<String>,
+}
+
+/// What the proxy measured of a tracked exchange's usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MeteredUsage {
+    /// The token counts the answer reported, read from its bytes as they passed.
+    pub tokens: Option<TokenCounts>,
+    /// The cost at the entity's price.
+    pub cost: Option<f64>,
 }
 
 /// A finished exchange before it becomes a row.
@@ -52,6 +64,11 @@ pub struct RawExchange {
     pub metadata: BTreeMap<String, String>,
     /// `logging_error_codes` known on the request path.
     pub codes: Vec<&'static str>,
+    /// Not sampled for the payload table: recorded only for its usage row (the request was
+    /// copied to read its ids, the response only metered).
+    pub usage_only: bool,
+    /// The usage measured, when usage is tracked.
+    pub usage: Option<MeteredUsage>,
 }
 
 impl RawExchange {
@@ -93,19 +110,40 @@ impl RawExchange {
         } else if let Some(body) = response.as_deref() {
             response_json = parse_object(body);
         }
-        let tokens = response_json.as_ref().and_then(TokenCounts::from_body);
+        let tokens = self
+            .usage
+            .and_then(|u| u.tokens)
+            .or_else(|| response_json.as_ref().and_then(TokenCounts::from_body));
         let count = |n: Option<u64>| n.and_then(|n| i64::try_from(n).ok());
+        let request_json = request
+            .as_deref()
+            .filter(|body| {
+                body.contains("\"client_request_id\"")
+                    || (self.usage.is_some() && body.contains("\"usage_context\""))
+            })
+            .and_then(parse_object);
         let client_request_id = self.client_request_id.or_else(|| {
-            request
-                .as_deref()
-                .filter(|body| body.contains("\"client_request_id\""))
-                .and_then(parse_object)
-                .and_then(|body| match body.get("client_request_id") {
-                    Some(Value::String(id)) => Some(id.clone()),
-                    Some(Value::Number(id)) => Some(id.to_string()),
-                    _ => None,
-                })
+            match request_json.as_ref()?.get("client_request_id") {
+                Some(Value::String(id)) => Some(id.clone()),
+                Some(Value::Number(id)) => Some(id.to_string()),
+                _ => None,
+            }
         });
+        let usage = self.usage.map(|metered| UsageFacts {
+            usage_context: request_json
+                .as_ref()
+                .and_then(|body| body.get("usage_context"))
+                .map(usage_context)
+                .unwrap_or_default(),
+            cost: metered.cost,
+            currency: metered.cost.and(identity.currency.clone()),
+        });
+        let (request, response) = if self.usage_only {
+            // Copied only to read ids and the usage context: no payload row holds them.
+            (None, None)
+        } else {
+            (request, response)
+        };
         PayloadRecord {
             request_id: self.request_id,
             client_request_id,
@@ -124,8 +162,27 @@ impl RawExchange {
             output_token_count: count(tokens.and_then(|t| t.output)),
             sampling_fraction: identity.sampling_fraction,
             logging_error_codes: codes,
+            usage_only: self.usage_only,
+            usage,
         }
     }
+}
+
+/// A request's `usage_context` object as string pairs (non-string values as JSON text).
+fn usage_context(value: &Value) -> BTreeMap<String, String> {
+    let Some(object) = value.as_object() else {
+        return BTreeMap::new();
+    };
+    object
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text)
+        })
+        .collect()
 }
 
 /// Parses `body` when it looks like one JSON object.
@@ -150,6 +207,7 @@ mod tests {
             model: "llama".into(),
             model_version: "1".into(),
             sampling_fraction: 0.5,
+            currency: None,
         }
     }
 
@@ -168,6 +226,44 @@ mod tests {
         assert_eq!(row.output_token_count, Some(9));
         assert_eq!(row.served_entity, "chat-1");
         assert_eq!(row.sampling_fraction, 0.5);
+    }
+
+    #[test]
+    fn usage_only_rows_keep_ids_context_and_metered_tokens_but_no_bodies() {
+        let raw = RawExchange {
+            request_id: "r".into(),
+            status_code: 200,
+            request: br#"{"client_request_id": 7, "usage_context": {"project": "p", "n": 2}}"#
+                .to_vec(),
+            usage_only: true,
+            usage: Some(MeteredUsage {
+                tokens: Some(TokenCounts {
+                    input: Some(5),
+                    output: Some(6),
+                }),
+                cost: Some(0.5),
+            }),
+            ..Default::default()
+        };
+        let identity = Identity {
+            currency: Some("USD".into()),
+            ..identity()
+        };
+        let row = raw.finish(&identity);
+        assert_eq!(row.client_request_id.as_deref(), Some("7"));
+        assert_eq!((row.request, row.response), (None, None));
+        assert_eq!(
+            (row.input_token_count, row.output_token_count),
+            (Some(5), Some(6))
+        );
+        let usage = row.usage.expect("tracked");
+        assert_eq!(usage.usage_context["project"], "p");
+        assert_eq!(usage.usage_context["n"], "2");
+        assert_eq!(
+            (usage.cost, usage.currency.as_deref()),
+            (Some(0.5), Some("USD"))
+        );
+        assert!(row.usage_only);
     }
 
     #[test]

@@ -15,23 +15,33 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::exchange::RawExchange;
-use crate::metrics::CaptureMetrics;
-use crate::proxy::{Limits, Proxy, ProxyConfig};
+use crate::metrics::{CaptureMetrics, UsageLabels};
+use crate::proxy::{Limits, Proxy, ProxyConfig, UsageTracking};
 use crate::queue::{Popped, Queue};
 
 /// A model server on a free loopback port: `/invocations` answers a prediction and the
 /// headers it received.
 async fn model() -> SocketAddr {
-    let app = axum::Router::new().route(
-        "/invocations",
-        axum::routing::post(|headers: HeaderMap, body: String| async move {
-            let received: serde_json::Map<String, Value> = headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
-                .collect();
-            axum::Json(json!({"predictions": [1], "echo": body, "headers": received}))
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/invocations",
+            axum::routing::post(|headers: HeaderMap, body: String| async move {
+                let received: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                    .collect();
+                axum::Json(json!({"predictions": [1], "echo": body, "headers": received}))
+            }),
+        )
+        .route(
+            "/v1/completions",
+            axum::routing::post(|| async {
+                axum::Json(json!({
+                    "choices": [{"text": "hi"}],
+                    "usage": {"prompt_tokens": 1500, "completion_tokens": 500}
+                }))
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -41,7 +51,17 @@ async fn model() -> SocketAddr {
 }
 
 fn proxy(upstream: SocketAddr, sampling_fraction: f64) -> (axum::Router, Arc<Queue>) {
+    let (router, queue, _) = proxy_with(upstream, sampling_fraction, None);
+    (router, queue)
+}
+
+fn proxy_with(
+    upstream: SocketAddr,
+    sampling_fraction: f64,
+    usage: Option<UsageTracking>,
+) -> (axum::Router, Arc<Queue>, CaptureMetrics) {
     let queue = Arc::new(Queue::new(1 << 20));
+    let metrics = CaptureMetrics::default();
     let proxy = Proxy::new(
         ProxyConfig {
             upstream,
@@ -52,12 +72,13 @@ fn proxy(upstream: SocketAddr, sampling_fraction: f64) -> (axum::Router, Arc<Que
                 max_payload_bytes: 1 << 20,
                 memory_bytes: 16 << 20,
             },
+            usage,
         },
         queue.clone(),
-        CaptureMetrics::default(),
+        metrics.clone(),
         Arc::new(Registry::default()),
     );
-    (Arc::new(proxy).router(), queue)
+    (Arc::new(proxy).router(), queue, metrics)
 }
 
 /// What the queue holds, waiting up to `wait` for something to arrive.
@@ -76,7 +97,16 @@ async fn post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, HeaderMap, Value) {
-    let mut request = Request::post("/invocations").header("content-type", "application/json");
+    post_to(router, "/invocations", headers, body).await
+}
+
+async fn post_to(
+    router: axum::Router,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut request = Request::post(path).header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -144,4 +174,46 @@ async fn an_unsampled_exchange_is_answered_and_not_recorded() {
     let (status, _, _) = post(router, &[], "{}").await;
     assert_eq!(status, StatusCode::OK);
     assert!(queued(queue, Duration::from_millis(200)).await.is_empty());
+}
+
+#[tokio::test]
+async fn with_usage_tracking_an_unsampled_exchange_is_metered_and_costed_without_bodies() {
+    let labels = UsageLabels {
+        endpoint: "chat".into(),
+        entity: "chat-1".into(),
+        currency: "USD".into(),
+    };
+    let price = sluice_contract::usage::parse_price_arg("USD:input=0.5,output=2").expect("price");
+    let tracking = UsageTracking {
+        price: Some(price),
+        labels: labels.clone(),
+    };
+    let (router, queue, metrics) = proxy_with(model().await, 0.0, Some(tracking));
+    let (status, _, answer) = post_to(
+        router,
+        "/v1/completions",
+        &[("x-sluice-requester", "alice")],
+        r#"{"prompt": "hi", "usage_context": {"project": "p1"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let rows = queued(queue, Duration::from_secs(5)).await;
+    assert_eq!(rows.len(), 1, "every request is a usage row");
+    let raw = &rows[0];
+    assert!(raw.usage_only);
+    assert!(raw.response.is_empty(), "the answer is metered, not copied");
+    let usage = raw.usage.expect("metered");
+    let tokens = usage.tokens.expect("the answer reported tokens");
+    assert_eq!((tokens.input, tokens.output), (Some(1500), Some(500)));
+    // 1.5k input at 0.5 and 0.5k output at 2 per 1k tokens.
+    assert_eq!(usage.cost, Some(1.75));
+    let row = raw.clone().finish(&Default::default());
+    assert_eq!(row.request, None, "no body reaches a usage-only row");
+    assert_eq!(row.usage.expect("usage").usage_context["project"], "p1");
+    assert_eq!(metrics.usage_requests.get_or_create(&labels).get(), 1);
+    assert_eq!(
+        metrics.usage_output_tokens.get_or_create(&labels).get(),
+        500
+    );
+    assert_eq!(metrics.usage_cost.get_or_create(&labels).get(), 1.75);
 }

@@ -40,13 +40,14 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use self::exchange::Identity;
-use self::metrics::CaptureMetrics;
+use self::metrics::{CaptureMetrics, UsageLabels};
 use self::pipeline::{Pipeline, PipelineConfig};
-use self::proxy::{Limits, Proxy, ProxyConfig};
+use self::proxy::{Limits, Proxy, ProxyConfig, UsageTracking};
 use self::queue::Queue;
 use self::server::Connections;
-use self::table::ParquetTable;
 use self::table::spool::{Spool, SpoolError, SpoolRoot};
+use self::table::usage::UsageRecord;
+use self::table::{ParquetTable, PayloadRecord, TableKind, Tables};
 
 /// Why the sidecar could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,11 @@ pub enum CaptureError {
 }
 
 fn check(args: &CaptureArgs) -> Result<(), CaptureError> {
+    if args.table.is_none() && args.usage_table.is_none() {
+        return Err(CaptureError::Settings(
+            "nothing to write: give --table (the payload table), --usage-table, or both".into(),
+        ));
+    }
     if args.spool_max_bytes < 2 * args.rotate_bytes {
         return Err(CaptureError::Settings(format!(
             "--spool-max-bytes ({}) must be at least twice --rotate-bytes ({})",
@@ -106,7 +112,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CaptureError> {
     check(&args)?;
-    let store = TableStore::open(&args.table, &args.table_options)?;
     let root = SpoolRoot::open(&args.spool_dir)?;
     // Rows of the last two segments stay in memory too, so the uploader need not parse them.
     let (spool, waiting) = Spool::open(
@@ -117,26 +122,42 @@ pub async fn run(
     let mut registry = Registry::with_prefix("sluice_capture");
     let metrics = CaptureMetrics::register(&mut registry);
     let registry = Arc::new(registry);
+    let open =
+        |uri: &Option<String>, kind: TableKind| -> Result<Option<ParquetTable>, CaptureError> {
+            let Some(uri) = uri else {
+                return Ok(None);
+            };
+            let table = ParquetTable::new(TableStore::open(uri, &args.table_options)?, kind);
+            Ok(Some(match args.table_format {
+                args::TableFormat::Delta => table
+                    .with_delta(spool.instance())
+                    .map_err(|e| CaptureError::Settings(e.to_string()))?,
+                args::TableFormat::Parquet => table,
+            }))
+        };
+    let tables = Tables {
+        payload: open(&args.table, TableKind::of::<PayloadRecord>())?,
+        usage: open(&args.usage_table, TableKind::of::<UsageRecord>())?,
+    };
     tracing::info!(
-        table = store.uri(),
+        table = tables.payload.as_ref().map(ParquetTable::uri),
+        usage_table = tables.usage.as_ref().map(ParquetTable::uri),
         spool = %args.spool_dir.display(),
         instance = spool.instance(),
         waiting,
-        "capture table opened; spooled rows from an earlier run are replayed"
+        "capture tables opened; spooled rows from an earlier run are replayed"
     );
-
-    let mut table = ParquetTable::new(store);
-    if args.table_format == args::TableFormat::Delta {
-        table = table
-            .with_delta(spool.instance())
-            .map_err(|e| CaptureError::Settings(e.to_string()))?;
-    }
+    let sampling_fraction = if tables.payload.is_some() {
+        args.sampling_fraction
+    } else {
+        0.0
+    };
     let queue = Arc::new(Queue::new(args.queue_max_bytes));
     let pipeline = Pipeline::start(
         queue.clone(),
         root,
         spool,
-        table,
+        tables,
         metrics.clone(),
         PipelineConfig {
             identity: Identity {
@@ -144,7 +165,8 @@ pub async fn run(
                 entity: args.entity.clone(),
                 model: args.model.clone(),
                 model_version: args.model_version.clone(),
-                sampling_fraction: args.sampling_fraction,
+                sampling_fraction,
+                currency: args.usage_price.as_ref().map(|p| p.currency.clone()),
             },
             rotate_bytes: args.rotate_bytes,
             rotate_age: args.rotate_seconds,
@@ -159,11 +181,23 @@ pub async fn run(
             upstream: args.upstream,
             health_path: args.upstream_health_path.clone(),
             upstream_timeout: args.upstream_timeout_seconds,
-            sampling_fraction: args.sampling_fraction,
+            sampling_fraction,
             limits: Limits {
                 max_payload_bytes: args.max_payload_bytes,
                 memory_bytes: args.capture_memory_bytes,
             },
+            usage: args.usage_table.is_some().then(|| UsageTracking {
+                labels: UsageLabels {
+                    endpoint: args.endpoint.clone(),
+                    entity: args.entity.clone(),
+                    currency: args
+                        .usage_price
+                        .as_ref()
+                        .map(|p| p.currency.clone())
+                        .unwrap_or_default(),
+                },
+                price: args.usage_price.clone(),
+            }),
         },
         queue,
         metrics,

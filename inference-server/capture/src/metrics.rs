@@ -98,6 +98,18 @@ pub struct UpstreamLabels {
     pub kind: UpstreamFailure,
 }
 
+/// The labels of the usage counters: one sidecar serves one endpoint and entity, so they stay
+/// bounded (never the caller: principals are unbounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabels {
+    /// The ServingEndpoint.
+    pub endpoint: String,
+    /// The served entity.
+    pub entity: String,
+    /// The currency of the cost (empty without a price).
+    pub currency: String,
+}
+
 /// The capture metrics; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct CaptureMetrics {
@@ -105,8 +117,18 @@ pub struct CaptureMetrics {
     pub requests: Counter,
     /// Rows taken into the pipeline.
     pub captured: Counter,
-    /// Rows in the table.
+    /// Rows in the payload table.
     pub written: Counter,
+    /// Rows in the usage table.
+    pub usage_written: Counter,
+    /// Requests served, by endpoint and entity (usage tracking on).
+    pub usage_requests: Family<UsageLabels, Counter>,
+    /// Input tokens the answers reported, by endpoint and entity.
+    pub usage_input_tokens: Family<UsageLabels, Counter>,
+    /// Output tokens the answers reported, by endpoint and entity.
+    pub usage_output_tokens: Family<UsageLabels, Counter>,
+    /// Cost at the entity's price, by endpoint, entity and currency.
+    pub usage_cost: Family<UsageLabels, Counter<f64, AtomicU64>>,
     /// Rows dropped, by reason.
     pub dropped: Family<DropLabels, Counter>,
     /// Bodies cut at `--max-payload-bytes` or by the memory budget.
@@ -147,6 +169,11 @@ impl Default for CaptureMetrics {
             requests: Counter::default(),
             captured: Counter::default(),
             written: Counter::default(),
+            usage_written: Counter::default(),
+            usage_requests: Family::default(),
+            usage_input_tokens: Family::default(),
+            usage_output_tokens: Family::default(),
+            usage_cost: Family::default(),
             dropped: Family::default(),
             truncated: Family::default(),
             files: Counter::default(),
@@ -189,6 +216,31 @@ impl CaptureMetrics {
             "records_written",
             "Rows written to the inference table",
             metrics.written.clone(),
+        );
+        registry.register(
+            "usage_records_written",
+            "Rows written to the usage table",
+            metrics.usage_written.clone(),
+        );
+        registry.register(
+            "usage_requests",
+            "Requests served, by endpoint and entity (usage tracking)",
+            metrics.usage_requests.clone(),
+        );
+        registry.register(
+            "usage_input_tokens",
+            "Input tokens the answers reported, by endpoint and entity (usage tracking)",
+            metrics.usage_input_tokens.clone(),
+        );
+        registry.register(
+            "usage_output_tokens",
+            "Output tokens the answers reported, by endpoint and entity (usage tracking)",
+            metrics.usage_output_tokens.clone(),
+        );
+        registry.register(
+            "usage_cost",
+            "Cost of the requests served at the entity's price, by endpoint, entity and currency",
+            metrics.usage_cost.clone(),
         );
         registry.register(
             "records_dropped",
@@ -268,18 +320,47 @@ impl CaptureMetrics {
         metrics
     }
 
-    /// Counts a segment written to the table (rows, files and the Delta commit), or skipped
-    /// because the Delta log held it already.
-    pub fn table_written(&self, written: &crate::table::Written, rows: usize, files: usize) {
-        if written.already_committed {
-            self.delta_skipped.inc();
-            return;
+    /// Counts a segment written to each table (rows, files and the Delta commit), or skipped
+    /// in a table whose Delta log held it already.
+    pub fn segment_written(
+        &self,
+        files: &crate::table::SegmentFiles,
+        written: &[crate::table::Written; 2],
+    ) {
+        let rows = |files: &[crate::table::PartFile]| files.iter().map(|f| f.rows as u64).sum();
+        for (files, written, counter) in [
+            (&files.payload, &written[0], &self.written),
+            (&files.usage, &written[1], &self.usage_written),
+        ] {
+            if written.already_committed {
+                self.delta_skipped.inc();
+                continue;
+            }
+            counter.inc_by(rows(files));
+            self.files.inc_by(files.len() as u64);
+            if let Some(commit) = written.commit {
+                self.delta_commits.inc();
+                self.delta_conflicts.inc_by(commit.conflicts);
+            }
         }
-        self.written.inc_by(rows as u64);
-        self.files.inc_by(files as u64);
-        if let Some(commit) = written.commit {
-            self.delta_commits.inc();
-            self.delta_conflicts.inc_by(commit.conflicts);
+    }
+
+    /// Counts the usage of one finished exchange (by endpoint and entity, never by caller).
+    pub fn count_usage(
+        &self,
+        labels: &UsageLabels,
+        tokens: (Option<u64>, Option<u64>),
+        cost: Option<f64>,
+    ) {
+        self.usage_requests.get_or_create(labels).inc();
+        if let Some(n) = tokens.0 {
+            self.usage_input_tokens.get_or_create(labels).inc_by(n);
+        }
+        if let Some(n) = tokens.1 {
+            self.usage_output_tokens.get_or_create(labels).inc_by(n);
+        }
+        if let Some(cost) = cost {
+            self.usage_cost.get_or_create(labels).inc_by(cost);
         }
     }
 

@@ -31,7 +31,7 @@ use super::exchange::Identity;
 use super::metrics::{CaptureMetrics, DropReason};
 use super::queue::{Popped, Queue};
 use crate::table::spool::{Segment, Spool, SpoolError, SpoolRoot, SpoolStats};
-use crate::table::{self, ParquetTable, PartFile, TableError};
+use crate::table::{self, SegmentFiles, TableError, Tables};
 
 /// First wait after a failed upload; it doubles up to the configured maximum.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -69,11 +69,11 @@ enum Phase {
     Closing,
 }
 
-/// A spool and the table its segments go to (with a Delta log, as its own application).
+/// A spool and the tables its segments go to (with a Delta log, as its own application).
 #[derive(Clone, Debug)]
 struct Source {
     spool: Arc<Spool>,
-    table: ParquetTable,
+    tables: Tables,
 }
 
 /// The spools the uploader writes from: this sidecar's own, and those adopted from gone
@@ -153,20 +153,20 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the writer thread and the uploader task (on the current runtime): rows go
-    /// to `spool`, this sidecar's folder under `root`, and from there to `table`; the spools
+    /// to `spool`, this sidecar's folder under `root`, and from there to `tables`; the spools
     /// of gone siblings under `root` are adopted and written too.
     pub fn start(
         queue: Arc<Queue>,
         root: SpoolRoot,
         spool: Spool,
-        table: ParquetTable,
+        tables: Tables,
         metrics: CaptureMetrics,
         config: PipelineConfig,
     ) -> std::io::Result<Self> {
         let spools = Arc::new(Spools {
             own: Source {
                 spool: Arc::new(spool),
-                table,
+                tables,
             },
             adopted: Mutex::default(),
         });
@@ -344,15 +344,16 @@ impl UploadError {
     }
 }
 
-/// Reads and encodes a segment on a blocking thread.
+/// Reads and encodes a segment for `tables` on a blocking thread.
 async fn prepare(
     spool: &Arc<Spool>,
     segment: &Segment,
-) -> Result<(Vec<PartFile>, u64), UploadError> {
+    tables: (bool, bool),
+) -> Result<(SegmentFiles, u64), UploadError> {
     let (spool, segment) = (spool.clone(), segment.clone());
     tokio::task::spawn_blocking(move || {
         let (records, corrupt) = spool.read(&segment)?;
-        let files = table::encode_segment(spool.instance(), segment.seq, records)
+        let files = table::encode_segment(spool.instance(), segment.seq, records, tables)
             .map_err(TableError::from)?;
         Ok((files, corrupt))
     })
@@ -398,8 +399,8 @@ async fn adopt(root: &Arc<SpoolRoot>, spools: &Spools, metrics: &CaptureMetrics)
             }
             continue;
         }
-        let table = match spools.own.table.for_instance(spool.instance()) {
-            Ok(table) => table,
+        let tables = match spools.own.tables.for_instance(spool.instance()) {
+            Ok(tables) => tables,
             Err(error) => {
                 tracing::error!(%error, "cannot write an adopted spool's rows");
                 continue;
@@ -413,7 +414,7 @@ async fn adopt(root: &Arc<SpoolRoot>, spools: &Spools, metrics: &CaptureMetrics)
         metrics.spools_adopted.inc();
         spools.adopted().push(Source {
             spool: Arc::new(spool),
-            table,
+            tables,
         });
     }
 }
@@ -430,7 +431,7 @@ async fn upload_loop(
 ) {
     let mut backoff = FIRST_RETRY;
     // Files encoded for a segment whose write failed, kept for the retry.
-    let mut encoded: Option<(String, u64, Vec<PartFile>)> = None;
+    let mut encoded: Option<(String, u64, SegmentFiles)> = None;
     let mut next_adoption = Instant::now();
     loop {
         let running = *phase.borrow() == Phase::Running;
@@ -451,12 +452,13 @@ async fn upload_loop(
                 let files = match encoded.take() {
                     Some((of, seq, files)) if of == instance && seq == segment.seq => files,
                     _ => {
-                        let (files, corrupt) = prepare(spool, &segment).await?;
+                        let (files, corrupt) =
+                            prepare(spool, &segment, source.tables.written()).await?;
                         metrics.drop_records(DropReason::Corrupt, corrupt);
                         files
                     }
                 };
-                match source.table.write(segment.seq, &files).await {
+                match source.tables.write(segment.seq, &files).await {
                     Ok(written) => Ok((files, written)),
                     Err(error) => {
                         encoded = Some((instance.to_string(), segment.seq, files));
@@ -468,16 +470,14 @@ async fn upload_loop(
             .await;
             match result {
                 Ok((files, written)) => {
-                    let rows: usize = files.iter().map(|f| f.rows).sum();
                     if let Err(error) = spool.complete(segment.seq) {
                         tracing::error!(%error, "cannot remove an uploaded spool segment");
                     }
-                    metrics.table_written(&written, rows, files.len());
+                    metrics.segment_written(&files, &written);
                     tracing::debug!(
-                        files = files.len(),
-                        rows,
+                        files = files.count(),
                         ?written,
-                        "segment written to the table"
+                        "segment written to the tables"
                     );
                     backoff = FIRST_RETRY;
                 }

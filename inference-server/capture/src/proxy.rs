@@ -29,13 +29,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::registry::Registry;
+use sluice_contract::usage::{UsagePrice, cost};
 use sluice_protocol::error::error_chain;
+use sluice_protocol::usage::{AnswerFormat, UsageMeter};
 use sluice_protocol::{ApiError, ErrorKind};
 use tracing::Instrument;
 
-use super::exchange::RawExchange;
-use super::metrics::UpstreamLabels;
+use super::exchange::{MeteredUsage, RawExchange};
 use super::metrics::{Body as BodyKind, BodyLabels, CaptureMetrics, DropReason, UpstreamFailure};
+use super::metrics::{UpstreamLabels, UsageLabels};
 use super::queue::Queue;
 use crate::table::record::{
     CAPTURE_MEMORY_LIMIT, CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, REQUEST_TRUNCATED,
@@ -59,13 +61,23 @@ pub struct Limits {
     pub memory_bytes: usize,
 }
 
+/// Usage tracking: every exchange is recorded for its usage row, its answer metered.
+#[derive(Clone, Debug)]
+pub struct UsageTracking {
+    /// The entity's price, when it has one.
+    pub price: Option<UsagePrice>,
+    /// The labels of its usage counters.
+    pub labels: UsageLabels,
+}
+
 /// What finished exchanges are handed to: the queue, the metrics and the copy budget; and
-/// the sampled exchanges in flight, so that a shutdown can record them as cut.
+/// the recorded exchanges in flight, so that a shutdown can record them as cut.
 #[derive(Debug)]
 struct Recorder {
     queue: Arc<Queue>,
     metrics: CaptureMetrics,
     limits: Limits,
+    usage: Option<UsageTracking>,
     in_flight_bytes: AtomicUsize,
     /// Sampled exchanges not finished yet, by [`Exchange::id`].
     live: Mutex<HashMap<u64, Weak<Exchange>>>,
@@ -75,11 +87,17 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(queue: Arc<Queue>, metrics: CaptureMetrics, limits: Limits) -> Self {
+    fn new(
+        queue: Arc<Queue>,
+        metrics: CaptureMetrics,
+        limits: Limits,
+        usage: Option<UsageTracking>,
+    ) -> Self {
         Self {
             queue,
             metrics,
             limits,
+            usage,
             in_flight_bytes: AtomicUsize::new(0),
             live: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -168,6 +186,10 @@ struct ExchangeState {
     reserved: usize,
     request_cut: bool,
     response_cut: bool,
+    /// Some of the response passed (copied or not).
+    response_seen: bool,
+    /// Reads the answer's token counts as it passes (usage tracking).
+    meter: Option<UsageMeter>,
     finished: bool,
 }
 
@@ -186,10 +208,20 @@ impl Exchange {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Copies what fits of `data` into the `side` body.
+    /// Copies what fits of `data` into the `side` body (a response only meters it when the
+    /// exchange is recorded for its usage only).
     fn copy(&self, side: Side, data: &[u8]) {
         let mut state = self.lock();
         let state = &mut *state;
+        if side == Side::Response && !data.is_empty() && !state.finished {
+            state.response_seen = true;
+            if let Some(meter) = state.meter.as_mut() {
+                meter.feed(data);
+            }
+            if state.raw.usage_only {
+                return;
+            }
+        }
         let (buffer, cut, code, kind) = match side {
             Side::Request => (
                 &mut state.raw.request,
@@ -241,6 +273,9 @@ impl Exchange {
         state.raw.status_code = status.as_u16();
         if let Some(kind) = headers.get(header::CONTENT_TYPE) {
             let kind = String::from_utf8_lossy(kind.as_bytes()).into_owned();
+            if self.recorder.usage.is_some() {
+                state.meter = AnswerFormat::of_content_type(&kind).map(UsageMeter::new);
+            }
             state.raw.response_is_stream = kind.starts_with("text/event-stream");
             state
                 .raw
@@ -258,10 +293,24 @@ impl Exchange {
         state.finished = true;
         let mut raw = std::mem::take(&mut state.raw);
         let reserved = std::mem::take(&mut state.reserved);
+        let meter = state.meter.take();
         drop(state);
         self.recorder.live().remove(&self.id);
         raw.execution_time_ms = self.started.elapsed().as_millis() as i64;
         raw.codes.extend(codes);
+        if let Some(tracking) = &self.recorder.usage {
+            let tokens = meter.and_then(UsageMeter::finish);
+            let (input, output) = (tokens.and_then(|t| t.input), tokens.and_then(|t| t.output));
+            let execution_ms = u64::try_from(raw.execution_time_ms).unwrap_or(0);
+            let cost = tracking
+                .price
+                .as_ref()
+                .and_then(|price| cost(price, input, output, execution_ms));
+            self.recorder
+                .metrics
+                .count_usage(&tracking.labels, (input, output), cost);
+            raw.usage = Some(MeteredUsage { tokens, cost });
+        }
         self.recorder.release(reserved);
         self.recorder.record(raw);
     }
@@ -277,7 +326,7 @@ impl Exchange {
             return;
         }
         let answered = state.raw.status_code != 0;
-        let copied = !state.raw.response.is_empty();
+        let copied = state.response_seen;
         let codes: &[&'static str] = if self.recorder.cutting.load(Ordering::Relaxed) {
             if !answered {
                 state.raw.status_code = SHUTDOWN_STATUS;
@@ -388,6 +437,7 @@ pub struct Proxy {
     upstream: SocketAddr,
     health_path: String,
     upstream_timeout: Duration,
+    /// Fraction of requests recorded in the payload table (0 without one).
     sampling_fraction: f64,
     recorder: Arc<Recorder>,
     registry: Arc<Registry>,
@@ -403,10 +453,12 @@ pub struct ProxyConfig {
     pub health_path: String,
     /// Longest wait for a response head.
     pub upstream_timeout: Duration,
-    /// Fraction of requests captured.
+    /// Fraction of requests captured in the payload table (0 when there is none).
     pub sampling_fraction: f64,
     /// Copy limits.
     pub limits: Limits,
+    /// Usage tracking, when on.
+    pub usage: Option<UsageTracking>,
 }
 
 impl Proxy {
@@ -429,7 +481,7 @@ impl Proxy {
             health_path: config.health_path,
             upstream_timeout: config.upstream_timeout,
             sampling_fraction: config.sampling_fraction,
-            recorder: Arc::new(Recorder::new(queue, metrics, config.limits)),
+            recorder: Arc::new(Recorder::new(queue, metrics, config.limits, config.usage)),
             registry,
             draining: AtomicBool::new(false),
         }
@@ -474,7 +526,8 @@ impl Proxy {
     }
 
     fn sampled(&self) -> bool {
-        self.sampling_fraction >= 1.0 || fastrand::f64() < self.sampling_fraction
+        self.sampling_fraction >= 1.0
+            || (self.sampling_fraction > 0.0 && fastrand::f64() < self.sampling_fraction)
     }
 }
 
@@ -544,8 +597,10 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     proxy.recorder.metrics.requests.inc();
     let (mut parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
-    let exchange = proxy.sampled().then(|| {
+    let sampled = proxy.sampled();
+    let exchange = (sampled || proxy.recorder.usage.is_some()).then(|| {
         proxy.recorder.start(RawExchange {
+            usage_only: !sampled,
             request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
             client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
             // Only the gateway's verified identity (it removes what clients send).
@@ -715,6 +770,7 @@ mod tests {
                 max_payload_bytes,
                 memory_bytes,
             },
+            None,
         ))
     }
 

@@ -120,7 +120,7 @@ impl Sidecar {
         let mut command = Command::new(BINARY);
         command
             .args(["capture", "--listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream, "--table", table, "--spool-dir"])
+            .args(["--upstream", upstream, "--spool-dir"])
             .arg(spool)
             .args([
                 "--endpoint",
@@ -131,6 +131,10 @@ impl Sidecar {
                 "iris",
             ])
             .args(["--model-version", "1"]);
+        // An empty `table`: no payload table (usage tracking alone, from `extra`).
+        if !table.is_empty() {
+            command.args(["--table", table]);
+        }
         for (flag, value) in [
             ("--rotate-seconds", "0.3"),
             ("--retry-max-seconds", "1"),

@@ -30,7 +30,7 @@ use serde_json::json;
 use sluice_contract::claim::ClaimUri;
 use sluice_contract::config::OperatorConfig;
 use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_SELECTOR};
-use sluice_contract::resolve::{resolve, resolve_capture};
+use sluice_contract::resolve::{resolve, resolve_capture, resolve_usage};
 use sluice_crds::{ModelVersion, ServingEndpoint, ServingEndpointStatus};
 use sluice_watch::Synced;
 use tracing::{instrument, warn};
@@ -197,22 +197,38 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
         .filter_map(|e| Some((e.name.clone(), e.version?)))
         .collect();
     let capture = resolve_capture(ep, &ctx.config);
+    let usage = resolve_usage(ep, &ctx.config);
     let resolved = resolve(ep, &models, &previous_versions, &ctx.config);
-    let build_ctx = BuildContext::of(ep, &ctx.config, capture.as_ref())
+    let build_ctx = BuildContext::of(ep, &ctx.config, capture.as_ref(), usage.as_ref())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let planned = plan(ep, resolved, &build_ctx, &children, Timestamp::now());
 
     // A table on a claim, and a persistent spool, need their claims before the pods start.
-    if let Some(lake) = capture.as_ref().and_then(|c| ClaimUri::of(&c.table_uri))
-        && !planned.apply.is_empty()
-        && claims::ensure(
-            client,
-            &claims::lake(&lake, &ctx.config.lake_volume, &ns),
-            "the inference table",
-        )
-        .await?
+    let mut lakes: Vec<ClaimUri> = Vec::new();
+    for uri in [
+        capture.as_ref().map(|c| c.table_uri.as_str()),
+        usage.as_ref().map(|u| u.table_uri.as_str()),
+    ]
+    .into_iter()
+    .flatten()
     {
-        tracing::info!(claim = %lake.claim, "created the inference table's PersistentVolumeClaim");
+        if let Some(lake) = ClaimUri::of(uri)
+            && !lakes.iter().any(|l| l.claim == lake.claim)
+        {
+            lakes.push(lake);
+        }
+    }
+    for lake in &lakes {
+        if !planned.apply.is_empty()
+            && claims::ensure(
+                client,
+                &claims::lake(lake, &ctx.config.lake_volume, &ns),
+                "the inference table",
+            )
+            .await?
+        {
+            tracing::info!(claim = %lake.claim, "created the inference table's PersistentVolumeClaim");
+        }
     }
     if let Some(spool) = capture.as_ref().and_then(|c| c.spool.as_ref())
         && !planned.apply.is_empty()

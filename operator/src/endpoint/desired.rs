@@ -28,7 +28,9 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use sluice_crds::{CaptureTableFormat, Engine, ResolvedCapture, ServingEndpoint};
+use sluice_crds::{
+    CaptureTableFormat, Engine, ResolvedCapture, ResolvedUsageTracking, ServingEndpoint,
+};
 
 use kube::Resource;
 use sluice_contract::claim::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume};
@@ -38,6 +40,7 @@ pub use sluice_contract::labels::{
     LABEL_ENTITY, LABEL_REVISION, MANAGED_BY, child_name,
 };
 use sluice_contract::resolve::{EntitySource, ResolvedEntity, ResolvedRuntime};
+use sluice_contract::usage::{PRICE_FLAG, price_arg};
 /// Where the fetch step puts the model and the model server reads it.
 pub const MODEL_DIR: &str = "/models";
 
@@ -54,6 +57,9 @@ pub struct BuildContext<'a> {
     pub data_plane_image: &'a str,
     /// Resolved capture settings (table, sampling, format, store), when capture is on.
     pub capture: Option<&'a ResolvedCapture>,
+    /// The usage table, when usage tracking is on (the capture sidecar writes it, so usage
+    /// tracking alone puts one in front of the model too).
+    pub usage: Option<&'a ResolvedUsageTracking>,
     /// The Deployments' `progressDeadlineSeconds`.
     pub progress_deadline_seconds: i32,
     /// Who may reach entity pods (a NetworkPolicy per revision when enabled).
@@ -68,6 +74,7 @@ impl<'a> BuildContext<'a> {
         ep: &'a ServingEndpoint,
         config: &'a OperatorConfig,
         capture: Option<&'a ResolvedCapture>,
+        usage: Option<&'a ResolvedUsageTracking>,
     ) -> Option<Self> {
         Some(Self {
             endpoint: ep.metadata.name.as_deref()?,
@@ -75,6 +82,7 @@ impl<'a> BuildContext<'a> {
             owner: ep.controller_owner_ref(&())?,
             data_plane_image: &config.images.inference_server,
             capture,
+            usage,
             progress_deadline_seconds: i32::try_from(config.progress_deadline_seconds)
                 .unwrap_or(i32::MAX),
             network_policy: Some(&config.network_policy),
@@ -135,27 +143,44 @@ pub fn build(
         owner_references: Some(vec![ctx.owner.clone()]),
         ..Default::default()
     };
-    let mut containers = vec![model_container(entity, runtime, ctx.capture.is_none())];
+    let sidecar = ctx.capture.is_some() || ctx.usage.is_some();
+    let mut containers = vec![model_container(entity, runtime, !sidecar)];
     let mut volumes = vec![empty_dir("models")];
     if runtime.engine != Engine::Builtin {
         volumes.push(empty_dir("tmp"));
     }
-    if let Some(settings) = ctx.capture {
-        let lake = ClaimUri::of(&settings.table_uri);
-        let table = lake
-            .as_ref()
-            .map_or(settings.table_uri.clone(), ClaimUri::file_uri);
-        let mut capture =
-            capture_container(ctx, entity, runtime, &table, settings, model, *version);
+    if sidecar {
+        // Each table as the sidecar sees it: a `pvc://` one on its claim, mounted once.
+        let mut lakes: Vec<ClaimUri> = Vec::new();
+        let mut seen = |uri: &str| match ClaimUri::of(uri) {
+            Some(lake) => {
+                let file = lake.file_uri();
+                if !lakes.iter().any(|l| l.claim == lake.claim) {
+                    lakes.push(lake);
+                }
+                file
+            }
+            None => uri.to_string(),
+        };
+        let tables = SidecarTables {
+            payload: ctx.capture.map(|c| seen(&c.table_uri)),
+            usage: ctx.usage.map(|u| seen(&u.table_uri)),
+        };
+        let mut capture = capture_container(ctx, entity, runtime, &tables, model, *version);
         // The endpoint's persistent spool, shared by all its sidecars, else one per pod.
-        volumes.push(match &settings.spool {
+        volumes.push(match ctx.capture.and_then(|c| c.spool.as_ref()) {
             Some(spool) => claim_volume("spool", &spool.claim_name, false),
             None => empty_dir("spool"),
         });
-        if let Some(lake) = &lake {
-            volumes.push(lake.volume("lake", false));
+        for (i, lake) in lakes.iter().enumerate() {
+            let name = if i == 0 {
+                "lake".to_string()
+            } else {
+                format!("lake-{i}")
+            };
+            volumes.push(lake.volume(&name, false));
             if let Some(mounts) = capture.volume_mounts.as_mut() {
-                mounts.push(lake.mount("lake", LAKE_MOUNT_ROOT, false));
+                mounts.push(lake.mount(&name, LAKE_MOUNT_ROOT, false));
             }
         }
         containers.push(capture);
@@ -784,15 +809,27 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
     }
 }
 
+/// The tables a capture sidecar writes, as it sees them (a claim's table under its mount).
+struct SidecarTables {
+    /// The payload table, when capture is on.
+    payload: Option<String>,
+    /// The usage table, when usage tracking is on.
+    usage: Option<String>,
+}
+
 fn capture_container(
     ctx: &BuildContext<'_>,
     entity: &ResolvedEntity,
     rt: &ResolvedRuntime,
-    table: &str,
-    settings: &ResolvedCapture,
+    tables: &SidecarTables,
     model: &str,
     version: i64,
 ) -> Container {
+    // The store settings of the capture config; usage tracking alone writes with the lake
+    // root's defaults (the pod's own identity, Parquet).
+    let defaults = ResolvedCapture::default();
+    let settings = ctx.capture.unwrap_or(&defaults);
+    // The payload flags keep their places: an operator upgrade must not roll captured pods.
     let mut args = strings(&[
         "capture",
         "--listen",
@@ -802,8 +839,11 @@ fn capture_container(
         // The sidecar's /health answers with the model's readiness path.
         "--upstream-health-path",
         &rt.health_path,
-        "--table",
-        table,
+    ]);
+    if let Some(table) = &tables.payload {
+        args.extend(strings(&["--table", table]));
+    }
+    args.extend(strings(&[
         "--endpoint",
         ctx.endpoint,
         "--entity",
@@ -812,11 +852,20 @@ fn capture_container(
         model,
         "--model-version",
         &version.to_string(),
-        "--sampling-fraction",
-        &settings.sampling_fraction.to_string(),
-        "--spool-dir",
-        "/spool",
-    ]);
+    ]));
+    if tables.payload.is_some() {
+        args.extend(strings(&[
+            "--sampling-fraction",
+            &settings.sampling_fraction.to_string(),
+        ]));
+    }
+    args.extend(strings(&["--spool-dir", "/spool"]));
+    if let Some(table) = &tables.usage {
+        args.extend(strings(&["--usage-table", table]));
+        if let Some(price) = &entity.usage_price {
+            args.extend([PRICE_FLAG.to_string(), price_arg(price)]);
+        }
+    }
     args.extend(STOP_BUDGET.capture_args());
     if settings.table_format == Some(CaptureTableFormat::Delta) {
         args.extend(strings(&["--table-format", "delta"]));
@@ -906,6 +955,7 @@ mod tests {
             progress_deadline_seconds: 600,
             network_policy: None,
             capture,
+            usage: None,
         }
     }
 
@@ -951,6 +1001,69 @@ mod tests {
         assert_eq!(
             svc.selector.as_ref().expect("selector")[LABEL_REVISION],
             "abcde"
+        );
+    }
+
+    #[test]
+    fn usage_tracking_puts_a_sidecar_in_front_that_writes_the_usage_table() {
+        let mut e = entity("{name: llm, model: fraud, version: 3}");
+        e.usage_price = Some(sluice_crds::UsagePrice {
+            currency: "USD".into(),
+            input_per_1k_tokens: Some(0.5),
+            output_per_1k_tokens: Some(1.5),
+            per_second: None,
+        });
+        let usage = ResolvedUsageTracking {
+            table_uri: "pvc://sluice-lake/default/default/fraud_usage".into(),
+        };
+        let args_of = |p: &PodSpec| {
+            let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["model", "capture"]);
+            p.containers[1].args.clone().unwrap_or_default().join(" ")
+        };
+        // Usage alone: no payload table, the lake's claim mounted for the usage table.
+        let mut context = ctx(None);
+        context.usage = Some(&usage);
+        let alone = build(&e, "r1", 1, &context).expect("objects");
+        let p = pod(&alone);
+        let args = args_of(p);
+        assert!(
+            args.contains("--usage-table file:///mnt/lake/sluice-lake/default/default/fraud_usage"),
+            "{args}"
+        );
+        assert!(
+            args.contains("--usage-price USD:input=0.5,output=1.5"),
+            "{args}"
+        );
+        assert!(!args.contains("--table "), "no payload table: {args}");
+        // Both tables on one claim: one volume.
+        let mut context = ctx(Some((
+            "pvc://sluice-lake/default/default/fraud_payload",
+            0.1,
+        )));
+        context.usage = Some(&usage);
+        let both = build(&e, "r1", 1, &context).expect("objects");
+        let p = pod(&both);
+        let args = args_of(p);
+        assert!(
+            args.contains("--table file:///mnt/lake/sluice-lake/default/default/fraud_payload"),
+            "{args}"
+        );
+        assert!(args.contains("--sampling-fraction 0.1"), "{args}");
+        let lakes = p
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.claim_name == "sluice-lake")
+            })
+            .count();
+        assert_eq!(lakes, 1);
+        assert_ne!(
+            alone.deployment.spec, both.deployment.spec,
+            "turning capture on changes the pods"
         );
     }
 

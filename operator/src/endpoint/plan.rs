@@ -26,8 +26,8 @@ use sluice_contract::resolve::{self, EntitySource, ResolveProblem, ResolvedEntit
 use sluice_contract::support::{unsupported_fields, unsupported_message};
 use sluice_crds::{
     ConfigUpdateState, DeploymentState, EndpointConfigStatus, EndpointState, ReadyState,
-    ReplicaStatus, ResolvedCapture, ServedEntityState, ServedEntityStatus, ServingEndpoint,
-    ServingEndpointStatus,
+    ReplicaStatus, ResolvedCapture, ResolvedUsageTracking, ServedEntityState, ServedEntityStatus,
+    ServingEndpoint, ServingEndpointStatus,
 };
 
 use super::{
@@ -132,6 +132,7 @@ pub fn plan(
     now: Timestamp,
 ) -> Plan {
     let capture = ctx.capture.cloned();
+    let usage = ctx.usage.cloned();
     let previous = ep.status.clone().unwrap_or_default();
     let mut events = Vec::new();
     let mut active = previous.config.clone();
@@ -155,7 +156,7 @@ pub fn plan(
                 .max()
                 .unwrap_or(0)
                 + 1;
-            let mut desired = config_of(ep, &wants, capture, next_version);
+            let mut desired = config_of(ep, &wants, capture, usage, next_version);
             if active.as_ref().is_some_and(|a| same_config(a, &desired)) {
                 if pending.take().is_some() {
                     events.push(PlanEvent::new(
@@ -370,6 +371,7 @@ fn config_of(
     ep: &ServingEndpoint,
     wants: &[Rendered],
     capture: Option<ResolvedCapture>,
+    usage: Option<ResolvedUsageTracking>,
     version: i64,
 ) -> EndpointConfigStatus {
     EndpointConfigStatus {
@@ -380,6 +382,7 @@ fn config_of(
         routes: resolve::routes(ep),
         shadow_routes: resolve::shadow_routes(ep),
         auto_capture: capture,
+        usage_tracking: usage,
     }
 }
 
@@ -418,6 +421,7 @@ fn entity_status(w: &Rendered) -> ServedEntityStatus {
         revision: pods.map(|(revision, _)| revision.clone()),
         deployment_name: pods.map(|(_, objects)| objects.name.clone()),
         autoscaling: Some(published::autoscaling(e)),
+        usage_price: e.usage_price.clone(),
         state: None,
         replicas: None,
     }
@@ -449,7 +453,7 @@ fn same_pods(a: &EndpointConfigStatus, b: &EndpointConfigStatus) -> bool {
             .map(|e| (e.name.clone(), e.deployment_name.clone()))
             .collect()
     };
-    key(a) == key(b) && a.auto_capture == b.auto_capture
+    key(a) == key(b) && a.auto_capture == b.auto_capture && a.usage_tracking == b.usage_tracking
 }
 
 /// The replicas the active config's entity `name` has now (its Deployment's `spec.replicas`).
@@ -798,6 +802,7 @@ mod tests {
             owner: Default::default(),
             data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
             capture: None,
+            usage: None,
             progress_deadline_seconds: 600,
             network_policy: None,
         }

@@ -31,7 +31,7 @@ use sluice_store::{StoreError, TableStore};
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::PartFile;
+use super::{PartFile, TableKind};
 
 /// Commit attempts before a commit fails (each conflict with another sidecar's commit costs
 /// one); the pipeline then retries the whole segment with backoff.
@@ -62,6 +62,7 @@ pub struct Committed {
 
 /// The Delta log of one sidecar's table.
 pub struct DeltaLog {
+    kind: TableKind,
     uri: String,
     app_id: String,
     root: ObjectStoreRef,
@@ -115,10 +116,11 @@ fn register_cloud_log_stores() {
 impl DeltaLog {
     /// The Delta log of the table at `store`, written as application `app_id` (the sidecar's
     /// stable instance id). Nothing is read until the first commit.
-    pub fn new(store: &TableStore, app_id: &str) -> Result<Self, StoreError> {
+    pub fn new(store: &TableStore, app_id: &str, kind: TableKind) -> Result<Self, StoreError> {
         register_cloud_log_stores();
         let (root, location) = store.root_and_url()?;
         Ok(Self {
+            kind,
             uri: store.uri().to_string(),
             app_id: app_id.to_string(),
             root,
@@ -149,7 +151,7 @@ impl DeltaLog {
             Err(DeltaTableError::NotATable(_)) => {}
             Err(other) => return Err(self.error("loading")(other)),
         }
-        let schema: StructType = super::record::schema()
+        let schema: StructType = (self.kind.schema)()
             .try_into_kernel()
             .map_err(|e| self.error("converting the schema")(e.into()))?;
         let log_store = self
@@ -158,8 +160,8 @@ impl DeltaLog {
             .map_err(self.error("opening"))?;
         let created = CreateBuilder::new()
             .with_log_store(log_store)
-            .with_table_name("payload")
-            .with_comment("Sluice inference table: one row per captured request")
+            .with_table_name(self.kind.name)
+            .with_comment(self.kind.comment)
             .with_columns(schema.fields().cloned())
             .with_partition_columns(["date"])
             .with_save_mode(SaveMode::Ignore)

@@ -1,6 +1,7 @@
 //! The inference table: the rows the capture sidecar records, for anyone to read.
 //!
 //! - [`record`]: one row ([`PayloadRecord`]), the Arrow schema, rows → Arrow batches.
+//! - [`usage`]: one row of the usage table beside it ([`usage::UsageRecord`]).
 //! - [`parquet`]: rows → one Parquet file.
 //! - [`delta`]: the optional Delta Lake log over the Parquet files.
 //! - [`spool`]: the capped on-disk log of rows waiting for the table.
@@ -19,13 +20,56 @@ pub mod delta;
 pub mod parquet;
 pub mod record;
 pub mod spool;
+pub mod usage;
 
 use std::collections::BTreeMap;
 
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
 use chrono::NaiveDate;
 use sluice_store::{StoreError, TableStore};
 
-pub use record::{PayloadRecord, schema};
+use self::usage::UsageRecord;
+
+/// The rows of one kind of table: its schema and how rows become Arrow batches.
+pub trait TableRow: Sized {
+    /// The table's name in its Delta log.
+    const NAME: &'static str;
+    /// The table's description in its Delta log.
+    const COMMENT: &'static str;
+    /// Columns of large, unique values (bodies): no dictionary and no statistics.
+    const BODY_COLUMNS: &'static [&'static str];
+    /// The Arrow schema.
+    fn schema() -> SchemaRef;
+    /// `rows` as one batch in [`Self::schema`] order.
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError>;
+    /// The UTC day of the row: its `date` column and partition.
+    fn date(&self) -> NaiveDate;
+}
+
+/// What a Delta log needs to know of its table's rows.
+#[derive(Clone, Copy, Debug)]
+pub struct TableKind {
+    /// [`TableRow::NAME`].
+    pub name: &'static str,
+    /// [`TableRow::COMMENT`].
+    pub comment: &'static str,
+    /// [`TableRow::schema`].
+    pub schema: fn() -> SchemaRef,
+}
+
+impl TableKind {
+    /// The kind of table `R` rows make.
+    pub fn of<R: TableRow>() -> Self {
+        Self {
+            name: R::NAME,
+            comment: R::COMMENT,
+            schema: R::schema,
+        }
+    }
+}
+
+pub use record::PayloadRecord;
 
 /// Why rows could not be added to the table.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +108,8 @@ pub fn part_path(date: NaiveDate, instance: &str, seq: u64) -> String {
 }
 
 /// Splits rows by their `date` partition, keeping their order within a day.
-pub fn by_date(records: Vec<PayloadRecord>) -> BTreeMap<NaiveDate, Vec<PayloadRecord>> {
-    let mut days: BTreeMap<NaiveDate, Vec<PayloadRecord>> = BTreeMap::new();
+pub fn by_date<R: TableRow>(records: Vec<R>) -> BTreeMap<NaiveDate, Vec<R>> {
+    let mut days: BTreeMap<NaiveDate, Vec<R>> = BTreeMap::new();
     for record in records {
         days.entry(record.date()).or_default().push(record);
     }
@@ -83,12 +127,27 @@ pub struct PartFile {
     pub bytes: bytes::Bytes,
 }
 
-/// Encodes the rows of spool segment `seq` of `instance`: one file per day they span. CPU
-/// work; callers on an async runtime run it on a blocking thread.
-pub fn encode_segment(
+/// The files of one spool segment, per table.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentFiles {
+    /// Files of the payload table (the sampled exchanges).
+    pub payload: Vec<PartFile>,
+    /// Files of the usage table (every tracked exchange).
+    pub usage: Vec<PartFile>,
+}
+
+impl SegmentFiles {
+    /// Files of both tables.
+    pub fn count(&self) -> usize {
+        self.payload.len() + self.usage.len()
+    }
+}
+
+/// Encodes `records` (one spool segment) as one file per day they span.
+fn encode_days<R: TableRow>(
     instance: &str,
     seq: u64,
-    records: Vec<PayloadRecord>,
+    records: Vec<R>,
 ) -> Result<Vec<PartFile>, parquet::EncodeError> {
     by_date(records)
         .into_iter()
@@ -102,22 +161,58 @@ pub fn encode_segment(
         .collect()
 }
 
+/// Encodes the rows of spool segment `seq` of `instance` for the tables written: the sampled
+/// exchanges for the payload table (when `payload`), the usage rows of every tracked exchange
+/// for the usage table (when `usage`); one file per day each spans. CPU work; callers on an
+/// async runtime run it on a blocking thread.
+pub fn encode_segment(
+    instance: &str,
+    seq: u64,
+    records: Vec<PayloadRecord>,
+    (payload, usage): (bool, bool),
+) -> Result<SegmentFiles, parquet::EncodeError> {
+    let usage_rows: Vec<UsageRecord> = if usage {
+        records.iter().filter_map(UsageRecord::of).collect()
+    } else {
+        Vec::new()
+    };
+    let sampled: Vec<PayloadRecord> = if payload {
+        records.into_iter().filter(|r| !r.usage_only).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(SegmentFiles {
+        payload: encode_days(instance, seq, sampled)?,
+        usage: encode_days(instance, seq, usage_rows)?,
+    })
+}
+
 /// A table of Hive-partitioned Parquet files, optionally with a Delta log over them.
 #[derive(Clone, Debug)]
 pub struct ParquetTable {
     store: TableStore,
+    kind: TableKind,
     delta: Option<std::sync::Arc<delta::DeltaLog>>,
 }
 
 impl ParquetTable {
-    /// The table at `store`.
-    pub fn new(store: TableStore) -> Self {
-        Self { store, delta: None }
+    /// The table of `kind` at `store`.
+    pub fn new(store: TableStore, kind: TableKind) -> Self {
+        Self {
+            store,
+            kind,
+            delta: None,
+        }
+    }
+
+    /// Where the table is.
+    pub fn uri(&self) -> &str {
+        self.store.uri()
     }
 
     /// The same table, each segment also committed to a Delta log as application `app_id`.
     pub fn with_delta(self, app_id: &str) -> Result<Self, TableError> {
-        let log = delta::DeltaLog::new(&self.store, app_id)?;
+        let log = delta::DeltaLog::new(&self.store, app_id, self.kind)?;
         Ok(Self {
             delta: Some(std::sync::Arc::new(log)),
             ..self
@@ -129,7 +224,7 @@ impl ParquetTable {
     /// committed before it died is recognised and skipped.
     pub fn for_instance(&self, app_id: &str) -> Result<Self, TableError> {
         match &self.delta {
-            Some(_) => Self::new(self.store.clone()).with_delta(app_id),
+            Some(_) => Self::new(self.store.clone(), self.kind).with_delta(app_id),
             None => Ok(self.clone()),
         }
     }
@@ -139,6 +234,10 @@ impl ParquetTable {
     /// Delta log holds already is skipped, so a retry never duplicates rows.
     #[tracing::instrument(level = "debug", skip_all, fields(seq, files = files.len()))]
     pub async fn write(&self, seq: u64, files: &[PartFile]) -> Result<Written, TableError> {
+        if files.is_empty() {
+            // No row of the segment belongs to this table: nothing to write or commit.
+            return Ok(Written::default());
+        }
         if let Some(log) = &self.delta
             && log.has_segment(seq).await?
         {
@@ -158,6 +257,53 @@ impl ParquetTable {
             already_committed: false,
             commit,
         })
+    }
+}
+
+/// The tables a sidecar writes: the payload table, the usage table, or both.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    /// The payload table (`--table`).
+    pub payload: Option<ParquetTable>,
+    /// The usage table (`--usage-table`).
+    pub usage: Option<ParquetTable>,
+}
+
+impl Tables {
+    /// Which tables rows are encoded for: `(payload, usage)`.
+    pub fn written(&self) -> (bool, bool) {
+        (self.payload.is_some(), self.usage.is_some())
+    }
+
+    /// The same tables for the segments of another sidecar instance (see
+    /// [`ParquetTable::for_instance`]).
+    pub fn for_instance(&self, app_id: &str) -> Result<Self, TableError> {
+        Ok(Self {
+            payload: self
+                .payload
+                .as_ref()
+                .map(|t| t.for_instance(app_id))
+                .transpose()?,
+            usage: self
+                .usage
+                .as_ref()
+                .map(|t| t.for_instance(app_id))
+                .transpose()?,
+        })
+    }
+
+    /// Writes segment `seq`'s files to each table (payload first). Idempotent like
+    /// [`ParquetTable::write`]: after a failure the whole segment is written again, and what
+    /// one table already has is replaced or skipped, never doubled.
+    pub async fn write(&self, seq: u64, files: &SegmentFiles) -> Result<[Written; 2], TableError> {
+        let mut written = [Written::default(); 2];
+        if let Some(table) = &self.payload {
+            written[0] = table.write(seq, &files.payload).await?;
+        }
+        if let Some(table) = &self.usage {
+            written[1] = table.write(seq, &files.usage).await?;
+        }
+        Ok(written)
     }
 }
 

@@ -8,12 +8,10 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use super::record::{PayloadRecord, to_batch};
+use super::TableRow;
 
 /// Rows per Arrow batch handed to the writer (bounds the memory of one encode step).
 const BATCH_ROWS: usize = 1024;
-/// The columns holding whole bodies.
-const PAYLOAD_COLUMNS: [&str; 2] = ["request", "response"];
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
 
@@ -39,13 +37,13 @@ pub enum EncodeError {
 }
 
 /// Encodes `records` as one Parquet file in memory.
-pub fn encode(records: &[PayloadRecord]) -> Result<Bytes, EncodeError> {
+pub fn encode<R: TableRow>(records: &[R]) -> Result<Bytes, EncodeError> {
     let rows = records.len();
     let parquet_error = |source| EncodeError::Parquet { rows, source };
     let mut properties = WriterProperties::builder();
     // Bodies are large and unique: a dictionary or min/max statistics of them cost CPU and
     // buy nothing.
-    for column in PAYLOAD_COLUMNS {
+    for &column in R::BODY_COLUMNS {
         properties = properties
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
             .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
@@ -55,10 +53,10 @@ pub fn encode(records: &[PayloadRecord]) -> Result<Bytes, EncodeError> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("sluice capture {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), super::schema(), Some(properties))
-        .map_err(parquet_error)?;
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), R::schema(), Some(properties)).map_err(parquet_error)?;
     for chunk in records.chunks(BATCH_ROWS) {
-        let batch = to_batch(chunk).map_err(|source| EncodeError::Arrow {
+        let batch = R::to_batch(chunk).map_err(|source| EncodeError::Arrow {
             rows: chunk.len(),
             source,
         })?;
@@ -73,6 +71,7 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+    use crate::table::PayloadRecord;
     use crate::table::record::COLUMNS;
 
     #[test]

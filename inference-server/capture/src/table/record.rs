@@ -18,6 +18,9 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::TableRow;
+use super::usage::UsageFacts;
+
 /// A `logging_error_codes` entry: the request body was longer than the capture cap.
 pub const REQUEST_TRUNCATED: &str = "REQUEST_PAYLOAD_TRUNCATED";
 /// A `logging_error_codes` entry: the response body was longer than the capture cap.
@@ -86,14 +89,65 @@ pub struct PayloadRecord {
     pub sampling_fraction: f64,
     /// Why the row is not a faithful copy, if it is not (truncation, lossy UTF-8, ...).
     pub logging_error_codes: Vec<String>,
+    /// The exchange was not sampled for the payload table: it is spooled only for its usage
+    /// row, without bodies. Not a column.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_only: bool,
+    /// What its usage row adds, when usage is tracked. Not a column of the payload table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageFacts>,
 }
 
 impl PayloadRecord {
     /// The UTC calendar date of `timestamp_ms`: the `date` column and the partition.
     pub fn date(&self) -> NaiveDate {
-        DateTime::<Utc>::from_timestamp_millis(self.timestamp_ms)
-            .unwrap_or_default()
-            .date_naive()
+        date_of(self.timestamp_ms)
+    }
+}
+
+/// The UTC calendar date of a time in ms since the epoch.
+pub fn date_of(timestamp_ms: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_millis(timestamp_ms)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+/// `date` as an Arrow `Date32` value (days since 1970-01-01).
+pub fn days_since_epoch(date: NaiveDate) -> i32 {
+    chrono::Datelike::num_days_from_ce(&date) - UNIX_EPOCH_DAYS_FROM_CE
+}
+
+/// A nullable `MAP<STRING, STRING>` column named `name`.
+pub fn map_field(name: &str) -> Field {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(
+            vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, true),
+            ]
+            .into(),
+        ),
+        false,
+    );
+    Field::new(name, DataType::Map(Arc::new(entries), false), true)
+}
+
+impl TableRow for PayloadRecord {
+    const NAME: &'static str = "payload";
+    const COMMENT: &'static str = "Sluice inference table: one row per captured request";
+    const BODY_COLUMNS: &'static [&'static str] = &["request", "response"];
+
+    fn schema() -> SchemaRef {
+        schema()
+    }
+
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
+        to_batch(rows)
+    }
+
+    fn date(&self) -> NaiveDate {
+        self.date()
     }
 }
 
@@ -126,17 +180,6 @@ pub fn schema() -> SchemaRef {
     SCHEMA
         .get_or_init(|| {
             let utf8 = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
-            let map_entries = Field::new(
-                "entries",
-                DataType::Struct(
-                    vec![
-                        Field::new("keys", DataType::Utf8, false),
-                        Field::new("values", DataType::Utf8, true),
-                    ]
-                    .into(),
-                ),
-                false,
-            );
             Arc::new(Schema::new(vec![
                 utf8("request_id", false),
                 utf8("client_request_id", true),
@@ -146,11 +189,7 @@ pub fn schema() -> SchemaRef {
                 Field::new("execution_time_ms", DataType::Int64, false),
                 utf8("request", true),
                 utf8("response", true),
-                Field::new(
-                    "request_metadata",
-                    DataType::Map(Arc::new(map_entries), false),
-                    true,
-                ),
+                map_field("request_metadata"),
                 utf8("endpoint", false),
                 utf8("served_entity", false),
                 utf8("model", false),
@@ -195,9 +234,7 @@ pub fn to_batch(records: &[PayloadRecord]) -> Result<RecordBatch, ArrowError> {
     let mut metadata = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     let mut codes = ListBuilder::new(StringBuilder::new());
     for record in records {
-        dates.append_value(
-            chrono::Datelike::num_days_from_ce(&record.date()) - UNIX_EPOCH_DAYS_FROM_CE,
-        );
+        dates.append_value(days_since_epoch(record.date()));
         statuses.append_value(record.status_code);
         fractions.append_value(record.sampling_fraction);
         for (key, value) in &record.request_metadata {
