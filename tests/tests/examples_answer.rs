@@ -13,7 +13,7 @@
 //!
 //! Not here: `gpu-llm-vllm.yaml` (a vLLM engine on a GPU: engine images run no process on the
 //! test kubelet), and `rate-limits.yaml` and `external-model.yaml`, which set fields this version
-//! refuses (`aiGateway.guardrails`, `externalModel`: Ready=False,
+//! refuses (`aiGateway.guardrails.output`, `externalModel`: Ready=False,
 //! FieldNotSupported), as `operator_examples` proves.
 
 use std::collections::BTreeMap;

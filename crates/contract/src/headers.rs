@@ -18,6 +18,9 @@ pub const REQUESTER: &str = "x-sluice-requester";
 pub const GROUPS: &str = "x-sluice-groups";
 /// The id of the API key the caller presented, when it used one.
 pub const KEY_ID: &str = "x-sluice-key-id";
+/// What the gateway's input guardrails did to the request (`input=pass`,
+/// `input=masked:EMAIL_ADDRESS,…`), recorded by the capture sidecar.
+pub const GUARDRAILS: &str = "x-sluice-guardrails";
 /// Headers that carry the client's own request id, first match wins (a JSON body's
 /// `client_request_id` is used when none is present).
 pub const CLIENT_REQUEST_ID: &[&str] = &["x-client-request-id", "client-request-id"];

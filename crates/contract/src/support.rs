@@ -12,9 +12,10 @@ pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
         .spec
         .ai_gateway
         .as_ref()
-        .is_some_and(|g| g.guardrails.is_some())
+        .and_then(|g| g.guardrails.as_ref())
+        .is_some_and(|g| g.output.is_some())
     {
-        fields.push("spec.aiGateway.guardrails (requests and answers are not checked)".to_string());
+        fields.push("spec.aiGateway.guardrails.output (answers are not checked)".to_string());
     }
     for (i, e) in ep.spec.served_entities.iter().enumerate() {
         if e.external_model.is_some() {
@@ -42,19 +43,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_usage_and_fallback_act_and_guardrails_are_named() {
+    fn limits_usage_fallback_and_input_guardrails_act_and_output_guardrails_are_named() {
         let limited = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: true}\n    fallback: {enabled: true}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: true}\n    fallback: {enabled: true}\n    guardrails: {input: {pii: {behavior: BLOCK}}}\n",
         );
         assert!(unsupported_fields(&limited).is_empty());
         let guarded = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}, output: {pii: {behavior: MASK}}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
         );
         let fields = unsupported_fields(&guarded);
         assert_eq!(fields.len(), 1, "{fields:?}");
-        assert!(fields[0].starts_with("spec.aiGateway.guardrails"));
+        assert!(fields[0].starts_with("spec.aiGateway.guardrails.output"));
         assert!(unsupported_message(&fields).ends_with("remove the field or upgrade"));
     }
 }

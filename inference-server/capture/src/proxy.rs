@@ -46,8 +46,8 @@ use crate::table::record::{
 
 use sluice_contract::headers::{
     CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, GROUPS as GROUPS_HEADER,
-    KEY_ID as KEY_ID_HEADER, REQUEST_ID, REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
-    strip_hop_by_hop,
+    GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, REQUEST_ID,
+    REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
 };
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -584,6 +584,7 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     for (key, name) in [
         ("requester_groups", GROUPS_HEADER),
         ("api_key_id", KEY_ID_HEADER),
+        ("guardrails", GUARDRAILS_HEADER),
     ] {
         if let Some(value) = header_text(headers, &[name]) {
             metadata.insert(key.into(), value);

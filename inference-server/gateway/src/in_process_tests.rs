@@ -20,6 +20,7 @@ use crate::auth::{Auth, AuthSettings, KeySource};
 use crate::metrics::{AuthOutcome, FallbackReason, GatewayMetrics};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::ratelimit::RateLimiter;
+use crate::routing::Policies;
 use crate::routing::{ConfigSpec, EndpointSpec, EntitySpec, HoldPolicy};
 use crate::state::State;
 use sluice_crds::{RateLimit, RateLimitKey, RenewalPeriod};
@@ -104,16 +105,24 @@ fn limited(
     auth: Auth,
     rate_limits: Vec<RateLimit>,
 ) -> (axum::Router, GatewayMetrics) {
-    governed(entities, routes, auth, rate_limits, false)
+    governed(
+        entities,
+        routes,
+        auth,
+        Policies {
+            rate_limits,
+            ..Policies::default()
+        },
+    )
 }
 
-/// As [`limited`], with `spec.aiGateway.fallback.enabled` set to `fallback`.
+/// The proxy checking callers with `auth` and applying `policies` (`spec.aiGateway`), and its
+/// metrics.
 fn governed(
     entities: Vec<EntitySpec>,
     routes: Vec<(String, u32)>,
     auth: Auth,
-    rate_limits: Vec<RateLimit>,
-    fallback: bool,
+    policies: Policies,
 ) -> (axum::Router, GatewayMetrics) {
     let state = Arc::new(State::new(GatewayMetrics::register(
         &mut Registry::default(),
@@ -121,8 +130,7 @@ fn governed(
     state.apply(&[EndpointSpec {
         namespace: "ml".into(),
         name: "fraud".into(),
-        rate_limits,
-        fallback,
+        policies,
         config: Some(ConfigSpec {
             version: 3,
             entities,
@@ -521,7 +529,15 @@ async fn a_failed_entity_passes_the_request_to_the_next_in_order() {
             ("c".to_string(), 0),
         ]
     };
-    let (router, metrics) = governed(entities(), routes(), Auth::open(), Vec::new(), true);
+    let (router, metrics) = governed(
+        entities(),
+        routes(),
+        Auth::open(),
+        Policies {
+            fallback: true,
+            ..Policies::default()
+        },
+    );
     let (status, headers, body) =
         call(router.clone(), "/serving-endpoints/fraud/invocations", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -554,7 +570,7 @@ async fn a_failed_entity_passes_the_request_to_the_next_in_order() {
     );
 
     // Without fallback the first failure is the answer.
-    let (router, _) = governed(entities(), routes(), Auth::open(), Vec::new(), false);
+    let (router, _) = governed(entities(), routes(), Auth::open(), Policies::default());
     let (status, headers, _) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(headers["served-model-name"], "a");
@@ -570,8 +586,10 @@ async fn when_every_entity_fails_the_last_failure_is_the_answer() {
         ],
         vec![("a".into(), 0), ("b".into(), 100)],
         Auth::open(),
-        Vec::new(),
-        true,
+        Policies {
+            fallback: true,
+            ..Policies::default()
+        },
     );
     // b first (all the traffic), then a, each once.
     let (status, headers, _) = call(router, "/serving-endpoints/fraud/invocations", &[]).await;
@@ -579,4 +597,129 @@ async fn when_every_entity_fails_the_last_failure_is_the_answer() {
     assert_eq!(headers["served-model-name"], "a");
     assert_eq!(metrics.fallback_total("b", FallbackReason::RateLimited), 1);
     assert_eq!(metrics.fallback_total("a", FallbackReason::ServerError), 0);
+}
+
+/// A model server that answers `/invocations` with the body it received.
+async fn echo() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/invocations",
+        axum::routing::post(|headers: HeaderMap, body: String| async move {
+            axum::Json(json!({
+                "received": body,
+                "guardrails": headers
+                    .get(sluice_contract::headers::GUARDRAILS)
+                    .and_then(|v| v.to_str().ok()),
+            }))
+        }),
+    );
+    serve(app).await
+}
+
+async fn send_text(
+    router: axum::Router,
+    text: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut request = Request::post("/serving-endpoints/fraud/invocations")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = json!({"messages": [{"role": "user", "content": text}]}).to_string();
+    let mut request = request.body(Body::from(body)).expect("request");
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = router.oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_chats() {
+    let model = echo().await;
+    let guardrails = |pii| {
+        Some(crate::guardrails::InputGuardrails {
+            pii,
+            invalid_keywords: vec!["project falcon".into()],
+            valid_topics: vec!["billing".into()],
+        })
+    };
+    let routes = || vec![("a".to_string(), 100)];
+    let (router, metrics) = governed(
+        vec![entity("a", vec![model], None)],
+        routes(),
+        Auth::open(),
+        Policies {
+            input_guardrails: guardrails(sluice_crds::PiiBehavior::MASK),
+            ..Policies::default()
+        },
+    );
+    let text = "billing question from jo@example.com, card 4111 1111 1111 1111";
+    let (status, answer) = send_text(
+        router.clone(),
+        text,
+        // A client cannot claim a verdict: the gateway sets it.
+        &[("x-sluice-guardrails", "input=pass")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let received: Value = serde_json::from_str(answer["received"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        received["messages"][0]["content"],
+        "billing question from <EMAIL_ADDRESS>, card <CREDIT_CARD>",
+        "the model never sees the personal data"
+    );
+    assert_eq!(
+        answer["guardrails"],
+        "input=masked:EMAIL_ADDRESS,CREDIT_CARD"
+    );
+    let (status, answer) = send_text(router.clone(), "billing for Project Falcon", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("project falcon"),
+        "{answer}"
+    );
+    let (status, answer) = send_text(router.clone(), "tell me a joke", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed topics (billing)"),
+        "{answer}"
+    );
+    let (status, answer) = send_text(router, "billing, nothing personal", &[]).await;
+    assert_eq!(
+        (status, &answer["guardrails"]),
+        (StatusCode::OK, &json!("input=pass"))
+    );
+    assert_eq!(metrics.guardrail_total("ml", "fraud", "refused"), 2);
+    assert_eq!(metrics.guardrail_total("ml", "fraud", "masked"), 1);
+
+    let (router, _) = governed(
+        vec![entity("a", vec![model], None)],
+        routes(),
+        Auth::open(),
+        Policies {
+            input_guardrails: guardrails(sluice_crds::PiiBehavior::BLOCK),
+            ..Policies::default()
+        },
+    );
+    let (status, answer) = send_text(router, "billing: my SSN is 078-05-1120", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error_code"], "BAD_REQUEST");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("personal data (US_SSN)"),
+        "{answer}"
+    );
 }

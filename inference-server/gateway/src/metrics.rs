@@ -209,6 +209,15 @@ struct LimitedLabels {
     measure: &'static str,
 }
 
+/// Labels of a request the input guardrails refused or masked.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardrailLabels {
+    namespace: String,
+    endpoint: String,
+    /// `refused` or `masked`.
+    action: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     namespace: String,
@@ -251,6 +260,7 @@ pub struct GatewayMetrics {
     tokens: Family<DirectionLabels, Counter>,
     uncounted: Family<EntityLabels, Counter>,
     limited: Family<LimitedLabels, Counter>,
+    guardrails: Family<GuardrailLabels, Counter>,
     store_failures: [Counter; 3],
     fallbacks: Family<FallbackLabels, Counter>,
 }
@@ -348,6 +358,7 @@ impl GatewayMetrics {
             tokens: Family::default(),
             uncounted: Family::default(),
             limited: Family::default(),
+            guardrails: Family::default(),
             store_failures: Default::default(),
             fallbacks: Family::default(),
         };
@@ -383,6 +394,11 @@ impl GatewayMetrics {
             "rate_limited",
             "Requests refused with 429 because a rate limit was spent, by measure",
             metrics.limited.clone(),
+        );
+        registry.register(
+            "guardrail_actions",
+            "Requests the input guardrails refused (400) or masked, by endpoint",
+            metrics.guardrails.clone(),
         );
         registry.register(
             "fallbacks",
@@ -451,6 +467,29 @@ impl GatewayMetrics {
     #[cfg(test)]
     pub fn auth_total(&self, outcome: AuthOutcome) -> u64 {
         self.auth[outcome as usize].get()
+    }
+
+    /// Counts a request the input guardrails refused (`refused`) or masked (`masked`).
+    pub fn guardrail(&self, namespace: &str, endpoint: &str, action: &'static str) {
+        self.guardrails
+            .get_or_create(&GuardrailLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                action,
+            })
+            .inc();
+    }
+
+    /// Requests the input guardrails took `action` on so far, on an endpoint.
+    #[cfg(test)]
+    pub fn guardrail_total(&self, namespace: &str, endpoint: &str, action: &'static str) -> u64 {
+        self.guardrails
+            .get_or_create(&GuardrailLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                action,
+            })
+            .get()
     }
 
     /// Counts a request refused by a rate limit.

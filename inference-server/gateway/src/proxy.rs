@@ -45,10 +45,10 @@ use super::ratelimit::RateLimiter;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
-use sluice_contract::headers::strip_hop_by_hop;
 pub use sluice_contract::headers::{
     CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
 };
+use sluice_contract::headers::{GUARDRAILS, strip_hop_by_hop};
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -288,7 +288,7 @@ impl Proxy {
             .admit(
                 namespace,
                 endpoint_name,
-                &endpoint.rate_limits,
+                &endpoint.policies.rate_limits,
                 &caller.identity,
             )
             .await
@@ -298,6 +298,32 @@ impl Proxy {
                 admission,
             }),
             Err(error) => return self.fail(namespace, endpoint_name, error),
+        };
+        // Input guardrails: refuse, or go on with the personal data masked.
+        let body = match &endpoint.policies.input_guardrails {
+            None => body,
+            Some(guardrails) => match guardrails.check(endpoint_name, body.bytes()) {
+                Err(error) => {
+                    self.state
+                        .metrics()
+                        .guardrail(namespace, endpoint_name, "refused");
+                    return self.fail(namespace, endpoint_name, error);
+                }
+                Ok(verdict) => {
+                    if let Ok(value) = HeaderValue::from_str(&verdict.header()) {
+                        parts.headers.insert(GUARDRAILS, value);
+                    }
+                    match verdict.body {
+                        Some(masked) => {
+                            self.state
+                                .metrics()
+                                .guardrail(namespace, endpoint_name, "masked");
+                            body.with_bytes(Bytes::from(masked))
+                        }
+                        None => body,
+                    }
+                }
+            },
         };
         // A token budget needs the answer's usage: a stream is made to report it.
         let asked = match (&charge, upstream_path) {
@@ -352,7 +378,7 @@ impl Proxy {
             },
         };
         // A request to one named entity never falls back.
-        let fallback = endpoint.fallback && entity.is_none();
+        let fallback = endpoint.policies.fallback && entity.is_none();
         let mut tried = vec![
             config
                 .entities

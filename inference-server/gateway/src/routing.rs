@@ -21,6 +21,8 @@ pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
 use sluice_crds::{RateLimit, ResolvedRoute, ServingEndpoint, ShadowRoute};
 
+use super::guardrails::InputGuardrails;
+
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSpec {
@@ -30,11 +32,34 @@ pub struct EndpointSpec {
     pub name: String,
     /// The routed config; `None` while the endpoint has no promoted config yet.
     pub config: Option<ConfigSpec>,
-    /// `spec.aiGateway.rateLimits`. Read from the spec, not the promoted config: a policy
-    /// change needs no new pods, so it takes effect at once.
+    /// What `spec.aiGateway` asks of the gateway.
+    pub policies: Policies,
+}
+
+/// What `spec.aiGateway` asks of the gateway. Read from the spec, not the promoted config: a
+/// policy change needs no new pods, so it takes effect at once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policies {
+    /// `rateLimits`.
     pub rate_limits: Vec<RateLimit>,
-    /// `spec.aiGateway.fallback.enabled`, also read from the spec.
+    /// `fallback.enabled`.
     pub fallback: bool,
+    /// `guardrails.input`, when it sets a check that acts.
+    pub input_guardrails: Option<InputGuardrails>,
+}
+
+impl Policies {
+    /// The policies of `endpoint`'s spec.
+    pub fn of(endpoint: &ServingEndpoint) -> Self {
+        let gateway = endpoint.spec.ai_gateway.as_ref();
+        Self {
+            rate_limits: gateway.map(|g| g.rate_limits.clone()).unwrap_or_default(),
+            fallback: gateway
+                .and_then(|g| g.fallback.as_ref())
+                .is_some_and(|f| f.enabled),
+            input_guardrails: super::guardrails::input_of(endpoint),
+        }
+    }
 }
 
 /// The routed config of an endpoint.
@@ -176,31 +201,10 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
             namespace: namespace.to_string(),
             name: name.to_string(),
             config,
-            rate_limits: rate_limits_of(endpoint),
-            fallback: fallback_of(endpoint),
+            policies: Policies::of(endpoint),
         });
     }
     out
-}
-
-/// The rate limits of `endpoint`'s spec.
-pub fn rate_limits_of(endpoint: &ServingEndpoint) -> Vec<RateLimit> {
-    endpoint
-        .spec
-        .ai_gateway
-        .as_ref()
-        .map(|gateway| gateway.rate_limits.clone())
-        .unwrap_or_default()
-}
-
-/// Whether `endpoint`'s spec turns fallback on.
-pub fn fallback_of(endpoint: &ServingEndpoint) -> bool {
-    endpoint
-        .spec
-        .ai_gateway
-        .as_ref()
-        .and_then(|gateway| gateway.fallback.as_ref())
-        .is_some_and(|fallback| fallback.enabled)
 }
 
 /// The address a running, not-terminating pod answers on, at its front (`http`) port, and

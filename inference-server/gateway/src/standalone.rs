@@ -113,10 +113,8 @@ pub struct ResolvedEndpoint {
     pub routes: Vec<ResolvedRoute>,
     /// Shadow routes.
     pub shadows: Vec<ShadowRoute>,
-    /// `spec.aiGateway.rateLimits`.
-    pub rate_limits: Vec<sluice_crds::RateLimit>,
-    /// `spec.aiGateway.fallback.enabled`.
-    pub fallback: bool,
+    /// What `spec.aiGateway` asks of the gateway.
+    pub policies: super::routing::Policies,
 }
 
 /// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
@@ -157,8 +155,7 @@ pub fn resolve_manifest(
                 entities,
                 routes: resolve::routes(endpoint),
                 shadows: resolve::shadow_routes(endpoint),
-                rate_limits: super::routing::rate_limits_of(endpoint),
-                fallback: super::routing::fallback_of(endpoint),
+                policies: super::routing::Policies::of(endpoint),
                 namespace,
                 name,
             }),
@@ -264,8 +261,7 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
         .map(|endpoint| EndpointSpec {
             namespace: endpoint.namespace.clone(),
             name: endpoint.name.clone(),
-            rate_limits: endpoint.rate_limits.clone(),
-            fallback: endpoint.fallback,
+            policies: endpoint.policies.clone(),
             config: Some(ConfigSpec {
                 version: endpoint.version,
                 entities: endpoint

@@ -121,10 +121,8 @@ pub struct LiveEndpoint {
     pub name: String,
     /// The routed config; `None` until the operator promotes one.
     pub config: Option<LiveConfig>,
-    /// The endpoint's rate limits.
-    pub rate_limits: Vec<sluice_crds::RateLimit>,
-    /// Whether a failed entity passes the request on to the next one.
-    pub fallback: bool,
+    /// What `spec.aiGateway` asks: rate limits, fallback, input guardrails.
+    pub policies: super::routing::Policies,
 }
 
 /// An immutable snapshot of every endpoint.
@@ -394,8 +392,7 @@ impl State {
                     namespace: spec.namespace.clone(),
                     name: spec.name.clone(),
                     config,
-                    rate_limits: spec.rate_limits.clone(),
-                    fallback: spec.fallback,
+                    policies: spec.policies.clone(),
                 }));
         }
         // Entities that left every config: their held requests re-resolve (and get whatever
@@ -467,8 +464,7 @@ mod tests {
         EndpointSpec {
             namespace: namespace.into(),
             name: "fraud".into(),
-            rate_limits: Vec::new(),
-            fallback: false,
+            policies: Default::default(),
             config: Some(ConfigSpec {
                 version,
                 entities: vec![EntitySpec {
