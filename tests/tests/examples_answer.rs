@@ -12,9 +12,10 @@
 //! chat upstream is a loopback `inference-server serve` of the tiny random Llama.
 //!
 //! Not here: `gpu-llm-vllm.yaml` (a vLLM engine on a GPU: engine images run no process on the
-//! test kubelet), and `rate-limits.yaml` and `external-model.yaml`, which set fields this version
-//! refuses (`aiGateway.guardrails.output`, `externalModel`: Ready=False,
-//! FieldNotSupported), as `operator_examples` proves.
+//! test kubelet); `rate-limits.yaml`, whose TinyLlama GGUF this suite does not download (its
+//! policies are proven by the gateway's and capture's own tests, its rendering by
+//! `operator_examples`); and `external-model.yaml`, which sets a field this version refuses
+//! (`externalModel`: Ready=False, FieldNotSupported), as `operator_examples` proves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! with reason FieldNotSupported), and the children match what the example asks for — an entity
 //! Deployment with ready pods per model entity, none for external models, GPU entities on the
 //! GPU node with the workload table's resources and tolerations, the capture sidecar wherever
-//! auto-capture is on; all in a namespace where Pod Security `restricted` is enforced.
+//! auto-capture or usage tracking is on; all in a namespace where Pod Security `restricted` is enforced.
 //!
 //! Entity pods run no process here (the images are not mapped to local binaries, as kwok
 //! does), so all examples fit side by side on the test nodes, GPU ones included; each example
@@ -76,7 +76,7 @@ fn entity_pods_match(
     pods: &[Pod],
     entity: &str,
     expect: &EntityExpectation,
-    capture: bool,
+    sidecar: bool,
     gpu_node: &str,
 ) -> Result<(), String> {
     let mine: Vec<&Pod> = pods
@@ -132,9 +132,9 @@ fn entity_pods_match(
         return Err(format!("CPU entity {entity} landed on the GPU node"));
     }
     let names = container_names(pod);
-    if capture != names.iter().any(|n| n == "capture") {
+    if sidecar != names.iter().any(|n| n == "capture") {
         return Err(format!(
-            "entity {entity}: auto-capture {capture} but containers {names:?}"
+            "entity {entity}: capture sidecar expected {sidecar} but containers {names:?}"
         ));
     }
     Ok(())
@@ -238,6 +238,9 @@ async fn every_example_reaches_its_expected_state() {
             "{what}: served entities"
         );
         let capture = doc["spec"]["autoCapture"]["enabled"].as_bool() == Some(true);
+        // Usage tracking is written by the same sidecar.
+        let sidecar =
+            capture || doc["spec"]["aiGateway"]["usageTracking"]["enabled"].as_bool() == Some(true);
         assert_eq!(
             status
                 .config
@@ -256,7 +259,7 @@ async fn every_example_reaches_its_expected_state() {
                     expectations
                         .iter()
                         .map(|(entity, expect)| {
-                            entity_pods_match(&pods, entity, expect, capture, &nodes.gpu_node)
+                            entity_pods_match(&pods, entity, expect, sidecar, &nodes.gpu_node)
                         })
                         .collect::<Result<Vec<()>, String>>()
                         .map_err(|e| eprintln!("{name}: {e}"))

@@ -346,7 +346,7 @@ async fn fields_this_version_ignores_keep_an_endpoint_from_ready() {
     );
     limited["spec"]["aiGateway"] = json!({
         "rateLimits": [{"calls": 10, "key": "endpoint", "renewalPeriod": "minute"}],
-        "guardrails": {"output": {"invalidKeywords": ["secret"]}},
+        "guardrails": {"output": {"validTopics": ["secret"]}},
     });
     scene.apply(limited).await;
     let api = scene.endpoints();

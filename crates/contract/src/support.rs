@@ -13,9 +13,13 @@ pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
         .ai_gateway
         .as_ref()
         .and_then(|g| g.guardrails.as_ref())
-        .is_some_and(|g| g.output.is_some())
+        .and_then(|g| g.output.as_ref())
+        .is_some_and(|o| !o.valid_topics.is_empty())
     {
-        fields.push("spec.aiGateway.guardrails.output (answers are not checked)".to_string());
+        fields.push(
+            "spec.aiGateway.guardrails.output.validTopics (topics are checked on requests only)"
+                .to_string(),
+        );
     }
     for (i, e) in ep.spec.served_entities.iter().enumerate() {
         if e.external_model.is_some() {
@@ -43,19 +47,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_usage_fallback_and_input_guardrails_act_and_output_guardrails_are_named() {
+    fn gateway_policies_act_and_output_topics_are_named() {
         let limited = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: true}\n    fallback: {enabled: true}\n    guardrails: {input: {pii: {behavior: BLOCK}}}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    rateLimits: [{calls: 10, key: endpoint, renewalPeriod: minute}]\n    usageTracking: {enabled: true}\n    fallback: {enabled: true}\n    guardrails: {input: {pii: {behavior: BLOCK}}, output: {invalidKeywords: [z]}}\n",
         );
         assert!(unsupported_fields(&limited).is_empty());
         let guarded = crate::fixtures::endpoint(
             "ep",
-            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}, output: {pii: {behavior: MASK}}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
+            "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {input: {invalidKeywords: [x]}, output: {pii: {behavior: MASK}, validTopics: [y]}}\n    fallback: {enabled: true}\n    usageTracking: {enabled: true}\n",
         );
         let fields = unsupported_fields(&guarded);
         assert_eq!(fields.len(), 1, "{fields:?}");
-        assert!(fields[0].starts_with("spec.aiGateway.guardrails.output"));
+        assert!(fields[0].starts_with("spec.aiGateway.guardrails.output.validTopics"));
         assert!(unsupported_message(&fields).ends_with("remove the field or upgrade"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -642,7 +643,7 @@ async fn send_text(
 async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_chats() {
     let model = echo().await;
     let guardrails = |pii| {
-        Some(crate::guardrails::InputGuardrails {
+        Some(crate::guardrails::Checks {
             pii,
             invalid_keywords: vec!["project falcon".into()],
             valid_topics: vec!["billing".into()],
@@ -654,7 +655,10 @@ async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_c
         routes(),
         Auth::open(),
         Policies {
-            input_guardrails: guardrails(sluice_crds::PiiBehavior::MASK),
+            guardrails: crate::guardrails::Guardrails {
+                input: guardrails(sluice_crds::PiiBehavior::MASK),
+                output: None,
+            },
             ..Policies::default()
         },
     );
@@ -700,15 +704,21 @@ async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_c
         (status, &answer["guardrails"]),
         (StatusCode::OK, &json!("input=pass"))
     );
-    assert_eq!(metrics.guardrail_total("ml", "fraud", "refused"), 2);
-    assert_eq!(metrics.guardrail_total("ml", "fraud", "masked"), 1);
+    assert_eq!(
+        metrics.guardrail_total("ml", "fraud", "input", "refused"),
+        2
+    );
+    assert_eq!(metrics.guardrail_total("ml", "fraud", "input", "masked"), 1);
 
     let (router, _) = governed(
         vec![entity("a", vec![model], None)],
         routes(),
         Auth::open(),
         Policies {
-            input_guardrails: guardrails(sluice_crds::PiiBehavior::BLOCK),
+            guardrails: crate::guardrails::Guardrails {
+                input: guardrails(sluice_crds::PiiBehavior::BLOCK),
+                output: None,
+            },
             ..Policies::default()
         },
     );
@@ -721,5 +731,129 @@ async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_c
             .unwrap()
             .contains("personal data (US_SSN)"),
         "{answer}"
+    );
+}
+
+/// A model whose answers carry personal data: `/invocations` as one JSON answer, or streamed
+/// in chunks that split the e-mail address when the request asks for `stream`.
+async fn leaky() -> SocketAddr {
+    let app =
+        axum::Router::new().route(
+            "/invocations",
+            axum::routing::post(|body: String| async move {
+                let request: Value = serde_json::from_str(&body).unwrap_or_default();
+                if request["stream"] != json!(true) {
+                    return axum::Json(json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant",
+                            "content": "Mail jo.smith@example.com, or ask for Project Falcon"}}],
+                    }))
+                    .into_response();
+                }
+                let pieces = ["Mail jo", ".smi", "th@exam", "ple.com now", ""];
+                let events: Vec<String> = pieces
+                .iter()
+                .enumerate()
+                .map(|(i, piece)| {
+                    let last = i + 1 == pieces.len();
+                    let delta = if last { json!({}) } else { json!({"content": piece}) };
+                    let chunk = json!({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                        "choices": [{"index": 0, "delta": delta,
+                        "finish_reason": if last { json!("stop") } else { Value::Null }}]});
+                    format!("data: {chunk}\n\n")
+                })
+                .chain(["data: [DONE]\n\n".to_string()])
+                .collect();
+                let stream = futures::stream::iter(
+                    events.into_iter().map(Ok::<_, std::convert::Infallible>),
+                );
+                axum::response::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from_stream(stream))
+                    .expect("response")
+            }),
+        );
+    serve(app).await
+}
+
+async fn post_json(router: axum::Router, body: Value) -> (StatusCode, HeaderMap, String) {
+    let mut request = Request::post("/serving-endpoints/fraud/invocations")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = router.oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn output_guardrails_mask_answers_whole_and_streamed_and_withhold_keywords() {
+    let model = leaky().await;
+    let with = |pii, keywords: &[&str]| {
+        governed(
+            vec![entity("a", vec![model], None)],
+            vec![("a".to_string(), 100)],
+            Auth::open(),
+            Policies {
+                guardrails: crate::guardrails::Guardrails {
+                    input: None,
+                    output: Some(Arc::new(crate::guardrails::Checks {
+                        pii,
+                        invalid_keywords: keywords.iter().map(|k| k.to_string()).collect(),
+                        valid_topics: Vec::new(),
+                    })),
+                },
+                ..Policies::default()
+            },
+        )
+    };
+    let (router, metrics) = with(sluice_crds::PiiBehavior::MASK, &[]);
+    let (status, _, body) = post_json(router.clone(), json!({"messages": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Mail <EMAIL_ADDRESS>, or ask for Project Falcon"
+    );
+    let (status, headers, body) = post_json(router, json!({"messages": [], "stream": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("content-length").is_none());
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            let v: Value = serde_json::from_str(d).expect("chunk");
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text, "Mail <EMAIL_ADDRESS> now");
+    assert!(!body.contains("smi") && !body.contains("exam"), "{body}");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert_eq!(
+        metrics.guardrail_total("ml", "fraud", "output", "masked"),
+        2
+    );
+
+    let (router, metrics) = with(sluice_crds::PiiBehavior::NONE, &["project falcon"]);
+    let (status, _, body) = post_json(router, json!({"messages": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("withheld the answer") && body.contains("project falcon"),
+        "{body}"
+    );
+    assert!(!body.contains("jo.smith"), "{body}");
+    assert_eq!(
+        metrics.guardrail_total("ml", "fraud", "output", "refused"),
+        1
     );
 }

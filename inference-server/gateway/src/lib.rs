@@ -30,7 +30,7 @@ mod budget;
 mod demand;
 mod discovery;
 mod fallback;
-mod guardrails;
+pub mod guardrails;
 mod health;
 mod hold;
 mod metering;

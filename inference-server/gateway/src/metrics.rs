@@ -214,6 +214,8 @@ struct LimitedLabels {
 struct GuardrailLabels {
     namespace: String,
     endpoint: String,
+    /// `input` (requests) or `output` (answers).
+    direction: &'static str,
     /// `refused` or `masked`.
     action: &'static str,
 }
@@ -397,7 +399,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "guardrail_actions",
-            "Requests the input guardrails refused (400) or masked, by endpoint",
+            "Requests and answers the guardrails refused (400) or masked, by endpoint and direction",
             metrics.guardrails.clone(),
         );
         registry.register(
@@ -469,12 +471,20 @@ impl GatewayMetrics {
         self.auth[outcome as usize].get()
     }
 
-    /// Counts a request the input guardrails refused (`refused`) or masked (`masked`).
-    pub fn guardrail(&self, namespace: &str, endpoint: &str, action: &'static str) {
+    /// Counts a request (`input`) or answer (`output`) the guardrails refused (`refused`) or
+    /// masked (`masked`).
+    pub fn guardrail(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        direction: &'static str,
+        action: &'static str,
+    ) {
         self.guardrails
             .get_or_create(&GuardrailLabels {
                 namespace: namespace.to_string(),
                 endpoint: endpoint.to_string(),
+                direction,
                 action,
             })
             .inc();
@@ -482,11 +492,18 @@ impl GatewayMetrics {
 
     /// Requests the input guardrails took `action` on so far, on an endpoint.
     #[cfg(test)]
-    pub fn guardrail_total(&self, namespace: &str, endpoint: &str, action: &'static str) -> u64 {
+    pub fn guardrail_total(
+        &self,
+        namespace: &str,
+        endpoint: &str,
+        direction: &'static str,
+        action: &'static str,
+    ) -> u64 {
         self.guardrails
             .get_or_create(&GuardrailLabels {
                 namespace: namespace.to_string(),
                 endpoint: endpoint.to_string(),
+                direction,
                 action,
             })
             .get()

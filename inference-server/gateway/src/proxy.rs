@@ -38,9 +38,13 @@ use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::fallback;
+use super::guardrails::Checks;
+use super::guardrails::output::{Outcome, StreamGuard};
 use super::hold::HoldRefused;
 use super::metering::{Charge, Metering, TokenMeter};
-use super::metrics::{AuthOutcome, HoldOutcome, IdleBody, ShadowOutcome};
+use super::metrics::{
+    AuthOutcome, EntityLabels, GatewayMetrics, HoldOutcome, IdleBody, ShadowOutcome,
+};
 use super::ratelimit::RateLimiter;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
@@ -300,13 +304,13 @@ impl Proxy {
             Err(error) => return self.fail(namespace, endpoint_name, error),
         };
         // Input guardrails: refuse, or go on with the personal data masked.
-        let body = match &endpoint.policies.input_guardrails {
+        let body = match &endpoint.policies.guardrails.input {
             None => body,
             Some(guardrails) => match guardrails.check(endpoint_name, body.bytes()) {
                 Err(error) => {
                     self.state
                         .metrics()
-                        .guardrail(namespace, endpoint_name, "refused");
+                        .guardrail(namespace, endpoint_name, "input", "refused");
                     return self.fail(namespace, endpoint_name, error);
                 }
                 Ok(verdict) => {
@@ -315,9 +319,12 @@ impl Proxy {
                     }
                     match verdict.body {
                         Some(masked) => {
-                            self.state
-                                .metrics()
-                                .guardrail(namespace, endpoint_name, "masked");
+                            self.state.metrics().guardrail(
+                                namespace,
+                                endpoint_name,
+                                "input",
+                                "masked",
+                            );
                             body.with_bytes(Bytes::from(masked))
                         }
                         None => body,
@@ -393,6 +400,7 @@ impl Proxy {
                 body: body.clone(),
                 upstream_path,
                 peer,
+                output: endpoint.policies.guardrails.output.as_ref(),
             };
             let answer = self.forward(pool, outgoing, &mut metering, &mut rng).await;
             let Some(reason) = fallback.then(|| fallback::reason(&answer)).flatten() else {
@@ -461,6 +469,7 @@ impl Proxy {
             body,
             upstream_path,
             peer,
+            output,
         } = outgoing;
         // OpenAI answers are always metered (tokens per entity); others only to charge a
         // token budget.
@@ -516,7 +525,14 @@ impl Proxy {
                     let meter = (metered && response.status().is_success())
                         .then(|| metering.take())
                         .flatten();
-                    return Ok(self.respond(pool, response, guard, request_id, meter).await);
+                    let answer = Answer {
+                        response,
+                        guard,
+                        request_id,
+                        meter,
+                        output,
+                    };
+                    return Ok(self.respond(pool, answer).await);
                 }
                 Ok(Err(error)) => {
                     last_error = error_chain(&error);
@@ -610,14 +626,14 @@ impl Proxy {
         }
     }
 
-    async fn respond(
-        &self,
-        pool: &Arc<EntityPool>,
-        response: hyper::Response<Incoming>,
-        guard: RequestGuard,
-        request_id: HeaderValue,
-        meter: Option<Metering>,
-    ) -> Response {
+    async fn respond(&self, pool: &Arc<EntityPool>, answer: Answer<'_>) -> Response {
+        let Answer {
+            response,
+            guard,
+            request_id,
+            meter,
+            output,
+        } = answer;
         let (mut parts, body) = response.into_parts();
         pool.metrics.response(parts.status.as_u16());
         strip_hop_by_hop(&mut parts.headers);
@@ -651,6 +667,22 @@ impl Proxy {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
+        let labels = pool.labels();
+        let stream_guard = match output {
+            Some(checks) if is_stream => {
+                // Held-back and masked text changes the length.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Some(OutputStream {
+                    guard: StreamGuard::new(checks.clone(), &labels.endpoint),
+                    metrics: self.state.metrics().clone(),
+                    counted: false,
+                })
+            }
+            Some(checks) if is_textual(&parts.headers) => {
+                return self.respond_checked(pool, parts, body, guard, checks).await;
+            }
+            _ => None,
+        };
         let filter = meter
             .as_ref()
             .is_some_and(|m| m.strip_usage_chunk && is_stream)
@@ -668,8 +700,59 @@ impl Proxy {
                 idle,
                 meter,
                 filter,
+                output: stream_guard,
+                ended: false,
             }),
         )
+    }
+
+    /// Reads a whole (JSON or text) answer and sends what the output guardrails let through:
+    /// the answer, the answer masked, or a 400 naming why it was withheld. An answer too
+    /// large to check is withheld too (502), never sent unchecked.
+    async fn respond_checked(
+        &self,
+        pool: &Arc<EntityPool>,
+        mut parts: hyper::http::response::Parts,
+        body: Incoming,
+        guard: RequestGuard,
+        checks: &Arc<Checks>,
+    ) -> Response {
+        let labels = pool.labels();
+        let (namespace, endpoint) = (labels.namespace.as_str(), labels.endpoint.as_str());
+        let limit = self.config.max_body_bytes.max(MIN_CHECKED_ANSWER_BYTES);
+        let collected = Limited::new(body, limit).collect().await;
+        drop(guard);
+        let bytes = match collected {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return self.fail(
+                    namespace,
+                    endpoint,
+                    ApiError::new(
+                        ErrorKind::BadGateway,
+                        format!(
+                            "entity {:?}: the answer could not be read for the output guardrail \
+                             (at most {limit} bytes are checked): {error}",
+                            pool.name
+                        ),
+                    ),
+                );
+            }
+        };
+        let metrics = self.state.metrics();
+        let bytes = match checks.check_answer(endpoint, &bytes) {
+            Ok(None) => bytes,
+            Ok(Some(masked)) => {
+                metrics.guardrail(namespace, endpoint, "output", "masked");
+                Bytes::from(masked)
+            }
+            Err(error) => {
+                metrics.guardrail(namespace, endpoint, "output", "refused");
+                return self.fail(namespace, endpoint, error);
+            }
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, Body::from(bytes))
     }
 
     /// Sends a copy of the request to each shadow entity whose percentage comes up; the
@@ -743,6 +826,8 @@ struct Outgoing<'a> {
     body: BufferedBody,
     upstream_path: &'a str,
     peer: SocketAddr,
+    /// The endpoint's output guardrails, applied to the answer.
+    output: Option<&'a Arc<Checks>>,
 }
 
 /// Picks a live entity by weight, among entities that can take the request now (a ready pod,
@@ -977,6 +1062,53 @@ impl Drop for RequestGuard {
     }
 }
 
+/// An answer of a pod, as `forward` hands it to `respond`.
+struct Answer<'a> {
+    response: hyper::Response<Incoming>,
+    guard: RequestGuard,
+    request_id: HeaderValue,
+    meter: Option<Metering>,
+    output: Option<&'a Arc<Checks>>,
+}
+
+/// Most bytes of an answer read whole for the output guardrails, at least (a larger
+/// `--max-body-bytes` raises it).
+const MIN_CHECKED_ANSWER_BYTES: usize = 16 << 20;
+
+/// Whether an answer is read whole by the output guardrails: JSON or text.
+fn is_textual(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.starts_with("application/json") || v.contains("+json") || v.starts_with("text/")
+        })
+}
+
+/// A streamed answer's output guardrail, and where its outcome is counted.
+struct OutputStream {
+    guard: StreamGuard,
+    metrics: GatewayMetrics,
+    counted: bool,
+}
+
+impl OutputStream {
+    /// Counts what the guard did, once, when the stream ends.
+    fn count(&mut self, labels: &EntityLabels) {
+        if std::mem::replace(&mut self.counted, true) {
+            return;
+        }
+        let action = match self.guard.outcome() {
+            Outcome::Passed => return,
+            Outcome::Masked => "masked",
+            Outcome::Refused => "refused",
+        };
+        self.metrics
+            .guardrail(&labels.namespace, &labels.endpoint, "output", action);
+    }
+}
+
 /// The pod's response body, streamed through, holding the request's accounting until it ends,
 /// and cut off when the pod sends nothing for its idle timeout.
 struct GuardedBody {
@@ -988,6 +1120,10 @@ struct GuardedBody {
     meter: Option<TokenMeter>,
     /// Removes the usage chunk the gateway asked for, when the client did not.
     filter: Option<UsageChunkFilter>,
+    /// The output guardrails of a streamed answer.
+    output: Option<OutputStream>,
+    /// The guardrails withheld the rest of the answer: the body has ended.
+    ended: bool,
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -999,6 +1135,9 @@ impl hyper::body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         while let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             if let Some(idle) = &mut this.idle {
                 idle.frame_arrived();
@@ -1007,10 +1146,20 @@ impl hyper::body::Body for GuardedBody {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                 None => {
-                    let rest = this.filter.take().map(UsageChunkFilter::finish);
+                    let mut rest = this
+                        .filter
+                        .take()
+                        .map(UsageChunkFilter::finish)
+                        .unwrap_or_default();
+                    if let Some(output) = &mut this.output {
+                        let mut checked = output.guard.push(&rest);
+                        checked.extend(output.guard.finish());
+                        output.count(this.guard.pool.labels());
+                        rest = checked;
+                    }
+                    this.ended = true;
                     return Poll::Ready(
-                        rest.filter(|rest| !rest.is_empty())
-                            .map(|rest| Ok(Frame::data(Bytes::from(rest)))),
+                        (!rest.is_empty()).then(|| Ok(Frame::data(Bytes::from(rest)))),
                     );
                 }
             };
@@ -1020,10 +1169,22 @@ impl hyper::body::Body for GuardedBody {
             if let Some(meter) = &mut this.meter {
                 meter.feed(data);
             }
-            let Some(filter) = &mut this.filter else {
+            if this.filter.is_none() && this.output.is_none() {
                 return Poll::Ready(Some(Ok(frame)));
+            }
+            let mut passed = match &mut this.filter {
+                Some(filter) => filter.push(data),
+                None => data.to_vec(),
             };
-            let passed = filter.push(data);
+            if let Some(output) = &mut this.output {
+                passed = output.guard.push(&passed);
+                if output.guard.outcome() == Outcome::Refused {
+                    // The error event is the last thing the caller gets.
+                    output.count(this.guard.pool.labels());
+                    this.ended = true;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(passed)))));
+                }
+            }
             if !passed.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(passed)))));
             }
@@ -1043,11 +1204,11 @@ impl hyper::body::Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.filter.is_none() && self.inner.is_end_stream()
+        self.ended || (self.filter.is_none() && self.output.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.filter.is_some() {
+        if self.filter.is_some() || self.output.is_some() {
             SizeHint::default()
         } else {
             self.inner.size_hint()

@@ -21,7 +21,7 @@ pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
 use sluice_crds::{RateLimit, ResolvedRoute, ServingEndpoint, ShadowRoute};
 
-use super::guardrails::InputGuardrails;
+use super::guardrails::Guardrails;
 
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,8 +44,8 @@ pub struct Policies {
     pub rate_limits: Vec<RateLimit>,
     /// `fallback.enabled`.
     pub fallback: bool,
-    /// `guardrails.input`, when it sets a check that acts.
-    pub input_guardrails: Option<InputGuardrails>,
+    /// `guardrails`, each direction when it sets a check that acts.
+    pub guardrails: Guardrails,
 }
 
 impl Policies {
@@ -57,7 +57,7 @@ impl Policies {
             fallback: gateway
                 .and_then(|g| g.fallback.as_ref())
                 .is_some_and(|f| f.enabled),
-            input_guardrails: super::guardrails::input_of(endpoint),
+            guardrails: super::guardrails::of(endpoint),
         }
     }
 }

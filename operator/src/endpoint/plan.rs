@@ -1124,7 +1124,7 @@ mod tests {
 
     #[test]
     fn fields_this_version_ignores_keep_the_endpoint_from_ready_and_say_so() {
-        let spec = "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {output: {invalidKeywords: [secret]}}\n";
+        let spec = "  servedEntities:\n  - {name: a, model: m, version: 1}\n  aiGateway:\n    guardrails: {output: {validTopics: [secret]}}\n";
         let first = run(&endpoint(spec, None), &BTreeMap::new());
         let children = ready_children(&first);
         let served = run(&endpoint(spec, Some(first.status.clone())), &children);

@@ -1,15 +1,18 @@
-//! Input guardrails (`spec.aiGateway.guardrails.input`): what a request may carry before it
-//! reaches a model. Pure steps over the buffered JSON body:
+//! Guardrails (`spec.aiGateway.guardrails`): what a request may carry before it reaches a
+//! model (`input`), and what an answer may carry before it reaches the caller (`output`). Pure
+//! steps over the buffered JSON body, and for streamed answers over their events
+//! ([`output::StreamGuard`]):
 //!
-//! - personal data ([`pii`]): `BLOCK` refuses the request (400 naming the kinds found), `MASK`
-//!   replaces each finding in every string value with its typed placeholder (`<EMAIL_ADDRESS>`);
-//! - `invalidKeywords`: a request whose text contains one (case-insensitive) is refused;
-//! - `validTopics`: a chat request whose user messages mention none of them (case-insensitive
-//!   word or phrase match) is refused.
+//! - personal data ([`pii`]): `BLOCK` refuses (400 naming the kinds found), `MASK` replaces each
+//!   finding in every string value with its typed placeholder (`<EMAIL_ADDRESS>`);
+//! - `invalidKeywords`: text that contains one (case-insensitive) is refused;
+//! - `validTopics` (input only): a chat request whose user messages mention none of them
+//!   (case-insensitive word or phrase match) is refused.
 //!
-//! The verdict travels to the capture sidecar in the `x-sluice-guardrails` header (a
-//! request-metadata entry of the inference table). Output guardrails are not built yet.
+//! The input verdict travels to the capture sidecar in the `x-sluice-guardrails` header (a
+//! request-metadata entry of the inference table).
 
+pub mod output;
 pub mod pii;
 
 use std::collections::BTreeSet;
@@ -20,14 +23,23 @@ use sluice_protocol::ApiError;
 
 use self::pii::PiiKind;
 
-/// The input guardrails of one endpoint, ready to apply.
+/// The guardrails of one endpoint, each direction ready to apply.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct InputGuardrails {
+pub struct Guardrails {
+    /// On requests, when set with a check that acts.
+    pub input: Option<Checks>,
+    /// On answers, when set with a check that acts.
+    pub output: Option<std::sync::Arc<Checks>>,
+}
+
+/// The checks of one direction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checks {
     /// What to do with personal data.
     pub pii: PiiBehavior,
     /// Refused keywords, lowercased.
     pub invalid_keywords: Vec<String>,
-    /// Allowed topics of chat requests, lowercased (empty: any topic).
+    /// Allowed topics of chat requests, lowercased (empty: any topic; input only).
     pub valid_topics: Vec<String>,
 }
 
@@ -52,28 +64,54 @@ impl Verdict {
     }
 }
 
-/// The input guardrails of `endpoint`'s spec, `None` when it sets none that act.
-pub fn input_of(endpoint: &ServingEndpoint) -> Option<InputGuardrails> {
-    let input: &GuardrailParameters = endpoint
+/// The guardrails of `endpoint`'s spec.
+pub fn of(endpoint: &ServingEndpoint) -> Guardrails {
+    let spec = endpoint
         .spec
         .ai_gateway
-        .as_ref()?
-        .guardrails
-        .as_ref()?
-        .input
-        .as_ref()?;
-    let lower = |v: &[String]| -> Vec<String> {
-        v.iter()
-            .map(|k| k.trim().to_lowercase())
-            .filter(|k| !k.is_empty())
-            .collect()
-    };
-    let guardrails = InputGuardrails {
-        pii: input.pii.as_ref().map(|p| p.behavior).unwrap_or_default(),
-        invalid_keywords: lower(&input.invalid_keywords),
-        valid_topics: lower(&input.valid_topics),
-    };
-    (guardrails != InputGuardrails::default()).then_some(guardrails)
+        .as_ref()
+        .and_then(|g| g.guardrails.as_ref());
+    Guardrails {
+        input: spec.and_then(|g| g.input.as_ref()).and_then(Checks::of),
+        output: spec
+            .and_then(|g| g.output.as_ref())
+            .and_then(Checks::of)
+            .map(std::sync::Arc::new),
+    }
+}
+
+impl Checks {
+    /// The checks `parameters` ask for, `None` when none acts.
+    fn of(parameters: &GuardrailParameters) -> Option<Self> {
+        let lower = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|k| k.trim().to_lowercase())
+                .filter(|k| !k.is_empty())
+                .collect()
+        };
+        let checks = Self {
+            pii: parameters
+                .pii
+                .as_ref()
+                .map(|p| p.behavior)
+                .unwrap_or_default(),
+            invalid_keywords: lower(&parameters.invalid_keywords),
+            valid_topics: lower(&parameters.valid_topics),
+        };
+        (checks != Self::default()).then_some(checks)
+    }
+
+    /// The first refused keyword in `texts`, if any.
+    fn keyword_in<'a>(&self, texts: impl Iterator<Item = &'a str>) -> Option<&str> {
+        if self.invalid_keywords.is_empty() {
+            return None;
+        }
+        let lowered: Vec<String> = texts.map(str::to_lowercase).collect();
+        self.invalid_keywords
+            .iter()
+            .find(|k| lowered.iter().any(|t| t.contains(k.as_str())))
+            .map(String::as_str)
+    }
 }
 
 /// Every string value of `value`, keys aside.
@@ -133,9 +171,9 @@ fn mentions(text: &str, phrase: &str) -> bool {
     })
 }
 
-impl InputGuardrails {
-    /// Checks `body` (JSON; other bodies are checked as text) for endpoint `endpoint`: the
-    /// error to answer, or the verdict (with the masked body) to go on with.
+impl Checks {
+    /// Checks a request `body` (JSON; other bodies are checked as text) for endpoint
+    /// `endpoint`: the error to answer, or the verdict (with the masked body) to go on with.
     pub fn check(&self, endpoint: &str, body: &[u8]) -> Result<Verdict, ApiError> {
         let mut json: Value = match serde_json::from_slice(body) {
             Ok(json) => json,
@@ -143,18 +181,11 @@ impl InputGuardrails {
         };
         let mut texts = Vec::new();
         strings(&json, &mut texts);
-        if !self.invalid_keywords.is_empty() {
-            let lowered: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
-            if let Some(keyword) = self
-                .invalid_keywords
-                .iter()
-                .find(|k| lowered.iter().any(|t| t.contains(k.as_str())))
-            {
-                return Err(ApiError::bad_request(format!(
-                    "the input guardrail of serving endpoint {endpoint:?} refuses the request: it \
-                     contains the keyword {keyword:?}"
-                )));
-            }
+        if let Some(keyword) = self.keyword_in(texts.iter().copied()) {
+            return Err(ApiError::bad_request(format!(
+                "the input guardrail of serving endpoint {endpoint:?} refuses the request: it \
+                 contains the keyword {keyword:?}"
+            )));
         }
         if !self.valid_topics.is_empty()
             && let Some(text) = user_text(&json)
@@ -210,8 +241,8 @@ impl InputGuardrails {
 mod tests {
     use super::*;
 
-    fn guardrails(pii: PiiBehavior) -> InputGuardrails {
-        InputGuardrails {
+    fn guardrails(pii: PiiBehavior) -> Checks {
+        Checks {
             pii,
             invalid_keywords: vec!["project falcon".into()],
             valid_topics: vec!["billing".into(), "iris".into()],

@@ -27,6 +27,8 @@ pub enum PiiKind {
     IpAddress,
     /// A phone number (7 to 15 digits, international or North American form).
     Phone,
+    /// Not personal data: marks a refused keyword among the findings of a streamed answer.
+    Keyword,
 }
 
 impl PiiKind {
@@ -39,6 +41,7 @@ impl PiiKind {
             Self::UsSsn => "US_SSN",
             Self::IpAddress => "IP_ADDRESS",
             Self::Phone => "PHONE_NUMBER",
+            Self::Keyword => "KEYWORD",
         }
     }
 }
@@ -70,7 +73,12 @@ fn patterns() -> &'static Patterns {
         let re = |p: &str| Regex::new(p).expect("a valid built-in pattern");
         Patterns {
             email: re(r"(?i)\b[a-z0-9._%+\-]+@(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}\b"),
-            card: re(r"\b\d(?:[ \-]?\d){12,18}\b"),
+            // The ways cards are written: one run of digits, groups of four, or Amex's 4-6-5.
+            card: re(concat!(
+                r"\b(?:\d{13,19}",
+                r"|\d{4}(?:[ \-]\d{4}){2,3}(?:[ \-]\d{1,3})?",
+                r"|\d{4}[ \-]\d{6}[ \-]\d{4,5})\b",
+            )),
             iban: re(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
             ssn: re(r"\b(\d{3})([ \-])(\d{2})[ \-](\d{4})\b"),
             ipv4: re(r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"),
@@ -146,20 +154,20 @@ pub fn find(text: &str) -> Vec<Span> {
             found.insert(start, Span { kind, start, end });
         }
     };
-    // The checked kinds first: they win a contested span.
+    // The checked kinds first: they win a contested span (an IBAN's digits over a card's).
     for m in p.email.find_iter(text) {
         add(PiiKind::Email, m.start(), m.end());
-    }
-    for m in p.card.find_iter(text) {
-        let d = digits(m.as_str());
-        if (13..=19).contains(&d.len()) && luhn(&d) {
-            add(PiiKind::CreditCard, m.start(), m.end());
-        }
     }
     for m in p.iban.find_iter(text) {
         let compact: Vec<u8> = m.as_str().bytes().filter(|b| *b != b' ').collect();
         if iban_valid(&compact) {
             add(PiiKind::Iban, m.start(), m.end());
+        }
+    }
+    for m in p.card.find_iter(text) {
+        let d = digits(m.as_str());
+        if (13..=19).contains(&d.len()) && luhn(&d) {
+            add(PiiKind::CreditCard, m.start(), m.end());
         }
     }
     for c in p.ssn.captures_iter(text) {
@@ -227,6 +235,22 @@ mod tests {
         );
         assert_eq!(kinds("card 4111 1111 1111 1111 please"), ["CREDIT_CARD"]);
         assert_eq!(kinds("card 4111 1111 1111 1112 please"), Vec::<&str>::new());
+        assert_eq!(kinds("amex 3782 822463 10005"), ["CREDIT_CARD"]);
+        assert_eq!(
+            kinds("ISBN 978-1-88-786619-8"),
+            Vec::<&str>::new(),
+            "Luhn-valid by chance"
+        );
+        assert_eq!(
+            kinds("IBAN DE77 9410 9543 8846 4941 05"),
+            ["IBAN_CODE"],
+            "not a card"
+        );
+        assert_eq!(
+            kinds("IBAN GB82 WEST 1234 5698 7654 32"),
+            ["IBAN_CODE"],
+            "not a card"
+        );
         assert_eq!(kinds("IBAN DE89 3704 0044 0532 0130 00."), ["IBAN_CODE"]);
         assert!(!kinds("IBAN DE88 3704 0044 0532 0130 00.").contains(&"IBAN_CODE"));
         assert_eq!(kinds("ssn 078-05-1120"), ["US_SSN"]);
