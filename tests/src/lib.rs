@@ -14,6 +14,7 @@ pub mod manifests;
 pub mod models;
 pub mod object_store;
 pub mod process;
+pub mod providers;
 pub mod pvc;
 pub mod schema;
 pub mod tiny_llm;

@@ -14,8 +14,9 @@
 //! Not here: `gpu-llm-vllm.yaml` (a vLLM engine on a GPU: engine images run no process on the
 //! test kubelet); `rate-limits.yaml`, whose TinyLlama GGUF this suite does not download (its
 //! policies are proven by the gateway's and capture's own tests, its rendering by
-//! `operator_examples`); and `external-model.yaml`, which sets a field this version refuses
-//! (`externalModel`: Ready=False, FieldNotSupported), as `operator_examples` proves.
+//! `operator_examples`); and `external-model.yaml`, whose providers are public services tests
+//! never dial (its READY rendering is `operator_examples`'; the external-model path itself runs
+//! against local provider stand-ins in `gateway_cluster` and the gateway's `external` tests).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

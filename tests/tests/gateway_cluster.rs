@@ -272,3 +272,134 @@ async fn the_gateway_follows_promoted_configs_without_failing_a_request() {
         "no answer came through config 3"
     );
 }
+
+/// An external entity on the cluster: the operator makes it READY with no pods and publishes
+/// the resolved `externalModel`; the cluster-mode gateway reads the key from the Secret in the
+/// endpoint's namespace through the API server and answers in the OpenAI format from the
+/// Anthropic-format stand-in; a key rotated in the Secret is used after the provider refused
+/// the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_entity_serves_with_no_pods_and_the_secrets_key() {
+    const KEY: &str = "sk-cluster-5e2d7c9a1b3f";
+    let cp = shared();
+    let client = cp.client().await.expect("client");
+    let ns = fresh_namespace(&client, "external").await;
+    let _operator = cp.start_operator();
+    let logs = || cp.dump_logs();
+    let providers = sluice_tests::providers::Providers::start(KEY).await;
+    let apply = PatchParams::apply("test-user");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |key: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "anthropic"},
+               "stringData": {"api-key": key}})
+    };
+    secrets
+        .patch(
+            "anthropic",
+            &apply,
+            &Patch::Apply(secret("sk-old-and-revoked-000")),
+        )
+        .await
+        .expect("secret");
+    let endpoint = json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
+        "metadata": {"name": "assistant"},
+        "spec": {"servedEntities": [{"name": "claude", "externalModel": {
+            "provider": "anthropic", "name": "claude-haiku-4-5", "task": "llm/v1/chat",
+            "apiBase": format!("http://{}/anthropic", providers.addr),
+            "apiKeySecretRef": {"name": "anthropic", "key": "api-key"}}}]}});
+    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
+    endpoints
+        .patch("assistant", &apply, &Patch::Apply(endpoint))
+        .await
+        .expect("endpoint");
+    sluice_tests::wait::eventually(
+        "the external endpoint READY",
+        Duration::from_secs(120),
+        logs,
+        || {
+            let endpoints = endpoints.clone();
+            async move {
+                let status = endpoints.get("assistant").await.ok()?.status?;
+                let state = status.state.as_ref()?;
+                (format!("{:?}/{:?}", state.ready, state.config_update) == "READY/NOT_UPDATING")
+                    .then_some(status)
+            }
+        },
+    )
+    .await;
+    let status = endpoints
+        .get("assistant")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    let entity = &status.config.as_ref().expect("config").served_entities[0];
+    assert_eq!(
+        entity.deployment_name, None,
+        "no pods for an external entity"
+    );
+    assert_eq!(
+        entity.external_model.as_ref().map(|m| m.name.as_str()),
+        Some("claude-haiku-4-5")
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+
+    let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
+    let http = reqwest::Client::new();
+    let ask = || async {
+        let response = http
+            .post(format!(
+                "{}/serving-endpoints/v1/chat/completions",
+                gateway.base
+            ))
+            .json(
+                &json!({"model": "assistant", "messages": [{"role": "user", "content": "Hello"}]}),
+            )
+            .send()
+            .await
+            .expect("call");
+        let status = response.status().as_u16();
+        (
+            status,
+            response
+                .json::<serde_json::Value>()
+                .await
+                .unwrap_or_default(),
+        )
+    };
+    // The old key is refused by the provider: the gateway's fault, a 502 naming the Secret.
+    let (status, body) = ask().await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.to_string().contains("apiKeySecretRef"), "{body}");
+    secrets
+        .patch("anthropic", &apply, &Patch::Apply(secret(KEY)))
+        .await
+        .expect("rotate");
+    sluice_tests::wait::eventually(
+        "the rotated key to be used",
+        Duration::from_secs(30),
+        || sluice_tests::log_tail(&gateway.log, 40),
+        || async {
+            let (status, body) = ask().await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    let (status, body) = ask().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hi! My name is Claude."
+    );
+    let log = std::fs::read_to_string(&gateway.log).expect("log");
+    assert!(!log.contains(KEY), "the key is in the gateway's log");
+}

@@ -518,6 +518,20 @@ fn rbac_rules_come_from_the_rules_files() {
             );
         }
     }
+    // External entities' provider keys: `get` on Secrets by name, never list or watch; off
+    // with gateway.providerKeys.enabled=false.
+    assert_eq!(
+        object(&docs, "ClusterRole", "sluice-gateway-provider-keys")["rules"]
+            .as_array()
+            .expect("rules"),
+        &rules_file("gateway-provider-keys-rbac.yaml")
+    );
+    let without = render(&[], &["gateway.providerKeys.enabled=false"]);
+    assert!(
+        !of_kind(&without, "ClusterRole")
+            .iter()
+            .any(|r| r["metadata"]["name"] == "sluice-gateway-provider-keys")
+    );
     let docs = render(&[], &["rbac.create=false"]);
     assert!(of_kind(&docs, "ClusterRole").is_empty());
     assert!(of_kind(&docs, "Role").is_empty());
@@ -525,8 +539,8 @@ fn rbac_rules_come_from_the_rules_files() {
 
 /// With `scope.namespaces`, an installation holds no ClusterRole: the operator's rules are a
 /// Role in each managed namespace, its Lease (and the gateway pods it reads demand from) a Role
-/// in the release namespace; the gateway's rules a Role in each managed namespace. No rule, in
-/// any form, reads Secrets.
+/// in the release namespace; the gateway's rules a Role in each managed namespace. Only the
+/// gateway reads Secrets: API keys in the release namespace, provider keys by name.
 #[test]
 fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
     let docs = render(
@@ -604,8 +618,9 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
             "a rule on Secrets: {rule}"
         );
     }
-    // Only the gateway reads Secrets (API keys), read-only, and in the release namespace only.
-    let readers: Vec<&Value> = of_kind(&docs, "Role")
+    // Only the gateway reads Secrets, read-only: its callers' API keys in the release namespace,
+    // and by name only (`get`) the provider keys of external entities in the managed namespaces.
+    let readers: Vec<(String, String)> = of_kind(&docs, "Role")
         .into_iter()
         .filter(|r| {
             r["rules"]
@@ -614,14 +629,45 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
                 .flatten()
                 .any(|rule| rule["resources"].to_string().contains("secrets"))
         })
+        .map(|r| {
+            (
+                r["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
         .collect();
-    assert_eq!(readers.len(), 1, "{readers:?}");
-    assert_eq!(readers[0]["metadata"]["name"], "sluice-gateway-api-keys");
-    assert_eq!(readers[0]["metadata"]["namespace"], "sluice-system");
+    let expected: Vec<(String, String)> = [
+        ("sluice-gateway-api-keys", "sluice-system"),
+        ("sluice-gateway-provider-keys", "ml-a"),
+        ("sluice-gateway-provider-keys", "ml-b"),
+    ]
+    .iter()
+    .map(|(n, ns)| (n.to_string(), ns.to_string()))
+    .collect();
+    assert_eq!(readers, expected);
     assert_eq!(
-        readers[0]["rules"].as_array().expect("rules"),
+        object(&docs, "Role", "sluice-gateway-api-keys")["rules"]
+            .as_array()
+            .expect("rules"),
         &rules_file("gateway-keys-rbac.yaml")
     );
+    let provider_keys = rules_file("gateway-provider-keys-rbac.yaml");
+    assert_eq!(
+        provider_keys,
+        [json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})]
+    );
+    for role in of_kind(&docs, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] == "sluice-gateway-provider-keys")
+    {
+        assert_eq!(role["rules"].as_array().expect("rules"), &provider_keys);
+    }
 }
 
 /// Who may call and change endpoints: `<release>-view` reads them, `-edit` changes them,

@@ -13,6 +13,7 @@
 //! - [`labels`]: label names, child naming (`<endpoint>-<entity>-<revision>`) and ports.
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
+//! - [`external`]: which external providers and settings the gateway calls, and where.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.
 //! - [`usage`]: the admin price table and the cost of one request, for usage rows.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
@@ -21,6 +22,7 @@
 pub mod claim;
 pub mod config;
 pub mod demand;
+pub mod external;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod headers;

@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use super::{
-    CaptureTableFormat, Engine, ExternalProvider, ShadowRoute, WorkloadSize, WorkloadType,
-};
+use super::{CaptureTableFormat, Engine, ExternalModel, ShadowRoute, WorkloadSize, WorkloadType};
 
 /// Observed state of a ServingEndpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -197,9 +195,10 @@ pub struct ServedEntityStatus {
     /// Resolved artifact location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_uri: Option<String>,
-    /// External provider, for external models.
+    /// The external model the gateway calls, for external entities (its key stays in the
+    /// Secret the spec names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_provider: Option<ExternalProvider>,
+    pub external_model: Option<ExternalModel>,
     /// Effective workload size (absent when explicit concurrency bounds were given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_size: Option<WorkloadSize>,

@@ -81,6 +81,7 @@ fn entity(name: &str, backends: Vec<SocketAddr>, hold: Option<HoldPolicy>) -> En
         }),
         backends,
         warming: Vec::new(),
+        external: None,
         unsupported: None,
     }
 }
@@ -153,7 +154,14 @@ fn governed(
     let metrics = state.metrics().clone();
     let limiter = Arc::new(RateLimiter::local(1, metrics.clone()));
     (
-        Arc::new(Proxy::new(state, config, Arc::new(auth), limiter)).router(),
+        Arc::new(Proxy::new(
+            state,
+            config,
+            Arc::new(auth),
+            limiter,
+            Arc::new(crate::external::Keys::standalone()),
+        ))
+        .router(),
         metrics,
     )
 }

@@ -29,6 +29,7 @@ mod backend;
 mod budget;
 mod demand;
 mod discovery;
+pub mod external;
 mod fallback;
 pub mod guardrails;
 mod health;
@@ -144,6 +145,11 @@ pub async fn run(
         Mode::Cluster(client) => Some(client.clone()),
         Mode::Standalone(_) => None,
     };
+    // External models' provider keys: from the cluster's Secrets, or the manifest's.
+    let keys = Arc::new(match &client {
+        Some(client) => external::Keys::cluster(client.clone()),
+        None => external::Keys::standalone(),
+    });
     let (auth, key_watch) = auth_of(&args, client)?;
     let auth = Arc::new(auth);
     let key_task = key_watch.map(|watch| {
@@ -167,6 +173,7 @@ pub async fn run(
         },
         auth.clone(),
         limiter,
+        keys.clone(),
     ));
     let listener = bind(args.listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
@@ -206,8 +213,10 @@ pub async fn run(
             let work_dir = args.work_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("sluice-gateway-{}", std::process::id()))
             });
-            let (state, args) = (state.clone(), &args);
-            Box::pin(async move { standalone::run(path, args, &work_dir, listen, &state).await })
+            let (state, args, keys) = (state.clone(), &args, keys.clone());
+            Box::pin(
+                async move { standalone::run(path, args, &work_dir, listen, &state, &keys).await },
+            )
         }
         Mode::Cluster(client) => Box::pin(discovery::run(
             client,

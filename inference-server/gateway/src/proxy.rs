@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
+use super::external::{self, External, Keys};
 use super::fallback;
 use super::guardrails::Checks;
 use super::guardrails::output::{Outcome, StreamGuard};
@@ -91,6 +92,10 @@ pub struct Proxy {
     config: ProxyConfig,
     shadow_permits: Arc<Semaphore>,
     budgets: Arc<Budgets>,
+    /// Calls external models' providers (HTTPS).
+    providers: reqwest::Client,
+    /// Their API keys.
+    keys: Arc<Keys>,
 }
 
 type Shared = Arc<Proxy>;
@@ -102,6 +107,7 @@ impl Proxy {
         config: ProxyConfig,
         auth: Arc<Auth>,
         limiter: Arc<RateLimiter>,
+        keys: Arc<Keys>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -123,6 +129,12 @@ impl Proxy {
             shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
             config,
             budgets,
+            providers: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .unwrap_or_default(),
+            keys,
         }
     }
 
@@ -464,6 +476,19 @@ impl Proxy {
         metering: &mut Option<Metering>,
         rng: &mut fastrand::Rng,
     ) -> Result<Response, ApiError> {
+        // OpenAI answers are always metered (tokens per entity); others only to charge a
+        // token budget.
+        let metered = outgoing.upstream_path != "/invocations"
+            || metering.as_ref().is_some_and(|m| m.charge.is_some());
+        pool.demand.arrived();
+        if let Some(why) = pool.unsupported() {
+            return Err(ApiError::new(ErrorKind::BadGateway, why));
+        }
+        if let Some(external) = pool.external() {
+            return self
+                .call_external(pool, &external, outgoing, metered, metering)
+                .await;
+        }
         let Outgoing {
             parts,
             body,
@@ -471,14 +496,6 @@ impl Proxy {
             peer,
             output,
         } = outgoing;
-        // OpenAI answers are always metered (tokens per entity); others only to charge a
-        // token budget.
-        let metered = upstream_path != "/invocations"
-            || metering.as_ref().is_some_and(|m| m.charge.is_some());
-        pool.demand.arrived();
-        if let Some(why) = pool.unsupported() {
-            return Err(ApiError::new(ErrorKind::BadGateway, why));
-        }
         let held = !pool.has_ready();
         if held {
             self.hold(pool).await?;
@@ -526,7 +543,7 @@ impl Proxy {
                         .then(|| metering.take())
                         .flatten();
                     let answer = Answer {
-                        response,
+                        response: response.map(Body::new),
                         guard,
                         request_id,
                         meter,
@@ -560,6 +577,93 @@ impl Proxy {
                 tried.len()
             ),
         ))
+    }
+
+    /// Calls an external entity's provider with the key from its Secret, and answers in the
+    /// OpenAI format whatever the provider speaks.
+    async fn call_external(
+        &self,
+        pool: &Arc<EntityPool>,
+        entity: &External,
+        outgoing: Outgoing<'_>,
+        metered: bool,
+        metering: &mut Option<Metering>,
+    ) -> Result<Response, ApiError> {
+        let Outgoing {
+            parts,
+            body,
+            upstream_path,
+            output,
+            ..
+        } = outgoing;
+        let request_id = parts
+            .headers
+            .get(REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let route = external::Route::of(upstream_path, entity.task);
+        let prepared = external::prepare(entity, &pool.name, route, body.bytes())?;
+        let key = match &entity.key {
+            Some(reference) => Some(self.keys.get(&entity.namespace, reference).await.map_err(
+                |mut error| {
+                    error.message = format!("entity {:?}: {}", pool.name, error.message);
+                    error
+                },
+            )?),
+            None => None,
+        };
+        let mut headers = prepared.headers;
+        if let Some(key) = &key {
+            external::authorize(&entity.api, &mut headers, key)?;
+        }
+        let guard = RequestGuard::external(pool);
+        let send = self
+            .providers
+            .post(&prepared.url)
+            .headers(headers)
+            .body(prepared.body)
+            .send();
+        let response = match tokio::time::timeout(self.config.request_timeout, send).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!(
+                        "entity {:?}: provider {} did not start answering within {:?}",
+                        pool.name,
+                        entity.api.label(),
+                        self.config.request_timeout
+                    ),
+                ));
+            }
+            Ok(Err(error)) => {
+                return Err(external::transport_error(
+                    &pool.name,
+                    &entity.api,
+                    &error,
+                    key.as_ref(),
+                ));
+            }
+            Ok(Ok(response)) => response,
+        };
+        if matches!(response.status().as_u16(), 401 | 403)
+            && let Some(reference) = &entity.key
+        {
+            // Perhaps rotated: the next call reads the Secret again.
+            self.keys.forget(&entity.namespace, &reference.name);
+        }
+        let response =
+            external::answer(entity, &pool.name, &prepared.reply, response, key.as_ref()).await;
+        let meter = (metered && response.status().is_success())
+            .then(|| metering.take())
+            .flatten();
+        let answer = Answer {
+            response,
+            guard,
+            request_id,
+            meter,
+            output,
+        };
+        Ok(self.respond(pool, answer).await)
     }
 
     /// Holds the request until the entity has a ready pod, or refuses it (503 + Retry-After).
@@ -713,7 +817,7 @@ impl Proxy {
         &self,
         pool: &Arc<EntityPool>,
         mut parts: hyper::http::response::Parts,
-        body: Incoming,
+        body: Body,
         guard: RequestGuard,
         checks: &Arc<Checks>,
     ) -> Response {
@@ -995,7 +1099,7 @@ fn upstream_request(
 async fn upstream_error(
     pool: &Arc<EntityPool>,
     parts: axum::http::response::Parts,
-    body: Incoming,
+    body: Body,
     guard: RequestGuard,
 ) -> Response {
     const KEEP: usize = 1024;
@@ -1036,7 +1140,8 @@ async fn upstream_error(
 /// Accounts one proxied request: in flight on its backend and entity until the response body
 /// ends (or the client goes away), then its duration.
 struct RequestGuard {
-    _in_flight: InFlight,
+    /// In flight on a pod; `None` for an external entity's provider.
+    _in_flight: Option<InFlight>,
     pool: Arc<EntityPool>,
     started: Instant,
 }
@@ -1045,7 +1150,17 @@ impl RequestGuard {
     fn start(backend: &Arc<Backend>, pool: &Arc<EntityPool>) -> Self {
         pool.demand.started();
         Self {
-            _in_flight: backend.start(),
+            _in_flight: Some(backend.start()),
+            pool: pool.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// A request to an external entity's provider.
+    fn external(pool: &Arc<EntityPool>) -> Self {
+        pool.demand.started();
+        Self {
+            _in_flight: None,
             pool: pool.clone(),
             started: Instant::now(),
         }
@@ -1064,7 +1179,7 @@ impl Drop for RequestGuard {
 
 /// An answer of a pod, as `forward` hands it to `respond`.
 struct Answer<'a> {
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<Body>,
     guard: RequestGuard,
     request_id: HeaderValue,
     meter: Option<Metering>,
@@ -1112,7 +1227,7 @@ impl OutputStream {
 /// The pod's response body, streamed through, holding the request's accounting until it ends,
 /// and cut off when the pod sends nothing for its idle timeout.
 struct GuardedBody {
-    inner: Incoming,
+    inner: Body,
     guard: RequestGuard,
     /// `None` when there is no idle timeout, or once it fired.
     idle: Option<IdleTimer>,

@@ -21,6 +21,7 @@ pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
 use sluice_crds::{RateLimit, ResolvedRoute, ServingEndpoint, ShadowRoute};
 
+use super::external::External;
 use super::guardrails::Guardrails;
 
 /// One endpoint as the gateway routes it.
@@ -115,7 +116,9 @@ pub struct EntitySpec {
     /// for the kubelet's next readiness probe and the watch round trip (as Knative's activator
     /// does).
     pub warming: Vec<SocketAddr>,
-    /// Why the entity cannot be served by this gateway at all (an external model), if so.
+    /// The provider the gateway calls for an external model.
+    pub external: Option<External>,
+    /// Why the entity cannot be served by this gateway at all, if so.
     pub unsupported: Option<String>,
 }
 
@@ -174,19 +177,28 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
                             list
                         };
                         let backends = of(&ready);
+                        let (external, unsupported) = match &entity.external_model {
+                            None => (None, None),
+                            Some(model) => match External::of(model, namespace) {
+                                Ok(external) => (Some(external), None),
+                                Err(why) => (
+                                    None,
+                                    Some(format!(
+                                        "entity {} is an external model this gateway cannot \
+                                         call: {why}",
+                                        entity.name
+                                    )),
+                                ),
+                            },
+                        };
                         EntitySpec {
                             name: entity.name.clone(),
                             scale_to_zero: entity.scale_to_zero_enabled,
                             hold: HoldPolicy::of(entity),
                             backends,
                             warming: of(&warming),
-                            unsupported: entity.external_provider.map(|provider| {
-                                format!(
-                                    "entity {} is an external model ({provider:?}); this gateway \
-                                     does not call external providers yet",
-                                    entity.name
-                                )
-                            }),
+                            external,
+                            unsupported,
                         }
                     })
                     .collect();

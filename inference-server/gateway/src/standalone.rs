@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
@@ -27,13 +28,14 @@ use sluice_contract::resolve::{self, EntitySource, ResolvedEntity, alias_claims}
 use sluice_contract::support;
 use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
-    ModelFormat, ModelTask, ModelVersion, ModelVersionStatus, ResolvedRoute, ServingEndpoint,
-    ShadowRoute,
+    ExternalTask, ModelFormat, ModelTask, ModelVersion, ModelVersionStatus, ResolvedRoute,
+    ServingEndpoint, ShadowRoute,
 };
 use sluice_fetch::{self as fetch, FetchArgs, FetchOptions};
 
 use super::GatewayError;
 use super::args::{GatewayArgs, Upstream};
+use super::external::{External, Keys};
 use super::routing::{ConfigSpec, EndpointSpec, EntitySpec};
 use super::state::State;
 
@@ -44,6 +46,8 @@ pub struct Manifest {
     pub endpoints: Vec<ServingEndpoint>,
     /// Model versions, in file order.
     pub versions: Vec<ModelVersion>,
+    /// Secrets (external models' API keys), in file order.
+    pub secrets: Vec<Secret>,
     /// The folder relative `file://` sources are resolved against.
     pub base: PathBuf,
 }
@@ -81,9 +85,13 @@ pub fn read(path: &Path) -> Result<Manifest, GatewayError> {
                 serde_json::from_value(value)
                     .map_err(|e| bad(format!("document {} (ModelVersion): {e}", index + 1)))?,
             ),
+            "Secret" => manifest.secrets.push(
+                serde_json::from_value(value)
+                    .map_err(|e| bad(format!("document {} (Secret): {e}", index + 1)))?,
+            ),
             other => {
                 return Err(bad(format!(
-                    "document {}: kind {other:?} is not a ServingEndpoint or ModelVersion",
+                    "document {}: kind {other:?} is not a ServingEndpoint, ModelVersion or Secret",
                     index + 1
                 )));
             }
@@ -277,15 +285,14 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
                             .map(|(_, address)| *address)
                             .collect(),
                         warming: Vec::new(),
-                        unsupported: matches!(entity.source, EntitySource::External(_)).then(
-                            || {
-                                format!(
-                                    "entity {} is an external model; standalone mode does not \
-                                     call external providers yet",
-                                    entity.name
-                                )
-                            },
-                        ),
+                        external: match &entity.source {
+                            EntitySource::External(model) => {
+                                External::of(model, &endpoint.namespace).ok()
+                            }
+                            EntitySource::Registered { .. } => None,
+                        },
+                        // resolve_manifest refused what cannot be called.
+                        unsupported: None,
                     })
                     .collect(),
                 routes: ConfigSpec::routes_of(&endpoint.routes),
@@ -500,6 +507,7 @@ pub async fn run(
     work_dir: &Path,
     listen: SocketAddr,
     state: &State,
+    keys: &Keys,
 ) -> Result<(), GatewayError> {
     let upstreams = args.upstreams.as_slice();
     let config = match &args.operator_config {
@@ -516,6 +524,7 @@ pub async fn run(
             message,
         }
     })?;
+    keys.set_manifest(&manifest.secrets);
     let pvc_root = args
         .pvc_root
         .clone()
@@ -577,16 +586,18 @@ pub async fn run(
         };
         if reload {
             let next = read(path).and_then(|next| {
-                resolve_manifest(&next, &config, upstreams).map_err(|message| {
+                let resolved = resolve_manifest(&next, &config, upstreams).map_err(|message| {
                     GatewayError::Manifest {
                         path: path.to_path_buf(),
                         message,
                     }
-                })
+                })?;
+                Ok((next.secrets, resolved))
             });
             match next {
-                Ok(next) => {
+                Ok((secrets, next)) => {
                     tracing::info!(path = %path.display(), "manifest changed; routing by it");
+                    keys.set_manifest(&secrets);
                     endpoints = next;
                 }
                 Err(error) => {
@@ -646,7 +657,15 @@ pub fn example_request(endpoint: &ResolvedEndpoint) -> (String, String) {
             signature,
             ..
         }) => (*declared_task, signature.as_ref()),
-        _ => (None, None),
+        Some(EntitySource::External(model)) => (
+            Some(match model.task {
+                ExternalTask::Chat => ModelTask::Chat,
+                ExternalTask::Completions => ModelTask::Completions,
+                ExternalTask::Embeddings => ModelTask::Embeddings,
+            }),
+            None,
+        ),
+        None => (None, None),
     };
     match task {
         Some(ModelTask::Chat) => (

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::backend::Backend;
 use super::demand::{Demand, EntityDemand};
+use super::external::External;
 use super::hold::HoldQueue;
 use super::metrics::{EntityLabels, EntityMetrics, GatewayMetrics};
 use super::routing::{EndpointSpec, HoldPolicy};
@@ -34,6 +35,8 @@ pub struct Routing {
     pub scale_to_zero: bool,
     /// The hold limits the operator published.
     pub hold_policy: HoldPolicy,
+    /// The provider called for an external model (no pods).
+    pub external: Option<Arc<External>>,
     /// Why this gateway cannot serve the entity at all, if so.
     pub unsupported: Option<String>,
 }
@@ -86,6 +89,11 @@ impl EntityPool {
     /// The hold limits now.
     pub fn hold_policy(&self) -> HoldPolicy {
         self.routing().hold_policy
+    }
+
+    /// The provider called for an external model.
+    pub fn external(&self) -> Option<Arc<External>> {
+        self.routing().external.clone()
     }
 
     /// Why this gateway cannot serve the entity at all, if so.
@@ -270,6 +278,7 @@ impl State {
             promoted,
             scale_to_zero: now.scale_to_zero,
             hold_policy: now.hold_policy,
+            external: now.external.clone(),
             unsupported: now.unsupported.clone(),
         });
         drop(backends);
@@ -319,6 +328,7 @@ impl State {
                                         promoted: BTreeSet::new(),
                                         scale_to_zero: entity.scale_to_zero,
                                         hold_policy: entity.hold,
+                                        external: None,
                                         unsupported: None,
                                     })),
                                     hold: HoldQueue::default(),
@@ -354,6 +364,7 @@ impl State {
                             promoted,
                             scale_to_zero: entity.scale_to_zero,
                             hold_policy: entity.hold,
+                            external: entity.external.clone().map(Arc::new),
                             unsupported: entity.unsupported.clone(),
                         });
                         if has_ready {
@@ -476,6 +487,7 @@ mod tests {
                     },
                     backends: backends.iter().map(|b| b.parse().expect("addr")).collect(),
                     warming: Vec::new(),
+                    external: None,
                     unsupported: None,
                 }],
                 routes: vec![("a".into(), 100)],

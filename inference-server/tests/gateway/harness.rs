@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{BINARY, temp_dir, unused_loopback_port};
+pub use sluice_tests::providers::Providers;
 
 /// A process the gateway routes to.
 pub struct Upstream {
@@ -99,6 +100,8 @@ pub struct Gateway {
     pub manifest: PathBuf,
     /// A client with a 30 s timeout.
     pub client: reqwest::Client,
+    /// Where its log goes, when it was started with [`Gateway::start_logged`].
+    pub log: Option<PathBuf>,
 }
 
 /// A response: status, `served-model-name`, body text.
@@ -125,6 +128,20 @@ impl Gateway {
         upstreams: &[(&str, SocketAddr)],
         extra: &[&str],
     ) -> Gateway {
+        Self::start_with(manifest, upstreams, extra, None).await
+    }
+
+    /// [`start`](Self::start) with the log at `level` written to a file ([`Gateway::log`]).
+    pub async fn start_logged(manifest: &str, extra: &[&str], level: &str) -> Gateway {
+        Self::start_with(manifest, &[], extra, Some(level)).await
+    }
+
+    async fn start_with(
+        manifest: &str,
+        upstreams: &[(&str, SocketAddr)],
+        extra: &[&str],
+        logged: Option<&str>,
+    ) -> Gateway {
         let dir = temp_dir("gateway");
         let path = dir.join("endpoints.yaml");
         std::fs::write(&path, manifest).expect("manifest");
@@ -138,9 +155,13 @@ impl Gateway {
             .arg("--work-dir")
             .arg(dir.join("work"))
             .args(extra)
-            .env("SLUICE_LOG", "warn")
-            .stdout(std::fs::File::create(&output).expect("stdout file"))
-            .stderr(Stdio::inherit());
+            .env("SLUICE_LOG", logged.unwrap_or("warn"))
+            .stdout(std::fs::File::create(&output).expect("stdout file"));
+        let log = logged.map(|_| dir.join("stderr"));
+        match &log {
+            Some(log) => command.stderr(std::fs::File::create(log).expect("log file")),
+            None => command.stderr(Stdio::inherit()),
+        };
         for (entity, addr) in upstreams {
             command.args(["--upstream", &format!("{entity}={addr}")]);
         }
@@ -160,6 +181,7 @@ impl Gateway {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            log,
         };
         wait_for(&format!("{}/readyz", gateway.admin), 200).await;
         gateway

@@ -10,6 +10,7 @@ mod harness;
 
 mod auth;
 mod errors;
+mod external;
 mod failures;
 mod fallback;
 mod holding;

@@ -388,7 +388,7 @@ fn config_of(
 
 fn entity_status(w: &Rendered) -> ServedEntityStatus {
     let e = &w.entity;
-    let (model, version, alias, artifact_uri, external_provider) = match &e.source {
+    let (model, version, alias, artifact_uri, external_model) = match &e.source {
         EntitySource::Registered {
             model,
             version,
@@ -402,7 +402,7 @@ fn entity_status(w: &Rendered) -> ServedEntityStatus {
             Some(artifact_uri.clone()),
             None,
         ),
-        EntitySource::External(x) => (None, None, None, None, Some(x.provider)),
+        EntitySource::External(x) => (None, None, None, None, Some(x.clone())),
     };
     let pods = w.pods.as_ref();
     ServedEntityStatus {
@@ -411,7 +411,7 @@ fn entity_status(w: &Rendered) -> ServedEntityStatus {
         version,
         alias,
         artifact_uri,
-        external_provider,
+        external_model,
         workload_size: e.workload_size,
         workload_type: pods.map(|_| e.workload_type),
         engine: e.runtime.as_ref().map(|r| r.engine),
@@ -486,14 +486,34 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>, 
         .as_ref()
         .is_some_and(|s| s.deployment == DeploymentState::DEPLOYMENT_READY);
     let Some(child) = e.deployment_name.clone() else {
-        e.state = Some(ServedEntityState {
-            deployment: DeploymentState::DEPLOYMENT_FAILED,
-            deployment_state_message: Some(
-                "externalModel entities are not served by this version of Sluice; \
-                 every call to this entity would fail"
-                    .into(),
-            ),
-            reason: Some(NOT_SUPPORTED.into()),
+        // An external model: no pods, the gateway calls the provider.
+        let called = e
+            .external_model
+            .as_ref()
+            .map(|model| (model, sluice_contract::external::api(model)));
+        e.state = Some(match called {
+            Some((model, Ok(api))) => ServedEntityState {
+                deployment: DeploymentState::DEPLOYMENT_READY,
+                deployment_state_message: Some(format!(
+                    "no pods: the gateway calls {} model {}",
+                    api.label(),
+                    model.name
+                )),
+                reason: None,
+            },
+            Some((_, Err(problems))) => ServedEntityState {
+                deployment: DeploymentState::DEPLOYMENT_FAILED,
+                deployment_state_message: Some(format!(
+                    "the gateway cannot call this external model: {}",
+                    problems.join("; ")
+                )),
+                reason: Some(NOT_SUPPORTED.into()),
+            },
+            None => ServedEntityState {
+                deployment: DeploymentState::DEPLOYMENT_FAILED,
+                deployment_state_message: Some("the entity has neither pods nor a provider".into()),
+                reason: Some(NOT_SUPPORTED.into()),
+            },
         });
         return;
     };
@@ -1148,7 +1168,7 @@ mod tests {
         assert_eq!(warned(&first), 1);
         assert_eq!(warned(&served), 0, "warned once");
 
-        let external = "  servedEntities:\n  - name: gpt\n    externalModel: {provider: openai, name: gpt-4o, task: llm/v1/chat}\n";
+        let external = "  servedEntities:\n  - name: gpt\n    externalModel: {provider: cohere, name: command-r, task: llm/v1/chat}\n";
         let planned = run(&endpoint(external, None), &BTreeMap::new());
         let (status, reason, message) = ready_condition(&planned);
         assert_eq!(
@@ -1156,7 +1176,7 @@ mod tests {
             ("False", FIELD_NOT_SUPPORTED)
         );
         assert!(
-            message.contains("spec.servedEntities[0].externalModel"),
+            message.contains("spec.servedEntities[0].externalModel.provider cohere"),
             "{message}"
         );
         let entity = &planned
@@ -1170,6 +1190,27 @@ mod tests {
             Some(NOT_SUPPORTED)
         );
         assert_eq!(state(&planned).1, ConfigUpdateState::UPDATE_FAILED);
+
+        // A provider the gateway calls: no pods, and the entity serves.
+        let called = "  servedEntities:\n  - name: gpt\n    externalModel: {provider: openai, name: gpt-4o, task: llm/v1/chat}\n";
+        let planned = run(&endpoint(called, None), &BTreeMap::new());
+        assert!(planned.keep.is_empty(), "no children: {:?}", planned.keep);
+        let config = planned
+            .status
+            .config
+            .as_ref()
+            .or(planned.status.pending_config.as_ref())
+            .expect("a config");
+        let entity = &config.served_entities[0];
+        assert_eq!(
+            entity.state.as_ref().map(|s| &s.deployment),
+            Some(&DeploymentState::DEPLOYMENT_READY),
+            "{entity:?}"
+        );
+        assert_eq!(
+            entity.external_model.as_ref().map(|m| m.name.as_str()),
+            Some("gpt-4o")
+        );
     }
 
     #[test]
