@@ -43,6 +43,9 @@ enum Command {
     /// Mint, list and revoke the API keys the gateway accepts (Secrets in its namespace, or a
     /// standalone gateway's keys file).
     ApiKey(sluice_gateway::ApiKeyArgs),
+    /// Print the ServingEndpoints of an MLflow AI Gateway config (its endpoints, traffic routes
+    /// and limits; keys as references to one Secret).
+    ImportMlflowGateway(sluice_gateway::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,9 @@ fn main() -> ExitCode {
         Command::ApiKey(args) => runtime
             .block_on(sluice_gateway::api_key(args))
             .map_err(Into::into),
+        Command::ImportMlflowGateway(args) => {
+            sluice_gateway::import_mlflow(&args).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`external`]: which external providers and settings the gateway calls, and where.
+//! - [`mlflow`]: how MLflow AI Gateway endpoint names become ServingEndpoint names.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.
 //! - [`usage`]: the admin price table and the cost of one request, for usage rows.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
@@ -27,6 +28,7 @@ pub mod external;
 pub mod fixtures;
 pub mod headers;
 pub mod labels;
+pub mod mlflow;
 pub mod published;
 pub mod resolve;
 pub mod support;

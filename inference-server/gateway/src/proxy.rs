@@ -149,6 +149,7 @@ impl Proxy {
                 "/serving-endpoints/{name}/served-models/{entity}/invocations",
                 post(entity_invocations),
             )
+            .route("/endpoints/{name}/invocations", post(mlflow_invocations))
             .route("/serving-endpoints/v1/chat/completions", post(chat))
             .route("/serving-endpoints/v1/completions", post(completions))
             .route("/serving-endpoints/v1/embeddings", post(embeddings))
@@ -1390,6 +1391,20 @@ async fn endpoint_invocations(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    proxy
+        .handle(Some(name), None, "/invocations", peer, request)
+        .await
+}
+
+/// MLflow AI Gateway's route: the endpoint its MLflow name maps to
+/// ([`sluice_contract::mlflow::endpoint_name`]).
+async fn mlflow_invocations(
+    AxumState(proxy): AxumState<Shared>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let name = sluice_contract::mlflow::endpoint_name(&name).unwrap_or(name);
     proxy
         .handle(Some(name), None, "/invocations", peer, request)
         .await

@@ -437,3 +437,105 @@ async fn our_own_serve_is_an_openai_compatible_provider() {
         direct["choices"][0]["message"]["content"]
     );
 }
+
+#[tokio::test]
+async fn an_mlflow_gateway_config_is_served_where_mlflow_clients_call() {
+    let providers = Providers::start(KEY).await;
+    let p = providers.addr;
+    let config = format!(
+        r#"
+endpoints:
+  - name: chat_gpt
+    endpoint_type: llm/v1/chat
+    model:
+      provider: openai
+      name: gpt-4o-mini
+      config:
+        openai_api_key: $OPENAI_API_KEY
+        openai_api_base: http://{p}/openai/v1
+    limit: {{renewal_period: minute, calls: 2}}
+  - name: azure-chat
+    endpoint_type: llm/v1/chat
+    model:
+      provider: azure
+      name: gpt-35-turbo
+      config:
+        openai_api_key: ${{AZURE_OPENAI_API_KEY}}
+        openai_api_base: http://{p}/
+        openai_api_version: "2023-05-15"
+        openai_deployment_name: my-deployment
+  - name: embeddings
+    endpoint_type: llm/v1/embeddings
+    model:
+      provider: openai
+      name: text-embedding-3-small
+      config:
+        openai_api_key: $OPENAI_API_KEY
+        openai_api_base: http://{p}/openai/v1
+"#
+    );
+    let dir = crate::common::temp_dir("mlflow-import");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, config).expect("config");
+    let output = Command::new(crate::common::BINARY)
+        .args([
+            "import-mlflow-gateway",
+            "--secret",
+            "provider-keys",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .expect("import runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("--from-literal=AZURE_OPENAI_API_KEY=")
+            && stdout.contains("--from-literal=OPENAI_API_KEY="),
+        "{stdout}"
+    );
+    let manifest = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: provider-keys}}\nstringData:\n  OPENAI_API_KEY: {KEY}\n  AZURE_OPENAI_API_KEY: {KEY}\n{stdout}"
+    );
+    let gateway = Gateway::start(&manifest, &[], &[]).await;
+    let chat = json!({"messages": [{"role": "user", "content": "Hello"}], "temperature": 0.0, "max_tokens": 10}).to_string();
+    // MLflow's own route and names (`chat_gpt` is the endpoint `chat-gpt`).
+    for name in ["chat_gpt", "azure-chat"] {
+        let answer = gateway
+            .post(&format!("/endpoints/{name}/invocations"), &chat)
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+        assert_eq!(
+            answer.json()["choices"][0]["message"]["content"],
+            "Hello! How can I assist you today?"
+        );
+    }
+    let embedded = gateway
+        .post(
+            "/endpoints/embeddings/invocations",
+            &json!({"input": ["a", "b"]}).to_string(),
+        )
+        .await;
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+    assert_eq!(embedded.json()["data"].as_array().map(Vec::len), Some(2));
+    // MLflow's `limit` became the endpoint's rate limit: 2 calls a minute.
+    let second = gateway.post("/endpoints/chat_gpt/invocations", &chat).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    let third = gateway.post("/endpoints/chat_gpt/invocations", &chat).await;
+    assert_eq!(third.status, 429, "{}", third.body);
+
+    // What Sluice would not call is named, and nothing is written.
+    std::fs::write(&path, "endpoints:\n  - name: c\n    endpoint_type: llm/v1/chat\n    model: {provider: cohere, name: command, config: {cohere_api_key: $K}}\n").expect("config");
+    let refused = Command::new(crate::common::BINARY)
+        .args(["import-mlflow-gateway", "--config"])
+        .arg(&path)
+        .output()
+        .expect("import runs");
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("provider \"cohere\""));
+}
