@@ -22,6 +22,34 @@ pub struct AiGatewayConfig {
     /// Retry a failed request (5xx) on the other served entities, in list order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Answer a repeated request from the gateway's memory instead of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_cache: Option<ResponseCache>,
+}
+
+/// The response cache of an endpoint: a request equal to an earlier one (same route, same body
+/// once normalised: key order and whitespace do not matter) within `ttlSeconds` gets the
+/// earlier answer, with `x-sluice-cache: hit`, and no model is called. Only whole (not
+/// streamed) successful answers are kept; chat and text completions only when deterministic
+/// (`temperature: 0`) unless `cacheNonDeterministic`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseCache {
+    /// Whether answers are cached.
+    pub enabled: bool,
+    /// How long an answer is reused. Defaults to 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl_seconds: Option<i32>,
+    /// Most memory the endpoint's cached answers take in each gateway replica, in MiB; the
+    /// least recently used go first. Defaults to 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub max_size_mib: Option<i32>,
+    /// Cache chat and text completions sampled with a temperature above 0 too (every caller
+    /// then gets the first sampled answer). Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_non_deterministic: Option<bool>,
 }
 
 /// One rate limit.

@@ -45,8 +45,8 @@ use crate::table::record::{
 };
 
 use sluice_contract::headers::{
-    CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, GROUPS as GROUPS_HEADER,
-    GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, REQUEST_ID,
+    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS,
+    GROUPS as GROUPS_HEADER, GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, REQUEST_ID,
     REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
 };
 /// Longest a readiness check of the model may take.
@@ -190,6 +190,8 @@ struct ExchangeState {
     response_seen: bool,
     /// Reads the answer's token counts as it passes (usage tracking).
     meter: Option<UsageMeter>,
+    /// A cache hit: no model ran, so no usage row.
+    cache_hit: bool,
     finished: bool,
 }
 
@@ -294,11 +296,12 @@ impl Exchange {
         let mut raw = std::mem::take(&mut state.raw);
         let reserved = std::mem::take(&mut state.reserved);
         let meter = state.meter.take();
+        let cache_hit = state.cache_hit;
         drop(state);
         self.recorder.live().remove(&self.id);
         raw.execution_time_ms = self.started.elapsed().as_millis() as i64;
         raw.codes.extend(codes);
-        if let Some(tracking) = &self.recorder.usage {
+        if let Some(tracking) = self.recorder.usage.as_ref().filter(|_| !cache_hit) {
             let tokens = meter.and_then(UsageMeter::finish);
             let (input, output) = (tokens.and_then(|t| t.input), tokens.and_then(|t| t.output));
             let execution_ms = u64::try_from(raw.execution_time_ms).unwrap_or(0);
@@ -593,9 +596,67 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     metadata
 }
 
+/// Records a cache hit the gateway answered (see [`CACHE_HIT`]): a row like any sampled
+/// exchange's, marked `request_metadata['cache'] = 'hit'`, and no usage row (no model ran).
+/// Nothing is sent to the model; the answer is 204.
+async fn record_cache_hit(proxy: &Proxy, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let split = text(CACHE_HIT).and_then(|v| v.parse::<usize>().ok());
+    let status = text(CACHE_STATUS)
+        .and_then(|v| v.parse::<u16>().ok())
+        .unwrap_or(200);
+    let limit = proxy.recorder.limits.max_payload_bytes.saturating_mul(2) + 1024;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return ApiError::bad_request(format!("a cache hit's body could not be read: {error}"))
+                .into_response();
+        }
+    };
+    let Some(split) = split.filter(|&n| n <= bytes.len()) else {
+        return ApiError::bad_request(format!(
+            "{CACHE_HIT} must hold the request's length (at most the body's {} bytes)",
+            bytes.len()
+        ))
+        .into_response();
+    };
+    if !proxy.sampled() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let id = request_id(&parts.headers);
+    let mut metadata = metadata(&parts);
+    metadata.insert("cache".into(), "hit".into());
+    let exchange = proxy.recorder.start(RawExchange {
+        request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+        client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
+        requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
+        timestamp_ms: now_ms(),
+        metadata,
+        ..RawExchange::default()
+    });
+    exchange.lock().cache_hit = true;
+    exchange.copy(Side::Request, &bytes[..split]);
+    let mut answer = HeaderMap::new();
+    if let Some(kind) = parts.headers.get(CACHE_CONTENT_TYPE) {
+        answer.insert(header::CONTENT_TYPE, kind.clone());
+    }
+    exchange.respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        &answer,
+    );
+    exchange.lock().meter = None;
+    exchange.copy(Side::Response, &bytes[split..]);
+    exchange.finish(&[]);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// Proxies one request, capturing it when sampled.
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     proxy.recorder.metrics.requests.inc();
+    if request.headers().contains_key(CACHE_HIT) {
+        return record_cache_hit(&proxy, request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
     let sampled = proxy.sampled();

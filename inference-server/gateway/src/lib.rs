@@ -27,6 +27,7 @@ mod args;
 pub mod auth;
 mod backend;
 mod budget;
+mod cache;
 mod demand;
 mod discovery;
 pub mod external;

@@ -220,6 +220,40 @@ struct GuardrailLabels {
     action: &'static str,
 }
 
+/// What became of a request to an endpoint with a response cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Answered from the cache; no model was called.
+    Hit,
+    /// Looked up and not found (or expired): the model answered.
+    Miss,
+    /// Not looked up: a stream, or a sampled completion.
+    Bypass,
+}
+
+impl CacheOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    namespace: String,
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    namespace: String,
+    endpoint: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     namespace: String,
@@ -263,6 +297,10 @@ pub struct GatewayMetrics {
     uncounted: Family<EntityLabels, Counter>,
     limited: Family<LimitedLabels, Counter>,
     guardrails: Family<GuardrailLabels, Counter>,
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_bytes: Family<EndpointLabels, Gauge>,
+    cache_evictions: Family<EndpointLabels, Counter>,
+    cache_unrecorded: Family<EndpointLabels, Counter>,
     store_failures: [Counter; 3],
     fallbacks: Family<FallbackLabels, Counter>,
 }
@@ -361,6 +399,10 @@ impl GatewayMetrics {
             uncounted: Family::default(),
             limited: Family::default(),
             guardrails: Family::default(),
+            cache_requests: Family::default(),
+            cache_bytes: Family::default(),
+            cache_evictions: Family::default(),
+            cache_unrecorded: Family::default(),
             store_failures: Default::default(),
             fallbacks: Family::default(),
         };
@@ -401,6 +443,26 @@ impl GatewayMetrics {
             "guardrail_actions",
             "Requests and answers the guardrails refused (400) or masked, by endpoint and direction",
             metrics.guardrails.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Requests to endpoints with a response cache, by whether the cache answered (hit), was asked in vain (miss) or was not asked (bypass: a stream or a sampled completion)",
+            metrics.cache_requests.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes of answers this gateway keeps in an endpoint's response cache",
+            metrics.cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cached answers dropped before their time because the endpoint's cache was full",
+            metrics.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_hits_unrecorded",
+            "Cache hits of endpoints with auto-capture that did not become a table row: no ready pod of the entity that first answered, too many recordings in flight, or its capture sidecar refused",
+            metrics.cache_unrecorded.clone(),
         );
         registry.register(
             "fallbacks",
@@ -469,6 +531,47 @@ impl GatewayMetrics {
     #[cfg(test)]
     pub fn auth_total(&self, outcome: AuthOutcome) -> u64 {
         self.auth[outcome as usize].get()
+    }
+
+    /// Counts a response-cache lookup's outcome.
+    pub fn cache(&self, namespace: &str, endpoint: &str, outcome: CacheOutcome) {
+        self.cache_requests
+            .get_or_create(&CacheLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Sets the bytes an endpoint's response cache holds.
+    pub fn cache_bytes(&self, namespace: &str, endpoint: &str, bytes: usize) {
+        self.cache_bytes
+            .get_or_create(&EndpointLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a cache hit that did not reach a capture sidecar.
+    pub fn cache_unrecorded(&self, namespace: &str, endpoint: &str) {
+        self.cache_unrecorded
+            .get_or_create(&EndpointLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a cached answer dropped to make room.
+    pub fn cache_evicted(&self, namespace: &str, endpoint: &str) {
+        self.cache_evictions
+            .get_or_create(&EndpointLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a request (`input`) or answer (`output`) the guardrails refused (`refused`) or

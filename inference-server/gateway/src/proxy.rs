@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
+use super::cache::{self, CACHE_HEADER, Caches, Filling};
 use super::external::{self, External, Keys};
 use super::fallback;
 use super::guardrails::Checks;
@@ -44,16 +45,18 @@ use super::guardrails::output::{Outcome, StreamGuard};
 use super::hold::HoldRefused;
 use super::metering::{Charge, Metering, TokenMeter};
 use super::metrics::{
-    AuthOutcome, EntityLabels, GatewayMetrics, HoldOutcome, IdleBody, ShadowOutcome,
+    AuthOutcome, CacheOutcome, EntityLabels, GatewayMetrics, HoldOutcome, IdleBody, ShadowOutcome,
 };
 use super::ratelimit::RateLimiter;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
+use sluice_contract::headers::{
+    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, GUARDRAILS, strip_hop_by_hop,
+};
 pub use sluice_contract::headers::{
     CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
 };
-use sluice_contract::headers::{GUARDRAILS, strip_hop_by_hop};
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -96,6 +99,8 @@ pub struct Proxy {
     providers: reqwest::Client,
     /// Their API keys.
     keys: Arc<Keys>,
+    /// Endpoints' response caches.
+    caches: Caches,
 }
 
 type Shared = Arc<Proxy>;
@@ -116,6 +121,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let caches = Caches::new(state.metrics().clone());
         let budgets = Arc::new(Budgets::new(
             config.max_in_flight,
             config.max_buffered_bytes,
@@ -135,6 +141,7 @@ impl Proxy {
                 .build()
                 .unwrap_or_default(),
             keys,
+            caches,
         }
     }
 
@@ -345,6 +352,41 @@ impl Proxy {
                 }
             },
         };
+        // A repeated request may be answered from the endpoint's cache, with no model called
+        // (and no tokens charged: none were spent).
+        let mut filling = None;
+        if let Some(policy) = endpoint.policies.cache {
+            let cache = self.caches.of(namespace, endpoint_name);
+            let key = cache::key(
+                &policy,
+                (namespace, endpoint_name),
+                upstream_path,
+                entity.as_deref(),
+                body.bytes(),
+            );
+            match key {
+                Err(_) => cache.count(CacheOutcome::Bypass),
+                Ok(key) => match cache.get(&key, policy.ttl) {
+                    Some(hit) => {
+                        cache.count(CacheOutcome::Hit);
+                        let request_id = parts
+                            .headers
+                            .get(REQUEST_ID)
+                            .cloned()
+                            .unwrap_or_else(new_request_id);
+                        if endpoint.policies.captured {
+                            let hit = (&parts, &body, &hit, upstream_path);
+                            self.record_hit(config, hit, &request_id, peer);
+                        }
+                        return cached_answer(hit, request_id, config.version);
+                    }
+                    None => {
+                        cache.count(CacheOutcome::Miss);
+                        filling = Some((cache, key, policy));
+                    }
+                },
+            }
+        }
         // A token budget needs the answer's usage: a stream is made to report it.
         let asked = match (&charge, upstream_path) {
             (Some(_), "/v1/chat/completions" | "/v1/completions") => {
@@ -433,7 +475,34 @@ impl Proxy {
                     HeaderName::from_static(CONFIG_VERSION),
                     HeaderValue::from(config.version),
                 );
-                response
+                match filling {
+                    Some((cache, key, policy)) => {
+                        response.headers_mut().insert(
+                            HeaderName::from_static(CACHE_HEADER),
+                            HeaderValue::from_static("miss"),
+                        );
+                        if !response.status().is_success() || !cache::keepable(response.headers()) {
+                            return response;
+                        }
+                        let (parts, body) = response.into_parts();
+                        let entity = parts
+                            .headers
+                            .get(SERVED_MODEL_NAME)
+                            .cloned()
+                            .unwrap_or_else(|| HeaderValue::from_static(""));
+                        let body = Filling::new(
+                            body,
+                            cache,
+                            key,
+                            policy,
+                            parts.status.as_u16(),
+                            parts.headers.get(header::CONTENT_TYPE).cloned(),
+                            entity,
+                        );
+                        Response::from_parts(parts, Body::new(body))
+                    }
+                    None => response,
+                }
             }
             Err(error) => self.fail(namespace, endpoint_name, error),
         }
@@ -860,6 +929,69 @@ impl Proxy {
         Response::from_parts(parts, Body::from(bytes))
     }
 
+    /// Sends a cache hit to the capture sidecar of a ready pod of the entity that first
+    /// answered, so the exchange becomes a row marked as a hit
+    /// ([`sluice_contract::headers::CACHE_HIT`]); in the background, within the shadow
+    /// requests' in-flight budget. A hit that cannot be sent is counted.
+    fn record_hit(
+        &self,
+        config: &LiveConfig,
+        (parts, body, hit, upstream_path): (&Parts, &BufferedBody, &cache::Entry, &str),
+        request_id: &HeaderValue,
+        peer: SocketAddr,
+    ) {
+        let pool = config.entities.iter().find(|p| p.served_name == hit.entity);
+        let labels = pool.map(|p| p.labels().clone());
+        let unrecorded = move |metrics: &GatewayMetrics| {
+            if let Some(labels) = &labels {
+                metrics.cache_unrecorded(&labels.namespace, &labels.endpoint);
+            }
+        };
+        let metrics = self.state.metrics().clone();
+        let backend = pool.and_then(|pool| {
+            let backends = pool.backends();
+            backend::pick(&backends, &[], &mut fastrand::Rng::new()).cloned()
+        });
+        let (Some(backend), Ok(permit)) =
+            (backend, self.shadow_permits.clone().try_acquire_owned())
+        else {
+            unrecorded(&metrics);
+            return;
+        };
+        let mut both = Vec::with_capacity(body.bytes().len() + hit.body.len());
+        both.extend_from_slice(body.bytes());
+        both.extend_from_slice(&hit.body);
+        let mut request = upstream_request(
+            backend.addr,
+            upstream_path,
+            parts,
+            Bytes::from(both),
+            request_id,
+            Some(peer),
+        );
+        let headers = request.headers_mut();
+        headers.insert(CACHE_HIT, HeaderValue::from(body.bytes().len()));
+        headers.insert(CACHE_STATUS, HeaderValue::from(hit.status));
+        if let Some(kind) = &hit.content_type {
+            headers.insert(CACHE_CONTENT_TYPE, kind.clone());
+        }
+        let client = self.client.clone();
+        let timeout = self.config.request_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let recorded = tokio::time::timeout(timeout, async {
+                let response = client.request(request).await.ok()?;
+                let ok = response.status().is_success();
+                drain(response.into_body()).await.ok()?;
+                Some(ok)
+            })
+            .await;
+            if !matches!(recorded, Ok(Some(true))) {
+                unrecorded(&metrics);
+            }
+        });
+    }
+
     /// Sends a copy of the request to each shadow entity whose percentage comes up; the
     /// answers are counted and drained, never collected or waited for. The copy keeps the body
     /// (and its bytes in the budget) until the shadow request is done.
@@ -923,6 +1055,29 @@ impl Proxy {
             });
         }
     }
+}
+
+/// The answer to a request the cache holds: its body, status, content type and entity, marked
+/// `x-sluice-cache: hit`.
+fn cached_answer(hit: cache::Entry, request_id: HeaderValue, version: i64) -> Response {
+    let mut response = Response::new(Body::from(hit.body));
+    *response.status_mut() =
+        axum::http::StatusCode::from_u16(hit.status).unwrap_or(axum::http::StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Some(kind) = hit.content_type {
+        headers.insert(header::CONTENT_TYPE, kind);
+    }
+    headers.insert(HeaderName::from_static(SERVED_MODEL_NAME), hit.entity);
+    headers.insert(HeaderName::from_static(REQUEST_ID), request_id);
+    headers.insert(
+        HeaderName::from_static(CONFIG_VERSION),
+        HeaderValue::from(version),
+    );
+    headers.insert(
+        HeaderName::from_static(CACHE_HEADER),
+        HeaderValue::from_static("hit"),
+    );
+    response
 }
 
 /// What goes to the pod: the client's request head and body, the pod's path, and the peer.

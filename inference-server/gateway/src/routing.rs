@@ -21,6 +21,7 @@ pub use sluice_contract::published::HoldPolicy;
 use sluice_contract::published::revision_of_entity;
 use sluice_crds::{RateLimit, ResolvedRoute, ServingEndpoint, ShadowRoute};
 
+use super::cache::CachePolicy;
 use super::external::External;
 use super::guardrails::Guardrails;
 
@@ -47,6 +48,10 @@ pub struct Policies {
     pub fallback: bool,
     /// `guardrails`, each direction when it sets a check that acts.
     pub guardrails: Guardrails,
+    /// `responseCache`, when enabled.
+    pub cache: Option<CachePolicy>,
+    /// `autoCapture.enabled`: cache hits are sent to a capture sidecar to become rows.
+    pub captured: bool,
 }
 
 impl Policies {
@@ -59,6 +64,12 @@ impl Policies {
                 .and_then(|g| g.fallback.as_ref())
                 .is_some_and(|f| f.enabled),
             guardrails: super::guardrails::of(endpoint),
+            cache: CachePolicy::of(endpoint),
+            captured: endpoint
+                .spec
+                .auto_capture
+                .as_ref()
+                .is_some_and(|c| c.enabled),
         }
     }
 }

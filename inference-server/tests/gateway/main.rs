@@ -9,6 +9,7 @@ mod common;
 mod harness;
 
 mod auth;
+mod cache;
 mod errors;
 mod external;
 mod failures;
