@@ -24,7 +24,7 @@ cargo build -q --release -p sluice-gateway --example pii_scan
 SLUICE=$(target/release/examples/pii_scan "$WORK/corpus.jsonl" "$WORK/sluice.jsonl")
 PRESIDIO=$("$VENV/bin/python" "$BENCH/presidio_scan.py" "$WORK/corpus.jsonl" "$WORK/presidio.jsonl" 2>/dev/null | tail -1)
 TABLE=$(python3 "$BENCH/score.py" "$WORK/corpus.jsonl" "sluice=$WORK/sluice.jsonl" "presidio=$WORK/presidio.jsonl")
-us() { python3 -c 'import json,sys; print(f"{json.loads(sys.argv[1])["us_per_text"]:.1f}")' "$1"; }
+us() { python3 -c 'import json,sys; v = json.loads(sys.argv[1])["us_per_text"]; print(f"{v:.1f}")' "$1"; }
 S_US=$(us "$SLUICE"); P_US=$(us "$PRESIDIO")
 RATIO=$(python3 -c "print(f'{$P_US / $S_US:.0f}')")
 VERSION=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("presidio-analyzer"))')
