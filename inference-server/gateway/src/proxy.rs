@@ -992,6 +992,52 @@ impl Proxy {
         });
     }
 
+    /// Sends a shadow copy to an external entity's provider; its answer is counted and drained
+    /// like a pod's.
+    fn mirror_external(
+        &self,
+        pool: &Arc<EntityPool>,
+        entity: Arc<External>,
+        body: &BufferedBody,
+        upstream_path: &str,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let route = external::Route::of(upstream_path, entity.task);
+        let Ok(prepared) = external::prepare(&entity, &pool.name, route, body.bytes()) else {
+            pool.metrics.shadow(ShadowOutcome::Error);
+            return;
+        };
+        let (providers, keys, pool) = (self.providers.clone(), self.keys.clone(), pool.clone());
+        let (timeout, body) = (self.config.request_timeout, body.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _body = body;
+            let answered = tokio::time::timeout(timeout, async {
+                let mut headers = prepared.headers;
+                if let Some(reference) = &entity.key {
+                    let key = keys.get(&entity.namespace, reference).await.ok()?;
+                    external::authorize(&entity.api, &mut headers, &key).ok()?;
+                }
+                let response = providers
+                    .post(&prepared.url)
+                    .headers(headers)
+                    .body(prepared.body)
+                    .send()
+                    .await
+                    .ok()?;
+                let ok = response.status().is_success();
+                response.bytes().await.ok()?;
+                Some(ok)
+            })
+            .await;
+            let outcome = match answered {
+                Ok(Some(true)) => ShadowOutcome::Ok,
+                _ => ShadowOutcome::Error,
+            };
+            pool.metrics.shadow(outcome);
+        });
+    }
+
     /// Sends a copy of the request to each shadow entity whose percentage comes up; the
     /// answers are counted and drained, never collected or waited for. The copy keeps the body
     /// (and its bytes in the budget) until the shadow request is done.
@@ -1011,6 +1057,10 @@ impl Proxy {
                 pool.metrics.shadow(ShadowOutcome::Shed);
                 continue;
             };
+            if let Some(entity) = pool.external() {
+                self.mirror_external(pool, entity, body, upstream_path, permit);
+                continue;
+            }
             let backends = pool.backends();
             let Some(backend) = backend::pick(&backends, &[], rng).cloned() else {
                 pool.metrics.shadow(ShadowOutcome::Unavailable);

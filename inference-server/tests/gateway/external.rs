@@ -539,3 +539,48 @@ endpoints:
     assert!(refused.stdout.is_empty());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("provider \"cohere\""));
 }
+
+#[tokio::test]
+async fn a_shadow_route_mirrors_to_an_external_provider() {
+    let providers = Providers::start(KEY).await;
+    let p = providers.addr;
+    let shadowed = format!(
+        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep}}\nspec:\n  servedEntities:\n  - {{name: live, externalModel: {}}}\n  - {{name: candidate, externalModel: {}}}\n  trafficConfig:\n    routes:\n    - {{servedEntityName: live, trafficPercentage: 100}}\n    shadowRoutes:\n    - {{servedEntityName: candidate, mirrorPercentage: 100}}\n",
+        openai(p, "gpt-4o-mini", "llm/v1/chat", "key"),
+        anthropic(p, "claude-candidate"),
+    );
+    let gateway = Gateway::start(&manifest(&shadowed), &[], &[]).await;
+    for _ in 0..5 {
+        let answer = gateway
+            .post(
+                "/serving-endpoints/v1/chat/completions",
+                &chat("ep", "Hello"),
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.entity.as_str()),
+            (200, "live"),
+            "{}",
+            answer.body
+        );
+    }
+    let ok = "sluice_gateway_shadow_requests_total{namespace=\"default\",endpoint=\"ep\",entity=\"candidate\",outcome=\"ok\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gateway.metric(ok).await < 5.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            gateway.metrics().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let calls = providers.calls().await;
+    assert_eq!(
+        calls["/anthropic/v1/messages claude-candidate"], 5,
+        "{calls}"
+    );
+    assert_eq!(
+        calls["/openai/v1/chat/completions gpt-4o-mini"], 5,
+        "{calls}"
+    );
+}
