@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use crate::anthropic::{Replying, StreamTranslator};
 use crate::manifest;
 use crate::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 use crate::scoring::{self, Frame, ScoringInput, ScoringRequest};
@@ -21,13 +22,14 @@ use crate::usage::{AnswerFormat, TokenCounts, UsageChunkFilter, UsageMeter};
 pub type Check = fn(data: &[u8]);
 
 /// The fuzz targets, by name (the folder names under `fuzz/corpus/` and `fuzz/regressions/`).
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("scoring_json", scoring_json),
     ("scoring_csv", scoring_csv),
     ("openai_request", openai_request),
     ("sse_reassemble", sse_reassemble),
     ("manifest", manifest),
     ("usage_meter", usage_meter),
+    ("anthropic_stream", anthropic_stream),
 ];
 
 /// A JSON `/invocations` body: a request that parses has rows, a frame's rows are as wide as
@@ -114,6 +116,52 @@ where
         assert_eq!(&again, request, "{written} parses to another request");
     }
     requests
+}
+
+/// An Anthropic event stream as the gateway translates it for an OpenAI client: what the
+/// caller gets does not depend on how the stream was cut into reads, and it is a run of
+/// `data:` events, each a JSON object, then `data: [DONE]` exactly once, last. The first byte
+/// chooses the cut and whether the caller asked for usage.
+pub fn anthropic_stream(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(first >> 1).max(1);
+    let replying = Replying {
+        include_usage: first & 1 == 1,
+    };
+    let translate = |step: usize| {
+        let mut translator = StreamTranslator::created_at(replying.clone(), 0);
+        let mut out = Vec::new();
+        for piece in stream.chunks(step) {
+            out.extend(translator.push(piece));
+        }
+        out.extend(translator.finish());
+        out
+    };
+    let whole = translate(stream.len().max(1));
+    assert_eq!(
+        translate(step),
+        whole,
+        "the translation depends on the reads"
+    );
+    assert_eq!(translate(1), whole, "the translation depends on the reads");
+    let text = String::from_utf8(whole).expect("the translation is UTF-8");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{text}");
+    assert_eq!(
+        events.iter().filter(|e| **e == "data: [DONE]").count(),
+        1,
+        "{text}"
+    );
+    for event in &events[..events.len() - 1] {
+        let json = event
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not a data event: {event:?}"));
+        let value: Value = serde_json::from_str(json)
+            .unwrap_or_else(|error| panic!("{json} is not JSON: {error}"));
+        assert!(value.is_object(), "{json}");
+    }
 }
 
 /// A streamed response as the capture sidecar records it (UTF-8 decoded lossily): the

@@ -1,5 +1,5 @@
-//! Reassembly of a streamed (server-sent events) OpenAI response into the one body the same
-//! request would have got without `stream: true`: `chat.completion.chunk` deltas become one
+//! Server-sent events read incrementally ([`EventReader`]), and reassembly of a streamed OpenAI
+//! response into the one body the same request would have got without `stream: true`: `chat.completion.chunk` deltas become one
 //! `chat.completion` (content and tool-call arguments concatenated per choice), text-completion
 //! chunks one `text_completion`. The last `usage` seen is kept (vLLM and OpenAI send it in a
 //! final chunk when `stream_options.include_usage` is set).
@@ -10,35 +10,73 @@ use serde_json::{Map, Value, json};
 
 /// The data payloads of the events in `raw`, in order, up to `[DONE]`.
 fn events(raw: &str) -> Vec<String> {
-    let mut events = Vec::new();
-    let mut data: Option<String> = None;
-    for line in raw.lines() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            if let Some(event) = data.take() {
-                events.push(event);
-            }
-            continue;
-        }
-        if let Some(value) = line.strip_prefix("data:") {
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match data.as_mut() {
-                Some(event) => {
-                    event.push('\n');
-                    event.push_str(value);
-                }
-                None => data = Some(value.to_string()),
-            }
-        }
-        // `event:`, `id:`, `retry:` and comments carry nothing the body needs.
-    }
-    if let Some(event) = data {
-        events.push(event);
-    }
+    let mut reader = EventReader::default();
+    let mut events = reader.push(raw.as_bytes());
+    events.extend(reader.finish());
     if let Some(done) = events.iter().position(|e| e.trim() == "[DONE]") {
         events.truncate(done);
     }
     events
+}
+
+/// Server-sent events read as the bytes arrive: the data of each event once its blank line
+/// has come, whatever the reads split (lines, `\r\n`, UTF-8 characters). `event:`, `id:`,
+/// `retry:` and comment lines carry nothing a reader here needs.
+#[derive(Debug, Default)]
+pub struct EventReader {
+    /// Bytes of a line not ended yet.
+    line: Vec<u8>,
+    /// The data lines of the event being read.
+    data: Option<String>,
+}
+
+impl EventReader {
+    /// The data of every event `bytes` completes.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut events = Vec::new();
+        for &byte in bytes {
+            if byte != b'\n' {
+                self.line.push(byte);
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if let Some(event) = self.line_ended(&line) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// The event left open when the stream ended, if any.
+    pub fn finish(&mut self) -> Option<String> {
+        let line = std::mem::take(&mut self.line);
+        if !line.is_empty() {
+            let _ = self.line_ended(&line);
+        }
+        self.data.take()
+    }
+
+    fn line_ended(&mut self, line: &[u8]) -> Option<String> {
+        if line.is_empty() {
+            return self.data.take();
+        }
+        let line = String::from_utf8_lossy(line);
+        if let Some(value) = line.strip_prefix("data:") {
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match self.data.as_mut() {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            }
+        }
+        // `event:`, `id:`, `retry:` and comments: the data names its own type.
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +255,25 @@ pub fn reassemble(raw: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_come_out_whole_whatever_the_split() {
+        let text =
+            "event: a\r\ndata: {\"x\":\"é\"}\r\n\r\n: comment\ndata: 1\ndata: 2\n\ndata: tail";
+        for step in 1..=text.len() {
+            let mut reader = EventReader::default();
+            let mut events = Vec::new();
+            for piece in text.as_bytes().chunks(step) {
+                events.extend(reader.push(piece));
+            }
+            events.extend(reader.finish());
+            assert_eq!(
+                events,
+                ["{\"x\":\"é\"}", "1\n2", "tail"],
+                "split every {step}"
+            );
+        }
+    }
 
     fn stream(chunks: &[Value]) -> String {
         let mut out = String::new();

@@ -4,14 +4,13 @@
 //! A request arrives in the OpenAI format on any of the endpoint's routes; [`prepare`] turns it
 //! into the provider's request (the OpenAI API, Azure OpenAI, Anthropic's Messages API or a
 //! Databricks serving endpoint, see [`sluice_contract::external::Api`]); [`answer`] turns the
-//! provider's answer back into the OpenAI format, a stream event by event ([`anthropic`]).
+//! provider's answer back into the OpenAI format, a stream event by event
+//! ([`sluice_protocol::anthropic`]).
 //! A provider's error becomes the gateway's error body with the status a caller can act on
 //! ([`provider_error`]): its 429 stays a 429 with the provider's `Retry-After`, a rejected key
 //! is the gateway's fault (502), never the caller's (401).
 
-pub mod anthropic;
 pub mod keys;
-mod sse;
 
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use serde_json::{Map, Value};
 use sluice_contract::external::{self, Api};
 use sluice_crds::common::SecretKeyRef;
 use sluice_crds::{ExternalModel, ExternalTask};
+use sluice_protocol::anthropic;
 use sluice_protocol::error::error_chain;
 use sluice_protocol::{ApiError, ErrorKind};
 

@@ -18,10 +18,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::ApiError;
+use crate::sse::EventReader;
 use serde_json::{Map, Value, json};
-use sluice_protocol::ApiError;
-
-use super::sse::EventReader;
 
 /// What the answer needs from the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -465,12 +464,17 @@ pub struct StreamTranslator {
 impl StreamTranslator {
     /// A translator for a stream answering a request that asked `replying`.
     pub fn new(replying: Replying) -> Self {
+        Self::created_at(replying, now())
+    }
+
+    /// [`new`](Self::new) with the chunks' `created` time (seconds since the epoch) given.
+    pub fn created_at(replying: Replying, created: u64) -> Self {
         Self {
             reader: EventReader::default(),
             replying,
             id: Value::Null,
             model: Value::Null,
-            created: now(),
+            created,
             usage: json!({}),
             tools: Vec::new(),
             done: false,
@@ -781,7 +785,7 @@ mod tests {
                 "split every {step} bytes"
             );
         }
-        let body = sluice_protocol::sse::reassemble(&whole).unwrap();
+        let body = crate::sse::reassemble(&whole).unwrap();
         assert_eq!(body["choices"][0]["message"]["content"], "Hello!");
         assert_eq!(body["choices"][0]["finish_reason"], "stop");
         assert_eq!(body["usage"]["prompt_tokens"], 25);
