@@ -17,7 +17,7 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 
 CARGO_FUZZ_VERSION=0.13.2
 seconds="${SLUICE_FUZZ_SECONDS:-20}"
-targets="${SLUICE_FUZZ_TARGETS:-scoring_json scoring_csv openai_request sse_reassemble manifest usage_meter anthropic_stream}"
+targets="${SLUICE_FUZZ_TARGETS:-scoring_json scoring_csv openai_request sse_reassemble manifest usage_meter anthropic_stream pii}"
 cache="${SLUICE_CACHE:-$HOME/.cache/sluice}/cargo-fuzz-$CARGO_FUZZ_VERSION"
 
 if [ ! -x "$cache/bin/cargo-fuzz" ]; then

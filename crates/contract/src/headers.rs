@@ -21,6 +21,11 @@ pub const KEY_ID: &str = "x-sluice-key-id";
 /// What the gateway's input guardrails did to the request (`input=pass`,
 /// `input=masked:EMAIL_ADDRESS,…`), recorded by the capture sidecar.
 pub const GUARDRAILS: &str = "x-sluice-guardrails";
+/// Set (`mask`) on requests of an endpoint whose output guardrails act on personal data: the
+/// capture sidecar then masks personal data in the answer it records (the caller got it masked
+/// or refused; the inference table holds it masked too), after a stream is reassembled, so a
+/// finding split across events is caught.
+pub const PII_IN_ANSWERS: &str = "x-sluice-pii-in-answers";
 /// A cache hit the gateway answered without the model, sent to the capture sidecar of the
 /// entity that first answered so the exchange still becomes a row (marked
 /// `request_metadata['cache'] = 'hit'`): the body is the request followed by the cached answer,

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::anthropic::{Replying, StreamTranslator};
 use crate::manifest;
 use crate::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::pii as personal;
 use crate::scoring::{self, Frame, ScoringInput, ScoringRequest};
 use crate::sse;
 use crate::usage::{AnswerFormat, TokenCounts, UsageChunkFilter, UsageMeter};
@@ -22,7 +23,7 @@ use crate::usage::{AnswerFormat, TokenCounts, UsageChunkFilter, UsageMeter};
 pub type Check = fn(data: &[u8]);
 
 /// The fuzz targets, by name (the folder names under `fuzz/corpus/` and `fuzz/regressions/`).
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 8] = [
     ("scoring_json", scoring_json),
     ("scoring_csv", scoring_csv),
     ("openai_request", openai_request),
@@ -30,6 +31,7 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("manifest", manifest),
     ("usage_meter", usage_meter),
     ("anthropic_stream", anthropic_stream),
+    ("pii", pii),
 ];
 
 /// A JSON `/invocations` body: a request that parses has rows, a frame's rows are as wide as
@@ -162,6 +164,39 @@ pub fn anthropic_stream(data: &[u8]) {
             .unwrap_or_else(|error| panic!("{json} is not JSON: {error}"));
         assert!(value.is_object(), "{json}");
     }
+}
+
+/// Text as the guardrails and the capture sidecar scan it (decoded lossily): the findings are
+/// in order, never overlap, are not empty and lie on character boundaries, and masking
+/// replaces exactly them with `<KIND>`, leaving every other byte as it was.
+pub fn pii(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let spans = personal::find(&text);
+    let mut at = 0;
+    for span in &spans {
+        assert!(
+            span.start >= at && span.start < span.end && span.end <= text.len(),
+            "{spans:?}"
+        );
+        assert!(
+            text.is_char_boundary(span.start) && text.is_char_boundary(span.end),
+            "{spans:?}"
+        );
+        at = span.end;
+    }
+    let Some(masked) = personal::mask(&text, &spans) else {
+        assert!(spans.is_empty());
+        return;
+    };
+    let mut expected = String::new();
+    let mut at = 0;
+    for span in &spans {
+        expected.push_str(&text[at..span.start]);
+        expected.push_str(&format!("<{}>", span.kind.name()));
+        at = span.end;
+    }
+    expected.push_str(&text[at..]);
+    assert_eq!(masked, expected);
 }
 
 /// A streamed response as the capture sidecar records it (UTF-8 decoded lossily): the

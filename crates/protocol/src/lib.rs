@@ -12,6 +12,8 @@
 //!   server-sent event chunks of a streamed chat completion.
 //! - [`sse`]: server-sent events read as they arrive, and a streamed OpenAI answer reassembled
 //!   into one body, as the capture sidecar records it.
+//! - [`pii`]: personal data found in text (Presidio's kind names) and masked with typed
+//!   placeholders: the gateway's guardrails, and the capture sidecar's masking of answers.
 //! - [`manifest`]: the layout of a model directory's manifests, MLflow's `MLmodel` and our
 //!   `sluice-model.yaml`.
 //! - [`usage`]: the token counts of an answer, read while it streams past.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod fuzz;
 pub mod manifest;
 pub mod openai;
+pub mod pii;
 pub mod process;
 pub mod scoring;
 pub mod sse;

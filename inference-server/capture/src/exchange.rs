@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use sluice_protocol::sse;
 use sluice_protocol::usage::TokenCounts;
+use sluice_protocol::{pii, sse};
 
 use crate::table::PayloadRecord;
 use crate::table::record::{PAYLOAD_NOT_UTF8, STREAM_NOT_REASSEMBLED};
@@ -69,6 +69,8 @@ pub struct RawExchange {
     pub usage_only: bool,
     /// The usage measured, when usage is tracked.
     pub usage: Option<MeteredUsage>,
+    /// Mask personal data in the recorded answer (the endpoint's output guardrails act on it).
+    pub mask_answer_pii: bool,
 }
 
 impl RawExchange {
@@ -110,6 +112,13 @@ impl RawExchange {
         } else if let Some(body) = response.as_deref() {
             response_json = parse_object(body);
         }
+        // The answer as the caller could see it: personal data masked (counted from the answer
+        // as the model gave it, before masking, so token counts stay the model's).
+        let response_masked = self.mask_answer_pii.then(|| {
+            response
+                .as_deref()
+                .and_then(|text| pii::mask(text, &pii::find(text)))
+        });
         let tokens = self
             .usage
             .and_then(|u| u.tokens)
@@ -138,6 +147,14 @@ impl RawExchange {
             cost: metered.cost,
             currency: metered.cost.and(identity.currency.clone()),
         });
+        let mut metadata = self.metadata;
+        let response = match response_masked {
+            Some(Some(masked)) => {
+                metadata.insert("answer_pii".into(), "masked".into());
+                Some(masked)
+            }
+            _ => response,
+        };
         let (request, response) = if self.usage_only {
             // Copied only to read ids and the usage context: no payload row holds them.
             (None, None)
@@ -152,7 +169,7 @@ impl RawExchange {
             execution_time_ms: self.execution_time_ms,
             request,
             response,
-            request_metadata: self.metadata,
+            request_metadata: metadata,
             endpoint: identity.endpoint.clone(),
             served_entity: identity.entity.clone(),
             model: identity.model.clone(),
@@ -264,6 +281,37 @@ mod tests {
             (Some(0.5), Some("USD"))
         );
         assert!(row.usage_only);
+    }
+
+    #[test]
+    fn personal_data_in_a_guarded_answer_is_masked_in_the_row_even_split_across_events() {
+        let stream = concat!(
+            "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Mail jane.d\"}}]}\n\n",
+            "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"oe@example.com now\"}}]}\n\n",
+            "data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let raw = |mask: bool| RawExchange {
+            status_code: 200,
+            response: stream.as_bytes().to_vec(),
+            response_is_stream: true,
+            mask_answer_pii: mask,
+            ..Default::default()
+        };
+        let row = raw(true).finish(&identity());
+        let answer = row.response.expect("an answer");
+        assert!(answer.contains("Mail <EMAIL_ADDRESS> now"), "{answer}");
+        assert!(!answer.contains("example.com"), "{answer}");
+        assert_eq!(row.request_metadata["answer_pii"], "masked");
+        assert_eq!(row.output_token_count, Some(5), "the model's own counts");
+        let unguarded = raw(false).finish(&identity());
+        assert!(
+            unguarded
+                .response
+                .expect("an answer")
+                .contains("jane.doe@example.com")
+        );
+        assert!(!unguarded.request_metadata.contains_key("answer_pii"));
     }
 
     #[test]

@@ -46,8 +46,9 @@ use crate::table::record::{
 
 use sluice_contract::headers::{
     CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS,
-    GROUPS as GROUPS_HEADER, GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, REQUEST_ID,
-    REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
+    GROUPS as GROUPS_HEADER, GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER,
+    PII_IN_ANSWERS, REQUEST_ID, REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
+    strip_hop_by_hop,
 };
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -669,6 +670,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
             requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
             timestamp_ms: now_ms(),
             metadata: metadata(&parts),
+            mask_answer_pii: parts.headers.contains_key(PII_IN_ANSWERS),
             ..RawExchange::default()
         })
     });

@@ -618,6 +618,9 @@ async fn echo() -> SocketAddr {
                 "guardrails": headers
                     .get(sluice_contract::headers::GUARDRAILS)
                     .and_then(|v| v.to_str().ok()),
+                "pii_in_answers": headers
+                    .get(sluice_contract::headers::PII_IN_ANSWERS)
+                    .and_then(|v| v.to_str().ok()),
             }))
         }),
     );
@@ -689,6 +692,15 @@ async fn input_guardrails_mask_personal_data_and_refuse_keywords_and_off_topic_c
         answer["guardrails"],
         "input=masked:EMAIL_ADDRESS,CREDIT_CARD"
     );
+    // No output guardrail on personal data: the recorded answer is left as it is (a client
+    // cannot ask for masking either).
+    let (_, answer) = send_text(
+        router.clone(),
+        "billing",
+        &[("x-sluice-pii-in-answers", "mask")],
+    )
+    .await;
+    assert_eq!(answer["pii_in_answers"], Value::Null);
     let (status, answer) = send_text(router.clone(), "billing for Project Falcon", &[]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
@@ -864,4 +876,34 @@ async fn output_guardrails_mask_answers_whole_and_streamed_and_withhold_keywords
         metrics.guardrail_total("ml", "fraud", "output", "refused"),
         1
     );
+}
+
+#[tokio::test]
+async fn with_output_guardrails_on_personal_data_the_pod_is_told_to_mask_what_it_records() {
+    let model = echo().await;
+    for (pii, told) in [
+        (sluice_crds::PiiBehavior::MASK, json!("mask")),
+        (sluice_crds::PiiBehavior::BLOCK, json!("mask")),
+        (sluice_crds::PiiBehavior::NONE, Value::Null),
+    ] {
+        let (router, _) = governed(
+            vec![entity("a", vec![model], None)],
+            vec![("a".to_string(), 100)],
+            Auth::open(),
+            Policies {
+                guardrails: crate::guardrails::Guardrails {
+                    input: None,
+                    output: Some(Arc::new(crate::guardrails::Checks {
+                        pii,
+                        invalid_keywords: vec!["never-said".into()],
+                        valid_topics: Vec::new(),
+                    })),
+                },
+                ..Policies::default()
+            },
+        );
+        let (status, answer) = send_text(router, "hello", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["pii_in_answers"], told, "{pii:?}");
+    }
 }

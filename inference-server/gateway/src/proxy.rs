@@ -30,6 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
+use sluice_crds::PiiBehavior;
 use sluice_protocol::error::error_chain;
 use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
@@ -52,7 +53,7 @@ use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
 use sluice_contract::headers::{
-    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, GUARDRAILS, strip_hop_by_hop,
+    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, GUARDRAILS, PII_IN_ANSWERS, strip_hop_by_hop,
 };
 pub use sluice_contract::headers::{
     CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
@@ -352,6 +353,18 @@ impl Proxy {
                 }
             },
         };
+        // Personal data the caller never sees must not land in the inference table either.
+        if endpoint
+            .policies
+            .guardrails
+            .output
+            .as_ref()
+            .is_some_and(|checks| checks.pii != PiiBehavior::NONE)
+        {
+            parts
+                .headers
+                .insert(PII_IN_ANSWERS, HeaderValue::from_static("mask"));
+        }
         // A repeated request may be answered from the endpoint's cache, with no model called
         // (and no tokens charged: none were spent).
         let mut filling = None;

@@ -13,7 +13,7 @@
 //! request-metadata entry of the inference table).
 
 pub mod output;
-pub mod pii;
+pub use sluice_protocol::pii;
 
 use std::collections::BTreeSet;
 
