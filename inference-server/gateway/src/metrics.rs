@@ -254,6 +254,15 @@ struct EndpointLabels {
     endpoint: String,
 }
 
+impl EndpointLabels {
+    fn of(namespace: &str, endpoint: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     namespace: String,
@@ -547,30 +556,21 @@ impl GatewayMetrics {
     /// Sets the bytes an endpoint's response cache holds.
     pub fn cache_bytes(&self, namespace: &str, endpoint: &str, bytes: usize) {
         self.cache_bytes
-            .get_or_create(&EndpointLabels {
-                namespace: namespace.to_string(),
-                endpoint: endpoint.to_string(),
-            })
+            .get_or_create(&EndpointLabels::of(namespace, endpoint))
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts a cache hit that did not reach a capture sidecar.
     pub fn cache_unrecorded(&self, namespace: &str, endpoint: &str) {
         self.cache_unrecorded
-            .get_or_create(&EndpointLabels {
-                namespace: namespace.to_string(),
-                endpoint: endpoint.to_string(),
-            })
+            .get_or_create(&EndpointLabels::of(namespace, endpoint))
             .inc();
     }
 
     /// Counts a cached answer dropped to make room.
     pub fn cache_evicted(&self, namespace: &str, endpoint: &str) {
         self.cache_evictions
-            .get_or_create(&EndpointLabels {
-                namespace: namespace.to_string(),
-                endpoint: endpoint.to_string(),
-            })
+            .get_or_create(&EndpointLabels::of(namespace, endpoint))
             .inc();
     }
 

@@ -329,17 +329,18 @@ async fn provider_errors_keep_their_meaning_and_the_key_shows_nowhere() {
     }
 }
 
-#[tokio::test]
-async fn a_failing_provider_falls_back_with_no_failed_request() {
-    let providers = Providers::start(KEY).await;
-    let p = providers.addr;
-    let fallback = format!(
-        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep}}\nspec:\n  servedEntities:\n  - {{name: primary, externalModel: {}}}\n  - {{name: standby, externalModel: {}}}\n  trafficConfig:\n    routes:\n    - {{servedEntityName: primary, trafficPercentage: 100}}\n    - {{servedEntityName: standby, trafficPercentage: 0}}\n  aiGateway:\n    fallback: {{enabled: true}}\n",
-        openai(p, "fail-500", "llm/v1/chat", "key"),
-        anthropic(p, "claude-standby"),
-    );
-    let gateway = Gateway::start(&manifest(&fallback), &[], &[]).await;
-    for _ in 0..10 {
+/// Endpoint `ep` with two external entities, `first` taking all live traffic, and `extra`
+/// (more `trafficConfig`, then `spec`) after its routes.
+fn two_external(first: (&str, &str), second: (&str, &str), extra: &str) -> String {
+    format!(
+        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep}}\nspec:\n  servedEntities:\n  - {{name: {}, externalModel: {}}}\n  - {{name: {}, externalModel: {}}}\n  trafficConfig:\n    routes:\n    - {{servedEntityName: {}, trafficPercentage: 100}}\n{extra}",
+        first.0, first.1, second.0, second.1, first.0
+    )
+}
+
+/// Sends `count` chats to `ep`; each must be answered 200 by `entity`.
+async fn answered_by(gateway: &Gateway, count: usize, entity: &str) {
+    for _ in 0..count {
         let answer = gateway
             .post(
                 "/serving-endpoints/v1/chat/completions",
@@ -348,11 +349,24 @@ async fn a_failing_provider_falls_back_with_no_failed_request() {
             .await;
         assert_eq!(
             (answer.status, answer.entity.as_str()),
-            (200, "standby"),
+            (200, entity),
             "{}",
             answer.body
         );
     }
+}
+
+#[tokio::test]
+async fn a_failing_provider_falls_back_with_no_failed_request() {
+    let providers = Providers::start(KEY).await;
+    let p = providers.addr;
+    let fallback = two_external(
+        ("primary", &openai(p, "fail-500", "llm/v1/chat", "key")),
+        ("standby", &anthropic(p, "claude-standby")),
+        "    - {servedEntityName: standby, trafficPercentage: 0}\n  aiGateway:\n    fallback: {enabled: true}\n",
+    );
+    let gateway = Gateway::start(&manifest(&fallback), &[], &[]).await;
+    answered_by(&gateway, 10, "standby").await;
     let calls = providers.calls().await;
     assert_eq!(calls["/openai/v1/chat/completions fail-500"], 10, "{calls}");
     assert_eq!(
@@ -544,26 +558,13 @@ endpoints:
 async fn a_shadow_route_mirrors_to_an_external_provider() {
     let providers = Providers::start(KEY).await;
     let p = providers.addr;
-    let shadowed = format!(
-        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {{name: ep}}\nspec:\n  servedEntities:\n  - {{name: live, externalModel: {}}}\n  - {{name: candidate, externalModel: {}}}\n  trafficConfig:\n    routes:\n    - {{servedEntityName: live, trafficPercentage: 100}}\n    shadowRoutes:\n    - {{servedEntityName: candidate, mirrorPercentage: 100}}\n",
-        openai(p, "gpt-4o-mini", "llm/v1/chat", "key"),
-        anthropic(p, "claude-candidate"),
+    let shadowed = two_external(
+        ("live", &openai(p, "gpt-4o-mini", "llm/v1/chat", "key")),
+        ("candidate", &anthropic(p, "claude-candidate")),
+        "    shadowRoutes:\n    - {servedEntityName: candidate, mirrorPercentage: 100}\n",
     );
     let gateway = Gateway::start(&manifest(&shadowed), &[], &[]).await;
-    for _ in 0..5 {
-        let answer = gateway
-            .post(
-                "/serving-endpoints/v1/chat/completions",
-                &chat("ep", "Hello"),
-            )
-            .await;
-        assert_eq!(
-            (answer.status, answer.entity.as_str()),
-            (200, "live"),
-            "{}",
-            answer.body
-        );
-    }
+    answered_by(&gateway, 5, "live").await;
     let ok = "sluice_gateway_shadow_requests_total{namespace=\"default\",endpoint=\"ep\",entity=\"candidate\",outcome=\"ok\"}";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while gateway.metric(ok).await < 5.0 {

@@ -211,23 +211,39 @@ pub fn schema() -> SchemaRef {
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
+/// A string column: `pick` of each row.
+pub fn string_column<R>(rows: &[R], pick: impl Fn(&R) -> Option<&str>) -> ArrayRef {
+    let mut builder = StringBuilder::with_capacity(rows.len(), 0);
+    for row in rows {
+        builder.append_option(pick(row));
+    }
+    Arc::new(builder.finish())
+}
+
+/// An `Int64` column: `pick` of each row.
+pub fn int64_column<R>(rows: &[R], pick: impl Fn(&R) -> Option<i64>) -> ArrayRef {
+    let mut builder = Int64Builder::with_capacity(rows.len());
+    for row in rows {
+        builder.append_option(pick(row));
+    }
+    Arc::new(builder.finish())
+}
+
+/// Appends one row's `MAP<STRING, STRING>` value.
+pub fn append_map(
+    builder: &mut MapBuilder<StringBuilder, StringBuilder>,
+    map: &BTreeMap<String, String>,
+) -> Result<(), ArrowError> {
+    for (key, value) in map {
+        builder.keys().append_value(key);
+        builder.values().append_value(value);
+    }
+    builder.append(true)
+}
+
 /// Builds one Arrow batch of `records` in [`schema`] order.
 pub fn to_batch(records: &[PayloadRecord]) -> Result<RecordBatch, ArrowError> {
     let n = records.len();
-    let strings = |pick: &dyn Fn(&PayloadRecord) -> Option<&str>| -> ArrayRef {
-        let mut builder = StringBuilder::with_capacity(n, 0);
-        for record in records {
-            builder.append_option(pick(record));
-        }
-        Arc::new(builder.finish())
-    };
-    let int64 = |pick: &dyn Fn(&PayloadRecord) -> Option<i64>| -> ArrayRef {
-        let mut builder = Int64Builder::with_capacity(n);
-        for record in records {
-            builder.append_option(pick(record));
-        }
-        Arc::new(builder.finish())
-    };
     let mut dates = Date32Builder::with_capacity(n);
     let mut statuses = Int32Builder::with_capacity(n);
     let mut fractions = Float64Builder::with_capacity(n);
@@ -237,33 +253,29 @@ pub fn to_batch(records: &[PayloadRecord]) -> Result<RecordBatch, ArrowError> {
         dates.append_value(days_since_epoch(record.date()));
         statuses.append_value(record.status_code);
         fractions.append_value(record.sampling_fraction);
-        for (key, value) in &record.request_metadata {
-            metadata.keys().append_value(key);
-            metadata.values().append_value(value);
-        }
-        metadata.append(true)?;
+        append_map(&mut metadata, &record.request_metadata)?;
         for code in &record.logging_error_codes {
             codes.values().append_value(code);
         }
         codes.append(true);
     }
     let columns: Vec<ArrayRef> = vec![
-        strings(&|r| Some(r.request_id.as_str())),
-        strings(&|r| r.client_request_id.as_deref()),
+        string_column(records, |r| Some(r.request_id.as_str())),
+        string_column(records, |r| r.client_request_id.as_deref()),
         Arc::new(dates.finish()),
-        int64(&|r| Some(r.timestamp_ms)),
+        int64_column(records, |r| Some(r.timestamp_ms)),
         Arc::new(statuses.finish()),
-        int64(&|r| Some(r.execution_time_ms)),
-        strings(&|r| r.request.as_deref()),
-        strings(&|r| r.response.as_deref()),
+        int64_column(records, |r| Some(r.execution_time_ms)),
+        string_column(records, |r| r.request.as_deref()),
+        string_column(records, |r| r.response.as_deref()),
         Arc::new(metadata.finish()),
-        strings(&|r| Some(r.endpoint.as_str())),
-        strings(&|r| Some(r.served_entity.as_str())),
-        strings(&|r| Some(r.model.as_str())),
-        strings(&|r| Some(r.model_version.as_str())),
-        strings(&|r| r.requester.as_deref()),
-        int64(&|r| r.input_token_count),
-        int64(&|r| r.output_token_count),
+        string_column(records, |r| Some(r.endpoint.as_str())),
+        string_column(records, |r| Some(r.served_entity.as_str())),
+        string_column(records, |r| Some(r.model.as_str())),
+        string_column(records, |r| Some(r.model_version.as_str())),
+        string_column(records, |r| r.requester.as_deref()),
+        int64_column(records, |r| r.input_token_count),
+        int64_column(records, |r| r.output_token_count),
         Arc::new(fractions.finish()),
         Arc::new(codes.finish()),
     ];

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, MapBuilder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, MapBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -21,7 +21,9 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::TableRow;
-use super::record::{PayloadRecord, date_of, days_since_epoch, map_field};
+use super::record::{
+    PayloadRecord, append_map, date_of, days_since_epoch, int64_column, map_field, string_column,
+};
 
 /// What a usage row adds to the exchange's payload row; carried in the spool beside it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -172,20 +174,6 @@ impl TableRow for UsageRecord {
 
     fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError> {
         let n = rows.len();
-        let strings = |pick: &dyn Fn(&Self) -> Option<&str>| -> ArrayRef {
-            let mut builder = StringBuilder::with_capacity(n, 0);
-            for row in rows {
-                builder.append_option(pick(row));
-            }
-            Arc::new(builder.finish())
-        };
-        let int64 = |pick: &dyn Fn(&Self) -> Option<i64>| -> ArrayRef {
-            let mut builder = Int64Builder::with_capacity(n);
-            for row in rows {
-                builder.append_option(pick(row));
-            }
-            Arc::new(builder.finish())
-        };
         let mut times = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut dates = Date32Builder::with_capacity(n);
         let mut statuses = Int32Builder::with_capacity(n);
@@ -196,33 +184,29 @@ impl TableRow for UsageRecord {
             times.append_value(row.timestamp_ms.saturating_mul(1000));
             dates.append_value(days_since_epoch(row.date()));
             statuses.append_value(row.status_code);
-            for (key, value) in &row.usage_context {
-                contexts.keys().append_value(key);
-                contexts.values().append_value(value);
-            }
-            contexts.append(true)?;
+            append_map(&mut contexts, &row.usage_context)?;
             costs.append_option(row.cost);
             sampled.append_value(row.sampled);
         }
         let columns: Vec<ArrayRef> = vec![
-            strings(&|r| Some(r.request_id.as_str())),
-            strings(&|r| r.client_request_id.as_deref()),
+            string_column(rows, |r| Some(r.request_id.as_str())),
+            string_column(rows, |r| r.client_request_id.as_deref()),
             Arc::new(times.finish()),
             Arc::new(dates.finish()),
             Arc::new(statuses.finish()),
-            int64(&|r| Some(r.execution_time_ms)),
-            strings(&|r| r.requester.as_deref()),
-            strings(&|r| r.requester_groups.as_deref()),
-            strings(&|r| r.api_key_id.as_deref()),
-            strings(&|r| Some(r.endpoint_name.as_str())),
-            strings(&|r| Some(r.served_entity_name.as_str())),
-            strings(&|r| Some(r.entity_name.as_str())),
-            strings(&|r| Some(r.entity_version.as_str())),
-            int64(&|r| r.input_token_count),
-            int64(&|r| r.output_token_count),
+            int64_column(rows, |r| Some(r.execution_time_ms)),
+            string_column(rows, |r| r.requester.as_deref()),
+            string_column(rows, |r| r.requester_groups.as_deref()),
+            string_column(rows, |r| r.api_key_id.as_deref()),
+            string_column(rows, |r| Some(r.endpoint_name.as_str())),
+            string_column(rows, |r| Some(r.served_entity_name.as_str())),
+            string_column(rows, |r| Some(r.entity_name.as_str())),
+            string_column(rows, |r| Some(r.entity_version.as_str())),
+            int64_column(rows, |r| r.input_token_count),
+            int64_column(rows, |r| r.output_token_count),
             Arc::new(contexts.finish()),
             Arc::new(costs.finish()),
-            strings(&|r| r.currency.as_deref()),
+            string_column(rows, |r| r.currency.as_deref()),
             Arc::new(sampled.finish()),
         ];
         RecordBatch::try_new(Self::schema(), columns)
