@@ -9,15 +9,8 @@ mod capture_support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use capture_support::{BINARY, Sidecar, Upstream, run_python, temp_dir};
+use capture_support::{BINARY, Sidecar, Upstream, duckdb, temp_dir};
 use serde_json::{Value, json};
-
-fn duckdb(sql: &str) -> Value {
-    let out = run_python(&format!(
-        "import duckdb, json\nr = duckdb.connect().execute({sql:?}).fetchone()\nprint(json.dumps(list(r), default=str))"
-    ));
-    serde_json::from_str(out.trim()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cache_hit_is_a_row_marked_as_a_hit() {

@@ -7,7 +7,7 @@ mod capture_support;
 
 use std::time::Duration;
 
-use capture_support::{Sidecar, Upstream, run_python, temp_dir};
+use capture_support::{Sidecar, Upstream, duckdb, run_python, temp_dir};
 use serde_json::{Value, json};
 
 const PRICE: &str = "USD:input=1,output=2";
@@ -33,13 +33,6 @@ async fn chat(sidecar: &Sidecar, i: usize, stream: bool) -> u16 {
     let status = response.status().as_u16();
     response.bytes().await.unwrap();
     status
-}
-
-fn duckdb(sql: &str) -> Value {
-    let out = run_python(&format!(
-        "import duckdb, json\nr = duckdb.connect().execute({sql:?}).fetchone()\nprint(json.dumps(list(r), default=str))"
-    ));
-    serde_json::from_str(out.trim()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

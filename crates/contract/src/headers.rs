@@ -26,17 +26,6 @@ pub const GUARDRAILS: &str = "x-sluice-guardrails";
 /// or refused; the inference table holds it masked too), after a stream is reassembled, so a
 /// finding split across events is caught.
 pub const PII_IN_ANSWERS: &str = "x-sluice-pii-in-answers";
-/// A cache hit the gateway answered without the model, sent to the capture sidecar of the
-/// entity that first answered so the exchange still becomes a row (marked
-/// `request_metadata['cache'] = 'hit'`): the body is the request followed by the cached answer,
-/// and this header holds the request's length in bytes. The sidecar records it and answers
-/// 204; nothing reaches the model. Clients cannot send it (the gateway drops every `x-sluice-*`
-/// header a client sent).
-pub const CACHE_HIT: &str = "x-sluice-cache-hit";
-/// The cached answer's status, beside [`CACHE_HIT`].
-pub const CACHE_STATUS: &str = "x-sluice-cache-status";
-/// The cached answer's content type, beside [`CACHE_HIT`].
-pub const CACHE_CONTENT_TYPE: &str = "x-sluice-cache-content-type";
 /// Headers that carry the client's own request id, first match wins (a JSON body's
 /// `client_request_id` is used when none is present).
 pub const CLIENT_REQUEST_ID: &[&str] = &["x-client-request-id", "client-request-id"];

@@ -15,6 +15,8 @@ pub const LABEL_REVISION: &str = "serving.sluice.dev/revision";
 pub const ANNOTATION_MODEL: &str = "serving.sluice.dev/model";
 /// Pod annotation naming the model version an entity pod serves.
 pub const ANNOTATION_MODEL_VERSION: &str = "serving.sluice.dev/model-version";
+/// Annotation on a recorder's pod template: the provider of the external model it records.
+pub const ANNOTATION_PROVIDER: &str = "serving.sluice.dev/provider";
 /// Name of the container port that fronts an entity pod (the capture sidecar, or the model
 /// container when capture is off); the gateway routes to it.
 pub const FRONT_PORT_NAME: &str = "http";

@@ -15,6 +15,8 @@
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`external`]: which external providers and settings the gateway calls, and where.
 //! - [`mlflow`]: how MLflow AI Gateway endpoint names become ServingEndpoint names.
+//! - [`record`]: how the gateway hands an exchange no pod answered (a cache hit, a provider's
+//!   answer) to a capture sidecar, so it still becomes a row.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.
 //! - [`usage`]: the admin price table and the cost of one request, for usage rows.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
@@ -30,6 +32,7 @@ pub mod headers;
 pub mod labels;
 pub mod mlflow;
 pub mod published;
+pub mod record;
 pub mod resolve;
 pub mod support;
 pub mod usage;

@@ -21,13 +21,6 @@ pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
                 .to_string(),
         );
     }
-    let capture = ep.spec.auto_capture.as_ref().is_some_and(|c| c.enabled);
-    let usage = ep
-        .spec
-        .ai_gateway
-        .as_ref()
-        .and_then(|g| g.usage_tracking.as_ref())
-        .is_some_and(|u| u.enabled);
     for (i, e) in ep.spec.served_entities.iter().enumerate() {
         let Some(external) = &e.external_model else {
             continue;
@@ -36,18 +29,6 @@ pub fn unsupported_fields(ep: &ServingEndpoint) -> Vec<String> {
             for problem in problems {
                 fields.push(format!(
                     "spec.servedEntities[{i}].externalModel.{problem} (entity {})",
-                    e.name
-                ));
-            }
-        }
-        for (on, field) in [
-            (capture, "spec.autoCapture"),
-            (usage, "spec.aiGateway.usageTracking"),
-        ] {
-            if on {
-                fields.push(format!(
-                    "{field} with the external entity {} (calls to providers are not recorded \
-                     in the inference tables yet)",
                     e.name
                 ));
             }
@@ -87,7 +68,7 @@ mod tests {
     }
 
     #[test]
-    fn external_entities_are_called_unless_the_provider_or_a_table_cannot_be() {
+    fn external_entities_are_called_unless_the_provider_cannot_be() {
         let called = crate::fixtures::endpoint(
             "ep",
             "  servedEntities:\n  - {name: a, externalModel: {provider: anthropic, name: claude, task: llm/v1/chat}}\n  - {name: b, externalModel: {provider: custom, name: m, task: llm/v1/chat, apiBase: 'http://127.0.0.1:1/v1'}}\n",
@@ -98,8 +79,7 @@ mod tests {
             "  servedEntities:\n  - {name: a, externalModel: {provider: cohere, name: c, task: llm/v1/chat}}\n  autoCapture: {enabled: true}\n",
         );
         let fields = unsupported_fields(&refused);
-        assert_eq!(fields.len(), 2, "{fields:?}");
+        assert_eq!(fields.len(), 1, "{fields:?}");
         assert!(fields[0].starts_with("spec.servedEntities[0].externalModel.provider cohere"));
-        assert!(fields[1].starts_with("spec.autoCapture with the external entity a"));
     }
 }

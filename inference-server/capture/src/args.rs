@@ -16,9 +16,16 @@ pub struct CaptureArgs {
     /// (`fd00::1:8080`, as `$(POD_IP):8080` expands) is accepted.
     #[arg(long, env = "SLUICE_CAPTURE_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_addr)]
     pub listen: SocketAddr,
-    /// The model container: `host:port` or `http://host:port`.
-    #[arg(long, env = "SLUICE_CAPTURE_UPSTREAM", value_parser = parse_upstream)]
-    pub upstream: SocketAddr,
+    /// The model container: `host:port` or `http://host:port`. Required unless
+    /// `--record-only`.
+    #[arg(long, env = "SLUICE_CAPTURE_UPSTREAM", value_parser = parse_upstream, required_unless_present = "record_only", conflicts_with = "record_only")]
+    pub upstream: Option<SocketAddr>,
+    /// Run as a *recorder*: no model behind it; it only writes the exchanges the gateway sends
+    /// it as records (calls to an external model's provider, `sluice_contract::record`) and
+    /// refuses any other request (404). The operator runs one per external entity of an
+    /// endpoint with capture or usage tracking on.
+    #[arg(long)]
+    pub record_only: bool,
     /// The model container's readiness path; the sidecar's `/health` answers with it.
     #[arg(long, default_value = "/health")]
     pub upstream_health_path: String,

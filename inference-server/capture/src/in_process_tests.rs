@@ -64,7 +64,7 @@ fn proxy_with(
     let metrics = CaptureMetrics::default();
     let proxy = Proxy::new(
         ProxyConfig {
-            upstream,
+            upstream: Some(upstream),
             health_path: "/health".into(),
             upstream_timeout: Duration::from_secs(5),
             sampling_fraction,

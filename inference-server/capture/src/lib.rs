@@ -214,7 +214,7 @@ pub async fn run(
     }
     let listener = bind(args.listen).await?;
     let listen = listener.local_addr().unwrap_or(args.listen);
-    tracing::info!(%listen, upstream = %args.upstream, "capture sidecar listening");
+    tracing::info!(%listen, upstream = ?args.upstream, "capture sidecar listening");
     sluice_protocol::process::announce("capture", listen);
     let mut connections = Connections::new(proxy.clone().router());
     tokio::select! {

@@ -45,11 +45,11 @@ use crate::table::record::{
 };
 
 use sluice_contract::headers::{
-    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS,
-    GROUPS as GROUPS_HEADER, GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER,
-    PII_IN_ANSWERS, REQUEST_ID, REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
-    strip_hop_by_hop,
+    CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, GROUPS as GROUPS_HEADER,
+    GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, PII_IN_ANSWERS, REQUEST_ID,
+    REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
 };
+use sluice_contract::record::{RECORD, RecordHead, RecordOrigin};
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -193,6 +193,8 @@ struct ExchangeState {
     meter: Option<UsageMeter>,
     /// A cache hit: no model ran, so no usage row.
     cache_hit: bool,
+    /// How long the exchange took, when the gateway measured it (a record it sent).
+    duration_ms: Option<i64>,
     finished: bool,
 }
 
@@ -298,9 +300,11 @@ impl Exchange {
         let reserved = std::mem::take(&mut state.reserved);
         let meter = state.meter.take();
         let cache_hit = state.cache_hit;
+        let measured = state.duration_ms;
         drop(state);
         self.recorder.live().remove(&self.id);
-        raw.execution_time_ms = self.started.elapsed().as_millis() as i64;
+        raw.execution_time_ms =
+            measured.unwrap_or_else(|| self.started.elapsed().as_millis() as i64);
         raw.codes.extend(codes);
         if let Some(tracking) = self.recorder.usage.as_ref().filter(|_| !cache_hit) {
             let tokens = meter.and_then(UsageMeter::finish);
@@ -438,7 +442,8 @@ type UpstreamBody = TeeBody<Body>;
 #[derive(Debug)]
 pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
-    upstream: SocketAddr,
+    /// The model container; `None` for a recorder (`--record-only`).
+    upstream: Option<SocketAddr>,
     health_path: String,
     upstream_timeout: Duration,
     /// Fraction of requests recorded in the payload table (0 without one).
@@ -451,8 +456,8 @@ pub struct Proxy {
 /// Settings of the proxy.
 #[derive(Debug)]
 pub struct ProxyConfig {
-    /// The model container.
-    pub upstream: SocketAddr,
+    /// The model container; `None` for a recorder (`--record-only`).
+    pub upstream: Option<SocketAddr>,
     /// Its readiness path.
     pub health_path: String,
     /// Longest wait for a response head.
@@ -520,11 +525,11 @@ impl Proxy {
             .with_state(self)
     }
 
-    fn upstream_uri(&self, uri: &Uri, path: Option<&str>) -> Uri {
+    fn upstream_uri(model: SocketAddr, uri: &Uri, path: Option<&str>) -> Uri {
         let path_and_query = path
             .or_else(|| uri.path_and_query().map(|p| p.as_str()))
             .unwrap_or("/");
-        format!("http://{}{path_and_query}", self.upstream)
+        format!("http://{model}{path_and_query}")
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"))
     }
@@ -597,67 +602,94 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     metadata
 }
 
-/// Records a cache hit the gateway answered (see [`CACHE_HIT`]): a row like any sampled
-/// exchange's, marked `request_metadata['cache'] = 'hit'`, and no usage row (no model ran).
-/// Nothing is sent to the model; the answer is 204.
-async fn record_cache_hit(proxy: &Proxy, request: Request) -> Response {
+/// Records an exchange the gateway answered without this sidecar's model (see
+/// [`sluice_contract::record`]): a cache hit, marked `request_metadata['cache'] = 'hit'` and
+/// without a usage row (no model ran), or a call to an external model's provider, marked
+/// `request_metadata['provider']` and metered for its usage row like a model's answer. Nothing
+/// is sent to a model; the answer is 204.
+async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let split = text(CACHE_HIT).and_then(|v| v.parse::<usize>().ok());
-    let status = text(CACHE_STATUS)
-        .and_then(|v| v.parse::<u16>().ok())
-        .unwrap_or(200);
     let limit = proxy.recorder.limits.max_payload_bytes.saturating_mul(2) + 1024;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(error) => {
-            return ApiError::bad_request(format!("a cache hit's body could not be read: {error}"))
+            return ApiError::bad_request(format!("a record's body could not be read: {error}"))
                 .into_response();
         }
     };
-    let Some(split) = split.filter(|&n| n <= bytes.len()) else {
-        return ApiError::bad_request(format!(
-            "{CACHE_HIT} must hold the request's length (at most the body's {} bytes)",
-            bytes.len()
-        ))
-        .into_response();
+    let head = match RecordHead::read(&parts.headers, bytes.len()) {
+        Ok(head) => head,
+        Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
     };
-    if !proxy.sampled() {
+    let cache_hit = head.origin == RecordOrigin::Cache;
+    let sampled = proxy.sampled();
+    // A provider's answer is metered for its usage row even when not sampled.
+    let usage = !cache_hit && proxy.recorder.usage.is_some();
+    if !sampled && !usage {
         return StatusCode::NO_CONTENT.into_response();
     }
     let id = request_id(&parts.headers);
     let mut metadata = metadata(&parts);
-    metadata.insert("cache".into(), "hit".into());
+    match &head.origin {
+        RecordOrigin::Cache => metadata.insert("cache".into(), "hit".into()),
+        RecordOrigin::Provider(name) => metadata.insert("provider".into(), name.clone()),
+    };
+    let duration_ms = head
+        .duration_ms
+        .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
     let exchange = proxy.recorder.start(RawExchange {
+        usage_only: !sampled,
         request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
         client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
         requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
-        timestamp_ms: now_ms(),
+        timestamp_ms: now_ms() - duration_ms.unwrap_or(0),
         metadata,
+        mask_answer_pii: parts.headers.contains_key(PII_IN_ANSWERS),
         ..RawExchange::default()
     });
-    exchange.lock().cache_hit = true;
-    exchange.copy(Side::Request, &bytes[..split]);
+    {
+        let mut state = exchange.lock();
+        state.cache_hit = cache_hit;
+        state.duration_ms = duration_ms;
+    }
+    exchange.copy(Side::Request, &bytes[..head.request_len]);
     let mut answer = HeaderMap::new();
-    if let Some(kind) = parts.headers.get(CACHE_CONTENT_TYPE) {
-        answer.insert(header::CONTENT_TYPE, kind.clone());
+    if let Some(kind) = head.content_type {
+        answer.insert(header::CONTENT_TYPE, kind);
     }
     exchange.respond(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK),
         &answer,
     );
-    exchange.lock().meter = None;
-    exchange.copy(Side::Response, &bytes[split..]);
-    exchange.finish(&[]);
+    if cache_hit {
+        exchange.lock().meter = None;
+    }
+    exchange.copy(Side::Response, &bytes[head.request_len..]);
+    exchange.finish(if head.incomplete {
+        &[RESPONSE_INCOMPLETE]
+    } else {
+        &[]
+    });
     StatusCode::NO_CONTENT.into_response()
 }
 
 /// Proxies one request, capturing it when sampled.
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     proxy.recorder.metrics.requests.inc();
-    if request.headers().contains_key(CACHE_HIT) {
-        return record_cache_hit(&proxy, request).await;
+    if RecordHead::is_record(request.headers()) {
+        return record_sent(&proxy, request).await;
     }
+    let Some(model) = proxy.upstream else {
+        return ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "this capture sidecar is a recorder (--record-only): it only takes the records \
+                 the gateway sends ({RECORD}), and serves no model at {}",
+                request.uri().path()
+            ),
+        )
+        .into_response();
+    };
     let (mut parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
     let sampled = proxy.sampled();
@@ -675,7 +707,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         })
     });
     let span = tracing::debug_span!("capture", request_id = ?id, method = %parts.method, path = %parts.uri.path());
-    parts.uri = proxy.upstream_uri(&parts.uri, None);
+    parts.uri = Proxy::upstream_uri(model, &parts.uri, None);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.insert(REQUEST_ID, id.clone());
@@ -688,8 +720,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             let message = format!(
-                "the model at {} did not answer: {}",
-                proxy.upstream,
+                "the model at {model} did not answer: {}",
                 error_chain(&error)
             );
             tracing::warn!(request_id = ?id, %message);
@@ -761,7 +792,7 @@ async fn ping() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "alive"}))
 }
 
-/// Readiness: the model's, through the sidecar.
+/// Readiness: the model's, through the sidecar (a recorder's own: it has no model).
 async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
     if proxy.draining.load(Ordering::Relaxed) {
         return ApiError::new(
@@ -770,8 +801,13 @@ async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
         )
         .into_response();
     }
+    let Some(model) = proxy.upstream else {
+        return axum::Json(serde_json::json!({"status": "ready", "mode": "record-only"}))
+            .into_response();
+    };
     let mut request = axum::http::Request::new(TeeBody::new(Body::empty(), None));
-    *request.uri_mut() = proxy.upstream_uri(&Uri::from_static("/"), Some(&proxy.health_path));
+    *request.uri_mut() =
+        Proxy::upstream_uri(model, &Uri::from_static("/"), Some(&proxy.health_path));
     let unavailable = |message: String| {
         ApiError::new(ErrorKind::Unavailable, message)
             .with_retry_after(Duration::from_secs(1))
@@ -784,8 +820,7 @@ async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
             Response::from_parts(parts, Body::new(body))
         }
         Ok(Err(error)) => unavailable(format!(
-            "the model at {} is not reachable: {}",
-            proxy.upstream,
+            "the model at {model} is not reachable: {}",
             error_chain(&error)
         )),
         Err(_) => unavailable(format!(

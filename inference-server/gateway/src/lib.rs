@@ -40,6 +40,7 @@ mod metrics;
 pub mod mlflow;
 mod proxy;
 mod ratelimit;
+mod record;
 mod release_check;
 mod routing;
 mod standalone;

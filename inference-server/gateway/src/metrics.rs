@@ -264,6 +264,31 @@ impl EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnsentLabels {
+    namespace: String,
+    endpoint: String,
+    origin: &'static str,
+}
+
+/// Where an answer the gateway sends to a capture sidecar as a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordSource {
+    /// The response cache.
+    Cache,
+    /// An external model's provider.
+    Provider,
+}
+
+impl RecordSource {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Provider => "provider",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     namespace: String,
     endpoint: String,
@@ -309,7 +334,7 @@ pub struct GatewayMetrics {
     cache_requests: Family<CacheLabels, Counter>,
     cache_bytes: Family<EndpointLabels, Gauge>,
     cache_evictions: Family<EndpointLabels, Counter>,
-    cache_unrecorded: Family<EndpointLabels, Counter>,
+    unsent: Family<UnsentLabels, Counter>,
     store_failures: [Counter; 3],
     fallbacks: Family<FallbackLabels, Counter>,
 }
@@ -411,7 +436,7 @@ impl GatewayMetrics {
             cache_requests: Family::default(),
             cache_bytes: Family::default(),
             cache_evictions: Family::default(),
-            cache_unrecorded: Family::default(),
+            unsent: Family::default(),
             store_failures: Default::default(),
             fallbacks: Family::default(),
         };
@@ -469,9 +494,9 @@ impl GatewayMetrics {
             metrics.cache_evictions.clone(),
         );
         registry.register(
-            "cache_hits_unrecorded",
-            "Cache hits of endpoints with auto-capture that did not become a table row: no ready pod of the entity that first answered, too many recordings in flight, or its capture sidecar refused",
-            metrics.cache_unrecorded.clone(),
+            "records_unsent",
+            "Answers no pod gave (cache hits, external providers' answers) of endpoints with auto-capture or usage tracking that did not reach a capture sidecar to become table rows: no ready sidecar (a pod of the entity, or its recorder), too many records in flight, or the sidecar refused",
+            metrics.unsent.clone(),
         );
         registry.register(
             "fallbacks",
@@ -560,10 +585,14 @@ impl GatewayMetrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Counts a cache hit that did not reach a capture sidecar.
-    pub fn cache_unrecorded(&self, namespace: &str, endpoint: &str) {
-        self.cache_unrecorded
-            .get_or_create(&EndpointLabels::of(namespace, endpoint))
+    /// Counts a record that did not reach a capture sidecar.
+    pub fn record_unsent(&self, namespace: &str, endpoint: &str, origin: RecordSource) {
+        self.unsent
+            .get_or_create(&UnsentLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                origin: origin.label(),
+            })
             .inc();
     }
 

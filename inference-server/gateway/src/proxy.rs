@@ -52,12 +52,12 @@ use super::ratelimit::RateLimiter;
 use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
-use sluice_contract::headers::{
-    CACHE_CONTENT_TYPE, CACHE_HIT, CACHE_STATUS, GUARDRAILS, PII_IN_ANSWERS, strip_hop_by_hop,
-};
+use super::record::{Recorded, Recorders, RecordingBody};
 pub use sluice_contract::headers::{
     CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
 };
+use sluice_contract::headers::{GUARDRAILS, PII_IN_ANSWERS, strip_hop_by_hop};
+use sluice_contract::record::{RecordHead, RecordOrigin};
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -102,6 +102,8 @@ pub struct Proxy {
     keys: Arc<Keys>,
     /// Endpoints' response caches.
     caches: Caches,
+    /// Sends what no pod answered to capture sidecars, to become rows.
+    recorders: Recorders,
 }
 
 type Shared = Arc<Proxy>;
@@ -128,12 +130,20 @@ impl Proxy {
             config.max_buffered_bytes,
             state.metrics().load().clone(),
         ));
+        let shadow_permits = Arc::new(Semaphore::new(config.max_shadow_in_flight));
+        let recorders = Recorders::new(
+            client.clone(),
+            shadow_permits.clone(),
+            config.request_timeout,
+            state.metrics().clone(),
+        );
         Self {
             state,
             auth,
             limiter,
             client,
-            shadow_permits: Arc::new(Semaphore::new(config.max_shadow_in_flight)),
+            shadow_permits,
+            recorders,
             config,
             budgets,
             providers: reqwest::Client::builder()
@@ -400,9 +410,11 @@ impl Proxy {
                 },
             }
         }
-        // A token budget needs the answer's usage: a stream is made to report it.
-        let asked = match (&charge, upstream_path) {
-            (Some(_), "/v1/chat/completions" | "/v1/completions") => {
+        // A token budget and a usage row need the answer's usage: a stream is made to report
+        // it (the usage chunk is removed from what the client gets when it did not ask).
+        let needs_usage = charge.is_some() || endpoint.policies.usage_tracked;
+        let asked = match (needs_usage, upstream_path) {
+            (true, "/v1/chat/completions" | "/v1/completions") => {
                 usage::request_usage(body.bytes())
             }
             _ => None,
@@ -469,6 +481,7 @@ impl Proxy {
                 upstream_path,
                 peer,
                 output: endpoint.policies.guardrails.output.as_ref(),
+                recorded: endpoint.policies.captured || endpoint.policies.usage_tracked,
             };
             let answer = self.forward(pool, outgoing, &mut metering, &mut rng).await;
             let Some(reason) = fallback.then(|| fallback::reason(&answer)).flatten() else {
@@ -578,6 +591,7 @@ impl Proxy {
             upstream_path,
             peer,
             output,
+            ..
         } = outgoing;
         let held = !pool.has_ready();
         if held {
@@ -676,16 +690,78 @@ impl Proxy {
             parts,
             body,
             upstream_path,
+            peer,
             output,
-            ..
+            recorded,
         } = outgoing;
+        let started = Instant::now();
         let request_id = parts
             .headers
             .get(REQUEST_ID)
             .cloned()
             .unwrap_or_else(new_request_id);
+        let guard = RequestGuard::external(pool);
+        let answered = self
+            .ask_provider(pool, entity, upstream_path, body.bytes())
+            .await;
+        let recorded = recorded.then(|| Recorded {
+            parts: parts.clone(),
+            upstream_path: upstream_path.to_string(),
+            body: body.bytes().clone(),
+            request_id: request_id.clone(),
+            peer,
+        });
+        let response = match (answered, recorded) {
+            (Ok(response), None) => response,
+            (Ok(response), Some(request)) => RecordingBody::wrap(
+                &self.recorders,
+                pool,
+                request,
+                entity.api.label(),
+                started,
+                response,
+            ),
+            (Err(error), recorded) => {
+                if let Some(request) = recorded {
+                    // The caller gets this error: the table says so too.
+                    let answer = serde_json::to_vec(&error.body()).unwrap_or_default();
+                    let head = RecordHead {
+                        request_len: 0,
+                        origin: RecordOrigin::Provider(entity.api.label().to_string()),
+                        status: error.kind.status().as_u16(),
+                        content_type: Some(HeaderValue::from_static("application/json")),
+                        duration_ms: u64::try_from(started.elapsed().as_millis()).ok(),
+                        incomplete: false,
+                    };
+                    self.recorders.send(pool, &request, &answer, head);
+                }
+                return Err(error);
+            }
+        };
+        let meter = (metered && response.status().is_success())
+            .then(|| metering.take())
+            .flatten();
+        let answer = Answer {
+            response,
+            guard,
+            request_id,
+            meter,
+            output,
+        };
+        Ok(self.respond(pool, answer).await)
+    }
+
+    /// Calls an external entity's provider with the key from its Secret; its answer (an error
+    /// of the provider's included) in the OpenAI format, or why there is none.
+    async fn ask_provider(
+        &self,
+        pool: &Arc<EntityPool>,
+        entity: &External,
+        upstream_path: &str,
+        body: &Bytes,
+    ) -> Result<Response, ApiError> {
         let route = external::Route::of(upstream_path, entity.task);
-        let prepared = external::prepare(entity, &pool.name, route, body.bytes())?;
+        let prepared = external::prepare(entity, &pool.name, route, body)?;
         let key = match &entity.key {
             Some(reference) => Some(self.keys.get(&entity.namespace, reference).await.map_err(
                 |mut error| {
@@ -699,7 +775,6 @@ impl Proxy {
         if let Some(key) = &key {
             external::authorize(&entity.api, &mut headers, key)?;
         }
-        let guard = RequestGuard::external(pool);
         let send = self
             .providers
             .post(&prepared.url)
@@ -734,19 +809,7 @@ impl Proxy {
             // Perhaps rotated: the next call reads the Secret again.
             self.keys.forget(&entity.namespace, &reference.name);
         }
-        let response =
-            external::answer(entity, &pool.name, &prepared.reply, response, key.as_ref()).await;
-        let meter = (metered && response.status().is_success())
-            .then(|| metering.take())
-            .flatten();
-        let answer = Answer {
-            response,
-            guard,
-            request_id,
-            meter,
-            output,
-        };
-        Ok(self.respond(pool, answer).await)
+        Ok(external::answer(entity, &pool.name, &prepared.reply, response, key.as_ref()).await)
     }
 
     /// Holds the request until the entity has a ready pod, or refuses it (503 + Retry-After).
@@ -943,9 +1006,7 @@ impl Proxy {
     }
 
     /// Sends a cache hit to the capture sidecar of a ready pod of the entity that first
-    /// answered, so the exchange becomes a row marked as a hit
-    /// ([`sluice_contract::headers::CACHE_HIT`]); in the background, within the shadow
-    /// requests' in-flight budget. A hit that cannot be sent is counted.
+    /// answered, so the exchange becomes a row marked as a hit ([`sluice_contract::record`]).
     fn record_hit(
         &self,
         config: &LiveConfig,
@@ -953,56 +1014,25 @@ impl Proxy {
         request_id: &HeaderValue,
         peer: SocketAddr,
     ) {
-        let pool = config.entities.iter().find(|p| p.served_name == hit.entity);
-        let labels = pool.map(|p| p.labels().clone());
-        let unrecorded = move |metrics: &GatewayMetrics| {
-            if let Some(labels) = &labels {
-                metrics.cache_unrecorded(&labels.namespace, &labels.endpoint);
-            }
-        };
-        let metrics = self.state.metrics().clone();
-        let backend = pool.and_then(|pool| {
-            let backends = pool.backends();
-            backend::pick(&backends, &[], &mut fastrand::Rng::new()).cloned()
-        });
-        let (Some(backend), Ok(permit)) =
-            (backend, self.shadow_permits.clone().try_acquire_owned())
-        else {
-            unrecorded(&metrics);
+        let Some(pool) = config.entities.iter().find(|p| p.served_name == hit.entity) else {
             return;
         };
-        let mut both = Vec::with_capacity(body.bytes().len() + hit.body.len());
-        both.extend_from_slice(body.bytes());
-        both.extend_from_slice(&hit.body);
-        let mut request = upstream_request(
-            backend.addr,
-            upstream_path,
-            parts,
-            Bytes::from(both),
-            request_id,
-            Some(peer),
-        );
-        let headers = request.headers_mut();
-        headers.insert(CACHE_HIT, HeaderValue::from(body.bytes().len()));
-        headers.insert(CACHE_STATUS, HeaderValue::from(hit.status));
-        if let Some(kind) = &hit.content_type {
-            headers.insert(CACHE_CONTENT_TYPE, kind.clone());
-        }
-        let client = self.client.clone();
-        let timeout = self.config.request_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let recorded = tokio::time::timeout(timeout, async {
-                let response = client.request(request).await.ok()?;
-                let ok = response.status().is_success();
-                drain(response.into_body()).await.ok()?;
-                Some(ok)
-            })
-            .await;
-            if !matches!(recorded, Ok(Some(true))) {
-                unrecorded(&metrics);
-            }
-        });
+        let request = Recorded {
+            parts: parts.clone(),
+            upstream_path: upstream_path.to_string(),
+            body: body.bytes().clone(),
+            request_id: request_id.clone(),
+            peer,
+        };
+        let head = RecordHead {
+            request_len: 0,
+            origin: RecordOrigin::Cache,
+            status: hit.status,
+            content_type: hit.content_type.clone(),
+            duration_ms: None,
+            incomplete: false,
+        };
+        self.recorders.send(pool, &request, &hit.body, head);
     }
 
     /// Sends a shadow copy to an external entity's provider; its answer is counted and drained
@@ -1151,6 +1181,9 @@ struct Outgoing<'a> {
     peer: SocketAddr,
     /// The endpoint's output guardrails, applied to the answer.
     output: Option<&'a Arc<Checks>>,
+    /// The endpoint records its exchanges (capture or usage tracking): an external
+    /// provider's answer is sent to the entity's recorder.
+    recorded: bool,
 }
 
 /// Picks a live entity by weight, among entities that can take the request now (a ready pod,
@@ -1284,7 +1317,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn upstream_request(
+pub(super) fn upstream_request(
     addr: SocketAddr,
     path: &str,
     parts: &Parts,

@@ -52,6 +52,9 @@ pub struct Policies {
     pub cache: Option<CachePolicy>,
     /// `autoCapture.enabled`: cache hits are sent to a capture sidecar to become rows.
     pub captured: bool,
+    /// `aiGateway.usageTracking.enabled`: external providers' answers are sent to the
+    /// entity's recorder for their usage rows.
+    pub usage_tracked: bool,
 }
 
 impl Policies {
@@ -70,6 +73,9 @@ impl Policies {
                 .auto_capture
                 .as_ref()
                 .is_some_and(|c| c.enabled),
+            usage_tracked: gateway
+                .and_then(|g| g.usage_tracking.as_ref())
+                .is_some_and(|u| u.enabled),
         }
     }
 }

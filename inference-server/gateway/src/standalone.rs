@@ -157,13 +157,32 @@ pub fn resolve_manifest(
             ));
             continue;
         }
+        // A cluster records an external entity's calls with the recorder the operator starts;
+        // standalone mode needs one given as the entity's upstream.
+        let policies = super::routing::Policies::of(endpoint);
+        if policies.captured || policies.usage_tracked {
+            for entity in &endpoint.spec.served_entities {
+                if entity.external_model.is_some()
+                    && upstreams_for(upstreams, &name, &entity.name)
+                        .next()
+                        .is_none()
+                {
+                    problems.push(format!(
+                        "endpoint {name}: the external entity {} is recorded (autoCapture or \
+                         aiGateway.usageTracking) but has no recorder: start `inference-server \
+                         capture --record-only` and pass --upstream {}=<its address>",
+                        entity.name, entity.name
+                    ));
+                }
+            }
+        }
         match resolve::resolve(endpoint, &versions, &BTreeMap::new(), config) {
             Ok(entities) => resolved.push(ResolvedEndpoint {
                 version: endpoint.metadata.generation.unwrap_or(1),
                 entities,
                 routes: resolve::routes(endpoint),
                 shadows: resolve::shadow_routes(endpoint),
-                policies: super::routing::Policies::of(endpoint),
+                policies,
                 namespace,
                 name,
             }),

@@ -105,7 +105,8 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts `capture` in front of `upstream`, writing to `table`, spooling in `spool`, with
+    /// Starts `capture` in front of `upstream` (a recorder, `--record-only`, when it is
+    /// empty), writing to `table`, spooling in `spool`, with
     /// test-friendly rotation (0.3 s), retries (at most 1 s apart) and shutdown (5 s of drain,
     /// 10 s in all) unless `extra` says otherwise; waits until `/ping` answers.
     pub async fn start(
@@ -119,8 +120,7 @@ impl Sidecar {
         let output = temp_dir("capture-output").join("stdout");
         let mut command = Command::new(BINARY);
         command
-            .args(["capture", "--listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream, "--spool-dir"])
+            .args(["capture", "--listen", "127.0.0.1:0", "--spool-dir"])
             .arg(spool)
             .args([
                 "--endpoint",
@@ -131,6 +131,11 @@ impl Sidecar {
                 "iris",
             ])
             .args(["--model-version", "1"]);
+        if upstream.is_empty() {
+            command.arg("--record-only");
+        } else {
+            command.args(["--upstream", upstream]);
+        }
         // An empty `table`: no payload table (usage tracking alone, from `extra`).
         if !table.is_empty() {
             command.args(["--table", table]);
@@ -538,6 +543,14 @@ pub fn python() -> PathBuf {
 }
 
 /// Runs a Python snippet from the venv and answers its stdout.
+/// The first row of `sql` as DuckDB answers it, as a JSON array.
+pub fn duckdb(sql: &str) -> serde_json::Value {
+    let out = run_python(&format!(
+        "import duckdb, json\nr = duckdb.connect().execute({sql:?}).fetchone()\nprint(json.dumps(list(r), default=str))"
+    ));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 pub fn run_python(code: &str) -> String {
     let output = Command::new(python()).args(["-c", code]).output().unwrap();
     assert!(

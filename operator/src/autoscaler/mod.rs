@@ -194,7 +194,13 @@ impl Round<'_> {
                 continue;
             };
             for entity in &config.served_entities {
-                let Some(deployment_name) = entity.deployment_name.as_deref() else {
+                // An external entity's Deployment is its recorder: one replica, not sized by
+                // the demand on the provider.
+                let Some(deployment_name) = entity
+                    .deployment_name
+                    .as_deref()
+                    .filter(|_| entity.external_model.is_none())
+                else {
                     continue;
                 };
                 let Some(deployment) = self

@@ -36,8 +36,8 @@ use kube::Resource;
 use sluice_contract::claim::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume};
 use sluice_contract::config::{NetworkPolicyConfig, OperatorConfig};
 pub use sluice_contract::labels::{
-    ANNOTATION_MODEL, ANNOTATION_MODEL_VERSION, CAPTURE_PORT, FRONT_PORT_NAME, LABEL_ENDPOINT,
-    LABEL_ENTITY, LABEL_REVISION, MANAGED_BY, child_name,
+    ANNOTATION_MODEL, ANNOTATION_MODEL_VERSION, ANNOTATION_PROVIDER, CAPTURE_PORT, FRONT_PORT_NAME,
+    LABEL_ENDPOINT, LABEL_ENTITY, LABEL_REVISION, MANAGED_BY, child_name,
 };
 use sluice_contract::resolve::{EntitySource, ResolvedEntity, ResolvedRuntime};
 use sluice_contract::usage::{PRICE_FLAG, price_arg};
@@ -110,7 +110,6 @@ pub fn build(
     replicas: i32,
     ctx: &BuildContext<'_>,
 ) -> Option<EntityObjects> {
-    let runtime = entity.runtime.as_ref()?;
     let EntitySource::Registered {
         artifact_uri,
         secret,
@@ -120,29 +119,12 @@ pub fn build(
         ..
     } = &entity.source
     else {
-        return None;
+        return recorder(entity, revision, ctx);
     };
+    let runtime = entity.runtime.as_ref()?;
     let name = child_name(ctx.endpoint, &entity.name, revision);
-    let labels = BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            MANAGED_BY.to_string(),
-        ),
-        (
-            "app.kubernetes.io/name".to_string(),
-            "sluice-entity".to_string(),
-        ),
-        (LABEL_ENDPOINT.to_string(), ctx.endpoint.to_string()),
-        (LABEL_ENTITY.to_string(), entity.name.clone()),
-        (LABEL_REVISION.to_string(), revision.to_string()),
-    ]);
-    let meta = ObjectMeta {
-        name: Some(name.clone()),
-        namespace: Some(ctx.namespace.to_string()),
-        labels: Some(labels.clone()),
-        owner_references: Some(vec![ctx.owner.clone()]),
-        ..Default::default()
-    };
+    let labels = child_labels(ctx, entity, revision, "sluice-entity");
+    let meta = child_meta(ctx, &name, &labels);
     let sidecar = ctx.capture.is_some() || ctx.usage.is_some();
     let mut containers = vec![model_container(entity, runtime, !sidecar)];
     let mut volumes = vec![empty_dir("models")];
@@ -150,40 +132,10 @@ pub fn build(
         volumes.push(empty_dir("tmp"));
     }
     if sidecar {
-        // Each table as the sidecar sees it: a `pvc://` one on its claim, mounted once.
-        let mut lakes: Vec<ClaimUri> = Vec::new();
-        let mut seen = |uri: &str| match ClaimUri::of(uri) {
-            Some(lake) => {
-                let file = lake.file_uri();
-                if !lakes.iter().any(|l| l.claim == lake.claim) {
-                    lakes.push(lake);
-                }
-                file
-            }
-            None => uri.to_string(),
-        };
-        let tables = SidecarTables {
-            payload: ctx.capture.map(|c| seen(&c.table_uri)),
-            usage: ctx.usage.map(|u| seen(&u.table_uri)),
-        };
-        let mut capture = capture_container(ctx, entity, runtime, &tables, model, *version);
-        // The endpoint's persistent spool, shared by all its sidecars, else one per pod.
-        volumes.push(match ctx.capture.and_then(|c| c.spool.as_ref()) {
-            Some(spool) => claim_volume("spool", &spool.claim_name, false),
-            None => empty_dir("spool"),
-        });
-        for (i, lake) in lakes.iter().enumerate() {
-            let name = if i == 0 {
-                "lake".to_string()
-            } else {
-                format!("lake-{i}")
-            };
-            volumes.push(lake.volume(&name, false));
-            if let Some(mounts) = capture.volume_mounts.as_mut() {
-                mounts.push(lake.mount(&name, LAKE_MOUNT_ROOT, false));
-            }
-        }
+        let (capture, sidecar_volumes) =
+            sidecar_parts(ctx, entity, Some(runtime), model, Some(*version));
         containers.push(capture);
+        volumes.extend(sidecar_volumes);
     }
     let (mut fetch, source_volumes) = fetch_step(
         ctx.data_plane_image,
@@ -206,13 +158,153 @@ pub fn build(
         tolerations: (!entity.class.tolerations.is_empty())
             .then(|| entity.class.tolerations.clone()),
         runtime_class_name: entity.class.runtime_class_name.clone(),
+        ..pod_basics(entity)
+    };
+    // What the pods serve, for people and tools reading them; it is part of the template, so
+    // a new version is a new revision even when its artifact is the same file.
+    let annotations = BTreeMap::from([
+        (ANNOTATION_MODEL.to_string(), model.clone()),
+        (ANNOTATION_MODEL_VERSION.to_string(), version.to_string()),
+    ]);
+    Some(objects(ctx, name, meta, labels, annotations, pod, replicas))
+}
+
+/// The labels of a child at `revision`: the gateway finds its pods by them.
+fn child_labels(
+    ctx: &BuildContext<'_>,
+    entity: &ResolvedEntity,
+    revision: &str,
+    kind: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
+        ("app.kubernetes.io/name".to_string(), kind.to_string()),
+        (LABEL_ENDPOINT.to_string(), ctx.endpoint.to_string()),
+        (LABEL_ENTITY.to_string(), entity.name.clone()),
+        (LABEL_REVISION.to_string(), revision.to_string()),
+    ])
+}
+
+fn child_meta(ctx: &BuildContext<'_>, name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(ctx.namespace.to_string()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![ctx.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// What every pod of ours sets: restricted security, the entity's ServiceAccount without a
+/// mounted token, no service links, the stop budget.
+fn pod_basics(entity: &ResolvedEntity) -> PodSpec {
+    PodSpec {
         security_context: Some(pod_security()),
         service_account_name: entity.service_account.clone(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(STOP_BUDGET.grace_period_seconds()),
         ..Default::default()
+    }
+}
+
+/// The *recorder* of an external entity: the capture sidecar alone (`--record-only`), which
+/// writes the rows of the provider calls the gateway sends it. Rendered only when the endpoint
+/// records (capture or usage tracking); its pods carry the entity's labels, so the gateway
+/// finds them as the entity's backends. One replica, never scaled by the autoscaler.
+fn recorder(
+    entity: &ResolvedEntity,
+    revision: &str,
+    ctx: &BuildContext<'_>,
+) -> Option<EntityObjects> {
+    let EntitySource::External(model) = &entity.source else {
+        return None;
     };
+    if ctx.capture.is_none() && ctx.usage.is_none() {
+        return None;
+    }
+    let name = child_name(ctx.endpoint, &entity.name, revision);
+    let labels = child_labels(ctx, entity, revision, "sluice-recorder");
+    let meta = child_meta(ctx, &name, &labels);
+    let (mut capture, volumes) = sidecar_parts(ctx, entity, None, &model.name, None);
+    capture.termination_message_policy = Some("FallbackToLogsOnError".into());
+    let pod = PodSpec {
+        containers: vec![capture],
+        volumes: Some(volumes),
+        ..pod_basics(entity)
+    };
+    let provider = sluice_contract::external::api(model).ok()?;
+    let annotations = BTreeMap::from([
+        (ANNOTATION_MODEL.to_string(), model.name.clone()),
+        (
+            ANNOTATION_PROVIDER.to_string(),
+            provider.label().to_string(),
+        ),
+    ]);
+    Some(objects(ctx, name, meta, labels, annotations, pod, 1))
+}
+
+/// The capture sidecar in front of `runtime` (or a recorder, without one) and the volumes it
+/// mounts: its spool and the claims of `pvc://` tables.
+fn sidecar_parts(
+    ctx: &BuildContext<'_>,
+    entity: &ResolvedEntity,
+    runtime: Option<&ResolvedRuntime>,
+    model: &str,
+    version: Option<i64>,
+) -> (Container, Vec<Volume>) {
+    let mut volumes = Vec::new();
+    {
+        // Each table as the sidecar sees it: a `pvc://` one on its claim, mounted once.
+        let mut lakes: Vec<ClaimUri> = Vec::new();
+        let mut seen = |uri: &str| match ClaimUri::of(uri) {
+            Some(lake) => {
+                let file = lake.file_uri();
+                if !lakes.iter().any(|l| l.claim == lake.claim) {
+                    lakes.push(lake);
+                }
+                file
+            }
+            None => uri.to_string(),
+        };
+        let tables = SidecarTables {
+            payload: ctx.capture.map(|c| seen(&c.table_uri)),
+            usage: ctx.usage.map(|u| seen(&u.table_uri)),
+        };
+        let mut capture = capture_container(ctx, entity, runtime, &tables, model, version);
+        // The endpoint's persistent spool, shared by all its sidecars, else one per pod.
+        volumes.push(match ctx.capture.and_then(|c| c.spool.as_ref()) {
+            Some(spool) => claim_volume("spool", &spool.claim_name, false),
+            None => empty_dir("spool"),
+        });
+        for (i, lake) in lakes.iter().enumerate() {
+            let name = if i == 0 {
+                "lake".to_string()
+            } else {
+                format!("lake-{i}")
+            };
+            volumes.push(lake.volume(&name, false));
+            if let Some(mounts) = capture.volume_mounts.as_mut() {
+                mounts.push(lake.mount(&name, LAKE_MOUNT_ROOT, false));
+            }
+        }
+        (capture, volumes)
+    }
+}
+
+/// The Deployment, Service and NetworkPolicy of a child whose pods run `pod`.
+fn objects(
+    ctx: &BuildContext<'_>,
+    name: String,
+    meta: ObjectMeta,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    pod: PodSpec,
+    replicas: i32,
+) -> EntityObjects {
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: DeploymentSpec {
@@ -233,13 +325,7 @@ pub fn build(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels.clone()),
-                    // What the pods serve, for people and tools reading them; it is part of the
-                    // template, so a new version is a new revision even when its artifact is
-                    // the same file.
-                    annotations: Some(BTreeMap::from([
-                        (ANNOTATION_MODEL.to_string(), model.clone()),
-                        (ANNOTATION_MODEL_VERSION.to_string(), version.to_string()),
-                    ])),
+                    annotations: Some(annotations),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -266,12 +352,12 @@ pub fn build(
         }),
         ..Default::default()
     };
-    Some(EntityObjects {
+    EntityObjects {
         name,
         deployment,
         service,
         network_policy,
-    })
+    }
 }
 
 /// The entity pods (`selector`) take traffic on their `http` port only from the gateway pods
@@ -820,26 +906,27 @@ struct SidecarTables {
 fn capture_container(
     ctx: &BuildContext<'_>,
     entity: &ResolvedEntity,
-    rt: &ResolvedRuntime,
+    runtime: Option<&ResolvedRuntime>,
     tables: &SidecarTables,
     model: &str,
-    version: i64,
+    version: Option<i64>,
 ) -> Container {
     // The store settings of the capture config; usage tracking alone writes with the lake
     // root's defaults (the pod's own identity, Parquet).
     let defaults = ResolvedCapture::default();
     let settings = ctx.capture.unwrap_or(&defaults);
     // The payload flags keep their places: an operator upgrade must not roll captured pods.
-    let mut args = strings(&[
-        "capture",
-        "--listen",
-        &format!("$(POD_IP):{CAPTURE_PORT}"),
-        "--upstream",
-        &format!("$(POD_IP):{}", rt.port),
-        // The sidecar's /health answers with the model's readiness path.
-        "--upstream-health-path",
-        &rt.health_path,
-    ]);
+    let mut args = strings(&["capture", "--listen", &format!("$(POD_IP):{CAPTURE_PORT}")]);
+    match runtime {
+        Some(rt) => args.extend(strings(&[
+            "--upstream",
+            &format!("$(POD_IP):{}", rt.port),
+            // The sidecar's /health answers with the model's readiness path.
+            "--upstream-health-path",
+            &rt.health_path,
+        ])),
+        None => args.push("--record-only".into()),
+    }
     if let Some(table) = &tables.payload {
         args.extend(strings(&["--table", table]));
     }
@@ -850,9 +937,10 @@ fn capture_container(
         &entity.name,
         "--model",
         model,
-        "--model-version",
-        &version.to_string(),
     ]));
+    if let Some(version) = version {
+        args.extend(strings(&["--model-version", &version.to_string()]));
+    }
     if tables.payload.is_some() {
         args.extend(strings(&[
             "--sampling-fraction",
@@ -893,7 +981,7 @@ fn capture_container(
             container_port: CAPTURE_PORT,
             ..Default::default()
         }]),
-        // Ready only while the model behind it is ready.
+        // Ready only while the model behind it is ready (a recorder: while it runs).
         readiness_probe: Some(http_probe("/health", FRONT_PORT_NAME, 1)),
         // The pod's front door: it keeps proxying as long as the model keeps answering.
         lifecycle: Some(drain_pause()),
@@ -1271,10 +1359,61 @@ mod tests {
     }
 
     #[test]
-    fn external_entities_render_nothing() {
-        let mut e = entity("{name: fraud-3, model: fraud, version: 3}");
-        e.runtime = None;
-        assert!(build(&e, "abcde", 1, &ctx(None)).is_none());
+    fn an_external_entity_gets_a_recorder_only_when_the_endpoint_records() {
+        let ep = fixtures::endpoint(
+            "fraud",
+            "  servedEntities:\n  - {name: gpt, externalModel: {provider: anthropic, name: claude, task: llm/v1/chat}}\n",
+        );
+        let e = resolve(&ep, &[], &BTreeMap::new(), &OperatorConfig::default())
+            .expect("resolves")
+            .remove(0);
+        assert!(
+            build(&e, "abcde", 3, &ctx(None)).is_none(),
+            "nothing to record: no pods at all"
+        );
+        let o = build(&e, "abcde", 3, &ctx(Some(("pvc://lake/payload", 0.5)))).expect("recorder");
+        assert_eq!(o.name, "fraud-gpt-abcde");
+        assert_eq!(o.deployment.spec.replicas, Some(1), "one recorder");
+        let template = &o.deployment.spec.template;
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
+        assert_eq!(labels[LABEL_ENTITY], "gpt");
+        assert_eq!(labels[LABEL_REVISION], "abcde");
+        assert_eq!(labels["app.kubernetes.io/name"], "sluice-recorder");
+        let annotations = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .expect("annotations");
+        assert_eq!(annotations[ANNOTATION_PROVIDER], "anthropic");
+        let p = pod(&o);
+        assert!(p.init_containers.is_none(), "nothing to fetch");
+        assert_eq!(p.containers.len(), 1);
+        let args = p.containers[0].args.as_ref().expect("args").join(" ");
+        assert!(args.contains("--record-only"), "{args}");
+        assert!(!args.contains("--upstream"), "{args}");
+        assert!(!args.contains("--model-version"), "{args}");
+        assert!(args.contains("--entity gpt --model claude"), "{args}");
+        assert!(
+            args.contains("--table file:///mnt/lake/lake/payload"),
+            "{args}"
+        );
+        let mounts: Vec<&str> = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounts, ["spool", "lake"]);
+        assert_eq!(
+            p.containers[0].ports.as_ref().expect("ports")[0]
+                .name
+                .as_deref(),
+            Some(FRONT_PORT_NAME)
+        );
     }
 
     #[test]

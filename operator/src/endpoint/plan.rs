@@ -332,7 +332,13 @@ pub fn plan(
 /// that revision.
 fn render(entity: ResolvedEntity, ctx: &BuildContext<'_>) -> Rendered {
     let per = entity.per_replica_concurrency.max(1);
-    let initial_replicas = i32::try_from(entity.min_concurrency.div_ceil(per).max(1)).unwrap_or(1);
+    let initial_replicas = match entity.source {
+        // An external entity's recorder: one replica, never scaled.
+        EntitySource::External(_) => 1,
+        EntitySource::Registered { .. } => {
+            i32::try_from(entity.min_concurrency.div_ceil(per).max(1)).unwrap_or(1)
+        }
+    };
     let pods = build(&entity, "", initial_replicas, ctx).and_then(|unnamed| {
         let template = serde_json::to_vec(&unnamed.deployment.spec.template).ok()?;
         let revision = revision_of(&template);
@@ -570,6 +576,19 @@ fn observe(e: &mut ServedEntityStatus, children: &BTreeMap<String, ChildState>, 
             last_scale_time: last.and_then(|l| l.at.clone()),
         }
     });
+    // An external entity's Deployment is its recorder.
+    let message = match e
+        .external_model
+        .as_ref()
+        .map(|m| (m, sluice_contract::external::api(m)))
+    {
+        Some((model, Ok(api))) => format!(
+            "the gateway calls {} model {}; its recorder: {message}",
+            api.label(),
+            model.name
+        ),
+        _ => message,
+    };
     e.state = Some(ServedEntityState {
         deployment,
         deployment_state_message: Some(message),
