@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use capture_support::{BINARY, Sidecar, Upstream, duckdb, temp_dir};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cache_hit_is_a_row_marked_as_a_hit() {

@@ -9,7 +9,7 @@
 
 mod capture_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use capture_support::{BINARY, Sidecar, duckdb, temp_dir};
