@@ -184,6 +184,113 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     );
 }
 
+/// An external entity of a recording endpoint gets a recorder, a real container on the test
+/// kubelet: the capture sidecar alone (`--record-only`), one replica, under the entity's labels.
+/// The endpoint is READY once it is; each call the gateway makes to the provider (the
+/// Anthropic stand-in) becomes a payload row and a usage row with the provider's token counts
+/// on the default lake claim, read by DuckDB after the recorder drained.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_entitys_calls_land_on_the_lake_through_its_recorder() {
+    const KEY: &str = "sk-ant-cluster-recorded-4c3b2a19";
+    let nodes = shared_nodes();
+    let cp = shared();
+    let _logs = nodes.kubelet.logs_on_panic();
+    let client = cp.client().await.expect("client");
+    let ns = fresh_namespace(&client, "recorder").await;
+    let operator = cp.start_operator();
+    let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
+    let providers = sluice_tests::providers::Providers::start(KEY).await;
+    let apply = PatchParams::apply("test-user");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            "anthropic",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "anthropic"}, "stringData": {"api-key": KEY}})),
+        )
+        .await
+        .expect("secret");
+    let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
+    endpoints
+        .patch(
+            "assistant",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
+                "metadata": {"name": "assistant"},
+                "spec": {"servedEntities": [{"name": "claude", "externalModel": {
+                            "provider": "anthropic", "name": "claude-haiku-4-5", "task": "llm/v1/chat",
+                            "apiBase": format!("http://{}/anthropic", providers.addr),
+                            "apiKeySecretRef": {"name": "anthropic", "key": "api-key"}}}],
+                         "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "chat"},
+                         "aiGateway": {"usageTracking": {"enabled": true}}}})),
+        )
+        .await
+        .expect("endpoint");
+    let recorder = sluice_tests::wait::eventually(
+        "the endpoint READY with its recorder",
+        Duration::from_secs(180),
+        logs,
+        || async {
+            let status = endpoints.get("assistant").await.ok()?.status?;
+            let ready = format!("{:?}", status.state?.ready) == "READY";
+            let entity = status.config?.served_entities.into_iter().next()?;
+            ready.then_some(entity.deployment_name?)
+        },
+    )
+    .await;
+    let deployment = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .get(&recorder)
+        .await
+        .expect("the recorder's Deployment");
+    let pod = deployment.spec.template.spec.expect("pod");
+    assert_eq!(pod.containers.len(), 1, "the capture sidecar alone");
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains("--record-only") && !args.contains("--upstream"),
+        "{args}"
+    );
+
+    let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/serving-endpoints/v1/chat/completions", gateway.base);
+    for stream in [false, true, false] {
+        let response = http
+            .post(&url)
+            .json(&json!({"model": "assistant", "stream": stream,
+                          "messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.expect("answer");
+    }
+    // Deleting the endpoint stops the recorder, which writes what it spooled.
+    delete_and_drain(&client, &ns, "assistant", logs).await;
+    drop(operator);
+    let folder = claim_folder(&client, &ns, "sluice-lake").await;
+    let table = parquet_table(&folder.join("ml/chat/assistant_payload"));
+    assert_eq!(
+        duckdb_row(&format!(
+            "select count(*), count(*) filter (where request_metadata['provider'] = 'anthropic' \
+             and served_entity = 'claude' and model = 'claude-haiku-4-5'), \
+             count(*) filter (where request like '%{KEY}%' or response like '%{KEY}%') from {table}"
+        )),
+        "(3, 3, 0)",
+        "rows in {}",
+        folder.display()
+    );
+    let usage = parquet_table(&folder.join("ml/chat/assistant_usage"));
+    assert_eq!(
+        duckdb_row(&format!(
+            "select count(*), sum(input_token_count), sum(output_token_count) from {usage}"
+        )),
+        // Two whole answers (2095 in, 503 out) and a stream (25 in, 15 out).
+        "(3, 4215, 1021)",
+        "usage rows in {}",
+        folder.display()
+    );
+}
+
 /// A ServiceAccount `account` in `ns` bound to a Role that may `query` the endpoint
 /// `endpoint`, and a token of it from the TokenRequest API.
 async fn query_token(client: &kube::Client, ns: &str, account: &str, endpoint: &str) -> String {
