@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds one of our images from its own Dockerfile with a binary built on the host, as CI and
-# the local cluster do (a release builds the same Dockerfile with its `build` stage instead):
+# Builds one of our images from its own Dockerfile with a binary built on the host, as CI, the
+# local cluster and the release workflow do (release.yml runs it on each architecture's release
+# binary; only a plain `docker build` uses the Dockerfile's `build` stage):
 #
 #   images/build.sh inference-server target/debug/inference-server
 #   images/build.sh operator target/debug/sluice-operator

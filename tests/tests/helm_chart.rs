@@ -949,6 +949,42 @@ fn notes_tell_the_next_step() {
         ingress.contains("GATEWAY=http://models.example.org"),
         "{ingress}"
     );
+    let route = |section: &str| {
+        notes(&[
+            "--set",
+            "gateway.httpRoute.enabled=true",
+            "--set",
+            "gateway.httpRoute.hostnames[0]=models.example.org",
+            "--set",
+            &format!("gateway.httpRoute.parentRefs[0].name=public,gateway.httpRoute.parentRefs[0].sectionName={section}"),
+        ])
+    };
+    let secure = route("https");
+    assert!(secure.contains("GATEWAY=https://models.example.org"), "{secure}");
+    let plain = route("web");
+    assert!(plain.contains("GATEWAY=http://models.example.org"), "{plain}");
+}
+
+/// The gateway's Service takes the type and annotations of `gateway.service`.
+#[test]
+fn the_gateway_service_takes_its_type_and_annotations_from_values() {
+    let plain = render(&[], &[]);
+    let service = object(&plain, "Service", "sluice-gateway");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    let exposed = render(
+        &[],
+        &[
+            "gateway.service.type=LoadBalancer",
+            "gateway.service.annotations.service\\.beta\\.kubernetes\\.io/aws-load-balancer-type=nlb",
+        ],
+    );
+    let service = object(&exposed, "Service", "sluice-gateway");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "nlb",
+        "{service}"
+    );
 }
 
 /// The chart's version (Chart.yaml), which is the release version.

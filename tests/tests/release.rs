@@ -513,6 +513,44 @@ fn release_notes_step_takes_the_version_section_of_the_changelog() {
     );
 }
 
+/// The CRD file a release attaches holds every generated CRD as its own YAML document, equal to
+/// `crds/generated/` (a plain concatenation would have been one document with duplicate keys).
+#[test]
+fn the_released_crd_file_is_every_generated_crd_one_document_each() {
+    let script = step_script(&release_workflow()["jobs"]["publish"], "CRDs");
+    let dir = temp_dir("crds");
+    let generated = repo_root().join("crds/generated");
+    std::fs::create_dir_all(dir.join("crds")).expect("crds dir");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&generated)
+        .arg(dir.join("crds/generated"))
+        .output()
+        .expect("cp");
+    assert!(copied.status.success(), "{}", text(&copied));
+    let out = Command::new("bash")
+        .args(["-e", "-o", "pipefail", "-c", &script])
+        .env("VERSION", "9.9.9")
+        .current_dir(&dir)
+        .output()
+        .expect("running the CRDs step");
+    assert!(out.status.success(), "{}", text(&out));
+    let released = read(&dir.join("dist/sluice-crds-9.9.9.yaml"));
+    let documents: Vec<Value> = serde_norway::Deserializer::from_str(&released)
+        .map(|document| serde::Deserialize::deserialize(document).expect("a YAML document"))
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&generated)
+        .expect("crds/generated")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let expected: Vec<Value> = files.iter().map(|path| yaml(path)).collect();
+    assert_eq!(expected.len(), 2, "ModelVersion and ServingEndpoint");
+    assert_eq!(documents, expected);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn ci_workflow_runs_the_ci_entry_point_on_every_push_and_pull_request() {
     let ci = yaml(&repo_root().join(".github/workflows/ci.yml"));
