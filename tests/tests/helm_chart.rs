@@ -956,13 +956,21 @@ fn notes_tell_the_next_step() {
             "--set",
             "gateway.httpRoute.hostnames[0]=models.example.org",
             "--set",
-            &format!("gateway.httpRoute.parentRefs[0].name=public,gateway.httpRoute.parentRefs[0].sectionName={section}"),
+            &format!(
+                "gateway.httpRoute.parentRefs[0].name=public,gateway.httpRoute.parentRefs[0].sectionName={section}"
+            ),
         ])
     };
     let secure = route("https");
-    assert!(secure.contains("GATEWAY=https://models.example.org"), "{secure}");
+    assert!(
+        secure.contains("GATEWAY=https://models.example.org"),
+        "{secure}"
+    );
     let plain = route("web");
-    assert!(plain.contains("GATEWAY=http://models.example.org"), "{plain}");
+    assert!(
+        plain.contains("GATEWAY=http://models.example.org"),
+        "{plain}"
+    );
 }
 
 /// The gateway's Service takes the type and annotations of `gateway.service`.

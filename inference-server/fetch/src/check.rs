@@ -14,9 +14,13 @@ use sluice_store::TableStore;
 use super::{
     FetchArgs, FetchError,
     http::{self, CONNECT_TIMEOUT, HttpError},
-    io,
+    io, mlflow,
     stream::Transfer,
 };
+
+/// What a check's summary says between a registry reference and the location it resolved to:
+/// `models:/iris@champion resolved to s3://…/model: readable, 3 objects, 1.2 KiB`.
+pub const RESOLVED_TO: &str = "resolved to";
 
 /// What the source holds: objects (files) and their bytes (when known).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,6 +61,36 @@ fn human(bytes: u64) -> String {
 /// holds.
 pub async fn check(args: &FetchArgs, transfer: &Transfer) -> Result<String, FetchError> {
     let shown = http::redact(&args.uri);
+    if mlflow::is_reference(&args.uri) {
+        // The operator reads the location back from `resolved to <uri>:` into the
+        // ModelVersion's `status.resolvedUri`.
+        let tracking = mlflow::Tracking::from_env(args.mlflow_tracking_uri.as_deref(), &args.uri)?;
+        let location = tracking.resolve(&args.uri).await?;
+        let resolved = FetchArgs {
+            uri: location.clone(),
+            dest: args.dest.clone(),
+            pvc_root: args.pvc_root.clone(),
+            mlflow_tracking_uri: args.mlflow_tracking_uri.clone(),
+        };
+        let found = Box::pin(check(&resolved, transfer)).await?;
+        let found = found
+            .strip_prefix(&format!("{}: ", http::redact(&location)))
+            .unwrap_or(&found)
+            .to_string();
+        return Ok(format!(
+            "{shown} {RESOLVED_TO} {}: {found}",
+            http::redact(&location)
+        ));
+    }
+    if let Some(path) = mlflow::artifact_path(&args.uri) {
+        let tracking = mlflow::Tracking::from_env(args.mlflow_tracking_uri.as_deref(), &args.uri)?;
+        let files = tracking.list(&args.uri, path).await?;
+        let found = Found {
+            objects: files.len() as u64,
+            bytes: files.iter().map(|(_, size)| *size).sum(),
+        };
+        return Ok(format!("{shown}: readable, {found}"));
+    }
     let (scheme, rest) = args
         .uri
         .split_once("://")
@@ -213,6 +247,7 @@ mod tests {
             uri,
             dest: root.join("dest"),
             pvc_root: root.clone(),
+            mlflow_tracking_uri: None,
         };
         let transfer = Transfer {
             stall_timeout: std::time::Duration::from_secs(5),

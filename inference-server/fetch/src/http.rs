@@ -240,6 +240,16 @@ struct Download<'a> {
 
 /// Downloads `uri` into `staging`.
 pub async fn fetch(uri: &str, staging: &Path, transfer: &Transfer) -> Result<Staged, FetchError> {
+    fetch_with(uri, staging, transfer, HeaderMap::new()).await
+}
+
+/// Downloads `uri` into `staging`, sending `headers` (credentials) with every request.
+pub async fn fetch_with(
+    uri: &str,
+    staging: &Path,
+    transfer: &Transfer,
+    headers: HeaderMap,
+) -> Result<Staged, FetchError> {
     let shown = redact(uri);
     let failed = |attempts, source| FetchError::Http {
         uri: shown.clone(),
@@ -255,6 +265,7 @@ pub async fn fetch(uri: &str, staging: &Path, transfer: &Transfer) -> Result<Sta
         .no_brotli()
         .no_deflate()
         .no_zstd()
+        .default_headers(headers)
         .build()
         .map_err(|e| failed(0, HttpError::Transport(e.without_url())))?;
     let path = staging.join(file_name(uri));

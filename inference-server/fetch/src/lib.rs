@@ -8,7 +8,10 @@
 //! `abfss://`: one object or a whole prefix, streamed, see [`object`]), and
 //! `http://`/`https://` (one file, streamed with retries and resume, see [`http`]). A source that
 //! is a single archive (`.tar.gz`, `.tgz`, `.tar`, `.zip`) is unpacked safely ([`archive`]).
-//! Registry references (`models:/`, `mlflow://`) are refused with a message naming the scheme.
+//! MLflow sources ([`mlflow`]): `models:/<name>/<version>`, `models:/<name>@<alias>` and
+//! `runs:/<run>/<path>` are resolved through the tracking server's REST API to the artifact
+//! location, which is then fetched by its own path; `mlflow-artifacts:` locations come through
+//! the server's artifact proxy.
 //!
 //! With `--sha256` the staged artifact is checked before it is unpacked or published
 //! ([`digest`] defines the digest of a file and of a folder). On failure the error is also
@@ -23,6 +26,7 @@ mod archive;
 mod check;
 mod digest;
 mod http;
+mod mlflow;
 mod object;
 mod stream;
 
@@ -48,6 +52,11 @@ pub struct FetchArgs {
     /// Where `pvc://<claim>/...` claims are mounted.
     #[arg(long, env = "SLUICE_PVC_ROOT", default_value = "/mnt/pvc")]
     pub pvc_root: PathBuf,
+    /// The MLflow tracking server that resolves `models:/` and `runs:/` references and serves
+    /// `mlflow-artifacts:` (else `MLFLOW_TRACKING_URI`; credentials from
+    /// `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME`/`_PASSWORD`).
+    #[arg(long)]
+    pub mlflow_tracking_uri: Option<String>,
 }
 
 /// Where Kubernetes reads a container's termination message by default.
@@ -131,7 +140,7 @@ enum Staged {
 pub enum FetchError {
     /// The URI's scheme is not one `fetch` can read.
     #[error(
-        "cannot fetch {uri}: scheme {scheme:?} is not supported by this build (supported: file://, pvc://, s3://, gs://, az://, abfss://, http://, https://)"
+        "cannot fetch {uri}: scheme {scheme:?} is not supported by this build (supported: file://, pvc://, s3://, gs://, az://, abfss://, http://, https://, models:/, runs:/, mlflow-artifacts:)"
     )]
     Unsupported {
         /// The URI.
@@ -146,6 +155,14 @@ pub enum FetchError {
         uri: String,
         /// The local path it named.
         path: PathBuf,
+    },
+    /// An MLflow tracking server could not resolve or list the source.
+    #[error("fetching {uri} through MLflow: {message}")]
+    Registry {
+        /// The URI.
+        uri: String,
+        /// What went wrong.
+        message: String,
     },
     /// A local file operation failed.
     #[error("{action} {path}: {source}")]
@@ -279,11 +296,37 @@ async fn stage_and_publish(
     transfer: &stream::Transfer,
 ) -> Result<(), FetchError> {
     let shown = http::redact(&args.uri);
+    if mlflow::is_reference(&args.uri) {
+        let tracking = mlflow::Tracking::from_env(args.mlflow_tracking_uri.as_deref(), &args.uri)?;
+        let location = tracking.resolve(&args.uri).await?;
+        tracing::info!(uri = %shown, resolved = %http::redact(&location), "resolved through MLflow");
+        let resolved = FetchArgs {
+            uri: location,
+            dest: args.dest.clone(),
+            pvc_root: args.pvc_root.clone(),
+            mlflow_tracking_uri: args.mlflow_tracking_uri.clone(),
+        };
+        if mlflow::is_reference(&resolved.uri) {
+            return Err(FetchError::Registry {
+                uri: shown,
+                message: format!("resolved to another reference, {}", resolved.uri),
+            });
+        }
+        return Box::pin(stage_and_publish(&resolved, staging, expected, transfer)).await;
+    }
     let (scheme, rest) = args
         .uri
         .split_once("://")
         .unwrap_or(("", args.uri.as_str()));
     let staged = match scheme {
+        _ if args.uri.starts_with("mlflow-artifacts:") => {
+            let path = mlflow::artifact_path(&args.uri).unwrap_or_default();
+            let tracking =
+                mlflow::Tracking::from_env(args.mlflow_tracking_uri.as_deref(), &args.uri)?;
+            tracking
+                .download(&args.uri, path, staging, transfer)
+                .await?
+        }
         "file" => copy_local(
             &args.uri,
             Path::new(&format!("/{}", rest.trim_start_matches('/'))),
@@ -433,6 +476,7 @@ mod tests {
             uri,
             dest: dest.to_path_buf(),
             pvc_root: PathBuf::from("/nonexistent"),
+            mlflow_tracking_uri: None,
         }
     }
 

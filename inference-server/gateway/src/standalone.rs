@@ -421,6 +421,7 @@ pub async fn start(
                     uri: artifact_uri.clone(),
                     dest: model_dir.clone(),
                     pvc_root: pvc_root.to_path_buf(),
+                    mlflow_tracking_uri: None,
                 },
                 &options,
             )
