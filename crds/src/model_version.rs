@@ -78,19 +78,31 @@ pub struct ModelVersionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ModelSource {
     /// Artifact URI: `s3://bucket/path`, `gs://bucket/path`, `az://container/path`,
-    /// `https://host/path`, `pvc://claim/path`, `file:///path`, or a registry reference
-    /// `mlflow://<registry-host>/<model>/<version>` / `models:/<model>/<version>`.
+    /// `https://host/path`, `pvc://claim/path`, `file:///path`, an MLflow registry reference
+    /// resolved through `trackingUri` (`models:/<model>/<version>`, `models:/<model>@<alias>`,
+    /// `runs:/<run id>/<path>`), an artifact the tracking server keeps
+    /// (`mlflow-artifacts:/<path>`), or `mlflow://<registry-host>/<model>/<version>` (not
+    /// resolved by this version: refused by name).
     #[schemars(
         length(min = 1, max = 2048),
         regex(
-            pattern = r"^(s3://[^/]+/?.*|gs://[^/]+/?.*|az://[^/]+/?.*|https?://[^/]+/.*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*|mlflow://.+|models:/.+)$"
+            pattern = r"^(s3://[^/]+/?.*|gs://[^/]+/?.*|az://[^/]+/?.*|https?://[^/]+/.*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*|mlflow://.+|models:/.+|runs:/.+|mlflow-artifacts:.+)$"
         )
     )]
     pub uri: String,
 
+    /// The MLflow tracking server (`https://mlflow.example.com`) that resolves a `models:/` or
+    /// `runs:/` reference and serves `mlflow-artifacts:` locations; without it,
+    /// `MLFLOW_TRACKING_URI` from the Secret. The resolved location is published in
+    /// `status.resolvedUri` and is what pods fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^/]+.*$"))]
+    pub tracking_uri: Option<String>,
+
     /// Secret holding the credentials the fetcher needs for `uri` (for example
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `GOOGLE_APPLICATION_CREDENTIALS_JSON`,
-    /// `AZURE_STORAGE_ACCOUNT_KEY` or `MLFLOW_TRACKING_TOKEN`); its keys become environment
+    /// `AZURE_STORAGE_ACCOUNT_KEY`, or for MLflow `MLFLOW_TRACKING_TOKEN` or
+    /// `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`); its keys become environment
     /// variables of the fetch step only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,

@@ -9,72 +9,12 @@
 mod capture_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use capture_support::{temp_dir, unused_loopback_port};
+use capture_support::temp_dir;
+use sluice_tests::mlflow::Mlflow;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
-
-fn venv(tool: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.venv-mlflow/bin")
-        .join(tool);
-    assert!(
-        path.exists(),
-        "{} is missing: run .ci/setup (it installs mlflow)",
-        path.display()
-    );
-    path
-}
-
-/// A running `mlflow server`; killed when dropped.
-struct Mlflow {
-    child: Child,
-    uri: String,
-}
-
-impl Drop for Mlflow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_mlflow(dir: &Path) -> Mlflow {
-    let port = unused_loopback_port();
-    let child = Command::new(venv("mlflow"))
-        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--workers", "1", "--serve-artifacts"])
-        .arg("--backend-store-uri")
-        .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-        .arg("--artifacts-destination")
-        .arg(dir.join("artifacts"))
-        .stdout(std::fs::File::create(dir.join("mlflow.log")).expect("log"))
-        .stderr(std::fs::File::create(dir.join("mlflow.err")).expect("log"))
-        .spawn()
-        .expect("mlflow server starts");
-    let mut server = Mlflow {
-        child,
-        uri: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if reqwest::get(format!("{}/health", server.uri))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return server;
-        }
-        let exited = server.child.try_wait().ok().flatten().is_some();
-        assert!(
-            Instant::now() < deadline && !exited,
-            "mlflow server did not start: {}",
-            std::fs::read_to_string(dir.join("mlflow.err")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// The model folder logged: the iris example and a nested file.
 fn model_folder(dir: &Path) -> PathBuf {
@@ -124,32 +64,11 @@ fn text(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_references_arrive_through_the_tracking_server() {
     let dir = temp_dir("mlflow");
-    let server = start_mlflow(&dir).await;
+    let server = Mlflow::start(&dir).await;
     let folder = model_folder(&dir);
-    let registered = Command::new(venv("python"))
-        .arg("-c")
-        .arg(
-            "import json, sys, mlflow\n\
-             from mlflow import MlflowClient\n\
-             mlflow.set_tracking_uri(sys.argv[1])\n\
-             with mlflow.start_run() as run:\n\
-             \x20   mlflow.log_artifacts(sys.argv[2], 'model')\n\
-             c = MlflowClient()\n\
-             c.create_registered_model('iris')\n\
-             v = c.create_model_version('iris', f'{run.info.artifact_uri}/model', run_id=run.info.run_id)\n\
-             c.set_registered_model_alias('iris', 'champion', v.version)\n\
-             print(json.dumps({'run': run.info.run_id, 'version': v.version}))\n",
-        )
-        .arg(&server.uri)
-        .arg(&folder)
-        .output()
-        .expect("the MLflow client runs");
-    assert!(registered.status.success(), "{}", text(&registered));
-    let stdout = String::from_utf8_lossy(&registered.stdout);
-    let last = stdout.lines().last().expect("the client's answer");
-    let ids: serde_json::Value = serde_json::from_str(last).expect("JSON");
-    let run = ids["run"].as_str().expect("run id");
-    assert_eq!(ids["version"], "1");
+    let registered = server.register(&folder, "iris", "champion");
+    let run = registered.run.as_str();
+    assert_eq!(registered.version, "1");
 
     let tracking = ["--mlflow-tracking-uri", server.uri.as_str()];
     for (i, uri) in [

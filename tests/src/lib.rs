@@ -11,6 +11,7 @@ pub mod kubelet;
 pub mod lake;
 pub mod load;
 pub mod manifests;
+pub mod mlflow;
 pub mod models;
 pub mod object_store;
 pub mod process;

@@ -4,7 +4,9 @@
 //! (Azurite), each with the credentials a user puts in the ModelVersion's Secret. Each
 //! version's source check passes, each endpoint answers a real prediction through the
 //! gateway; a version with a wrong Azure key is `Ready=False` (`SourceUnreachable`, the 403 in
-//! the message) and its endpoint says why, within seconds, never showing the key.
+//! the message) and its endpoint says why, within seconds, never showing the key. A version
+//! named by its MLflow alias (`models:/iris@champion`) is resolved through a real MLflow
+//! tracking server and served.
 
 mod operator_support;
 
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 use sluice_tests::{
     cluster::shared,
     gateway::GatewayProcess,
+    mlflow::Mlflow,
     object_store::{AzureServer, GcsServer, base64},
     repo_root, venv_tool,
 };
@@ -285,4 +288,73 @@ async fn a_missing_secret_is_reported_and_a_created_one_is_picked_up() {
         },
     )
     .await;
+}
+
+/// A model kept in an MLflow registry, named as a data scientist names it: the version the
+/// alias `champion` points at (`models:/iris@champion`), resolved through the tracking server
+/// the ModelVersion names (`spec.source.trackingUri`, a real `mlflow server` on loopback) with
+/// the token of its Secret. The source check resolves it and publishes the location in
+/// `status.resolvedUri`; the entity pod's fetch step downloads that location through the
+/// server's artifact proxy, and the endpoint answers a real prediction through the gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mlflow_alias_is_resolved_by_the_check_and_served() {
+    let scene = Scene::with_config("mlflow", true, "").await;
+    let dir = sluice_tests::process::temp_dir("mlflow-cluster");
+    let server = Mlflow::start(&dir).await;
+    let registered = server.register(
+        &repo_root().join("examples/models/iris"),
+        "iris",
+        "champion",
+    );
+    scene
+        .apply(secret(
+            "mlflow",
+            &json!({"MLFLOW_TRACKING_TOKEN": "mlflow-token-3e7d"}),
+        ))
+        .await;
+    let mut mv = version("iris-mlflow", 1, "models:/iris@champion", Some("mlflow"));
+    mv["spec"]["source"]["trackingUri"] = json!(server.uri);
+    scene.apply(mv).await;
+    scene
+        .apply(endpoint(
+            "iris-mlflow",
+            vec![json!({"name": "main", "model": "iris-mlflow", "version": 1})],
+            &[],
+        ))
+        .await;
+    scene
+        .settled("iris-mlflow", "iris-mlflow READY", |_| true)
+        .await;
+    let status = scene
+        .versions()
+        .get("iris-mlflow")
+        .await
+        .expect("version")
+        .status
+        .expect("status");
+    let resolved = status.resolved_uri.expect("resolvedUri");
+    assert!(
+        resolved.starts_with("mlflow-artifacts:/") && resolved.contains(&registered.run),
+        "the alias's version, as the server stores it: {resolved}"
+    );
+    let reachable = condition(&status.conditions, "SourceReachable").expect("checked");
+    assert_eq!(reachable.0, "True");
+
+    let gateway = GatewayProcess::start(shared(), &shared().kubeconfig, &scene.ns).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/serving-endpoints/iris-mlflow/invocations", gateway.base);
+    let body = scene
+        .eventually("iris-mlflow: an answer through the gateway", || async {
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(IRIS)
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(response.text().await.ok()?)
+        })
+        .await;
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert!(answer["predictions"].is_array(), "{answer}");
 }

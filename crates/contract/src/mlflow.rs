@@ -1,7 +1,31 @@
-//! MLflow AI Gateway names: MLflow endpoint names may hold `_`, `.` and capitals, Kubernetes
-//! object names may not. One rule maps the first to the second, used by the importer that
-//! writes ServingEndpoints from an MLflow config and by the gateway's
-//! `/endpoints/{name}/invocations`, so an MLflow client keeps calling the names it knows.
+//! MLflow rules shared by the operator and the data plane.
+//!
+//! - AI Gateway names: MLflow endpoint names may hold `_`, `.` and capitals, Kubernetes object
+//!   names may not. One rule maps the first to the second, used by the importer that writes
+//!   ServingEndpoints from an MLflow config and by the gateway's
+//!   `/endpoints/{name}/invocations`, so an MLflow client keeps calling the names it knows.
+//! - Registry references (`models:/`, `runs:/`): the source check (`fetch --check`) says what
+//!   a reference resolved to ([`resolved_summary`]), and the operator reads it back
+//!   ([`resolved_location`]) into the ModelVersion's `status.resolvedUri`.
+
+/// Whether `uri` is a registry reference the source check resolves.
+pub fn is_reference(uri: &str) -> bool {
+    uri.starts_with("models:/") || uri.starts_with("runs:/")
+}
+
+const RESOLVED_TO: &str = " resolved to ";
+
+/// The source check's summary of a reference: `<reference> resolved to <location>: <found>`.
+pub fn resolved_summary(reference: &str, location: &str, found: &str) -> String {
+    format!("{reference}{RESOLVED_TO}{location}: {found}")
+}
+
+/// The location in a summary [`resolved_summary`] wrote.
+pub fn resolved_location(summary: &str) -> Option<&str> {
+    let (_, rest) = summary.split_once(RESOLVED_TO)?;
+    let location = rest.split_once(": ").map_or(rest, |(location, _)| location);
+    (!location.is_empty() && !location.contains(char::is_whitespace)).then_some(location)
+}
 
 /// Annotation holding the MLflow name an imported ServingEndpoint was made from.
 pub const NAME_ANNOTATION: &str = "serving.sluice.dev/mlflow-name";
@@ -28,6 +52,24 @@ pub fn endpoint_name(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resolved_location_reads_back() {
+        let summary = super::resolved_summary(
+            "models:/iris@champion",
+            "mlflow-artifacts:/1/abc/artifacts/model",
+            "readable, 3 objects, 1.2 KiB",
+        );
+        assert_eq!(
+            super::resolved_location(&summary),
+            Some("mlflow-artifacts:/1/abc/artifacts/model")
+        );
+        assert_eq!(
+            super::resolved_location("s3://b/k: readable, 1 object"),
+            None
+        );
+        assert!(super::is_reference("runs:/r/model") && !super::is_reference("s3://b/k"));
+    }
+
     use super::*;
 
     #[test]

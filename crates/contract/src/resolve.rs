@@ -76,6 +76,8 @@ pub enum EntitySource {
         artifact_uri: String,
         /// Secret with credentials for the artifact store.
         secret: Option<String>,
+        /// The MLflow tracking server of `mlflow-artifacts:` locations (`spec.source.trackingUri`).
+        tracking_uri: Option<String>,
         /// Artifact format.
         format: ModelFormat,
         /// Task.
@@ -326,6 +328,7 @@ fn registered_source(
             .and_then(|s| s.resolved_uri.clone())
             .unwrap_or_else(|| mv.spec.source.uri.clone()),
         secret: mv.spec.source.secret_ref.as_ref().map(|s| s.name.clone()),
+        tracking_uri: mv.spec.source.tracking_uri.clone(),
         format: mv.spec.format,
         task: mv.spec.task.unwrap_or(ModelTask::Predict),
         declared_task: mv.spec.task,

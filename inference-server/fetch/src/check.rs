@@ -18,10 +18,6 @@ use super::{
     stream::Transfer,
 };
 
-/// What a check's summary says between a registry reference and the location it resolved to:
-/// `models:/iris@champion resolved to s3://…/model: readable, 3 objects, 1.2 KiB`.
-pub const RESOLVED_TO: &str = "resolved to";
-
 /// What the source holds: objects (files) and their bytes (when known).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Found {
@@ -61,9 +57,8 @@ fn human(bytes: u64) -> String {
 /// holds.
 pub async fn check(args: &FetchArgs, transfer: &Transfer) -> Result<String, FetchError> {
     let shown = http::redact(&args.uri);
-    if mlflow::is_reference(&args.uri) {
-        // The operator reads the location back from `resolved to <uri>:` into the
-        // ModelVersion's `status.resolvedUri`.
+    if sluice_contract::mlflow::is_reference(&args.uri) {
+        // The operator reads the location back into the ModelVersion's `status.resolvedUri`.
         let tracking = mlflow::Tracking::from_env(args.mlflow_tracking_uri.as_deref(), &args.uri)?;
         let location = tracking.resolve(&args.uri).await?;
         let resolved = FetchArgs {
@@ -77,9 +72,10 @@ pub async fn check(args: &FetchArgs, transfer: &Transfer) -> Result<String, Fetc
             .strip_prefix(&format!("{}: ", http::redact(&location)))
             .unwrap_or(&found)
             .to_string();
-        return Ok(format!(
-            "{shown} {RESOLVED_TO} {}: {found}",
-            http::redact(&location)
+        return Ok(sluice_contract::mlflow::resolved_summary(
+            &shown,
+            &http::redact(&location),
+            &found,
         ));
     }
     if let Some(path) = mlflow::artifact_path(&args.uri) {

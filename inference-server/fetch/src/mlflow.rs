@@ -23,10 +23,7 @@ use serde_json::Value;
 use super::http::{self, CONNECT_TIMEOUT};
 use super::{FetchError, Staged, io, stream::Transfer};
 
-/// Whether `uri` is a registry reference this module resolves.
-pub fn is_reference(uri: &str) -> bool {
-    uri.starts_with("models:/") || uri.starts_with("runs:/")
-}
+pub use sluice_contract::mlflow::is_reference;
 
 /// The path inside the tracking server's artifact store that an `mlflow-artifacts:` URI names,
 /// or `None` for any other URI.
@@ -363,10 +360,6 @@ mod tests {
 
     #[test]
     fn references_and_artifact_paths_are_recognised() {
-        assert!(is_reference("models:/iris/3"));
-        assert!(is_reference("models:/iris@champion"));
-        assert!(is_reference("runs:/abc/model"));
-        assert!(!is_reference("s3://b/models/iris"));
         assert_eq!(
             artifact_path("mlflow-artifacts:/1/abc/artifacts/model"),
             Some("1/abc/artifacts/model")

@@ -397,6 +397,7 @@ pub async fn start(
             let EntitySource::Registered {
                 artifact_uri,
                 sha256,
+                tracking_uri,
                 format,
                 declared_task,
                 signature,
@@ -421,7 +422,7 @@ pub async fn start(
                     uri: artifact_uri.clone(),
                     dest: model_dir.clone(),
                     pvc_root: pvc_root.to_path_buf(),
-                    mlflow_tracking_uri: None,
+                    mlflow_tracking_uri: tracking_uri.clone(),
                 },
                 &options,
             )

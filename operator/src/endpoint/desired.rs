@@ -116,6 +116,7 @@ pub fn build(
         model,
         version,
         sha256,
+        tracking_uri,
         ..
     } = &entity.source
     else {
@@ -142,6 +143,7 @@ pub fn build(
         artifact_uri,
         secret.as_deref(),
         sha256.as_deref(),
+        tracking_uri.as_deref(),
     );
     volumes.extend(source_volumes);
     // A container that fails says why in its status: its termination message (fetch writes
@@ -544,6 +546,7 @@ pub fn fetch_step(
     uri: &str,
     secret: Option<&str>,
     sha256: Option<&str>,
+    tracking_uri: Option<&str>,
 ) -> (Container, Vec<Volume>) {
     let mut fetch = fetch_container(image, uri, secret);
     fetch.termination_message_policy = Some("FallbackToLogsOnError".into());
@@ -559,6 +562,9 @@ pub fn fetch_step(
     }
     if let (Some(digest), Some(args)) = (sha256, fetch.args.as_mut()) {
         args.extend(strings(&["--sha256", digest]));
+    }
+    if let (Some(tracking), Some(args)) = (tracking_uri, fetch.args.as_mut()) {
+        args.extend(strings(&["--mlflow-tracking-uri", tracking]));
     }
     (fetch, volumes)
 }

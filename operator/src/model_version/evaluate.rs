@@ -8,6 +8,7 @@ use sluice_crds::{ModelFormat, ModelTask, ModelVersion, ModelVersionStatus};
 
 use super::source_check::{SOURCE_REACHABLE, Verdict};
 use sluice_contract::claim::ClaimUri;
+use sluice_contract::mlflow;
 use sluice_contract::resolve::alias_claims;
 
 use crate::conditions::{self, Desired, Status};
@@ -56,17 +57,31 @@ pub fn evaluate(
     ModelVersionStatus {
         observed_generation: mv.metadata.generation,
         conditions: conditions::merge(previous, &desired, mv.metadata.generation, now),
-        resolved_uri: Some(mv.spec.source.uri.clone()),
+        resolved_uri: resolved_uri(mv, source),
         effective_aliases,
+    }
+}
+
+/// The location pods fetch: a registry reference's, once the source check resolved it (until
+/// then none, and the version is not Ready); any other source as it is.
+fn resolved_uri(mv: &ModelVersion, source: &Verdict) -> Option<String> {
+    let uri = &mv.spec.source.uri;
+    if !mlflow::is_reference(uri) {
+        return Some(uri.clone());
+    }
+    match source {
+        Verdict::Reachable(found) => mlflow::resolved_location(found).map(str::to_string),
+        _ => None,
     }
 }
 
 /// Why `uri` is a source the API accepts but this version's fetch step cannot read.
 fn unsupported_source(uri: &str) -> Option<String> {
-    if uri.starts_with("models:/") || uri.starts_with("mlflow://") {
+    if uri.starts_with("mlflow://") {
         return Some(format!(
-            "spec.source.uri {uri}: registry references (models:/, mlflow://) are not resolved \
-             by this version of Sluice; register the artifact's own location (s3://, gs://, \
+            "spec.source.uri {uri}: mlflow:// references are not resolved by this version of \
+             Sluice; name the version as models:/<model>/<version> (or @<alias>) with \
+             spec.source.trackingUri, or register the artifact's own location (s3://, gs://, \
              az://, https://, pvc://)"
         ));
     }
@@ -165,15 +180,29 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
             format!("the source check failed: {error}"),
         );
     }
+    let Some(location) = resolved_uri(mv, source) else {
+        // A reference is served only once resolved: pods fetch the location it named then,
+        // not whatever it names when each pod starts.
+        return Desired {
+            type_: READY,
+            status: Status::Unknown,
+            reason: "Resolving",
+            message: format!(
+                "the source check resolves {} through the MLflow tracking server",
+                mv.spec.source.uri
+            ),
+        };
+    };
+    let shown = if location == mv.spec.source.uri {
+        location
+    } else {
+        format!("{location} ({})", mv.spec.source.uri)
+    };
     Desired {
         type_: READY,
         status: Status::True,
         reason: "Checked",
-        message: format!(
-            "{} artifact at {}",
-            format_name(mv.spec.format),
-            mv.spec.source.uri
-        ),
+        message: format!("{} artifact at {shown}", format_name(mv.spec.format)),
     }
 }
 
@@ -341,11 +370,7 @@ mod tests {
 
     #[test]
     fn sources_the_fetch_step_cannot_read_are_not_ready() {
-        for uri in [
-            "models:/fraud/3",
-            "mlflow://registry/fraud/3",
-            "file:///models/fraud",
-        ] {
+        for uri in ["mlflow://registry/fraud/3", "file:///models/fraud"] {
             let mut mv = version("fraud-3", 3, "");
             mv.spec.source.uri = uri.into();
             let s = evaluate(&mv, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
@@ -357,6 +382,48 @@ mod tests {
             );
             assert!(ready.message.contains(uri), "{}", ready.message);
         }
+    }
+
+    #[test]
+    fn a_registry_reference_is_ready_once_resolved_and_serves_the_location() {
+        let mut mv = version("fraud-3", 3, "");
+        mv.spec.source.uri = "models:/fraud@champion".into();
+        let s = evaluate(&mv, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("Unknown", "Resolving")
+        );
+        assert_eq!(
+            s.resolved_uri, None,
+            "nothing to fetch before it is resolved"
+        );
+        let found = sluice_contract::mlflow::resolved_summary(
+            "models:/fraud@champion",
+            "mlflow-artifacts:/1/r/artifacts/model",
+            "readable, 2 objects, 3 KiB",
+        );
+        let s = evaluate(&mv, &[], &Verdict::Reachable(found), Timestamp::UNIX_EPOCH);
+        let ready = condition(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Checked")
+        );
+        assert!(
+            ready
+                .message
+                .contains("mlflow-artifacts:/1/r/artifacts/model (models:/fraud@champion)"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            s.resolved_uri.as_deref(),
+            Some("mlflow-artifacts:/1/r/artifacts/model")
+        );
+        let failed =
+            Verdict::Unreachable("fetching models:/fraud@champion through MLflow: no".into());
+        let s = evaluate(&mv, &[], &failed, Timestamp::UNIX_EPOCH);
+        assert_eq!(condition(&s, READY).reason, "SourceUnreachable");
     }
 
     #[test]

@@ -50,16 +50,21 @@ pub enum Verdict {
     SecretMissing(String),
 }
 
-/// The Job's name: the version's, and a hash of what the check depends on (the URI and the
-/// Secret's name). The operator never reads Secrets, not even their metadata, so a Secret
+/// The Job's name: the version's, and a hash of what the check depends on (the URI, the
+/// Secret's name and the tracking server). The operator never reads Secrets, not even their metadata, so a Secret
 /// changed under the same name is picked up by the next run of a failed check
 /// ([`RECHECK_AFTER`]); a check waiting for a missing Secret runs once the Secret exists.
 pub fn job_name(mv: &ModelVersion) -> String {
-    let key = format!(
+    let mut key = format!(
         "{}|{:?}",
         mv.spec.source.uri,
         mv.spec.source.secret_ref.as_ref().map(|s| &s.name),
     );
+    // Only when set: the names of existing checks stay as they were.
+    if let Some(tracking) = &mv.spec.source.tracking_uri {
+        key.push('|');
+        key.push_str(tracking);
+    }
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -86,7 +91,13 @@ pub fn job(mv: &ModelVersion, name: &str, image: &str) -> Option<Job> {
         (LABEL_MODEL_VERSION.to_string(), mv.name_any()),
     ]);
     let secret = mv.spec.source.secret_ref.as_ref().map(|s| s.name.as_str());
-    let (mut check, source_volumes) = fetch_step(image, &mv.spec.source.uri, secret, None);
+    let (mut check, source_volumes) = fetch_step(
+        image,
+        &mv.spec.source.uri,
+        secret,
+        None,
+        mv.spec.source.tracking_uri.as_deref(),
+    );
     check.name = "check".into();
     if let Some(args) = check.args.as_mut() {
         args.push("--check".into());
@@ -247,6 +258,20 @@ mod tests {
             name: "other-store".into(),
         });
         assert_ne!(name, job_name(&other), "another Secret, another check");
+        let mut tracked = version.clone();
+        tracked.spec.source.uri = "models:/fraud@champion".into();
+        tracked.spec.source.tracking_uri = Some("http://127.0.0.1:5000".into());
+        let tracked_job = job(&tracked, &job_name(&tracked), "img@sha256:1").expect("job");
+        let tracked_pod = tracked_job.spec.expect("spec").template.spec.expect("pod");
+        assert!(
+            tracked_pod.containers[0]
+                .args
+                .as_ref()
+                .expect("args")
+                .join(" ")
+                .ends_with("--mlflow-tracking-uri http://127.0.0.1:5000 --check"),
+            "the check resolves through the version's tracking server"
+        );
         let job = job(&version, &name, "img@sha256:1").expect("job");
         let pod = job.spec.expect("spec").template.spec.expect("pod");
         let check = &pod.containers[0];

@@ -1,0 +1,128 @@
+//! A real MLflow tracking and registry server (`mlflow server --serve-artifacts` from
+//! `.venv-mlflow`, which `.ci/setup` makes) on loopback, and the MLflow Python client to
+//! register models in it, as a data scientist would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::process::unused_loopback_port;
+use crate::repo_root;
+
+/// A tool of `.venv-mlflow` (`mlflow`, `python`).
+pub fn tool(name: &str) -> PathBuf {
+    let path = repo_root().join(".venv-mlflow/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/setup (it installs mlflow)",
+        path.display()
+    );
+    path
+}
+
+/// A running `mlflow server`; killed when dropped.
+pub struct Mlflow {
+    child: Child,
+    /// Its tracking URI (`http://127.0.0.1:<port>`).
+    pub uri: String,
+    dir: PathBuf,
+}
+
+/// A model version registered by [`Mlflow::register`].
+#[derive(Debug)]
+pub struct Registered {
+    /// The run that logged the artifacts.
+    pub run: String,
+    /// The registered version (`"1"` for the first).
+    pub version: String,
+}
+
+impl Mlflow {
+    /// Starts a server keeping its store and artifacts under `dir`; waits until `/health`
+    /// answers.
+    pub async fn start(dir: &Path) -> Mlflow {
+        let port = unused_loopback_port();
+        let child = Command::new(tool("mlflow"))
+            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--workers", "1", "--serve-artifacts"])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .stdout(std::fs::File::create(dir.join("mlflow.log")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("mlflow.err")).expect("log"))
+            .spawn()
+            .expect("mlflow server starts");
+        let mut server = Mlflow {
+            child,
+            uri: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if reqwest::get(format!("{}/health", server.uri))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return server;
+            }
+            let exited = server.child.try_wait().ok().flatten().is_some();
+            assert!(
+                Instant::now() < deadline && !exited,
+                "mlflow server did not start: {}",
+                server.errors()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mlflow.err")).unwrap_or_default()
+    }
+
+    /// Logs `folder` as the artifacts `model` of a new run, registers it as the next version
+    /// of `name`, and points `alias` at that version, with the MLflow Python client.
+    pub fn register(&self, folder: &Path, name: &str, alias: &str) -> Registered {
+        let out = Command::new(tool("python"))
+            .arg("-c")
+            .arg(
+                "import json, sys, mlflow\n\
+                 from mlflow import MlflowClient\n\
+                 uri, folder, name, alias = sys.argv[1:5]\n\
+                 mlflow.set_tracking_uri(uri)\n\
+                 with mlflow.start_run() as run:\n\
+                 \x20   mlflow.log_artifacts(folder, 'model')\n\
+                 c = MlflowClient()\n\
+                 if not c.search_registered_models(f\"name='{name}'\"):\n\
+                 \x20   c.create_registered_model(name)\n\
+                 v = c.create_model_version(name, f'{run.info.artifact_uri}/model', run_id=run.info.run_id)\n\
+                 c.set_registered_model_alias(name, alias, v.version)\n\
+                 print(json.dumps({'run': run.info.run_id, 'version': v.version}))\n",
+            )
+            .arg(&self.uri)
+            .arg(folder)
+            .args([name, alias])
+            .output()
+            .expect("the MLflow client runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "registering {name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = text.lines().last().expect("the client's answer");
+        let ids: serde_json::Value = serde_json::from_str(last).expect("JSON");
+        Registered {
+            run: ids["run"].as_str().expect("run").to_string(),
+            version: ids["version"].as_str().expect("version").to_string(),
+        }
+    }
+}
+
+impl Drop for Mlflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
