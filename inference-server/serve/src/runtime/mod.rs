@@ -11,6 +11,7 @@
 pub mod embeddings;
 pub mod llm;
 pub mod onnx;
+mod onnx_ml;
 pub mod prompt;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use super::onnx_ml::{self, Labels};
 use super::{LoadContext, LoadError};
 use crate::batcher::Batcher;
 use crate::model_dir::{ModelSignature, ModelSpec};
@@ -82,10 +83,13 @@ impl Column {
     }
 
     fn push(&mut self, value: &Value) -> Result<(), String> {
-        let number = || {
-            value
+        // A missing value (`null`) of a float input is NaN, as pandas reads it for MLflow's
+        // scoring server (an imputer in the graph fills it in).
+        let number = || match value {
+            Value::Null => Ok(f64::NAN),
+            _ => value
                 .as_f64()
-                .ok_or_else(|| format!("expected a number, got {}", json_kind(value)))
+                .ok_or_else(|| format!("expected a number, got {}", json_kind(value))),
         };
         let integer = || {
             value
@@ -301,7 +305,15 @@ fn flatten(value: &Value) -> Vec<Value> {
     }
 }
 
-fn load_graph(path: &Path) -> Result<(Plan, Vec<GraphInput>, Vec<String>), LoadError> {
+/// One output of the graph.
+#[derive(Clone, Debug)]
+struct GraphOutput {
+    name: String,
+    /// A `ZipMap`'s output: each row answered as `{label: probability}`.
+    zip_map: Option<Labels>,
+}
+
+fn load_graph(path: &Path) -> Result<(Plan, Vec<GraphInput>, Vec<GraphOutput>), LoadError> {
     let invalid = |message: String| LoadError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -312,8 +324,13 @@ fn load_graph(path: &Path) -> Result<(Plan, Vec<GraphInput>, Vec<String>), LoadE
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
+    let onnx = onnx_ml::onnx();
+    let proto = onnx
+        .proto_model_for_path(path)
+        .map_err(|error| invalid(format!("not an ONNX model: {error:#}")))?;
+    let zip_maps = onnx_ml::zip_maps(&proto);
+    let model = onnx
+        .model_for_proto_model(&proto)
         .and_then(with_symbolic_batch)
         .and_then(|model| model.into_optimized())
         .map_err(|error| invalid(format!("not a graph tract can run: {error:#}")))?;
@@ -344,9 +361,11 @@ fn load_graph(path: &Path) -> Result<(Plan, Vec<GraphInput>, Vec<String>), LoadE
         .iter()
         .map(|outlet| {
             // The graph's own output names (`label`, `probabilities`) survive as outlet labels.
-            model
+            let name = model
                 .outlet_label(*outlet)
-                .map_or_else(|| model.node(outlet.node).name.clone(), str::to_string)
+                .map_or_else(|| model.node(outlet.node).name.clone(), str::to_string);
+            let zip_map = zip_maps.get(&name).cloned();
+            GraphOutput { name, zip_map }
         })
         .collect();
     let plan = model
@@ -379,7 +398,7 @@ fn with_symbolic_batch(mut model: InferenceModel) -> TractResult<InferenceModel>
 fn run_batch(
     plan: &Plan,
     inputs: &[GraphInput],
-    outputs: &[String],
+    outputs: &[GraphOutput],
     jobs: Vec<OnnxJob>,
 ) -> Vec<Result<Vec<Value>, ApiError>> {
     let sizes: Vec<usize> = jobs.iter().map(|job| job.rows).collect();
@@ -429,7 +448,7 @@ fn split(predictions: Vec<Value>, sizes: &[usize]) -> Vec<Result<Vec<Value>, Api
 fn run_job(
     plan: &Plan,
     inputs: &[GraphInput],
-    outputs: &[String],
+    outputs: &[GraphOutput],
     job: OnnxJob,
 ) -> Result<Vec<Value>, ApiError> {
     let rows = job.rows;
@@ -454,20 +473,41 @@ fn run_job(
         .map_err(|error| ApiError::internal(format!("the ONNX graph failed: {error:#}")))?;
     let per_output: Vec<Vec<Value>> = results
         .iter()
-        .map(|tensor| tensor_rows(tensor, rows))
-        .collect::<Result<_, _>>()?;
+        .zip(outputs)
+        .map(|(tensor, output)| {
+            let rows = tensor_rows(tensor, rows)?;
+            Ok(match &output.zip_map {
+                Some(labels) => rows.into_iter().map(|row| zipped(row, labels)).collect(),
+                None => rows,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
     Ok((0..rows)
         .map(|row| match per_output.as_slice() {
             [only] => only[row].clone(),
             several => Value::Object(
                 outputs
                     .iter()
-                    .cloned()
+                    .map(|output| output.name.clone())
                     .zip(several.iter().map(|values| values[row].clone()))
                     .collect::<Map<_, _>>(),
             ),
         })
         .collect())
+}
+
+/// A row of probabilities as `{label: probability}`, as a `ZipMap` makes it.
+fn zipped(row: Value, labels: &Labels) -> Value {
+    match row {
+        Value::Array(values) => Value::Object(
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(index, value)| (labels.key(index), value))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn column_len(column: &Column) -> usize {
@@ -506,6 +546,8 @@ fn tensor_rows(tensor: &Tensor, rows: usize) -> Result<Vec<Value>, ApiError> {
     let flat: Vec<Value> = match tensor.datum_type() {
         DatumType::Bool => values::<bool>(tensor, |&v| Value::Bool(v))?,
         DatumType::String => values::<String>(tensor, |v| Value::String(v.clone()))?,
+        // Integers tract computes symbolically (a classifier's labels after a `Cast`).
+        DatumType::TDim => values::<i64>(cast(DatumType::I64)?.as_ref(), |&v| Value::from(v))?,
         datum if datum.is_float() => {
             values::<f64>(cast(DatumType::F64)?.as_ref(), |&v| Value::from(v))?
         }

@@ -1,0 +1,637 @@
+//! The `ai.onnx.ml` operators converters emit by default that tract-onnx does not load, added
+//! to its ONNX loader ([`onnx`]): `TreeEnsembleRegressor` (every forest and gradient-boosting
+//! regressor of skl2onnx and onnxmltools), `ZipMap` (every scikit-learn classifier converted
+//! with default options), `Scaler` (`StandardScaler`, `MinMaxScaler`, …), `Imputer`
+//! (`SimpleImputer`) and `Binarizer`. tract already has `TreeEnsembleClassifier`,
+//! `LinearClassifier`, `LinearRegressor`, `Normalizer`, `CategoryMapper` and
+//! `ArrayFeatureExtractor`.
+//!
+//! `ZipMap` turns a probability tensor into one `{label: probability}` map per row, a type
+//! tract has no tensor for: it loads as the identity, and [`zip_maps`] names the outputs whose
+//! rows the runtime answers as maps (as onnxruntime and MLflow's scoring server do).
+//!
+//! Each operator is checked against onnxruntime on models skl2onnx converts
+//! (`inference-server/tests/serve_onnx_ml.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::{self, NodeProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::math::{add, mul, sub};
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
+use tract_onnx_opl::ml::tree::{Aggregate, Cmp, TreeEnsemble, TreeEnsembleData};
+use tract_onnx_opl::ml::tree_ensemble_classifier::TreeEnsembleClassifier as EnsembleScores;
+
+/// tract's ONNX loader with the operators of this module.
+pub fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert("TreeEnsembleRegressor", tree_regressor);
+    onnx.op_register.insert("ZipMap", zip_map);
+    onnx.op_register.insert("Scaler", scaler);
+    onnx.op_register.insert("Imputer", imputer);
+    onnx.op_register.insert("Binarizer", binarizer);
+    onnx
+}
+
+/// The labels of a `ZipMap`'s maps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    /// `classlabels_int64s`.
+    Ints(Vec<i64>),
+    /// `classlabels_strings`.
+    Strings(Vec<String>),
+}
+
+impl Labels {
+    /// The map key of column `index`.
+    pub fn key(&self, index: usize) -> String {
+        match self {
+            Self::Ints(labels) => labels.get(index).map(i64::to_string),
+            Self::Strings(labels) => labels.get(index).cloned(),
+        }
+        .unwrap_or_else(|| index.to_string())
+    }
+}
+
+/// The outputs of `model` that a `ZipMap` makes, by name, with their labels.
+pub fn zip_maps(model: &pb::ModelProto) -> HashMap<String, Labels> {
+    let Some(graph) = model.graph.as_ref() else {
+        return HashMap::new();
+    };
+    graph
+        .node
+        .iter()
+        .filter(|node| node.op_type == "ZipMap")
+        .filter_map(|node| {
+            let output = node.output.first()?.clone();
+            let labels = match node.get_attr_opt_vec::<i64>("classlabels_int64s").ok()? {
+                Some(ints) => Labels::Ints(ints),
+                None => Labels::Strings(
+                    node.get_attr_opt_vec::<String>("classlabels_strings")
+                        .ok()??,
+                ),
+            };
+            Some((output, labels))
+        })
+        .collect()
+}
+
+// ---- TreeEnsembleRegressor ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct TreeRegressor {
+    ensemble: TreeEnsemble,
+    base_values: Option<Arc<Tensor>>,
+}
+
+fn tree_regressor(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    for unsupported in [
+        "nodes_values_as_tensor",
+        "target_weights_as_tensor",
+        "base_values_as_tensor",
+        "nodes_hitrates_as_tensor",
+    ] {
+        ensure!(
+            node.get_attr_opt::<&str>(unsupported)
+                .ok()
+                .flatten()
+                .is_none()
+                && !node.attribute.iter().any(|a| a.name == unsupported),
+            "TreeEnsembleRegressor: attribute {unsupported} (double precision) is not supported"
+        );
+    }
+    let post: String = node
+        .get_attr_opt("post_transform")?
+        .unwrap_or_else(|| "NONE".into());
+    ensure!(
+        post == "NONE",
+        "TreeEnsembleRegressor: post_transform {post} is not supported (only NONE)"
+    );
+    let aggregate = match node
+        .get_attr_opt::<String>("aggregate_function")?
+        .as_deref()
+        .unwrap_or("SUM")
+    {
+        "SUM" => Aggregate::Sum,
+        "AVERAGE" => Aggregate::Avg,
+        other => bail!(
+            "TreeEnsembleRegressor: aggregate_function {other} is not supported (SUM, AVERAGE)"
+        ),
+    };
+    let n_targets: usize = node
+        .get_attr_opt::<i64>("n_targets")?
+        .unwrap_or(1)
+        .try_into()?;
+    let ensemble = ensemble(node, n_targets, aggregate)?;
+    let base_values = node
+        .get_attr_opt_vec::<f32>("base_values")?
+        .map(|values| -> TractResult<Arc<Tensor>> {
+            ensure!(
+                values.len() == n_targets,
+                "TreeEnsembleRegressor: base_values has {} values for {n_targets} targets",
+                values.len()
+            );
+            Ok(tensor1(&values)
+                .into_shape(&[1, n_targets])?
+                .into_arc_tensor())
+        })
+        .transpose()?;
+    Ok((
+        expand(TreeRegressor {
+            ensemble,
+            base_values,
+        }),
+        vec![],
+    ))
+}
+
+/// The trees of a regressor's attributes, in the table layout tract's evaluator walks: a row of
+/// five `u32` per node (branch: feature, true row, false row, threshold bits, comparison with
+/// `0x100` when NaN goes true; leaf: first and end index of its weights), each tree's root row,
+/// and `(target, weight bits)` pairs.
+fn ensemble(node: &NodeProto, n_targets: usize, aggregate: Aggregate) -> TractResult<TreeEnsemble> {
+    let ints = |name: &str| -> TractResult<Vec<usize>> {
+        node.get_attr_vec::<i64>(name)?
+            .into_iter()
+            .map(|v| usize::try_from(v).map_err(|_| format_err!("{name}: negative value {v}")))
+            .collect()
+    };
+    let tree_ids = ints("nodes_treeids")?;
+    let node_ids = ints("nodes_nodeids")?;
+    let features = ints("nodes_featureids")?;
+    let trues = ints("nodes_truenodeids")?;
+    let falses = ints("nodes_falsenodeids")?;
+    let values = node.get_attr_vec::<f32>("nodes_values")?;
+    let modes = node.get_attr_vec::<String>("nodes_modes")?;
+    let n = tree_ids.len();
+    ensure!(n > 0, "TreeEnsembleRegressor: no nodes");
+    for (name, len) in [
+        ("nodes_nodeids", node_ids.len()),
+        ("nodes_featureids", features.len()),
+        ("nodes_truenodeids", trues.len()),
+        ("nodes_falsenodeids", falses.len()),
+        ("nodes_values", values.len()),
+        ("nodes_modes", modes.len()),
+    ] {
+        ensure!(
+            len == n,
+            "TreeEnsembleRegressor: {name} has {len} values for {n} nodes"
+        );
+    }
+    let nan_true = node
+        .get_attr_opt_vec::<i64>("nodes_missing_value_tracks_true")?
+        .unwrap_or_else(|| vec![0; n]);
+    let leaf_trees = ints("target_treeids")?;
+    let leaf_nodes = ints("target_nodeids")?;
+    let leaf_targets = ints("target_ids")?;
+    let leaf_weights = node.get_attr_vec::<f32>("target_weights")?;
+    ensure!(
+        leaf_nodes.len() == leaf_trees.len()
+            && leaf_targets.len() == leaf_trees.len()
+            && leaf_weights.len() == leaf_trees.len(),
+        "TreeEnsembleRegressor: target_* attributes differ in length"
+    );
+    ensure!(
+        leaf_targets.iter().all(|&t| t < n_targets),
+        "TreeEnsembleRegressor: a target id is not below n_targets ({n_targets})"
+    );
+    // Rows ordered by tree then node id; each (tree, node) found by its row.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (tree_ids[i], node_ids[i]));
+    let row_of: HashMap<(usize, usize), u32> = order
+        .iter()
+        .enumerate()
+        .map(|(row, &i)| Ok(((tree_ids[i], node_ids[i]), u32::try_from(row)?)))
+        .collect::<TractResult<_>>()?;
+    let mut weights: BTreeMap<(usize, usize), Vec<(u32, u32)>> = BTreeMap::new();
+    for i in 0..leaf_trees.len() {
+        weights
+            .entry((leaf_trees[i], leaf_nodes[i]))
+            .or_default()
+            .push((u32::try_from(leaf_targets[i])?, leaf_weights[i].to_bits()));
+    }
+    let (mut trees, mut rows, mut leaves) =
+        (Vec::<u32>::new(), Vec::<u32>::new(), Vec::<u32>::new());
+    let mut current = None;
+    for (row, &i) in order.iter().enumerate() {
+        let tree = tree_ids[i];
+        if current != Some(tree) {
+            current = Some(tree);
+            trees.push(u32::try_from(row)?);
+        }
+        let child = |id: usize| {
+            row_of.get(&(tree, id)).copied().ok_or_else(|| {
+                format_err!(
+                    "TreeEnsembleRegressor: tree {tree} node {} names missing node {id}",
+                    node_ids[i]
+                )
+            })
+        };
+        let (cmp, swap) = match modes[i].as_str() {
+            "LEAF" => {
+                let start = u32::try_from(leaves.len() / 2)?;
+                for (target, weight) in weights.get(&(tree, node_ids[i])).into_iter().flatten() {
+                    leaves.extend([*target, *weight]);
+                }
+                rows.extend([start, u32::try_from(leaves.len() / 2)?, 0, 0, 0]);
+                continue;
+            }
+            "BRANCH_LEQ" => (Cmp::LessEqual, false),
+            "BRANCH_LT" => (Cmp::Less, false),
+            // `x >= v` is "not x < v", `x > v` is "not x <= v": the same rows with the
+            // children swapped (and NaN's way kept).
+            "BRANCH_GTE" => (Cmp::Less, true),
+            "BRANCH_GT" => (Cmp::LessEqual, true),
+            "BRANCH_EQ" => (Cmp::Equal, false),
+            "BRANCH_NEQ" => (Cmp::NotEqual, false),
+            other => bail!("TreeEnsembleRegressor: node mode {other} is not supported"),
+        };
+        let (yes, no) = (child(trues[i])?, child(falses[i])?);
+        let (yes, no) = if swap { (no, yes) } else { (yes, no) };
+        let nan_goes_true = nan_true.get(i).copied().unwrap_or(0) != 0;
+        let nan_flag = if nan_goes_true != swap { 0x100 } else { 0 };
+        rows.extend([
+            u32::try_from(features[i])?,
+            yes,
+            no,
+            values[i].to_bits(),
+            u32::from(cmp.to_u8()) | nan_flag,
+        ]);
+    }
+    let data = TreeEnsembleData {
+        trees: rctensor1(&trees),
+        nodes: tensor1(&rows)
+            .into_shape(&[rows.len() / 5, 5])?
+            .into_arc_tensor(),
+        leaves: tensor1(&leaves)
+            .into_shape(&[leaves.len() / 2, 2])?
+            .into_arc_tensor(),
+    };
+    let max_feature = features.iter().copied().max().unwrap_or(0);
+    TreeEnsemble::build(data, max_feature, n_targets, aggregate)
+}
+
+impl Expansion for TreeRegressor {
+    fn name(&self) -> StaticName {
+        "TreeEnsembleRegressor".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&outputs[0].rank, 2)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], self.ensemble.n_classes().to_dim())?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = as_f32(prefix, model, inputs[0])?;
+        let scores = model.wire_node(
+            format!("{prefix}.trees"),
+            EnsembleScores {
+                ensemble: self.ensemble.clone(),
+            },
+            &[x],
+        )?;
+        match &self.base_values {
+            None => Ok(scores),
+            Some(base) => {
+                let base = model.add_const(format!("{prefix}.base_values"), base.clone())?;
+                wire_with_rank_broadcast(
+                    format!("{prefix}.add_base"),
+                    model,
+                    add(),
+                    &[scores[0], base],
+                )
+            }
+        }
+    }
+}
+
+fn as_f32(prefix: &str, model: &mut TypedModel, x: OutletId) -> TractResult<OutletId> {
+    if model.outlet_fact(x)?.datum_type == f32::datum_type() {
+        return Ok(x);
+    }
+    Ok(model.wire_node(
+        format!("{prefix}.to_f32"),
+        tract_onnx::tract_core::ops::cast::cast(f32::datum_type()),
+        &[x],
+    )?[0])
+}
+
+// ---- ZipMap -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct ZipMap;
+
+fn zip_map(
+    _ctx: &ParsingContext,
+    _node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((expand(ZipMap), vec![]))
+}
+
+impl Expansion for ZipMap {
+    fn name(&self) -> StaticName {
+        "ZipMap".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        // The probabilities themselves; the runtime answers each row as a map.
+        model.wire_node(
+            format!("{prefix}.probabilities"),
+            tract_onnx::tract_core::ops::identity::Identity,
+            inputs,
+        )
+    }
+}
+
+// ---- Scaler -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Scaler {
+    offset: Arc<Tensor>,
+    scale: Arc<Tensor>,
+}
+
+/// Per-feature values of `name` as a `[1, n]` tensor (`[1]` for one value), or `default`.
+fn per_feature(node: &NodeProto, name: &str, default: f32) -> TractResult<Arc<Tensor>> {
+    let values = node
+        .get_attr_opt_vec::<f32>(name)?
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vec![default]);
+    let len = values.len();
+    Ok(tensor1(&values).into_shape(&[1, len])?.into_arc_tensor())
+}
+
+fn scaler(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((
+        expand(Scaler {
+            offset: per_feature(node, "offset", 0.0)?,
+            scale: per_feature(node, "scale", 1.0)?,
+        }),
+        vec![],
+    ))
+}
+
+impl Expansion for Scaler {
+    fn name(&self) -> StaticName {
+        "Scaler".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = as_f32(prefix, model, inputs[0])?;
+        let offset = model.add_const(format!("{prefix}.offset"), self.offset.clone())?;
+        let scale = model.add_const(format!("{prefix}.scale"), self.scale.clone())?;
+        let centred =
+            wire_with_rank_broadcast(format!("{prefix}.sub"), model, sub(), &[x, offset])?;
+        wire_with_rank_broadcast(format!("{prefix}.mul"), model, mul(), &[centred[0], scale])
+    }
+}
+
+// ---- Imputer and Binarizer: element-wise ----------------------------------------------------
+
+/// What an element-wise op does to each `f32`.
+#[derive(Debug, Clone, PartialEq)]
+enum Elementwise {
+    /// `Imputer`: a value equal to `replaced` (NaN matching NaN) becomes its feature's
+    /// `imputed` value (one value for all features, or one per feature).
+    Impute { replaced: f32, imputed: Vec<f32> },
+    /// `Binarizer`: 1 above `threshold`, else 0.
+    Binarize { threshold: f32 },
+}
+
+impl std::hash::Hash for Elementwise {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Impute { replaced, imputed } => {
+                0u8.hash(state);
+                replaced.to_bits().hash(state);
+                imputed.iter().for_each(|v| v.to_bits().hash(state));
+            }
+            Self::Binarize { threshold } => {
+                1u8.hash(state);
+                threshold.to_bits().hash(state);
+            }
+        }
+    }
+}
+
+impl Eq for Elementwise {}
+
+impl Elementwise {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Impute { .. } => "Imputer",
+            Self::Binarize { .. } => "Binarizer",
+        }
+    }
+
+    /// Applies the op to `values`, whose last axis has `features` entries.
+    fn apply(&self, values: &mut [f32], features: usize) {
+        match self {
+            Self::Impute { replaced, imputed } => {
+                for (i, value) in values.iter_mut().enumerate() {
+                    let hit = if replaced.is_nan() {
+                        value.is_nan()
+                    } else {
+                        *value == *replaced
+                    };
+                    if hit {
+                        *value = if imputed.len() == 1 {
+                            imputed[0]
+                        } else {
+                            imputed[i % features.max(1)]
+                        };
+                    }
+                }
+            }
+            Self::Binarize { threshold } => {
+                for value in values.iter_mut() {
+                    *value = if *value > *threshold { 1.0 } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+fn imputer(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    ensure!(
+        node.get_attr_opt_vec::<i64>("imputed_value_int64s")?
+            .is_none_or(|v| v.is_empty()),
+        "Imputer: integer imputation (imputed_value_int64s) is not supported"
+    );
+    let imputed = node
+        .get_attr_opt_vec::<f32>("imputed_value_floats")?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format_err!("Imputer: imputed_value_floats is missing"))?;
+    let replaced = node
+        .get_attr_opt::<f32>("replaced_value_float")?
+        .unwrap_or(f32::NAN);
+    Ok((
+        expand(ElementwiseExpansion(Elementwise::Impute {
+            replaced,
+            imputed,
+        })),
+        vec![],
+    ))
+}
+
+fn binarizer(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let threshold = node.get_attr_opt::<f32>("threshold")?.unwrap_or(0.0);
+    Ok((
+        expand(ElementwiseExpansion(Elementwise::Binarize { threshold })),
+        vec![],
+    ))
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct ElementwiseExpansion(Elementwise);
+
+impl Expansion for ElementwiseExpansion {
+    fn name(&self) -> StaticName {
+        self.0.name().into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = as_f32(prefix, model, inputs[0])?;
+        model.wire_node(prefix, ElementwiseOp(self.0.clone()), &[x])
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct ElementwiseOp(Elementwise);
+
+impl Op for ElementwiseOp {
+    fn name(&self) -> StaticName {
+        self.0.name().into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ElementwiseOp {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let mut tensor = input.into_tensor().cast_to::<f32>()?.into_owned();
+        let features = tensor.shape().last().copied().unwrap_or(1);
+        let mut view = tensor.to_plain_array_view_mut::<f32>()?;
+        let values = view
+            .as_slice_mut()
+            .ok_or_else(|| format_err!("{}: the input is not contiguous", self.0.name()))?;
+        self.0.apply(values, features);
+        Ok(tvec!(tensor.into_tvalue()))
+    }
+}
+
+impl TypedOp for ElementwiseOp {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_ops_follow_the_onnx_ml_definitions() {
+        let mut values = [1.0, f32::NAN, f32::NAN, 4.0];
+        Elementwise::Impute {
+            replaced: f32::NAN,
+            imputed: vec![10.0, 20.0],
+        }
+        .apply(&mut values, 2);
+        assert_eq!(values, [1.0, 20.0, 10.0, 4.0]);
+        let mut values = [0.5, 1.5, -2.0];
+        Elementwise::Binarize { threshold: 1.0 }.apply(&mut values, 3);
+        assert_eq!(values, [0.0, 1.0, 0.0]);
+        assert_eq!(Labels::Ints(vec![3, 7]).key(1), "7");
+        assert_eq!(Labels::Strings(vec!["a".into()]).key(0), "a");
+    }
+}

@@ -1,0 +1,100 @@
+//! ONNX models as users export them from scikit-learn (skl2onnx, default options), served by
+//! the builtin runtime: `tests/onnx_ml/convert.py` (in `.venv-mlflow`, with skl2onnx and
+//! onnxruntime from PyPI) converts a random-forest and a gradient-boosting regressor
+//! (`TreeEnsembleRegressor`), a random-forest classifier (`TreeEnsembleClassifier` + `ZipMap`),
+//! an imputer → scaler → logistic regression pipeline (`Imputer`, `Scaler`,
+//! `LinearClassifier`, `Normalizer`, `ZipMap`; inputs with missing values sent as `null`) and
+//! a min-max scaler → binarizer → linear regression pipeline (`Scaler`, `Binarizer`,
+//! `LinearRegressor`). Every prediction equals onnxruntime's on the same rows (labels exactly,
+//! scores within 1e-4); `ZipMap` outputs answer one `{label: probability}` map per row.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, model_dir, temp_dir};
+use serde_json::{Value, json};
+
+const MANIFEST: &str = "format: onnx\ntask: predict\nfiles: {model: model.onnx}\n";
+
+fn close(ours: &Value, theirs: &Value, at: &str) {
+    match (ours, theirs) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{at}: {a} against onnxruntime's {b}"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{at}: {ours} against {theirs}");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                close(a, b, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(b), "{at}: {ours} against {theirs}");
+            for (key, value) in a {
+                close(value, &b[key], &format!("{at}.{key}"));
+            }
+        }
+        _ => assert_eq!(ours, theirs, "{at}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scikit_learn_exports_answer_what_onnxruntime_answers() {
+    let out = temp_dir("onnx-ml");
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-mlflow/bin/python");
+    assert!(
+        python.exists(),
+        "run .ci/setup: it installs skl2onnx and onnxruntime"
+    );
+    let converted = Command::new(&python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx_ml/convert.py"))
+        .arg(&out)
+        .output()
+        .expect("convert.py runs");
+    assert!(
+        converted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(out.join("cases.json")).expect("cases"))
+            .expect("JSON");
+    let cases = cases.as_object().expect("cases");
+    assert_eq!(cases.len(), 5);
+    for (name, case) in cases {
+        let model = std::fs::read(out.join(name).join("model.onnx")).expect("model");
+        let dir = model_dir(
+            name,
+            &[
+                ("sluice-model.yaml", MANIFEST.as_bytes()),
+                ("model.onnx", &model),
+            ],
+        );
+        let server = Server::start(&dir, &[]).await;
+        server.wait_ready().await;
+        let (status, body) = server
+            .post_json("/invocations", &json!({"inputs": case["inputs"]}))
+            .await;
+        assert_eq!(status, 200, "{name} ({}): {body}", case["ops"]);
+        let predictions = body["predictions"].as_array().expect("predictions");
+        let outputs = case["outputs"].as_object().expect("outputs");
+        for (row, prediction) in predictions.iter().enumerate() {
+            let at = format!("{name} row {row}");
+            if outputs.len() == 1 {
+                let theirs = &outputs.values().next().unwrap()[row];
+                close(prediction, theirs, &at);
+            } else {
+                for (output, values) in outputs {
+                    close(&prediction[output], &values[row], &format!("{at} {output}"));
+                }
+            }
+        }
+        assert_eq!(predictions.len(), 16, "{name}");
+    }
+}
