@@ -1,12 +1,14 @@
-//! ONNX models as users export them from scikit-learn (skl2onnx, default options), served by
-//! the builtin runtime: `tests/onnx_ml/convert.py` (in `.venv-mlflow`, with skl2onnx and
-//! onnxruntime from PyPI) converts a random-forest and a gradient-boosting regressor
-//! (`TreeEnsembleRegressor`), a random-forest classifier (`TreeEnsembleClassifier` + `ZipMap`),
-//! an imputer → scaler → logistic regression pipeline (`Imputer`, `Scaler`,
-//! `LinearClassifier`, `Normalizer`, `ZipMap`; inputs with missing values sent as `null`) and
-//! a min-max scaler → binarizer → linear regression pipeline (`Scaler`, `Binarizer`,
-//! `LinearRegressor`). Every prediction equals onnxruntime's on the same rows (labels exactly,
-//! scores within 1e-4); `ZipMap` outputs answer one `{label: probability}` map per row.
+//! ONNX models as users export them, served by the builtin runtime: `tests/onnx_ml/convert.py`
+//! (in `.venv-mlflow`, with skl2onnx, onnxmltools, XGBoost, LightGBM and onnxruntime from
+//! PyPI) converts, with the converters' default options, scikit-learn random-forest and
+//! gradient-boosting regressors (`TreeEnsembleRegressor`), a random-forest classifier
+//! (`TreeEnsembleClassifier` + `ZipMap`), an imputer → scaler → logistic regression pipeline
+//! (`Imputer`, `Scaler`, `LinearClassifier`, `Normalizer`, `ZipMap`; missing values sent as
+//! `null`), a min-max scaler → binarizer → linear regression pipeline (`Binarizer`,
+//! `LinearRegressor`), a one-hot → logistic regression pipeline (`OneHotEncoder`), a label
+//! encoder (`LabelEncoder`, string in, integer out), and XGBoost and LightGBM regressors and
+//! classifiers (onnxmltools). Every prediction equals onnxruntime's on the same rows (labels
+//! exactly, scores within 1e-4); `ZipMap` outputs answer one `{label: probability}` map per row.
 
 mod common;
 
@@ -66,7 +68,7 @@ async fn scikit_learn_exports_answer_what_onnxruntime_answers() {
         serde_json::from_slice(&std::fs::read(out.join("cases.json")).expect("cases"))
             .expect("JSON");
     let cases = cases.as_object().expect("cases");
-    assert_eq!(cases.len(), 5);
+    assert_eq!(cases.len(), 11);
     for (name, case) in cases {
         let model = std::fs::read(out.join(name).join("model.onnx")).expect("model");
         let dir = model_dir(

@@ -1,5 +1,6 @@
-"""Converts real scikit-learn models with skl2onnx's default options, as users export them,
-and records onnxruntime's outputs on fixed inputs: the oracle of tests/serve_onnx_ml.rs.
+"""Converts real scikit-learn, XGBoost and LightGBM models with the converters' default options
+(skl2onnx, onnxmltools), as users export them, and records onnxruntime's outputs on fixed
+inputs: the oracle of tests/serve_onnx_ml.rs.
 
     convert.py OUT_DIR
 
@@ -11,8 +12,12 @@ import json
 import pathlib
 import sys
 
+import lightgbm
 import numpy as np
+import onnxmltools
 import onnxruntime as ort
+import xgboost
+from onnxmltools.convert.common.data_types import FloatTensorType
 from skl2onnx import to_onnx
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import (
@@ -23,7 +28,13 @@ from sklearn.ensemble import (
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import Binarizer, MinMaxScaler, StandardScaler
+from sklearn.preprocessing import (
+    Binarizer,
+    LabelEncoder,
+    MinMaxScaler,
+    OneHotEncoder,
+    StandardScaler,
+)
 
 out = pathlib.Path(sys.argv[1])
 iris_x, iris_y = load_iris(return_X_y=True)
@@ -52,14 +63,47 @@ cases = {
     ),
 }
 
+# Small whole numbers, for the one-hot encoder.
+binned = np.floor(iris_x).astype(np.int64)
+species = np.array(["setosa", "versicolor", "virginica"])[iris_y]
+cases["one_hot_logistic"] = (
+    make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression(max_iter=500)),
+    binned,
+    iris_y,
+)
+cases["label_encoder"] = (LabelEncoder(), species, None)
+boosters = {
+    "xgboost_regressor": (xgboost.XGBRegressor(n_estimators=20, max_depth=3), diab_x, diab_y),
+    "xgboost_classifier": (xgboost.XGBClassifier(n_estimators=20, max_depth=3), iris_x, iris_y),
+    "lightgbm_regressor": (lightgbm.LGBMRegressor(n_estimators=20, verbose=-1), diab_x, diab_y),
+    "lightgbm_classifier": (lightgbm.LGBMClassifier(n_estimators=20, verbose=-1), iris_x, iris_y),
+}
+
+
+def convert(name, model, x):
+    if name.startswith("xgboost"):
+        return onnxmltools.convert_xgboost(model, initial_types=[("input", FloatTensorType([None, x.shape[1]]))])
+    if name.startswith("lightgbm"):
+        return onnxmltools.convert_lightgbm(model, initial_types=[("input", FloatTensorType([None, x.shape[1]]))])
+    if name == "label_encoder":
+        return to_onnx(model, x[:1].reshape(-1, 1))
+    return to_onnx(model, x[:1])
+
+
+cases.update(boosters)
 report = {}
 for name, (model, x, y) in cases.items():
-    model.fit(x, y)
-    onx = to_onnx(model, x[:1])
+    if y is None:
+        model.fit(x)
+    else:
+        model.fit(x, y)
+    onx = convert(name, model, x)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(onx.SerializeToString())
     rows = x[rng.choice(len(x), 16, replace=False)]
+    if name == "label_encoder":
+        rows = rows.reshape(-1, 1)
     session = ort.InferenceSession(str(folder / "model.onnx"))
     input_name = session.get_inputs()[0].name
     results = session.run(None, {input_name: rows})
@@ -71,7 +115,10 @@ for name, (model, x, y) in cases.items():
             outputs[meta.name] = np.asarray(value).tolist()
     ops = sorted({n.op_type for n in onx.graph.node})
     report[name] = {
-        "inputs": [[None if np.isnan(v) else float(v) for v in row] for row in rows],
+        "inputs": [
+            [None if isinstance(v, float) and np.isnan(v) else v for v in row]
+            for row in rows.tolist()
+        ],
         "outputs": outputs,
         "ops": ops,
     }

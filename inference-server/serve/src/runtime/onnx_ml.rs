@@ -33,6 +33,8 @@ pub fn onnx() -> tract_onnx::Onnx {
     onnx.op_register.insert("Scaler", scaler);
     onnx.op_register.insert("Imputer", imputer);
     onnx.op_register.insert("Binarizer", binarizer);
+    onnx.op_register.insert("OneHotEncoder", one_hot_encoder);
+    onnx.op_register.insert("LabelEncoder", label_encoder);
     onnx
 }
 
@@ -615,6 +617,304 @@ impl TypedOp for ElementwiseOp {
     as_op!();
 }
 
+// ---- OneHotEncoder and LabelEncoder: categories ---------------------------------------------
+
+/// A category value, compared as ONNX-ML does: numbers as integers, or text.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord)]
+enum Category {
+    Int(i64),
+    Text(String),
+}
+
+/// The categories of `tensor`, element by element (numbers truncated to integers).
+fn categories(tensor: &Tensor) -> TractResult<Vec<Category>> {
+    if tensor.datum_type() == DatumType::String {
+        let view = tensor.to_plain_array_view::<String>()?;
+        return Ok(view.iter().map(|s| Category::Text(s.clone())).collect());
+    }
+    let ints = tensor.cast_to::<i64>()?;
+    let view = ints.to_plain_array_view::<i64>()?;
+    Ok(view.iter().map(|&v| Category::Int(v)).collect())
+}
+
+/// The `<prefix>_int64s` or `<prefix>_strings` attribute as categories.
+fn category_attr(node: &NodeProto, prefix: &str) -> TractResult<Option<Vec<Category>>> {
+    if let Some(ints) = node.get_attr_opt_vec::<i64>(&format!("{prefix}_int64s"))? {
+        return Ok(Some(ints.into_iter().map(Category::Int).collect()));
+    }
+    Ok(node
+        .get_attr_opt_vec::<String>(&format!("{prefix}_strings"))?
+        .map(|texts| texts.into_iter().map(Category::Text).collect()))
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct OneHot {
+    categories: Vec<Category>,
+    /// `zeros = 1`: an unknown category is all zeros; else it is an error.
+    zeros: bool,
+}
+
+fn one_hot_encoder(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let categories = category_attr(node, "cats")?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format_err!("OneHotEncoder: neither cats_int64s nor cats_strings"))?;
+    let zeros = node.get_attr_opt::<i64>("zeros")?.unwrap_or(1) != 0;
+    Ok((
+        expand(CategoryExpansion(CategoryOp::OneHot(OneHot {
+            categories,
+            zeros,
+        }))),
+        vec![],
+    ))
+}
+
+/// What `LabelEncoder` maps to.
+#[derive(Debug, Clone, PartialEq)]
+enum Mapped {
+    Ints(Vec<i64>, i64),
+    Floats(Vec<f32>, f32),
+    Texts(Vec<String>, String),
+}
+
+impl std::hash::Hash for Mapped {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Self::Ints(values, default) => (0u8, values, default).hash(state),
+            Self::Floats(values, default) => {
+                1u8.hash(state);
+                values.iter().for_each(|v| v.to_bits().hash(state));
+                default.to_bits().hash(state);
+            }
+            Self::Texts(values, default) => (2u8, values, default).hash(state),
+        }
+    }
+}
+
+impl Eq for Mapped {}
+
+impl Mapped {
+    fn datum(&self) -> DatumType {
+        match self {
+            Self::Ints(..) => DatumType::I64,
+            Self::Floats(..) => DatumType::F32,
+            Self::Texts(..) => DatumType::String,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Ints(v, _) => v.len(),
+            Self::Floats(v, _) => v.len(),
+            Self::Texts(v, _) => v.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct LabelMap {
+    keys: Vec<Category>,
+    values: Mapped,
+}
+
+fn label_encoder(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    ensure!(
+        node.get_attr_opt_vec::<f32>("keys_floats")?.is_none(),
+        "LabelEncoder: keys_floats is not supported (int64 and string keys are)"
+    );
+    let keys = category_attr(node, "keys")?
+        .ok_or_else(|| format_err!("LabelEncoder: neither keys_int64s nor keys_strings"))?;
+    let values = if let Some(ints) = node.get_attr_opt_vec::<i64>("values_int64s")? {
+        Mapped::Ints(
+            ints,
+            node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1),
+        )
+    } else if let Some(floats) = node.get_attr_opt_vec::<f32>("values_floats")? {
+        Mapped::Floats(
+            floats,
+            node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0),
+        )
+    } else if let Some(texts) = node.get_attr_opt_vec::<String>("values_strings")? {
+        let default = node
+            .get_attr_opt::<String>("default_string")?
+            .unwrap_or_else(|| "_Unused".into());
+        Mapped::Texts(texts, default)
+    } else {
+        bail!("LabelEncoder: no values_int64s, values_floats or values_strings");
+    };
+    ensure!(
+        values.len() == keys.len(),
+        "LabelEncoder: {} keys for {} values",
+        keys.len(),
+        values.len()
+    );
+    Ok((
+        expand(CategoryExpansion(CategoryOp::Label(LabelMap {
+            keys,
+            values,
+        }))),
+        vec![],
+    ))
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+enum CategoryOp {
+    OneHot(OneHot),
+    Label(LabelMap),
+}
+
+impl CategoryOp {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::OneHot(_) => "OneHotEncoder",
+            Self::Label(_) => "LabelEncoder",
+        }
+    }
+
+    fn datum(&self) -> DatumType {
+        match self {
+            Self::OneHot(_) => DatumType::F32,
+            Self::Label(map) => map.values.datum(),
+        }
+    }
+
+    fn eval(&self, input: &Tensor) -> TractResult<Tensor> {
+        let found = categories(input)?;
+        let shape = input.shape();
+        match self {
+            Self::OneHot(one_hot) => {
+                let n = one_hot.categories.len();
+                let index: HashMap<&Category, usize> = one_hot
+                    .categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c, i))
+                    .collect();
+                let mut out = vec![0f32; found.len() * n];
+                for (i, category) in found.iter().enumerate() {
+                    match index.get(category) {
+                        Some(&k) => out[i * n + k] = 1.0,
+                        None if one_hot.zeros => {}
+                        None => bail!("OneHotEncoder: unknown category {category:?} (zeros = 0)"),
+                    }
+                }
+                let mut out_shape = shape.to_vec();
+                out_shape.push(n);
+                Ok(tensor1(&out).into_shape(&out_shape)?)
+            }
+            Self::Label(map) => {
+                let index: HashMap<&Category, usize> =
+                    map.keys.iter().enumerate().map(|(i, c)| (c, i)).collect();
+                let at = |c: &Category| index.get(c).copied();
+                Ok(match &map.values {
+                    Mapped::Ints(values, default) => {
+                        let out: Vec<i64> = found
+                            .iter()
+                            .map(|c| at(c).map_or(*default, |i| values[i]))
+                            .collect();
+                        tensor1(&out).into_shape(shape)?
+                    }
+                    Mapped::Floats(values, default) => {
+                        let out: Vec<f32> = found
+                            .iter()
+                            .map(|c| at(c).map_or(*default, |i| values[i]))
+                            .collect();
+                        tensor1(&out).into_shape(shape)?
+                    }
+                    Mapped::Texts(values, default) => {
+                        let out: Vec<String> = found
+                            .iter()
+                            .map(|c| at(c).map_or_else(|| default.clone(), |i| values[i].clone()))
+                            .collect();
+                        tensor1(&out).into_shape(shape)?
+                    }
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct CategoryExpansion(CategoryOp);
+
+impl Expansion for CategoryExpansion {
+    fn name(&self) -> StaticName {
+        self.0.name().into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, self.0.datum())?;
+        match &self.0 {
+            CategoryOp::OneHot(one_hot) => {
+                let n = one_hot.categories.len();
+                s.equals(&outputs[0].rank, inputs[0].rank.bex() + 1)?;
+                s.given(&inputs[0].rank, move |s, rank| {
+                    let rank = rank as usize;
+                    for axis in 0..rank {
+                        s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+                    }
+                    s.equals(&outputs[0].shape[rank], n.to_dim())
+                })?;
+            }
+            CategoryOp::Label(_) => s.equals(&outputs[0].shape, &inputs[0].shape)?,
+        }
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, CategoryTyped(self.0.clone()), inputs)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct CategoryTyped(CategoryOp);
+
+impl Op for CategoryTyped {
+    fn name(&self) -> StaticName {
+        self.0.name().into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for CategoryTyped {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        Ok(tvec!(self.0.eval(&input)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for CategoryTyped {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        if let CategoryOp::OneHot(one_hot) = &self.0 {
+            shape.push(one_hot.categories.len().to_dim());
+        }
+        Ok(tvec!(self.0.datum().fact(&*shape)))
+    }
+
+    as_op!();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,6 +932,37 @@ mod tests {
         Elementwise::Binarize { threshold: 1.0 }.apply(&mut values, 3);
         assert_eq!(values, [0.0, 1.0, 0.0]);
         assert_eq!(Labels::Ints(vec![3, 7]).key(1), "7");
+        let one_hot = CategoryOp::OneHot(OneHot {
+            categories: vec![Category::Int(2), Category::Int(5)],
+            zeros: true,
+        });
+        let out = one_hot
+            .eval(&tensor1(&[5.0f32, 9.0, 2.0]))
+            .expect("one-hot");
+        assert_eq!(out.shape(), &[3, 2]);
+        assert_eq!(
+            out.to_plain_array_view::<f32>()
+                .expect("f32")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        );
+        let label = CategoryOp::Label(LabelMap {
+            keys: vec![Category::Text("a".into()), Category::Text("b".into())],
+            values: Mapped::Ints(vec![10, 20], -1),
+        });
+        let out = label
+            .eval(&tensor1(&["b".to_string(), "z".to_string()]))
+            .expect("label");
+        assert_eq!(
+            out.to_plain_array_view::<i64>()
+                .expect("i64")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [20, -1]
+        );
         assert_eq!(Labels::Strings(vec!["a".into()]).key(0), "a");
     }
 }
