@@ -69,6 +69,7 @@ async fn scikit_learn_exports_answer_what_onnxruntime_answers() {
             .expect("JSON");
     let cases = cases.as_object().expect("cases");
     assert_eq!(cases.len(), 11);
+    let mut served = Vec::new();
     for (name, case) in cases {
         let model = std::fs::read(out.join(name).join("model.onnx")).expect("model");
         let dir = model_dir(
@@ -78,6 +79,15 @@ async fn scikit_learn_exports_answer_what_onnxruntime_answers() {
                 ("model.onnx", &model),
             ],
         );
+        served.push((name.clone(), dir, case));
+        // The same model as `mlflow.onnx.save_model` wrote it, for two of them.
+        let saved = out.join(name).join("mlflow");
+        if saved.join("MLmodel").is_file() {
+            served.push((format!("{name} (MLflow)"), saved, case));
+        }
+    }
+    assert_eq!(served.len(), 13);
+    for (name, dir, case) in served {
         let server = Server::start(&dir, &[]).await;
         server.wait_ready().await;
         let (status, body) = server

@@ -113,6 +113,11 @@ for name, (model, x, y) in cases.items():
             outputs[meta.name] = [{str(k): float(v) for k, v in row.items()} for row in value]
         else:
             outputs[meta.name] = np.asarray(value).tolist()
+    if name in ("forest_regressor", "forest_classifier"):
+        # The same model as MLflow saves it (an `MLmodel` directory with the onnx flavor).
+        import mlflow.onnx
+
+        mlflow.onnx.save_model(onx, str(folder / "mlflow"))
     ops = sorted({n.op_type for n in onx.graph.node})
     report[name] = {
         "inputs": [
