@@ -8,6 +8,21 @@ pub async fn eventually<T, Fut>(
     what: &str,
     timeout: Duration,
     context: impl Fn() -> String,
+    check: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_every(what, timeout, Duration::from_millis(250), context, check).await
+}
+
+/// [`eventually`], polling every `every` (single processes on loopback answer in
+/// milliseconds; a cluster converges in seconds).
+pub async fn eventually_every<T, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    context: impl Fn() -> String,
     mut check: impl FnMut() -> Fut,
 ) -> T
 where
@@ -19,8 +34,11 @@ where
             return v;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}\n{}", context());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -70,23 +70,15 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
-/// Polls `check` every 50 ms until it answers `Some`, panicking with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+/// Polls `check` every 50 ms until it answers `Some`, panicking with `what` after `limit`
+/// ([`sluice_tests::wait::eventually_every`]).
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sluice_tests::wait::eventually_every(what, limit, Duration::from_millis(50), String::new, check)
+        .await
 }
 
 pub fn client() -> reqwest::Client {

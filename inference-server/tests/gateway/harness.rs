@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BINARY, temp_dir, unused_loopback_port};
+use crate::common::{BINARY, temp_dir};
 pub use sluice_tests::providers::Providers;
 
 /// A process the gateway routes to.
@@ -18,15 +18,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Starts `upstream.py` answering as `name`; chat streams wait for `release` to exist.
+    /// Starts `upstream.py` answering as `name` on the port it binds and announces; chat
+    /// streams wait for `release` to exist.
     pub async fn python(name: &str, release: Option<&Path>) -> Upstream {
-        Self::python_at(unused_loopback_port(), name, release).await
+        Self::python_at(0, name, release).await
     }
 
-    /// [`python`](Self::python) on a given port.
+    /// [`python`](Self::python) on a given port (one a test knew before the upstream came up).
     pub async fn python_at(port: u16, name: &str, release: Option<&Path>) -> Upstream {
         let dir = temp_dir(&format!("upstream-{name}"));
         let log = dir.join("requests.log");
+        let output = dir.join("stdout");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/upstream.py");
         let mut command = Command::new("python3");
         command
@@ -34,16 +36,15 @@ impl Upstream {
             .args(["--port", &port.to_string(), "--name", name])
             .arg("--log")
             .arg(&log)
-            .stdout(Stdio::null());
+            .stdout(std::fs::File::create(&output).expect("stdout file"));
         if let Some(release) = release {
             command.arg("--release").arg(release);
         }
         let child = command.spawn().expect("python3 starts");
-        let upstream = Upstream {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
-        };
+        let addr =
+            sluice_tests::process::announced(&output, &["upstream"], Duration::from_secs(30)).await
+                [0];
+        let upstream = Upstream { child, addr, log };
         wait_for(&format!("http://{}/health", upstream.addr), 200).await;
         upstream
     }

@@ -84,4 +84,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+# The port it got (port 0: whatever was free), announced as the data-plane servers do
+# (sluice_protocol::process), so the harness never races another process for a port.
+host, port = server.server_address[:2]
+print(f"sluice-listening upstream {host}:{port}", flush=True)
+server.serve_forever()
