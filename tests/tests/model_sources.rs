@@ -93,6 +93,15 @@ fn secret(name: &str, data: &Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
 }
 
+/// Endpoint `name` serving version 1 of model `name` as its one entity, `main`.
+fn serving_version_1(name: &str) -> Value {
+    endpoint(
+        name,
+        vec![json!({"name": "main", "model": name, "version": 1})],
+        &[],
+    )
+}
+
 fn version(name: &str, v: i64, uri: &str, secret: Option<&str>) -> Value {
     let mut source = json!({"uri": uri});
     if let Some(secret) = secret {
@@ -137,13 +146,7 @@ async fn http_gcs_and_azure_sources_answer_and_a_wrong_key_says_why() {
     ];
     for (name, uri, secret) in &sources {
         scene.apply(version(name, 1, uri, *secret)).await;
-        scene
-            .apply(endpoint(
-                name,
-                vec![json!({"name": "main", "model": name, "version": 1})],
-                &[],
-            ))
-            .await;
+        scene.apply(serving_version_1(name)).await;
     }
     let started = Instant::now();
     scene
@@ -154,13 +157,7 @@ async fn http_gcs_and_azure_sources_answer_and_a_wrong_key_says_why() {
             Some("azure-wrong"),
         ))
         .await;
-    scene
-        .apply(endpoint(
-            "denied",
-            vec![json!({"name": "main", "model": "denied", "version": 1})],
-            &[],
-        ))
-        .await;
+    scene.apply(serving_version_1("denied")).await;
 
     // The wrong key: the version's source check fails with the store's 403, and the endpoint's
     // status carries it.
@@ -315,13 +312,7 @@ async fn an_mlflow_alias_is_resolved_by_the_check_and_served() {
     let mut mv = version("iris-mlflow", 1, "models:/iris@champion", Some("mlflow"));
     mv["spec"]["source"]["trackingUri"] = json!(server.uri);
     scene.apply(mv).await;
-    scene
-        .apply(endpoint(
-            "iris-mlflow",
-            vec![json!({"name": "main", "model": "iris-mlflow", "version": 1})],
-            &[],
-        ))
-        .await;
+    scene.apply(serving_version_1("iris-mlflow")).await;
     scene
         .settled("iris-mlflow", "iris-mlflow READY", |_| true)
         .await;

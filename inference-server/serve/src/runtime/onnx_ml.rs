@@ -448,7 +448,7 @@ impl Expansion for Scaler {
     }
 }
 
-// ---- Imputer and Binarizer: element-wise ----------------------------------------------------
+// ---- Imputer and Binarizer: element-wise -----------------------------------------------------
 
 /// What an element-wise op does to each `f32`.
 #[derive(Debug, Clone, PartialEq)]
@@ -531,10 +531,10 @@ fn imputer(
         .get_attr_opt::<f32>("replaced_value_float")?
         .unwrap_or(f32::NAN);
     Ok((
-        expand(ElementwiseExpansion(Elementwise::Impute {
+        expand(KernelExpansion(Kernel::Elementwise(Elementwise::Impute {
             replaced,
             imputed,
-        })),
+        }))),
         vec![],
     ))
 }
@@ -545,76 +545,11 @@ fn binarizer(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let threshold = node.get_attr_opt::<f32>("threshold")?.unwrap_or(0.0);
     Ok((
-        expand(ElementwiseExpansion(Elementwise::Binarize { threshold })),
+        expand(KernelExpansion(Kernel::Elementwise(
+            Elementwise::Binarize { threshold },
+        ))),
         vec![],
     ))
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct ElementwiseExpansion(Elementwise);
-
-impl Expansion for ElementwiseExpansion {
-    fn name(&self) -> StaticName {
-        self.0.name().into()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, DatumType::F32)?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)?;
-        Ok(())
-    }
-
-    fn wire(
-        &self,
-        prefix: &str,
-        model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        let x = as_f32(prefix, model, inputs[0])?;
-        model.wire_node(prefix, ElementwiseOp(self.0.clone()), &[x])
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct ElementwiseOp(Elementwise);
-
-impl Op for ElementwiseOp {
-    fn name(&self) -> StaticName {
-        self.0.name().into()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for ElementwiseOp {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let mut tensor = input.into_tensor().cast_to::<f32>()?.into_owned();
-        let features = tensor.shape().last().copied().unwrap_or(1);
-        let mut view = tensor.to_plain_array_view_mut::<f32>()?;
-        let values = view
-            .as_slice_mut()
-            .ok_or_else(|| format_err!("{}: the input is not contiguous", self.0.name()))?;
-        self.0.apply(values, features);
-        Ok(tvec!(tensor.into_tvalue()))
-    }
-}
-
-impl TypedOp for ElementwiseOp {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
-    }
-
-    as_op!();
 }
 
 // ---- OneHotEncoder and LabelEncoder: categories ---------------------------------------------
@@ -663,10 +598,9 @@ fn one_hot_encoder(
         .ok_or_else(|| format_err!("OneHotEncoder: neither cats_int64s nor cats_strings"))?;
     let zeros = node.get_attr_opt::<i64>("zeros")?.unwrap_or(1) != 0;
     Ok((
-        expand(CategoryExpansion(CategoryOp::OneHot(OneHot {
-            categories,
-            zeros,
-        }))),
+        expand(KernelExpansion(Kernel::Category(CategoryOp::OneHot(
+            OneHot { categories, zeros },
+        )))),
         vec![],
     ))
 }
@@ -754,10 +688,9 @@ fn label_encoder(
         values.len()
     );
     Ok((
-        expand(CategoryExpansion(CategoryOp::Label(LabelMap {
-            keys,
-            values,
-        }))),
+        expand(KernelExpansion(Kernel::Category(CategoryOp::Label(
+            LabelMap { keys, values },
+        )))),
         vec![],
     ))
 }
@@ -839,10 +772,59 @@ impl CategoryOp {
     }
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct CategoryExpansion(CategoryOp);
+// ---- The element-wise and category operators as one tract op -------------------------------
 
-impl Expansion for CategoryExpansion {
+/// An operator computed element by element, in Rust.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+enum Kernel {
+    Elementwise(Elementwise),
+    Category(CategoryOp),
+}
+
+impl Kernel {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Elementwise(op) => op.name(),
+            Self::Category(op) => op.name(),
+        }
+    }
+
+    fn datum(&self) -> DatumType {
+        match self {
+            Self::Elementwise(_) => DatumType::F32,
+            Self::Category(op) => op.datum(),
+        }
+    }
+
+    /// The axis the output adds after the input's (one-hot columns), if any.
+    fn added_axis(&self) -> Option<usize> {
+        match self {
+            Self::Category(CategoryOp::OneHot(one_hot)) => Some(one_hot.categories.len()),
+            _ => None,
+        }
+    }
+
+    fn eval(&self, input: &Tensor) -> TractResult<Tensor> {
+        match self {
+            Self::Elementwise(op) => {
+                let mut tensor = input.cast_to::<f32>()?.into_owned();
+                let features = tensor.shape().last().copied().unwrap_or(1);
+                let mut view = tensor.to_plain_array_view_mut::<f32>()?;
+                let values = view
+                    .as_slice_mut()
+                    .ok_or_else(|| format_err!("{}: the input is not contiguous", op.name()))?;
+                op.apply(values, features);
+                Ok(tensor)
+            }
+            Self::Category(op) => op.eval(input),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct KernelExpansion(Kernel);
+
+impl Expansion for KernelExpansion {
     fn name(&self) -> StaticName {
         self.0.name().into()
     }
@@ -856,9 +838,9 @@ impl Expansion for CategoryExpansion {
         check_input_arity(inputs, 1)?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, self.0.datum())?;
-        match &self.0 {
-            CategoryOp::OneHot(one_hot) => {
-                let n = one_hot.categories.len();
+        match self.0.added_axis() {
+            None => s.equals(&outputs[0].shape, &inputs[0].shape)?,
+            Some(n) => {
                 s.equals(&outputs[0].rank, inputs[0].rank.bex() + 1)?;
                 s.given(&inputs[0].rank, move |s, rank| {
                     let rank = rank as usize;
@@ -868,7 +850,6 @@ impl Expansion for CategoryExpansion {
                     s.equals(&outputs[0].shape[rank], n.to_dim())
                 })?;
             }
-            CategoryOp::Label(_) => s.equals(&outputs[0].shape, &inputs[0].shape)?,
         }
         Ok(())
     }
@@ -879,14 +860,14 @@ impl Expansion for CategoryExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, CategoryTyped(self.0.clone()), inputs)
+        model.wire_node(prefix, KernelOp(self.0.clone()), inputs)
     }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct CategoryTyped(CategoryOp);
+struct KernelOp(Kernel);
 
-impl Op for CategoryTyped {
+impl Op for KernelOp {
     fn name(&self) -> StaticName {
         self.0.name().into()
     }
@@ -894,7 +875,7 @@ impl Op for CategoryTyped {
     op_as_typed_op!();
 }
 
-impl EvalOp for CategoryTyped {
+impl EvalOp for KernelOp {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -903,11 +884,11 @@ impl EvalOp for CategoryTyped {
     }
 }
 
-impl TypedOp for CategoryTyped {
+impl TypedOp for KernelOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        if let CategoryOp::OneHot(one_hot) = &self.0 {
-            shape.push(one_hot.categories.len().to_dim());
+        if let Some(n) = self.0.added_axis() {
+            shape.push(n.to_dim());
         }
         Ok(tvec!(self.0.datum().fact(&*shape)))
     }
