@@ -4,7 +4,10 @@
 //! at it. `models:/iris/1`, `models:/iris@champion` and `runs:/<run>/model` each arrive whole
 //! and byte-identical through the server's REST API and artifact proxy; `fetch --check` names the
 //! location a reference resolved to (what the operator publishes as `status.resolvedUri`); an
-//! unknown alias, a stage name and a missing tracking server fail naming what is wrong.
+//! unknown alias, a stage name and a missing tracking server fail naming what is wrong. Behind
+//! MLflow's basic authentication, the credentials of the environment (a Secret's
+//! `MLFLOW_TRACKING_USERNAME`/`_PASSWORD`) are sent, and wrong ones fail naming the variables,
+//! never printing the password.
 
 mod capture_support;
 
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use capture_support::temp_dir;
-use sluice_tests::mlflow::Mlflow;
+use sluice_tests::mlflow::{ADMIN, ADMIN_PASSWORD, Mlflow};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
 
@@ -134,4 +137,49 @@ async fn registry_references_arrive_through_the_tracking_server() {
         "{}",
         text(&nowhere)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_credentials_reach_an_authenticated_server() {
+    let dir = temp_dir("mlflow-auth");
+    let server = Mlflow::start_with(&dir, true).await;
+    let folder = model_folder(&dir);
+    server.register(&folder, "iris", "champion");
+    let tracking = ["--mlflow-tracking-uri", server.uri.as_str()];
+    let dest = dir.join("dest");
+    let out = fetch(
+        "models:/iris@champion",
+        &dest,
+        &tracking,
+        &[
+            ("MLFLOW_TRACKING_USERNAME", ADMIN),
+            ("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_folder(&folder, &dest);
+    let wrong = "not-the-password-5c1b";
+    let refused = fetch(
+        "models:/iris@champion",
+        &dir.join("refused"),
+        &tracking,
+        &[
+            ("MLFLOW_TRACKING_USERNAME", ADMIN),
+            ("MLFLOW_TRACKING_PASSWORD", wrong),
+        ],
+    );
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("refused the credentials") && said.contains("MLFLOW_TRACKING_USERNAME"),
+        "{said}"
+    );
+    assert!(!said.contains(wrong), "the password is never printed");
+    let anonymous = fetch(
+        "models:/iris@champion",
+        &dir.join("anonymous"),
+        &tracking,
+        &[],
+    );
+    assert!(!anonymous.status.success(), "{}", text(&anonymous));
 }

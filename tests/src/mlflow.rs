@@ -20,6 +20,11 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// The admin user of a server started with authentication.
+pub const ADMIN: &str = "admin";
+/// Its password (MLflow's default).
+pub const ADMIN_PASSWORD: &str = "password1234";
+
 /// A running `mlflow server`; killed when dropped.
 pub struct Mlflow {
     child: Child,
@@ -41,9 +46,24 @@ impl Mlflow {
     /// Starts a server keeping its store and artifacts under `dir`; waits until `/health`
     /// answers.
     pub async fn start(dir: &Path) -> Mlflow {
+        Self::start_with(dir, false).await
+    }
+
+    /// [`start`](Self::start), with MLflow's basic authentication when `auth` (the built-in
+    /// admin, [`ADMIN`] / [`ADMIN_PASSWORD`]; every other caller is refused).
+    pub async fn start_with(dir: &Path, auth: bool) -> Mlflow {
         let port = unused_loopback_port();
-        let child = Command::new(tool("mlflow"))
-            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut command = Command::new(tool("mlflow"));
+        if auth {
+            command
+                .args(["server", "--app-name", "basic-auth"])
+                .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "sluice-test-secret")
+                .current_dir(dir);
+        } else {
+            command.arg("server");
+        }
+        let child = command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--workers", "1", "--serve-artifacts"])
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
@@ -85,6 +105,9 @@ impl Mlflow {
     /// of `name`, and points `alias` at that version, with the MLflow Python client.
     pub fn register(&self, folder: &Path, name: &str, alias: &str) -> Registered {
         let out = Command::new(tool("python"))
+            // Ignored by a server without authentication.
+            .env("MLFLOW_TRACKING_USERNAME", ADMIN)
+            .env("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
             .arg("-c")
             .arg(
                 "import json, sys, mlflow\n\
