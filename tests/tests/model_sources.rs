@@ -93,6 +93,27 @@ fn secret(name: &str, data: &Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
 }
 
+/// The first 200 answer of endpoint `name` to the iris row, through the gateway at `base`.
+async fn prediction(scene: &Scene, http: &reqwest::Client, base: &str, name: &str) -> Value {
+    let url = format!("{base}/serving-endpoints/{name}/invocations");
+    let body = scene
+        .eventually(
+            &format!("{name}: an answer through the gateway"),
+            || async {
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(IRIS)
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() == 200).then_some(response.text().await.ok()?)
+            },
+        )
+        .await;
+    serde_json::from_str(&body).expect("json")
+}
+
 /// Endpoint `name` serving version 1 of model `name` as its one entity, `main`.
 fn serving_version_1(name: &str) -> Value {
     endpoint(
@@ -206,26 +227,7 @@ async fn http_gcs_and_azure_sources_answer_and_a_wrong_key_says_why() {
         scene
             .settled(name, &format!("{name} READY"), |_| true)
             .await;
-        let url = format!("{}/serving-endpoints/{name}/invocations", gateway.base);
-        let (code, body) = scene
-            .eventually(
-                &format!("{name}: an answer through the gateway"),
-                || async {
-                    let response = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(IRIS)
-                        .send()
-                        .await
-                        .ok()?;
-                    let code = response.status().as_u16();
-                    let body = response.text().await.ok()?;
-                    (code == 200).then_some((code, body))
-                },
-            )
-            .await;
-        let answer: Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(code, 200);
+        let answer = prediction(&scene, &http, &gateway.base, name).await;
         assert!(answer["predictions"].is_array(), "{name} ({uri}): {answer}");
         let mv = versions.get(name).await.expect("version");
         assert_eq!(
@@ -333,19 +335,6 @@ async fn an_mlflow_alias_is_resolved_by_the_check_and_served() {
 
     let gateway = GatewayProcess::start(shared(), &shared().kubeconfig, &scene.ns).await;
     let http = reqwest::Client::new();
-    let url = format!("{}/serving-endpoints/iris-mlflow/invocations", gateway.base);
-    let body = scene
-        .eventually("iris-mlflow: an answer through the gateway", || async {
-            let response = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(IRIS)
-                .send()
-                .await
-                .ok()?;
-            (response.status() == 200).then_some(response.text().await.ok()?)
-        })
-        .await;
-    let answer: Value = serde_json::from_str(&body).expect("json");
+    let answer = prediction(&scene, &http, &gateway.base, "iris-mlflow").await;
     assert!(answer["predictions"].is_array(), "{answer}");
 }

@@ -209,8 +209,7 @@ impl hyper::body::Body for RecordingBody {
                 if let Some(data) = frame.data_ref()
                     && !self.cut
                 {
-                    let data = data.clone();
-                    self.keep(&data);
+                    self.keep(data);
                 }
                 if self.inner.is_end_stream() {
                     self.end(true);
