@@ -21,6 +21,22 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+impl SecretKeyRef {
+    /// The Secret key a value of the form `{{secrets/<secret-name>/<key>}}` names (the
+    /// upstream spelling of a secret reference, as `environmentVars` takes it); `None` for any
+    /// other value.
+    pub fn from_reference(value: &str) -> Option<Self> {
+        let (name, key) = value
+            .strip_prefix("{{secrets/")?
+            .strip_suffix("}}")?
+            .split_once('/')?;
+        (!name.is_empty() && !key.is_empty() && !key.contains('/')).then(|| Self {
+            name: name.into(),
+            key: key.into(),
+        })
+    }
+}
+
 /// A reference to a whole Secret in the object's own namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -17,6 +17,7 @@ pub mod object_store;
 pub mod process;
 pub mod providers;
 pub mod pvc;
+pub mod rbac;
 pub mod schema;
 pub mod tiny_llm;
 pub mod wait;

@@ -23,7 +23,7 @@ use sluice_tests::{
     lake::{claim_folder, delete_and_drain, duckdb_row, parquet_table},
     models::iris_on_claim,
     object_store::S3Server,
-    venv_tool,
+    rbac, venv_tool,
 };
 
 const REQUESTS: usize = 25;
@@ -291,100 +291,29 @@ async fn an_external_entitys_calls_land_on_the_lake_through_its_recorder() {
     );
 }
 
-/// A ServiceAccount `account` in `ns` bound to a Role that may `query` the endpoint
-/// `endpoint`, and a token of it from the TokenRequest API.
+/// A ServiceAccount `account` in `ns` that may `query` the endpoint `endpoint` only, and a
+/// token of it from the TokenRequest API.
 async fn query_token(client: &kube::Client, ns: &str, account: &str, endpoint: &str) -> String {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::PostParams;
-    let apply = PatchParams::apply("test-user");
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    accounts
-        .patch(
-            account,
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": account}})),
-        )
-        .await
-        .expect("ServiceAccount");
-    grant_query(
+    rbac::account_token(
         client,
         ns,
-        endpoint,
         account,
-        json!({"kind": "ServiceAccount", "name": account, "namespace": ns}),
+        rbac::on_endpoints(&["query"], &[endpoint]),
     )
-    .await;
-    accounts
-        .create_token_request(
-            account,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("TokenRequest")
-        .status
-        .and_then(|s| s.token)
-        .expect("a token")
+    .await
 }
 
 /// Lets callers without credentials (the group `system:unauthenticated`) query `endpoint`.
 async fn open_to_anonymous(client: &kube::Client, ns: &str, endpoint: &str) {
-    grant_query(
+    rbac::grant(
         client,
         ns,
-        endpoint,
-        "anonymous",
+        &format!("{endpoint}-anonymous"),
+        rbac::on_endpoints(&["query"], &[endpoint]),
         json!({"kind": "Group", "name": "system:unauthenticated",
                "apiGroup": "rbac.authorization.k8s.io"}),
     )
     .await;
-}
-
-/// A Role that may `query` `endpoint` only, bound to `subject` as `<endpoint>-<name>`.
-async fn grant_query(
-    client: &kube::Client,
-    ns: &str,
-    endpoint: &str,
-    name: &str,
-    subject: serde_json::Value,
-) {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let apply = PatchParams::apply("test-user");
-    let role = format!("{endpoint}-{name}");
-    Api::<Role>::namespaced(client.clone(), ns)
-        .patch(
-            &role,
-            &apply,
-            &Patch::Apply(
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                "metadata": {"name": role},
-                "rules": [{"apiGroups": ["serving.sluice.dev"], "resources": ["servingendpoints"],
-                           "resourceNames": [endpoint], "verbs": ["query"]}]}),
-            ),
-        )
-        .await
-        .expect("Role");
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(
-            &role,
-            &apply,
-            &Patch::Apply(
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": role},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-                "subjects": [subject]}),
-            ),
-        )
-        .await
-        .expect("RoleBinding");
 }
 
 /// The lake on an object store, as a platform team would point it: an `s3://` table, the

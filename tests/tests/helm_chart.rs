@@ -459,6 +459,15 @@ fn rules_file(name: &str) -> Vec<Value> {
     rules
 }
 
+/// The gateway's rules: its rules file, and the management API's when it is on.
+fn gateway_rules(management: bool) -> Vec<Value> {
+    let mut rules = rules_file("gateway-rbac.yaml");
+    if management {
+        rules.extend(rules_file("gateway-management-rbac.yaml"));
+    }
+    rules
+}
+
 #[test]
 fn rbac_rules_come_from_the_rules_files() {
     let docs = render(&[], &[]);
@@ -496,8 +505,24 @@ fn rbac_rules_come_from_the_rules_files() {
     let gateway = object(&docs, "ClusterRole", "sluice-gateway");
     assert_eq!(
         gateway["rules"].as_array().expect("rules"),
-        &rules_file("gateway-rbac.yaml")
+        &gateway_rules(true)
     );
+    // Without the management API the gateway writes nothing.
+    let docs = render(&[], &["gateway.managementApi.enabled=false"]);
+    let gateway = object(&docs, "ClusterRole", "sluice-gateway");
+    assert_eq!(
+        gateway["rules"].as_array().expect("rules"),
+        &gateway_rules(false)
+    );
+    let args =
+        object(&docs, "Deployment", "sluice-gateway")["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .to_string();
+    assert!(args.contains("--management-api=false"), "{args}");
+    for rule in gateway_rules(false) {
+        let verbs = rule["verbs"].as_array().expect("verbs");
+        assert!(verbs.iter().all(|v| v == "list" || v == "watch"), "{rule}");
+    }
     // No wildcard anywhere, and the gateway never writes.
     for rule in operator_rules
         .iter()
@@ -582,7 +607,7 @@ fn a_scoped_installation_gets_roles_and_no_cluster_wide_permission() {
         let gateway = in_ns("sluice-gateway");
         assert_eq!(
             gateway["rules"].as_array().expect("rules"),
-            &rules_file("gateway-rbac.yaml")
+            &gateway_rules(true)
         );
     }
     let home = object(&docs, "Role", "sluice-operator");

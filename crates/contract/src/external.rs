@@ -203,6 +203,36 @@ pub fn api(model: &ExternalModel) -> Result<Api, Vec<String>> {
     }
 }
 
+/// What one key of an upstream provider config sets (MLflow AI Gateway's `model.config`, the
+/// Databricks API's `<provider>_config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderSetting {
+    /// The provider's API key (a reference to a secret, in the source's own spelling).
+    ApiKey,
+    /// The provider's base URL (`apiBase`).
+    ApiBase,
+    /// A `config` setting, by its Sluice key ([`API_TYPE`], [`DEPLOYMENT_NAME`], …).
+    Config(&'static str),
+}
+
+/// What upstream provider-config key `key` sets; `None` for a key Sluice does not read.
+pub fn provider_setting(key: &str) -> Option<ProviderSetting> {
+    Some(match key {
+        "openai_api_key" | "anthropic_api_key" | "cohere_api_key" | "databricks_api_token" => {
+            ProviderSetting::ApiKey
+        }
+        "openai_api_base" | "cohere_api_base" | "databricks_workspace_url" => {
+            ProviderSetting::ApiBase
+        }
+        "openai_organization" => ProviderSetting::Config(ORGANIZATION),
+        "openai_api_type" => ProviderSetting::Config(API_TYPE),
+        "openai_deployment_name" => ProviderSetting::Config(DEPLOYMENT_NAME),
+        "openai_api_version" => ProviderSetting::Config(API_VERSION),
+        "anthropic_version" => ProviderSetting::Config(ANTHROPIC_VERSION_KEY),
+        _ => return None,
+    })
+}
+
 /// The provider's name as the API spells it.
 pub fn provider_name(provider: ExternalProvider) -> &'static str {
     match provider {

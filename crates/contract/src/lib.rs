@@ -14,7 +14,8 @@
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`external`]: which external providers and settings the gateway calls, and where.
-//! - [`mlflow`]: how MLflow AI Gateway endpoint names become ServingEndpoint names.
+//! - [`mlflow`]: how MLflow and Databricks names (AI Gateway endpoints, registered models,
+//!   served entities) become Kubernetes names.
 //! - [`record`]: how the gateway hands an exchange no pod answered (a cache hit, a provider's
 //!   answer) to a capture sidecar, so it still becomes a row.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.

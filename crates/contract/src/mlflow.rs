@@ -34,6 +34,35 @@ pub const NAME_ANNOTATION: &str = "serving.sluice.dev/mlflow-name";
 /// when that is no DNS-1035 label (starts with a letter, at most 63 characters, ends with a
 /// letter or digit).
 pub fn endpoint_name(name: &str) -> Option<String> {
+    kubernetes_label(name, 63).filter(|out| out.starts_with(|c: char| c.is_ascii_lowercase()))
+}
+
+/// The Sluice model name (`ModelVersion.spec.model`) of registered model `name` as MLflow or
+/// Databricks spell it (`Fraud_Model`, `main.risk.fraud`): lowercase, `_`, `.` and spaces as
+/// `-`. `None` when that is no DNS label of at most 63 characters. Every path that turns a
+/// registry name into a Sluice name calls this, so the same model keeps one name.
+pub fn model_name(name: &str) -> Option<String> {
+    kubernetes_label(&name.replace(' ', "-"), 63)
+}
+
+/// The served-entity name the upstream API gives an entity without one: the model's own name
+/// (the last part of a three-part Unity Catalog name) and the version, `<model>-<version>`,
+/// as a DNS label of at most 32 characters (`main.risk.Fraud_Model` version 3:
+/// `fraud-model-3`). `None` when it would not be one.
+pub fn default_entity_name(model: &str, version: &str) -> Option<String> {
+    let own = model.rsplit('.').next().unwrap_or(model);
+    entity_name(&format!("{own}-{version}"))
+}
+
+/// The Sluice spelling of served-entity name `name` (routes name entities with it too):
+/// lowercase, `_` and `.` as `-`, a DNS label of at most 32 characters.
+pub fn entity_name(name: &str) -> Option<String> {
+    kubernetes_label(name, 32)
+}
+
+/// `name` lowercased, with `_` and `.` as `-`, when that is a DNS-1123 label of at
+/// most `max` characters.
+fn kubernetes_label(name: &str, max: usize) -> Option<String> {
     let out: String = name
         .chars()
         .map(|c| match c {
@@ -41,12 +70,11 @@ pub fn endpoint_name(name: &str) -> Option<String> {
             c => c.to_ascii_lowercase(),
         })
         .collect();
-    let valid = (1..=63).contains(&out.len())
-        && out.starts_with(|c: char| c.is_ascii_lowercase())
-        && out.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && out
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = (1..=max).contains(&out.len())
+        && out.starts_with(alphanumeric)
+        && out.ends_with(alphanumeric)
+        && out.chars().all(|c| alphanumeric(c) || c == '-');
     valid.then_some(out)
 }
 
@@ -82,5 +110,28 @@ mod tests {
         for bad in ["", "9lives", "trailing_", "spa ce", &"x".repeat(64)] {
             assert_eq!(endpoint_name(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn registry_names_map_onto_model_and_entity_names() {
+        assert_eq!(model_name("Fraud_Model").as_deref(), Some("fraud-model"));
+        assert_eq!(
+            model_name("main.risk.fraud").as_deref(),
+            Some("main-risk-fraud")
+        );
+        assert_eq!(model_name("9lives").as_deref(), Some("9lives"));
+        assert_eq!(
+            default_entity_name("mi_catalogo.mi_schema.chatbot", "3").as_deref(),
+            Some("chatbot-3")
+        );
+        assert_eq!(
+            default_entity_name("ads1", "12").as_deref(),
+            Some("ads1-12")
+        );
+        assert_eq!(entity_name("Champion").as_deref(), Some("champion"));
+        for bad in ["", "-x", "x!", &"x".repeat(33)] {
+            assert_eq!(entity_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(model_name("résumé"), None);
     }
 }

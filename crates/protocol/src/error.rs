@@ -23,6 +23,16 @@ pub enum ErrorKind {
     NotFound,
     /// The route exists but not for this method: 405.
     MethodNotAllowed,
+    /// The named resource (a ServingEndpoint the management API was asked about) does not
+    /// exist: 404 `RESOURCE_DOES_NOT_EXIST`.
+    ResourceDoesNotExist,
+    /// A resource of that name exists already: 409 `RESOURCE_ALREADY_EXISTS`.
+    ResourceAlreadyExists,
+    /// The resource is busy (a config update in progress) or changed under the request: 409
+    /// `RESOURCE_CONFLICT`.
+    ResourceConflict,
+    /// A route of the upstream API this server does not provide: 501 `NOT_IMPLEMENTED`.
+    NotImplemented,
     /// The client did not finish sending its body in time: 408.
     RequestTimeout,
     /// The body is larger than `--max-body-bytes`: 413.
@@ -53,6 +63,9 @@ impl ErrorKind {
             Self::BadRequest | Self::InvalidParameterValue => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ResourceDoesNotExist => StatusCode::NOT_FOUND,
+            Self::ResourceAlreadyExists | Self::ResourceConflict => StatusCode::CONFLICT,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -73,6 +86,10 @@ impl ErrorKind {
             Self::InvalidParameterValue => "INVALID_PARAMETER_VALUE",
             Self::NotFound => "ENDPOINT_NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::ResourceDoesNotExist => "RESOURCE_DOES_NOT_EXIST",
+            Self::ResourceAlreadyExists => "RESOURCE_ALREADY_EXISTS",
+            Self::ResourceConflict => "RESOURCE_CONFLICT",
+            Self::NotImplemented => "NOT_IMPLEMENTED",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::PayloadTooLarge => "REQUEST_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",

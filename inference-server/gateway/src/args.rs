@@ -55,6 +55,16 @@ pub struct GatewayArgs {
     /// the manifest's folder by default.
     #[arg(long, env = "SLUICE_GATEWAY_PVC_ROOT")]
     pub pvc_root: Option<PathBuf>,
+    /// Serve the management API (`/api/2.0/serving-endpoints`, the Databricks SDK's routes):
+    /// create, read, update and delete ServingEndpoints, each call authorised as its caller by
+    /// RBAC. Cluster mode only; the gateway's ServiceAccount needs write access to
+    /// servingendpoints (the chart's `gateway.managementApi.enabled`).
+    #[arg(long, env = "SLUICE_GATEWAY_MANAGEMENT_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub management_api: bool,
+    /// The namespace where the management API creates an endpoint whose name does not say one
+    /// (`<namespace>.<name>` does); without it, the one watched namespace.
+    #[arg(long, env = "SLUICE_GATEWAY_API_NAMESPACE")]
+    pub api_namespace: Option<String>,
     /// Let callers without credentials through as `system:anonymous`, with no authorization
     /// check; without it they get 401. (Standalone mode without `--api-keys-file` checks no
     /// caller at all.)

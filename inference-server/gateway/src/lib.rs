@@ -28,6 +28,7 @@ pub mod auth;
 mod backend;
 mod budget;
 mod cache;
+mod databricks;
 mod demand;
 mod discovery;
 pub mod external;
@@ -154,7 +155,7 @@ pub async fn run(
         Some(client) => external::Keys::cluster(client.clone()),
         None => external::Keys::standalone(),
     });
-    let (auth, key_watch) = auth_of(&args, client)?;
+    let (auth, key_watch) = auth_of(&args, client.clone())?;
     let auth = Arc::new(auth);
     let key_task = key_watch.map(|watch| {
         let synced = auth.keys_synced();
@@ -179,6 +180,21 @@ pub async fn run(
         limiter,
         keys.clone(),
     ));
+    let management = match (&client, args.management_api) {
+        (Some(kube), true) => Some(Arc::new(databricks::Management {
+            client: kube.clone(),
+            auth: auth.clone(),
+            namespaces: args.namespaces.clone(),
+            default_namespace: args.api_namespace.clone(),
+            labels: args
+                .selector
+                .as_deref()
+                .map(databricks::selector_labels)
+                .unwrap_or_default(),
+            metrics: state.metrics().clone(),
+        })),
+        _ => None,
+    };
     let listener = bind(args.listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
     let admin = Arc::new(admin::Admin {
@@ -249,11 +265,13 @@ pub async fn run(
             draining.notify_one();
         }
     };
+    let routes = match management {
+        Some(management) => databricks::router(management).merge(proxy.router()),
+        None => proxy.router(),
+    };
     let server = axum::serve(
         listener,
-        proxy
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
+        routes.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(signal);
     let drain_timeout = args.drain_timeout;

@@ -242,6 +242,12 @@ impl CacheOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ManagementLabels {
+    verb: &'static str,
+    error_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     namespace: String,
     endpoint: String,
@@ -332,6 +338,7 @@ pub struct GatewayMetrics {
     limited: Family<LimitedLabels, Counter>,
     guardrails: Family<GuardrailLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
+    management: Family<ManagementLabels, Counter>,
     cache_bytes: Family<EndpointLabels, Gauge>,
     cache_evictions: Family<EndpointLabels, Counter>,
     unsent: Family<UnsentLabels, Counter>,
@@ -434,6 +441,7 @@ impl GatewayMetrics {
             limited: Family::default(),
             guardrails: Family::default(),
             cache_requests: Family::default(),
+            management: Family::default(),
             cache_bytes: Family::default(),
             cache_evictions: Family::default(),
             unsent: Family::default(),
@@ -477,6 +485,11 @@ impl GatewayMetrics {
             "guardrail_actions",
             "Requests and answers the guardrails refused (400) or masked, by endpoint and direction",
             metrics.guardrails.clone(),
+        );
+        registry.register(
+            "management_requests",
+            "Calls of the management API (/api/2.0/serving-endpoints) by RBAC verb and outcome (`OK`, or the error_code answered)",
+            metrics.management.clone(),
         );
         registry.register(
             "cache_requests",
@@ -565,6 +578,13 @@ impl GatewayMetrics {
     #[cfg(test)]
     pub fn auth_total(&self, outcome: AuthOutcome) -> u64 {
         self.auth[outcome as usize].get()
+    }
+
+    /// Counts one management-API call: its RBAC verb, and `OK` or the error code answered.
+    pub fn management(&self, verb: &'static str, error_code: &'static str) {
+        self.management
+            .get_or_create(&ManagementLabels { verb, error_code })
+            .inc();
     }
 
     /// Counts a response-cache lookup's outcome.

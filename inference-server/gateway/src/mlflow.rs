@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
+use sluice_contract::external::{API_TYPE, ProviderSetting, provider_setting};
 use sluice_contract::mlflow::endpoint_name;
 use sluice_contract::support;
 use sluice_crds::ServingEndpoint;
@@ -169,7 +170,7 @@ fn external_model(
     let mut out = json!({"provider": sluice_provider, "name": name, "task": task});
     let mut settings: BTreeMap<&str, String> = BTreeMap::new();
     if let Some(kind) = api_type {
-        settings.insert("apiType", kind.to_string());
+        settings.insert(API_TYPE, kind.to_string());
     }
     for (key, value) in config {
         let text = match value {
@@ -180,48 +181,37 @@ fn external_model(
                 continue;
             }
         };
-        match key.as_str() {
-            "openai_api_key" | "anthropic_api_key" | "databricks_api_token" => {
-                match env_reference(&text) {
-                    Some(env) => {
-                        if !keys.contains(&env) {
-                            keys.push(env.clone());
-                        }
-                        out["apiKeySecretRef"] = json!({"name": options.secret, "key": env});
+        match provider_setting(key) {
+            Some(ProviderSetting::ApiKey) => match env_reference(&text) {
+                Some(env) => {
+                    if !keys.contains(&env) {
+                        keys.push(env.clone());
                     }
-                    None => problems.push(format!(
-                        "{at}: model.config.{key} is a key written in the file; write it as \
-                         $NAME and put the key in Secret {} under NAME",
-                        options.secret
-                    )),
+                    out["apiKeySecretRef"] = json!({"name": options.secret, "key": env});
                 }
-            }
-            "openai_api_base" | "databricks_workspace_url" => {
-                out["apiBase"] = Value::String(text.trim_end_matches('/').to_string());
-            }
-            "openai_organization" => {
-                settings.insert("organization", text);
-            }
-            "openai_api_type" => match text.as_str() {
-                "openai" => {}
-                "azure" | "azuread" => {
-                    settings.insert("apiType", text);
-                }
-                other => problems.push(format!(
-                    "{at}: model.config.openai_api_type {other:?} is not openai, azure or azuread"
+                None => problems.push(format!(
+                    "{at}: model.config.{key} is a key written in the file; write it as \
+                     $NAME and put the key in Secret {} under NAME",
+                    options.secret
                 )),
             },
-            "openai_deployment_name" => {
-                settings.insert("deploymentName", text);
+            Some(ProviderSetting::ApiBase) => {
+                out["apiBase"] = Value::String(text.trim_end_matches('/').to_string());
             }
-            "openai_api_version" => {
-                settings.insert("apiVersion", text);
+            Some(ProviderSetting::Config(API_TYPE)) => match text.as_str() {
+                "openai" => {}
+                "azure" | "azuread" => {
+                    settings.insert(API_TYPE, text);
+                }
+                other => problems.push(format!(
+                    "{at}: model.config.{key} {other:?} is not openai, azure or azuread"
+                )),
+            },
+            Some(ProviderSetting::Config(setting)) => {
+                settings.insert(setting, text);
             }
-            "anthropic_version" => {
-                settings.insert("anthropicVersion", text);
-            }
-            other => problems.push(format!(
-                "{at}: model.config.{other} is not read by Sluice for provider {provider}"
+            None => problems.push(format!(
+                "{at}: model.config.{key} is not read by Sluice for provider {provider}"
             )),
         }
     }

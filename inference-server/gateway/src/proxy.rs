@@ -1705,7 +1705,8 @@ async fn embeddings(
 const ROUTES: &str = "POST /serving-endpoints/{name}/invocations, \
      /serving-endpoints/{name}/served-models/{entity}/invocations, \
      /serving-endpoints/v1/chat/completions, /serving-endpoints/v1/completions, \
-     /serving-endpoints/v1/embeddings, GET /serving-endpoints/v1/models";
+     /serving-endpoints/v1/embeddings, GET /serving-endpoints/v1/models; in a cluster, the \
+     management API under /api/2.0/serving-endpoints";
 
 async fn models(AxumState(proxy): AxumState<Shared>, request: Request) -> Response {
     proxy.list_models(request.headers()).await

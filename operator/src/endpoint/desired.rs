@@ -30,6 +30,7 @@ use k8s_openapi::{
 };
 use sluice_crds::{
     CaptureTableFormat, Engine, ResolvedCapture, ResolvedUsageTracking, ServingEndpoint,
+    common::SecretKeyRef,
 };
 
 use kube::Resource;
@@ -734,17 +735,13 @@ fn env_vars(entity: &ResolvedEntity) -> Vec<EnvVar> {
         env.extend(declared_env(&entity.source));
     }
     for (name, value) in &entity.env {
-        let secret = value
-            .strip_prefix("{{secrets/")
-            .and_then(|r| r.strip_suffix("}}"))
-            .and_then(|r| r.split_once('/'));
-        env.push(match secret {
-            Some((secret, key)) => EnvVar {
+        env.push(match SecretKeyRef::from_reference(value) {
+            Some(SecretKeyRef { name: secret, key }) => EnvVar {
                 name: name.clone(),
                 value_from: Some(EnvVarSource {
                     secret_key_ref: Some(SecretKeySelector {
-                        name: secret.into(),
-                        key: key.into(),
+                        name: secret,
+                        key,
                         optional: Some(false),
                     }),
                     ..Default::default()

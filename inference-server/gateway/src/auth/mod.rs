@@ -35,7 +35,7 @@ use sluice_protocol::error::{ApiError, ErrorKind};
 use crate::metrics::AuthOutcome;
 use cache::TtlCache;
 pub use keys::{KeyProblem, KeyRecord};
-pub use review::{GROUP, RESOURCE, VERB};
+pub use review::{GROUP, RESOURCE, VERB, Verb};
 
 /// A verified caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +90,15 @@ pub struct Caller {
 /// The decision-cache key of callers without credentials (no token hashes to it in practice).
 const ANONYMOUS: [u8; 32] = [0; 32];
 
+/// The key of a cached RBAC decision: who (the hash of their token), what, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Decision {
+    token: [u8; 32],
+    verb: Verb,
+    namespace: String,
+    name: String,
+}
+
 /// Why a call is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -127,6 +136,25 @@ pub enum AuthError {
         /// The API server's reason.
         reason: String,
     },
+    /// RBAC does not let the caller manage endpoints as asked.
+    #[error(
+        "{user} may not {} servingendpoints{}{name} in namespace {namespace}: it needs the \
+         verb `{}` on `servingendpoints` (API group serving.sluice.dev), as `kubectl` would; \
+         {reason}",
+        verb.as_str(), if name.is_empty() { "" } else { "/" }, verb.as_str()
+    )]
+    ForbiddenTo {
+        /// What was asked.
+        verb: Verb,
+        /// Who asked.
+        user: String,
+        /// The endpoint's namespace.
+        namespace: String,
+        /// The endpoint.
+        name: String,
+        /// The API server's reason.
+        reason: String,
+    },
     /// The API key's scope does not include the endpoint.
     #[error(
         "API key {id} may not call {namespace}/{name}: it is limited to {}",
@@ -142,6 +170,18 @@ pub enum AuthError {
         /// The key's scope.
         endpoints: Vec<String>,
     },
+    /// An API key asked to manage endpoints: keys only call them.
+    #[error(
+        "API key {id} may only query endpoints; managing them (`{}`) needs a Kubernetes token \
+         with that RBAC verb on servingendpoints",
+        verb.as_str()
+    )]
+    KeyCannotManage {
+        /// The key id.
+        id: String,
+        /// What was asked.
+        verb: Verb,
+    },
     /// The Kubernetes API could not be asked.
     #[error("checking the caller with the Kubernetes API failed: {0}")]
     Review(#[source] kube::Error),
@@ -151,7 +191,10 @@ impl AuthError {
     /// The answer to the client: 401 (with `WWW-Authenticate`), 403, or 503 to retry.
     pub fn to_api_error(&self) -> ApiError {
         let kind = match self {
-            Self::Forbidden { .. } | Self::OutOfScope { .. } => ErrorKind::PermissionDenied,
+            Self::Forbidden { .. }
+            | Self::ForbiddenTo { .. }
+            | Self::OutOfScope { .. }
+            | Self::KeyCannotManage { .. } => ErrorKind::PermissionDenied,
             Self::Review(_) => ErrorKind::Unavailable,
             _ => ErrorKind::Unauthenticated,
         };
@@ -165,7 +208,10 @@ impl AuthError {
     /// How the check ended, for the `auth_checks` metric.
     pub fn outcome(&self) -> AuthOutcome {
         match self {
-            Self::Forbidden { .. } | Self::OutOfScope { .. } => AuthOutcome::Forbidden,
+            Self::Forbidden { .. }
+            | Self::ForbiddenTo { .. }
+            | Self::OutOfScope { .. }
+            | Self::KeyCannotManage { .. } => AuthOutcome::Forbidden,
             Self::Review(_) => AuthOutcome::Error,
             _ => AuthOutcome::Unauthenticated,
         }
@@ -199,7 +245,7 @@ pub struct Auth {
     kube: Option<Client>,
     keys: KeySource,
     tokens: TtlCache<[u8; 32], Arc<Identity>>,
-    decisions: TtlCache<([u8; 32], String, String), Result<(), String>>,
+    decisions: TtlCache<Decision, Result<(), String>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -359,11 +405,32 @@ impl Auth {
         namespace: &str,
         name: &str,
     ) -> Result<(), AuthError> {
+        self.authorize_to(caller, Verb::Query, namespace, name)
+            .await
+    }
+
+    /// Whether `caller` may do `verb` to the endpoint `name` of `namespace` (to any endpoint
+    /// there when `name` is empty). Only `query` is open to anonymous callers under
+    /// `--allow-anonymous` and to API keys; every other verb is RBAC's to decide.
+    pub async fn authorize_to(
+        &self,
+        caller: &Caller,
+        verb: Verb,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), AuthError> {
         let identity = &caller.identity;
-        if self.open || (identity.is_anonymous() && self.allow_anonymous) {
+        let query = verb == Verb::Query;
+        if query && (self.open || (identity.is_anonymous() && self.allow_anonymous)) {
             return Ok(());
         }
         if let Some(key) = &identity.key {
+            if !query {
+                return Err(AuthError::KeyCannotManage {
+                    id: key.id.clone(),
+                    verb,
+                });
+            }
             return if keys::in_scope(&key.endpoints, namespace, name) {
                 Ok(())
             } else {
@@ -376,7 +443,7 @@ impl Auth {
             };
         }
         let anonymous = identity.is_anonymous();
-        let (Some(client), Some(hash)) = (
+        let (Some(client), Some(token)) = (
             &self.kube,
             if anonymous {
                 Some(ANONYMOUS)
@@ -390,11 +457,16 @@ impl Auth {
                 AuthError::TokenUncheckable
             });
         };
-        let cache_key = (hash, namespace.to_string(), name.to_string());
+        let cache_key = Decision {
+            token,
+            verb,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         let decision = match self.decisions.get(&cache_key) {
             Some(decision) => decision,
             None => {
-                let decision = review::may_query(client, identity, namespace, name)
+                let decision = review::may(client, identity, verb, namespace, name)
                     .await
                     .map_err(AuthError::Review)?;
                 self.decisions.insert(cache_key, decision.clone());
@@ -405,11 +477,28 @@ impl Auth {
             // Credentials would help: 401, as if anonymous calls were off.
             return decision.map_err(|_| AuthError::Missing);
         }
-        decision.map_err(|reason| AuthError::Forbidden {
-            user: identity.user.clone(),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            reason,
+        decision.map_err(|reason| {
+            let (user, namespace, name) = (
+                identity.user.clone(),
+                namespace.to_string(),
+                name.to_string(),
+            );
+            if query {
+                AuthError::Forbidden {
+                    user,
+                    namespace,
+                    name,
+                    reason,
+                }
+            } else {
+                AuthError::ForbiddenTo {
+                    verb,
+                    user,
+                    namespace,
+                    name,
+                    reason,
+                }
+            }
         })
     }
 

@@ -1,5 +1,6 @@
 //! The Kubernetes side of the checks: TokenReview (who does this token belong to?) and
-//! SubjectAccessReview (may they `query` this ServingEndpoint?), as the API server decides them.
+//! SubjectAccessReview (may they `query` this ServingEndpoint, or `create` one?), as the API
+//! server decides them.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
@@ -10,7 +11,39 @@ use kube::{Api, Client, api::PostParams};
 use super::Identity;
 
 /// The RBAC verb that lets a subject call an endpoint through the gateway.
-pub const VERB: &str = "query";
+pub const VERB: &str = Verb::Query.as_str();
+
+/// What a caller asks to do with `servingendpoints`: call one through the gateway, or manage
+/// them through the management API (the Kubernetes verbs the API server would check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// Call the endpoint (the gateway's own verb).
+    Query,
+    /// Read one endpoint.
+    Get,
+    /// List the endpoints of a namespace.
+    List,
+    /// Create an endpoint.
+    Create,
+    /// Change an endpoint.
+    Update,
+    /// Delete an endpoint.
+    Delete,
+}
+
+impl Verb {
+    /// The RBAC verb.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
 /// The API group of ServingEndpoints.
 pub const GROUP: &str = "serving.sluice.dev";
 /// The resource.
@@ -44,11 +77,12 @@ pub async fn token(client: &Client, token: &str) -> Result<Result<Identity, Stri
     }))
 }
 
-/// Whether `who` may `query` the endpoint `name` of `namespace`; the API server's reason when
-/// not.
-pub async fn may_query(
+/// Whether `who` may do `verb` to the endpoint `name` of `namespace` (to any endpoint there
+/// when `name` is empty: `list`, `create`); the API server's reason when not.
+pub async fn may(
     client: &Client,
     who: &Identity,
+    verb: Verb,
     namespace: &str,
     name: &str,
 ) -> Result<Result<(), String>, kube::Error> {
@@ -59,10 +93,10 @@ pub async fn may_query(
             uid: who.uid.clone(),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(namespace.to_string()),
-                verb: Some(VERB.into()),
+                verb: Some(verb.as_str().into()),
                 group: Some(GROUP.into()),
                 resource: Some(RESOURCE.into()),
-                name: Some(name.to_string()),
+                name: (!name.is_empty()).then(|| name.to_string()),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()
