@@ -14,6 +14,11 @@ pub const RESOLVED: &str = "Resolved";
 pub const UPDATING: &str = "Updating";
 /// Condition type: an entity keeps an older version because its alias is in conflict.
 pub const ALIAS_CONFLICT: &str = "AliasConflict";
+/// Condition type of a ModelVersion mirrored from a registry: the registry still holds its
+/// version (`False`, reason [`DELETED_IN_REGISTRY`], once it does not).
+pub const IN_REGISTRY: &str = "InRegistry";
+/// Reason (and Warning event reason) of a mirrored version deleted in its registry.
+pub const DELETED_IN_REGISTRY: &str = "DeletedInRegistry";
 /// Condition type: the spec uses only what this version acts on.
 pub const SUPPORTED: &str = "Supported";
 /// Condition type: every child the plan wants was accepted by the API server.

@@ -22,7 +22,7 @@ use sluice_operator::{
     health::{self, Health, Phase},
     leader::{Elector, LeaseConfig, default_identity},
     metrics::{Metrics, verb_of},
-    model_version,
+    model_version, registry as mirrors,
     runtime::{Env, Shutdown},
 };
 use tracing::{error, info, warn};
@@ -227,9 +227,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }));
         // Draining is bounded: a controller whose watch never synced (the API unreachable)
         // would otherwise wait for it forever.
+        let mirroring = mirrors::run(
+            env.client.clone(),
+            config.registries.clone(),
+            env.selector
+                .as_deref()
+                .map(sluice_contract::labels::selector_labels)
+                .unwrap_or_default(),
+            env.metrics.clone(),
+            env.shutdown.clone(),
+        );
         let deadline = shutdown.clone().then(|()| tokio::time::sleep(drain));
         tokio::select! {
-            _ = both => {}
+            _ = futures::future::join(both, mirroring) => {}
             () = deadline => warn!(?drain, "controllers did not drain in time; stopping anyway"),
         }
     };

@@ -58,8 +58,46 @@ pub struct RequestLabels {
     pub verb: &'static str,
 }
 
+/// How one read of a registry mirror ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegistryOutcome {
+    /// Every version mirrored.
+    Synced,
+    /// Some versions or aliases could not be mirrored (named in the log).
+    Partial,
+    /// The registry could not be read; nothing changed.
+    Unreachable,
+    /// The API server refused an apply (or a list).
+    ApplyFailed,
+}
+
+impl RegistryOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Synced => "synced",
+            Self::Partial => "partial",
+            Self::Unreachable => "unreachable",
+            Self::ApplyFailed => "apply_failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryStateLabels {
+    registry: String,
+    state: &'static str,
+}
+
 /// Every metric of the operator.
 pub struct Metrics {
+    registry_syncs: Family<RegistryLabels, Counter>,
+    registry_versions: Family<RegistryStateLabels, Gauge>,
     reconciles: Family<ControllerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<ControllerLabels, Histogram>,
@@ -72,6 +110,8 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry` (prefix it with `sluice_operator`).
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
+            registry_syncs: Family::default(),
+            registry_versions: Family::default(),
             reconciles: Family::default(),
             errors: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -126,6 +166,16 @@ impl Metrics {
             metrics.api_requests.clone(),
         );
         registry.register(
+            "registry_syncs",
+            "Reads of each registry mirror, by outcome (synced, partial, unreachable, apply_failed)",
+            metrics.registry_syncs.clone(),
+        );
+        registry.register(
+            "registry_versions",
+            "ModelVersions of each registry mirror: mirrored (in the registry) and deleted (gone from it, kept and reported)",
+            metrics.registry_versions.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process holds the leader Lease (or runs without election)",
             metrics.leader.clone(),
@@ -159,6 +209,28 @@ impl Metrics {
         self.status_writes
             .get_or_create(&ControllerLabels { controller })
             .inc();
+    }
+
+    /// Counts one read of registry mirror `registry`.
+    pub fn registry_sync(&self, registry: &str, outcome: RegistryOutcome) {
+        self.registry_syncs
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_string(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the mirrored and deleted version counts of `registry`.
+    pub fn registry_versions(&self, registry: &str, mirrored: usize, deleted: usize) {
+        for (state, count) in [("mirrored", mirrored), ("deleted", deleted)] {
+            self.registry_versions
+                .get_or_create(&RegistryStateLabels {
+                    registry: registry.to_string(),
+                    state,
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts one API request.

@@ -101,45 +101,72 @@ impl Mlflow {
         std::fs::read_to_string(self.dir.join("mlflow.err")).unwrap_or_default()
     }
 
-    /// Logs `folder` as the artifacts `model` of a new run, registers it as the next version
-    /// of `name`, and points `alias` at that version, with the MLflow Python client.
-    pub fn register(&self, folder: &Path, name: &str, alias: &str) -> Registered {
+    /// Runs `code` with the MLflow Python client against this server (`sys.argv[1]` is its
+    /// URI, then `args`), and returns the last line it printed.
+    fn client(&self, what: &str, code: &str, args: &[&str]) -> String {
         let out = Command::new(tool("python"))
             // Ignored by a server without authentication.
             .env("MLFLOW_TRACKING_USERNAME", ADMIN)
             .env("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
             .arg("-c")
-            .arg(
-                "import json, sys, mlflow\n\
-                 from mlflow import MlflowClient\n\
-                 uri, folder, name, alias = sys.argv[1:5]\n\
-                 mlflow.set_tracking_uri(uri)\n\
-                 with mlflow.start_run() as run:\n\
-                 \x20   mlflow.log_artifacts(folder, 'model')\n\
-                 c = MlflowClient()\n\
-                 if not c.search_registered_models(f\"name='{name}'\"):\n\
-                 \x20   c.create_registered_model(name)\n\
-                 v = c.create_model_version(name, f'{run.info.artifact_uri}/model', run_id=run.info.run_id)\n\
-                 c.set_registered_model_alias(name, alias, v.version)\n\
-                 print(json.dumps({'run': run.info.run_id, 'version': v.version}))\n",
-            )
+            .arg(format!(
+                "import json, sys, mlflow\nfrom mlflow import MlflowClient\n\
+                 mlflow.set_tracking_uri(sys.argv[1])\n{code}"
+            ))
             .arg(&self.uri)
-            .arg(folder)
-            .args([name, alias])
+            .args(args)
             .output()
             .expect("the MLflow client runs");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "registering {name}: {text}{}",
+            "{what}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let last = text.lines().last().expect("the client's answer");
-        let ids: serde_json::Value = serde_json::from_str(last).expect("JSON");
+        text.lines().last().unwrap_or_default().to_string()
+    }
+
+    /// Logs `folder` as the artifacts `model` of a new run, registers it as the next version
+    /// of `name`, and points `alias` at that version, with the MLflow Python client.
+    pub fn register(&self, folder: &Path, name: &str, alias: &str) -> Registered {
+        let folder = folder.display().to_string();
+        let last = self.client(
+            &format!("registering {name}"),
+            "folder, name, alias = sys.argv[2:5]\n\
+             with mlflow.start_run() as run:\n\
+             \x20   mlflow.log_artifacts(folder, 'model')\n\
+             c = MlflowClient()\n\
+             if not c.search_registered_models(f\"name='{name}'\"):\n\
+             \x20   c.create_registered_model(name)\n\
+             v = c.create_model_version(name, f'{run.info.artifact_uri}/model', run_id=run.info.run_id)\n\
+             c.set_registered_model_alias(name, alias, v.version)\n\
+             print(json.dumps({'run': run.info.run_id, 'version': v.version}))\n",
+            &[&folder, name, alias],
+        );
+        let ids: serde_json::Value = serde_json::from_str(&last).expect("JSON");
         Registered {
             run: ids["run"].as_str().expect("run").to_string(),
             version: ids["version"].as_str().expect("version").to_string(),
         }
+    }
+
+    /// Points `alias` of registered model `name` at `version`, as a data scientist promotes a
+    /// version.
+    pub fn set_alias(&self, name: &str, alias: &str, version: &str) {
+        self.client(
+            &format!("moving {name}@{alias}"),
+            "MlflowClient().set_registered_model_alias(*sys.argv[2:5])\n",
+            &[name, alias, version],
+        );
+    }
+
+    /// Deletes version `version` of registered model `name` (MLflow drops its aliases too).
+    pub fn delete_version(&self, name: &str, version: &str) {
+        self.client(
+            &format!("deleting {name}/{version}"),
+            "MlflowClient().delete_model_version(*sys.argv[2:4])\n",
+            &[name, version],
+        );
     }
 }
 

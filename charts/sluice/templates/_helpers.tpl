@@ -88,6 +88,18 @@ operator/src/config.rs (OperatorConfig, camelCase, unknown keys refused by the o
 {{- $_ := set $policy "gatewayLabels" (include "sluice.selectorLabels" (dict "ctx" . "component" "gateway") | fromYaml) -}}
 {{- end -}}
 {{- $_ := set $config "networkPolicy" $policy -}}
+{{- /* A registry mirror with credentials reads them where operator-deployment.yaml mounts them. */ -}}
+{{- $mirrors := list -}}
+{{- range (default (list) $config.registries) -}}
+{{- $mirror := deepCopy . -}}
+{{- range $.Values.operator.registryCredentials -}}
+{{- if eq .mirror $mirror.name -}}
+{{- $_ := set $mirror "credentialsDir" (printf "/var/run/secrets/sluice/registries/%s" .mirror) -}}
+{{- end -}}
+{{- end -}}
+{{- $mirrors = append $mirrors $mirror -}}
+{{- end -}}
+{{- $_ := set $config "registries" $mirrors -}}
 {{- toYaml $config -}}
 {{- end -}}
 

@@ -72,6 +72,53 @@ pub struct OperatorConfig {
     pub network_policy: NetworkPolicyConfig,
     /// The price table of usage tracking: what each usage row's `cost` is computed with.
     pub usage_pricing: crate::usage::UsagePricing,
+    /// MLflow model registries the operator mirrors into ModelVersions: every version and
+    /// alias of the models named, kept in step (an alias moved in MLflow rolls every endpoint
+    /// that follows it; a version deleted in MLflow is reported, never removed).
+    pub registries: Vec<RegistryMirror>,
+}
+
+/// One MLflow registry mirrored into a namespace. An operator setting, not a resource: the
+/// registry is a shared service whose credentials the platform team holds, mounted into the
+/// operator's pod from a Secret (the operator reads no Secret through the API), and which team
+/// namespace mirrors which models is theirs to decide.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryMirror {
+    /// Name of the mirror: the value of the `serving.sluice.dev/registry` label of the
+    /// ModelVersions it makes, and of the `registry` metric label.
+    pub name: String,
+    /// The tracking server's base URL (`http(s)://…`).
+    pub tracking_uri: String,
+    /// Namespace the ModelVersions are made in.
+    pub namespace: String,
+    /// Registered models mirrored, by their MLflow names; every model of the registry when
+    /// empty.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Seconds between two reads of the registry. Defaults to 30.
+    #[serde(default)]
+    pub interval_seconds: Option<u64>,
+    /// Folder of the operator's credentials for the registry: files named
+    /// `MLFLOW_TRACKING_TOKEN`, or `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`
+    /// (a Secret with those keys, mounted by the chart). No credentials when unset.
+    #[serde(default)]
+    pub credentials_dir: Option<String>,
+    /// Secret in `namespace` (same keys) the made ModelVersions name in `source.secretRef`,
+    /// for their source check and fetch steps.
+    #[serde(default)]
+    pub secret_name: Option<String>,
+    /// Format of the made ModelVersions; `mlflow` (a model folder with an `MLmodel`) unless
+    /// set.
+    #[serde(default)]
+    pub format: Option<sluice_crds::ModelFormat>,
+}
+
+impl RegistryMirror {
+    /// Seconds between two reads.
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.interval_seconds.unwrap_or(30))
+    }
 }
 
 /// Who may reach entity pods.
@@ -230,6 +277,7 @@ impl Default for OperatorConfig {
             progress_deadline_seconds: 600,
             network_policy: NetworkPolicyConfig::default(),
             usage_pricing: crate::usage::UsagePricing::default(),
+            registries: Vec::new(),
         }
     }
 }
@@ -307,6 +355,36 @@ impl OperatorConfig {
         self.usage_pricing.check()?;
         if self.lake_volume.access_modes.is_empty() {
             return Err("lakeVolume.accessModes: at least one access mode".into());
+        }
+        for (i, mirror) in self.registries.iter().enumerate() {
+            let at = format!("registries[{i}]");
+            if crate::mlflow::entity_name(&mirror.name).as_deref() != Some(mirror.name.as_str()) {
+                return Err(format!(
+                    "{at}.name: {:?} is not a label value of at most 32 lower-case letters, \
+                     digits and `-`",
+                    mirror.name
+                ));
+            }
+            if self.registries[..i].iter().any(|m| m.name == mirror.name) {
+                return Err(format!(
+                    "{at}.name: {} is the name of two mirrors",
+                    mirror.name
+                ));
+            }
+            if !(mirror.tracking_uri.starts_with("http://")
+                || mirror.tracking_uri.starts_with("https://"))
+            {
+                return Err(format!(
+                    "{at}.trackingUri: {:?} is not an http(s):// URL",
+                    mirror.tracking_uri
+                ));
+            }
+            if mirror.namespace.is_empty() {
+                return Err(format!("{at}.namespace: required"));
+            }
+            if mirror.interval_seconds.is_some_and(|s| s < 5) {
+                return Err(format!("{at}.intervalSeconds: at least 5"));
+            }
         }
         if !(1..=i32::MAX as u32).contains(&self.progress_deadline_seconds) {
             return Err(format!(

@@ -17,6 +17,29 @@ pub const ANNOTATION_MODEL: &str = "serving.sluice.dev/model";
 pub const ANNOTATION_MODEL_VERSION: &str = "serving.sluice.dev/model-version";
 /// Annotation on a recorder's pod template: the provider of the external model it records.
 pub const ANNOTATION_PROVIDER: &str = "serving.sluice.dev/provider";
+/// Label of a ModelVersion the operator mirrors from an MLflow registry: the mirror's name.
+pub const LABEL_REGISTRY: &str = "serving.sluice.dev/registry";
+/// Annotation of a mirrored ModelVersion: the registered model's name as MLflow spells it.
+pub const ANNOTATION_REGISTERED_NAME: &str = "serving.sluice.dev/registered-name";
+/// Annotation of a mirrored ModelVersion whose version was deleted in the registry: when and
+/// what was seen. The version is kept (endpoints may serve it) and reported.
+pub const ANNOTATION_REGISTRY_DELETED: &str = "serving.sluice.dev/registry-deleted";
+
+/// The labels an equality selector (`a=b,c==d`) requires, so objects made for an installation
+/// carry them and its watches see them. Other terms (`!a`, `a in (…)`, `a!=b`) name no one
+/// value and are left out.
+pub fn selector_labels(selector: &str) -> std::collections::BTreeMap<String, String> {
+    selector
+        .split(',')
+        .filter(|term| !term.contains("!="))
+        .filter_map(|term| {
+            let (key, value) = term.split_once("==").or_else(|| term.split_once('='))?;
+            let key = key.trim();
+            (!key.is_empty()).then(|| (key.to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Name of the container port that fronts an entity pod (the capture sidecar, or the model
 /// container when capture is off); the gateway routes to it.
 pub const FRONT_PORT_NAME: &str = "http";
@@ -50,4 +73,16 @@ pub fn revision_of(rendered: &[u8]) -> String {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{:05x}", hash & 0xf_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_equality_selector_names_the_labels_of_made_objects() {
+        let labels =
+            super::selector_labels("sluice.dev/installation=prod, tier==gold,!legacy,x!=y");
+        assert_eq!(labels.len(), 2, "{labels:?}");
+        assert_eq!(labels["sluice.dev/installation"], "prod");
+        assert_eq!(labels["tier"], "gold");
+    }
 }

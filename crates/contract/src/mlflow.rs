@@ -60,6 +60,37 @@ pub fn entity_name(name: &str) -> Option<String> {
     kubernetes_label(name, 32)
 }
 
+/// The ModelVersion alias of MLflow alias `alias` (`Champion_2` → `champion-2`): a DNS label
+/// of at most 32 characters that starts with a letter, as `spec.aliases` takes them.
+pub fn alias_name(alias: &str) -> Option<String> {
+    kubernetes_label(alias, 32).filter(|out| out.starts_with(|c: char| c.is_ascii_lowercase()))
+}
+
+/// The name of the ModelVersion object of version `version` of Sluice model `model`.
+pub fn version_object_name(model: &str, version: i64) -> String {
+    format!("{model}-{version}")
+}
+
+/// The `Authorization` header value for MLflow credentials as MLflow's own clients take them
+/// (`MLFLOW_TRACKING_TOKEN`, else `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`);
+/// `None` without credentials.
+pub fn authorization(
+    token: Option<&str>,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Option<String> {
+    use base64::Engine as _;
+    match (token, username) {
+        (Some(token), _) => Some(format!("Bearer {token}")),
+        (None, Some(user)) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.unwrap_or_default()))
+        )),
+        (None, None) => None,
+    }
+}
+
 /// `name` lowercased, with `_` and `.` as `-`, when that is a DNS-1123 label of at
 /// most `max` characters.
 fn kubernetes_label(name: &str, max: usize) -> Option<String> {
@@ -110,6 +141,21 @@ mod tests {
         for bad in ["", "9lives", "trailing_", "spa ce", &"x".repeat(64)] {
             assert_eq!(endpoint_name(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn credentials_become_the_header_mlflow_clients_send() {
+        assert_eq!(
+            authorization(None, Some("admin"), Some("password1234")).as_deref(),
+            Some("Basic YWRtaW46cGFzc3dvcmQxMjM0")
+        );
+        assert_eq!(
+            authorization(Some("t0k"), Some("admin"), None).as_deref(),
+            Some("Bearer t0k")
+        );
+        assert_eq!(authorization(None, None, Some("p")), None);
+        assert_eq!(alias_name("Champion_2").as_deref(), Some("champion-2"));
+        assert_eq!(alias_name("2nd"), None);
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub struct ResolvedEntity {
     pub max_held_requests: u32,
     /// Seconds a held request waits.
     pub hold_timeout_seconds: u32,
-    /// Set when the entity follows an alias that more than one ModelVersion claims: it keeps
-    /// the version it resolved to before, and this says so (an endpoint condition).
+    /// Set when the entity follows an alias that no ModelVersion holds alone (claimed by
+    /// several, or by none since its version left the registry): it keeps the version it
+    /// resolved to before, and this says so (the endpoint's `AliasConflict` condition).
     #[serde(skip)]
     pub alias_conflict: Option<String>,
     /// The price its usage rows are costed with (usage tracking on, and the operator config
@@ -282,13 +283,15 @@ fn registered_source(
                 let mv = previous
                     .get(name)
                     .and_then(|v| of_model().find(|m| m.spec.version == *v))?;
-                if !claimants.is_empty() {
-                    alias_conflict = Some(format!(
-                        "entity {name}: alias {alias} of model {model} is claimed by {}; keeping version {}",
-                        claimants.join(", "),
-                        mv.spec.version
-                    ));
-                }
+                let held_by = if claimants.is_empty() {
+                    "held by no ModelVersion".to_string()
+                } else {
+                    format!("claimed by {}", claimants.join(", "))
+                };
+                alias_conflict = Some(format!(
+                    "entity {name}: alias {alias} of model {model} is {held_by}; keeping version {}",
+                    mv.spec.version
+                ));
                 Some(mv)
             };
             holder.or_else(kept).ok_or(ResolveProblem::AliasNotFound {
@@ -689,6 +692,24 @@ mod tests {
             r[0].alias_conflict.as_deref(),
             Some(
                 "entity c: alias champion of model churn is claimed by churn-7, churn-8; keeping version 7"
+            )
+        );
+    }
+
+    #[test]
+    fn an_alias_no_version_holds_any_more_keeps_the_version_resolved_before() {
+        let ep = endpoint("  servedEntities:\n  - {name: c, model: churn, alias: champion}");
+        let models = [version(7, &[], true)];
+        let previous = BTreeMap::from([("c".to_string(), 7)]);
+        let r = resolve(&ep, &models, &previous, &OperatorConfig::default()).expect("kept");
+        assert!(matches!(
+            r[0].source,
+            EntitySource::Registered { version: 7, .. }
+        ));
+        assert_eq!(
+            r[0].alias_conflict.as_deref(),
+            Some(
+                "entity c: alias champion of model churn is held by no ModelVersion; keeping version 7"
             )
         );
     }

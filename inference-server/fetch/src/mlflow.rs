@@ -59,8 +59,8 @@ impl Tracking {
             .or_else(|| env("MLFLOW_TRACKING_URI"))
             .ok_or_else(|| {
                 failed(
-                "no MLflow tracking server: set spec.source.trackingUri on the ModelVersion (or \
-                 mlflow.trackingUri in the operator config), or MLFLOW_TRACKING_URI in its Secret"
+                "no MLflow tracking server: set spec.source.trackingUri on the ModelVersion, or \
+                 MLFLOW_TRACKING_URI in its Secret"
                     .into(),
             )
             })?;
@@ -80,18 +80,12 @@ impl Tracking {
                 value
             })
         };
-        let authorization = match (
-            env("MLFLOW_TRACKING_TOKEN"),
-            env("MLFLOW_TRACKING_USERNAME"),
-            env("MLFLOW_TRACKING_PASSWORD"),
-        ) {
-            (Some(token), _, _) => Some(secret(format!("Bearer {token}"))),
-            (None, Some(user), password) => Some(secret(format!(
-                "Basic {}",
-                base64(format!("{user}:{}", password.unwrap_or_default()).as_bytes())
-            ))),
-            _ => None,
-        };
+        let authorization = sluice_contract::mlflow::authorization(
+            env("MLFLOW_TRACKING_TOKEN").as_deref(),
+            env("MLFLOW_TRACKING_USERNAME").as_deref(),
+            env("MLFLOW_TRACKING_PASSWORD").as_deref(),
+        )
+        .map(secret);
         if let Some(value) = authorization {
             let value = value.map_err(|_| {
                 failed("the MLflow credentials hold characters a header cannot carry".into())
@@ -335,25 +329,6 @@ fn join(base: &str, name: &str) -> String {
 }
 
 /// Standard base64 (for basic auth).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,12 +347,5 @@ mod tests {
         assert_eq!(join("a/b", "c"), "a/b/c");
         assert_eq!(join("", "c"), "c");
         assert_eq!(join("a", ""), "a");
-    }
-
-    #[test]
-    fn basic_auth_is_standard_base64() {
-        assert_eq!(base64(b"admin:password1234"), "YWRtaW46cGFzc3dvcmQxMjM0");
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
     }
 }

@@ -189,7 +189,7 @@ pub async fn run(
             labels: args
                 .selector
                 .as_deref()
-                .map(databricks::selector_labels)
+                .map(sluice_contract::labels::selector_labels)
                 .unwrap_or_default(),
             metrics: state.metrics().clone(),
         })),

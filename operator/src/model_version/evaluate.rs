@@ -11,8 +11,9 @@ use sluice_contract::claim::ClaimUri;
 use sluice_contract::mlflow;
 use sluice_contract::resolve::alias_claims;
 
-use crate::conditions::{self, Desired, Status};
+use crate::conditions::{self, DELETED_IN_REGISTRY, Desired, IN_REGISTRY, Status};
 pub use crate::conditions::{ALIAS_CONFLICT, READY};
+use sluice_contract::labels::{ANNOTATION_REGISTRY_DELETED, LABEL_REGISTRY};
 
 /// The status `mv` should have. `siblings` may include `mv` itself; only versions of the same
 /// model in the same namespace are considered.
@@ -49,6 +50,22 @@ pub fn evaluate(
             message: conflicts.join("; "),
         }
     });
+    if let Some(registry) = mv.labels().get(LABEL_REGISTRY) {
+        desired.push(match mv.annotations().get(ANNOTATION_REGISTRY_DELETED) {
+            Some(note) => Desired {
+                type_: IN_REGISTRY,
+                status: Status::False,
+                reason: DELETED_IN_REGISTRY,
+                message: note.clone(),
+            },
+            None => Desired {
+                type_: IN_REGISTRY,
+                status: Status::True,
+                reason: "Registered",
+                message: format!("mirrored from registry {registry}"),
+            },
+        });
+    }
     let previous: &[Condition] = mv
         .status
         .as_ref()
@@ -277,6 +294,38 @@ mod tests {
             .iter()
             .find(|c| c.type_ == t)
             .expect("condition present")
+    }
+
+    #[test]
+    fn a_mirrored_version_deleted_in_its_registry_stays_ready_and_says_so() {
+        let mut mirrored = version("iris-2", 2, "");
+        mirrored
+            .labels_mut()
+            .insert(LABEL_REGISTRY.into(), "prod".into());
+        let status = evaluate(
+            &mirrored,
+            &[],
+            &Verdict::Reachable("readable".into()),
+            Timestamp::now(),
+        );
+        assert_eq!(condition(&status, IN_REGISTRY).status, "True");
+        mirrored.annotations_mut().insert(
+            ANNOTATION_REGISTRY_DELETED.into(),
+            "version 2 of iris is no longer in registry prod".into(),
+        );
+        let status = evaluate(
+            &mirrored,
+            &[],
+            &Verdict::Reachable("readable".into()),
+            Timestamp::now(),
+        );
+        let deleted = condition(&status, IN_REGISTRY);
+        assert_eq!(
+            (deleted.status.as_str(), deleted.reason.as_str()),
+            ("False", DELETED_IN_REGISTRY)
+        );
+        assert!(deleted.message.contains("no longer in registry prod"));
+        assert_eq!(condition(&status, READY).status, "True");
     }
 
     #[test]

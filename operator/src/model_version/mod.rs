@@ -32,6 +32,7 @@ use serde_json::json;
 use sluice_crds::{ModelVersion, ModelVersionStatus};
 use tracing::{info, instrument, warn};
 
+use crate::conditions::IN_REGISTRY;
 pub use evaluate::{ALIAS_CONFLICT, READY, evaluate};
 use source_check::{LABEL_MODEL_VERSION, RECHECK_AFTER, Verdict};
 
@@ -234,12 +235,14 @@ async fn publish_changes(recorder: &Recorder, mv: &ModelVersion, status: &ModelV
         let unchanged = before
             .iter()
             .any(|b| b.type_ == c.type_ && b.status == c.status && b.reason == c.reason);
-        let noteworthy = c.type_ == READY || c.status == "True";
+        let deleted = c.type_ == IN_REGISTRY && c.status == "False";
+        let noteworthy = c.type_ == READY || c.status == "True" || deleted;
         if unchanged || !noteworthy {
             continue;
         }
         let warning = (c.type_ == READY && c.status != "True")
-            || (c.type_ == ALIAS_CONFLICT && c.status == "True");
+            || (c.type_ == ALIAS_CONFLICT && c.status == "True")
+            || deleted;
         let event = Event {
             type_: if warning {
                 EventType::Warning

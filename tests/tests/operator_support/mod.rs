@@ -48,13 +48,22 @@ impl Scene {
     /// As [`Self::new`], with the operator configuration `config_yaml` (without
     /// `images.inferenceServer`, pods run our real data-plane image).
     pub async fn with_config(prefix: &str, with_nodes: bool, config_yaml: &str) -> Self {
+        Self::with_config_for(prefix, with_nodes, |_| config_yaml.to_string()).await
+    }
+
+    /// As [`Self::with_config`], the configuration made from the scenario's namespace.
+    pub async fn with_config_for(
+        prefix: &str,
+        with_nodes: bool,
+        config_yaml: impl FnOnce(&str) -> String,
+    ) -> Self {
         let nodes = with_nodes.then(shared_nodes);
         let cp = shared();
         let client = cp.client().await.expect("admin client");
         let ns = fresh_namespace(&client, prefix).await;
         let operator = cp.start_operator_with(&OperatorOptions {
             namespace: Some(ns.clone()),
-            config_yaml: Some(config_yaml.into()),
+            config_yaml: Some(config_yaml(&ns)),
             ..Default::default()
         });
         Self {

@@ -299,20 +299,6 @@ impl Management {
     }
 }
 
-/// The labels an equality selector (`a=b,c==d`) requires: created endpoints carry them. Other
-/// terms (`!a`, `a in (…)`) name no one value and are left out.
-pub fn selector_labels(selector: &str) -> BTreeMap<String, String> {
-    selector
-        .split(',')
-        .filter_map(|term| {
-            let (key, value) = term.split_once("==").or_else(|| term.split_once('='))?;
-            let key = key.trim().trim_end_matches('!');
-            (!term.contains("!=") && !key.is_empty())
-                .then(|| (key.to_string(), value.trim().to_string()))
-        })
-        .collect()
-}
-
 fn post_params() -> PostParams {
     PostParams {
         dry_run: false,
@@ -636,16 +622,4 @@ async fn not_provided(request: Request<Body>) -> Response {
         ),
     )
     .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn an_equality_selector_names_the_labels_of_created_endpoints() {
-        let labels =
-            super::selector_labels("sluice.dev/installation=prod, tier==gold,!legacy,x!=y");
-        assert_eq!(labels.len(), 2, "{labels:?}");
-        assert_eq!(labels["sluice.dev/installation"], "prod");
-        assert_eq!(labels["tier"], "gold");
-    }
 }
