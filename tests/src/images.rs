@@ -130,6 +130,20 @@ pub fn tools() -> Pushed {
     })
 }
 
+/// The MLflow runtime image (`images/mlflow/build.sh`: `mlflow models serve` with the flavors'
+/// libraries, running as nonroot), pushed by digest: what entities with `runtime.engine:
+/// mlflow` run.
+pub fn mlflow_runtime() -> Pushed {
+    push_once("sluice/mlflow-runtime", || {
+        run_ok(
+            Command::new("bash")
+                .arg(repo_root().join("images/mlflow/build.sh"))
+                .env("SLUICE_MLFLOW_RUNTIME_TAG", "test"),
+        );
+        "localhost/sluice/mlflow-runtime:test".to_string()
+    })
+}
+
 /// Builds (with `build`, which returns the local tag) and pushes an image to
 /// `<registry>/<path>` once per test binary; builds are serialised.
 fn push_once(path: &str, build: impl FnOnce() -> String) -> Pushed {

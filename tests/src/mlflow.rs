@@ -150,6 +150,26 @@ impl Mlflow {
         }
     }
 
+    /// Trains a scikit-learn logistic regression on the iris columns and saves it with
+    /// `mlflow.sklearn.save_model` (flavors `python_function` and `sklearn`, a pickle the
+    /// builtin runtime cannot run) into `folder`, an input example included.
+    pub fn save_sklearn_model(&self, folder: &Path) {
+        let folder = folder.display().to_string();
+        self.client(
+            "saving an sklearn model",
+            "import pandas as pd\n\
+             from sklearn.linear_model import LogisticRegression\n\
+             cols = ['sepal_length', 'sepal_width', 'petal_length', 'petal_width']\n\
+             X = pd.DataFrame([[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3],\n\
+             \x20   [6.3, 2.5, 5.0, 1.9], [5.8, 2.7, 4.1, 1.0], [6.0, 2.2, 4.0, 1.0]], columns=cols)\n\
+             y = [0, 0, 2, 2, 1, 1]\n\
+             model = LogisticRegression(max_iter=1000).fit(X, y)\n\
+             mlflow.sklearn.save_model(model, sys.argv[2], input_example=X.head(2))\n\
+             print('saved')\n",
+            &[&folder],
+        );
+    }
+
     /// Points `alias` of registered model `name` at `version`, as a data scientist promotes a
     /// version.
     pub fn set_alias(&self, name: &str, alias: &str, version: &str) {

@@ -421,6 +421,12 @@ fn images_are_built_and_pushed_only_by_the_image_scripts_for_amd64_and_arm64() {
         assert!(scripts.contains(&push), "missing `{push}` in:\n{scripts}");
     }
 
+    assert!(
+        scripts.contains("bash images/mlflow/build.sh")
+            && scripts.contains("\"ghcr.io/sluice-dev/mlflow-runtime:$VERSION-$ARCH\""),
+        "the MLflow runtime image is built by its script and pushed per arch:\n{scripts}"
+    );
+
     let publish = &release["jobs"]["publish"];
     let scripts = run_scripts(publish).join("\n");
     assert!(

@@ -69,7 +69,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-The operator's config file: operator.config with images.inferenceServer filled in. Keys follow
+The operator's config file: operator.config with images.inferenceServer and images.engines.mlflow
+filled in. Keys follow
 operator/src/config.rs (OperatorConfig, camelCase, unknown keys refused by the operator).
 */}}
 {{- define "sluice.operator.config" -}}
@@ -78,6 +79,11 @@ operator/src/config.rs (OperatorConfig, camelCase, unknown keys refused by the o
 {{- if not $images.inferenceServer -}}
 {{- $_ := set $images "inferenceServer" (include "sluice.image" (dict "image" .Values.images.inferenceServer "ctx" .)) -}}
 {{- end -}}
+{{- $engines := default (dict) $images.engines -}}
+{{- if not $engines.mlflow -}}
+{{- $_ := set $engines "mlflow" (include "sluice.image" (dict "image" .Values.images.mlflowRuntime "ctx" .)) -}}
+{{- end -}}
+{{- $_ := set $images "engines" $engines -}}
 {{- $_ := set $config "images" $images -}}
 {{- /* Entity pods take traffic from this release's gateways only (plus allowedNamespaces). */ -}}
 {{- $policy := default (dict) $config.networkPolicy -}}

@@ -285,18 +285,22 @@ impl Default for OperatorConfig {
 impl Default for Images {
     fn default() -> Self {
         let version = env!("CARGO_PKG_VERSION");
+        let mut engines: BTreeMap<String, String> = [
+            ("vllm", "vllm/vllm-openai:v0.11.0"),
+            ("sglang", "lmsysorg/sglang:v0.5.3"),
+            ("tgi", "ghcr.io/huggingface/text-generation-inference:3.3.6"),
+            ("llamacpp", "ghcr.io/ggml-org/llama.cpp:server"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        // Ours (images/mlflow): MLflow's scoring server with the flavors' libraries.
+        engines.insert(
+            "mlflow".into(),
+            format!("ghcr.io/sluice-dev/mlflow-runtime:{version}"),
+        );
         Self {
             inference_server: format!("ghcr.io/sluice-dev/inference-server:{version}"),
-            engines: BTreeMap::from(
-                [
-                    ("vllm", "vllm/vllm-openai:v0.11.0"),
-                    ("sglang", "lmsysorg/sglang:v0.5.3"),
-                    ("tgi", "ghcr.io/huggingface/text-generation-inference:3.3.6"),
-                    ("llamacpp", "ghcr.io/ggml-org/llama.cpp:server"),
-                    ("mlflow", "ghcr.io/mlflow/mlflow:v3.4.0"),
-                ]
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-            ),
+            engines,
         }
     }
 }

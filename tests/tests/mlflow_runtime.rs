@@ -1,0 +1,148 @@
+//! A model the builtin runtime cannot run, served by MLflow's own scoring server: a
+//! scikit-learn logistic regression saved by `mlflow.sklearn.save_model` (a pickle, flavors
+//! `python_function` and `sklearn`) and registered in a real `mlflow server`; an entity with
+//! `runtime.engine: mlflow` runs the project's MLflow runtime image (`images/mlflow`) as a real
+//! container on the test kubelet, non-root, behind the capture sidecar. Predictions come back
+//! through the gateway in MLflow's own shape, and every request is a row of the inference
+//! table that DuckDB reads back from the lake claim after the pod drained.
+
+mod operator_support;
+
+use std::time::Duration;
+
+use operator_support::Scene;
+use serde_json::{Value, json};
+use sluice_tests::{
+    cluster::shared,
+    gateway::GatewayProcess,
+    images,
+    lake::{claim_folder, delete_and_drain, duckdb_row, parquet_table},
+    mlflow::Mlflow,
+};
+
+const REQUESTS: usize = 12;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
+    let dir = sluice_tests::process::temp_dir("mlflow-runtime");
+    let server = Mlflow::start(&dir).await;
+    let folder = dir.join("sklearn-model");
+    server.save_sklearn_model(&folder);
+    let registered = server.register(&folder, "Iris_Sklearn", "champion");
+    assert_eq!(registered.version, "1");
+
+    let runtime = images::mlflow_runtime().reference();
+    let scene = Scene::with_config(
+        "mlflow-runtime",
+        true,
+        &format!("images:\n  engines:\n    mlflow: {runtime}\n"),
+    )
+    .await;
+    scene
+        .apply(
+            json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-sklearn-1"},
+            "spec": {"model": "iris-sklearn", "version": 1, "format": "mlflow",
+                     "source": {"uri": "models:/Iris_Sklearn/1", "trackingUri": server.uri}}}),
+        )
+        .await;
+    scene
+        .apply(
+            json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
+            "metadata": {"name": "iris"},
+            "spec": {"servedEntities": [{"name": "sk", "model": "iris-sklearn", "version": 1,
+                                          "runtime": {"engine": "mlflow"}}],
+                     "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"}}}),
+        )
+        .await;
+    // A first pull of the image (700 MB) and MLflow's start take longer than `settled` waits.
+    let endpoints = scene.endpoints();
+    sluice_tests::wait::eventually(
+        "iris READY on the MLflow runtime",
+        Duration::from_secs(300),
+        || scene.logs(),
+        || async {
+            let state = endpoints.get("iris").await.ok()?.status?.state?;
+            (format!("{:?}/{:?}", state.ready, state.config_update) == "READY/NOT_UPDATING")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The engine container is our image, run as the restricted non-root user.
+    let pods = scene.pods_of("iris").await;
+    let engine = pods[0]
+        .spec
+        .as_ref()
+        .expect("spec")
+        .containers
+        .iter()
+        .find(|c| c.image.as_deref() == Some(runtime.as_str()))
+        .unwrap_or_else(|| panic!("no container runs {runtime}: {:?}", pods[0].spec));
+    assert_eq!(
+        engine.args.as_ref().expect("args")[..2],
+        ["models".to_string(), "serve".to_string()]
+    );
+
+    let gateway = GatewayProcess::start(shared(), &shared().kubeconfig, &scene.ns).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
+    let bodies = [
+        json!({"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                                   "data": [[6.7, 3.0, 5.2, 2.3], [5.1, 3.5, 1.4, 0.2]]}}),
+        json!({"dataframe_records": [{"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3},
+                                     {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}),
+    ];
+    for i in 0..REQUESTS {
+        let answer = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(bodies[i % 2].to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = answer.status();
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"predictions": [2, 0]}),
+            "MLflow's scoring server answers in its own shape"
+        );
+    }
+    // MLflow's own validation error passes through unchanged, with its status.
+    let refused = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"dataframe_split": {"columns": ["nope"], "data": [[1]]}}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.expect("JSON");
+    assert_eq!(
+        refused["error_code"], "INVALID_PARAMETER_VALUE",
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Model is missing inputs")),
+        "{refused}"
+    );
+
+    let client = scene.client.clone();
+    delete_and_drain(&client, &scene.ns, "iris", || scene.logs()).await;
+    let lake = claim_folder(&client, &scene.ns, "sluice-lake").await;
+    let table = parquet_table(&lake.join("ml/prod/iris_payload"));
+    assert_eq!(
+        duckdb_row(&format!(
+            "select count(*), count(distinct request_id), \
+             count(*) filter (where status_code = 200 and response like '%predictions%') \
+             from {table}"
+        )),
+        format!("({0}, {0}, {1})", REQUESTS + 1, REQUESTS),
+        "rows in {}",
+        lake.display()
+    );
+}
