@@ -41,12 +41,19 @@ rm -f "$root"/usr/lib/python3.11/lib-dynload/{_test,_xxtest,xxlimited,nis.,_ctyp
 rm -rf "$root/usr/lib/python3.11/idlelib" "$root/usr/lib/python3.11/tkinter" \
     "$root/usr/lib/python3.11/turtledemo"
 ln -sf python3.11 "$root/usr/bin/python3"
-# Wheels only, for the image's own Python (the same Debian 12 CPython 3.11 as the builder's);
-# scripts (uvicorn) get a `#!/usr/bin/python3.11` line, which the image has.
+# Wheels only, for the image's own Python (the same Debian 12 CPython 3.11 as the builder's),
+# with Debian's pip where it is installed, else a throwaway venv's (ensurepip); scripts
+# (uvicorn) then get a `#!/usr/bin/python3.11` line, which the image has.
 if [[ ! -d "$cache/opt" ]]; then
     echo "mlflow-runtime/build.sh: installing requirements.txt" >&2
-    /usr/bin/python3.11 -m pip install --quiet --disable-pip-version-check --no-compile \
+    pip=(/usr/bin/python3.11 -m pip)
+    if ! "${pip[@]}" --version >/dev/null 2>&1; then
+        /usr/bin/python3.11 -m venv "$work/venv"
+        pip=("$work/venv/bin/python" -m pip)
+    fi
+    "${pip[@]}" install --quiet --disable-pip-version-check --no-compile \
         --only-binary=:all: --target "$work/opt-lib" -r "$src/requirements.txt" >&2
+    sed -i '1s|^#!.*python.*$|#!/usr/bin/python3.11|' "$work/opt-lib/bin/"*
     mkdir -p "$cache/opt.tmp"
     mv "$work/opt-lib/bin" "$cache/opt.tmp/bin"
     mv "$work/opt-lib" "$cache/opt.tmp/lib"
