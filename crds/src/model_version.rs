@@ -246,4 +246,15 @@ pub struct ModelVersionStatus {
     /// Aliases this version holds without conflict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub effective_aliases: Vec<String>,
+    /// The flavors of the artifact's MLflow `MLmodel` file (`python_function`, `sklearn`,
+    /// `onnx`, ...), as the source check read them; empty when the artifact has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flavors: Vec<String>,
+    /// The engine that serves this version for a served entity that names no `runtime`, chosen
+    /// from the flavors as a runtime is chosen from a model format: `builtin` when it serves
+    /// one of them (`onnx`, `sentence_transformers`, feature-extraction `transformers`),
+    /// `mlflow` (MLflow's scoring server) for any other model with a `python_function`
+    /// flavor. Unset when the artifact has no `MLmodel` (the builtin runtime serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::Engine>,
 }

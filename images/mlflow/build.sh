@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the MLflow runtime image, localhost/sluice/mlflow-runtime:<version>: MLflow's own
-# scoring server (`mlflow models serve`, the image's entrypoint is `python3.11 -m mlflow`) for
+# scoring server (`mlflow models serve`; the entrypoint, init.py, runs `python3.11 -m mlflow`) for
 # the model flavors the builtin runtime does not run (python_function, sklearn, xgboost,
 # lightgbm). The distroless base (images/base/build.sh) plus CPython 3.11 and bash (the scoring
 # backend starts uvicorn through `bash -c`) from Debian 12 packages, and the pinned packages of
@@ -21,7 +21,7 @@ podman=(podman --runtime /usr/sbin/runc)
 
 base_id=$(bash "$src/../base/build.sh")
 script_hash=$(cat "$src/build.sh" "$src/Containerfile" "$src/requirements.txt" "$src/../debs.sh" \
-    | sha256sum | cut -c1-16)
+    "$src/init.py" | sha256sum | cut -c1-16)
 hash=$(printf '%s\n%s\n' "$script_hash" "$base_id" | sha256sum | cut -c1-16)
 
 # shellcheck source=../debs.sh
@@ -59,8 +59,9 @@ if [[ ! -d "$cache/opt" ]]; then
     mv "$work/opt-lib" "$cache/opt.tmp/lib"
     mv "$cache/opt.tmp" "$cache/opt"
 fi
-mkdir -p "$root/opt/mlflow"
+mkdir -p "$root/opt/mlflow" "$root/opt/sluice"
 cp -a "$cache/opt/." "$root/opt/mlflow/"
+cp "$src/init.py" "$root/opt/sluice/init.py"
 cp "$src/Containerfile" "$work/Containerfile"
 echo "mlflow-runtime/build.sh: building $tag on $base_id" >&2
 "${podman[@]}" build --pull=never --quiet --label "dev.sluice.mlflow-runtime-hash=$hash" \

@@ -1,21 +1,22 @@
 //! A model the builtin runtime cannot run, served by MLflow's own scoring server: a
 //! scikit-learn logistic regression saved by `mlflow.sklearn.save_model` (a pickle, flavors
-//! `python_function` and `sklearn`) and registered in a real `mlflow server`; an entity with
-//! `runtime.engine: mlflow` runs the project's MLflow runtime image (`images/mlflow`) as a real
-//! container on the test kubelet, non-root, behind the capture sidecar. Predictions come back
+//! `python_function` and `sklearn`) and registered in a real `mlflow server`. The source check
+//! reads the MLmodel, the ModelVersion's status names its flavors and the engine they need, and
+//! an entity that names no runtime runs the project's MLflow runtime image (`images/mlflow`) as
+//! a real container on the test kubelet, non-root, behind the capture sidecar. Predictions come back
 //! through the gateway in MLflow's own shape, and every request is a row of the inference
 //! table that DuckDB reads back from the lake claim after the pod drained.
 
 mod operator_support;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use operator_support::Scene;
 use serde_json::{Value, json};
 use sluice_tests::{
     cluster::shared,
     gateway::GatewayProcess,
-    images,
+    images::{self, podman, run_ok},
     lake::{claim_folder, delete_and_drain, duckdb_row, parquet_table},
     mlflow::Mlflow,
 };
@@ -50,8 +51,7 @@ async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
         .apply(
             json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ServingEndpoint",
             "metadata": {"name": "iris"},
-            "spec": {"servedEntities": [{"name": "sk", "model": "iris-sklearn", "version": 1,
-                                          "runtime": {"engine": "mlflow"}}],
+            "spec": {"servedEntities": [{"name": "sk", "model": "iris-sklearn", "version": 1}],
                      "autoCapture": {"enabled": true, "catalogName": "ml", "schemaName": "prod"}}}),
         )
         .await;
@@ -68,6 +68,22 @@ async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
         },
     )
     .await;
+
+    // The source check read the MLmodel: its flavors chose the engine.
+    let version = scene
+        .versions()
+        .get("iris-sklearn-1")
+        .await
+        .expect("version");
+    let status = version.status.expect("status");
+    assert_eq!(
+        (status.flavors.as_slice(), status.engine),
+        (
+            ["python_function".to_string(), "sklearn".to_string()].as_slice(),
+            Some(sluice_crds::Engine::Mlflow)
+        ),
+        "{status:?}"
+    );
 
     // The engine container is our image, run as the restricted non-root user.
     let pods = scene.pods_of("iris").await;
@@ -133,6 +149,7 @@ async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
 
     let client = scene.client.clone();
     delete_and_drain(&client, &scene.ns, "iris", || scene.logs()).await;
+    stops_on_sigterm(&runtime, &folder);
     let lake = claim_folder(&client, &scene.ns, "sluice-lake").await;
     let table = parquet_table(&lake.join("ml/prod/iris_payload"));
     assert_eq!(
@@ -144,5 +161,85 @@ async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
         format!("({0}, {0}, {1})", REQUESTS + 1, REQUESTS),
         "rows in {}",
         lake.display()
+    );
+}
+
+/// Removes the named container when dropped (also when the test fails).
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman().args(["rm", "-f", "-t", "2", &self.0]).output();
+    }
+}
+
+/// The runtime's PID 1 (images/mlflow/init.py) hands SIGTERM to MLflow's CLI and the scoring
+/// server: uvicorn shuts down as asked, instead of everything being killed when the grace
+/// period ends (exit status 137), as it was with the CLI as PID 1.
+fn stops_on_sigterm(runtime: &str, model: &Path) {
+    images::pull(runtime).unwrap_or_else(|e| panic!("pulling {runtime}: {e}"));
+    let name = format!("sluice-mlflow-stop-{}", std::process::id());
+    let _container = Container(name.clone());
+    run_ok(
+        podman()
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "none",
+                "--read-only",
+            ])
+            .args(["--tmpfs", "/tmp", "--cap-drop", "ALL"])
+            .args([
+                "--ulimit",
+                "nofile=16384:16384",
+                "--ulimit",
+                "nproc=16384:16384",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/models:ro", model.display()))
+            .arg(runtime)
+            .args([
+                "models",
+                "serve",
+                "-m",
+                "/models",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "8000",
+            ])
+            .args(["--env-manager", "local"]),
+    );
+    let logs = || {
+        let out = podman()
+            .args(["logs", &name])
+            .output()
+            .expect("podman logs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !logs().contains("Application startup complete") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scoring server did not start: {}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A stop that waits far longer than a clean shutdown takes: a kill would show as 137.
+    run_ok(podman().args(["stop", "-t", "60", &name]));
+    let code = run_ok(podman().args(["inspect", "--format", "{{.State.ExitCode}}", &name]));
+    let logs = logs();
+    assert_ne!(code.trim(), "137", "killed, not stopped: {logs}");
+    assert!(
+        logs.contains("Application shutdown complete"),
+        "uvicorn shut down as asked: {logs}"
     );
 }

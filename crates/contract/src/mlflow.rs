@@ -7,6 +7,11 @@
 //! - Registry references (`models:/`, `runs:/`): the source check (`fetch --check`) says what
 //!   a reference resolved to ([`resolved_summary`]), and the operator reads it back
 //!   ([`resolved_location`]) into the ModelVersion's `status.resolvedUri`.
+//! - MLmodel flavors: the source check names the flavors of an artifact's `MLmodel` and the
+//!   engine they need ([`Flavors`]); the operator publishes them in the ModelVersion's status
+//!   and serves an entity that names no runtime on that engine.
+
+use sluice_crds::Engine;
 
 /// Whether `uri` is a registry reference the source check resolves.
 pub fn is_reference(uri: &str) -> bool {
@@ -25,6 +30,62 @@ pub fn resolved_location(summary: &str) -> Option<&str> {
     let (_, rest) = summary.split_once(RESOLVED_TO)?;
     let location = rest.split_once(": ").map_or(rest, |(location, _)| location);
     (!location.is_empty() && !location.contains(char::is_whitespace)).then_some(location)
+}
+
+const FLAVORS: &str = "; MLmodel flavors ";
+const RUNTIME: &str = " (runtime ";
+
+/// What the source check read from an artifact's `MLmodel` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flavors {
+    /// The flavor names, in the file's order.
+    pub names: Vec<String>,
+    /// The engine that serves the model when an entity names none; `None` when neither the
+    /// builtin runtime nor MLflow's scoring server can (no `python_function` flavor).
+    pub engine: Option<Engine>,
+}
+
+impl Flavors {
+    /// The flavors `names`; `builtin` says whether the builtin runtime serves one of them (the
+    /// model directory's rule, `MlModel::builtin_flavor` in `sluice-protocol`). Anything else
+    /// with a `python_function` flavor runs on MLflow's scoring server.
+    pub fn new(names: Vec<String>, builtin: bool) -> Self {
+        let engine = if builtin {
+            Some(Engine::Builtin)
+        } else if names.iter().any(|n| n == "python_function") {
+            Some(Engine::Mlflow)
+        } else {
+            None
+        };
+        Self { names, engine }
+    }
+
+    /// The note the source check appends to its summary: `; MLmodel flavors a, b (runtime x)`.
+    pub fn note(&self) -> String {
+        let engine = match self.engine {
+            Some(Engine::Builtin) => "builtin",
+            Some(Engine::Mlflow) => "mlflow",
+            _ => "none",
+        };
+        format!("{FLAVORS}{}{RUNTIME}{engine})", self.names.join(", "))
+    }
+
+    /// The flavors a summary's [`Flavors::note`] names, if it has one.
+    pub fn read(summary: &str) -> Option<Self> {
+        let (_, rest) = summary.split_once(FLAVORS)?;
+        let (names, rest) = rest.rsplit_once(RUNTIME)?;
+        let engine = match rest.strip_suffix(')')? {
+            "builtin" => Some(Engine::Builtin),
+            "mlflow" => Some(Engine::Mlflow),
+            _ => None,
+        };
+        let names = names
+            .split(", ")
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some(Self { names, engine })
+    }
 }
 
 /// Annotation holding the MLflow name an imported ServingEndpoint was made from.
@@ -111,6 +172,33 @@ fn kubernetes_label(name: &str, max: usize) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::Flavors;
+    use sluice_crds::Engine;
+
+    #[test]
+    fn flavors_choose_an_engine_and_read_back_from_a_summary() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sklearn = Flavors::new(names(&["python_function", "sklearn"]), false);
+        assert_eq!(sklearn.engine, Some(Engine::Mlflow));
+        let onnx = Flavors::new(names(&["onnx", "python_function"]), true);
+        assert_eq!(onnx.engine, Some(Engine::Builtin));
+        let spark = Flavors::new(names(&["spark"]), false);
+        assert_eq!(spark.engine, None);
+        for flavors in [sklearn, onnx, spark] {
+            let summary = super::resolved_summary(
+                "models:/m/1",
+                "mlflow-artifacts:/1/x/artifacts/model",
+                &format!("readable, 3 objects, 1.2 KiB{}", flavors.note()),
+            );
+            assert_eq!(Flavors::read(&summary), Some(flavors), "{summary}");
+            assert_eq!(
+                super::resolved_location(&summary),
+                Some("mlflow-artifacts:/1/x/artifacts/model")
+            );
+        }
+        assert_eq!(Flavors::read("pvc://m: readable, 1 object, 3 B"), None);
+    }
+
     #[test]
     fn a_resolved_location_reads_back() {
         let summary = super::resolved_summary(

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sluice_crds::model_version::ModelSignature;
 use sluice_crds::{
     CaptureSpool, Engine, ExternalModel, ModelFormat, ModelTask, ModelVersion, ResolvedCapture,
-    ResolvedRoute, ResolvedSpool, ResolvedUsageTracking, ServedEntity, ServingEndpoint,
+    ResolvedRoute, ResolvedSpool, ResolvedUsageTracking, Runtime, ServedEntity, ServingEndpoint,
     ShadowRoute, UsagePrice, WorkloadSize, WorkloadType,
 };
 
@@ -201,8 +201,8 @@ fn resolve_entity(
     config: &OperatorConfig,
 ) -> Result<ResolvedEntity, ResolveProblem> {
     let name = entity.name.clone();
-    let (source, alias_conflict) = match &entity.external_model {
-        Some(external) => (EntitySource::External(external.clone()), None),
+    let (source, alias_conflict, flavor_engine) = match &entity.external_model {
+        Some(external) => (EntitySource::External(external.clone()), None, None),
         None => registered_source(&name, entity, models, previous)?,
     };
     let workload_type = entity.workload_type.unwrap_or(WorkloadType::CPU);
@@ -211,7 +211,7 @@ fn resolve_entity(
     let (workload_size, min, max) = concurrency_range(entity, config);
     let runtime = match &source {
         EntitySource::External(_) => None,
-        EntitySource::Registered { .. } => Some(runtime(&name, entity, config)?),
+        EntitySource::Registered { .. } => Some(runtime(&name, entity, flavor_engine, config)?),
     };
     let engine_default = match runtime.as_ref().map(|r| r.engine) {
         None | Some(Engine::Builtin) => config.autoscaling.per_replica_concurrency,
@@ -255,7 +255,7 @@ fn registered_source(
     entity: &ServedEntity,
     models: &[ModelVersion],
     previous: &BTreeMap<String, i64>,
-) -> Result<(EntitySource, Option<String>), ResolveProblem> {
+) -> Result<(EntitySource, Option<String>, Option<Engine>), ResolveProblem> {
     let model = entity.model.clone().unwrap_or_default();
     let of_model = || models.iter().filter(|m| m.spec.model == model);
     let mut alias_conflict = None;
@@ -338,7 +338,9 @@ fn registered_source(
         signature: mv.spec.signature.clone(),
         sha256: mv.spec.source.sha256.clone(),
     };
-    Ok((source, alias_conflict))
+    // The engine the version's MLmodel flavors need, for an entity that names none.
+    let engine = mv.status.as_ref().and_then(|s| s.engine);
+    Ok((source, alias_conflict, engine))
 }
 
 fn with_overrides(mut class: WorkloadClass, entity: &ServedEntity) -> WorkloadClass {
@@ -381,12 +383,18 @@ fn concurrency_range(
     }
 }
 
+/// The entity's runtime: as its spec names it, else the engine the version's MLmodel flavors
+/// need (`status.engine`: MLflow's scoring server for a pickled model), else the builtin one.
 fn runtime(
     name: &str,
     entity: &ServedEntity,
+    flavor_engine: Option<Engine>,
     config: &OperatorConfig,
 ) -> Result<ResolvedRuntime, ResolveProblem> {
-    let spec = entity.runtime.clone().unwrap_or_default();
+    let spec = entity.runtime.clone().unwrap_or_else(|| Runtime {
+        engine: flavor_engine.unwrap_or_default(),
+        ..Runtime::default()
+    });
     let (default_port, default_health) = match spec.engine {
         Engine::Builtin => (MODEL_PORT, "/health"),
         Engine::Vllm | Engine::Sglang => (8000, "/health"),
@@ -613,6 +621,46 @@ mod tests {
             "scale to zero lowers the floor to 0"
         );
         assert_eq!(r[1].class.gpu_count, 1);
+    }
+
+    #[test]
+    fn an_entity_without_a_runtime_runs_on_the_engine_its_flavors_need() {
+        let ep = endpoint(
+            "  servedEntities:\n  - {name: auto, model: churn, version: 7}\n  - {name: pinned, model: churn, version: 7, runtime: {engine: builtin}}",
+        );
+        let mut pickled = version(7, &[], true);
+        if let Some(status) = pickled.status.as_mut() {
+            status.flavors = vec!["python_function".into(), "sklearn".into()];
+            status.engine = Some(Engine::Mlflow);
+        }
+        let mut config = OperatorConfig::default();
+        config
+            .images
+            .engines
+            .insert("mlflow".into(), "registry.test/mlflow-runtime:1".into());
+        let r = resolve(&ep, &[pickled], &BTreeMap::new(), &config).expect("resolves");
+        let runtime = |i: usize| {
+            let rt = r[i].runtime.as_ref().expect("runtime");
+            (rt.engine, rt.image.clone(), rt.port, rt.health_path.clone())
+        };
+        assert_eq!(
+            runtime(0),
+            (
+                Engine::Mlflow,
+                "registry.test/mlflow-runtime:1".into(),
+                8000,
+                "/ping".into()
+            ),
+            "chosen from the flavors"
+        );
+        assert_eq!(runtime(1).0, Engine::Builtin, "a named engine is kept");
+        let plain =
+            resolve(&ep, &[version(7, &[], true)], &BTreeMap::new(), &config).expect("resolves");
+        assert_eq!(
+            plain[0].runtime.as_ref().map(|rt| rt.engine),
+            Some(Engine::Builtin),
+            "no MLmodel: the builtin runtime"
+        );
     }
 
     #[test]

@@ -103,6 +103,32 @@ pub struct MlModel {
     pub signature: Option<MlflowSignature>,
 }
 
+impl MlModel {
+    /// The flavor the builtin runtime serves this model by, if any: `onnx` first, then
+    /// `sentence_transformers`, then `transformers` with a feature-extraction (or
+    /// `llm/v1/embeddings`) task. Any other model needs MLflow's own scoring server (its
+    /// `python_function` flavor). `serve` loads by this rule and the source check reports it,
+    /// so the operator picks the same runtime the model directory would be served by.
+    pub fn builtin_flavor(&self) -> Option<&'static str> {
+        if self.flavors.contains_key("onnx") {
+            return Some("onnx");
+        }
+        if self.flavors.contains_key("sentence_transformers") {
+            return Some("sentence_transformers");
+        }
+        let embedding_task = |config: &serde_norway::Value| {
+            config
+                .get("task")
+                .and_then(|task| task.as_str())
+                .is_some_and(|task| task == "feature-extraction" || task == "llm/v1/embeddings")
+        };
+        self.flavors
+            .get("transformers")
+            .is_some_and(embedding_task)
+            .then_some("transformers")
+    }
+}
+
 /// MLflow's signature: each part a JSON string (a list of column or tensor specs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct MlflowSignature {
@@ -139,6 +165,31 @@ mod tests {
     use super::*;
 
     type Manifest = SluiceManifest<String, String, serde_norway::Value>;
+
+    #[test]
+    fn the_builtin_flavor_is_onnx_then_embeddings() {
+        let flavor = |text: &str| parse_mlmodel(text).unwrap().builtin_flavor();
+        assert_eq!(
+            flavor("flavors:\n  python_function: {}\n  onnx: {data: m.onnx}\n"),
+            Some("onnx")
+        );
+        assert_eq!(
+            flavor("flavors:\n  sentence_transformers: {}\n"),
+            Some("sentence_transformers")
+        );
+        assert_eq!(
+            flavor("flavors:\n  transformers: {task: feature-extraction}\n"),
+            Some("transformers")
+        );
+        assert_eq!(
+            flavor("flavors:\n  transformers: {task: text-generation}\n"),
+            None
+        );
+        assert_eq!(
+            flavor("flavors:\n  python_function: {}\n  sklearn: {}\n"),
+            None
+        );
+    }
 
     #[test]
     fn a_sluice_manifest_reads_its_sections_and_refuses_unknown_keys() {

@@ -1,14 +1,17 @@
 //! `fetch --check`: the source check. The operator runs it, as a Job in the ModelVersion's
 //! namespace with the version's Secret, before any endpoint's pod fetches the artifact: it
 //! proves the source exists and is readable with the credentials a pod would get, and
-//! downloads nothing. What it found ("2 objects, 1.2 MiB") is printed and written to the
-//! termination log, where the operator reads it; a failure is the same error `fetch` would give.
+//! downloads nothing. What it found ("2 objects, 1.2 MiB", and the flavors of a folder's
+//! `MLmodel` with the engine they need) is printed and written to the termination log, where
+//! the operator reads it; a failure is the same error `fetch` would give.
 
 use std::path::Path;
 
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use reqwest::StatusCode;
+use sluice_contract::mlflow::Flavors;
+use sluice_protocol::manifest::{MLMODEL_FILE, parse_mlmodel};
 use sluice_store::TableStore;
 
 use super::{
@@ -85,19 +88,28 @@ pub async fn check(args: &FetchArgs, transfer: &Transfer) -> Result<String, Fetc
             objects: files.len() as u64,
             bytes: files.iter().map(|(_, size)| *size).sum(),
         };
-        return Ok(format!("{shown}: readable, {found}"));
+        let mlmodel = match files.iter().find(|(name, _)| name == MLMODEL_FILE) {
+            Some((name, size)) if size.is_none_or(|s| s <= MLMODEL_MAX) => {
+                Some(tracking.text(&args.uri, path, name).await?)
+            }
+            _ => None,
+        };
+        return Ok(format!(
+            "{shown}: readable, {found}{}",
+            flavors_note(&shown, mlmodel)?
+        ));
     }
     let (scheme, rest) = args
         .uri
         .split_once("://")
         .unwrap_or(("", args.uri.as_str()));
-    let found = match scheme {
-        "file" => local(
-            &args.uri,
-            Path::new(&format!("/{}", rest.trim_start_matches('/'))),
-        )?,
+    let (found, mlmodel) = match scheme {
+        "file" => {
+            let path = format!("/{}", rest.trim_start_matches('/'));
+            local(&args.uri, Path::new(&path))?
+        }
         "pvc" => local(&args.uri, &args.pvc_root.join(rest))?,
-        "http" | "https" => web(&args.uri, &shown, transfer).await?,
+        "http" | "https" => (web(&args.uri, &shown, transfer).await?, None),
         "s3" | "s3a" | "gs" | "az" | "abfss" | "adl" | "azure" => store(&args.uri).await?,
         other => {
             return Err(FetchError::Unsupported {
@@ -106,11 +118,43 @@ pub async fn check(args: &FetchArgs, transfer: &Transfer) -> Result<String, Fetc
             });
         }
     };
-    Ok(format!("{shown}: readable, {found}"))
+    Ok(format!(
+        "{shown}: readable, {found}{}",
+        flavors_note(&shown, mlmodel)?
+    ))
 }
 
-/// A file or folder on a mounted volume.
-fn local(uri: &str, path: &Path) -> Result<Found, FetchError> {
+/// An `MLmodel` larger than this is not read (MLflow writes a few KiB).
+const MLMODEL_MAX: u64 = 1024 * 1024;
+
+/// What the source check says about an artifact's `MLmodel` (its text, when the artifact is a
+/// folder that has one): the flavors and the engine they need, for the operator to publish
+/// in the ModelVersion's status. A file that does not parse fails the check, as it would
+/// fail `serve`.
+fn flavors_note(shown: &str, mlmodel: Option<String>) -> Result<String, FetchError> {
+    let Some(text) = mlmodel else {
+        return Ok(String::new());
+    };
+    let parsed = parse_mlmodel(&text).map_err(|source| FetchError::Mlmodel {
+        uri: shown.to_string(),
+        source,
+    })?;
+    let builtin = parsed.builtin_flavor().is_some();
+    Ok(Flavors::new(parsed.flavors.into_keys().collect(), builtin).note())
+}
+
+/// A file or folder on a mounted volume, and the folder's `MLmodel` text if it has one.
+fn local(uri: &str, path: &Path) -> Result<(Found, Option<String>), FetchError> {
+    let found = local_found(uri, path)?;
+    let mlmodel = path.join(MLMODEL_FILE);
+    let small = std::fs::metadata(&mlmodel).is_ok_and(|m| m.is_file() && m.len() <= MLMODEL_MAX);
+    let text = small
+        .then(|| std::fs::read_to_string(&mlmodel).map_err(io("reading", &mlmodel)))
+        .transpose()?;
+    Ok((found, text))
+}
+
+fn local_found(uri: &str, path: &Path) -> Result<Found, FetchError> {
     if !path.exists() {
         return Err(FetchError::Missing {
             uri: uri.to_string(),
@@ -138,8 +182,9 @@ fn local(uri: &str, path: &Path) -> Result<Found, FetchError> {
     Ok(found)
 }
 
-/// One object, or every object under the prefix.
-async fn store(uri: &str) -> Result<Found, FetchError> {
+/// One object, or every object under the prefix (and the prefix's `MLmodel` text, if it has
+/// one).
+async fn store(uri: &str) -> Result<(Found, Option<String>), FetchError> {
     let failed = |message: String| FetchError::Store {
         uri: uri.to_string(),
         message,
@@ -149,20 +194,24 @@ async fn store(uri: &str) -> Result<Found, FetchError> {
     if !prefix.as_ref().is_empty()
         && let Ok(meta) = store.head(prefix).await
     {
-        return Ok(Found {
+        let found = Found {
             objects: 1,
             bytes: Some(meta.size),
-        });
+        };
+        return Ok((found, None));
     }
     let mut listing = store.list(Some(prefix));
     let mut found = Found {
         objects: 0,
         bytes: Some(0),
     };
+    let mlmodel = prefix.clone().join(MLMODEL_FILE);
+    let mut mlmodel_found = false;
     while let Some(meta) = listing.next().await {
         let meta = meta.map_err(|e| failed(e.to_string()))?;
         found.objects += 1;
         found.bytes = found.bytes.map(|b| b + meta.size);
+        mlmodel_found |= meta.location == mlmodel && meta.size <= MLMODEL_MAX;
     }
     if found.objects == 0 {
         return Err(FetchError::Missing {
@@ -170,7 +219,19 @@ async fn store(uri: &str) -> Result<Found, FetchError> {
             path: prefix.as_ref().into(),
         });
     }
-    Ok(found)
+    let text = if mlmodel_found {
+        let bytes = store
+            .get(&mlmodel)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        None
+    };
+    Ok((found, text))
 }
 
 /// The first byte of the file: a HEAD is refused by some presigned URLs, a one-byte GET is not.
@@ -255,6 +316,28 @@ mod tests {
             .await
             .expect("checked");
         assert_eq!(summary, "pvc://model: readable, 2 objects, 5 B");
+        std::fs::write(
+            root.join("model/MLmodel"),
+            "flavors:\n  python_function: {loader_module: mlflow.sklearn}\n  sklearn: {}\n",
+        )
+        .expect("MLmodel");
+        let summary = check(&args("pvc://model".into()), &transfer)
+            .await
+            .expect("checked");
+        assert_eq!(
+            summary,
+            "pvc://model: readable, 3 objects, 79 B; MLmodel flavors python_function, sklearn \
+             (runtime mlflow)"
+        );
+        std::fs::write(root.join("model/MLmodel"), "flavors: [not, a, map]\n").expect("MLmodel");
+        let err = check(&args("pvc://model".into()), &transfer)
+            .await
+            .expect_err("broken MLmodel");
+        assert!(
+            err.to_string()
+                .starts_with("pvc://model: its MLmodel does not parse"),
+            "{err}"
+        );
         let err = check(&args("pvc://absent/x".into()), &transfer)
             .await
             .expect_err("missing");

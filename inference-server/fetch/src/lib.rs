@@ -200,6 +200,14 @@ pub enum FetchError {
         /// What went wrong (the last time).
         source: http::HttpError,
     },
+    /// The artifact's `MLmodel` file is not one MLflow could have written.
+    #[error("{uri}: its MLmodel does not parse: {source}")]
+    Mlmodel {
+        /// The URI, without credentials or query string.
+        uri: String,
+        /// The YAML error.
+        source: serde_norway::Error,
+    },
     /// `--sha256` is not a SHA-256 digest.
     #[error("--sha256 {value:?} is not a SHA-256 digest (64 hexadecimal characters)")]
     BadDigest {

@@ -292,6 +292,30 @@ impl Tracking {
         Ok(files)
     }
 
+    /// The text of the small file `name` under the artifact folder `path` (an `MLmodel`).
+    pub async fn text(&self, uri: &str, path: &str, name: &str) -> Result<String, FetchError> {
+        let at = join(path, name);
+        let failed = |message: String| FetchError::Registry {
+            uri: uri.to_string(),
+            message: format!("reading {at}: {message}"),
+        };
+        let url = self.url(&format!("api/2.0/mlflow-artifacts/artifacts/{at}"));
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| failed(e.without_url().to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {}", status.as_u16())));
+        }
+        response
+            .text()
+            .await
+            .map_err(|e| failed(e.without_url().to_string()))
+    }
+
     /// Downloads the artifact `path` (a folder or one file) into `staging`.
     pub async fn download(
         &self,

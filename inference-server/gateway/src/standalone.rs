@@ -276,6 +276,7 @@ fn checked(mv: &ModelVersion, all: &[ModelVersion]) -> ModelVersion {
         }],
         resolved_uri: Some(mv.spec.source.uri.clone()),
         effective_aliases,
+        ..ModelVersionStatus::default()
     });
     mv
 }

@@ -615,7 +615,8 @@ fn read_mlmodel(dir: &Path, path: &Path, name: String) -> Result<ModelSpec, Mode
     })?;
     let signature = mlmodel
         .signature
-        .map(|signature| mlflow_signature(&signature))
+        .as_ref()
+        .map(mlflow_signature)
         .transpose()
         .map_err(|message| ModelDirError::Parse {
             path: path.to_path_buf(),
@@ -638,45 +639,36 @@ fn read_mlmodel(dir: &Path, path: &Path, name: String) -> Result<ModelSpec, Mode
         files,
         prompt: None,
     };
-    if mlmodel.flavors.contains_key("onnx") {
-        let model = flavor_data("onnx").unwrap_or_else(|| dir.join("model.onnx"));
-        let files = ModelFiles {
-            model: Some(model),
-            ..ModelFiles::default()
-        };
-        return Ok(spec(RuntimeKind::Onnx, ModelTask::Predict, files));
-    }
-    let embeddings_flavor = ["sentence_transformers", "transformers"]
-        .into_iter()
-        .find(|flavor| {
-            mlmodel.flavors.get(*flavor).is_some_and(|config| {
-                *flavor == "sentence_transformers"
-                    || config
-                        .get("task")
-                        .and_then(|task| task.as_str())
-                        .is_some_and(|task| {
-                            task == "feature-extraction" || task == "llm/v1/embeddings"
-                        })
-            })
-        });
-    if let Some(flavor) = embeddings_flavor {
-        let mut roots: Vec<PathBuf> = flavor_data(flavor).into_iter().collect();
-        roots.extend([dir.join("model"), dir.to_path_buf()]);
-        if let Some(files) = roots.iter().find_map(|root| safetensors_files(dir, root)) {
-            return Ok(spec(RuntimeKind::Embeddings, ModelTask::Embeddings, files));
+    match mlmodel.builtin_flavor() {
+        Some("onnx") => {
+            let model = flavor_data("onnx").unwrap_or_else(|| dir.join("model.onnx"));
+            let files = ModelFiles {
+                model: Some(model),
+                ..ModelFiles::default()
+            };
+            return Ok(spec(RuntimeKind::Onnx, ModelTask::Predict, files));
         }
-        return Err(ModelDirError::Unsupported {
-            path: path.to_path_buf(),
-            message: format!(
-                "flavor `{flavor}` has no model.safetensors with config.json beside it; the \
-                 builtin runtime serves safetensors weights only"
-            ),
-        });
+        Some(flavor) => {
+            let mut roots: Vec<PathBuf> = flavor_data(flavor).into_iter().collect();
+            roots.extend([dir.join("model"), dir.to_path_buf()]);
+            if let Some(files) = roots.iter().find_map(|root| safetensors_files(dir, root)) {
+                return Ok(spec(RuntimeKind::Embeddings, ModelTask::Embeddings, files));
+            }
+            return Err(ModelDirError::Unsupported {
+                path: path.to_path_buf(),
+                message: format!(
+                    "flavor `{flavor}` has no model.safetensors with config.json beside it; the \
+                     builtin runtime serves safetensors weights only"
+                ),
+            });
+        }
+        None => {}
     }
     Err(ModelDirError::Unsupported {
         path: path.to_path_buf(),
         message: format!(
-            "flavors [{}] need an MLflow runtime image; the builtin runtime serves the `onnx`, \
+            "flavors [{}] need MLflow's scoring server (`runtime.engine: mlflow`, chosen by the \
+             operator from the flavors); the builtin runtime serves the `onnx`, \
              `sentence_transformers` and feature-extraction `transformers` flavors",
             mlmodel
                 .flavors

@@ -71,12 +71,32 @@ pub fn evaluate(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let flavors = flavors(mv, source);
     ModelVersionStatus {
         observed_generation: mv.metadata.generation,
         conditions: conditions::merge(previous, &desired, mv.metadata.generation, now),
         resolved_uri: resolved_uri(mv, source),
         effective_aliases,
+        engine: flavors.as_ref().and_then(|f| f.engine),
+        flavors: flavors.map(|f| f.names).unwrap_or_default(),
     }
+}
+
+/// The `MLmodel` flavors the source check read (and the engine they need): from a finished
+/// check, else as the status said for this generation (a check Job removed after it
+/// succeeded does not change what the artifact is).
+fn flavors(mv: &ModelVersion, source: &Verdict) -> Option<mlflow::Flavors> {
+    if let Verdict::Reachable(found) = source {
+        return mlflow::Flavors::read(found);
+    }
+    let status = mv
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == mv.metadata.generation)?;
+    (!status.flavors.is_empty()).then(|| mlflow::Flavors {
+        names: status.flavors.clone(),
+        engine: status.engine,
+    })
 }
 
 /// The location pods fetch: a registry reference's, once the source check resolved it (until
@@ -196,6 +216,22 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
             "SourceUnreachable",
             format!("the source check failed: {error}"),
         );
+    }
+    let inspecting = mv.spec.format == ModelFormat::Mlflow
+        && checkable(mv)
+        && matches!(source, Verdict::Checking)
+        && flavors(mv, source).is_none();
+    if inspecting && !mlflow::is_reference(&mv.spec.source.uri) {
+        // The runtime of an entity that names none follows the MLmodel's flavors.
+        return Desired {
+            type_: READY,
+            status: Status::Unknown,
+            reason: "Inspecting",
+            message: format!(
+                "the source check reads the MLmodel flavors of {}",
+                mv.spec.source.uri
+            ),
+        };
     }
     let Some(location) = resolved_uri(mv, source) else {
         // A reference is served only once resolved: pods fetch the location it named then,
@@ -326,6 +362,57 @@ mod tests {
         );
         assert!(deleted.message.contains("no longer in registry prod"));
         assert_eq!(condition(&status, READY).status, "True");
+    }
+
+    #[test]
+    fn an_mlflow_model_waits_for_its_flavors_which_name_its_engine() {
+        let mut pickled = version("churn-3", 3, "");
+        pickled.spec.format = ModelFormat::Mlflow;
+        let s = evaluate(&pickled, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            (
+                condition(&s, READY).status.as_str(),
+                condition(&s, READY).reason.as_str()
+            ),
+            ("Unknown", "Inspecting")
+        );
+        let flavors = mlflow::Flavors::new(vec!["python_function".into(), "sklearn".into()], false);
+        let found = format!(
+            "s3://b/churn/3: readable, 2 objects, 1 KiB{}",
+            flavors.note()
+        );
+        let s = evaluate(
+            &pickled,
+            &[],
+            &Verdict::Reachable(found),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(condition(&s, READY).status, "True");
+        assert_eq!(
+            (s.flavors.as_slice(), s.engine),
+            (
+                ["python_function".to_string(), "sklearn".to_string()].as_slice(),
+                Some(sluice_crds::Engine::Mlflow)
+            )
+        );
+        // The check Job gone (garbage-collected): the flavors of this generation stay.
+        pickled.status = Some(s.clone());
+        let again = evaluate(&pickled, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            (again.engine, condition(&again, READY).status.as_str()),
+            (s.engine, "True")
+        );
+        // A new generation (another source) is inspected again.
+        pickled.metadata.generation = Some(2);
+        let changed = evaluate(&pickled, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        assert_eq!((changed.engine, changed.flavors.len()), (None, 0));
+        // An onnx model without an MLmodel needs nothing inspected.
+        let onnx = version("churn-4", 4, "");
+        let s = evaluate(&onnx, &[], &Verdict::Checking, Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            (condition(&s, READY).status.as_str(), s.engine),
+            ("True", None)
+        );
     }
 
     #[test]
