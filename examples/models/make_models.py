@@ -9,8 +9,12 @@ data with fixed seeds, so the files are reproducible):
     /tmp/onnx-venv/bin/pip install scikit-learn skl2onnx onnx onnxruntime
     /tmp/onnx-venv/bin/python examples/models/make_models.py
 
-Each graph has one input `input` (float32, [N, features]); classifiers answer `label` (int64)
-and `probabilities` (float32, [N, 2]) with ZipMap off so that tract can run them. The tests put
+Each graph has one input `input` (float32, [N, features]). The churn classifiers answer
+`label` (int64) and `probabilities` (float32, [N, 2]), ZipMap off. The fraud classifiers are
+converted as MLflow users convert them, with the converter's defaults: `output_label` and
+`output_probability` through a ZipMap ({label: probability} per row), which is also what lets
+MLflow's scoring server answer a DataFrame for them (a probability matrix beside the label does
+not flatten to one value per row; see inference-server/serve/src/runtime/mlflow_answer.rs). The tests put
 these folders where the manifests point (an S3 or GCS bucket, a claim); see
 tests/tests/examples_answer.rs.
 """
@@ -37,8 +41,8 @@ def synthetic(seed, columns, weights, classify):
     return x, (score > 0).astype(np.int64) if classify else score.astype(np.float32)
 
 
-def export(model, features):
-    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+def export(model, features, zipmap=False):
+    options = {id(model): {"zipmap": zipmap}} if hasattr(model, "predict_proba") else None
     return to_onnx(
         model,
         initial_types=[("input", FloatTensorType([None, features]))],
@@ -64,7 +68,7 @@ def sluice_manifest(title, graph, columns, task="predict"):
 
 def mlmodel(columns):
     inputs = json.dumps([{"type": "double", "name": c, "required": True} for c in columns])
-    outputs = json.dumps([{"type": "long", "name": "label", "required": True}])
+    outputs = json.dumps([{"type": "long", "name": "output_label", "required": True}])
     return (
         "artifact_path: model\n"
         "flavors:\n"
@@ -86,7 +90,7 @@ for version, weights in [(3, [1.2, -0.4, 0.9, -0.8]), (4, [1.4, -0.2, 1.1, -0.9]
     model = LogisticRegression(max_iter=500).fit(x, y)
     write(
         HERE / "fraud-detector" / str(version),
-        {"MLmodel": mlmodel(FRAUD).replace("{}", f"{version:026d}"), "model.onnx": export(model, 4)},
+        {"MLmodel": mlmodel(FRAUD).replace("{}", f"{version:026d}"), "model.onnx": export(model, 4, zipmap=True)},
     )
 
 for version, weights in [(7, [-1.0, 0.6, 0.8, -0.7]), (8, [-1.1, 0.7, 0.9, -0.5])]:

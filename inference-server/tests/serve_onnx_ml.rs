@@ -96,8 +96,20 @@ async fn scikit_learn_exports_answer_what_onnxruntime_answers() {
             .post_json("/invocations", &json!({"inputs": case["inputs"]}))
             .await;
         assert_eq!(status, 200, "{name} ({}): {body}", case["ops"]);
-        let predictions = body["predictions"].as_array().expect("predictions");
         let outputs = case["outputs"].as_object().expect("outputs");
+        if name.ends_with("(MLflow)") {
+            // As MLflow's scoring server answers `inputs` for the onnx flavor: every output
+            // whole, by name.
+            for (output, values) in outputs {
+                close(
+                    &body["predictions"][output],
+                    values,
+                    &format!("{name} {output}"),
+                );
+            }
+            continue;
+        }
+        let predictions = body["predictions"].as_array().expect("predictions");
         for (row, prediction) in predictions.iter().enumerate() {
             let at = format!("{name} row {row}");
             if outputs.len() == 1 {

@@ -263,7 +263,8 @@ async fn the_minimal_cpu_example_answers_from_s3() {
     );
 }
 
-/// ab-test.yaml: two MLflow models (onnx flavor) from S3, split 90/10 by request; the
+/// ab-test.yaml: two MLflow models (onnx flavor, converted with ZipMap) from S3, split 90/10 by
+/// request, answering in MLflow's shape; the
 /// `served-model-name` header says which one answered, and both do.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ab_test_splits_mlflow_models_from_s3() {
@@ -287,13 +288,22 @@ async fn the_ab_test_splits_mlflow_models_from_s3() {
     let predictions = answer.body["predictions"].as_array().expect("predictions");
     assert_eq!(predictions.len(), 2, "{}", answer.body);
     // Both models learnt that a large amount at a risky merchant without the card is fraud.
+    // MLflow models answer as MLflow's scoring server does: a DataFrame in, records of the
+    // converter's outputs out (`output_label`, and `output_probability` from its ZipMap).
     assert_eq!(
-        predictions[0]["label"], 1,
+        predictions[0]["output_label"], 1,
         "a clearly fraudulent row: {}",
         answer.body
     );
+    assert!(
+        predictions[0]["output_probability"]["1"]
+            .as_f64()
+            .is_some_and(|p| p > 0.5),
+        "{}",
+        answer.body
+    );
     assert_eq!(
-        predictions[1]["label"], 0,
+        predictions[1]["output_label"], 0,
         "a clearly fine row: {}",
         answer.body
     );

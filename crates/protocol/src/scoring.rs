@@ -27,6 +27,18 @@ pub struct ScoringRequest {
     pub input: ScoringInput,
     /// Inference parameters, checked against the signature's `params` by the runtime.
     pub params: Map<String, Value>,
+    /// How MLflow's scoring server reads the body's form.
+    pub layout: InputLayout,
+}
+
+/// What MLflow's scoring server turns a body into before the model sees it; MLflow's ONNX
+/// flavor shapes its answer by it (for a model without a signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputLayout {
+    /// A pandas DataFrame: `dataframe_split`, `dataframe_records`, CSV.
+    DataFrame,
+    /// Tensors (a numpy array, or a dict of them): `instances`, `inputs`.
+    Tensor,
 }
 
 /// The rows of a request, in one of two shapes.
@@ -70,6 +82,23 @@ impl Frame {
         self.columns.iter().position(|column| column == name)
     }
 
+    /// Puts the columns named in `order` first, in that order (the others after them, as
+    /// they were).
+    fn reorder(&mut self, order: &[String]) {
+        let mut positions: Vec<usize> = order
+            .iter()
+            .filter_map(|name| self.column_index(name))
+            .collect();
+        let rest: Vec<usize> = (0..self.columns.len())
+            .filter(|i| !positions.contains(i))
+            .collect();
+        positions.extend(rest);
+        self.columns = positions.iter().map(|&i| self.columns[i].clone()).collect();
+        for row in &mut self.rows {
+            *row = positions.iter().map(|&i| row[i].clone()).collect();
+        }
+    }
+
     /// Builds a frame from records (objects keyed by column), columns in first-seen order.
     fn from_records(records: &[Value], key: &str) -> Result<Self, ApiError> {
         let mut frame = Frame::default();
@@ -98,6 +127,94 @@ impl Frame {
             })
             .collect();
         Ok(frame)
+    }
+}
+
+/// Parses a JSON `/invocations` body: `value` is `body` decoded. Records and dicts of columns
+/// keep their columns in the order the body sends them, as a pandas DataFrame does (a decoded
+/// [`Value`] sorts object keys; a model without a signature takes its features in column
+/// order).
+pub fn parse_body(value: Value, body: &[u8]) -> Result<ScoringRequest, ApiError> {
+    let mut request = parse_value(value)?;
+    if let ScoringInput::Frame(frame) = &mut request.input
+        && let Ok(order) = serde_json::from_slice::<ColumnOrders>(body)
+        && let Some(ColumnOrder(columns)) =
+            order.dataframe_records.or(order.instances).or(order.inputs)
+    {
+        frame.reorder(&columns);
+    }
+    Ok(request)
+}
+
+/// The column names of each input key that can carry records or columns, in body order.
+#[derive(serde::Deserialize)]
+struct ColumnOrders {
+    #[serde(default)]
+    dataframe_records: Option<ColumnOrder>,
+    #[serde(default)]
+    instances: Option<ColumnOrder>,
+    #[serde(default)]
+    inputs: Option<ColumnOrder>,
+}
+
+/// The keys of an object, or of a list's objects in first-seen order, as the body has them.
+struct ColumnOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for ColumnOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ColumnOrderVisitor)
+    }
+}
+
+struct ColumnOrderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ColumnOrderVisitor {
+    type Value = ColumnOrder;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ColumnOrder, A::Error> {
+        let mut keys: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(ColumnOrder(keys))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ColumnOrder, A::Error> {
+        let mut keys: Vec<String> = Vec::new();
+        while let Some(ColumnOrder(row)) = seq.next_element::<ColumnOrder>()? {
+            for key in row {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(ColumnOrder(keys))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
+    }
+    fn visit_unit<E>(self) -> Result<ColumnOrder, E> {
+        Ok(ColumnOrder(Vec::new()))
     }
 }
 
@@ -170,7 +287,15 @@ pub fn parse_value(value: Value) -> Result<ScoringRequest, ApiError> {
             "`{key}` holds no rows; send at least one"
         )));
     }
-    Ok(ScoringRequest { input, params })
+    let layout = match key {
+        "dataframe_split" | "dataframe_records" => InputLayout::DataFrame,
+        _ => InputLayout::Tensor,
+    };
+    Ok(ScoringRequest {
+        input,
+        params,
+        layout,
+    })
 }
 
 /// `dataframe_split`: `{"columns": [...], "data": [[...], ...], "index": [...]?}`.
@@ -254,10 +379,13 @@ fn parse_instances(data: Value) -> Result<ScoringInput, ApiError> {
     }
 }
 
-/// `inputs`: a list of rows, a dict of columns (each a list, or one value for one row), or a
-/// single value (one row).
+/// `inputs`: a list of rows (records, when every row is an object, as for `instances`), a dict
+/// of columns (each a list, or one value for one row), or a single value (one row).
 fn parse_inputs(data: Value) -> Result<ScoringInput, ApiError> {
     match data {
+        Value::Array(rows) if !rows.is_empty() && rows.iter().all(Value::is_object) => {
+            Ok(ScoringInput::Frame(Frame::from_records(&rows, "inputs")?))
+        }
         Value::Array(rows) => Ok(ScoringInput::Rows(rows)),
         Value::Object(columns) => {
             let lengths: Vec<usize> = columns
@@ -327,6 +455,7 @@ pub fn parse_csv(body: &[u8]) -> Result<ScoringRequest, ApiError> {
     Ok(ScoringRequest {
         input: ScoringInput::Frame(Frame { columns, rows }),
         params: Map::new(),
+        layout: InputLayout::DataFrame,
     })
 }
 
@@ -365,6 +494,37 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn records_and_column_dicts_keep_the_order_the_body_sends() {
+        for body in [
+            r#"{"dataframe_records": [{"z": 1, "a": 2}, {"m": 3, "z": 4}]}"#,
+            r#"{"instances": [{"z": 1, "a": 2}, {"m": 3, "z": 4}]}"#,
+            r#"{"inputs": [{"z": 1, "a": 2}, {"m": 3, "z": 4}]}"#,
+        ] {
+            let value: Value = serde_json::from_str(body).unwrap();
+            let ScoringInput::Frame(frame) = parse_body(value, body.as_bytes()).unwrap().input
+            else {
+                panic!("{body}: a frame")
+            };
+            assert_eq!(frame.columns, ["z", "a", "m"], "{body}");
+            assert_eq!(
+                frame.rows,
+                [
+                    vec![json!(1), json!(2), Value::Null],
+                    vec![json!(4), Value::Null, json!(3)]
+                ],
+                "{body}"
+            );
+        }
+        let body = r#"{"inputs": {"z": [1, 2], "a": [3, 4]}}"#;
+        let value: Value = serde_json::from_str(body).unwrap();
+        let ScoringInput::Frame(frame) = parse_body(value, body.as_bytes()).unwrap().input else {
+            panic!("a frame")
+        };
+        assert_eq!(frame.columns, ["z", "a"]);
+        assert_eq!(frame.rows[1], [json!(2), json!(4)]);
+    }
 
     fn parse(value: Value) -> Result<ScoringRequest, ApiError> {
         parse_value(value)

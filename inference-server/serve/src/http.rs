@@ -216,7 +216,7 @@ async fn invocations(
             if value.get("input").is_some() {
                 return answer_embeddings(&runtime, from_value(value, "embeddings")?).await;
             }
-            scoring::parse_value(value)?
+            scoring::parse_body(value, &bytes)?
         }
     };
     let predictions = runtime.predict(request).await?;

@@ -188,6 +188,19 @@ pub struct ModelSpec {
     pub files: ModelFiles,
     /// The prompt of a prompt model.
     pub prompt: Option<PromptSpec>,
+    /// How `/invocations` answers are shaped.
+    pub answers: AnswerShape,
+}
+
+/// How `/invocations` answers are shaped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AnswerShape {
+    /// One prediction per row (`sluice-model.yaml` and bare folders).
+    #[default]
+    Rows,
+    /// As MLflow's scoring server answers for the model's flavor (an `MLmodel` directory), so
+    /// a client of `mlflow models serve` reads the same answer.
+    Mlflow,
 }
 
 /// `sluice-model.yaml`, with the ModelVersion's types.
@@ -411,6 +424,7 @@ fn read_bare(
         signature: declared.signature.clone(),
         files,
         prompt: None,
+        answers: AnswerShape::Rows,
     })
 }
 
@@ -586,6 +600,7 @@ fn read_sluice_manifest(
         signature: manifest.signature,
         files: resolve_files(dir, manifest.files),
         prompt: manifest.prompt,
+        answers: AnswerShape::Rows,
     };
     Ok((spec, manifest.format))
 }
@@ -638,6 +653,7 @@ fn read_mlmodel(dir: &Path, path: &Path, name: String) -> Result<ModelSpec, Mode
         signature: signature.clone(),
         files,
         prompt: None,
+        answers: AnswerShape::Mlflow,
     };
     match mlmodel.builtin_flavor() {
         Some("onnx") => {
@@ -912,7 +928,7 @@ signature:
             read(&sklearn, &Declared::default())
                 .unwrap_err()
                 .to_string()
-                .contains("MLflow runtime image")
+                .contains("need MLflow's scoring server")
         );
         let no_prompt = dir_with(&[(SLUICE_MANIFEST_FILE, "format: prompt\ntask: llm/v1/chat\n")]);
         assert!(

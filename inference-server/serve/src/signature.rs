@@ -39,13 +39,22 @@ fn check_frame(fields: &[SignatureField], frame: &Frame) -> Result<(), ApiError>
                     )));
                 }
                 Value::Null => {}
-                cell => check_cell(field, cell).map_err(|problem| {
+                cell => check_column_cell(field, cell).map_err(|problem| {
                     ApiError::invalid(format!("column `{name}` row {row}: {problem}"))
                 })?,
             }
         }
     }
     Ok(())
+}
+
+/// One cell of a named column: a value of the column's type, or, for a named tensor, a value
+/// or a nested list of the tensor's shape past the batch axis (`[1.5]` for `[-1, 1]`).
+fn check_column_cell(field: &SignatureField, cell: &Value) -> Result<(), String> {
+    match (&field.shape, cell) {
+        (Some(shape), Value::Array(_)) => check_shape(field, cell, shape.get(1..).unwrap_or(&[])),
+        _ => check_cell(field, cell),
+    }
 }
 
 /// Unnamed rows fit a single tensor input: each row must match its shape past the batch axis.

@@ -10,6 +10,7 @@
 
 pub mod embeddings;
 pub mod llm;
+mod mlflow_answer;
 pub mod onnx;
 mod onnx_ml;
 pub mod prompt;

@@ -19,10 +19,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use super::mlflow_answer;
 use super::onnx_ml::{self, Labels};
 use super::{LoadContext, LoadError};
 use crate::batcher::Batcher;
-use crate::model_dir::{ModelSignature, ModelSpec};
+use crate::model_dir::{AnswerShape, ModelSignature, ModelSpec};
 use crate::signature;
 
 type Plan = Arc<TypedRunnableModel>;
@@ -32,6 +33,10 @@ pub struct OnnxModel {
     inputs: Arc<Vec<GraphInput>>,
     signature: Option<ModelSignature>,
     batcher: Batcher<OnnxJob, Vec<Value>>,
+    /// The graph's output names, in order.
+    outputs: Vec<String>,
+    /// Rows, or MLflow's answer (an `MLmodel` directory).
+    answers: AnswerShape,
 }
 
 /// One input of the graph.
@@ -159,6 +164,7 @@ impl OnnxModel {
             })??;
         let inputs = Arc::new(inputs);
         let run_inputs = Arc::clone(&inputs);
+        let output_names = outputs.iter().map(|output| output.name.clone()).collect();
         let batcher = Batcher::spawn(
             "onnx",
             context.batch,
@@ -169,10 +175,13 @@ impl OnnxModel {
             inputs,
             signature: spec.signature.clone(),
             batcher,
+            outputs: output_names,
+            answers: spec.answers,
         })
     }
 
-    /// Scores the rows of `request`; one prediction per row.
+    /// Scores the rows of `request`: one prediction per row, or MLflow's answer for an
+    /// `MLmodel` directory.
     pub async fn predict(&self, request: ScoringRequest) -> Result<Value, ApiError> {
         if let Some(signature) = &self.signature {
             signature::check_input(signature, &request.input)?;
@@ -184,7 +193,14 @@ impl OnnxModel {
         }
         let job = self.job(&request.input)?;
         let rows = job.rows;
-        Ok(Value::Array(self.batcher.call(job, rows).await?))
+        let predictions = self.batcher.call(job, rows).await?;
+        match self.answers {
+            AnswerShape::Rows => Ok(Value::Array(predictions)),
+            AnswerShape::Mlflow => {
+                let input = mlflow_answer::pyfunc_input(self.signature.as_ref(), request.layout);
+                mlflow_answer::answer(predictions, &self.outputs, input)
+            }
+        }
     }
 
     /// Flattens the request into one column per graph input.
