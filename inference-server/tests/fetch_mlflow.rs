@@ -7,7 +7,8 @@
 //! unknown alias, a stage name and a missing tracking server fail naming what is wrong. Behind
 //! MLflow's basic authentication, the credentials of the environment (a Secret's
 //! `MLFLOW_TRACKING_USERNAME`/`_PASSWORD`) are sent, and wrong ones fail naming the variables,
-//! never printing the password.
+//! never printing the password. A server whose artifact root is an S3 bucket (moto, not
+//! proxied) names `s3://` locations, which arrive with the Secret's `AWS_*` keys.
 
 mod capture_support;
 
@@ -16,6 +17,7 @@ use std::process::{Command, Output};
 
 use capture_support::temp_dir;
 use sluice_tests::mlflow::{ADMIN, ADMIN_PASSWORD, Mlflow};
+use sluice_tests::object_store::S3Server;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
 
@@ -137,6 +139,43 @@ async fn registry_references_arrive_through_the_tracking_server() {
         "{}",
         text(&nowhere)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_artifacts_are_in_s3_is_read_from_the_bucket() {
+    let dir = temp_dir("mlflow-s3");
+    let s3 = S3Server::start().await;
+    s3.put_folder("mlflow-artifacts", "keep", &[]).await;
+    let server = Mlflow::start_on_s3(&dir, &s3.endpoint, "mlflow-artifacts").await;
+    let folder = model_folder(&dir);
+    let registered = server.register(&folder, "iris", "champion");
+    assert_eq!(registered.version, "1");
+    // The Secret's variables: the bucket's keys and endpoint (the tracking server holds none).
+    let credentials = s3.credentials();
+    let env: Vec<(&str, &str)> = credentials
+        .as_object()
+        .expect("credentials")
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().expect("text")))
+        .collect();
+    let tracking = ["--mlflow-tracking-uri", server.uri.as_str()];
+    let check = fetch(
+        "models:/iris@champion",
+        &dir.join("unused"),
+        &[&tracking[..], &["--check"]].concat(),
+        &env,
+    );
+    assert!(check.status.success(), "{}", text(&check));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("models:/iris@champion resolved to s3://mlflow-artifacts/")
+            && said.contains("readable, 3 objects"),
+        "{said}"
+    );
+    let dest = dir.join("dest");
+    let out = fetch("models:/iris@champion", &dest, &tracking, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_folder(&folder, &dest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

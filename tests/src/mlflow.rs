@@ -1,6 +1,7 @@
-//! A real MLflow tracking and registry server (`mlflow server --serve-artifacts` from
-//! `.venv-mlflow`, which `.ci/setup` makes) on loopback, and the MLflow Python client to
-//! register models in it, as a data scientist would.
+//! A real MLflow tracking and registry server (`mlflow server` from `.venv-mlflow`, which
+//! `.ci/setup` makes) on loopback, its artifacts on local disk behind its proxy or in an S3
+//! bucket (moto), and the MLflow Python client to register models in it, as a data scientist
+//! would.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -31,6 +32,8 @@ pub struct Mlflow {
     /// Its tracking URI (`http://127.0.0.1:<port>`).
     pub uri: String,
     dir: PathBuf,
+    /// Variables the Python client gets (an S3 artifact store's endpoint and keys).
+    client_env: Vec<(String, String)>,
 }
 
 /// A model version registered by [`Mlflow::register`].
@@ -52,6 +55,39 @@ impl Mlflow {
     /// [`start`](Self::start), with MLflow's basic authentication when `auth` (the built-in
     /// admin, [`ADMIN`] / [`ADMIN_PASSWORD`]; every other caller is refused).
     pub async fn start_with(dir: &Path, auth: bool) -> Mlflow {
+        let artifacts = vec![
+            "--serve-artifacts".to_string(),
+            "--artifacts-destination".into(),
+            dir.join("artifacts").display().to_string(),
+        ];
+        Self::launch(dir, auth, &artifacts, Vec::new()).await
+    }
+
+    /// A server whose artifacts live in an S3 bucket (`s3://<bucket>/`, on the S3-compatible
+    /// server at `endpoint`), not proxied: the client uploads there itself and the registry
+    /// names `s3://` locations, which the fetch step reads with the Secret's `AWS_*` keys.
+    pub async fn start_on_s3(dir: &Path, endpoint: &str, bucket: &str) -> Mlflow {
+        let artifacts = vec![
+            "--no-serve-artifacts".to_string(),
+            "--default-artifact-root".into(),
+            format!("s3://{bucket}/"),
+        ];
+        let env = [
+            ("MLFLOW_S3_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ];
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Self::launch(dir, false, &artifacts, env.collect()).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        auth: bool,
+        artifacts: &[String],
+        client_env: Vec<(String, String)>,
+    ) -> Mlflow {
         let port = unused_loopback_port();
         let mut command = Command::new(tool("mlflow"));
         if auth {
@@ -64,11 +100,11 @@ impl Mlflow {
         }
         let child = command
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--workers", "1", "--serve-artifacts"])
+            .args(["--workers", "1"])
+            .args(artifacts)
             .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
+            .envs(client_env.iter().map(|(k, v)| (k, v)))
             .stdout(std::fs::File::create(dir.join("mlflow.log")).expect("log"))
             .stderr(std::fs::File::create(dir.join("mlflow.err")).expect("log"))
             .spawn()
@@ -77,6 +113,7 @@ impl Mlflow {
             child,
             uri: format!("http://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
+            client_env,
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -108,6 +145,7 @@ impl Mlflow {
             // Ignored by a server without authentication.
             .env("MLFLOW_TRACKING_USERNAME", ADMIN)
             .env("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+            .envs(self.client_env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg(format!(
                 "import json, sys, mlflow\nfrom mlflow import MlflowClient\n\
