@@ -234,3 +234,44 @@ impl Drop for Mlflow {
         let _ = self.child.wait();
     }
 }
+
+/// Saves a LangChain chain with `mlflow.langchain.save_model` (MLflow's "models from code":
+/// the chain's file is copied into the model): a prompt template, LangChain's own fake LLM that
+/// answers `answer` to every prompt, and a string parser. Flavors `langchain` and
+/// `python_function`; MLflow's scoring server takes records of `question`.
+pub fn save_langchain_chain(folder: &Path, answer: &str) {
+    let work = folder.with_extension("code");
+    std::fs::create_dir_all(&work).expect("code folder");
+    let code = work.join("chain.py");
+    std::fs::write(
+        &code,
+        format!(
+            "from langchain_core.language_models.fake import FakeListLLM\n\
+             from langchain_core.output_parsers import StrOutputParser\n\
+             from langchain_core.prompts import PromptTemplate\n\
+             import mlflow\n\
+             chain = (PromptTemplate.from_template('Answer briefly: {{question}}')\n\
+             \x20   | FakeListLLM(responses=[{answer:?}]) | StrOutputParser())\n\
+             mlflow.models.set_model(chain)\n"
+        ),
+    )
+    .expect("chain.py");
+    let out = Command::new(tool("python"))
+        .arg("-c")
+        .arg(
+            "import sys, mlflow.langchain\n\
+             mlflow.langchain.save_model(lc_model=sys.argv[1], path=sys.argv[2],\n\
+             \x20   input_example={'question': 'What serves models?'})\n",
+        )
+        .arg(&code)
+        .arg(folder)
+        // MLflow leaves an `mlruns` folder where it runs.
+        .current_dir(&work)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "saving the chain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

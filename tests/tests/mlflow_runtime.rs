@@ -243,3 +243,81 @@ fn stops_on_sigterm(runtime: &str, model: &Path) {
         "uvicorn shut down as asked: {logs}"
     );
 }
+
+/// A LangChain chain (flavors `langchain` and `python_function`, saved by
+/// `mlflow.langchain.save_model` from code) runs on the same image, as a restricted container:
+/// MLflow's scoring server answers records of the chain's input in its own shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_langchain_chain_runs_on_the_mlflow_runtime_image() {
+    let dir = sluice_tests::process::temp_dir("mlflow-langchain");
+    let folder = dir.join("chain");
+    sluice_tests::mlflow::save_langchain_chain(&folder, "Sluice serves it.");
+    let runtime = images::mlflow_runtime().reference();
+    images::pull(&runtime).unwrap_or_else(|e| panic!("pulling {runtime}: {e}"));
+    let port = sluice_tests::process::unused_port("127.0.0.1");
+    let name = format!("sluice-mlflow-langchain-{}", std::process::id());
+    let _container = Container(name.clone());
+    run_ok(
+        podman()
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--network",
+                "host",
+                "--read-only",
+            ])
+            .args(["--tmpfs", "/tmp", "--cap-drop", "ALL"])
+            .args([
+                "--ulimit",
+                "nofile=16384:16384",
+                "--ulimit",
+                "nproc=16384:16384",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/models:ro", folder.display()))
+            .arg(&runtime)
+            .args(["models", "serve", "-m", "/models", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "--env-manager", "local"]),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let logs = || {
+        let out = podman()
+            .args(["logs", &name])
+            .output()
+            .expect("podman logs");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    sluice_tests::wait::eventually(
+        "the chain's scoring server to answer /ping",
+        Duration::from_secs(120),
+        logs,
+        || async {
+            let ping = http.get(format!("{base}/ping")).send().await.ok()?;
+            (ping.status() == 200).then_some(())
+        },
+    )
+    .await;
+    for (body, expected) in [
+        (
+            json!({"dataframe_records": [{"question": "What serves models?"}]}),
+            json!({"predictions": ["Sluice serves it."]}),
+        ),
+        (
+            json!({"inputs": [{"question": "a"}, {"question": "b"}]}),
+            json!({"predictions": ["Sluice serves it.", "Sluice serves it."]}),
+        ),
+    ] {
+        let answer = http
+            .post(format!("{base}/invocations"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 200, "{body}: {}", logs());
+        let answer: Value = answer.json().await.expect("JSON");
+        assert_eq!(answer, expected, "{body}");
+    }
+}

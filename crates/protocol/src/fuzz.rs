@@ -36,19 +36,25 @@ pub const TARGETS: [(&str, Check); 8] = [
 
 /// A JSON `/invocations` body: a request that parses has rows, a frame's rows are as wide as
 /// its columns, and the request written back in its canonical form (`dataframe_split` for a
-/// frame, `inputs` for rows) parses to the same request.
+/// frame, `inputs` for rows) parses to the same rows and params.
 pub fn scoring_json(data: &[u8]) {
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let Ok(request) = scoring::parse_value(value) else {
+    let Ok(request) = scoring::parse_body(value, data) else {
         return;
     };
     check_frame_shape(&request.input);
     let canonical = canonical_json(&request);
-    let again = scoring::parse_value(canonical.clone())
-        .unwrap_or_else(|error| panic!("{canonical} does not parse again: {error}"));
-    assert_eq!(again, request, "{canonical} parses to another request");
+    let text = canonical.to_string();
+    let again = scoring::parse_body(canonical, text.as_bytes())
+        .unwrap_or_else(|error| panic!("{text} does not parse again: {error}"));
+    // The layout is the body's form, which the canonical form changes on purpose.
+    assert_eq!(
+        (again.input, again.params),
+        (request.input, request.params),
+        "{text} parses to another request"
+    );
 }
 
 /// A CSV `/invocations` body: a request that parses is a frame with rows as wide as its header,
