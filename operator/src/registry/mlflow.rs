@@ -23,6 +23,22 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// The credential files hold characters an HTTP header cannot carry (the value is never
+    /// printed).
+    #[error(
+        "registry {mirror}: the credentials in {dir} hold characters an Authorization header \
+         cannot carry (a stray control character or non-ASCII byte in MLFLOW_TRACKING_TOKEN, \
+         MLFLOW_TRACKING_USERNAME or MLFLOW_TRACKING_PASSWORD)"
+    )]
+    BadCredentials {
+        /// The mirror.
+        mirror: String,
+        /// The credentials folder.
+        dir: String,
+        /// Why.
+        #[source]
+        source: reqwest::header::InvalidHeaderValue,
+    },
     /// The HTTP client could not be built.
     #[error("registry {mirror}: {source}")]
     Client {
@@ -146,8 +162,14 @@ impl Registry {
                 token.as_deref(),
                 user.as_deref(),
                 password.as_deref(),
-            ) && let Ok(mut value) = HeaderValue::from_str(&value)
-            {
+            ) {
+                let mut value = HeaderValue::from_str(&value).map_err(|source| {
+                    RegistryError::BadCredentials {
+                        mirror: name.clone(),
+                        dir: dir.display().to_string(),
+                        source,
+                    }
+                })?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
             }
@@ -300,5 +322,38 @@ impl Registry {
         versions.sort_unstable();
         versions.dedup();
         Ok(versions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_a_header_cannot_carry_are_refused_naming_the_folder_not_the_value() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-registry-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("folder");
+        std::fs::write(dir.join("MLFLOW_TRACKING_TOKEN"), "tok\u{7f}en-secret\n").expect("token");
+        let mirror = RegistryMirror {
+            name: "prod".into(),
+            tracking_uri: "http://127.0.0.1:9".into(),
+            credentials_dir: Some(dir.display().to_string()),
+            ..RegistryMirror::default()
+        };
+        let error = Registry::new(&mirror).err().expect("refused");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("registry prod: the credentials in")
+                && text.contains(&dir.display().to_string()),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret"),
+            "the value is never printed: {text}"
+        );
+        std::fs::write(dir.join("MLFLOW_TRACKING_TOKEN"), "token\n").expect("token");
+        assert!(Registry::new(&mirror).is_ok());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
