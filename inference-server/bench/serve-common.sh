@@ -8,8 +8,10 @@ BENCH=inference-server/bench
 PY=.venv/bin/python
 command -v wrk >/dev/null || { echo "missing wrk (apt-get install wrk)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "no .venv: run .ci/setup first" >&2; exit 1; }
-cargo build --release -p inference-server --bin inference-server >&2
-BIN=target/release/inference-server
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p inference-server --bin inference-server >&2
+  BIN=target/release/inference-server
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }

@@ -15,6 +15,10 @@
 
 use std::process::ExitCode;
 
+/// mimalloc, chosen by measurement: see docs/benchmarks/gateway.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

@@ -565,8 +565,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     {
         return id.clone();
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    sluice_contract::headers::new_request_id()
 }
 
 /// The request facts kept in `request_metadata`.

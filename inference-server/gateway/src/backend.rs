@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::connections::Connections;
+
 /// One pod address and what the gateway knows about it right now.
 #[derive(Debug)]
 pub struct Backend {
@@ -15,6 +17,8 @@ pub struct Backend {
     /// Milliseconds since `epoch` until which the backend is out of rotation (0: in rotation).
     ejected_until_ms: AtomicU64,
     epoch: Instant,
+    /// Kept-open connections to the pod.
+    pub connections: Connections,
 }
 
 /// Longest a failing backend stays out of rotation between retries.
@@ -31,6 +35,7 @@ impl Backend {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            connections: Connections::new(addr),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod auth;
 mod backend;
 mod budget;
 mod cache;
+mod connections;
 mod databricks;
 mod demand;
 mod discovery;

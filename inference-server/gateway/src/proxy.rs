@@ -20,7 +20,7 @@ use axum::BoxError;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,6 +39,7 @@ use super::auth::{self, Auth, AuthError};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::cache::{self, CACHE_HEADER, Caches, Filling};
+use super::connections::{self, Failure, Lease};
 use super::external::{self, External, Keys};
 use super::fallback;
 use super::guardrails::Checks;
@@ -53,10 +54,9 @@ use super::state::{EntityPool, LiveConfig, Lookup, State};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
 use super::record::{Recorded, Recorders, RecordingBody};
-pub use sluice_contract::headers::{
-    CONFIG_VERSION, REQUEST_ID, SERVED_MODEL_NAME, SHADOW as SHADOW_HEADER,
+use sluice_contract::headers::{
+    REQUEST_ID, SERVED_MODEL_NAME, names, new_request_id, strip_hop_by_hop,
 };
-use sluice_contract::headers::{GUARDRAILS, PII_IN_ANSWERS, strip_hop_by_hop};
 use sluice_contract::record::{RecordHead, RecordOrigin};
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
@@ -346,7 +346,7 @@ impl Proxy {
                 }
                 Ok(verdict) => {
                     if let Ok(value) = HeaderValue::from_str(&verdict.header()) {
-                        parts.headers.insert(GUARDRAILS, value);
+                        parts.headers.insert(names::GUARDRAILS, value);
                     }
                     match verdict.body {
                         Some(masked) => {
@@ -373,7 +373,7 @@ impl Proxy {
         {
             parts
                 .headers
-                .insert(PII_IN_ANSWERS, HeaderValue::from_static("mask"));
+                .insert(names::PII_IN_ANSWERS, HeaderValue::from_static("mask"));
         }
         // A repeated request may be answered from the endpoint's cache, with no model called
         // (and no tokens charged: none were spent).
@@ -394,7 +394,7 @@ impl Proxy {
                         cache.count(CacheOutcome::Hit);
                         let request_id = parts
                             .headers
-                            .get(REQUEST_ID)
+                            .get(&names::REQUEST_ID)
                             .cloned()
                             .unwrap_or_else(new_request_id);
                         if endpoint.policies.captured {
@@ -497,10 +497,9 @@ impl Proxy {
         };
         match answer {
             Ok(mut response) => {
-                response.headers_mut().insert(
-                    HeaderName::from_static(CONFIG_VERSION),
-                    HeaderValue::from(config.version),
-                );
+                response
+                    .headers_mut()
+                    .insert(names::CONFIG_VERSION, HeaderValue::from(config.version));
                 match filling {
                     Some((cache, key, policy)) => {
                         response.headers_mut().insert(
@@ -513,7 +512,7 @@ impl Proxy {
                         let (parts, body) = response.into_parts();
                         let entity = parts
                             .headers
-                            .get(SERVED_MODEL_NAME)
+                            .get(&names::SERVED_MODEL_NAME)
                             .cloned()
                             .unwrap_or_else(|| HeaderValue::from_static(""));
                         let body = Filling::new(
@@ -599,10 +598,18 @@ impl Proxy {
         }
         let request_id = parts
             .headers
-            .get(REQUEST_ID)
+            .get(&names::REQUEST_ID)
             .cloned()
             .unwrap_or_else(new_request_id);
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        // Built once: a pod that refuses the connection hands it back for the next one.
+        let mut request = pod_request(
+            upstream_path,
+            parts,
+            body.bytes().clone(),
+            &request_id,
+            Some(peer),
+        );
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = String::new();
         while tried.len() < self.config.max_attempts {
@@ -610,16 +617,8 @@ impl Proxy {
             let Some(backend) = backend::pick(&backends, &tried, rng) else {
                 break;
             };
-            let request = upstream_request(
-                backend.addr,
-                upstream_path,
-                parts,
-                body.bytes().clone(),
-                &request_id,
-                Some(peer),
-            );
-            let guard = RequestGuard::start(backend, pool);
-            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            let mut guard = RequestGuard::start(backend, pool);
+            match tokio::time::timeout_at(deadline, connections::send(backend, request)).await {
                 Err(_) => {
                     return Err(ApiError::new(
                         ErrorKind::DeadlineExceeded,
@@ -629,7 +628,8 @@ impl Proxy {
                         ),
                     ));
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lease))) => {
+                    guard.lease = Some(lease);
                     backend.record_success();
                     if held {
                         pool.demand.held_answered();
@@ -648,17 +648,22 @@ impl Proxy {
                     };
                     return Ok(self.respond(pool, answer).await);
                 }
-                Ok(Err(error)) => {
+                Ok(Err(Failure::Answer(error))) => {
+                    return Err(ApiError::new(
+                        ErrorKind::BadGateway,
+                        format!(
+                            "entity {:?} failed while answering: {}",
+                            pool.name,
+                            error_chain(&error)
+                        ),
+                    ));
+                }
+                Ok(Err(Failure::Connect {
+                    request: unsent,
+                    error,
+                })) => {
+                    request = *unsent;
                     last_error = error_chain(&error);
-                    if !error.is_connect() {
-                        return Err(ApiError::new(
-                            ErrorKind::BadGateway,
-                            format!(
-                                "entity {:?} failed while answering: {last_error}",
-                                pool.name
-                            ),
-                        ));
-                    }
                     backend.record_failure();
                     tried.push(backend.addr);
                     pool.metrics.retries.inc();
@@ -697,7 +702,7 @@ impl Proxy {
         let started = Instant::now();
         let request_id = parts
             .headers
-            .get(REQUEST_ID)
+            .get(&names::REQUEST_ID)
             .cloned()
             .unwrap_or_else(new_request_id);
         let guard = RequestGuard::external(pool);
@@ -887,13 +892,10 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         pool.metrics.response(parts.status.as_u16());
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(
-            HeaderName::from_static(SERVED_MODEL_NAME),
-            pool.served_name.clone(),
-        );
         parts
             .headers
-            .insert(HeaderName::from_static(REQUEST_ID), request_id);
+            .insert(names::SERVED_MODEL_NAME, pool.served_name.clone());
+        parts.headers.insert(names::REQUEST_ID, request_id);
         if parts.status.is_client_error() || parts.status.is_server_error() {
             let is_json = parts
                 .headers
@@ -964,13 +966,16 @@ impl Proxy {
         pool: &Arc<EntityPool>,
         mut parts: hyper::http::response::Parts,
         body: Body,
-        guard: RequestGuard,
+        mut guard: RequestGuard,
         checks: &Arc<Checks>,
     ) -> Response {
         let labels = pool.labels();
         let (namespace, endpoint) = (labels.namespace.as_str(), labels.endpoint.as_str());
         let limit = self.config.max_body_bytes.max(MIN_CHECKED_ANSWER_BYTES);
         let collected = Limited::new(body, limit).collect().await;
+        if collected.is_ok() {
+            guard.answer_read();
+        }
         drop(guard);
         let bytes = match collected {
             Ok(collected) => collected.to_bytes(),
@@ -1116,15 +1121,14 @@ impl Proxy {
                 body.bytes().clone(),
                 &parts
                     .headers
-                    .get(REQUEST_ID)
+                    .get(&names::REQUEST_ID)
                     .cloned()
                     .unwrap_or_else(new_request_id),
                 None,
             );
-            request.headers_mut().insert(
-                HeaderName::from_static(SHADOW_HEADER),
-                HeaderValue::from_static("true"),
-            );
+            request
+                .headers_mut()
+                .insert(names::SHADOW, HeaderValue::from_static("true"));
             let client = self.client.clone();
             let pool = pool.clone();
             let timeout = self.config.request_timeout;
@@ -1160,12 +1164,9 @@ fn cached_answer(hit: cache::Entry, request_id: HeaderValue, version: i64) -> Re
     if let Some(kind) = hit.content_type {
         headers.insert(header::CONTENT_TYPE, kind);
     }
-    headers.insert(HeaderName::from_static(SERVED_MODEL_NAME), hit.entity);
-    headers.insert(HeaderName::from_static(REQUEST_ID), request_id);
-    headers.insert(
-        HeaderName::from_static(CONFIG_VERSION),
-        HeaderValue::from(version),
-    );
+    headers.insert(names::SERVED_MODEL_NAME, hit.entity);
+    headers.insert(names::REQUEST_ID, request_id);
+    headers.insert(names::CONFIG_VERSION, HeaderValue::from(version));
     headers.insert(
         HeaderName::from_static(CACHE_HEADER),
         HeaderValue::from_static("hit"),
@@ -1177,7 +1178,7 @@ fn cached_answer(hit: cache::Entry, request_id: HeaderValue, version: i64) -> Re
 struct Outgoing<'a> {
     parts: &'a Parts,
     body: BufferedBody,
-    upstream_path: &'a str,
+    upstream_path: &'static str,
     peer: SocketAddr,
     /// The endpoint's output guardrails, applied to the answer.
     output: Option<&'a Arc<Checks>>,
@@ -1312,11 +1313,50 @@ async fn drain(mut body: Incoming) -> Result<(), hyper::Error> {
     Ok(())
 }
 
-fn new_request_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+/// The client's address as an `x-forwarded-for` value; IPv4 written by hand (this runs per
+/// request, and `Display` for addresses is slow).
+fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        for (place, divisor) in [(2, 100), (1, 10), (0, 1)] {
+            if octet >= divisor || place == 0 {
+                text[len] = b'0' + (octet / divisor) % 10;
+                len += 1;
+            }
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
+/// The request a pod gets: the client's method, headers (hop-by-hop ones dropped) and body, the
+/// pod's `path` with the client's query, the request id and the client's address in
+/// `x-forwarded-for`. In origin form, the URI not formatted when there is no query:
+/// [`connections::send`] sets `Host`.
+fn pod_request(
+    path: &'static str,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+    peer: Option<SocketAddr>,
+) -> hyper::Request<Full<Bytes>> {
+    let uri = match parts.uri.query() {
+        None => Uri::from_static(path),
+        Some(query) => format!("{path}?{query}")
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static(path)),
+    };
+    request_to_pod(uri, parts, body, request_id, peer)
+}
+
+/// [`pod_request`] in absolute form, for the pooled client that shadow copies and records use.
 pub(super) fn upstream_request(
     addr: SocketAddr,
     path: &str,
@@ -1325,23 +1365,37 @@ pub(super) fn upstream_request(
     request_id: &HeaderValue,
     peer: Option<SocketAddr>,
 ) -> hyper::Request<Full<Bytes>> {
-    let mut request = hyper::Request::new(Full::new(body));
-    *request.method_mut() = parts.method.clone();
     let uri = match parts.uri.query() {
         Some(query) => format!("http://{addr}{path}?{query}"),
         None => format!("http://{addr}{path}"),
     };
-    *request.uri_mut() = uri.parse().unwrap_or_default();
+    request_to_pod(
+        uri.parse().unwrap_or_default(),
+        parts,
+        body,
+        request_id,
+        peer,
+    )
+}
+
+fn request_to_pod(
+    uri: Uri,
+    parts: &Parts,
+    body: Bytes,
+    request_id: &HeaderValue,
+    peer: Option<SocketAddr>,
+) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::new(Full::new(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
     headers.clone_from(&parts.headers);
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(HeaderName::from_static(REQUEST_ID), request_id.clone());
-    if let Some(peer) = peer
-        && let Ok(value) = HeaderValue::from_str(&peer.ip().to_string())
-    {
-        headers.append(HeaderName::from_static("x-forwarded-for"), value);
+    headers.insert(names::REQUEST_ID, request_id.clone());
+    if let Some(value) = peer.and_then(|peer| forwarded_for(peer.ip())) {
+        headers.append(names::FORWARDED_FOR, value);
     }
     request
 }
@@ -1352,7 +1406,7 @@ async fn upstream_error(
     pool: &Arc<EntityPool>,
     parts: axum::http::response::Parts,
     body: Body,
-    guard: RequestGuard,
+    mut guard: RequestGuard,
 ) -> Response {
     const KEEP: usize = 1024;
     let status = parts.status;
@@ -1363,6 +1417,7 @@ async fn upstream_error(
     .await
     {
         Ok(Ok(collected)) => {
+            guard.answer_read();
             let bytes = collected.to_bytes();
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(KEEP)]).into_owned();
             text.trim().to_string()
@@ -1392,6 +1447,8 @@ async fn upstream_error(
 /// Accounts one proxied request: in flight on its backend and entity until the response body
 /// ends (or the client goes away), then its duration.
 struct RequestGuard {
+    /// The connection the pod answers on, back to its pod once the answer was read whole.
+    lease: Option<Lease>,
     /// In flight on a pod; `None` for an external entity's provider.
     _in_flight: Option<InFlight>,
     pool: Arc<EntityPool>,
@@ -1402,6 +1459,7 @@ impl RequestGuard {
     fn start(backend: &Arc<Backend>, pool: &Arc<EntityPool>) -> Self {
         pool.demand.started();
         Self {
+            lease: None,
             _in_flight: Some(backend.start()),
             pool: pool.clone(),
             started: Instant::now(),
@@ -1412,9 +1470,19 @@ impl RequestGuard {
     fn external(pool: &Arc<EntityPool>) -> Self {
         pool.demand.started();
         Self {
+            lease: None,
             _in_flight: None,
             pool: pool.clone(),
             started: Instant::now(),
+        }
+    }
+}
+
+impl RequestGuard {
+    /// The pod's answer was read to its end: its connection may carry another request.
+    fn answer_read(&mut self) {
+        if let Some(lease) = &mut self.lease {
+            lease.finished();
         }
     }
 }
@@ -1513,6 +1581,7 @@ impl hyper::body::Body for GuardedBody {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                 None => {
+                    this.guard.answer_read();
                     let mut rest = this
                         .filter
                         .take()
@@ -1530,6 +1599,10 @@ impl hyper::body::Body for GuardedBody {
                     );
                 }
             };
+            if this.inner.is_end_stream() {
+                // hyper may not ask for the end once the length is reached.
+                this.guard.answer_read();
+            }
             let Some(data) = frame.data_ref() else {
                 return Poll::Ready(Some(Ok(frame)));
             };
@@ -1922,6 +1995,21 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_addresses_are_written_as_display_would() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.20.255.9",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            assert_eq!(forwarded_for(ip).expect("value"), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
     fn requests_to_pods_drop_hop_by_hop_headers_and_carry_ids() {
         let (mut parts, ()) = axum::http::Request::builder()
             .method("POST")
@@ -1951,5 +2039,15 @@ mod tests {
         assert_eq!(headers["authorization"], "Bearer t");
         assert_eq!(headers[REQUEST_ID], "abc");
         assert_eq!(headers["x-forwarded-for"], "127.0.0.9");
+        // What the gateway's own connections send: origin form (they set Host).
+        let direct = pod_request(
+            "/invocations",
+            &parts,
+            Bytes::new(),
+            &HeaderValue::from_static("abc"),
+            None,
+        );
+        assert_eq!(direct.uri(), "/invocations?a=1");
+        assert!(direct.headers().get("x-forwarded-for").is_none());
     }
 }

@@ -29,7 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
-use sluice_contract::headers::{CLIENT_IDENTITY, GROUPS, KEY_ID, REQUESTER};
+use sluice_contract::headers::{CLIENT_IDENTITY, names};
 use sluice_protocol::error::{ApiError, ErrorKind};
 
 use crate::metrics::AuthOutcome;
@@ -64,8 +64,8 @@ impl Identity {
     /// A caller without credentials, where anonymous calls are allowed.
     pub fn anonymous() -> Self {
         Self {
-            user: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
+            user: ANONYMOUS_USER.into(),
+            groups: vec![ANONYMOUS_GROUP.into()],
             uid: None,
             key: None,
         }
@@ -73,9 +73,22 @@ impl Identity {
 
     /// Whether this is a caller without credentials.
     pub fn is_anonymous(&self) -> bool {
-        self.user == "system:anonymous" && self.key.is_none()
+        self.user == ANONYMOUS_USER && self.key.is_none()
+    }
+
+    /// The anonymous identity, made once for the process (it is every open gateway's caller,
+    /// on every request).
+    fn shared_anonymous() -> Arc<Self> {
+        static ANONYMOUS: std::sync::LazyLock<Arc<Identity>> =
+            std::sync::LazyLock::new(|| Arc::new(Identity::anonymous()));
+        ANONYMOUS.clone()
     }
 }
+
+/// Kubernetes' user name for a caller without credentials.
+const ANONYMOUS_USER: &str = "system:anonymous";
+/// Kubernetes' group of callers without credentials.
+const ANONYMOUS_GROUP: &str = "system:unauthenticated";
 
 /// A caller as [`Auth::authenticate`] found it: the identity, and the hash of the token that
 /// proved it (the key of cached decisions; never the token itself; [`ANONYMOUS`] for a caller
@@ -336,7 +349,7 @@ impl Auth {
     /// Who sent a request with `headers`.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let anonymous = || Caller {
-            identity: Arc::new(Identity::anonymous()),
+            identity: Identity::shared_anonymous(),
             token: None,
         };
         if self.open {
@@ -532,32 +545,37 @@ impl Auth {
 /// requester, groups, key id, shadow mark) and those of common auth proxies. What reaches the
 /// pod about the caller is then only what [`set_identity`] writes.
 pub fn strip_client_identity(headers: &mut HeaderMap) {
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-sluice-"))
-        .cloned()
-        .collect();
-    for name in ours {
+    let claimed = |name: &HeaderName| {
+        let name = name.as_str();
+        name.starts_with("x-sluice-") || CLIENT_IDENTITY.contains(&name)
+    };
+    // Most requests claim nothing: one look at the names before any removal (a removal
+    // hashes its name).
+    let claims: Vec<HeaderName> = headers.keys().filter(|n| claimed(n)).cloned().collect();
+    for name in claims {
         headers.remove(name);
-    }
-    for name in CLIENT_IDENTITY {
-        headers.remove(*name);
     }
 }
 
 /// Writes the verified identity of `caller` into `headers`.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    let mut set = |name: &'static str, value: &str| {
+    if identity.is_anonymous() && identity.groups == [ANONYMOUS_GROUP] {
+        // The common case of an open gateway, without building the values per request.
+        headers.insert(names::REQUESTER, HeaderValue::from_static(ANONYMOUS_USER));
+        headers.insert(names::GROUPS, HeaderValue::from_static(ANONYMOUS_GROUP));
+        return;
+    }
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
     };
-    set(REQUESTER, &identity.user);
+    set(names::REQUESTER, &identity.user);
     if !identity.groups.is_empty() {
-        set(GROUPS, &identity.groups.join(","));
+        set(names::GROUPS, &identity.groups.join(","));
     }
     if let Some(key) = &identity.key {
-        set(KEY_ID, &key.id);
+        set(names::KEY_ID, &key.id);
     }
 }
 
