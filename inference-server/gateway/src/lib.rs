@@ -45,6 +45,7 @@ mod ratelimit;
 mod record;
 mod release_check;
 mod routing;
+mod server;
 mod standalone;
 mod state;
 
@@ -267,17 +268,13 @@ pub async fn run(
         }
     };
     let routes = match management {
-        Some(management) => databricks::router(management).merge(proxy.router()),
-        None => proxy.router(),
+        Some(management) => databricks::router(management).merge(proxy.clone().router()),
+        None => proxy.clone().router(),
     };
-    let server = axum::serve(
-        listener,
-        routes.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
+    let server = server::serve(listener, proxy, routes, signal);
     let drain_timeout = args.drain_timeout;
     let result = tokio::select! {
-        served = server => served.map_err(|source| GatewayError::Serve { what: "gateway", source }),
+        () = server => Ok(()),
         failed = source => failed,
         () = async {
             draining.notified().await;

@@ -229,7 +229,7 @@ impl Proxy {
 
     /// Admits the request into the in-flight budget (or sheds it), then routes it; its place
     /// is kept until the answer's body ends.
-    async fn handle(
+    pub(super) async fn handle(
         &self,
         name: Option<String>,
         entity: Option<String>,
