@@ -15,9 +15,9 @@
 
 use std::process::ExitCode;
 
-/// mimalloc, chosen by measurement: see docs/benchmarks/gateway.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator stays glibc's, by measurement (docs/benchmarks/speed.md): mimalloc took 5–11 %
+// fewer instructions per gateway request but held the capture sidecar's resident memory above
+// its bound under 4 MiB bodies (tests/capture_memory.rs).
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
