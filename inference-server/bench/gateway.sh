@@ -16,69 +16,14 @@ for tool in nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light haproxy)" >&2; exit 1; }
 done
 U1=$(port); U2=$(port); NGX=$(port); HAP=$(port); GW=$(port); ADMIN=$(port)
-ANSWER='{"predictions": [{"label": 0, "probabilities": [0.98, 0.02, 0.0]}]}'
-
-# The upstream: one nginx with two servers standing for the two entities' pods.
-mkdir -p "$WORK/nginx-up" "$WORK/nginx-proxy"
-cat > "$WORK/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $WORK/up.pid; error_log $WORK/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx-up;
-  server { listen 127.0.0.1:$U1; location / { default_type application/json; return 200 '$ANSWER'; } }
-  server { listen 127.0.0.1:$U2; location / { default_type application/json; return 200 '$ANSWER'; } }
-}
-CONF
+source inference-server/bench/peers.sh
+upstream_conf "$WORK/upstream.conf" "$WORK" "$U1" "$U2"
 nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
-
-cat > "$WORK/proxy.conf" <<CONF
-worker_processes 2; daemon off; pid $WORK/proxy.pid; error_log $WORK/proxy.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx-proxy;
-  upstream a { server 127.0.0.1:$U1; keepalive 256; }
-  upstream b { server 127.0.0.1:$U2; keepalive 256; }
-  split_clients "\$request_id" \$entity { 90% a; * b; }
-  server { listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://\$entity; proxy_http_version 1.1; proxy_set_header Connection "";
-                 add_header served-model-name \$entity; } }
-}
-CONF
+nginx_split_conf "$WORK/proxy.conf" "$WORK" "$NGX" "$U1" "$U2" "worker_processes 2;"
 nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
-
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 2
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAP
-  default_backend entities
-backend entities
-  balance random
-  server a 127.0.0.1:$U1 weight 90
-  server b 127.0.0.1:$U2 weight 10
-CONF
+haproxy_split_cfg "$WORK/haproxy.cfg" "$HAP" "$U1" "$U2" 2
 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
-
-cat > "$WORK/endpoint.yaml" <<CONF
-apiVersion: serving.sluice.dev/v1alpha1
-kind: ServingEndpoint
-metadata: {name: ep}
-spec:
-  servedEntities:
-    - {name: a, model: m, version: 1}
-    - {name: b, model: m, version: 2}
-  trafficConfig:
-    routes:
-      - {servedEntityName: a, trafficPercentage: 90}
-      - {servedEntityName: b, trafficPercentage: 10}
-CONF
+split_endpoint "$WORK/endpoint.yaml"
 SLUICE_LOG=warn "$BIN" gateway --standalone "$WORK/endpoint.yaml" --listen "127.0.0.1:$GW" \
   --admin-listen "127.0.0.1:$ADMIN" --upstream "a=127.0.0.1:$U1" --upstream "b=127.0.0.1:$U2" \
   --work-dir "$WORK/gw" > "$WORK/gw.out" & PIDS+=($!)

@@ -32,17 +32,9 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 U1=$(port); U2=$(port)
-ANSWER='{"predictions": [{"label": 0, "probabilities": [0.98, 0.02, 0.0]}]}'
 export BODY='{"inputs": [[5.1, 3.5, 1.4, 0.2]]}'
-mkdir -p "$WORK/body"
-cat > "$WORK/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $WORK/up.pid; error_log $WORK/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; client_body_temp_path $WORK/body;
-  server { listen 127.0.0.1:$U1; location / { default_type application/json; return 200 '$ANSWER'; } }
-  server { listen 127.0.0.1:$U2; location / { default_type application/json; return 200 '$ANSWER'; } }
-}
-CONF
+source inference-server/bench/peers.sh
+upstream_conf "$WORK/upstream.conf" "$WORK" "$U1" "$U2"
 nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
 
 # send URL COUNT: COUNT POSTs over one keep-alive connection; fails on any non-2xx answer.
@@ -79,49 +71,9 @@ measure() {
 }
 
 NGX=$(port); HAP=$(port); GW=$(port); ADMIN=$(port); OFF=$(port); ON=$(port)
-cat > "$WORK/proxy.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $WORK/proxy.pid; error_log $WORK/proxy.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; client_body_temp_path $WORK/body;
-  upstream a { server 127.0.0.1:$U1; keepalive 256; }
-  upstream b { server 127.0.0.1:$U2; keepalive 256; }
-  split_clients "\$request_id" \$entity { 90% a; * b; }
-  server { listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://\$entity; proxy_http_version 1.1; proxy_set_header Connection "";
-                 add_header served-model-name \$entity; } }
-}
-CONF
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAP
-  default_backend entities
-backend entities
-  balance random
-  server a 127.0.0.1:$U1 weight 90
-  server b 127.0.0.1:$U2 weight 10
-CONF
-cat > "$WORK/endpoint.yaml" <<CONF
-apiVersion: serving.sluice.dev/v1alpha1
-kind: ServingEndpoint
-metadata: {name: ep}
-spec:
-  servedEntities:
-    - {name: a, model: m, version: 1}
-    - {name: b, model: m, version: 2}
-  trafficConfig:
-    routes:
-      - {servedEntityName: a, trafficPercentage: 90}
-      - {servedEntityName: b, trafficPercentage: 10}
-CONF
+nginx_split_conf "$WORK/proxy.conf" "$WORK" "$NGX" "$U1" "$U2" "master_process off; worker_processes 1;"
+haproxy_split_cfg "$WORK/haproxy.cfg" "$HAP" "$U1" "$U2" 1
+split_endpoint "$WORK/endpoint.yaml"
 sidecar() { # port sampling-fraction name
   echo "$BIN" capture --listen "127.0.0.1:$1" --upstream "127.0.0.1:$U1" --sampling-fraction "$2" \
     --table "$WORK/table-$3" --spool-dir "$WORK/spool-$3" \

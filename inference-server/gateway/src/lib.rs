@@ -79,14 +79,6 @@ pub enum GatewayError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The HTTP server failed.
-    #[error("the {what} server failed: {source}")]
-    Serve {
-        /// Which server.
-        what: &'static str,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// No Kubernetes client could be made (no kubeconfig, no in-cluster account).
     #[error(
         "cannot reach the Kubernetes API (set KUBECONFIG, run in a pod, or use --standalone FILE): {0}"
