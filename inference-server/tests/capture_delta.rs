@@ -313,7 +313,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
     for entry in std::fs::read_dir(&folder).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".jsonl") || name.ends_with(".open") {
+        if name.ends_with(".rows") || name.ends_with(".open") {
             segments += 1;
         }
         std::fs::copy(entry.path(), copy.join(&name)).unwrap();
@@ -336,7 +336,7 @@ async fn a_restarted_sidecar_skips_segments_it_committed_before() {
     for entry in std::fs::read_dir(&copy).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".jsonl") || name.ends_with(".open") {
+        if name.ends_with(".rows") || name.ends_with(".open") {
             std::fs::copy(entry.path(), folder.join(&name)).unwrap();
         }
     }

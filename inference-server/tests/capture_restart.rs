@@ -76,7 +76,7 @@ async fn a_killed_sidecar_replays_its_spool_after_restart() {
         .map(|f| f.to_string_lossy().into_owned())
         .collect();
     assert!(
-        names.iter().any(|n| n.ends_with(".jsonl")),
+        names.iter().any(|n| n.ends_with(".rows")),
         "sealed segments: {names:?}"
     );
     assert!(

@@ -200,8 +200,8 @@ async fn a_sigterm_during_a_hung_store_exits_on_time_and_keeps_the_rows() {
     assert!(status.success(), "exit status {status}");
     let spooled: usize = spool_files(&spool)
         .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "jsonl" || e == "open"))
-        .map(|f| std::fs::read_to_string(f).unwrap().lines().count())
+        .filter(|f| f.extension().is_some_and(|e| e == "rows" || e == "open"))
+        .map(|f| capture_support::spooled_rows(f))
         .sum();
     assert_eq!(spooled, 5, "the rows wait in the spool");
 

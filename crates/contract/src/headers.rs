@@ -85,6 +85,11 @@ pub mod names {
     pub const GUARDRAILS: HeaderName = HeaderName::from_static(super::GUARDRAILS);
     /// [`super::PII_IN_ANSWERS`].
     pub const PII_IN_ANSWERS: HeaderName = HeaderName::from_static(super::PII_IN_ANSWERS);
+    /// [`super::CLIENT_REQUEST_ID`], in the same order.
+    pub const CLIENT_REQUEST_ID: [HeaderName; 2] = [
+        HeaderName::from_static(super::CLIENT_REQUEST_ID[0]),
+        HeaderName::from_static(super::CLIENT_REQUEST_ID[1]),
+    ];
     /// The client addresses a proxy appends to (de facto standard; not in `http::header`).
     pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 }

@@ -574,6 +574,7 @@ pub fn resolve_capture(ep: &ServingEndpoint, config: &OperatorConfig) -> Option<
         secret_name: c.secret_ref.as_ref().map(|s| s.name.clone()),
         store_options: c.store_options.clone(),
         spool: resolve_spool(&name, c.spool.as_ref()),
+        overflow: c.overflow,
     })
 }
 

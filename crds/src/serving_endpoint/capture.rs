@@ -79,6 +79,27 @@ pub struct AutoCaptureConfig {
     /// container restarts, and rows still in it when the pod is deleted are lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<CaptureSpool>,
+    /// What the capture sidecars do when rows come faster than the table takes them (a burst
+    /// beyond what the writer keeps up with, or a store outage that fills the spool).
+    /// `dropOldest` (default): the oldest rows are dropped and counted in
+    /// `sluice_capture_records_dropped_total`; requests never wait for the table. `block`:
+    /// no row is dropped; a request whose row would not fit waits before it reaches the model
+    /// (up to 10 s, then 503 with `Retry-After`, counted in
+    /// `sluice_capture_requests_refused_total`), so the endpoint slows down to what the table
+    /// takes. For tables that must be complete (audit logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<CaptureOverflow>,
+}
+
+/// What a capture sidecar does when its rows do not fit in its queue or spool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CaptureOverflow {
+    /// Drop the oldest rows (counted); requests never wait.
+    #[default]
+    DropOldest,
+    /// Drop nothing; requests wait for room, then 503.
+    Block,
 }
 
 /// The spool of an endpoint's capture sidecars.

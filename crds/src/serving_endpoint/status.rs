@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use super::{CaptureTableFormat, Engine, ExternalModel, ShadowRoute, WorkloadSize, WorkloadType};
+use super::{
+    CaptureOverflow, CaptureTableFormat, Engine, ExternalModel, ShadowRoute, WorkloadSize,
+    WorkloadType,
+};
 
 /// Observed state of a ServingEndpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -162,6 +165,9 @@ pub struct ResolvedCapture {
     /// The persistent spool the capture sidecars share (absent: an `emptyDir` per pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<ResolvedSpool>,
+    /// `dropOldest` or `block` (absent: `dropOldest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<CaptureOverflow>,
 }
 
 /// The persistent capture spool of an endpoint, with defaults applied.

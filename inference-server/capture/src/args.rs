@@ -8,6 +8,8 @@ use clap::Args;
 
 use sluice_protocol::units::parse_duration;
 
+use crate::queue::Overflow;
+
 /// The auto-capture sidecar: a reverse proxy in front of the model container that records every
 /// request and response into the inference table.
 #[derive(Clone, Debug, Args)]
@@ -83,6 +85,19 @@ pub struct CaptureArgs {
     /// are dropped and counted.
     #[arg(long, default_value_t = 64 << 20)]
     pub queue_max_bytes: usize,
+    /// What happens when rows come faster than the table takes them, past
+    /// `--queue-max-bytes` in memory or `--spool-max-bytes` on disk. `drop-oldest`: the oldest
+    /// rows are dropped and counted (`records_dropped_total`); requests never wait for the
+    /// table. `block`: no row is dropped; a request whose row would not fit waits for room
+    /// (up to `--block-timeout`, then 503 with `Retry-After`, counted in
+    /// `requests_refused_total`) before it reaches the model, so the endpoint slows to what
+    /// the table takes, for tables that must be complete.
+    #[arg(long, env = "SLUICE_CAPTURE_OVERFLOW", value_enum, default_value_t = Overflow::DropOldest)]
+    pub overflow: Overflow,
+    /// With `--overflow block`: how long a request waits for room for its row before it is
+    /// answered 503, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub block_timeout: Duration,
     /// Most bytes of one request or response body copied into a row; the rest streams through
     /// uncopied and the row says `*_PAYLOAD_TRUNCATED`.
     #[arg(long, default_value_t = 1 << 20)]

@@ -109,7 +109,10 @@ impl RawExchange {
                 None if response.is_some() => codes.push(STREAM_NOT_REASSEMBLED.into()),
                 None => {}
             }
-        } else if let Some(body) = response.as_deref() {
+        } else if let Some(body) = response.as_deref()
+            && body.contains("\"usage\"")
+        {
+            // Parsed only for its token counts (`TokenCounts::from_body` reads `usage`).
             response_json = parse_object(body);
         }
         // The answer as the caller could see it: personal data masked (counted from the answer

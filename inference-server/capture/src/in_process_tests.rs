@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use crate::exchange::RawExchange;
 use crate::metrics::{CaptureMetrics, UsageLabels};
 use crate::proxy::{Limits, Proxy, ProxyConfig, UsageTracking};
-use crate::queue::{Popped, Queue};
+use crate::queue::{Overflow, Popped, Queue};
 
 /// A model server on a free loopback port: `/invocations` answers a prediction and the
 /// headers it received.
@@ -60,13 +60,30 @@ fn proxy_with(
     sampling_fraction: f64,
     usage: Option<UsageTracking>,
 ) -> (axum::Router, Arc<Queue>, CaptureMetrics) {
-    let queue = Arc::new(Queue::new(1 << 20));
+    let queue = Arc::new(Queue::new(1 << 20, Overflow::DropOldest));
+    proxy_on(
+        upstream,
+        sampling_fraction,
+        usage,
+        queue,
+        Duration::from_secs(10),
+    )
+}
+
+fn proxy_on(
+    upstream: SocketAddr,
+    sampling_fraction: f64,
+    usage: Option<UsageTracking>,
+    queue: Arc<Queue>,
+    block_timeout: Duration,
+) -> (axum::Router, Arc<Queue>, CaptureMetrics) {
     let metrics = CaptureMetrics::default();
     let proxy = Proxy::new(
         ProxyConfig {
             upstream: Some(upstream),
             health_path: "/health".into(),
             upstream_timeout: Duration::from_secs(5),
+            block_timeout,
             sampling_fraction,
             limits: Limits {
                 max_payload_bytes: 1 << 20,
@@ -216,4 +233,74 @@ async fn with_usage_tracking_an_unsampled_exchange_is_metered_and_costed_without
         500
     );
     assert_eq!(metrics.usage_cost.get_or_create(&labels).get(), 1.75);
+}
+
+/// A model that counts the requests it answers.
+async fn counting_model() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/invocations",
+        axum::routing::post({
+            let hits = hits.clone();
+            move || async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                axum::Json(json!({"predictions": [1]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn with_overflow_block_a_full_queue_holds_requests_at_the_door_and_drops_nothing() {
+    use std::sync::atomic::Ordering;
+    let (model, hits) = counting_model().await;
+    // One exchange fills the queue; nobody writes it out until the test pops.
+    let queue = Arc::new(Queue::new(1, Overflow::Block));
+    let (router, queue, metrics) = proxy_on(model, 1.0, None, queue, Duration::from_millis(200));
+    let (status, _, _) = post(router.clone(), &[], "{\"n\": 1}").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Full: the next request waits its 200 ms and is refused before reaching the model.
+    let (status, headers, answer) = post(router.clone(), &[], "{\"n\": 2}").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        answer.to_string().contains("overflow policy block"),
+        "{answer}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the model never saw it");
+    assert_eq!(metrics.refused.get(), 1);
+    assert_eq!(queue.len(), 1, "nothing dropped to make room");
+
+    // A request waiting at the door goes through once the writer takes the queued row.
+    let waiting = tokio::spawn(post(router, &[], "{\"n\": 3}"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "still waiting for room");
+    let first = queued(queue.clone(), Duration::ZERO).await;
+    assert_eq!(first.len(), 1);
+    let (status, _, _) = waiting.await.expect("request");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let second = queued(queue, Duration::from_secs(5)).await;
+    assert_eq!(second[0].request, b"{\"n\": 3}");
+    let dropped: u64 = [
+        crate::metrics::DropReason::QueueFull,
+        crate::metrics::DropReason::SpoolFull,
+    ]
+    .into_iter()
+    .map(|reason| {
+        metrics
+            .dropped
+            .get_or_create(&crate::metrics::DropLabels { reason })
+            .get()
+    })
+    .sum();
+    assert_eq!(dropped, 0);
 }

@@ -152,7 +152,7 @@ pub async fn run(
     } else {
         0.0
     };
-    let queue = Arc::new(Queue::new(args.queue_max_bytes));
+    let queue = Arc::new(Queue::new(args.queue_max_bytes, args.overflow));
     let pipeline = Pipeline::start(
         queue.clone(),
         root,
@@ -172,6 +172,7 @@ pub async fn run(
             rotate_age: args.rotate_seconds,
             retry_max: args.retry_max_seconds,
             adopt_every: args.spool_adopt_seconds,
+            overflow: args.overflow,
         },
     )
     .map_err(CaptureError::Thread)?;
@@ -181,6 +182,7 @@ pub async fn run(
             upstream: args.upstream,
             health_path: args.upstream_health_path.clone(),
             upstream_timeout: args.upstream_timeout_seconds,
+            block_timeout: args.block_timeout,
             sampling_fraction,
             limits: Limits {
                 max_payload_bytes: args.max_payload_bytes,

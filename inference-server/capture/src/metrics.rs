@@ -39,6 +39,9 @@ pub enum DropReason {
     Corrupt,
     /// Rows the table format cannot hold (never retried).
     Unencodable,
+    /// Rows still in memory when the shutdown deadline passed (the spool writer had not
+    /// taken them, e.g. a `block` spool full while the table was unreachable).
+    Shutdown,
 }
 
 label_values!(DropReason {
@@ -47,6 +50,7 @@ label_values!(DropReason {
     SpoolError => "spool_error",
     Corrupt => "corrupt",
     Unencodable => "unencodable",
+    Shutdown => "shutdown",
 });
 
 /// The `reason` label.
@@ -149,6 +153,11 @@ pub struct CaptureMetrics {
     pub spools_adopted: Counter,
     /// The model could not answer.
     pub upstream_failures: Family<UpstreamLabels, Counter>,
+    /// Requests answered 503 without reaching the model: the `block` policy found no room
+    /// for their rows within `--block-timeout`.
+    pub refused: Counter,
+    /// 1 while the spool writer waits for room in a full spool (`block`), else 0.
+    pub spool_blocked: Gauge,
     /// Bytes of rows in the in-memory queue.
     pub queue_bytes: Gauge,
     /// Bytes of body copies held by requests in flight.
@@ -184,6 +193,8 @@ impl Default for CaptureMetrics {
             delta_failures: Counter::default(),
             spools_adopted: Counter::default(),
             upstream_failures: Family::default(),
+            refused: Counter::default(),
+            spool_blocked: Gauge::default(),
             queue_bytes: Gauge::default(),
             in_flight_bytes: Gauge::default(),
             spool_bytes: Gauge::default(),
@@ -291,6 +302,17 @@ impl CaptureMetrics {
             "upstream_failures",
             "Requests the model did not answer",
             metrics.upstream_failures.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests answered 503 without reaching the model because the table is behind \
+             (overflow policy block: no room for their rows within --block-timeout)",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "spool_blocked",
+            "1 while the spool writer waits for room in a full spool (overflow policy block)",
+            metrics.spool_blocked.clone(),
         );
         registry.register(
             "queue_bytes",

@@ -1,10 +1,11 @@
 //! From captured exchanges to table files, off the request path:
 //!
 //! ```text
-//! proxy ──push──▶ Queue (memory, bytes-capped, drop-oldest)
-//!                   │  spool writer thread: exchanges → rows → JSON lines
+//! proxy ──push──▶ Queue (memory, bytes-capped; drop-oldest, or block: requests wait for room)
+//!                   │  spool writer thread: exchanges → rows → binary frames
 //!                   ▼
-//!                 Spool (disk, bytes-capped, drop-oldest segment; sealed by size or age)
+//!                 Spool (disk, bytes-capped; drop-oldest segment, or block: the writer waits
+//!                   │    for the uploader; sealed by size or age)
 //!                   │  uploader task: segment → Parquet per day → table; retried with backoff
 //!                   ▼
 //!                 table (object store)
@@ -19,7 +20,7 @@
 //! spooled is sealed and written at once, and rows of exchanges still finishing follow within
 //! [`FLUSH_AGE`]; [`Pipeline::shutdown`] then writes what is left until a deadline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,8 +30,8 @@ use tracing::Instrument;
 
 use super::exchange::Identity;
 use super::metrics::{CaptureMetrics, DropReason};
-use super::queue::{Popped, Queue};
-use crate::table::spool::{Segment, Spool, SpoolError, SpoolRoot, SpoolStats};
+use super::queue::{Overflow, Popped, Queue};
+use crate::table::spool::{Appended, Segment, Spool, SpoolError, SpoolRoot, SpoolStats};
 use crate::table::{self, SegmentFiles, TableError, Tables};
 
 /// First wait after a failed upload; it doubles up to the configured maximum.
@@ -42,6 +43,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// Once flushing (after SIGTERM), the open segment is sealed, and so written, when it is this
 /// old: rows of exchanges that finish during the drain reach the table about this soon.
 const FLUSH_AGE: Duration = Duration::from_millis(200);
+/// How often a writer waiting for room in a full spool (`block`) tries again.
+const SPOOL_FULL_RETRY: Duration = Duration::from_millis(20);
 
 /// Settings of the pipeline.
 #[derive(Clone, Debug)]
@@ -56,6 +59,8 @@ pub struct PipelineConfig {
     pub retry_max: Duration,
     /// How often to look for spool folders of gone sidecars to adopt.
     pub adopt_every: Duration,
+    /// What a full spool does (the queue's own policy is the same).
+    pub overflow: Overflow,
 }
 
 /// Where the pipeline is in the sidecar's life.
@@ -147,6 +152,9 @@ pub struct Pipeline {
     /// Answers when the writer thread has spooled the closed queue and stopped.
     writer_done: oneshot::Receiver<()>,
     flushing: Arc<AtomicBool>,
+    /// Rows the writer took from the queue and has not spooled yet.
+    holding: Arc<AtomicU64>,
+    metrics: CaptureMetrics,
     uploader: tokio::task::JoinHandle<()>,
     phase: watch::Sender<Phase>,
 }
@@ -172,22 +180,24 @@ impl Pipeline {
         });
         let sealed = Arc::new(Notify::new());
         let flushing = Arc::new(AtomicBool::new(false));
+        let holding = Arc::new(AtomicU64::new(0));
         let (done, writer_done) = oneshot::channel();
         {
-            let (queue, spools, metrics, sealed, config, flushing) = (
-                queue.clone(),
-                spools.clone(),
-                metrics.clone(),
-                sealed.clone(),
-                config.clone(),
-                flushing.clone(),
-            );
+            let writer = Writer {
+                queue: queue.clone(),
+                spools: spools.clone(),
+                metrics: metrics.clone(),
+                sealed: sealed.clone(),
+                config: config.clone(),
+                flushing: flushing.clone(),
+                holding: holding.clone(),
+            };
             // Detached: the writer says it is done through `done` (dropped unsent if it
             // panics), so a shutdown never waits on it past its deadline.
             std::thread::Builder::new()
                 .name("capture-spool".into())
                 .spawn(move || {
-                    write_loop(&queue, &spools, &metrics, &sealed, &config, &flushing);
+                    writer.run();
                     let _ = done.send(());
                 })?;
         }
@@ -195,7 +205,7 @@ impl Pipeline {
         let uploader = tokio::spawn(upload_loop(
             spools.clone(),
             Arc::new(root),
-            metrics,
+            metrics.clone(),
             sealed,
             (config.retry_max, config.adopt_every),
             phase_rx,
@@ -204,6 +214,8 @@ impl Pipeline {
             queue,
             writer_done,
             flushing,
+            holding,
+            metrics,
             uploader,
             phase,
         })
@@ -229,7 +241,9 @@ impl Pipeline {
             Ok(Err(_)) => tracing::error!("the spool writer thread failed"),
             Err(_) => {
                 self.uploader.abort();
-                tracing::warn!("queued rows not spooled in time; they are lost");
+                let lost = self.queue.len() as u64 + self.holding.load(Ordering::Relaxed);
+                self.metrics.drop_records(DropReason::Shutdown, lost);
+                tracing::warn!(lost, "queued rows not spooled in time; they are lost");
                 return;
             }
         }
@@ -265,61 +279,116 @@ fn refresh(spools: &Spools, metrics: &CaptureMetrics) {
     metrics.lag_seconds.set(lag);
 }
 
-/// The spool writer: queue → rows → own spool, sealing segments by size and age (by
-/// [`FLUSH_AGE`] once flushing).
-fn write_loop(
-    queue: &Queue,
-    spools: &Spools,
-    metrics: &CaptureMetrics,
-    sealed: &Notify,
-    config: &PipelineConfig,
-    flushing: &AtomicBool,
-) {
-    let spool = &spools.own.spool;
-    loop {
-        let age = if flushing.load(Ordering::Relaxed) {
-            config.rotate_age.min(FLUSH_AGE)
-        } else {
-            config.rotate_age
-        };
-        let wait = age.clamp(Duration::from_millis(10), TICK);
-        let closed = match queue.pop(WRITE_BATCH_BYTES, wait) {
-            Popped::Closed => true,
-            Popped::Items(items) => {
-                metrics
-                    .queue_bytes
-                    .set(i64::try_from(queue.bytes()).unwrap_or(i64::MAX));
-                if !items.is_empty() {
-                    let records: Vec<_> = items
-                        .into_iter()
-                        .map(|exchange| exchange.finish(&config.identity))
-                        .collect();
-                    spool_records(spool, metrics, records);
-                }
-                false
-            }
-        };
-        match spool.seal_if_due(config.rotate_bytes, age, closed) {
-            Ok(true) => sealed.notify_one(),
-            Ok(false) => {}
-            Err(error) => tracing::error!(%error, "cannot seal the spool segment"),
-        }
-        refresh(spools, metrics);
-        if closed {
-            return;
-        }
-    }
+/// The spool writer thread's share of the pipeline.
+struct Writer {
+    queue: Arc<Queue>,
+    spools: Arc<Spools>,
+    metrics: CaptureMetrics,
+    sealed: Arc<Notify>,
+    config: PipelineConfig,
+    flushing: Arc<AtomicBool>,
+    holding: Arc<AtomicU64>,
 }
 
-fn spool_records(spool: &Spool, metrics: &CaptureMetrics, records: Vec<table::PayloadRecord>) {
-    let rows = records.len();
-    match spool.append(records) {
-        Ok(outcome) => {
-            metrics.drop_records(DropReason::SpoolFull, outcome.evicted + outcome.refused);
+impl Writer {
+    /// Queue → rows → own spool, sealing segments by size and age (by [`FLUSH_AGE`] once
+    /// flushing), until the queue is closed and empty.
+    fn run(&self) {
+        let spool = &self.spools.own.spool;
+        loop {
+            let age = if self.flushing.load(Ordering::Relaxed) {
+                self.config.rotate_age.min(FLUSH_AGE)
+            } else {
+                self.config.rotate_age
+            };
+            let wait = age.clamp(Duration::from_millis(10), TICK);
+            let closed = match self.queue.pop(WRITE_BATCH_BYTES, wait) {
+                Popped::Closed => true,
+                Popped::Items(items) => {
+                    self.metrics
+                        .queue_bytes
+                        .set(i64::try_from(self.queue.bytes()).unwrap_or(i64::MAX));
+                    if !items.is_empty() {
+                        self.holding.store(items.len() as u64, Ordering::Relaxed);
+                        let records: Vec<_> = items
+                            .into_iter()
+                            .map(|exchange| exchange.finish(&self.config.identity))
+                            .collect();
+                        match self.config.overflow {
+                            Overflow::DropOldest => self.spool_or_drop(records),
+                            Overflow::Block => self.spool_when_room(records),
+                        }
+                        self.holding.store(0, Ordering::Relaxed);
+                    }
+                    false
+                }
+            };
+            match spool.seal_if_due(self.config.rotate_bytes, age, closed) {
+                Ok(true) => self.sealed.notify_one(),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "cannot seal the spool segment"),
+            }
+            refresh(&self.spools, &self.metrics);
+            if closed {
+                return;
+            }
         }
-        Err(error) => {
-            tracing::error!(%error, rows, "cannot write to the spool");
-            metrics.drop_records(DropReason::SpoolError, rows as u64);
+    }
+
+    /// `drop-oldest`: spools the rows, evicting the oldest segments past the cap (counted).
+    fn spool_or_drop(&self, records: Vec<table::PayloadRecord>) {
+        let rows = records.len();
+        match self.spools.own.spool.append(records) {
+            Ok(outcome) => {
+                self.metrics
+                    .drop_records(DropReason::SpoolFull, outcome.evicted + outcome.refused);
+            }
+            Err(error) => {
+                tracing::error!(%error, rows, "cannot write to the spool");
+                self.metrics
+                    .drop_records(DropReason::SpoolError, rows as u64);
+            }
+        }
+    }
+
+    /// `block`: spools the rows once they fit, waiting for the uploader to write segments
+    /// meanwhile (the queue fills behind, and the proxy holds new requests at the door).
+    fn spool_when_room(&self, mut records: Vec<table::PayloadRecord>) {
+        let spool = &self.spools.own.spool;
+        let mut waited = false;
+        loop {
+            let rows = records.len() as u64;
+            match spool.append_without_evicting(records) {
+                Ok(Appended::Done(_)) => break,
+                Ok(Appended::NoRoom(back)) => {
+                    records = back;
+                    if !waited {
+                        waited = true;
+                        self.metrics.spool_blocked.set(1);
+                        tracing::warn!(
+                            rows = records.len(),
+                            "spool full: waiting for the table to take segments (overflow block)"
+                        );
+                    }
+                    // The open segment may be what fills the spool: sealed, it can be written.
+                    match spool.seal_if_due(0, Duration::ZERO, true) {
+                        Ok(true) => self.sealed.notify_one(),
+                        Ok(false) => {}
+                        Err(error) => tracing::error!(%error, "cannot seal the spool segment"),
+                    }
+                    refresh(&self.spools, &self.metrics);
+                    std::thread::sleep(SPOOL_FULL_RETRY);
+                }
+                Err(error) => {
+                    tracing::error!(%error, rows, "cannot write to the spool");
+                    self.metrics.drop_records(DropReason::SpoolError, rows);
+                    break;
+                }
+            }
+        }
+        if waited {
+            self.metrics.spool_blocked.set(0);
+            tracing::info!("the spool has room again");
         }
     }
 }

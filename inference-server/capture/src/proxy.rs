@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -38,17 +39,18 @@ use tracing::Instrument;
 use super::exchange::{MeteredUsage, RawExchange};
 use super::metrics::{Body as BodyKind, BodyLabels, CaptureMetrics, DropReason, UpstreamFailure};
 use super::metrics::{UpstreamLabels, UsageLabels};
-use super::queue::Queue;
+use super::queue::{Overflow, Queue};
 use crate::table::record::{
     CAPTURE_MEMORY_LIMIT, CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, REQUEST_TRUNCATED,
     RESPONSE_INCOMPLETE, RESPONSE_TRUNCATED, SHUTDOWN, SHUTDOWN_STATUS, UPSTREAM_UNAVAILABLE,
 };
 
-use sluice_contract::headers::{
+use sluice_contract::headers::names::{
     CLIENT_REQUEST_ID as CLIENT_REQUEST_ID_HEADERS, GROUPS as GROUPS_HEADER,
     GUARDRAILS as GUARDRAILS_HEADER, KEY_ID as KEY_ID_HEADER, PII_IN_ANSWERS, REQUEST_ID,
-    REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER, strip_hop_by_hop,
+    REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
 };
+use sluice_contract::headers::strip_hop_by_hop;
 use sluice_contract::record::{RECORD, RecordHead, RecordOrigin};
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -442,10 +444,13 @@ type UpstreamBody = TeeBody<Body>;
 #[derive(Debug)]
 pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
-    /// The model container; `None` for a recorder (`--record-only`).
-    upstream: Option<SocketAddr>,
+    /// The model container's address as a URI authority; `None` for a recorder
+    /// (`--record-only`).
+    upstream: Option<Authority>,
     health_path: String,
     upstream_timeout: Duration,
+    /// `block`: longest a request waits for room for its row.
+    block_timeout: Duration,
     /// Fraction of requests recorded in the payload table (0 without one).
     sampling_fraction: f64,
     recorder: Arc<Recorder>,
@@ -462,6 +467,8 @@ pub struct ProxyConfig {
     pub health_path: String,
     /// Longest wait for a response head.
     pub upstream_timeout: Duration,
+    /// With the queue's `block` policy, longest a request waits for room for its row.
+    pub block_timeout: Duration,
     /// Fraction of requests captured in the payload table (0 when there is none).
     pub sampling_fraction: f64,
     /// Copy limits.
@@ -486,9 +493,12 @@ impl Proxy {
             .build(connector);
         Self {
             client,
-            upstream: config.upstream,
+            upstream: config.upstream.map(|addr| {
+                Authority::try_from(addr.to_string()).expect("a socket address is an authority")
+            }),
             health_path: config.health_path,
             upstream_timeout: config.upstream_timeout,
+            block_timeout: config.block_timeout,
             sampling_fraction: config.sampling_fraction,
             recorder: Arc::new(Recorder::new(queue, metrics, config.limits, config.usage)),
             registry,
@@ -525,13 +535,42 @@ impl Proxy {
             .with_state(self)
     }
 
-    fn upstream_uri(model: SocketAddr, uri: &Uri, path: Option<&str>) -> Uri {
-        let path_and_query = path
-            .or_else(|| uri.path_and_query().map(|p| p.as_str()))
-            .unwrap_or("/");
-        format!("http://{model}{path_and_query}")
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"))
+    /// `uri`'s path and query (or `path`) at the model: built from parts, not formatted and
+    /// parsed again per request.
+    fn upstream_uri(model: &Authority, uri: &Uri, path: Option<&str>) -> Uri {
+        let path_and_query = match path {
+            Some(path) => PathAndQuery::try_from(path).ok(),
+            None => uri.path_and_query().cloned(),
+        };
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(model.clone());
+        parts.path_and_query =
+            Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    /// With the `block` policy, waits for room for one more row; the 503 to answer when none
+    /// came within `--block-timeout` (the request never reaches the model, so nothing goes
+    /// unrecorded). Nothing to wait for with `drop-oldest`.
+    async fn admit(&self) -> Option<Response> {
+        let queue = &self.recorder.queue;
+        if queue.overflow() != Overflow::Block || queue.wait_for_room(self.block_timeout).await {
+            return None;
+        }
+        self.recorder.metrics.refused.inc();
+        Some(
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "the inference table is behind: no room for this request's row within {:?} \
+                     (capture overflow policy block); retry later",
+                    self.block_timeout
+                ),
+            )
+            .with_retry_after(Duration::from_secs(1))
+            .into_response(),
+        )
     }
 
     fn sampled(&self) -> bool {
@@ -546,10 +585,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn header_text(headers: &HeaderMap, names: &[&str]) -> Option<String> {
+fn header_text(headers: &HeaderMap, names: &[HeaderName]) -> Option<String> {
     names.iter().find_map(|name| {
         headers
-            .get(*name)
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -579,14 +618,14 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     }
     let headers = &request.headers;
     for (key, name) in [
-        ("content_type", header::CONTENT_TYPE.as_str()),
-        ("user_agent", header::USER_AGENT.as_str()),
+        ("content_type", header::CONTENT_TYPE),
+        ("user_agent", header::USER_AGENT),
     ] {
         if let Some(value) = header_text(headers, &[name]) {
             metadata.insert(key.into(), value);
         }
     }
-    if headers.contains_key(SHADOW_HEADER) {
+    if headers.contains_key(&SHADOW_HEADER) {
         metadata.insert("shadow".into(), "true".into());
     }
     for (key, name) in [
@@ -627,6 +666,9 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     if !sampled && !usage {
         return StatusCode::NO_CONTENT.into_response();
     }
+    if let Some(refusal) = proxy.admit().await {
+        return refusal;
+    }
     let id = request_id(&parts.headers);
     let mut metadata = metadata(&parts);
     match &head.origin {
@@ -639,11 +681,11 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     let exchange = proxy.recorder.start(RawExchange {
         usage_only: !sampled,
         request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
-        client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
+        client_request_id: header_text(&parts.headers, &CLIENT_REQUEST_ID_HEADERS),
         requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
         timestamp_ms: now_ms() - duration_ms.unwrap_or(0),
         metadata,
-        mask_answer_pii: parts.headers.contains_key(PII_IN_ANSWERS),
+        mask_answer_pii: parts.headers.contains_key(&PII_IN_ANSWERS),
         ..RawExchange::default()
     });
     {
@@ -678,7 +720,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     if RecordHead::is_record(request.headers()) {
         return record_sent(&proxy, request).await;
     }
-    let Some(model) = proxy.upstream else {
+    let Some(model) = &proxy.upstream else {
         return ApiError::new(
             ErrorKind::NotFound,
             format!(
@@ -692,16 +734,20 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     let (mut parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
     let sampled = proxy.sampled();
-    let exchange = (sampled || proxy.recorder.usage.is_some()).then(|| {
+    let recorded = sampled || proxy.recorder.usage.is_some();
+    if recorded && let Some(refusal) = proxy.admit().await {
+        return refusal;
+    }
+    let exchange = recorded.then(|| {
         proxy.recorder.start(RawExchange {
             usage_only: !sampled,
             request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
-            client_request_id: header_text(&parts.headers, CLIENT_REQUEST_ID_HEADERS),
+            client_request_id: header_text(&parts.headers, &CLIENT_REQUEST_ID_HEADERS),
             // Only the gateway's verified identity (it removes what clients send).
             requester: header_text(&parts.headers, &[REQUESTER_HEADER]),
             timestamp_ms: now_ms(),
             metadata: metadata(&parts),
-            mask_answer_pii: parts.headers.contains_key(PII_IN_ANSWERS),
+            mask_answer_pii: parts.headers.contains_key(&PII_IN_ANSWERS),
             ..RawExchange::default()
         })
     });
@@ -800,7 +846,7 @@ async fn health(State(proxy): State<Arc<Proxy>>) -> Response {
         )
         .into_response();
     }
-    let Some(model) = proxy.upstream else {
+    let Some(model) = &proxy.upstream else {
         return axum::Json(serde_json::json!({"status": "ready", "mode": "record-only"}))
             .into_response();
     };
@@ -862,7 +908,7 @@ mod tests {
 
     fn recorder(max_payload_bytes: usize, memory_bytes: usize) -> Arc<Recorder> {
         Arc::new(Recorder::new(
-            Arc::new(Queue::new(1 << 20)),
+            Arc::new(Queue::new(1 << 20, Overflow::DropOldest)),
             CaptureMetrics::default(),
             Limits {
                 max_payload_bytes,

@@ -48,6 +48,24 @@ pub fn spool_files(root: &Path) -> Vec<PathBuf> {
 }
 
 /// The one spool folder under the spool root `root` (a root used by one sidecar at a time).
+/// The rows of one spool segment file, counted from its frames' length prefixes (the format
+/// of `sluice_capture::table::spool::frame`: an 8-byte magic, then `[length u32][crc u32][body]`).
+pub fn spooled_rows(segment: &Path) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    assert!(
+        bytes.starts_with(b"SLROWS1\n"),
+        "{segment:?} is a frame segment"
+    );
+    let mut rest = &bytes[8..];
+    let mut rows = 0;
+    while rest.len() >= 8 {
+        let length = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        rest = &rest[(8 + length).min(rest.len())..];
+        rows += 1;
+    }
+    rows
+}
+
 pub fn spool_folder(root: &Path) -> PathBuf {
     let folders: Vec<PathBuf> = std::fs::read_dir(root)
         .unwrap()

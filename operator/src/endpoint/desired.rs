@@ -29,8 +29,8 @@ use k8s_openapi::{
     },
 };
 use sluice_crds::{
-    CaptureTableFormat, Engine, ResolvedCapture, ResolvedUsageTracking, ServingEndpoint,
-    common::SecretKeyRef,
+    CaptureOverflow, CaptureTableFormat, Engine, ResolvedCapture, ResolvedUsageTracking,
+    ServingEndpoint, common::SecretKeyRef,
 };
 
 use kube::Resource;
@@ -961,6 +961,9 @@ fn capture_container(
     if settings.table_format == Some(CaptureTableFormat::Delta) {
         args.extend(strings(&["--table-format", "delta"]));
     }
+    if settings.overflow == Some(CaptureOverflow::Block) {
+        args.extend(strings(&["--overflow", "block"]));
+    }
     for (key, value) in &settings.store_options {
         args.extend(["--table-option".to_string(), format!("{key}={value}")]);
     }
@@ -1479,6 +1482,7 @@ mod tests {
                 "http://127.0.0.1:9000".into(),
             )]),
             spool: None,
+            overflow: Some(CaptureOverflow::Block),
         };
         let mut context = ctx(None);
         context.capture = Some(&settings);
@@ -1493,7 +1497,8 @@ mod tests {
         let args = capture.args.as_ref().expect("args").join(" ");
         assert!(
             args.ends_with(
-                "--table-format delta --table-option aws_endpoint=http://127.0.0.1:9000"
+                "--table-format delta --overflow block \
+                 --table-option aws_endpoint=http://127.0.0.1:9000"
             ),
             "{args}"
         );

@@ -1,7 +1,7 @@
 //! The on-disk spool: a capped write-ahead log of inference-table rows waiting for the table.
 //!
-//! Rows are appended as JSON lines to an *open* segment (`<seq>.open`); a segment is *sealed*
-//! (`<seq>.jsonl`) when it reaches the rotation size or age, and the uploader turns each sealed
+//! Rows are appended as checksummed binary frames ([`frame`]) to an *open* segment
+//! (`<seq>.open`); a segment is *sealed* (`<seq>.rows`) when it reaches the rotation size or age, and the uploader turns each sealed
 //! segment into Parquet files, writes them, and only then deletes the segment. A sidecar that
 //! is killed and restarted seals what it finds open and uploads everything left, under the
 //! same file names (the spool's folder name is its stable instance id, see [`instances`]), so
@@ -13,11 +13,12 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub mod frame;
 pub mod instances;
 
 pub use instances::{InstanceFolder, SpoolRoot};
@@ -25,7 +26,9 @@ pub use instances::{InstanceFolder, SpoolRoot};
 use super::record::PayloadRecord;
 
 const OPEN_EXT: &str = "open";
-const SEALED_EXT: &str = "jsonl";
+const SEALED_EXT: &str = "rows";
+/// Sealed segments of versions that spooled JSON lines; read as they are (see [`frame::Format`]).
+const LEGACY_SEALED_EXT: &str = "jsonl";
 /// The number the next segment gets at least, kept when the spool runs empty: segment numbers
 /// never repeat within an instance (they name its part files and its Delta transactions).
 const NEXT_SEQ_FILE: &str = "next-seq";
@@ -43,9 +46,6 @@ pub enum SpoolError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A row could not be serialized.
-    #[error("serializing a spooled row: {0}")]
-    Serialize(#[from] serde_json::Error),
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -107,6 +107,15 @@ pub struct AppendOutcome {
     pub refused: u64,
 }
 
+/// What [`Spool::append_without_evicting`] did.
+#[derive(Debug)]
+pub enum Appended {
+    /// The rows are spooled.
+    Done(AppendOutcome),
+    /// They do not fit: here they are back, nothing was written.
+    NoRoom(Vec<PayloadRecord>),
+}
+
 /// Totals for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpoolStats {
@@ -152,6 +161,11 @@ impl Spool {
                 (Some(seq), Some(OPEN_EXT)) => {
                     let sealed = segment_path(dir, seq, SEALED_EXT);
                     fs::rename(&path, &sealed).map_err(io("sealing", &path))?;
+                    found.push((seq, sealed));
+                }
+                (Some(seq), Some(LEGACY_SEALED_EXT)) => {
+                    let sealed = segment_path(dir, seq, SEALED_EXT);
+                    fs::rename(&path, &sealed).map_err(io("renaming", &path))?;
                     found.push((seq, sealed));
                 }
                 (Some(seq), Some(SEALED_EXT)) => found.push((seq, path)),
@@ -215,20 +229,50 @@ impl Spool {
     }
 
     /// Appends `records` to the open segment (opening one if needed), deleting the oldest
-    /// unclaimed sealed segments when the cap would be passed.
+    /// unclaimed sealed segments when the cap would be passed (`drop-oldest`).
     pub fn append(&self, records: Vec<PayloadRecord>) -> Result<AppendOutcome, SpoolError> {
+        match self.append_within(records, true)? {
+            Appended::Done(outcome) => Ok(outcome),
+            // Only the non-evicting append hands rows back.
+            Appended::NoRoom(records) => Ok(AppendOutcome {
+                refused: records.len() as u64,
+                ..AppendOutcome::default()
+            }),
+        }
+    }
+
+    /// Appends `records` only if they fit under the cap without deleting anything (`block`);
+    /// otherwise hands them back. An empty spool takes any batch, so a batch larger than the
+    /// cap cannot wait forever.
+    pub fn append_without_evicting(
+        &self,
+        records: Vec<PayloadRecord>,
+    ) -> Result<Appended, SpoolError> {
+        self.append_within(records, false)
+    }
+
+    fn append_within(
+        &self,
+        records: Vec<PayloadRecord>,
+        evict: bool,
+    ) -> Result<Appended, SpoolError> {
         let mut outcome = AppendOutcome::default();
         if records.is_empty() {
-            return Ok(outcome);
+            return Ok(Appended::Done(outcome));
         }
-        let mut lines = Vec::new();
+        let mut frames = Vec::new();
         for record in &records {
-            serde_json::to_writer(&mut lines, record)?;
-            lines.push(b'\n');
+            frame::encode(record, &mut frames);
         }
-        let size = lines.len() as u64;
+        let size = frames.len() as u64;
         let mut state = self.lock();
-        while total_bytes(&state) + size > self.max_bytes {
+        if !evict {
+            let total = total_bytes(&state);
+            if total > 0 && total + size > self.max_bytes {
+                return Ok(Appended::NoRoom(records));
+            }
+        }
+        while evict && total_bytes(&state) + size > self.max_bytes {
             let Some(position) = state.sealed.iter().position(|s| !s.claimed) else {
                 break;
             };
@@ -243,9 +287,10 @@ impl Spool {
                 outcome.evicted += victim.segment.records;
             }
         }
-        if total_bytes(&state) + size > self.max_bytes {
+        // (Without evicting, an empty spool takes the batch even past the cap.)
+        if evict && total_bytes(&state) + size > self.max_bytes {
             outcome.refused = records.len() as u64;
-            return Ok(outcome);
+            return Ok(Appended::Done(outcome));
         }
         if state.open.is_none() {
             let seq = state.next_seq;
@@ -256,10 +301,14 @@ impl Spool {
                 .append(true)
                 .open(&path)
                 .map_err(io("creating", &path))?;
+            let mut writer = BufWriter::new(file);
+            writer
+                .write_all(frame::MAGIC)
+                .map_err(io("writing", &path))?;
             state.open = Some(OpenSegment {
                 seq,
-                writer: BufWriter::new(file),
-                bytes: 0,
+                writer,
+                bytes: frame::MAGIC.len() as u64,
                 records: 0,
                 first_timestamp_ms: records[0].timestamp_ms,
                 opened: Instant::now(),
@@ -275,7 +324,7 @@ impl Spool {
         if let Some(open) = state.open.as_mut() {
             let path = segment_path(&self.dir, open.seq, OPEN_EXT);
             open.writer
-                .write_all(&lines)
+                .write_all(&frames)
                 .and_then(|()| open.writer.flush())
                 .map_err(io("appending to", &path))?;
             open.bytes += size;
@@ -287,7 +336,7 @@ impl Spool {
                 cache.extend(records);
             }
         }
-        Ok(outcome)
+        Ok(Appended::Done(outcome))
     }
 
     /// Seals the open segment when it holds at least `max_bytes` or is older than `max_age`
@@ -351,20 +400,8 @@ impl Spool {
             return Ok((records, 0));
         }
         let path = segment_path(&self.dir, segment.seq, SEALED_EXT);
-        let file = File::open(&path).map_err(io("opening", &path))?;
-        let mut records = Vec::with_capacity(segment.records as usize);
-        let mut corrupt = 0;
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(io("reading", &path))?;
-            if line.is_empty() {
-                continue;
-            }
-            match serde_json::from_str(&line) {
-                Ok(record) => records.push(record),
-                Err(_) => corrupt += 1,
-            }
-        }
-        Ok((records, corrupt))
+        let bytes = fs::read(&path).map_err(io("reading", &path))?;
+        Ok(parse(&bytes))
     }
 
     /// Deletes an uploaded segment.
@@ -428,22 +465,33 @@ fn segment_path(dir: &Path, seq: u64, ext: &str) -> PathBuf {
 
 /// Counts the rows of a segment found at startup and reads its first timestamp.
 fn scan(path: &Path) -> Result<(u64, i64), SpoolError> {
-    let file = File::open(path).map_err(io("opening", path))?;
-    let mut records = 0;
-    let mut first = None;
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(io("reading", path))?;
-        if line.is_empty() {
-            continue;
-        }
-        records += 1;
-        if first.is_none() {
-            first = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v.get("timestamp_ms").and_then(serde_json::Value::as_i64));
+    let bytes = fs::read(path).map_err(io("reading", path))?;
+    let (records, _) = parse(&bytes);
+    let first = records.first().map_or(0, |r| r.timestamp_ms);
+    Ok((records.len() as u64, first))
+}
+
+/// The rows of a segment's content in either format, and how many could not be read (the tail
+/// of a segment cut by a crash).
+fn parse(bytes: &[u8]) -> (Vec<PayloadRecord>, u64) {
+    match frame::Format::of(bytes) {
+        frame::Format::Frames => frame::decode_all(&bytes[frame::MAGIC.len()..]),
+        frame::Format::JsonLines => {
+            let mut records = Vec::new();
+            let mut corrupt = 0;
+            for line in bytes.lines() {
+                match line {
+                    Ok(line) if line.is_empty() => {}
+                    Ok(line) => match serde_json::from_str(&line) {
+                        Ok(record) => records.push(record),
+                        Err(_) => corrupt += 1,
+                    },
+                    Err(_) => corrupt += 1,
+                }
+            }
+            (records, corrupt)
         }
     }
-    Ok((records, first.unwrap_or_default()))
 }
 
 fn dir_next_seq(dir: &Path) -> u64 {
@@ -551,6 +599,31 @@ mod tests {
     }
 
     #[test]
+    fn a_blocking_spool_hands_back_what_does_not_fit_and_drops_nothing() {
+        let dir = temp("block");
+        let (spool, _) = open(&dir, 3000, 0);
+        for _ in 0..3 {
+            assert!(matches!(
+                spool.append_without_evicting(rows(1, 800)).unwrap(),
+                Appended::Done(outcome) if outcome.written == 1
+            ));
+            spool.seal_if_due(0, Duration::MAX, true).unwrap();
+        }
+        let Appended::NoRoom(back) = spool.append_without_evicting(rows(1, 800)).unwrap() else {
+            panic!("the spool is full");
+        };
+        assert_eq!(back, rows(1, 800), "handed back whole");
+        assert_eq!(spool.stats().records, 3, "nothing evicted");
+        let first = spool.claim().unwrap();
+        spool.complete(first.seq).unwrap();
+        assert!(matches!(
+            spool.append_without_evicting(back).unwrap(),
+            Appended::Done(_)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn recent_rows_are_read_from_memory_within_the_cache_budget() {
         let dir = temp("cache");
         let (spool, _) = open(&dir, 1 << 20, 1500);
@@ -570,18 +643,47 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_skipped() {
+    fn a_torn_last_frame_is_skipped_and_counted() {
         let dir = temp("torn");
         let (spool, _) = open(&dir, 1 << 20, 1 << 20);
         spool.append(rows(2, 10)).unwrap();
         let open_path = segment_path(&spool.dir, 0, OPEN_EXT);
         drop(spool);
+        let mut frames = Vec::new();
+        frame::encode(&rows(1, 10)[0], &mut frames);
         let mut file = OpenOptions::new().append(true).open(&open_path).unwrap();
-        file.write_all(b"{\"request_id\": \"cut").unwrap();
+        file.write_all(&frames[..frames.len() - 4]).unwrap();
         let (spool, _) = open(&dir, 1 << 20, 1 << 20);
         let segment = spool.claim().unwrap();
         let (records, corrupt) = spool.read(&segment).unwrap();
         assert_eq!((records.len(), corrupt), (2, 1));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn json_lines_of_an_older_version_are_still_read() {
+        let dir = temp("legacy");
+        let (spool, _) = open(&dir, 1 << 20, 1 << 20);
+        let folder = spool.dir.clone();
+        drop(spool);
+        let mut lines = Vec::new();
+        for record in rows(2, 10) {
+            serde_json::to_writer(&mut lines, &record).unwrap();
+            lines.push(b'\n');
+        }
+        fs::write(
+            folder.join(format!("{:020}.{LEGACY_SEALED_EXT}", 3)),
+            &lines,
+        )
+        .unwrap();
+        fs::write(folder.join(format!("{:020}.{OPEN_EXT}", 4)), &lines).unwrap();
+        let (spool, waiting) = open(&dir, 1 << 20, 1 << 20);
+        assert_eq!(waiting, 4);
+        for _ in 0..2 {
+            let segment = spool.claim().unwrap();
+            assert_eq!(spool.read(&segment).unwrap(), (rows(2, 10), 0));
+            spool.complete(segment.seq).unwrap();
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

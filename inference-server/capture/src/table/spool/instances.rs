@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{NEXT_SEQ_FILE, OPEN_EXT, SEALED_EXT, SpoolError, io};
+use super::{LEGACY_SEALED_EXT, NEXT_SEQ_FILE, OPEN_EXT, SEALED_EXT, SpoolError, io};
 
 /// The lock file of an instance folder.
 const LOCK_FILE: &str = "lock";
@@ -112,7 +112,9 @@ impl SpoolRoot {
                 let path = entry.map_err(io("listing", &self.dir))?.path();
                 let ext = path.extension().and_then(|e| e.to_str());
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if matches!(ext, Some(OPEN_EXT | SEALED_EXT)) || name == NEXT_SEQ_FILE {
+                if matches!(ext, Some(OPEN_EXT | SEALED_EXT | LEGACY_SEALED_EXT))
+                    || name == NEXT_SEQ_FILE
+                {
                     let to = folder.join(name);
                     fs::rename(&path, &to).map_err(io("moving", &path))?;
                 }
