@@ -10,6 +10,7 @@
 #   DURATION=20s CONNECTIONS=64 bash inference-server/bench/capture.sh
 #   BIN=/path/to/inference-server bash inference-server/bench/capture.sh   # skip the build
 #   SOAK=300 bash inference-server/bench/capture.sh          # then a 5-minute soak, RSS every 30 s
+#   MODELS=fast bash inference-server/bench/capture.sh       # only the no-work model
 #
 # Models: nginx answering a fixed prediction body (it reads and discards the request body), so
 # every cost of the sidecar shows; and HAProxy running a Lua service that reads the body, sleeps
@@ -25,6 +26,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 SOAK=${SOAK:-0}
+MODELS=${MODELS:-fast slow}   # fast: nginx, no work; slow: 1 ms per request
 for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
 done
@@ -134,7 +136,7 @@ metric() { # name metric -> the sum of its series
 }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/${SIDECAR_PID[$1]}/status"; }
 
-for model in fast slow; do
+for model in $MODELS; do
   echo
   if [ "$model" = fast ]; then echo "### Model: nginx, a fixed answer (no work)"; else echo "### Model: 1 ms per request (HAProxy + Lua)"; fi
   echo
@@ -163,7 +165,7 @@ sleep 3
 echo
 echo "| sidecar | rows captured | rows written | rows dropped | requests refused (503) | RSS MiB |"
 echo "|---|---|---|---|---|---|"
-for name in fast-on fast-block slow-on slow-block; do
+for name in $(for m in $MODELS; do echo "$m-on $m-block"; done); do
   echo "| $name | $(metric "$name" sluice_capture_records_captured_total) | $(metric "$name" sluice_capture_records_written_total) | $(metric "$name" sluice_capture_records_dropped_total) | $(metric "$name" sluice_capture_requests_refused_total) | $(rss_mib "$name") |"
 done
 

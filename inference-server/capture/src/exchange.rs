@@ -110,7 +110,7 @@ impl RawExchange {
                 None => {}
             }
         } else if let Some(body) = response.as_deref()
-            && body.contains("\"usage\"")
+            && has(body, "\"usage\"")
         {
             // Parsed only for its token counts (`TokenCounts::from_body` reads `usage`).
             response_json = parse_object(body);
@@ -130,8 +130,8 @@ impl RawExchange {
         let request_json = request
             .as_deref()
             .filter(|body| {
-                body.contains("\"client_request_id\"")
-                    || (self.usage.is_some() && body.contains("\"usage_context\""))
+                has(body, "\"client_request_id\"")
+                    || (self.usage.is_some() && has(body, "\"usage_context\""))
             })
             .and_then(parse_object);
         let client_request_id = self.client_request_id.or_else(|| {
@@ -203,6 +203,11 @@ fn usage_context(value: &Value) -> BTreeMap<String, String> {
             (key.clone(), text)
         })
         .collect()
+}
+
+/// Whether `needle` occurs in `body` (SIMD search: bodies may be megabytes).
+fn has(body: &str, needle: &str) -> bool {
+    memchr::memmem::find(body.as_bytes(), needle.as_bytes()).is_some()
 }
 
 /// Parses `body` when it looks like one JSON object.

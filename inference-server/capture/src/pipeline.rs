@@ -28,7 +28,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::exchange::Identity;
+use super::exchange::{Identity, RawExchange};
 use super::metrics::{CaptureMetrics, DropReason};
 use super::queue::{Overflow, Popped, Queue};
 use crate::table::spool::{Appended, Segment, Spool, SpoolError, SpoolRoot, SpoolStats};
@@ -43,6 +43,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// Once flushing (after SIGTERM), the open segment is sealed, and so written, when it is this
 /// old: rows of exchanges that finish during the drain reach the table about this soon.
 const FLUSH_AGE: Duration = Duration::from_millis(200);
+/// After spooling a small batch with little more waiting, the writer lets this long pass before
+/// it takes the next: under a steady trickle rows then reach the spool a moment later, in
+/// batches, with one write and no wake-up per row.
+const LINGER: Duration = Duration::from_millis(2);
 /// How often a writer waiting for room in a full spool (`block`) tries again.
 const SPOOL_FULL_RETRY: Duration = Duration::from_millis(20);
 
@@ -308,6 +312,7 @@ impl Writer {
                     self.metrics
                         .queue_bytes
                         .set(i64::try_from(self.queue.bytes()).unwrap_or(i64::MAX));
+                    let bytes: usize = items.iter().map(RawExchange::size).sum();
                     if !items.is_empty() {
                         self.holding.store(items.len() as u64, Ordering::Relaxed);
                         let records: Vec<_> = items
@@ -319,6 +324,13 @@ impl Writer {
                             Overflow::Block => self.spool_when_room(records),
                         }
                         self.holding.store(0, Ordering::Relaxed);
+                    }
+                    // Little came and little waits: let rows gather (a busy writer never
+                    // sleeps here).
+                    if (1..WRITE_BATCH_BYTES).contains(&bytes)
+                        && self.queue.bytes() < WRITE_BATCH_BYTES / 2
+                    {
+                        std::thread::sleep(LINGER);
                     }
                     false
                 }

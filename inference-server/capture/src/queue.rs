@@ -31,6 +31,9 @@ struct Inner {
     items: VecDeque<RawExchange>,
     bytes: usize,
     closed: bool,
+    /// The writer is asleep in [`Queue::pop`]: only then does a push wake it (a wake is a
+    /// system call; most pushes find the writer busy or lingering).
+    writer_waiting: bool,
 }
 
 /// A drop-oldest queue bounded in bytes.
@@ -129,8 +132,11 @@ impl Queue {
         inner.bytes += size;
         inner.items.push_back(exchange);
         let bytes = inner.bytes;
+        let wake = inner.writer_waiting;
         drop(inner);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         (dropped, bytes)
     }
 
@@ -139,11 +145,13 @@ impl Queue {
     pub fn pop(&self, max_bytes: usize, timeout: Duration) -> Popped {
         let mut inner = self.lock();
         if inner.items.is_empty() && !inner.closed {
+            inner.writer_waiting = true;
             inner = self
                 .ready
                 .wait_timeout(inner, timeout)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            inner.writer_waiting = false;
         }
         if inner.items.is_empty() && inner.closed {
             return Popped::Closed;
