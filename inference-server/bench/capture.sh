@@ -31,8 +31,9 @@ for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx-light haproxy)" >&2; exit 1; }
 done
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p inference-server --bin inference-server >&2
-  BIN=target/release/inference-server
+  # What the images ship: the `dist` profile (release with fat LTO).
+  cargo build --profile dist -p inference-server --bin inference-server >&2
+  BIN=target/dist/inference-server
 fi
 WORK=$(mktemp -d)
 PIDS=()

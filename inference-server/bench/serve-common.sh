@@ -9,8 +9,9 @@ PY=.venv/bin/python
 command -v wrk >/dev/null || { echo "missing wrk (apt-get install wrk)" >&2; exit 1; }
 [ -x "$PY" ] || { echo "no .venv: run .ci/setup first" >&2; exit 1; }
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -p inference-server --bin inference-server >&2
-  BIN=target/release/inference-server
+  # What the images ship: the `dist` profile (release with fat LTO).
+  cargo build --profile dist -p inference-server --bin inference-server >&2
+  BIN=target/dist/inference-server
 fi
 WORK=$(mktemp -d)
 PIDS=()

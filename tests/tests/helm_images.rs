@@ -234,7 +234,8 @@ fn each_dockerfile_is_multi_stage_minimal_and_non_root() {
             .find(|l| l.starts_with("RUN ") && l.contains("cargo build"))
             .unwrap_or_else(|| panic!("{dockerfile}: no cargo build"));
         for part in [
-            "--release",
+            // The shipped profile: release with fat LTO (Cargo.toml `[profile.dist]`).
+            "--profile dist",
             "--locked",
             &format!("-p {package}"),
             &format!("--bin {bin}"),

@@ -406,14 +406,14 @@ fn images_are_built_and_pushed_only_by_the_image_scripts_for_amd64_and_arm64() {
 
     let scripts = run_scripts(images).join("\n");
     assert!(
-        scripts.contains("cargo build --release --locked"),
-        "release binaries:\n{scripts}"
+        scripts.contains("cargo build --profile dist --locked"),
+        "release binaries, with the shipped profile (fat LTO):\n{scripts}"
     );
     for (component, binary) in [
         ("operator", "sluice-operator"),
         ("inference-server", "inference-server"),
     ] {
-        let build = format!("bash images/build.sh {component} target/release/{binary}");
+        let build = format!("bash images/build.sh {component} target/dist/{binary}");
         assert!(scripts.contains(&build), "missing `{build}` in:\n{scripts}");
         let push = format!(
             "bash images/push.sh \"$tag\" \"ghcr.io/sluice-dev/{component}:$VERSION-$ARCH\")"
