@@ -149,9 +149,15 @@ impl Spool {
         cache_bytes: u64,
     ) -> Result<(Self, u64), SpoolError> {
         let dir = folder.path();
+        // Listed whole before anything is renamed: a name made during the listing may be
+        // listed too, and the segment would then be replayed twice.
+        let paths = fs::read_dir(dir)
+            .map_err(io("listing", dir))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io("listing", dir))?;
         let mut found = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io("listing", dir))? {
-            let path = entry.map_err(io("listing", dir))?.path();
+        for path in paths {
             let ext = path.extension().and_then(|e| e.to_str());
             let seq = path
                 .file_stem()
@@ -173,6 +179,7 @@ impl Spool {
             }
         }
         found.sort();
+        found.dedup_by_key(|(seq, _)| *seq);
         let mut state = State {
             next_seq: dir_next_seq(dir),
             ..State::default()
@@ -657,6 +664,36 @@ mod tests {
         let segment = spool.claim().unwrap();
         let (records, corrupt) = spool.read(&segment).unwrap();
         assert_eq!((records.len(), corrupt), (2, 1));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn many_segments_left_open_or_sealed_are_each_replayed_once() {
+        let dir = temp("replay-once");
+        let (spool, _) = open(&dir, 1 << 20, 1 << 20);
+        for _ in 0..40 {
+            spool.append(rows(1, 10)).unwrap();
+            spool.seal_if_due(0, Duration::MAX, true).unwrap();
+        }
+        spool.append(rows(1, 10)).unwrap();
+        let folder = spool.dir.clone();
+        drop(spool);
+        // What a killed sidecar leaves: sealed segments, and open ones (renamed at the next
+        // start while the folder is being read).
+        for seq in (0..40).step_by(2) {
+            fs::rename(
+                segment_path(&folder, seq, SEALED_EXT),
+                segment_path(&folder, seq, OPEN_EXT),
+            )
+            .unwrap();
+        }
+        let (spool, waiting) = open(&dir, 1 << 20, 1 << 20);
+        assert_eq!(waiting, 41);
+        let mut seqs = Vec::new();
+        while let Some(segment) = spool.claim() {
+            seqs.push(segment.seq);
+        }
+        assert_eq!(seqs, (0..41).collect::<Vec<_>>());
         let _ = fs::remove_dir_all(&dir);
     }
 
