@@ -27,7 +27,8 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&ModelVersion) -> bool,
 ) -> ModelVersion {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Generous: the first check Job also waits for its image to reach the test kubelet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         if let Ok(mv) = api.get(name).await {
             if check(&mv) {
