@@ -126,7 +126,7 @@ async fn a_killed_sidecars_spool_is_adopted_by_its_sibling_and_every_row_lands_o
     assert_eq!(
         ids.len(),
         DOOMED_ROWS + SURVIVOR_ROWS,
-        "every row exactly once"
+        "every row exactly once; the table's files: {files:?}"
     );
     assert_eq!(ids.into_iter().flatten().collect::<BTreeSet<_>>(), sent);
     assert!(
