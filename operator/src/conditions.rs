@@ -15,18 +15,102 @@ pub const UPDATING: &str = "Updating";
 /// Condition type: an entity keeps an older version because its alias is in conflict.
 pub const ALIAS_CONFLICT: &str = "AliasConflict";
 /// Condition type of a ModelVersion mirrored from a registry: the registry still holds its
-/// version (`False`, reason [`DELETED_IN_REGISTRY`], once it does not).
+/// version (`False`, reason [`Reason::DeletedInRegistry`], once it does not).
 pub const IN_REGISTRY: &str = "InRegistry";
-/// Reason (and Warning event reason) of a mirrored version deleted in its registry.
-pub const DELETED_IN_REGISTRY: &str = "DeletedInRegistry";
 /// Condition type: the spec uses only what this version acts on.
 pub const SUPPORTED: &str = "Supported";
 /// Condition type: every child the plan wants was accepted by the API server.
 pub const APPLIED: &str = "Applied";
-/// Reason (and Warning event reason) for a spec field this version does not act on.
-pub const FIELD_NOT_SUPPORTED: &str = "FieldNotSupported";
-/// Reason (and Warning event reason) when the API server refused a child.
-pub const APPLY_FAILED: &str = "ApplyFailed";
+
+/// Declares [`Reason`]: each variant's name is its PascalCase text.
+macro_rules! reasons {
+    ($($(#[$doc:meta])+ $name:ident,)+) => {
+        /// Why a condition has its status: its `reason`, in one list for both resources, so a
+        /// reason that dashboards, alerts and tests match on is written once.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])+ $name,)+
+        }
+
+        impl Reason {
+            /// Every reason.
+            pub const ALL: &[Reason] = &[$(Reason::$name,)+];
+
+            /// The text in the condition (and in the event of the same reason).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$name => stringify!($name),)+
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// ServingEndpoint `Ready`: every entity of the active config is ready.
+    AllEntitiesReady,
+    /// ServingEndpoint `Ready`: entities of the active (or first) config are not ready yet.
+    EntitiesNotReady,
+    /// `Ready` and `Supported`: the spec sets a field this version does not act on (also the
+    /// Warning event's reason).
+    FieldNotSupported,
+    /// `Supported`: every field of the spec acts.
+    AllFieldsSupported,
+    /// `Resolved`: every entity resolved to a ready ModelVersion.
+    Resolved,
+    /// `Resolved`: an entity names no ready version.
+    ResolveFailed,
+    /// `Updating`: a pending config is rolling out.
+    RollingOut,
+    /// `Updating`: the pending config failed; the previous one keeps serving.
+    UpdateFailed,
+    /// `Updating`: nothing is rolling out.
+    UpToDate,
+    /// ServingEndpoint `AliasConflict`: every alias names one version.
+    NoConflict,
+    /// ServingEndpoint `AliasConflict`: an entity keeps its version while its alias is claimed
+    /// twice.
+    KeepingPreviousVersion,
+    /// `Applied`: the API server accepted every child.
+    Applied,
+    /// `Applied`: the API server refused a child (also the Warning event's reason).
+    ApplyFailed,
+    /// ModelVersion `Ready`: the format cannot serve the task.
+    UnsupportedTask,
+    /// ModelVersion `Ready`: the source URI's scheme is not fetched.
+    UnsupportedSource,
+    /// ModelVersion `Ready`: the source URI is malformed.
+    InvalidSource,
+    /// ModelVersion `Ready`: an older ModelVersion registers the same version number.
+    DuplicateVersion,
+    /// ModelVersion `Ready` and `SourceReachable`: the credentials Secret does not exist.
+    SecretNotFound,
+    /// ModelVersion `Ready`: the source check failed.
+    SourceUnreachable,
+    /// ModelVersion `Ready`: the source check reads the MLmodel's flavors.
+    Inspecting,
+    /// ModelVersion `Ready`: the source check resolves a registry reference.
+    Resolving,
+    /// ModelVersion `Ready`: the artifact was checked and serves.
+    Checked,
+    /// `SourceReachable`: a check Job runs.
+    Checking,
+    /// `SourceReachable`: the check read the artifact.
+    Reachable,
+    /// `SourceReachable`: the check could not read the artifact.
+    Unreachable,
+    /// `SourceReachable`: the check ended without a verdict.
+    CheckIncomplete,
+    /// ModelVersion `AliasConflict`: no alias is claimed by another version.
+    AliasesUnique,
+    /// ModelVersion `AliasConflict`: another version claims one of its aliases.
+    AliasClaimedTwice,
+    /// `InRegistry`: the registry still holds the mirrored version.
+    Registered,
+    /// `InRegistry`: the registry deleted the mirrored version (also the Warning event's
+    /// reason).
+    DeletedInRegistry,
+}
 
 /// Condition status values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +140,8 @@ pub struct Desired {
     pub type_: &'static str,
     /// True, False or Unknown.
     pub status: Status,
-    /// PascalCase reason.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Reason,
     /// Human-readable message.
     pub message: String,
 }
@@ -82,7 +166,7 @@ pub fn merge(
             Condition {
                 type_: d.type_.to_string(),
                 status,
-                reason: d.reason.to_string(),
+                reason: d.reason.as_str().to_string(),
                 message: d.message.clone(),
                 observed_generation: generation,
                 last_transition_time,
@@ -97,14 +181,14 @@ pub fn applied(refused: &[String]) -> Desired {
         Desired {
             type_: APPLIED,
             status: Status::True,
-            reason: "Applied",
+            reason: Reason::Applied,
             message: String::new(),
         }
     } else {
         Desired {
             type_: APPLIED,
             status: Status::False,
-            reason: APPLY_FAILED,
+            reason: Reason::ApplyFailed,
             message: refused.join("; "),
         }
     }
@@ -114,7 +198,7 @@ pub fn applied(refused: &[String]) -> Desired {
 mod tests {
     use super::*;
 
-    fn ready(status: Status, reason: &'static str) -> Desired {
+    fn ready(status: Status, reason: Reason) -> Desired {
         Desired {
             type_: "Ready",
             status,
@@ -127,15 +211,34 @@ mod tests {
     fn transition_time_survives_an_unchanged_status_and_moves_on_a_flip() {
         let t0 = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
         let t1 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
-        let first = merge(&[], &[ready(Status::False, "Checking")], Some(1), t0);
-        let same = merge(&first, &[ready(Status::False, "Checking")], Some(1), t1);
+        let first = merge(&[], &[ready(Status::False, Reason::Checking)], Some(1), t0);
+        let same = merge(
+            &first,
+            &[ready(Status::False, Reason::Checking)],
+            Some(1),
+            t1,
+        );
         assert_eq!(
             first, same,
             "recomputing an unchanged condition must not change it"
         );
-        let flipped = merge(&same, &[ready(Status::True, "Checked")], Some(1), t1);
+        let flipped = merge(&same, &[ready(Status::True, Reason::Checked)], Some(1), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn every_reason_is_a_distinct_pascal_case_word() {
+        let mut seen = std::collections::BTreeSet::new();
+        for reason in Reason::ALL {
+            let text = reason.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                text.starts_with(|c: char| c.is_ascii_uppercase())
+                    && text.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -144,7 +247,7 @@ mod tests {
         let refused = applied(&["ep-a-1: denied by policy".into(), "ep-b-2: quota".into()]);
         assert_eq!(
             (refused.status, refused.reason),
-            (Status::False, APPLY_FAILED)
+            (Status::False, Reason::ApplyFailed)
         );
         assert_eq!(refused.message, "ep-a-1: denied by policy; ep-b-2: quota");
     }

@@ -7,6 +7,7 @@
 
 pub mod autoscaler;
 pub mod backoff;
+pub mod caches;
 pub mod conditions;
 pub mod endpoint;
 pub mod error;

@@ -16,15 +16,17 @@ use futures::FutureExt;
 use kube::{client::ClientBuilder, runtime::events::Reporter};
 use prometheus_client::registry::Registry;
 use sluice_contract::config::OperatorConfig;
-use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_operator::{
-    CONTROLLER_NAME, autoscaler, endpoint,
+    CONTROLLER_NAME, autoscaler,
+    caches::Caches,
+    endpoint,
     health::{self, Health, Phase},
     leader::{Elector, LeaseConfig, default_identity},
     metrics::{Metrics, verb_of},
     model_version, registry as mirrors,
     runtime::{Env, Shutdown},
 };
+use sluice_watch::Synced;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -210,21 +212,34 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..autoscaler::Windows::default()
         },
     };
-    env.report_synced::<ServingEndpoint>(endpoint::controller::WATCH);
-    env.report_synced::<ModelVersion>(model_version::WATCH);
     let controllers = async {
-        // One set of controllers per managed namespace (or one for the whole cluster).
+        // One set of watches and controllers per managed namespace (or one for the whole
+        // cluster); the controllers of a scope share its watches.
+        let mut synced = Vec::new();
         let both = futures::future::join_all(env.per_namespace().into_iter().map(|env| {
-            let config = config.clone();
-            let (scaling, autoscaler_metrics) = (scaling.clone(), autoscaler_metrics.clone());
+            let mut caches = Caches::new(&env);
+            synced.push(caches.resources_synced());
+            let versions = model_version::run(
+                env.clone(),
+                config.images.inference_server.clone(),
+                &mut caches,
+            );
+            let endpoints = endpoint::controller::run(env.clone(), config.clone(), &mut caches);
+            let scaling = autoscaler::run(
+                env,
+                scaling.clone(),
+                autoscaler_metrics.clone(),
+                &mut caches,
+            );
             async move {
-                tokio::join!(
-                    model_version::run(env.clone(), config.images.inference_server.clone()),
-                    endpoint::controller::run(env.clone(), config),
-                    autoscaler::run(env, scaling, autoscaler_metrics),
-                );
+                // The watches stop once the controllers have drained, not before.
+                tokio::select! {
+                    _ = futures::future::join3(versions, endpoints, scaling) => {}
+                    () = caches.run() => {}
+                }
             }
         }));
+        report_synced(&health, synced);
         // Draining is bounded: a controller whose watch never synced (the API unreachable)
         // would otherwise wait for it forever.
         let mirroring = mirrors::run(
@@ -271,6 +286,27 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         error!("the controllers stopped without a shutdown request");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Marks the custom resources' watches synced in readiness once every scope's first full list
+/// has arrived.
+fn report_synced(health: &Health, scopes: Vec<(Synced, Synced)>) {
+    let (endpoints, models): (Vec<Synced>, Vec<Synced>) = scopes.into_iter().unzip();
+    for (name, scopes) in [
+        (endpoint::controller::WATCH, endpoints),
+        (model_version::WATCH, models),
+    ] {
+        let health = health.clone();
+        tokio::spawn(async move {
+            for synced in scopes {
+                if synced.wait().await.is_err() {
+                    return;
+                }
+            }
+            info!(watch = name, "watch synced");
+            health.synced(name);
+        });
     }
 }
 

@@ -4,15 +4,10 @@
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use futures::{
-    StreamExt,
-    future::{BoxFuture, Shared},
-};
+use futures::future::{BoxFuture, Shared};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::PartialObjectMeta,
     runtime::{
-        WatchStreamExt,
         controller::{self, Action},
         events::Reporter,
         watcher,
@@ -102,47 +97,6 @@ impl Env {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         }
-    }
-
-    /// Marks the watch `name` synced in [`Health`] once an initial list of every managed
-    /// namespace (or the whole cluster) has completed, retrying with backoff until each does.
-    ///
-    /// This runs metadata-only watches of its own until their first `InitDone`, instead of
-    /// waiting on the controller's `Store::wait_until_ready`: that future is backed by a
-    /// one-shot channel with a single waker slot, so a second waiter would steal the
-    /// controller's own wake-up and could leave its runner waiting forever.
-    pub fn report_synced<K>(&self, name: &'static str)
-    where
-        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        let health = self.health.clone();
-        let initial_lists = self.per_namespace().into_iter().map(move |env| {
-            let api: Api<PartialObjectMeta<K>> = env.api();
-            let config = env.managed_watch();
-            async move {
-                let mut events = watcher(api, config)
-                    .backoff(sluice_watch::WatchBackoff::default())
-                    .boxed();
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::InitDone) => return,
-                        Ok(_) => {}
-                        Err(e) => warn!(watch = name, error = %e, "initial list failed; retrying"),
-                    }
-                }
-            }
-        });
-        tokio::spawn(async move {
-            futures::future::join_all(initial_lists).await;
-            tracing::info!(watch = name, "watch synced");
-            health.synced(name);
-        });
     }
 }
 

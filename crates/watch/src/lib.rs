@@ -1,6 +1,7 @@
 //! Kubernetes watches as the Sluice operator and gateway run them: one retry policy
-//! ([`WatchBackoff`]), one way to keep a reflector store in step ([`store`]), and one way for
-//! many tasks to wait until stores have synced ([`Synced`]).
+//! ([`WatchBackoff`]), one way to keep a reflector store in step ([`store`]), one watch of a
+//! kind shared by every consumer of a process ([`SharedWatch`]), and one way for many tasks to
+//! wait until stores have synced ([`Synced`]).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -12,6 +13,9 @@ use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
+
+mod shared;
+pub use shared::SharedWatch;
 
 /// The backoff of every watch, and of each controller's merged trigger stream: 250 ms doubling
 /// to 5 s, back to 250 ms at the next event that arrives.
@@ -51,23 +55,6 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
     }
-}
-
-/// A reflector store of the objects of `api` that match `config`, and the stream of every object
-/// the watch touches (deletions included), retried with [`WatchBackoff`]: for a controller to
-/// be triggered by the same watch that keeps the store (`owns_stream`, `watches_stream`).
-pub fn store_stream<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-{
-    let (reader, events) = reflected(api, config);
-    (reader, events.touched_objects())
 }
 
 /// A reflector store of `api` and the watch events that keep it, retried with [`WatchBackoff`].
@@ -150,6 +137,26 @@ impl Synced {
             async move {
                 self.0.await?;
                 Self::ready(store).await
+            }
+            .boxed()
+            .shared(),
+        )
+    }
+
+    /// Ready when `ready` resolves (a signal of its own, not a store's readiness).
+    pub fn from_future(
+        ready: impl Future<Output = Result<(), StoreStopped>> + Send + 'static,
+    ) -> Self {
+        Self(ready.boxed().shared())
+    }
+
+    /// Ready once both `self` and `other` are.
+    pub fn with(self, other: &Synced) -> Self {
+        let other = other.clone();
+        Self(
+            async move {
+                self.0.await?;
+                other.0.await
             }
             .boxed()
             .shared(),

@@ -23,6 +23,7 @@ mod gateways;
 mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use sluice_crds::{ServedEntityStatus, ServingEndpoint};
 use tokio::sync::Notify;
@@ -41,12 +41,12 @@ pub use algorithm::{Bounds, Windows};
 pub use gateways::GatewaySource;
 pub use metrics::AutoscalerMetrics;
 
+use crate::caches::Caches;
 use crate::runtime::Env;
 use algorithm::{Decision, Demand, Reason, Scaler};
 use cold_start::{ColdStart, PodProgress};
 use sluice_contract::demand::EntityKey;
 use sluice_contract::labels::{LABEL_ENDPOINT, LABEL_ENTITY};
-use sluice_watch::WatchBackoff;
 
 /// Field manager of the autoscaler's replica writes.
 pub const FIELD_MANAGER: &str = "sluice-operator/autoscaler";
@@ -71,81 +71,70 @@ pub struct Options {
     pub windows: Windows,
 }
 
-/// Runs until the shutdown signal.
-pub async fn run(env: Env, options: Options, metrics: AutoscalerMetrics) {
-    let (endpoints, endpoint_watch) = sluice_watch::store::<ServingEndpoint>(
-        env.api(),
-        env.managed_watch(),
-        "autoscaler: servingendpoints",
-        || {},
-    );
-    let (deployments, deployment_watch) = sluice_watch::store::<Deployment>(
-        env.api(),
-        watcher::Config::default().labels(LABEL_ENDPOINT),
-        "autoscaler: deployments",
-        || {},
-    );
-    let cold_starts: ColdStarts = Arc::default();
-    let pod_watch = watch_pods(env.api(), cold_starts.clone());
-    let woken = Arc::new(Notify::new());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
-    let (gateways, gateway_watch) = gateways::Gateways::watch(&env, &options.gateways);
-    let long_polls = gateways::long_poll(gateways.clone(), http.clone(), woken.clone());
-    let recorder = Recorder::new(env.client.clone(), env.reporter.clone());
-    let rounds = async {
-        let _ = endpoints.wait_until_ready().await;
-        let _ = deployments.wait_until_ready().await;
-        info!("autoscaler running");
-        let mut scalers: HashMap<EntityKey, Scaler> = HashMap::new();
-        loop {
-            let demand = gateways::demand(&gateways, &http).await;
-            let round = Round {
-                env: &env,
-                options: &options,
-                recorder: &recorder,
-                metrics: &metrics,
-                deployments: &deployments,
-                cold_starts: &cold_starts,
-            };
-            round
-                .size_all(&endpoints.state(), &demand, &mut scalers)
-                .await;
-            tokio::select! {
-                () = tokio::time::sleep(options.interval) => {}
-                () = woken.notified() => {}
+/// Sets up the autoscaler on the shared `caches` (its subscriptions are taken now); the future
+/// runs it until the shutdown signal.
+pub fn run(
+    env: Env,
+    options: Options,
+    metrics: AutoscalerMetrics,
+    caches: &mut Caches,
+) -> impl Future<Output = ()> + use<> {
+    let endpoints = caches.endpoints.store();
+    let deployments = caches.deployments.store();
+    let synced = caches.endpoints.synced().with(&caches.deployments.synced());
+    let pods = caches.pods.subscribe_applied();
+    async move {
+        let cold_starts: ColdStarts = Arc::default();
+        let pod_watch = follow_pods(pods, cold_starts.clone());
+        let woken = Arc::new(Notify::new());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        let (gateways, gateway_watch) = gateways::Gateways::watch(&env, &options.gateways);
+        let long_polls = gateways::long_poll(gateways.clone(), http.clone(), woken.clone());
+        let recorder = Recorder::new(env.client.clone(), env.reporter.clone());
+        let rounds = async {
+            if synced.wait().await.is_err() {
+                return;
             }
+            info!("autoscaler running");
+            let mut scalers: HashMap<EntityKey, Scaler> = HashMap::new();
+            loop {
+                let demand = gateways::demand(&gateways, &http).await;
+                let round = Round {
+                    env: &env,
+                    options: &options,
+                    recorder: &recorder,
+                    metrics: &metrics,
+                    deployments: &deployments,
+                    cold_starts: &cold_starts,
+                };
+                round
+                    .size_all(&endpoints.state(), &demand, &mut scalers)
+                    .await;
+                tokio::select! {
+                    () = tokio::time::sleep(options.interval) => {}
+                    () = woken.notified() => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = rounds => {}
+            () = pod_watch => {}
+            () = long_polls => {}
+            () = gateway_watch => {}
+            () = env.shutdown.clone() => info!("autoscaler stopped"),
         }
-    };
-    tokio::select! {
-        () = rounds => {}
-        () = endpoint_watch => {}
-        () = deployment_watch => {}
-        () = pod_watch => {}
-        () = long_polls => {}
-        () = gateway_watch => {}
-        () = env.shutdown.clone() => info!("autoscaler stopped"),
     }
 }
 
-/// Stamps the progress of entity pods into the cold starts being followed. Only events are
-/// used (no cache is kept): a cold start needs the moment a stage is first seen.
-async fn watch_pods(api: Api<Pod>, cold_starts: ColdStarts) {
+/// Stamps the progress of entity pods into the cold starts being followed. Only changes are
+/// used: a cold start needs the moment a stage is first seen.
+async fn follow_pods(pods: impl futures::Stream<Item = Pod>, cold_starts: ColdStarts) {
     use futures::StreamExt;
-    let stream = watcher(api, watcher::Config::default().labels(LABEL_ENDPOINT))
-        .backoff(WatchBackoff::default())
-        .applied_objects();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        let pod = match event {
-            Ok(pod) => pod,
-            Err(error) => {
-                warn!(%error, "autoscaler pod watch error");
-                continue;
-            }
-        };
+    let mut pods = std::pin::pin!(pods);
+    while let Some(pod) = pods.next().await {
         let labels = pod.labels();
         let (Some(namespace), Some(endpoint), Some(entity)) = (
             pod.namespace(),

@@ -6,8 +6,9 @@ use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::
 use super::plan::{ChildState, LastScale};
 use crate::autoscaler::{FIELD_MANAGER, SCALE_MESSAGE, SCALE_REASON, SCALED_AT};
 
-/// The state of child Deployment `d` (its pods' problems are added by the caller).
-pub fn child_state(d: &Deployment) -> ChildState {
+/// The state of child Deployment `d` of the endpoint whose uid is `owner` (its pods' problems
+/// are added by the caller).
+pub fn child_state(d: &Deployment, owner: Option<&str>) -> ChildState {
     let status = d.status.clone().unwrap_or_default();
     let failed = status.conditions.iter().flatten().find_map(|c| {
         let stalled =
@@ -34,6 +35,12 @@ pub fn child_state(d: &Deployment) -> ChildState {
         failed,
         problem: None,
         autoscaler_owns_replicas: autoscaler_owns_replicas(d),
+        owned: d
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && owner.is_some_and(|uid| uid == o.uid)),
     }
 }
 
@@ -68,7 +75,7 @@ mod tests {
                 {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                  "message": "ReplicaSet ep-a-12345-x has timed out progressing."}]}
         }));
-        let state = child_state(&d);
+        let state = child_state(&d, None);
         assert_eq!((state.desired, state.current, state.ready), (3, 3, 1));
         assert_eq!(
             state.failed.as_deref(),
@@ -90,9 +97,9 @@ mod tests {
                 "spec": {"selector": {}, "template": {}}
             }))
         };
-        assert!(child_state(&owned(FIELD_MANAGER)).autoscaler_owns_replicas);
-        assert!(!child_state(&owned("kubectl")).autoscaler_owns_replicas);
+        assert!(child_state(&owned(FIELD_MANAGER), None).autoscaler_owns_replicas);
+        assert!(!child_state(&owned("kubectl"), None).autoscaler_owns_replicas);
         // No replicas in the spec: a Deployment's default, one.
-        assert_eq!(child_state(&owned("kubectl")).desired, 1);
+        assert_eq!(child_state(&owned("kubectl"), None).desired, 1);
     }
 }

@@ -16,9 +16,50 @@ use sluice_contract::config::LakeVolume;
 use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_BY};
 use sluice_crds::ResolvedSpool;
 
+use super::desired::BuildContext;
 use crate::error::{Error, kube_err};
 /// Every capture sidecar of the endpoint, on any node, mounts the spool claim.
 const SPOOL_ACCESS_MODE: &str = "ReadWriteMany";
+
+/// A claim the endpoint's pods mount, to exist before they start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WantedClaim {
+    /// The claim, as created when missing.
+    pub claim: PersistentVolumeClaim,
+    /// What it holds, for the log.
+    pub holds: &'static str,
+}
+
+/// The claims the children rendered in `ctx` mount: one per claim a `pvc://` table names (the
+/// inference and usage tables may share one) and the endpoint's persistent spool.
+pub fn wanted(ctx: &BuildContext<'_>) -> Vec<WantedClaim> {
+    let mut lakes: Vec<ClaimUri> = Vec::new();
+    let tables = [
+        ctx.capture.map(|c| c.table_uri.as_str()),
+        ctx.usage.map(|u| u.table_uri.as_str()),
+    ];
+    for uri in tables.into_iter().flatten() {
+        if let Some(table) = ClaimUri::of(uri)
+            && !lakes.iter().any(|l| l.claim == table.claim)
+        {
+            lakes.push(table);
+        }
+    }
+    let mut wanted: Vec<WantedClaim> = lakes
+        .iter()
+        .map(|table| WantedClaim {
+            claim: lake(table, ctx.lake_volume, ctx.namespace),
+            holds: "the inference table",
+        })
+        .collect();
+    if let Some(persistent) = ctx.capture.and_then(|c| c.spool.as_ref()) {
+        wanted.push(WantedClaim {
+            claim: spool(ctx.endpoint, persistent, ctx.namespace),
+            holds: "the capture spool",
+        });
+    }
+    wanted
+}
 
 /// The claim of a `pvc://` table, `<claim>` of the URI, from `template`, in `namespace`.
 pub fn lake(lake: &ClaimUri, template: &LakeVolume, namespace: &str) -> PersistentVolumeClaim {

@@ -4,7 +4,7 @@
 //! with server-side apply, write status when it changed, prune children no config uses, and
 //! publish an event per decision. Nothing here decides: the plan does.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -27,7 +27,6 @@ use kube::{
     },
 };
 use serde_json::json;
-use sluice_contract::claim::ClaimUri;
 use sluice_contract::config::OperatorConfig;
 use sluice_contract::labels::{LABEL_ENDPOINT, MANAGED_SELECTOR};
 use sluice_contract::resolve::{resolve, resolve_capture, resolve_usage};
@@ -40,13 +39,13 @@ use super::{
     claims,
     desired::BuildContext,
     events::{EventReason, PlanEvent},
-    plan::{ChildState, Replicas, Wanted, plan},
+    plan::{ChildState, Replicas, Wanted, after_apply, plan, previous_versions},
     pods::problems_by_child,
     requeue,
 };
 use crate::{
     STATUS_MANAGER,
-    conditions::{self, APPLIED},
+    caches::Caches,
     error::{Error, kube_err},
     metrics::ControllerName,
     runtime::{Env, Tracked},
@@ -86,40 +85,43 @@ where
     objects
 }
 
-/// Runs the ServingEndpoint controller until `env.shutdown` completes and in-flight reconciles
-/// have finished.
-pub async fn run(env: Env, config: OperatorConfig) {
+/// Sets up the ServingEndpoint controller on the shared `caches` (its subscriptions are taken
+/// now); the future runs it until `env.shutdown` completes and in-flight reconciles have
+/// finished.
+pub fn run(
+    env: Env,
+    config: OperatorConfig,
+    caches: &mut Caches,
+) -> impl Future<Output = ()> + use<> {
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let (models, model_events) =
-        sluice_watch::store_stream(env.api::<ModelVersion>(), env.managed_watch());
-    let (deployments, deployment_events) =
-        sluice_watch::store_stream(env.api::<Deployment>(), managed.clone());
-    let (pods, pod_events) = sluice_watch::store_stream(env.api::<Pod>(), managed.clone());
+    let endpoints = caches.endpoints.store();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         client: env.client.clone(),
         config,
         tracked: Tracked::new(ControllerName::ServingEndpoint, env.metrics.clone()),
-        synced: Synced::of(&models).and(&deployments).and(&pods),
-        models,
-        deployments,
-        pods,
+        synced: caches
+            .models
+            .synced()
+            .with(&caches.deployments.synced())
+            .with(&caches.pods.synced()),
+        models: caches.models.store(),
+        deployments: caches.deployments.store(),
+        pods: caches.pods.store(),
     });
-    let controller = Controller::new(env.api::<ServingEndpoint>(), env.managed_watch());
-    let store = controller.store();
-    controller
-        .owns_stream(deployment_events)
+    let controller = Controller::for_stream(caches.endpoints.subscribe(), endpoints.clone())
+        .owns_stream(caches.deployments.subscribe())
         .owns(env.api::<Service>(), managed)
         // Entity pods: a pod that fails (image pull, crash loop, unschedulable) shows in the
         // endpoint's status within seconds, not at the rollout's progress deadline.
-        .watches_stream(pod_events, |pod| {
+        .watches_stream(caches.pods.subscribe(), |pod| {
             let endpoint = pod.labels().get(LABEL_ENDPOINT)?;
             Some(ObjectRef::<ServingEndpoint>::new(endpoint).within(&pod.namespace()?))
         })
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
         // namespace that serves its model.
-        .watches_stream(model_events, move |mv| {
-            store
+        .watches_stream(caches.models.subscribe(), move |mv| {
+            endpoints
                 .state()
                 .iter()
                 .filter(|ep| ep.namespace() == mv.namespace() && serves_model(ep, &mv.spec.model))
@@ -128,14 +130,14 @@ pub async fn run(env: Env, config: OperatorConfig) {
         })
         .with_config(crate::runtime::controller_config())
         .trigger_backoff(sluice_watch::WatchBackoff::default())
-        .graceful_shutdown_on(env.shutdown.clone())
+        .graceful_shutdown_on(env.shutdown.clone());
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 warn!(error = %e, "serving endpoint controller");
             }
         })
-        .await;
 }
 
 /// Name of this controller's main watch in readiness.
@@ -179,67 +181,29 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     let existing = snapshot(&ctx.deployments, of_endpoint);
     let pods = snapshot(&ctx.pods, of_endpoint);
     let mut problems = problems_by_child(&name, &pods);
+    let owner = ep.uid();
     let children: BTreeMap<String, ChildState> = existing
         .iter()
         .map(|d| {
-            let mut child = child_state(d);
+            let mut child = child_state(d, owner.as_deref());
             child.problem = problems.remove(&d.name_any());
             (d.name_any(), child)
         })
         .collect();
 
     // Pure steps.
-    let previous_versions: BTreeMap<String, i64> = ep
-        .status
-        .iter()
-        .flat_map(|s| s.config.iter())
-        .flat_map(|c| c.served_entities.iter())
-        .filter_map(|e| Some((e.name.clone(), e.version?)))
-        .collect();
     let capture = resolve_capture(ep, &ctx.config);
     let usage = resolve_usage(ep, &ctx.config);
-    let resolved = resolve(ep, &models, &previous_versions, &ctx.config);
+    let resolved = resolve(ep, &models, &previous_versions(ep), &ctx.config);
     let build_ctx = BuildContext::of(ep, &ctx.config, capture.as_ref(), usage.as_ref())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let planned = plan(ep, resolved, &build_ctx, &children, Timestamp::now());
 
     // A table on a claim, and a persistent spool, need their claims before the pods start.
-    let mut lakes: Vec<ClaimUri> = Vec::new();
-    for uri in [
-        capture.as_ref().map(|c| c.table_uri.as_str()),
-        usage.as_ref().map(|u| u.table_uri.as_str()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let Some(lake) = ClaimUri::of(uri)
-            && !lakes.iter().any(|l| l.claim == lake.claim)
-        {
-            lakes.push(lake);
+    for wanted in &planned.claims {
+        if claims::ensure(client, &wanted.claim, wanted.holds).await? {
+            tracing::info!(claim = %wanted.claim.name_any(), holds = wanted.holds, "created a PersistentVolumeClaim");
         }
-    }
-    for lake in &lakes {
-        if !planned.apply.is_empty()
-            && claims::ensure(
-                client,
-                &claims::lake(lake, &ctx.config.lake_volume, &ns),
-                "the inference table",
-            )
-            .await?
-        {
-            tracing::info!(claim = %lake.claim, "created the inference table's PersistentVolumeClaim");
-        }
-    }
-    if let Some(spool) = capture.as_ref().and_then(|c| c.spool.as_ref())
-        && !planned.apply.is_empty()
-        && claims::ensure(
-            client,
-            &claims::spool(&name, spool, &ns),
-            "the capture spool",
-        )
-        .await?
-    {
-        tracing::info!(claim = %spool.claim_name, "created the capture spool's PersistentVolumeClaim");
     }
     // Children the API server refuses (an admission policy, a quota) are reported in status
     // and as an event; the others are still applied.
@@ -255,56 +219,27 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             }
         }
     }
-    let mut status = planned.status.clone();
-    let previous_conditions = ep
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    status.conditions.extend(conditions::merge(
-        previous_conditions,
-        &[conditions::applied(&refused)],
-        ep.metadata.generation,
-        Timestamp::now(),
-    ));
+    let (status, refusal) = after_apply(ep, planned.status.clone(), &refused, Timestamp::now());
 
     // Status before pruning: the gateway stops routing to a child before it disappears.
     if ep.status.as_ref() != Some(&status) {
         write_status(client, &ns, &name, &status).await?;
         ctx.tracked.status_written();
     }
-    let refused_before = previous_conditions
-        .iter()
-        .any(|c| c.type_ == APPLIED && c.status == "False" && c.message == refused.join("; "));
-    if !refused.is_empty() && !refused_before {
-        let event = PlanEvent::new(EventReason::ApplyFailed, refused.join("; "));
-        publish(&ctx.recorder, ep, &event).await;
-    }
-    for event in &planned.events {
+    for event in refusal.iter().chain(&planned.events) {
         publish(&ctx.recorder, ep, event).await;
     }
-    // Only children this endpoint owns: a Deployment that merely carries its label (someone
-    // else's, or a copy) is never pruned.
-    let owned = |d: &Deployment| {
-        d.owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) == ep.uid().as_ref())
-    };
-    for d in existing
-        .iter()
-        .filter(|d| owned(d) && !planned.keep.contains(&d.name_any()))
-    {
-        let child = d.name_any();
+    for child in &planned.prune {
         deployments
-            .delete(&child, &DeleteParams::background())
+            .delete(child, &DeleteParams::background())
             .await
             .map_err(kube_err(format!("pruning Deployment {child}")))?;
-        match services.delete(&child, &DeleteParams::background()).await {
+        match services.delete(child, &DeleteParams::background()).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(kube_err(format!("pruning Service {child}"))(e)),
         }
         let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-        match policies.delete(&child, &DeleteParams::background()).await {
+        match policies.delete(child, &DeleteParams::background()).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(kube_err(format!("pruning NetworkPolicy {child}"))(e)),
         }

@@ -35,7 +35,7 @@ use sluice_crds::{
 
 use kube::Resource;
 use sluice_contract::claim::{ClaimUri, LAKE_MOUNT_ROOT, SOURCE_MOUNT_ROOT, claim_volume};
-use sluice_contract::config::{NetworkPolicyConfig, OperatorConfig};
+use sluice_contract::config::{LakeVolume, NetworkPolicyConfig, OperatorConfig};
 pub use sluice_contract::labels::{
     ANNOTATION_MODEL, ANNOTATION_MODEL_VERSION, ANNOTATION_PROVIDER, CAPTURE_PORT, FRONT_PORT_NAME,
     LABEL_ENDPOINT, LABEL_ENTITY, LABEL_REVISION, MANAGED_BY, child_name,
@@ -65,6 +65,8 @@ pub struct BuildContext<'a> {
     pub progress_deadline_seconds: i32,
     /// Who may reach entity pods (a NetworkPolicy per revision when enabled).
     pub network_policy: Option<&'a NetworkPolicyConfig>,
+    /// The template of the claim a `pvc://` table names, created when missing.
+    pub lake_volume: &'a LakeVolume,
 }
 
 impl<'a> BuildContext<'a> {
@@ -87,6 +89,7 @@ impl<'a> BuildContext<'a> {
             progress_deadline_seconds: i32::try_from(config.progress_deadline_seconds)
                 .unwrap_or(i32::MAX),
             network_policy: Some(&config.network_policy),
+            lake_volume: &config.lake_volume,
         })
     }
 }
@@ -1048,6 +1051,7 @@ mod tests {
             data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
             progress_deadline_seconds: 600,
             network_policy: None,
+            lake_volume: Box::leak(Box::default()),
             capture,
             usage: None,
         }

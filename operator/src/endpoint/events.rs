@@ -2,7 +2,7 @@
 //! dashboards and alerts match on cannot drift between the step that decides and the shell that
 //! publishes.
 
-use crate::conditions::{APPLY_FAILED, FIELD_NOT_SUPPORTED};
+use crate::conditions::Reason;
 
 /// Why an event is published.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,9 +36,9 @@ impl EventReason {
             Self::UpdateReverted => "UpdateReverted",
             Self::Promoted => "Promoted",
             Self::UpdateFailed => "UpdateFailed",
-            Self::FieldNotSupported => FIELD_NOT_SUPPORTED,
+            Self::FieldNotSupported => Reason::FieldNotSupported.as_str(),
             Self::AliasConflict => "AliasConflict",
-            Self::ApplyFailed => APPLY_FAILED,
+            Self::ApplyFailed => Reason::ApplyFailed.as_str(),
             Self::Pruned => "Pruned",
             Self::EntityFailing(reason) => reason,
         }

@@ -31,13 +31,13 @@ use sluice_crds::{
 };
 
 use super::{
+    claims::{self, WantedClaim},
     desired::{BuildContext, EntityObjects, build},
     events::{EventReason, PlanEvent},
     pods::PodProblem,
 };
 use crate::conditions::{
-    self, ALIAS_CONFLICT, Desired, FIELD_NOT_SUPPORTED, READY, RESOLVED, SUPPORTED, Status,
-    UPDATING,
+    self, ALIAS_CONFLICT, Desired, READY, RESOLVED, Reason, SUPPORTED, Status, UPDATING,
 };
 
 /// What the cluster shows of one child Deployment.
@@ -58,6 +58,9 @@ pub struct ChildState {
     /// Whether the autoscaler's field manager owns `spec.replicas` (a Deployment made by an
     /// older operator may not have handed them over yet).
     pub autoscaler_owns_replicas: bool,
+    /// Whether this endpoint is its controller owner. Only owned children are pruned: a
+    /// Deployment that merely carries the endpoint's label (someone else's, or a copy) is not.
+    pub owned: bool,
 }
 
 /// The autoscaler's last change of an entity's replicas.
@@ -107,9 +110,14 @@ pub struct Plan {
     /// Entity revisions to apply now: those of the active and pending configs that the current
     /// spec renders.
     pub apply: Vec<Wanted>,
-    /// Every child the active and pending configs use; all other children are pruned. Children
-    /// of an older spec that still serves are kept as they are.
+    /// Every child the active and pending configs use. Children of an older spec that still
+    /// serves are kept as they are.
     pub keep: BTreeSet<String>,
+    /// Children to delete (with their Service and NetworkPolicy): owned, and used by no config.
+    pub prune: Vec<String>,
+    /// Claims the children mount, to create before them when missing (none when nothing is
+    /// applied).
+    pub claims: Vec<WantedClaim>,
     /// Decisions worth an event.
     pub events: Vec<PlanEvent>,
 }
@@ -264,7 +272,7 @@ pub fn plan(
         })
         .collect();
     wanted.retain(|child, _| keep.contains(child));
-    let apply = wanted
+    let apply: Vec<Wanted> = wanted
         .into_values()
         .filter_map(|w| finish(w, children))
         .collect();
@@ -320,12 +328,63 @@ pub fn plan(
         pending_config: pending,
         conditions: conditions::merge(previous_conditions, &conds, ep.metadata.generation, now),
     };
+    let prune = children
+        .iter()
+        .filter(|(name, child)| child.owned && !keep.contains(*name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let claims = if apply.is_empty() {
+        Vec::new()
+    } else {
+        claims::wanted(ctx)
+    };
     Plan {
         status,
         apply,
         keep,
+        prune,
+        claims,
         events,
     }
+}
+
+/// The version each entity of the active config serves, by entity name: an entity whose alias
+/// is in conflict keeps it.
+pub fn previous_versions(ep: &ServingEndpoint) -> BTreeMap<String, i64> {
+    ep.status
+        .iter()
+        .flat_map(|s| s.config.iter())
+        .flat_map(|c| c.served_entities.iter())
+        .filter_map(|e| Some((e.name.clone(), e.version?)))
+        .collect()
+}
+
+/// The planned `status` once its children were applied: with the `Applied` condition naming
+/// the children the API server `refused`, and a Warning event when that refusal is new.
+pub fn after_apply(
+    ep: &ServingEndpoint,
+    mut status: ServingEndpointStatus,
+    refused: &[String],
+    now: Timestamp,
+) -> (ServingEndpointStatus, Option<PlanEvent>) {
+    let previous = ep
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let applied = conditions::applied(refused);
+    let said_before = previous.iter().any(|c| {
+        c.type_ == conditions::APPLIED && c.status == "False" && c.message == applied.message
+    });
+    let event = (!refused.is_empty() && !said_before)
+        .then(|| PlanEvent::new(EventReason::ApplyFailed, applied.message.clone()));
+    status.conditions.extend(conditions::merge(
+        previous,
+        &[applied],
+        ep.metadata.generation,
+        now,
+    ));
+    (status, event)
 }
 
 /// Renders `entity`: its pod template first, whose hash is the revision, then its objects at
@@ -613,14 +672,14 @@ fn alias_condition(conflicts: &[String]) -> Desired {
         Desired {
             type_: ALIAS_CONFLICT,
             status: Status::False,
-            reason: "NoConflict",
+            reason: Reason::NoConflict,
             message: String::new(),
         }
     } else {
         Desired {
             type_: ALIAS_CONFLICT,
             status: Status::True,
-            reason: "KeepingPreviousVersion",
+            reason: Reason::KeepingPreviousVersion,
             message: conflicts.join("; "),
         }
     }
@@ -631,14 +690,14 @@ fn supported_condition(fields: &[String]) -> Desired {
         Desired {
             type_: SUPPORTED,
             status: Status::True,
-            reason: "AllFieldsSupported",
+            reason: Reason::AllFieldsSupported,
             message: String::new(),
         }
     } else {
         Desired {
             type_: SUPPORTED,
             status: Status::False,
-            reason: FIELD_NOT_SUPPORTED,
+            reason: Reason::FieldNotSupported,
             message: unsupported_message(fields),
         }
     }
@@ -712,7 +771,7 @@ fn readiness(
         message,
     };
     if !unsupported.is_empty() {
-        return not_ready_with(FIELD_NOT_SUPPORTED, unsupported_message(unsupported));
+        return not_ready_with(Reason::FieldNotSupported, unsupported_message(unsupported));
     }
     match (active, pending) {
         (Some(a), _) => {
@@ -721,12 +780,12 @@ fn readiness(
                 Desired {
                     type_: READY,
                     status: Status::True,
-                    reason: "AllEntitiesReady",
+                    reason: Reason::AllEntitiesReady,
                     message: "every entity of the active config is ready".into(),
                 }
             } else {
                 not_ready_with(
-                    "EntitiesNotReady",
+                    Reason::EntitiesNotReady,
                     format!(
                         "the active config has entities that are not ready: {}",
                         waiting.join("; ")
@@ -735,14 +794,14 @@ fn readiness(
             }
         }
         (None, Some(p)) => not_ready_with(
-            "EntitiesNotReady",
+            Reason::EntitiesNotReady,
             format!(
                 "config {} is rolling out: {}",
                 p.config_version,
                 not_ready(p).join("; ")
             ),
         ),
-        (None, None) => not_ready_with("EntitiesNotReady", "no config serves yet".into()),
+        (None, None) => not_ready_with(Reason::EntitiesNotReady, "no config serves yet".into()),
     }
 }
 
@@ -756,14 +815,14 @@ fn condition_set(
         Desired {
             type_: RESOLVED,
             status: Status::True,
-            reason: "Resolved",
+            reason: Reason::Resolved,
             message: String::new(),
         }
     } else {
         Desired {
             type_: RESOLVED,
             status: Status::False,
-            reason: "ResolveFailed",
+            reason: Reason::ResolveFailed,
             message: problems.join("; "),
         }
     };
@@ -771,7 +830,7 @@ fn condition_set(
         ConfigUpdateState::IN_PROGRESS => Desired {
             type_: UPDATING,
             status: Status::True,
-            reason: "RollingOut",
+            reason: Reason::RollingOut,
             message: match pending.as_ref() {
                 Some(p) => {
                     let waiting = not_ready(p);
@@ -791,7 +850,7 @@ fn condition_set(
         ConfigUpdateState::UPDATE_FAILED => Desired {
             type_: UPDATING,
             status: Status::False,
-            reason: "UpdateFailed",
+            reason: Reason::UpdateFailed,
             message: match pending.as_ref().map(not_ready).filter(|w| !w.is_empty()) {
                 Some(failed) => format!("the previous config keeps serving; {}", failed.join("; ")),
                 None => "the previous config keeps serving".into(),
@@ -800,7 +859,7 @@ fn condition_set(
         _ => Desired {
             type_: UPDATING,
             status: Status::False,
-            reason: "UpToDate",
+            reason: Reason::UpToDate,
             message: String::new(),
         },
     };
@@ -844,6 +903,7 @@ mod tests {
             usage: None,
             progress_deadline_seconds: 600,
             network_policy: None,
+            lake_volume: Box::leak(Box::default()),
         }
     }
 
@@ -955,6 +1015,145 @@ mod tests {
         );
         assert_eq!(moved.keep, live.keep, "same children");
         assert_eq!(moved.status.traffic_summary.as_deref(), Some("a:50,b:50"));
+    }
+
+    #[test]
+    fn only_owned_children_no_config_uses_are_pruned() {
+        let (live, mut children) = serving(ONE);
+        let serving_child = live.keep.iter().next().expect("child").clone();
+        for (name, owned) in [("ep-a-old", true), ("ep-a-copy", false)] {
+            children.insert(
+                name.into(),
+                ChildState {
+                    owned,
+                    ..Default::default()
+                },
+            );
+        }
+        children.get_mut(&serving_child).expect("serving").owned = true;
+        let planned = run(&endpoint(ONE, Some(live.status.clone())), &children);
+        assert_eq!(
+            planned.prune,
+            ["ep-a-old"],
+            "the child in use and the one another owner made stay"
+        );
+    }
+
+    #[test]
+    fn claims_are_wanted_once_each_and_only_when_children_are_applied() {
+        let capture = ResolvedCapture {
+            table_uri: "pvc://lake/tables/fraud".into(),
+            spool: Some(sluice_crds::ResolvedSpool {
+                claim_name: "ep-capture-spool".into(),
+                size: "1Gi".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let usage = ResolvedUsageTracking {
+            table_uri: "pvc://lake/tables/usage".into(),
+        };
+        let ctx = BuildContext {
+            capture: Some(&capture),
+            usage: Some(&usage),
+            ..ctx()
+        };
+        let wanted: Vec<(String, &str)> = claims::wanted(&ctx)
+            .into_iter()
+            .map(|w| (w.claim.metadata.name.unwrap_or_default(), w.holds))
+            .collect();
+        assert_eq!(
+            wanted,
+            [
+                ("lake".to_string(), "the inference table"),
+                ("ep-capture-spool".to_string(), "the capture spool"),
+            ],
+            "the two tables share one claim"
+        );
+        let ep = endpoint(ONE, None);
+        let resolved = || resolve(&ep, &[mv(1)], &BTreeMap::new(), &OperatorConfig::default());
+        let first = plan(
+            &ep,
+            resolved(),
+            &ctx,
+            &BTreeMap::new(),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(first.claims.len(), 2);
+        let ep = endpoint(ONE, Some(first.status.clone()));
+        let settled = plan(
+            &ep,
+            resolved(),
+            &ctx,
+            &ready_children(&first),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(settled.claims.len(), 2, "applied again: still wanted");
+        let unresolved = endpoint(
+            "  servedEntities:\n  - {name: a, model: m, version: 9}\n",
+            None,
+        );
+        let nothing = plan(
+            &unresolved,
+            resolve(
+                &unresolved,
+                &[mv(1)],
+                &BTreeMap::new(),
+                &OperatorConfig::default(),
+            ),
+            &ctx,
+            &BTreeMap::new(),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert!(nothing.apply.is_empty());
+        assert!(
+            nothing.claims.is_empty(),
+            "nothing applied, nothing to claim"
+        );
+    }
+
+    #[test]
+    fn previous_versions_are_those_the_active_config_serves() {
+        let (live, _) = serving(ONE);
+        let ep = endpoint(ONE, Some(live.status));
+        assert_eq!(
+            previous_versions(&ep),
+            BTreeMap::from([("a".to_string(), 1)])
+        );
+        assert!(previous_versions(&endpoint(ONE, None)).is_empty());
+    }
+
+    #[test]
+    fn a_refused_child_is_in_the_applied_condition_and_warned_of_once() {
+        let (live, _) = serving(ONE);
+        let ep = endpoint(ONE, Some(live.status.clone()));
+        let refused = ["ep-a-1: denied by policy".to_string()];
+        let (status, event) =
+            after_apply(&ep, live.status.clone(), &refused, Timestamp::UNIX_EPOCH);
+        let applied = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::APPLIED)
+            .expect("Applied");
+        assert_eq!(
+            (applied.status.as_str(), applied.reason.as_str()),
+            ("False", Reason::ApplyFailed.as_str())
+        );
+        assert_eq!(
+            event.map(|e| (e.reason.as_str().to_string(), e.message)),
+            Some(("ApplyFailed".to_string(), refused[0].clone()))
+        );
+        let again = endpoint(ONE, Some(status.clone()));
+        let (same, repeat) =
+            after_apply(&again, live.status.clone(), &refused, Timestamp::UNIX_EPOCH);
+        assert!(repeat.is_none(), "the same refusal is not warned of twice");
+        let (_, fixed) = after_apply(
+            &endpoint(ONE, Some(same)),
+            live.status,
+            &[],
+            Timestamp::UNIX_EPOCH,
+        );
+        assert!(fixed.is_none());
     }
 
     #[test]
@@ -1175,13 +1374,15 @@ mod tests {
         let (status, reason, message) = ready_condition(&served);
         assert_eq!(
             (status.as_str(), reason.as_str()),
-            ("False", FIELD_NOT_SUPPORTED)
+            ("False", Reason::FieldNotSupported.as_str())
         );
         assert!(message.contains("spec.aiGateway.guardrails"), "{message}");
         let warned = |p: &Plan| {
             p.events
                 .iter()
-                .filter(|e| e.reason.is_warning() && e.reason.as_str() == FIELD_NOT_SUPPORTED)
+                .filter(|e| {
+                    e.reason.is_warning() && e.reason.as_str() == Reason::FieldNotSupported.as_str()
+                })
                 .count()
         };
         assert_eq!(warned(&first), 1);
@@ -1192,7 +1393,7 @@ mod tests {
         let (status, reason, message) = ready_condition(&planned);
         assert_eq!(
             (status.as_str(), reason.as_str()),
-            ("False", FIELD_NOT_SUPPORTED)
+            ("False", Reason::FieldNotSupported.as_str())
         );
         assert!(
             message.contains("spec.servedEntities[0].externalModel.provider cohere"),

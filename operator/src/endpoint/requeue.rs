@@ -38,7 +38,7 @@ mod tests {
             conditions: vec![Condition {
                 type_: RESOLVED.into(),
                 status: "False".into(),
-                reason: "ResolveFailed".into(),
+                reason: crate::conditions::Reason::ResolveFailed.as_str().into(),
                 message: String::new(),
                 observed_generation: None,
                 last_transition_time: Time(Timestamp::UNIX_EPOCH),

@@ -11,7 +11,7 @@ use sluice_contract::claim::ClaimUri;
 use sluice_contract::mlflow;
 use sluice_contract::resolve::alias_claims;
 
-use crate::conditions::{self, DELETED_IN_REGISTRY, Desired, IN_REGISTRY, Status};
+use crate::conditions::{self, Desired, IN_REGISTRY, Reason, Status};
 pub use crate::conditions::{ALIAS_CONFLICT, READY};
 use sluice_contract::labels::{ANNOTATION_REGISTRY_DELETED, LABEL_REGISTRY};
 
@@ -39,14 +39,14 @@ pub fn evaluate(
         Desired {
             type_: ALIAS_CONFLICT,
             status: Status::False,
-            reason: "AliasesUnique",
+            reason: Reason::AliasesUnique,
             message: String::new(),
         }
     } else {
         Desired {
             type_: ALIAS_CONFLICT,
             status: Status::True,
-            reason: "AliasClaimedTwice",
+            reason: Reason::AliasClaimedTwice,
             message: conflicts.join("; "),
         }
     });
@@ -55,13 +55,13 @@ pub fn evaluate(
             Some(note) => Desired {
                 type_: IN_REGISTRY,
                 status: Status::False,
-                reason: DELETED_IN_REGISTRY,
+                reason: Reason::DeletedInRegistry,
                 message: note.clone(),
             },
             None => Desired {
                 type_: IN_REGISTRY,
                 status: Status::True,
-                reason: "Registered",
+                reason: Reason::Registered,
                 message: format!("mirrored from registry {registry}"),
             },
         });
@@ -146,13 +146,13 @@ fn source_condition(mv: &ModelVersion, source: &Verdict) -> Desired {
     let (status, reason, message) = match source {
         Verdict::Checking => (
             Status::Unknown,
-            "Checking",
+            Reason::Checking,
             format!("a Job checks {}", mv.spec.source.uri),
         ),
-        Verdict::Reachable(found) => (Status::True, "Reachable", found.clone()),
-        Verdict::Unreachable(error) => (Status::False, "Unreachable", error.clone()),
-        Verdict::Unknown(why) => (Status::Unknown, "CheckIncomplete", why.clone()),
-        Verdict::SecretMissing(why) => (Status::Unknown, "SecretNotFound", why.clone()),
+        Verdict::Reachable(found) => (Status::True, Reason::Reachable, found.clone()),
+        Verdict::Unreachable(error) => (Status::False, Reason::Unreachable, error.clone()),
+        Verdict::Unknown(why) => (Status::Unknown, Reason::CheckIncomplete, why.clone()),
+        Verdict::SecretMissing(why) => (Status::Unknown, Reason::SecretNotFound, why.clone()),
     };
     Desired {
         type_: SOURCE_REACHABLE,
@@ -170,14 +170,14 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
         message,
     };
     if let Some(message) = format_task_mismatch(mv.spec.format, mv.spec.task) {
-        return not_ready("UnsupportedTask", message);
+        return not_ready(Reason::UnsupportedTask, message);
     }
     if let Some(message) = unsupported_source(&mv.spec.source.uri) {
-        return not_ready("UnsupportedSource", message);
+        return not_ready(Reason::UnsupportedSource, message);
     }
     if let Some(problem) = ClaimUri::of(&mv.spec.source.uri).and_then(|c| c.problem()) {
         return not_ready(
-            "InvalidSource",
+            Reason::InvalidSource,
             format!("spec.source.uri {}: {problem}", mv.spec.source.uri),
         );
     }
@@ -186,7 +186,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
         .find(|o| o.spec.version == mv.spec.version && is_older(o, mv))
     {
         return not_ready(
-            "DuplicateVersion",
+            Reason::DuplicateVersion,
             format!(
                 "version {} of model {} is already registered by ModelVersion {}",
                 mv.spec.version,
@@ -204,7 +204,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
             .map(|s| s.name.as_str())
             .unwrap_or_default();
         return not_ready(
-            "SecretNotFound",
+            Reason::SecretNotFound,
             format!(
                 "Secret {name} named by spec.source.secretRef does not exist (the source \
                  check waits for it: {kubelet})"
@@ -213,7 +213,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
     }
     if let Verdict::Unreachable(error) = source {
         return not_ready(
-            "SourceUnreachable",
+            Reason::SourceUnreachable,
             format!("the source check failed: {error}"),
         );
     }
@@ -226,7 +226,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
         return Desired {
             type_: READY,
             status: Status::Unknown,
-            reason: "Inspecting",
+            reason: Reason::Inspecting,
             message: format!(
                 "the source check reads the MLmodel flavors of {}",
                 mv.spec.source.uri
@@ -239,7 +239,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
         return Desired {
             type_: READY,
             status: Status::Unknown,
-            reason: "Resolving",
+            reason: Reason::Resolving,
             message: format!(
                 "the source check resolves {} through the MLflow tracking server",
                 mv.spec.source.uri
@@ -254,7 +254,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
     Desired {
         type_: READY,
         status: Status::True,
-        reason: "Checked",
+        reason: Reason::Checked,
         message: format!("{} artifact at {shown}", format_name(mv.spec.format)),
     }
 }
@@ -358,7 +358,7 @@ mod tests {
         let deleted = condition(&status, IN_REGISTRY);
         assert_eq!(
             (deleted.status.as_str(), deleted.reason.as_str()),
-            ("False", DELETED_IN_REGISTRY)
+            ("False", Reason::DeletedInRegistry.as_str())
         );
         assert!(deleted.message.contains("no longer in registry prod"));
         assert_eq!(condition(&status, READY).status, "True");

@@ -3,14 +3,14 @@
 //! and publishes the result in status. The operator never reads Secrets: a missing one shows
 //! as the check pod's `CreateContainerConfigError`.
 //!
-//! Pipeline: gather (the version's siblings from the cache, its source check Job and pod) →
-//! [`evaluate`] (pure) → write status only when it changed → an event for each decision that
-//! changed.
+//! Pipeline: gather (the version's siblings, its source check Job and pod, all from the shared
+//! caches) → [`evaluate`] (pure) → write status only when it changed → an event for each
+//! decision that changed.
 
 mod evaluate;
 pub mod source_check;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -19,17 +19,17 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder},
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
 use serde_json::json;
 use sluice_crds::{ModelVersion, ModelVersionStatus};
+use sluice_watch::Synced;
 use tracing::{info, instrument, warn};
 
 use crate::conditions::IN_REGISTRY;
@@ -38,6 +38,7 @@ use source_check::{LABEL_MODEL_VERSION, RECHECK_AFTER, Verdict};
 
 use crate::{
     STATUS_MANAGER,
+    caches::Caches,
     error::{Error, kube_err},
     metrics::ControllerName,
     runtime::{Env, Tracked},
@@ -49,6 +50,12 @@ struct Context {
     /// The data-plane image the source check runs.
     image: String,
     store: Store<ModelVersion>,
+    /// Source-check Jobs.
+    jobs: Store<Job>,
+    /// Managed pods, the source checks' among them.
+    pods: Store<Pod>,
+    /// The Job and pod stores have synced.
+    synced: Synced,
     recorder: Recorder,
     tracked: Tracked,
 }
@@ -56,32 +63,29 @@ struct Context {
 /// Name of this controller's watch in readiness.
 pub const WATCH: &str = "modelversions";
 
-/// Runs the controller until `env.shutdown` completes and in-flight reconciles have finished.
-pub async fn run(env: Env, image: String) {
-    let api: Api<ModelVersion> = env.api();
-    let controller = Controller::new(api.clone(), env.managed_watch());
-    let store = controller.store();
+/// Sets up the controller on the shared `caches` (its subscriptions are taken now); the future
+/// runs it until `env.shutdown` completes and in-flight reconciles have finished.
+pub fn run(env: Env, image: String, caches: &mut Caches) -> impl Future<Output = ()> + use<> {
+    let store = caches.models.store();
     let siblings = store.clone();
     let ctx = Arc::new(Context {
         client: env.client.clone(),
         image,
-        store,
+        store: store.clone(),
+        jobs: caches.jobs.store(),
+        pods: caches.pods.store(),
+        synced: caches.jobs.synced().with(&caches.pods.synced()),
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         tracked: Tracked::new(ControllerName::ModelVersion, env.metrics.clone()),
     });
-    let checks = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={}",
-        crate::endpoint::desired::MANAGED_BY
-    ));
-    controller
+    Controller::for_stream(caches.models.subscribe(), store)
         // A source check finishing changes its version's status.
-        .owns(env.api::<Job>(), checks)
+        .owns_stream(caches.jobs.subscribe())
         // A change to one version can change its siblings' alias conflicts and duplicates.
-        .watches(api, env.managed_watch(), move |changed: ModelVersion| {
+        .watches_stream(caches.models.subscribe(), move |changed: ModelVersion| {
             sibling_refs(&siblings, &changed)
         })
         .with_config(crate::runtime::controller_config())
-        .trigger_backoff(sluice_watch::WatchBackoff::default())
         .graceful_shutdown_on(env.shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -89,7 +93,6 @@ pub async fn run(env: Env, image: String) {
                 warn!(error = %e, "model version controller");
             }
         })
-        .await;
 }
 
 fn sibling_refs(
@@ -150,24 +153,25 @@ const CHECKING_POLL: Duration = Duration::from_secs(3);
 /// Runs (or reads) the source check Job of `mv`: creates it when missing, replaces a failed
 /// one after [`RECHECK_AFTER`], removes the checks of an older URI or Secret name.
 async fn check_source(ctx: &Context, mv: &ModelVersion, ns: &str) -> Result<Verdict, Error> {
+    // An empty store before its first list would read as "no check yet".
+    ctx.synced.wait().await?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let name = source_check::job_name(mv);
-    let mine = ListParams::default().labels(&format!("{LABEL_MODEL_VERSION}={}", mv.name_any()));
-    for old in jobs
-        .list(&mine)
-        .await
-        .map_err(kube_err("listing source check Jobs"))?
-        .items
-        .iter()
-        .filter(|j| j.name_any() != name)
-    {
+    let version = mv.name_any();
+    let in_namespace = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
+    let mine: Vec<Arc<Job>> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| {
+            in_namespace(j.meta()) && label(j.meta(), LABEL_MODEL_VERSION) == Some(&version)
+        })
+        .collect();
+    for old in mine.iter().filter(|j| j.name_any() != name) {
         delete_job(&jobs, &old.name_any()).await?;
     }
-    let Some(job) = jobs
-        .get_opt(&name)
-        .await
-        .map_err(kube_err(format!("reading Job {name}")))?
-    else {
+    // The store lags a create by a moment: a create that meets the Job is not an error.
+    let Some(job) = mine.into_iter().find(|j| j.name_any() == name) else {
         let Some(job) = source_check::job(mv, &name, &ctx.image) else {
             return Ok(Verdict::Checking);
         };
@@ -178,11 +182,15 @@ async fn check_source(ctx: &Context, mv: &ModelVersion, ns: &str) -> Result<Verd
         }
         return Ok(Verdict::Checking);
     };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
-        .await
-        .map_err(kube_err("listing source check pods"))?
-        .items;
+    let mut pods: Vec<Pod> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| in_namespace(p.meta()) && label(p.meta(), JOB_NAME) == Some(&name))
+        .map(|p| Pod::clone(p))
+        .collect();
+    // In name order, as a LIST returned them: the verdict names the first failing pod.
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let verdict = source_check::verdict(Some(&job), &pods);
     if source_check::stale(&job, &verdict, Timestamp::now()) {
         delete_job(&jobs, &name).await?;
@@ -190,6 +198,17 @@ async fn check_source(ctx: &Context, mv: &ModelVersion, ns: &str) -> Result<Verd
     }
     Ok(verdict)
 }
+
+/// The value of label `key` of an object.
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// The label the Job controller puts on the pods of a Job.
+const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 
 async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), Error> {
     match jobs.delete(name, &DeleteParams::background()).await {
