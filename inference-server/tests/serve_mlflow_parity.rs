@@ -17,10 +17,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Server, temp_dir};
 use serde_json::{Map, Value, json};
+use sluice_tests::wait::eventually;
 
 /// A model's name, its column names and two rows.
 type Case<'a> = (&'a str, &'a [&'a str], &'a Vec<Vec<f64>>);
@@ -83,24 +84,14 @@ async fn post(base: &str, content_type: &str, body: &str) -> (u16, Value) {
 }
 
 async fn wait_ping(base: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(180);
     let client = reqwest::Client::new();
-    loop {
-        let ok = client
-            .get(format!("{base}/ping"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mlflow models serve did not start; logs in {}",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let answers = || async {
+        let ping = client.get(format!("{base}/ping")).send().await;
+        ping.is_ok_and(|r| r.status() == 200).then_some(())
+    };
+    let logs = || format!("logs in {}", log.display());
+    let limit = Duration::from_secs(180);
+    eventually("mlflow models serve to start", limit, logs, answers).await;
 }
 
 /// Ours against MLflow's: same keys, same shapes, integers equal, floats within 1e-5.

@@ -20,15 +20,8 @@ use sluice_tests::{
     cluster::{fresh_namespace, shared},
     manifests::{read_documents, read_expectation, yaml_files},
     repo_root,
+    wait::on_cluster,
 };
-
-/// Waits for `check`, printing the control plane's logs on timeout.
-async fn eventually<T, Fut>(what: &str, timeout: Duration, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    sluice_tests::wait::eventually(what, timeout, || shared().dump_logs(), check).await
-}
 
 async fn admin() -> Client {
     shared().client().await.expect("admin client")
@@ -174,7 +167,7 @@ async fn deployments_get_replicasets_and_pods_and_are_garbage_collected() {
         .await
         .expect("create deployment");
 
-    let rs_name = eventually(
+    let rs_name = on_cluster(
         "a ReplicaSet owned by the Deployment",
         Duration::from_secs(60),
         || async {
@@ -191,7 +184,7 @@ async fn deployments_get_replicasets_and_pods_and_are_garbage_collected() {
         },
     )
     .await;
-    eventually(
+    on_cluster(
         "two Pods owned by the ReplicaSet",
         Duration::from_secs(60),
         || async {
@@ -216,7 +209,7 @@ async fn deployments_get_replicasets_and_pods_and_are_garbage_collected() {
         .delete("web", &DeleteParams::background())
         .await
         .expect("delete deployment");
-    eventually(
+    on_cluster(
         "the garbage collector to remove ReplicaSets and Pods",
         Duration::from_secs(90),
         || async {

@@ -10,7 +10,7 @@
 
 mod helm_support;
 
-use helm_support::{eventually, helm_on_cluster as helm, ready_replicas};
+use helm_support::{WAIT, helm_on_cluster as helm, ready_replicas};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,9 +35,18 @@ use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
     cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
     http,
+    wait::on_nodes,
 };
 
 const RELEASE: &str = "sluice";
+
+/// The quickstart endpoint's query, sent to the gateway at `ip` with `headers`: its status and
+/// body, `None` when nothing answers.
+async fn query_iris(ip: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let path = "/serving-endpoints/iris/invocations";
+    let body = r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#;
+    http::post_json_with(ip, 8000, path, body, headers).await
+}
 
 /// Runs `inference-server api-key <args> --namespace <namespace>` as the cluster admin; its
 /// stdout (for `create`, the key).
@@ -223,15 +232,7 @@ impl Load {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                         continue;
                     };
-                    match http::post_json_with(
-                        &ip,
-                        8000,
-                        "/serving-endpoints/iris/invocations",
-                        r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
-                        &[("authorization", &bearer)],
-                    )
-                    .await
-                    {
+                    match query_iris(&ip, &[("authorization", &bearer)]).await {
                         Some((200, _)) => {
                             answered += 1;
                             total.fetch_add(1, Ordering::Relaxed);
@@ -335,11 +336,11 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     ]);
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    eventually(nodes, "2 ready operator replicas", || {
+    on_nodes(nodes, "2 ready operator replicas", WAIT, || {
         ready_replicas(&deployments, "sluice-operator", 2)
     })
     .await;
-    eventually(nodes, "2 ready gateway replicas", || {
+    on_nodes(nodes, "2 ready gateway replicas", WAIT, || {
         ready_replicas(&deployments, "sluice-gateway", 2)
     })
     .await;
@@ -355,7 +356,7 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    let holder = eventually(nodes, "the operator Lease to be held", || async {
+    let holder = on_nodes(nodes, "the operator Lease to be held", WAIT, || async {
         leases
             .get("sluice-operator")
             .await
@@ -456,11 +457,16 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         )
         .await
         .expect("ServingEndpoint");
-    eventually(nodes, "the quickstart endpoint to be READY", || async {
-        let s = endpoints.get("iris").await.ok()?.status?;
-        let state = s.state?;
-        (format!("{:?}", state.ready) == "READY").then_some(())
-    })
+    on_nodes(
+        nodes,
+        "the quickstart endpoint to be READY",
+        WAIT,
+        || async {
+            let s = endpoints.get("iris").await.ok()?.status?;
+            let state = s.state?;
+            (format!("{:?}", state.ready) == "READY").then_some(())
+        },
+    )
     .await;
     let gateway_ips: Vec<String> = pods
         .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
@@ -476,27 +482,18 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     let key = api_key(&ns, &["create", "--principal", "helm-install-test"]);
     let bearer = format!("Bearer {key}");
     for ip in &gateway_ips {
-        let (code, body) = http::post_json(
-            ip,
-            8000,
-            "/serving-endpoints/iris/invocations",
-            r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
-        )
-        .await
-        .expect("an answer");
+        let (code, body) = query_iris(ip, &[]).await.expect("an answer");
         assert_eq!(code, 401, "gateway {ip} without credentials: {body}");
         assert!(body.contains("UNAUTHENTICATED"), "{body}");
-        let (code, body) = eventually(nodes, "the gateway to route to the endpoint", || async {
-            let answer = http::post_json_with(
-                ip,
-                8000,
-                "/serving-endpoints/iris/invocations",
-                r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
-                &[("authorization", &bearer)],
-            )
-            .await?;
-            (answer.0 == 200).then_some(answer)
-        })
+        let (code, body) = on_nodes(
+            nodes,
+            "the gateway to route to the endpoint",
+            WAIT,
+            || async {
+                let answer = query_iris(ip, &[("authorization", &bearer)]).await?;
+                (answer.0 == 200).then_some(answer)
+            },
+        )
         .await;
         assert_eq!(code, 200, "gateway {ip}: {body}");
     }
@@ -602,15 +599,20 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
     let answered_before = load.answered.load(Ordering::Relaxed);
     helm(&upgrade);
     for component in ["operator", "gateway"] {
-        eventually(nodes, &format!("the {component} rollout to finish"), || {
-            rolled(
-                &deployments,
-                &pods,
-                component,
-                &before,
-                &old_hashes[component],
-            )
-        })
+        on_nodes(
+            nodes,
+            &format!("the {component} rollout to finish"),
+            WAIT,
+            || {
+                rolled(
+                    &deployments,
+                    &pods,
+                    component,
+                    &before,
+                    &old_hashes[component],
+                )
+            },
+        )
         .await;
     }
     let roll = started.elapsed();
@@ -671,15 +673,8 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
         .filter_map(|p| p.status?.pod_ip)
         .collect();
     for ip in &new_ips {
-        let body = eventually(nodes, "the revoked key to be refused", || async {
-            let (code, body) = http::post_json_with(
-                ip,
-                8000,
-                "/serving-endpoints/iris/invocations",
-                r#"{"inputs": [[6.7, 3.0, 5.2, 2.3]]}"#,
-                &[("authorization", &bearer)],
-            )
-            .await?;
+        let body = on_nodes(nodes, "the revoked key to be refused", WAIT, || async {
+            let (code, body) = query_iris(ip, &[("authorization", &bearer)]).await?;
             (code == 401).then_some(body)
         })
         .await;
@@ -688,7 +683,7 @@ async fn helm_install_runs_operator_and_gateway_and_uninstall_keeps_the_crds() {
 
     // Uninstall: the release's pods and RBAC go, the CRDs and the custom resources stay.
     helm(&["uninstall", RELEASE, "--namespace", &ns, "--wait"]);
-    eventually(nodes, "the release's pods to be gone", || async {
+    on_nodes(nodes, "the release's pods to be gone", WAIT, || async {
         let left = pods
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}")))
             .await
@@ -755,16 +750,22 @@ async fn a_misspelled_image_in_the_values_leaves_the_pod_in_image_pull_back_off(
             .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let message = eventually(nodes, "the operator pod in ImagePullBackOff", || async {
-        let list = pods.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find_map(|p| {
-            let statuses = p.status?.container_statuses?;
-            statuses.into_iter().find_map(|c| {
-                let waiting = c.state?.waiting?;
-                (waiting.reason.as_deref() == Some("ImagePullBackOff")).then_some(waiting.message)
+    let message = on_nodes(
+        nodes,
+        "the operator pod in ImagePullBackOff",
+        WAIT,
+        || async {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find_map(|p| {
+                let statuses = p.status?.container_statuses?;
+                statuses.into_iter().find_map(|c| {
+                    let waiting = c.state?.waiting?;
+                    (waiting.reason.as_deref() == Some("ImagePullBackOff"))
+                        .then_some(waiting.message)
+                })
             })
-        })
-    })
+        },
+    )
     .await
     .unwrap_or_default();
     assert!(message.contains(&wrong), "{message}");

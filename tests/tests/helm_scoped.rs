@@ -21,9 +21,10 @@ use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
     cluster::{fresh_namespace, shared, shared_nodes},
     http,
+    wait::on_nodes,
 };
 
-use helm_support::{eventually, helm_on_cluster, image_values, ready_replicas};
+use helm_support::{WAIT, helm_on_cluster, image_values, ready_replicas};
 
 /// Installs release `release` into `ns`, managing only `managed`, one replica of each part.
 fn install(release: &str, ns: &str, managed: &str) {
@@ -90,7 +91,7 @@ async fn iris_endpoint(client: &Client, ns: &str, name: &str) {
 async fn gateway_ip(client: &Client, ns: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let nodes = shared_nodes();
-    eventually(nodes, "the gateway pod's IP", || async {
+    on_nodes(nodes, "the gateway pod's IP", WAIT, || async {
         pods.list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
             .await
             .ok()?
@@ -153,7 +154,7 @@ async fn two_scoped_installations_share_the_cluster_without_touching_each_other(
         for name in ["sluice-operator", "sluice-gateway"] {
             let release = if ns == &sys_a { "team-a" } else { "team-b" };
             let full = format!("{release}-{name}");
-            eventually(nodes, &format!("{full} ready"), || {
+            on_nodes(nodes, &format!("{full} ready"), WAIT, || {
                 ready_replicas(&deployments, &full, 1)
             })
             .await;
@@ -165,7 +166,7 @@ async fn two_scoped_installations_share_the_cluster_without_touching_each_other(
     iris_endpoint(&client, &app_c, "iris-c").await;
     for (app, name) in [(&app_a, "iris-a"), (&app_b, "iris-b")] {
         let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), app);
-        eventually(nodes, &format!("{name} READY"), || async {
+        on_nodes(nodes, &format!("{name} READY"), WAIT, || async {
             let state = endpoints.get(name).await.ok()?.status?.state?;
             (format!("{:?}", state.ready) == "READY").then_some(())
         })
@@ -181,9 +182,12 @@ async fn two_scoped_installations_share_the_cluster_without_touching_each_other(
         (&gateway_a, "iris-a", "iris-b"),
         (&gateway_b, "iris-b", "iris-a"),
     ] {
-        eventually(nodes, &format!("{own} answered by its gateway"), || async {
-            (status_code(ip, own).await? == 200).then_some(())
-        })
+        on_nodes(
+            nodes,
+            &format!("{own} answered by its gateway"),
+            WAIT,
+            || async { (status_code(ip, own).await? == 200).then_some(()) },
+        )
         .await;
         assert_eq!(
             status_code(ip, other).await,

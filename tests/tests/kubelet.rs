@@ -21,16 +21,12 @@ use sluice_tests::{
     cluster::{LocalNodes, fresh_namespace, images, random_suffix, shared, shared_nodes},
     http,
     kubelet::{Kubelet, KubeletConfig, NodeConfig},
+    wait::on_cluster,
 };
 
-/// Polls `check` until it yields, or fails the test after `secs` (each test's `logs_on_panic`
-/// guard then prints the kubelet's journal and container logs).
-async fn eventually<T, Fut>(what: &str, secs: u64, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    sluice_tests::wait::eventually(what, Duration::from_secs(secs), String::new, check).await
-}
+/// How long a pod step usually may take. On timeout the wait prints the control plane's logs
+/// and each test's `logs_on_panic` guard the kubelet's journal and container logs.
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn setup(prefix: &str) -> (&'static LocalNodes, Client, String) {
     let nodes = shared_nodes();
@@ -111,7 +107,7 @@ async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
     })).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let ips: BTreeSet<String> = eventually("two ready pods", 60, || async {
+    let ips: BTreeSet<String> = on_cluster("two ready pods", WAIT, || async {
         let list = pods.list(&ListParams::default()).await.ok()?;
         let ready: BTreeSet<String> = list
             .items
@@ -141,9 +137,9 @@ async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
     // the Service. Sluice's gateway therefore discovers ready pods from Pods (status.podIP and
     // the Ready condition). This test pins that behaviour so a change in it is noticed.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let refusal = eventually(
+    let refusal = on_cluster(
         "the EndpointSlice controller's report on the Service",
-        60,
+        WAIT,
         || async {
             let list = events
                 .list(
@@ -187,9 +183,9 @@ async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
         )
         .await
         .expect("scale to 0");
-    eventually(
+    on_cluster(
         "processes stopped and pods removed after scaling to 0",
-        60,
+        WAIT,
         || async {
             let left = pods.list(&ListParams::default()).await.ok()?.items.len();
             (left == 0 && processes_in(nodes, &ns) == 0).then_some(())
@@ -211,7 +207,7 @@ async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
         )
         .await
         .expect("scale to 1");
-    eventually("one process again", 60, || async {
+    on_cluster("one process again", WAIT, || async {
         (processes_in(nodes, &ns) == 1).then_some(())
     })
     .await;
@@ -219,9 +215,9 @@ async fn inference_server_replicas_run_as_containers_on_their_own_pod_ips() {
         .delete("web", &DeleteParams::foreground())
         .await
         .expect("delete");
-    eventually(
+    on_cluster(
         "no process left after deleting the Deployment",
-        60,
+        WAIT,
         || async {
             let left = pods.list(&ListParams::default()).await.ok()?.items.len();
             (left == 0 && processes_in(nodes, &ns) == 0).then_some(())
@@ -267,18 +263,18 @@ async fn the_scheduler_places_gpu_pods_on_the_gpu_node_only() {
         let pods = pods.clone();
         async move { pods.get(name).await.ok()?.spec?.node_name }
     };
-    let on = eventually("the GPU pod to be bound", 60, || node_of("wants-gpu")).await;
+    let on = on_cluster("the GPU pod to be bound", WAIT, || node_of("wants-gpu")).await;
     assert_eq!(on, nodes.gpu_node);
-    let on = eventually("the CPU pod to be bound", 60, || node_of("cpu-only")).await;
+    let on = on_cluster("the CPU pod to be bound", WAIT, || node_of("cpu-only")).await;
     assert_eq!(
         on, nodes.cpu_node,
         "a pod without the GPU toleration never lands on the tainted GPU node"
     );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let message = eventually(
+    let message = on_cluster(
         "FailedScheduling for the pod asking for 8 GPUs",
-        60,
+        WAIT,
         || async {
             let list = events
                 .list(&ListParams::default().fields("involvedObject.name=too-many-gpus"))
@@ -309,7 +305,7 @@ async fn a_container_that_exits_is_restarted_and_counted() {
         "spec": {"containers": [{"name": "main", "image": images::tools(), "command": ["/bin/sh", "-c", "echo started; exit 3"]}]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let status = eventually("two restarts", 60, || async {
+    let status = on_cluster("two restarts", WAIT, || async {
         let s = pods.get("crasher").await.ok()?.status?;
         let c = s.container_statuses.as_ref()?.first()?.clone();
         (c.restart_count >= 2).then_some(c)
@@ -404,7 +400,7 @@ print("RESULT " + json.dumps(out), flush=True)
         ]}
     })).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually("the inspecting pod to succeed", 60, || async {
+    on_cluster("the inspecting pod to succeed", WAIT, || async {
         let phase = pods.get("inspect").await.ok()?.status?.phase?;
         (phase == "Succeeded").then_some(())
     })
@@ -518,7 +514,7 @@ async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
             (w.reason.as_deref() == Some(reason)).then(|| w.message.unwrap_or_default())
         }
     };
-    let message = eventually("ContainerCreating for the missing ConfigMap", 60, || {
+    let message = on_cluster("ContainerCreating for the missing ConfigMap", WAIT, || {
         waiting("ContainerCreating")
     })
     .await;
@@ -532,9 +528,9 @@ async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
         json!({"metadata": {"name": "late"}, "data": {"word": "world"}}),
     )
     .await;
-    let message = eventually(
+    let message = on_cluster(
         "CreateContainerConfigError for the missing Secret",
-        60,
+        WAIT,
         || waiting("CreateContainerConfigError"),
     )
     .await;
@@ -545,7 +541,7 @@ async fn a_pod_waits_for_the_configmaps_and_secrets_it_needs() {
         json!({"metadata": {"name": "late"}, "stringData": {"token": "hello"}}),
     )
     .await;
-    eventually("the pod to run once both exist", 60, || async {
+    on_cluster("the pod to run once both exist", WAIT, || async {
         (pods.get("patient").await.ok()?.status?.phase? == "Succeeded").then_some(())
     })
     .await;
@@ -578,14 +574,14 @@ async fn init_containers_run_in_order_and_foreign_images_run_without_a_process()
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually("the ordered pod to succeed", 60, || async {
+    on_cluster("the ordered pod to succeed", WAIT, || async {
         (pods.get("ordered").await.ok()?.status?.phase? == "Succeeded").then_some(())
     })
     .await;
     let log = log_of(nodes, &ns, "ordered", "main");
     assert_eq!(log.lines().collect::<Vec<_>>(), ["one", "two", "main"]);
 
-    let engine = eventually("the engine pod to be Running and Ready", 60, || async {
+    let engine = on_cluster("the engine pod to be Running and Ready", WAIT, || async {
         let p = pods.get("engine").await.ok()?;
         (pod_ready(&p) && p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
     })
@@ -646,7 +642,7 @@ async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
     let mut pids = Vec::new();
     for name in ["polite", "stubborn"] {
         let key = format!("{ns}/{name}/main");
-        let pid = eventually("the process to run", 60, || async {
+        let pid = on_cluster("the process to run", WAIT, || async {
             let log = nodes.kubelet.container_log(&ns, name, "main")?;
             log.contains("up")
                 .then(|| pid_of(&nodes.kubelet, &key))
@@ -658,10 +654,14 @@ async fn deletion_sends_sigterm_and_sigkill_after_the_grace_period() {
             .await
             .expect("delete");
     }
-    eventually("both pod objects removed", 30, || async {
-        let left = pods.list(&ListParams::default()).await.ok()?.items.len();
-        (left == 0).then_some(())
-    })
+    on_cluster(
+        "both pod objects removed",
+        Duration::from_secs(30),
+        || async {
+            let left = pods.list(&ListParams::default()).await.ok()?.items.len();
+            (left == 0).then_some(())
+        },
+    )
     .await;
     for pid in pids {
         assert!(!alive(pid), "process {pid} survived its pod");
@@ -697,7 +697,7 @@ async fn deletion_runs_the_prestop_sleep_and_stops_sidecars_after_the_main_conta
     }))
     .await;
     for container in ["front", "model"] {
-        eventually(&format!("{container} to run"), 60, || async {
+        on_cluster(&format!("{container} to run"), WAIT, || async {
             let log = nodes.kubelet.container_log(&ns, "ordered", container)?;
             log.contains("up").then_some(())
         })
@@ -711,7 +711,7 @@ async fn deletion_runs_the_prestop_sleep_and_stops_sidecars_after_the_main_conta
     pods.delete("ordered", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually("the pod object removed", 60, || async {
+    on_cluster("the pod object removed", WAIT, || async {
         let left = pods.list(&ListParams::default()).await.ok()?.items.len();
         (left == 0).then_some(())
     })
@@ -776,18 +776,18 @@ exec python3 -m http.server --bind "$POD_IP" 8080"#;
             .clone();
         Some((pod, c))
     };
-    eventually("running, started, not yet ready", 60, || async {
+    on_cluster("running, started, not yet ready", WAIT, || async {
         let (pod, c) = state().await?;
         let running = c.state.as_ref()?.running.is_some();
         (running && c.started == Some(true) && !c.ready && !pod_ready(&pod)).then_some(())
     })
     .await;
-    eventually("ready once /ready exists", 60, || async {
+    on_cluster("ready once /ready exists", WAIT, || async {
         let (pod, c) = state().await?;
         (c.ready && pod_ready(&pod)).then_some(())
     })
     .await;
-    let restarted = eventually("a liveness restart once /alive is gone", 60, || async {
+    let restarted = on_cluster("a liveness restart once /alive is gone", WAIT, || async {
         let (_, c) = state().await?;
         (c.restart_count >= 1).then_some(c)
     })
@@ -797,7 +797,7 @@ exec python3 -m http.server --bind "$POD_IP" 8080"#;
         .and_then(|s| s.terminated)
         .expect("lastState.terminated");
     assert_ne!(last.exit_code, 0, "killed by the kubelet: {last:?}");
-    eventually("ready again after the restart", 60, || async {
+    on_cluster("ready again after the restart", WAIT, || async {
         let (pod, c) = state().await?;
         (c.ready && pod_ready(&pod) && c.state?.running.is_some()).then_some(())
     })
@@ -853,7 +853,7 @@ async fn restart_policies_decide_what_runs_again_and_the_phase() {
         ("bad-init", "Failed"),
         ("retried", "Succeeded"),
     ] {
-        let status = eventually(&format!("{name} to be {phase}"), 60, || async {
+        let status = on_cluster(&format!("{name} to be {phase}"), WAIT, || async {
             let s = pods.get(name).await.ok()?.status?;
             (s.phase.as_deref() == Some(phase)).then_some(s)
         })
@@ -909,9 +909,9 @@ async fn shutdown_and_drop_leave_no_process_behind() {
         let _logs = kubelet.logs_on_panic();
         let _: Pod = create(&client, &ns, pinned(how, &name)).await;
         let key = format!("{ns}/{how}/main");
-        let pid = eventually(
+        let pid = on_cluster(
             &format!("the pod on the {how} kubelet to run"),
-            60,
+            WAIT,
             || async {
                 let log = kubelet.container_log(&ns, how, "main")?;
                 log.contains("up").then(|| pid_of(&kubelet, &key)).flatten()
@@ -932,9 +932,11 @@ async fn shutdown_and_drop_leave_no_process_behind() {
         } else {
             drop(kubelet);
         }
-        eventually(&format!("the process gone after {how}"), 20, || async {
-            (!alive(pid)).then_some(())
-        })
+        on_cluster(
+            &format!("the process gone after {how}"),
+            Duration::from_secs(20),
+            || async { (!alive(pid)).then_some(()) },
+        )
         .await;
         if how == "shutdown" {
             // Shutdown is graceful: the container saw SIGTERM.
@@ -963,7 +965,7 @@ async fn container_status<F>(
 where
     F: Fn(&k8s_openapi::api::core::v1::ContainerStatus) -> bool,
 {
-    eventually(what, 90, || async {
+    on_cluster(what, Duration::from_secs(90), || async {
         let p = pods.get(pod).await.ok()?;
         p.status?
             .container_statuses?

@@ -18,14 +18,12 @@ use sluice_tests::{
     cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
     kubelet::{PROVISIONER, STORAGE_CLASS},
     pvc,
+    wait::on_cluster,
 };
 
-async fn eventually<T, Fut>(what: &str, secs: u64, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    sluice_tests::wait::eventually(what, Duration::from_secs(secs), String::new, check).await
-}
+/// How long each step may take. On timeout the wait prints the control plane's logs (the PV
+/// controller's among them) and each test's `logs_on_panic` guard the kubelet's.
+const WAIT: Duration = Duration::from_secs(60);
 
 async fn setup(prefix: &str) -> (&'static LocalNodes, Client, String) {
     let nodes = shared_nodes();
@@ -117,7 +115,7 @@ async fn a_claim_is_provisioned_bound_by_the_pv_controller_and_reclaimed_on_dele
         .delete("data", &DeleteParams::default())
         .await
         .expect("delete claim");
-    eventually("the released volume deleted", 60, || async {
+    on_cluster("the released volume deleted", WAIT, || async {
         let gone = volumes.get_opt(&volume).await.ok()?.is_none();
         gone.then_some(())
     })
@@ -145,9 +143,9 @@ async fn a_claim_of_another_class_is_left_to_its_provisioner() {
         .expect("create claim");
     // The PV controller looked at it (and found no such class)...
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    eventually(
+    on_cluster(
         "the PV controller's ProvisioningFailed event",
-        60,
+        WAIT,
         || async {
             let list = events.list(&ListParams::default()).await.ok()?;
             list.items

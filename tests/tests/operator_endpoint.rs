@@ -14,20 +14,13 @@ use kube::{
 };
 use serde_json::json;
 use sluice_crds::ServingEndpoint;
-use sluice_tests::cluster::{fresh_namespace, shared};
+use sluice_tests::{
+    cluster::{fresh_namespace, shared},
+    wait::on_cluster,
+};
 
-async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    sluice_tests::wait::eventually(
-        what,
-        Duration::from_secs(60),
-        || shared().dump_logs(),
-        check,
-    )
-    .await
-}
+/// How long each step may take: no pods run here, only the operator and the controllers.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
@@ -57,7 +50,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
         .expect("endpoint");
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let children = eventually("two entity Deployments", || async {
+    let children = on_cluster("two entity Deployments", WAIT, || async {
         let list = deployments
             .list(&ListParams::default().labels("serving.sluice.dev/endpoint=fraud"))
             .await
@@ -88,7 +81,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     // Each entity's Service is applied right after its Deployment.
-    eventually("two entity Services", || async {
+    on_cluster("two entity Services", WAIT, || async {
         let list = services
             .list(&ListParams::default().labels("serving.sluice.dev/endpoint=fraud"))
             .await
@@ -98,7 +91,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
     .await;
 
     // No kubelet runs here, so pods never become ready: the first config stays pending.
-    let status = eventually("a pending config in status", || async {
+    let status = on_cluster("a pending config in status", WAIT, || async {
         let s = endpoints.get("fraud").await.ok()?.status?;
         s.pending_config.is_some().then_some(s)
     })
@@ -125,7 +118,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
     // The real controller-manager made ReplicaSets and Pods below the Deployments.
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    eventually("ReplicaSets and Pods of both entities", || async {
+    on_cluster("ReplicaSets and Pods of both entities", WAIT, || async {
         let selector = ListParams::default().labels("serving.sluice.dev/endpoint=fraud");
         let rs = replica_sets.list(&selector).await.ok()?.items.len();
         let p = pods.list(&selector).await.ok()?.items.len();
@@ -139,7 +132,7 @@ async fn an_endpoint_gets_owned_children_per_entity_and_a_pending_config() {
         .delete("fraud", &DeleteParams::background())
         .await
         .expect("delete");
-    eventually("children garbage-collected", || async {
+    on_cluster("children garbage-collected", WAIT, || async {
         let d = deployments
             .list(&ListParams::default().labels("serving.sluice.dev/endpoint=fraud"))
             .await

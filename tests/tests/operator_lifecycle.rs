@@ -15,8 +15,12 @@ use kube::{
 use nix::sys::signal::Signal;
 use operator_support::{NO_PROCESS_CONFIG, Scene, endpoint, engine_entity, model_version};
 use serde_json::json;
-use sluice_tests::cluster::{
-    OPERATOR_NAMESPACE, OperatorOptions, OperatorProcess, fresh_namespace, random_suffix, shared,
+use sluice_tests::{
+    cluster::{
+        OPERATOR_NAMESPACE, OperatorOptions, OperatorProcess, fresh_namespace, random_suffix,
+        shared,
+    },
+    wait::eventually,
 };
 
 const RECONCILES: &str = "sluice_operator_reconciles_total{controller=\"servingendpoint\"}";
@@ -50,12 +54,8 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases.get(name).await.ok()?.spec?.holder_identity
 }
 
-async fn wait<T, Fut>(what: &str, logs: impl Fn() -> String, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    sluice_tests::wait::eventually(what, Duration::from_secs(60), logs, check).await
-}
+/// How long each step may take.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
@@ -67,7 +67,7 @@ async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
 
     let mut alpha = candidate(&ns, &lease, "alpha", "4");
     let logs = || format!("{}{}", cp.dump_logs(), alpha.log_tail());
-    wait("alpha to hold the Lease", logs, || async {
+    eventually("alpha to hold the Lease", WAIT, logs, || async {
         (holder(&leases, &lease).await.as_deref() == Some("alpha")).then_some(())
     })
     .await;
@@ -75,7 +75,7 @@ async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
     let logs = || format!("{}{}{}", cp.dump_logs(), alpha.log_tail(), beta.log_tail());
     // Both are ready: the leader once its watches synced, the standby with the Lease in sight.
     for p in [&alpha, &beta] {
-        wait("/readyz 200", logs, || async {
+        eventually("/readyz 200", WAIT, logs, || async {
             (p.probe("/readyz").await?.0 == 200).then_some(())
         })
         .await;
@@ -106,7 +106,7 @@ async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
         &[],
     );
     scene_apply(first).await;
-    wait("alpha to write first's status", logs, || async {
+    eventually("alpha to write first's status", WAIT, logs, || async {
         endpoints
             .get("first")
             .await
@@ -130,7 +130,7 @@ async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
     alpha.child.start_kill().expect("kill alpha");
     let _ = alpha.child.wait().await;
     let logs = || format!("{}{}", cp.dump_logs(), beta.log_tail());
-    wait("beta to take the Lease", logs, || async {
+    eventually("beta to take the Lease", WAIT, logs, || async {
         (holder(&leases, &lease).await.as_deref() == Some("beta")).then_some(())
     })
     .await;
@@ -146,7 +146,7 @@ async fn only_the_lease_holder_writes_and_killing_it_hands_over() {
         &[],
     );
     scene_apply(second).await;
-    wait("beta to write second's status", logs, || async {
+    eventually("beta to write second's status", WAIT, logs, || async {
         endpoints
             .get("second")
             .await
@@ -171,7 +171,7 @@ async fn probes_answer_and_sigterm_drains_and_releases_the_lease() {
     // A long lease: only a release lets the successor in quickly.
     let mut gamma = candidate(&ns, &lease, "gamma", "60");
     let logs = || format!("{}{}", cp.dump_logs(), gamma.log_tail());
-    wait("gamma ready", logs, || async {
+    eventually("gamma ready", WAIT, logs, || async {
         (gamma.probe("/readyz").await?.0 == 200).then_some(())
     })
     .await;
@@ -212,7 +212,7 @@ async fn probes_answer_and_sigterm_drains_and_releases_the_lease() {
     let delta = candidate(&ns, &lease, "delta", "60");
     let logs = || format!("{}{}", cp.dump_logs(), delta.log_tail());
     let started = tokio::time::Instant::now();
-    wait("delta to take the released Lease", logs, || async {
+    eventually("delta to take the released Lease", WAIT, logs, || async {
         (holder(&leases, &lease).await.as_deref() == Some("delta")).then_some(())
     })
     .await;

@@ -2,7 +2,7 @@
 //! control plane: readiness, alias conflicts reported on both objects, and recovery when the
 //! conflict is resolved.
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
 use kube::{
     Api,
@@ -10,7 +10,10 @@ use kube::{
 };
 use serde_json::json;
 use sluice_crds::ModelVersion;
-use sluice_tests::cluster::{fresh_namespace, shared};
+use sluice_tests::{
+    cluster::{fresh_namespace, shared},
+    wait,
+};
 
 fn condition(mv: &ModelVersion, type_: &str) -> Option<(String, String)> {
     mv.status
@@ -21,28 +24,30 @@ fn condition(mv: &ModelVersion, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// ModelVersion `name` once `check` accepts it. Past 3 minutes (generous: the first check Job
+/// also waits for its image to reach the test kubelet), fails with `what`, the last status read
+/// and the control plane's logs.
 async fn wait_for(
     api: &Api<ModelVersion>,
     name: &str,
     what: &str,
     check: impl Fn(&ModelVersion) -> bool,
 ) -> ModelVersion {
-    // Generous: the first check Job also waits for its image to reach the test kubelet.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(mv) = api.get(name).await {
-            if check(&mv) {
-                return mv;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "{name}: timed out waiting for {what}; status is {:#?}",
-                    mv.status
-                );
-            }
+    let last_status = RefCell::new("never read".to_string());
+    let logs = || {
+        let status = last_status.borrow();
+        format!("{name}: status is {status}\n{}", shared().dump_logs())
+    };
+    let what = format!("{name}: {what}");
+    wait::eventually(&what, Duration::from_secs(180), logs, || async {
+        let mv = api.get(name).await.ok()?;
+        if check(&mv) {
+            return Some(mv);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        last_status.replace(format!("{:#?}", mv.status));
+        None
+    })
+    .await
 }
 
 fn version(name: &str, v: i64, aliases: &[&str]) -> serde_json::Value {

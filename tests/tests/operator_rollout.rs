@@ -13,17 +13,13 @@ use kube::{
 use serde_json::json;
 use sluice_crds::{ModelVersion, ServingEndpoint};
 use sluice_tests::{
-    cluster::{LocalNodes, fresh_namespace, shared, shared_nodes},
+    cluster::{fresh_namespace, shared, shared_nodes},
     http,
+    wait::on_nodes,
 };
 
-async fn eventually<T, Fut>(nodes: &LocalNodes, what: &str, check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let logs = || format!("{}{}", shared().dump_logs(), nodes.kubelet.dump_logs());
-    sluice_tests::wait::eventually(what, Duration::from_secs(120), logs, check).await
-}
+/// How long each step may take: pods fetch the model and start real servers.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn model_version(name: &str, version: i64, uri: &str) -> serde_json::Value {
     json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name},
@@ -74,7 +70,7 @@ async fn an_endpoint_becomes_ready_through_real_pods_and_rolls_blue_green() {
             ok.then_some(s)
         }
     };
-    let first = eventually(nodes, "the endpoint to be READY on version 1", || {
+    let first = on_nodes(nodes, "the endpoint to be READY on version 1", WAIT, || {
         ready_at(1)
     })
     .await;
@@ -115,20 +111,25 @@ async fn an_endpoint_becomes_ready_through_real_pods_and_rolls_blue_green() {
         .patch("iris", &apply, &Patch::Apply(endpoint(2)))
         .await
         .expect("update");
-    let second = eventually(nodes, "version 2 promoted", || ready_at(2)).await;
+    let second = on_nodes(nodes, "version 2 promoted", WAIT, || ready_at(2)).await;
     assert_eq!(second.config.as_ref().map(|c| c.config_version), Some(2));
     assert!(second.pending_config.is_none());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    eventually(nodes, "the version 1 revision to be pruned", || async {
-        let names: Vec<String> = deployments
-            .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter_map(|d| d.metadata.name)
-            .collect();
-        (names.len() == 1 && names[0] != child_v1).then_some(())
-    })
+    on_nodes(
+        nodes,
+        "the version 1 revision to be pruned",
+        WAIT,
+        || async {
+            let names: Vec<String> = deployments
+                .list(&ListParams::default().labels("serving.sluice.dev/endpoint=iris"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter_map(|d| d.metadata.name)
+                .collect();
+            (names.len() == 1 && names[0] != child_v1).then_some(())
+        },
+    )
     .await;
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{BINARY, temp_dir};
 pub use sluice_tests::providers::Providers;
@@ -78,16 +78,18 @@ impl Drop for Upstream {
 /// Polls `url` until it answers `status` (panics after 30 s).
 pub async fn wait_for(url: &str, status: u16) {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(url).timeout(Duration::from_secs(1)).send().await
-            && response.status().as_u16() == status
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not answer {status} within 30 s");
+    let answers = || async {
+        let response = client
+            .get(url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        (response.status().as_u16() == status).then_some(())
+    };
+    let what = format!("{url} to answer {status}");
+    let (limit, every) = (Duration::from_secs(30), Duration::from_millis(50));
+    sluice_tests::wait::eventually_every(&what, limit, every, String::new, answers).await;
 }
 
 /// A running standalone gateway.

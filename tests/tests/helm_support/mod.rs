@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -141,20 +142,9 @@ pub fn values_files() -> Vec<(String, Vec<PathBuf>)> {
     sets
 }
 
-/// Waits up to 3 minutes for `check`, printing the control plane's and kubelet's logs on
-/// timeout.
-pub async fn eventually<T, Fut>(
-    nodes: &sluice_tests::cluster::LocalNodes,
-    what: &str,
-    check: impl FnMut() -> Fut,
-) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let cp = sluice_tests::cluster::shared();
-    let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
-    sluice_tests::wait::eventually(what, std::time::Duration::from_secs(180), logs, check).await
-}
+/// How long a chart scenario waits for the cluster: the release's pods pull their images and
+/// start real processes on the test kubelet.
+pub const WAIT: Duration = Duration::from_secs(180);
 
 /// Runs Helm against the local control plane; panics with its output when it fails.
 pub fn helm_on_cluster(args: &[&str]) -> String {
