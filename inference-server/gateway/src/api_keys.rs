@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 use sluice_protocol::units::parse_duration;
 
-use crate::auth::keys::{self, KeyRecord};
+use crate::auth::keys::{self, KeyFileError, KeyRecord};
 
 /// The flags of `inference-server api-key`.
 #[derive(Debug, clap::Args)]
@@ -70,12 +70,12 @@ pub enum ApiKeyError {
         source: Box<kube::Error>,
     },
     /// The keys file could not be read or written.
-    #[error("keys file {path}: {why}")]
+    #[error("keys file {path}: {source}")]
     File {
         /// The file.
         path: PathBuf,
         /// What went wrong.
-        why: String,
+        source: KeyFileError,
     },
     /// No key with that id.
     #[error("no API key {0}")]
@@ -221,21 +221,21 @@ async fn run_on_cluster(
 }
 
 fn read_file(path: &Path) -> Result<Vec<KeyRecord>, ApiKeyError> {
-    keys::read_records(path).map_err(|why| ApiKeyError::File {
+    keys::read_records(path).map_err(|source| ApiKeyError::File {
         path: path.to_path_buf(),
-        why,
+        source,
     })
 }
 
 fn write_file(path: &Path, records: &[KeyRecord]) -> Result<(), ApiKeyError> {
-    let file = |why: String| ApiKeyError::File {
+    let file = |source: KeyFileError| ApiKeyError::File {
         path: path.to_path_buf(),
-        why,
+        source,
     };
-    let text = serde_norway::to_string(records).map_err(|e| file(e.to_string()))?;
+    let text = serde_norway::to_string(records).map_err(|e| file(KeyFileError::Yaml(e)))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| file(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file(e.to_string()))
+    std::fs::write(&tmp, text).map_err(|e| file(KeyFileError::Io(e)))?;
+    std::fs::rename(&tmp, path).map_err(|e| file(KeyFileError::Io(e)))
 }
 
 fn run_on_file(command: ApiKeyCommand, path: &Path) -> Result<(), ApiKeyError> {

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use sluice_crds::ServingEndpoint;
 
 use crate::metrics::{CacheOutcome, GatewayMetrics};
+use crate::routing::EndpointKey;
 
 /// The header that tells a cached answer (`hit`) from a fresh one (`miss`).
 pub const CACHE_HEADER: &str = "x-sluice-cache";
@@ -79,16 +80,22 @@ pub enum Bypass {
     Sampled,
 }
 
-/// The cache key of a request to `route` of an endpoint, or why it is not cached.
+/// The cache key of a request to `route` of `endpoint`, or why it is not cached.
 pub fn key(
     policy: &CachePolicy,
-    endpoint: (&str, &str),
+    endpoint: &EndpointKey,
     route: &str,
     entity: Option<&str>,
     body: &[u8],
 ) -> Result<[u8; 32], Bypass> {
     let mut hasher = Sha256::new();
-    for part in [endpoint.0, endpoint.1, route, entity.unwrap_or("")] {
+    let parts = [
+        endpoint.namespace.as_str(),
+        &endpoint.name,
+        route,
+        entity.unwrap_or(""),
+    ];
+    for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
@@ -174,22 +181,29 @@ struct Store {
 #[derive(Debug)]
 pub struct Cache {
     store: Mutex<Store>,
-    labels: (String, String),
+    /// Whose answers they are (and the labels of its metrics).
+    endpoint: EndpointKey,
     metrics: GatewayMetrics,
 }
 
 impl Cache {
-    fn new(namespace: &str, endpoint: &str, metrics: GatewayMetrics) -> Self {
+    fn new(endpoint: EndpointKey, metrics: GatewayMetrics) -> Self {
         Self {
             store: Mutex::default(),
-            labels: (namespace.to_string(), endpoint.to_string()),
+            endpoint,
             metrics,
         }
     }
 
+    /// The endpoint whose answers these are.
+    pub fn endpoint(&self) -> &EndpointKey {
+        &self.endpoint
+    }
+
     /// Counts one lookup's outcome.
     pub fn count(&self, outcome: CacheOutcome) {
-        self.metrics.cache(&self.labels.0, &self.labels.1, outcome);
+        let EndpointKey { namespace, name } = &self.endpoint;
+        self.metrics.cache(namespace, name, outcome);
     }
 
     /// The live answer under `key`, if any (an expired one is dropped).
@@ -201,8 +215,7 @@ impl Cache {
             let gone = store.entries.remove(key)?;
             store.order.remove(&gone.used);
             store.bytes -= gone.body.len();
-            self.metrics
-                .cache_bytes(&self.labels.0, &self.labels.1, store.bytes);
+            self.count_bytes(store.bytes);
             return None;
         }
         store.tick += 1;
@@ -232,18 +245,24 @@ impl Cache {
             };
             if let Some(gone) = store.entries.remove(&oldest) {
                 store.bytes -= gone.body.len();
-                self.metrics.cache_evicted(&self.labels.0, &self.labels.1);
+                let EndpointKey { namespace, name } = &self.endpoint;
+                self.metrics.cache_evicted(namespace, name);
             }
         }
-        self.metrics
-            .cache_bytes(&self.labels.0, &self.labels.1, store.bytes);
+        self.count_bytes(store.bytes);
+    }
+
+    /// Sets the gauge of bytes kept.
+    fn count_bytes(&self, bytes: usize) {
+        let EndpointKey { namespace, name } = &self.endpoint;
+        self.metrics.cache_bytes(namespace, name, bytes);
     }
 }
 
 /// Every endpoint's cache in this gateway.
 #[derive(Debug)]
 pub struct Caches {
-    by_endpoint: Mutex<HashMap<(String, String), Arc<Cache>>>,
+    by_endpoint: Mutex<HashMap<EndpointKey, Arc<Cache>>>,
     metrics: GatewayMetrics,
 }
 
@@ -261,8 +280,11 @@ impl Caches {
         self.by_endpoint
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((namespace.to_string(), endpoint.to_string()))
-            .or_insert_with(|| Arc::new(Cache::new(namespace, endpoint, self.metrics.clone())))
+            .entry(EndpointKey {
+                namespace: namespace.to_string(),
+                name: endpoint.to_string(),
+            })
+            .or_insert_with_key(|key| Arc::new(Cache::new(key.clone(), self.metrics.clone())))
             .clone()
     }
 }
@@ -383,6 +405,13 @@ mod tests {
     use http_body_util::BodyExt;
     use prometheus_client::registry::Registry;
 
+    fn endpoint(name: &str) -> EndpointKey {
+        EndpointKey {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
     fn policy() -> CachePolicy {
         CachePolicy {
             ttl: Duration::from_secs(60),
@@ -397,7 +426,7 @@ mod tests {
         let key = |body: &str| {
             key(
                 &p,
-                ("ns", "ep"),
+                &endpoint("ep"),
                 "/v1/chat/completions",
                 None,
                 body.as_bytes(),
@@ -429,41 +458,32 @@ mod tests {
         assert!(
             super::key(
                 &sampled,
-                ("ns", "ep"),
+                &endpoint("ep"),
                 "/v1/chat/completions",
                 None,
                 br#"{"temperature":1,"messages":[]}"#
             )
             .is_ok()
         );
-        // Another endpoint, route or entity is another answer.
-        let other = super::key(
-            &p,
-            ("ns", "ep2"),
-            "/invocations",
-            None,
-            br#"{"inputs":[1]}"#,
-        );
-        assert_ne!(
-            other,
-            super::key(&p, ("ns", "ep"), "/invocations", None, br#"{"inputs":[1]}"#)
-        );
-        assert_ne!(
-            super::key(
-                &p,
-                ("ns", "ep"),
-                "/invocations",
-                Some("a"),
-                br#"{"inputs":[1]}"#
-            ),
-            super::key(&p, ("ns", "ep"), "/invocations", None, br#"{"inputs":[1]}"#)
-        );
+        // Another endpoint (or namespace), route or entity is another answer.
+        let ask = |endpoint: &EndpointKey, route, entity| {
+            super::key(&p, endpoint, route, entity, br#"{"inputs":[1]}"#)
+        };
+        let plain = ask(&endpoint("ep"), "/invocations", None);
+        assert_ne!(plain, ask(&endpoint("ep2"), "/invocations", None));
+        let elsewhere = EndpointKey {
+            namespace: "ns2".into(),
+            ..endpoint("ep")
+        };
+        assert_ne!(plain, ask(&elsewhere, "/invocations", None));
+        assert_ne!(plain, ask(&endpoint("ep"), "/v1/embeddings", None));
+        assert_ne!(plain, ask(&endpoint("ep"), "/invocations", Some("a")));
     }
 
     #[tokio::test]
     async fn answers_fill_the_cache_expire_and_leave_least_recently_used_first() {
         let metrics = GatewayMetrics::register(&mut Registry::default());
-        let cache = Arc::new(Cache::new("ns", "ep", metrics));
+        let cache = Arc::new(Cache::new(endpoint("ep"), metrics));
         let p = policy();
         let fill = |k: u8, body: &'static str| {
             Filling::new(

@@ -66,6 +66,7 @@ use metrics::GatewayMetrics;
 pub use mlflow::{ImportArgs, ImportError, run_import as import_mlflow};
 use proxy::{Proxy, ProxyConfig};
 pub use release_check::{CheckArgs, CheckError, run as check};
+pub use standalone::{ManifestError, StartError};
 use state::State;
 
 /// Why the gateway could not start or stopped.
@@ -91,27 +92,31 @@ pub enum GatewayError {
     #[error("watching the cluster failed: a watch stream ended")]
     WatchEnded,
     /// The API keys file could not be read.
-    #[error("API keys file {path}: {message}")]
+    #[error("API keys file {path}: {source}")]
     Keys {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        source: auth::keys::KeyFileError,
     },
     /// `--rate-limit-redis` is not a Redis URL.
     #[error("--rate-limit-redis: {0}")]
     RateLimitStore(#[source] redis::RedisError),
-    /// The standalone manifest could not be read.
-    #[error("standalone manifest {path}: {message}")]
+    /// The standalone manifest could not be read, or is not one standalone mode serves.
+    #[error("standalone manifest {path}: {problem}")]
     Manifest {
         /// The file.
         path: PathBuf,
         /// What was wrong.
-        message: String,
+        #[source]
+        problem: ManifestError,
     },
+    /// The operator config given to standalone mode (`--config`) could not be read.
+    #[error("standalone mode: {0}")]
+    OperatorConfig(#[source] sluice_contract::config::ConfigError),
     /// A standalone entity could not be started.
     #[error("standalone mode: {0}")]
-    Start(String),
+    Start(#[from] StartError),
 }
 
 /// Runs the gateway until `shutdown` resolves (the binary passes SIGTERM or SIGINT), then drains
@@ -309,9 +314,9 @@ fn auth_of(
         .api_keys_file
         .as_deref()
         .map(|path| {
-            auth::keys::KeyFile::open(path).map_err(|message| GatewayError::Keys {
+            auth::keys::KeyFile::open(path).map_err(|source| GatewayError::Keys {
                 path: path.to_path_buf(),
-                message,
+                source,
             })
         })
         .transpose()?;

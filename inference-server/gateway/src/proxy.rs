@@ -382,7 +382,7 @@ impl Proxy {
             let cache = self.caches.of(namespace, endpoint_name);
             let key = cache::key(
                 &policy,
-                (namespace, endpoint_name),
+                cache.endpoint(),
                 upstream_path,
                 entity.as_deref(),
                 body.bytes(),

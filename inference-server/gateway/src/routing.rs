@@ -25,6 +25,15 @@ use super::cache::CachePolicy;
 use super::external::External;
 use super::guardrails::Guardrails;
 
+/// An endpoint as the gateway tells it from the others: its namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Namespace of the ServingEndpoint.
+    pub namespace: String,
+    /// Name of the ServingEndpoint.
+    pub name: String,
+}
+
 /// One endpoint as the gateway routes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSpec {
@@ -139,11 +148,20 @@ pub struct EntitySpec {
     pub unsupported: Option<String>,
 }
 
+/// The pods of one revision of one entity, as their labels name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RevisionPods<'a> {
+    namespace: &'a str,
+    endpoint: &'a str,
+    entity: &'a str,
+    revision: &'a str,
+}
+
 /// Builds the routing data of every endpoint from the watched ServingEndpoints and entity pods.
 pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<EndpointSpec> {
-    // (namespace, endpoint, entity, revision) → ready and warming addresses.
-    let mut ready: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
-    let mut warming: BTreeMap<(&str, &str, &str, &str), Vec<SocketAddr>> = BTreeMap::new();
+    // Each revision's ready and warming addresses.
+    let mut ready: BTreeMap<RevisionPods<'_>, Vec<SocketAddr>> = BTreeMap::new();
+    let mut warming: BTreeMap<RevisionPods<'_>, Vec<SocketAddr>> = BTreeMap::new();
     for pod in pods {
         let Some((address, is_ready)) = front_address(pod) else {
             continue;
@@ -152,7 +170,7 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
             Some(labels) => labels,
             None => continue,
         };
-        let (Some(ns), Some(endpoint), Some(entity), Some(revision)) = (
+        let (Some(namespace), Some(endpoint), Some(entity), Some(revision)) = (
             pod.metadata.namespace.as_deref(),
             labels.get(LABEL_ENDPOINT),
             labels.get(LABEL_ENTITY),
@@ -161,9 +179,13 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
             continue;
         };
         let map = if is_ready { &mut ready } else { &mut warming };
-        map.entry((ns, endpoint, entity, revision))
-            .or_default()
-            .push(address);
+        let revision_pods = RevisionPods {
+            namespace,
+            endpoint,
+            entity,
+            revision,
+        };
+        map.entry(revision_pods).or_default().push(address);
     }
     let mut out = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
@@ -185,8 +207,13 @@ pub fn from_cluster(endpoints: &[ServingEndpoint], pods: &[Pod]) -> Vec<Endpoint
                         let revision = revision_of_entity(name, entity);
                         let of = |map: &BTreeMap<_, Vec<SocketAddr>>| {
                             let mut list = revision
-                                .and_then(|rev| {
-                                    map.get(&(namespace, name, entity.name.as_str(), rev))
+                                .and_then(|revision| {
+                                    map.get(&RevisionPods {
+                                        namespace,
+                                        endpoint: name,
+                                        entity: &entity.name,
+                                        revision,
+                                    })
                                 })
                                 .cloned()
                                 .unwrap_or_default();

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use sluice_contract::config::OperatorConfig;
+use sluice_contract::demand::EntityKey;
 use sluice_contract::published::{self, HoldPolicy};
 use sluice_contract::resolve::{self, EntitySource, ResolvedEntity, alias_claims};
 use sluice_contract::support;
@@ -31,7 +32,7 @@ use sluice_crds::{
     ExternalTask, ModelFormat, ModelTask, ModelVersion, ModelVersionStatus, ResolvedRoute,
     ServingEndpoint, ShadowRoute,
 };
-use sluice_fetch::{self as fetch, FetchArgs, FetchOptions};
+use sluice_fetch::{self as fetch, FetchArgs, FetchError, FetchOptions};
 
 use super::GatewayError;
 use super::args::{GatewayArgs, Upstream};
@@ -52,16 +53,135 @@ pub struct Manifest {
     pub base: PathBuf,
 }
 
+/// Why a standalone manifest cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    /// A document is not YAML.
+    #[error("document {number}: {source}")]
+    Yaml {
+        /// Which document, from 1.
+        number: usize,
+        /// What the YAML parser said.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// A document is not a valid object of its kind.
+    #[error("document {number} ({kind}): {source}")]
+    Object {
+        /// Which document, from 1.
+        number: usize,
+        /// Its kind.
+        kind: &'static str,
+        /// What does not fit.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A document of a kind standalone mode does not take.
+    #[error("document {number}: kind {kind:?} is not a ServingEndpoint, ModelVersion or Secret")]
+    Kind {
+        /// Which document, from 1.
+        number: usize,
+        /// Its kind (empty when it names none).
+        kind: String,
+    },
+    /// Nothing to serve.
+    #[error("the manifest holds no ServingEndpoint")]
+    NoEndpoint,
+    /// Endpoints the operator's resolver refuses, or that standalone mode cannot serve.
+    #[error("{}", problems.join("; "))]
+    Unresolved {
+        /// Each problem, naming its endpoint.
+        problems: Vec<String>,
+    },
+}
+
+/// Why standalone mode could not start its local entities, or keep routing to them.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// This process's own executable, which serves the entities, is not found.
+    #[error("cannot find the inference-server executable: {0}")]
+    Executable(#[source] std::io::Error),
+    /// An entity's model could not be fetched.
+    #[error("entity {endpoint}/{entity}: fetching {uri}: {source}")]
+    Fetch {
+        /// The endpoint.
+        endpoint: String,
+        /// The entity.
+        entity: String,
+        /// The artifact's URI.
+        uri: String,
+        /// Why (boxed: a fetch error is large, and every gateway error would carry its size).
+        #[source]
+        source: Box<FetchError>,
+    },
+    /// An entity's log file could not be made.
+    #[error("creating {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An entity's `serve` process could not be started.
+    #[error("starting serve for {endpoint}/{entity}: {source}")]
+    Spawn {
+        /// The endpoint.
+        endpoint: String,
+        /// The entity.
+        entity: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `serve` process exited before it listened.
+    #[error("serve exited ({status}) before listening; see {log}")]
+    ExitedEarly {
+        /// How it exited.
+        status: ExitStatus,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// A `serve` process did not announce its address in time.
+    #[error("serve did not listen within {within:?}; see {log}")]
+    NotListening {
+        /// How long it had.
+        within: Duration,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// A local entity's process exited while the gateway waited for it.
+    #[error("a local entity process exited ({status}); see its log in the work dir")]
+    Exited {
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// A local entity did not answer `GET /health` in time.
+    #[error("the entity at {address} was not healthy within {timeout:?}")]
+    Unhealthy {
+        /// Where it listens.
+        address: SocketAddr,
+        /// How long it had.
+        timeout: Duration,
+    },
+    /// The client of the health checks could not be built.
+    #[error("building an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// SIGHUP (reload the manifest) cannot be listened for.
+    #[error("installing the SIGHUP handler: {0}")]
+    Hangup(#[source] std::io::Error),
+}
+
 /// Reads every document of `path`; documents of other kinds are refused by name.
 pub fn read(path: &Path) -> Result<Manifest, GatewayError> {
-    let text = std::fs::read_to_string(path).map_err(|source| GatewayError::Manifest {
+    let bad = |problem: ManifestError| GatewayError::Manifest {
         path: path.to_path_buf(),
-        message: source.to_string(),
-    })?;
-    let bad = |message: String| GatewayError::Manifest {
-        path: path.to_path_buf(),
-        message,
+        problem,
     };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(ManifestError::Read(e)))?;
     let mut manifest = Manifest {
         base: path
             .parent()
@@ -70,41 +190,46 @@ pub fn read(path: &Path) -> Result<Manifest, GatewayError> {
         ..Manifest::default()
     };
     for (index, document) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let number = index + 1;
         let value = serde_json::Value::deserialize(document)
-            .map_err(|e| bad(format!("document {}: {e}", index + 1)))?;
+            .map_err(|source| bad(ManifestError::Yaml { number, source }))?;
         if value.is_null() {
             continue;
         }
+        let object = |kind, source| {
+            bad(ManifestError::Object {
+                number,
+                kind,
+                source,
+            })
+        };
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         match kind {
-            "ServingEndpoint" => manifest.endpoints.push(
-                serde_json::from_value(value)
-                    .map_err(|e| bad(format!("document {} (ServingEndpoint): {e}", index + 1)))?,
-            ),
-            "ModelVersion" => manifest.versions.push(
-                serde_json::from_value(value)
-                    .map_err(|e| bad(format!("document {} (ModelVersion): {e}", index + 1)))?,
-            ),
-            "Secret" => manifest.secrets.push(
-                serde_json::from_value(value)
-                    .map_err(|e| bad(format!("document {} (Secret): {e}", index + 1)))?,
-            ),
+            "ServingEndpoint" => manifest
+                .endpoints
+                .push(serde_json::from_value(value).map_err(|e| object("ServingEndpoint", e))?),
+            "ModelVersion" => manifest
+                .versions
+                .push(serde_json::from_value(value).map_err(|e| object("ModelVersion", e))?),
+            "Secret" => manifest
+                .secrets
+                .push(serde_json::from_value(value).map_err(|e| object("Secret", e))?),
             other => {
-                return Err(bad(format!(
-                    "document {}: kind {other:?} is not a ServingEndpoint, ModelVersion or Secret",
-                    index + 1
-                )));
+                return Err(bad(ManifestError::Kind {
+                    number,
+                    kind: other.to_string(),
+                }));
             }
         }
     }
     if manifest.endpoints.is_empty() {
-        return Err(bad("the manifest holds no ServingEndpoint".into()));
+        return Err(bad(ManifestError::NoEndpoint));
     }
     Ok(manifest)
 }
 
-/// Where each `(endpoint, entity)` answers.
-pub type Addresses = Vec<((String, String), SocketAddr)>;
+/// Where each entity answers.
+pub type Addresses = Vec<(EntityKey, SocketAddr)>;
 
 /// One endpoint of the manifest, resolved as the operator resolves it.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,6 +250,17 @@ pub struct ResolvedEndpoint {
     pub policies: super::routing::Policies,
 }
 
+impl ResolvedEndpoint {
+    /// The key of this endpoint's entity `entity`.
+    fn entity_key(&self, entity: &str) -> EntityKey {
+        EntityKey {
+            namespace: self.namespace.clone(),
+            endpoint: self.name.clone(),
+            entity: entity.to_string(),
+        }
+    }
+}
+
 /// Resolves every endpoint of `manifest` with the operator's resolver and `config`. Standalone
 /// mode runs no source check, so each ModelVersion counts as checked; it holds the aliases no
 /// other version of its model claims. An entity that `upstreams` serve needs no ModelVersion
@@ -133,7 +269,7 @@ pub fn resolve_manifest(
     manifest: &Manifest,
     config: &OperatorConfig,
     upstreams: &[Upstream],
-) -> Result<Vec<ResolvedEndpoint>, String> {
+) -> Result<Vec<ResolvedEndpoint>, ManifestError> {
     let mut versions = manifest.versions.clone();
     versions.extend(served_upstream(manifest, upstreams));
     let checked: Vec<ModelVersion> = versions.iter().map(|mv| checked(mv, &versions)).collect();
@@ -196,7 +332,7 @@ pub fn resolve_manifest(
     if problems.is_empty() {
         Ok(resolved)
     } else {
-        Err(problems.join("; "))
+        Err(ManifestError::Unresolved { problems })
     }
 }
 
@@ -299,11 +435,14 @@ pub fn specs(endpoints: &[ResolvedEndpoint], addresses: &Addresses) -> Vec<Endpo
                         name: entity.name.clone(),
                         scale_to_zero: entity.scale_to_zero,
                         hold: HoldPolicy::from(&published::autoscaling(entity)),
-                        backends: addresses
-                            .iter()
-                            .filter(|((e, n), _)| *e == endpoint.name && *n == entity.name)
-                            .map(|(_, address)| *address)
-                            .collect(),
+                        backends: {
+                            let key = endpoint.entity_key(&entity.name);
+                            addresses
+                                .iter()
+                                .filter(|(at, _)| *at == key)
+                                .map(|(_, address)| *address)
+                                .collect()
+                        },
                         warming: Vec::new(),
                         external: match &entity.source {
                             EntitySource::External(model) => {
@@ -342,10 +481,7 @@ fn upstream_addresses(endpoints: &[ResolvedEndpoint], upstreams: &[Upstream]) ->
     for endpoint in endpoints {
         for entity in &endpoint.entities {
             for upstream in upstreams_for(upstreams, &endpoint.name, &entity.name) {
-                addresses.push((
-                    (endpoint.name.clone(), entity.name.clone()),
-                    upstream.address,
-                ));
+                addresses.push((endpoint.entity_key(&entity.name), upstream.address));
             }
         }
     }
@@ -377,7 +513,7 @@ fn declared_args(
 #[derive(Debug, Default)]
 pub struct LocalEntities {
     children: Vec<tokio::process::Child>,
-    /// Where each started `(endpoint, entity)` answers.
+    /// Where each started entity answers.
     pub addresses: Addresses,
 }
 
@@ -389,9 +525,7 @@ pub async fn start(
     pvc_root: &Path,
 ) -> Result<LocalEntities, GatewayError> {
     let mut local = LocalEntities::default();
-    let exe = std::env::current_exe().map_err(|e| {
-        GatewayError::Start(format!("cannot find the inference-server executable: {e}"))
-    })?;
+    let exe = std::env::current_exe().map_err(StartError::Executable)?;
     for endpoint in endpoints {
         let name = &endpoint.name;
         for entity in &endpoint.entities {
@@ -428,19 +562,19 @@ pub async fn start(
                 &options,
             )
             .await
-            .map_err(|e| {
-                GatewayError::Start(format!(
-                    "entity {name}/{}: fetching {artifact_uri}: {e}",
-                    entity.name
-                ))
+            .map_err(|source| StartError::Fetch {
+                endpoint: name.clone(),
+                entity: entity.name.clone(),
+                uri: artifact_uri.clone(),
+                source: Box::new(source),
             })?;
             let log_path = work_dir.join(format!("{name}-{}.log", entity.name));
-            let log = std::fs::File::create(&log_path).map_err(|e| {
-                GatewayError::Start(format!("creating {}: {e}", log_path.display()))
-            })?;
-            let log_err = log.try_clone().map_err(|e| {
-                GatewayError::Start(format!("creating {}: {e}", log_path.display()))
-            })?;
+            let log_error = |source| StartError::Log {
+                path: log_path.clone(),
+                source,
+            };
+            let log = std::fs::File::create(&log_path).map_err(log_error)?;
+            let log_err = log.try_clone().map_err(log_error)?;
             let mut child = tokio::process::Command::new(&exe)
                 .arg("serve")
                 .arg("--model-dir")
@@ -454,15 +588,17 @@ pub async fn start(
                 .stderr(log_err)
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| {
-                    GatewayError::Start(format!("starting serve for {name}/{}: {e}", entity.name))
+                .map_err(|source| StartError::Spawn {
+                    endpoint: name.clone(),
+                    entity: entity.name.clone(),
+                    source,
                 })?;
             let address = announced_address(&log_path, &mut child).await?;
             tracing::info!(endpoint = %name, entity = %entity.name, %address, log = %log_path.display(), "started a local entity");
             local.children.push(child);
             local
                 .addresses
-                .push(((name.clone(), entity.name.clone()), address));
+                .push((endpoint.entity_key(&entity.name), address));
         }
     }
     Ok(local)
@@ -477,9 +613,7 @@ impl LocalEntities {
             loop {
                 for child in &mut self.children {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return Err(GatewayError::Start(format!(
-                            "a local entity process exited ({status}); see its log in the work dir"
-                        )));
+                        return Err(StartError::Exited { status }.into());
                     }
                 }
                 let ok = client
@@ -492,9 +626,8 @@ impl LocalEntities {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(GatewayError::Start(format!(
-                        "the entity at {address} was not healthy within {timeout:?}"
-                    )));
+                    let address = *address;
+                    return Err(StartError::Unhealthy { address, timeout }.into());
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -503,8 +636,8 @@ impl LocalEntities {
     }
 }
 
-/// The `(endpoint, entity)` keys of entities with `scaleToZeroEnabled`.
-fn scale_to_zero_entities(endpoints: &[ResolvedEndpoint]) -> BTreeSet<(String, String)> {
+/// The entities with `scaleToZeroEnabled`.
+fn scale_to_zero_entities(endpoints: &[ResolvedEndpoint]) -> BTreeSet<EntityKey> {
     endpoints
         .iter()
         .flat_map(|endpoint| {
@@ -512,7 +645,7 @@ fn scale_to_zero_entities(endpoints: &[ResolvedEndpoint]) -> BTreeSet<(String, S
                 .entities
                 .iter()
                 .filter(|e| e.scale_to_zero)
-                .map(|e| (endpoint.name.clone(), e.name.clone()))
+                .map(|e| endpoint.entity_key(&e.name))
         })
         .collect()
 }
@@ -533,19 +666,15 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let upstreams = args.upstreams.as_slice();
     let config = match &args.operator_config {
-        Some(file) => OperatorConfig::load(file).map_err(|e| GatewayError::Manifest {
-            path: file.clone(),
-            message: e.to_string(),
-        })?,
+        Some(file) => OperatorConfig::load(file).map_err(GatewayError::OperatorConfig)?,
         None => OperatorConfig::default(),
     };
+    let refused = |problem| GatewayError::Manifest {
+        path: path.to_path_buf(),
+        problem,
+    };
     let manifest = read(path)?;
-    let mut endpoints = resolve_manifest(&manifest, &config, upstreams).map_err(|message| {
-        GatewayError::Manifest {
-            path: path.to_path_buf(),
-            message,
-        }
-    })?;
+    let mut endpoints = resolve_manifest(&manifest, &config, upstreams).map_err(refused)?;
     keys.set_manifest(&manifest.secrets);
     let pvc_root = args
         .pvc_root
@@ -556,9 +685,9 @@ pub async fn run(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
-        .map_err(|e| GatewayError::Start(format!("building an HTTP client: {e}")))?;
+        .map_err(StartError::Client)?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| GatewayError::Start(format!("installing the SIGHUP handler: {e}")))?;
+        .map_err(StartError::Hangup)?;
     let mut modified = modified_time(path);
     let mut applied: Option<Vec<EndpointSpec>> = None;
     loop {
@@ -608,12 +737,7 @@ pub async fn run(
         };
         if reload {
             let next = read(path).and_then(|next| {
-                let resolved = resolve_manifest(&next, &config, upstreams).map_err(|message| {
-                    GatewayError::Manifest {
-                        path: path.to_path_buf(),
-                        message,
-                    }
-                })?;
+                let resolved = resolve_manifest(&next, &config, upstreams).map_err(refused)?;
                 Ok((next.secrets, resolved))
             });
             match next {
@@ -651,16 +775,12 @@ async fn announced_address(
             return Ok(address);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(GatewayError::Start(format!(
-                "serve exited ({status}) before listening; see {}",
-                log.display()
-            )));
+            let log = log.to_path_buf();
+            return Err(StartError::ExitedEarly { status, log }.into());
         }
         if Instant::now() > deadline {
-            return Err(GatewayError::Start(format!(
-                "serve did not listen within {ANNOUNCE_TIMEOUT:?}; see {}",
-                log.display()
-            )));
+            let (within, log) = (ANNOUNCE_TIMEOUT, log.to_path_buf());
+            return Err(StartError::NotListening { within, log }.into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -742,7 +862,11 @@ mod tests {
     fn the_spec_is_the_routed_config_in_standalone_mode() {
         let m = manifest(include_str!("../../../examples/ab-test.yaml"));
         let addresses = vec![(
-            ("fraud".to_string(), "version-a".to_string()),
+            EntityKey {
+                namespace: "default".into(),
+                endpoint: "fraud".into(),
+                entity: "version-a".into(),
+            },
             "127.0.0.1:9".parse().expect("addr"),
         )];
         let resolved = resolve_manifest(&m, &OperatorConfig::default(), &[]).expect("resolves");
@@ -757,6 +881,17 @@ mod tests {
             .map(|e| e.name.as_str())
             .collect();
         assert_eq!(with_backend.len(), 1, "{config:?}");
+        // An address is the entity's of one namespace only.
+        let elsewhere = vec![(
+            EntityKey {
+                namespace: "other".into(),
+                ..addresses[0].0.clone()
+            },
+            addresses[0].1,
+        )];
+        let specs = super::specs(&resolved, &elsewhere);
+        let config = specs[0].config.as_ref().expect("config");
+        assert!(config.entities.iter().all(|e| e.backends.is_empty()));
     }
 
     #[test]
@@ -777,6 +912,24 @@ mod tests {
         std::fs::write(&path, "").expect("write");
         let error = read(&path).expect_err("refused").to_string();
         assert!(error.contains("no ServingEndpoint"), "{error}");
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_be_read_keeps_its_cause() {
+        use std::error::Error as _;
+        let path = std::env::temp_dir().join(format!("sluice-absent-{}.yaml", fastrand::u64(..)));
+        let error = read(&path).expect_err("no such file");
+        let GatewayError::Manifest { problem, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(matches!(problem, ManifestError::Read(_)), "{problem:?}");
+        let cause = error
+            .source()
+            .and_then(|problem| problem.source())
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+            .expect("the io error is kept");
+        assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
+        assert!(error.to_string().contains(&cause.to_string()), "{error}");
     }
 
     #[test]
@@ -818,8 +971,12 @@ mod tests {
              spec: {servedEntities: [{name: c, model: m, alias: champion}]}\n",
         );
         let error = resolve_manifest(&m, &OperatorConfig::default(), &[]).expect_err("refused");
+        assert!(
+            matches!(&error, ManifestError::Unresolved { problems } if problems.len() == 1),
+            "{error:?}"
+        );
         assert_eq!(
-            error,
+            error.to_string(),
             "endpoint e: entity c: no ModelVersion of model m holds alias champion"
         );
     }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::string::FromUtf8Error;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -61,7 +62,7 @@ pub struct Minted {
 }
 
 /// Why a presented key is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum KeyProblem {
     /// No stored key has that id (never made, or revoked).
     #[error("API key {0} is unknown or was revoked")]
@@ -83,8 +84,61 @@ pub enum KeyProblem {
         /// The key id.
         id: String,
         /// What is wrong with it.
-        why: String,
+        #[source]
+        why: RecordError,
     },
+}
+
+/// Why a stored key record (a key's Secret) cannot be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The Secret holds no data at all.
+    #[error("the Secret has no data")]
+    NoData,
+    /// A value is not text.
+    #[error("{key} is not UTF-8")]
+    NotUtf8 {
+        /// The data key.
+        key: &'static str,
+        /// The decoding error.
+        #[source]
+        source: FromUtf8Error,
+    },
+    /// A value every record has is absent.
+    #[error("{key} is missing")]
+    Missing {
+        /// The data key.
+        key: &'static str,
+    },
+    /// `expires` is not a timestamp.
+    #[error("expires {value:?}: {source}")]
+    Expires {
+        /// What it holds.
+        value: String,
+        /// Why it is no timestamp.
+        #[source]
+        source: k8s_openapi::jiff::Error,
+    },
+    /// The stored hash is not hex.
+    #[error("hash is not hex")]
+    HashNotHex,
+    /// The Secret of one key holds the record of another.
+    #[error("its Secret holds key {found}")]
+    OtherKey {
+        /// The id the record holds.
+        found: String,
+    },
+}
+
+/// Why a keys file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading or writing the file failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// It is not a YAML list of key records (or the records could not be written as one).
+    #[error("{0}")]
+    Yaml(#[source] serde_norway::Error),
 }
 
 /// Why random bytes could not be had.
@@ -135,7 +189,7 @@ pub fn verify(record: &KeyRecord, secret: &str, now: Timestamp) -> Result<(), Ke
     let id = record.id.clone();
     let stored = unhex(&record.hash).ok_or_else(|| KeyProblem::Unreadable {
         id: id.clone(),
-        why: "hash is not hex".into(),
+        why: RecordError::HashNotHex,
     })?;
     let presented = digest(&record.salt, secret);
     if !bool::from(presented.as_slice().ct_eq(stored.as_slice())) {
@@ -192,15 +246,18 @@ pub fn to_secret(record: &KeyRecord, namespace: &str) -> Secret {
 }
 
 /// The record a key's Secret holds.
-pub fn from_secret(secret: &Secret) -> Result<KeyRecord, String> {
-    let data = secret.data.as_ref().ok_or("the Secret has no data")?;
-    let text = |key: &str| -> Result<Option<String>, String> {
+pub fn from_secret(secret: &Secret) -> Result<KeyRecord, RecordError> {
+    let data = secret.data.as_ref().ok_or(RecordError::NoData)?;
+    let text = |key: &'static str| -> Result<Option<String>, RecordError> {
         data.get(key)
-            .map(|v| String::from_utf8(v.0.clone()).map_err(|_| format!("{key} is not UTF-8")))
+            .map(|v| {
+                String::from_utf8(v.0.clone())
+                    .map_err(|source| RecordError::NotUtf8 { key, source })
+            })
             .transpose()
     };
-    let required = |key: &str| text(key)?.ok_or_else(|| format!("{key} is missing"));
-    let list = |key: &str| -> Result<Vec<String>, String> {
+    let required = |key: &'static str| text(key)?.ok_or(RecordError::Missing { key });
+    let list = |key: &'static str| -> Result<Vec<String>, RecordError> {
         Ok(text(key)?
             .map(|v| {
                 v.split(',')
@@ -214,7 +271,7 @@ pub fn from_secret(secret: &Secret) -> Result<KeyRecord, String> {
     let expires = text("expires")?
         .map(|v| {
             v.parse::<Timestamp>()
-                .map_err(|e| format!("expires {v:?}: {e}"))
+                .map_err(|source| RecordError::Expires { value: v, source })
         })
         .transpose()?;
     Ok(KeyRecord {
@@ -229,12 +286,12 @@ pub fn from_secret(secret: &Secret) -> Result<KeyRecord, String> {
 }
 
 /// The records of a keys file (a YAML list of [`KeyRecord`]); none when the file does not exist.
-pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, String> {
+pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, KeyFileError> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().is_empty() => Ok(Vec::new()),
-        Ok(text) => serde_norway::from_str(&text).map_err(|e| e.to_string()),
+        Ok(text) => serde_norway::from_str(&text).map_err(KeyFileError::Yaml),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(KeyFileError::Io(e)),
     }
 }
 
@@ -248,7 +305,7 @@ pub struct KeyFile {
 
 impl KeyFile {
     /// Reads `path` (which must be readable, or not exist yet).
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, KeyFileError> {
         let file = Self {
             path: path.to_path_buf(),
             loaded: Mutex::new((None, HashMap::new())),
@@ -274,12 +331,11 @@ impl KeyFile {
     fn reload(
         &self,
         loaded: &mut (Option<SystemTime>, HashMap<String, KeyRecord>),
-    ) -> Result<(), String> {
+    ) -> Result<(), KeyFileError> {
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
-        let records =
-            read_records(&self.path).map_err(|why| format!("{}: {why}", self.path.display()))?;
+        let records = read_records(&self.path)?;
         *loaded = (
             modified,
             records.into_iter().map(|r| (r.id.clone(), r)).collect(),
@@ -333,10 +389,10 @@ mod tests {
         assert!(!stored.contains(secret), "the secret is never stored");
         let mut wrong = secret.to_string();
         wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
-        assert_eq!(
+        assert!(matches!(
             verify(&record, &wrong, Timestamp::now()),
-            Err(KeyProblem::Mismatch(record.id.clone()))
-        );
+            Err(KeyProblem::Mismatch(id)) if id == record.id
+        ));
         // Two keys never share salt or id.
         let other = minted().record;
         assert_ne!((other.id, other.salt), (record.id, record.salt));
@@ -373,6 +429,27 @@ mod tests {
             data: Some(BTreeMap::new()),
             ..Secret::default()
         };
-        assert_eq!(from_secret(&bad), Err("id is missing".to_string()));
+        let missing = from_secret(&bad).expect_err("no id");
+        assert!(
+            matches!(missing, RecordError::Missing { key: "id" }),
+            "{missing:?}"
+        );
+        assert_eq!(missing.to_string(), "id is missing");
+        let mut record = minted().record;
+        record.expires = Some(Timestamp::UNIX_EPOCH);
+        let mut secret = to_secret(&record, "ns");
+        if let Some(data) = secret.data.as_mut() {
+            data.insert("expires".into(), ByteString(b"soon".to_vec()));
+        }
+        let error = from_secret(&secret).expect_err("not a timestamp");
+        assert!(
+            error.to_string().starts_with("expires \"soon\": "),
+            "{error}"
+        );
+        assert!(
+            std::error::Error::source(&error)
+                .is_some_and(|cause| cause.is::<k8s_openapi::jiff::Error>()),
+            "the parse error is kept: {error:?}"
+        );
     }
 }

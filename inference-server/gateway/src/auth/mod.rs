@@ -128,8 +128,11 @@ pub enum AuthError {
     #[error(transparent)]
     Key(#[from] KeyProblem),
     /// The API server did not accept the token.
-    #[error("the token was not accepted by the Kubernetes API: {0}")]
-    TokenRejected(String),
+    #[error("the token was not accepted by the Kubernetes API: {reason}")]
+    TokenRejected {
+        /// What the TokenReview said.
+        reason: String,
+    },
     /// A token that is not an API key, where no Kubernetes API checks tokens (standalone).
     #[error("only Sluice API keys are accepted here (no Kubernetes API to check other tokens)")]
     TokenUncheckable,
@@ -402,7 +405,7 @@ impl Auth {
             review::token(client, token)
                 .await
                 .map_err(AuthError::Review)?
-                .map_err(AuthError::TokenRejected)?,
+                .map_err(|reason| AuthError::TokenRejected { reason })?,
         );
         self.tokens.insert(hash, identity.clone());
         Ok(Caller {
@@ -532,7 +535,7 @@ impl Auth {
                 if record.id != id {
                     return Err(KeyProblem::Unreadable {
                         id: id.to_string(),
-                        why: format!("its Secret holds key {}", record.id),
+                        why: keys::RecordError::OtherKey { found: record.id },
                     });
                 }
                 Ok(record)

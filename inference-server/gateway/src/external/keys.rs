@@ -54,6 +54,13 @@ impl std::fmt::Debug for ApiKey {
 /// One Secret's keys, or why it could not be read.
 type Read = Result<BTreeMap<String, ApiKey>, String>;
 
+/// A Secret: its namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SecretName {
+    namespace: String,
+    name: String,
+}
+
 /// How long a read Secret is trusted; a failed read is retried sooner.
 const FRESH: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(5);
@@ -62,10 +69,10 @@ const RETRY: Duration = Duration::from_secs(5);
 pub struct Keys {
     /// The API server, in cluster mode.
     cluster: Option<kube::Client>,
-    /// The manifest's Secrets by (namespace, name), in standalone mode.
-    manifest: RwLock<HashMap<(String, String), BTreeMap<String, ApiKey>>>,
-    /// Secrets read from the API server, by (namespace, name), with when.
-    cache: Mutex<HashMap<(String, String), (Instant, Read)>>,
+    /// The manifest's Secrets, in standalone mode.
+    manifest: RwLock<HashMap<SecretName, BTreeMap<String, ApiKey>>>,
+    /// Secrets read from the API server, with when.
+    cache: Mutex<HashMap<SecretName, (Instant, Read)>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -106,7 +113,7 @@ impl Keys {
                     .namespace
                     .clone()
                     .unwrap_or_else(|| "default".into());
-                Some(((namespace, name), keys_of(secret)))
+                Some((SecretName { namespace, name }, keys_of(secret)))
             })
             .collect();
         *self.manifest.write().unwrap_or_else(|e| e.into_inner()) = read;
@@ -115,7 +122,10 @@ impl Keys {
     /// The key `reference` names in `namespace`, or a 502 that says which Secret or key is
     /// missing (never its value).
     pub async fn get(&self, namespace: &str, reference: &SecretKeyRef) -> Result<ApiKey, ApiError> {
-        let id = (namespace.to_string(), reference.name.clone());
+        let id = SecretName {
+            namespace: namespace.to_string(),
+            name: reference.name.clone(),
+        };
         let secret: Read = match &self.cluster {
             None => self
                 .manifest
@@ -147,10 +157,13 @@ impl Keys {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_string(), name.to_string()));
+            .remove(&SecretName {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            });
     }
 
-    async fn read_cluster(&self, client: &kube::Client, id: (String, String)) -> Read {
+    async fn read_cluster(&self, client: &kube::Client, id: SecretName) -> Read {
         if let Some((at, read)) = self
             .cache
             .lock()
@@ -162,8 +175,8 @@ impl Keys {
                 return read.clone();
             }
         }
-        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &id.0);
-        let read = match api.get_opt(&id.1).await {
+        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &id.namespace);
+        let read = match api.get_opt(&id.name).await {
             Ok(Some(secret)) => Ok(keys_of(&secret)),
             Ok(None) => Err("no such Secret".to_string()),
             Err(kube::Error::Api(status)) if status.code == 403 => Err(

@@ -44,10 +44,19 @@ pub struct External {
     pub key: Option<SecretKeyRef>,
 }
 
+/// Why this version of the gateway cannot call an external model: each setting it would not
+/// act on, named.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("; "))]
+pub struct Uncallable {
+    /// The problems, one a setting.
+    pub problems: Vec<String>,
+}
+
 impl External {
     /// The entity of `model` in `namespace`, or why this version cannot call it.
-    pub fn of(model: &ExternalModel, namespace: &str) -> Result<Self, String> {
-        let api = external::api(model).map_err(|problems| problems.join("; "))?;
+    pub fn of(model: &ExternalModel, namespace: &str) -> Result<Self, Uncallable> {
+        let api = external::api(model).map_err(|problems| Uncallable { problems })?;
         Ok(Self {
             api,
             model: model.name.clone(),
