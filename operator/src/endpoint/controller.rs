@@ -109,7 +109,10 @@ pub fn run(
         deployments: caches.deployments.store(),
         pods: caches.pods.store(),
     });
-    let controller = Controller::for_stream(caches.endpoints.subscribe(), endpoints.clone())
+    // The main trigger takes changes only, as `Controller::new`'s does: a deleted endpoint has
+    // nothing left to reconcile.
+    let changed = caches.endpoints.subscribe_applied().map(Ok);
+    let controller = Controller::for_stream(changed, endpoints.clone())
         .owns_stream(caches.deployments.subscribe())
         .owns(env.api::<Service>(), managed)
         // Entity pods: a pod that fails (image pull, crash loop, unschedulable) shows in the

@@ -32,7 +32,10 @@ pub fn evaluate(
         })
         .collect();
 
-    let ready = readiness(mv, &others, source);
+    // Read once: readiness and the status both show them.
+    let flavors = flavors(mv, source);
+    let location = resolved_uri(mv, source);
+    let ready = readiness(mv, &others, source, flavors.is_some(), location.as_deref());
     let (effective_aliases, conflicts) = alias_claims(mv, &others);
     let mut desired = vec![ready, source_condition(mv, source)];
     desired.push(if conflicts.is_empty() {
@@ -71,11 +74,10 @@ pub fn evaluate(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let flavors = flavors(mv, source);
     ModelVersionStatus {
         observed_generation: mv.metadata.generation,
         conditions: conditions::merge(previous, &desired, mv.metadata.generation, now),
-        resolved_uri: resolved_uri(mv, source),
+        resolved_uri: location,
         effective_aliases,
         engine: flavors.as_ref().and_then(|f| f.engine),
         flavors: flavors.map(|f| f.names).unwrap_or_default(),
@@ -162,7 +164,15 @@ fn source_condition(mv: &ModelVersion, source: &Verdict) -> Desired {
     }
 }
 
-fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> Desired {
+/// The Ready condition; `has_flavors` and `location` are what [`flavors`] and [`resolved_uri`]
+/// found.
+fn readiness(
+    mv: &ModelVersion,
+    others: &[&ModelVersion],
+    source: &Verdict,
+    has_flavors: bool,
+    location: Option<&str>,
+) -> Desired {
     let not_ready = |reason, message: String| Desired {
         type_: READY,
         status: Status::False,
@@ -220,7 +230,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
     let inspecting = mv.spec.format == ModelFormat::Mlflow
         && checkable(mv)
         && matches!(source, Verdict::Checking)
-        && flavors(mv, source).is_none();
+        && !has_flavors;
     if inspecting && !mlflow::is_reference(&mv.spec.source.uri) {
         // The runtime of an entity that names none follows the MLmodel's flavors.
         return Desired {
@@ -233,7 +243,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
             ),
         };
     }
-    let Some(location) = resolved_uri(mv, source) else {
+    let Some(location) = location else {
         // A reference is served only once resolved: pods fetch the location it named then,
         // not whatever it names when each pod starts.
         return Desired {
@@ -247,7 +257,7 @@ fn readiness(mv: &ModelVersion, others: &[&ModelVersion], source: &Verdict) -> D
         };
     };
     let shown = if location == mv.spec.source.uri {
-        location
+        location.to_string()
     } else {
         format!("{location} ({})", mv.spec.source.uri)
     };

@@ -78,7 +78,8 @@ pub fn run(env: Env, image: String, caches: &mut Caches) -> impl Future<Output =
         recorder: Recorder::new(env.client.clone(), env.reporter.clone()),
         tracked: Tracked::new(ControllerName::ModelVersion, env.metrics.clone()),
     });
-    Controller::for_stream(caches.models.subscribe(), store)
+    // Changes only on the main trigger; a deletion reaches the siblings through the watch below.
+    Controller::for_stream(caches.models.subscribe_applied().map(Ok), store)
         // A source check finishing changes its version's status.
         .owns_stream(caches.jobs.subscribe())
         // A change to one version can change its siblings' alias conflicts and duplicates.
