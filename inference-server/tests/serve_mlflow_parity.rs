@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, temp_dir};
-use serde_json::{Map, Value, json};
+use common::{Closeness, Server, assert_json_close, temp_dir};
+use serde_json::{Value, json};
 use sluice_tests::wait::eventually;
 
 /// A model's name, its column names and two rows.
@@ -94,35 +94,12 @@ async fn wait_ping(base: &str, log: &Path) {
     eventually("mlflow models serve to start", limit, logs, answers).await;
 }
 
-/// Ours against MLflow's: same keys, same shapes, integers equal, floats within 1e-5.
-fn same(ours: &Value, theirs: &Value, at: &str) {
-    match (ours, theirs) {
-        (Value::Number(a), Value::Number(b)) if b.is_i64() || b.is_u64() => {
-            assert_eq!(a, b, "{at}: an integer, as MLflow answers it");
-        }
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!(
-                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                "{at}: {a} against MLflow's {b}"
-            );
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{at}: {ours} against {theirs}");
-            for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                same(a, b, &format!("{at}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            let keys = |m: &Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
-            assert_eq!(keys(a), keys(b), "{at}: {ours} against {theirs}");
-            for (key, value) in a {
-                same(value, &b[key], &format!("{at}.{key}"));
-            }
-        }
-        _ => assert_eq!(ours, theirs, "{at}"),
-    }
-}
+/// MLflow's answer, to the letter but for float rounding.
+const AS_MLFLOW: Closeness = Closeness {
+    peer: "MLflow",
+    relative: 1e-5,
+    exact_integers: true,
+};
 
 /// A JSON object with its keys in the given order (`json!` would sort them, and a model
 /// without a signature takes its features in the order the body names them).
@@ -310,7 +287,7 @@ async fn onnx_models_saved_by_mlflow_answer_as_mlflow_models_serve_answers() {
                     our_status, 200,
                     "{at}: MLflow answered {theirs}, ours {answer}"
                 );
-                same(&answer, &theirs, &at);
+                assert_json_close(&answer, &theirs, &at, AS_MLFLOW);
                 answered += 1;
             } else if LENIENT.contains(&(name, form)) {
                 assert_eq!(our_status, 200, "{at}: ours reads this form: {answer}");

@@ -14,35 +14,21 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, model_dir, temp_dir};
+use common::{Closeness, Server, assert_json_close, model_dir, temp_dir};
 use serde_json::{Value, json};
 
 const MANIFEST: &str = "format: onnx\ntask: predict\nfiles: {model: model.onnx}\n";
 
+/// onnxruntime's answer: labels exactly, scores within 1e-4.
+const AS_ONNXRUNTIME: Closeness = Closeness {
+    peer: "onnxruntime",
+    relative: 1e-4,
+    exact_integers: false,
+};
+
+/// Asserts `ours` is onnxruntime's answer `theirs`.
 fn close(ours: &Value, theirs: &Value, at: &str) {
-    match (ours, theirs) {
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "{at}: {a} against onnxruntime's {b}"
-            );
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{at}: {ours} against {theirs}");
-            for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                close(a, b, &format!("{at}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
-            assert_eq!(keys(a), keys(b), "{at}: {ours} against {theirs}");
-            for (key, value) in a {
-                close(value, &b[key], &format!("{at}.{key}"));
-            }
-        }
-        _ => assert_eq!(ours, theirs, "{at}"),
-    }
+    assert_json_close(ours, theirs, at, AS_ONNXRUNTIME);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,10 +164,58 @@ async fn an_sklearn_model_runs_on_the_mlflow_runtime_with_its_rows_captured() {
     );
 }
 
-/// Removes the named container when dropped (also when the test fails).
-struct Container(String);
+/// The MLflow runtime image serving the model folder `model` as `mlflow models serve` on
+/// 127.0.0.1:`port`, run as restricted as a pod runs it (read-only root, no capabilities, a
+/// tmpfs for /tmp), with `network` (`none`, or `host` to be reached); removed when dropped
+/// (also when the test fails).
+struct RuntimeContainer(String);
 
-impl Drop for Container {
+impl RuntimeContainer {
+    fn start(runtime: &str, model: &Path, network: &str, port: u16) -> Self {
+        images::pull(runtime).unwrap_or_else(|e| panic!("pulling {runtime}: {e}"));
+        let name = format!(
+            "sluice-mlflow-{}-{}",
+            model
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model"),
+            std::process::id()
+        );
+        let container = Self(name.clone());
+        run_ok(
+            podman()
+                .args(["run", "-d", "--name", &name, "--network", network])
+                .args(["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"])
+                .args(["--ulimit", "nofile=16384:16384"])
+                .args(["--ulimit", "nproc=16384:16384"])
+                .arg("-v")
+                .arg(format!("{}:/models:ro", model.display()))
+                .arg(runtime)
+                .args(["models", "serve", "-m", "/models", "-h", "127.0.0.1"])
+                .args(["-p", &port.to_string(), "--env-manager", "local"]),
+        );
+        container
+    }
+
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// What the container printed so far (standard output, then standard error).
+    fn logs(&self) -> String {
+        let out = podman()
+            .args(["logs", &self.0])
+            .output()
+            .expect("podman logs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for RuntimeContainer {
     fn drop(&mut self) {
         let _ = podman().args(["rm", "-f", "-t", "2", &self.0]).output();
     }
@@ -177,66 +225,21 @@ impl Drop for Container {
 /// server: uvicorn shuts down as asked, instead of everything being killed when the grace
 /// period ends (exit status 137), as it was with the CLI as PID 1.
 fn stops_on_sigterm(runtime: &str, model: &Path) {
-    images::pull(runtime).unwrap_or_else(|e| panic!("pulling {runtime}: {e}"));
-    let name = format!("sluice-mlflow-stop-{}", std::process::id());
-    let _container = Container(name.clone());
-    run_ok(
-        podman()
-            .args([
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                "none",
-                "--read-only",
-            ])
-            .args(["--tmpfs", "/tmp", "--cap-drop", "ALL"])
-            .args([
-                "--ulimit",
-                "nofile=16384:16384",
-                "--ulimit",
-                "nproc=16384:16384",
-            ])
-            .arg("-v")
-            .arg(format!("{}:/models:ro", model.display()))
-            .arg(runtime)
-            .args([
-                "models",
-                "serve",
-                "-m",
-                "/models",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "8000",
-            ])
-            .args(["--env-manager", "local"]),
-    );
-    let logs = || {
-        let out = podman()
-            .args(["logs", &name])
-            .output()
-            .expect("podman logs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let container = RuntimeContainer::start(runtime, model, "none", 8000);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !logs().contains("Application startup complete") {
+    while !container.logs().contains("Application startup complete") {
         assert!(
             std::time::Instant::now() < deadline,
             "the scoring server did not start: {}",
-            logs()
+            container.logs()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
     // A stop that waits far longer than a clean shutdown takes: a kill would show as 137.
-    run_ok(podman().args(["stop", "-t", "60", &name]));
-    let code = run_ok(podman().args(["inspect", "--format", "{{.State.ExitCode}}", &name]));
-    let logs = logs();
+    let name = container.name();
+    run_ok(podman().args(["stop", "-t", "60", name]));
+    let code = run_ok(podman().args(["inspect", "--format", "{{.State.ExitCode}}", name]));
+    let logs = container.logs();
     assert_ne!(code.trim(), "137", "killed, not stopped: {logs}");
     assert!(
         logs.contains("Application shutdown complete"),
@@ -253,43 +256,11 @@ async fn a_langchain_chain_runs_on_the_mlflow_runtime_image() {
     let folder = dir.join("chain");
     sluice_tests::mlflow::save_langchain_chain(&folder, "Sluice serves it.");
     let runtime = images::mlflow_runtime().reference();
-    images::pull(&runtime).unwrap_or_else(|e| panic!("pulling {runtime}: {e}"));
     let port = sluice_tests::process::unused_port("127.0.0.1");
-    let name = format!("sluice-mlflow-langchain-{}", std::process::id());
-    let _container = Container(name.clone());
-    run_ok(
-        podman()
-            .args([
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--network",
-                "host",
-                "--read-only",
-            ])
-            .args(["--tmpfs", "/tmp", "--cap-drop", "ALL"])
-            .args([
-                "--ulimit",
-                "nofile=16384:16384",
-                "--ulimit",
-                "nproc=16384:16384",
-            ])
-            .arg("-v")
-            .arg(format!("{}:/models:ro", folder.display()))
-            .arg(&runtime)
-            .args(["models", "serve", "-m", "/models", "-h", "127.0.0.1"])
-            .args(["-p", &port.to_string(), "--env-manager", "local"]),
-    );
+    let container = RuntimeContainer::start(&runtime, &folder, "host", port);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let logs = || {
-        let out = podman()
-            .args(["logs", &name])
-            .output()
-            .expect("podman logs");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let logs = || container.logs();
     sluice_tests::wait::eventually(
         "the chain's scoring server to answer /ping",
         Duration::from_secs(120),

@@ -232,3 +232,55 @@ pub fn assert_error(
         "message {message:?} lacks {needle:?}"
     );
 }
+
+/// How [`assert_json_close`] compares numbers with a peer's answer (onnxruntime, MLflow).
+#[derive(Clone, Copy, Debug)]
+pub struct Closeness {
+    /// Whose answer is compared against, for the failure message.
+    pub peer: &'static str,
+    /// Largest difference allowed, relative to the peer's value (absolute below 1).
+    pub relative: f64,
+    /// Whether an integer in the peer's answer must be the same integer in ours (MLflow answers
+    /// integer columns as integers; a float there is a different answer).
+    pub exact_integers: bool,
+}
+
+/// Asserts that `ours` has the shape of `theirs` (the same keys in the same order, the same
+/// lengths, equal strings and booleans) and numbers within `closeness`; `at` names the place.
+pub fn assert_json_close(
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+    at: &str,
+    closeness: Closeness,
+) {
+    use serde_json::Value;
+    match (ours, theirs) {
+        (Value::Number(a), Value::Number(b))
+            if closeness.exact_integers && (b.is_i64() || b.is_u64()) =>
+        {
+            assert_eq!(a, b, "{at}: an integer, as {} answers it", closeness.peer);
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= closeness.relative * b.abs().max(1.0),
+                "{at}: {a} against {}'s {b}",
+                closeness.peer
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{at}: {ours} against {theirs}");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert_json_close(a, b, &format!("{at}[{i}]"), closeness);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(b), "{at}: {ours} against {theirs}");
+            for (key, value) in a {
+                assert_json_close(value, &b[key], &format!("{at}.{key}"), closeness);
+            }
+        }
+        _ => assert_eq!(ours, theirs, "{at}"),
+    }
+}
