@@ -9,7 +9,7 @@ use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod};
 use kube::runtime::watcher;
 use sluice_contract::labels::MANAGED_SELECTOR;
 use sluice_crds::{ModelVersion, ServingEndpoint};
-use sluice_watch::{SharedWatch, Synced};
+use sluice_watch::SharedWatch;
 
 use crate::runtime::Env;
 
@@ -38,12 +38,6 @@ impl Caches {
             pods: SharedWatch::new(env.api(), managed()),
             jobs: SharedWatch::new(env.api(), managed()),
         }
-    }
-
-    /// Resolves once the custom resources' stores have had their first full list: what
-    /// readiness waits for.
-    pub fn resources_synced(&self) -> (Synced, Synced) {
-        (self.endpoints.synced(), self.models.synced())
     }
 
     /// Drives every watch. It never ends by itself: run it beside the controllers and drop it

@@ -218,7 +218,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut synced = Vec::new();
         let both = futures::future::join_all(env.per_namespace().into_iter().map(|env| {
             let mut caches = Caches::new(&env);
-            synced.push(caches.resources_synced());
+            synced.push((caches.endpoints.synced(), caches.models.synced()));
             let versions = model_version::run(
                 env.clone(),
                 config.images.inference_server.clone(),

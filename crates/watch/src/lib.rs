@@ -108,41 +108,18 @@ where
 #[error("a watch store stopped before its first full list")]
 pub struct StoreStopped;
 
-/// Resolves once each of a set of reflector stores has had its first full list; cheap to clone,
-/// and any number of tasks may wait on it at once.
+/// Resolves once each of a set of watches has had its first full list; cheap to clone, and any
+/// number of tasks may wait on it at once.
 ///
 /// kube's `Store::wait_until_ready` keeps only the waker of its latest poller (a one-shot
 /// channel): two reconciles waiting on it together leave one asleep for good, holding its
-/// object's reconcile slot, so that object is never reconciled again. Here one shared future
-/// polls each store's readiness, and wakes every waiter.
+/// object's reconcile slot, so that object is never reconciled again. Here each
+/// [`SharedWatch`] signals its own first full list through one shared future, which wakes every
+/// waiter.
 #[derive(Clone)]
 pub struct Synced(Shared<BoxFuture<'static, Result<(), StoreStopped>>>);
 
 impl Synced {
-    /// Ready once `store` has synced.
-    pub fn of<K>(store: &Store<K>) -> Self
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    {
-        Self(Self::ready(store.clone()).boxed().shared())
-    }
-
-    /// Ready once these stores and `store` have synced.
-    pub fn and<K>(self, store: &Store<K>) -> Self
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    {
-        let store = store.clone();
-        Self(
-            async move {
-                self.0.await?;
-                Self::ready(store).await
-            }
-            .boxed()
-            .shared(),
-        )
-    }
-
     /// Ready when `ready` resolves (a signal of its own, not a store's readiness).
     pub fn from_future(
         ready: impl Future<Output = Result<(), StoreStopped>> + Send + 'static,
@@ -163,16 +140,9 @@ impl Synced {
         )
     }
 
-    /// Waits until every store has synced.
+    /// Waits until every watch has synced.
     pub async fn wait(&self) -> Result<(), StoreStopped> {
         self.0.clone().await
-    }
-
-    async fn ready<K>(store: Store<K>) -> Result<(), StoreStopped>
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    {
-        store.wait_until_ready().await.map_err(|_| StoreStopped)
     }
 }
 
@@ -181,26 +151,32 @@ mod tests {
     use std::cell::Cell;
     use std::rc::Rc;
 
+    use futures::StreamExt;
+    use futures::channel::mpsc;
     use futures::executor::LocalPool;
     use futures::task::LocalSpawnExt;
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-    use kube::runtime::reflector;
     use kube::runtime::utils::Backoff;
     use kube::runtime::watcher::Event;
 
-    use super::{Synced, WatchBackoff};
+    use super::{SharedWatch, WatchBackoff};
 
     #[test]
-    fn every_waiter_wakes_when_the_stores_sync() {
-        let (maps, mut maps_writer) = reflector::store::<ConfigMap>();
-        let (pods, mut pods_writer) = reflector::store::<Pod>();
-        let synced = Synced::of(&maps).and(&pods);
+    fn every_waiter_wakes_when_the_watches_sync() {
+        let (maps_events, maps_script) = mpsc::unbounded::<Event<ConfigMap>>();
+        let (pods_events, pods_script) = mpsc::unbounded::<Event<Pod>>();
+        let maps = SharedWatch::of_events(maps_script.map(Ok));
+        let pods = SharedWatch::of_events(pods_script.map(Ok));
+        let synced = maps.synced().with(&pods.synced());
         // Two tasks wait at once; a task is polled again only when its waker is woken.
         let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        spawner.spawn_local(maps.run("maps")).expect("spawn");
+        spawner.spawn_local(pods.run("pods")).expect("spawn");
         let done = Rc::new(Cell::new(0));
         for _ in 0..2 {
             let (synced, done) = (synced.clone(), done.clone());
-            pool.spawner()
+            spawner
                 .spawn_local(async move {
                     synced.wait().await.expect("synced");
                     done.set(done.get() + 1);
@@ -209,12 +185,12 @@ mod tests {
         }
         pool.run_until_stalled();
         for event in [Event::Init, Event::InitDone] {
-            maps_writer.apply_watcher_event(&event);
+            maps_events.unbounded_send(event).expect("send");
         }
         pool.run_until_stalled();
         assert_eq!(done.get(), 0, "the pods have not synced yet");
         for event in [Event::Init, Event::InitDone] {
-            pods_writer.apply_watcher_event(&event);
+            pods_events.unbounded_send(event).expect("send");
         }
         pool.run_until_stalled();
         assert_eq!(done.get(), 2, "each waiter woke");
