@@ -9,6 +9,8 @@
 //! - `capture`: the sidecar that records requests and responses in the inference table
 //!   ([`sluice_capture`], with the table it writes).
 //! - `api-key`: mint, list and revoke API keys ([`sluice_gateway::api_key`]).
+//! - `monitor`: one refresh of the profile and drift tables over an inference table
+//!   ([`sluice_monitor`]).
 //! - `check`: what the chart's `helm test` pod runs against a release ([`sluice_gateway::check`]).
 //!
 //! The roles share their wire formats and flag parsers through `sluice-protocol`.
@@ -50,6 +52,9 @@ enum Command {
     /// Print the ServingEndpoints of an MLflow AI Gateway config (its endpoints, traffic routes
     /// and limits; keys as references to one Secret).
     ImportMlflowGateway(sluice_gateway::ImportArgs),
+    /// Refresh an inference table's monitoring: profile and drift tables of the windows with
+    /// new rows.
+    Monitor(Box<sluice_monitor::MonitorArgs>),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,9 @@ fn main() -> ExitCode {
         Command::ImportMlflowGateway(args) => {
             sluice_gateway::import_mlflow(&args).map_err(Into::into)
         }
+        Command::Monitor(args) => runtime
+            .block_on(sluice_monitor::run(*args))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

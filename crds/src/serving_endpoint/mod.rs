@@ -4,6 +4,7 @@ mod ai_gateway;
 mod capture;
 mod cel;
 mod entity;
+mod monitoring;
 mod status;
 mod traffic;
 
@@ -16,6 +17,7 @@ use cel::cel_route_target;
 pub use ai_gateway::*;
 pub use capture::*;
 pub use entity::*;
+pub use monitoring::*;
 pub use status::*;
 pub use traffic::*;
 

@@ -1,0 +1,141 @@
+//! `inference-server monitor`: one refresh of an endpoint's monitoring. It reads the inference
+//! table (Parquet or Delta, local or object store) with DataFusion, unpacks each recorded
+//! request into its instances once, and writes the windows that have new rows into
+//! `<table>_profile_metrics` and `<table>_drift_metrics`, in the column names of the upstream
+//! monitoring product.
+//!
+//! Modules: [`fields`] (where values are in a request), [`window`] (time windows), [`source`]
+//! (the table's live files), [`stage`] (unpacking), [`sql`], [`profile`], [`drift`], [`stats`]
+//! (p-values and distances), [`output`] (the tables' files), [`refresh`] (the whole step).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sluice_crds::MonitoringConfig;
+
+pub mod drift;
+pub mod fields;
+pub mod output;
+pub mod profile;
+pub mod refresh;
+pub mod source;
+pub mod sql;
+pub mod stage;
+pub mod stats;
+pub mod window;
+
+pub use refresh::{Summary, refresh};
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The configuration cannot be used.
+    #[error("monitor configuration: {0}")]
+    Config(String),
+    /// A monitored field is wrong.
+    #[error("monitor configuration: {0}")]
+    Field(#[from] fields::FieldError),
+    /// The table's location cannot be opened.
+    #[error(transparent)]
+    Store {
+        /// The store's error.
+        source: Box<sluice_store::StoreError>,
+    },
+    /// Listing, reading or writing objects failed.
+    #[error("table {uri:?}: {source}")]
+    List {
+        /// The location.
+        uri: String,
+        /// The store's error.
+        source: Box<object_store::Error>,
+    },
+    /// The Delta log cannot be read.
+    #[error("Delta table {uri:?}: {source}")]
+    Delta {
+        /// The location.
+        uri: String,
+        /// The Delta error.
+        source: Box<deltalake_core::DeltaTableError>,
+    },
+    /// A query failed (including a custom metric or slicing expression that does not plan).
+    #[error("query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// One of the monitor's statements failed (a custom metric or slicing expression that
+    /// does not plan shows here).
+    #[error("query failed: {source}; the statement: {statement}")]
+    Statement {
+        /// The SQL.
+        statement: String,
+        /// DataFusion's error.
+        source: datafusion::error::DataFusionError,
+    },
+    /// Arrow could not build or convert a batch.
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Parquet encoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// The table does not have the inference table's columns.
+    #[error("table schema: {0}")]
+    Schema(String),
+    /// A local work file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// `inference-server monitor`.
+#[derive(Debug, Clone, Args)]
+pub struct MonitorArgs {
+    /// The inference table: a folder, `file://`, `s3://`, `gs://` or `az://` URI (Parquet, or
+    /// Delta when it has a `_delta_log`).
+    #[arg(long)]
+    pub table: String,
+    /// Object-store options of the table, its baseline and the output tables
+    /// (`aws_endpoint=http://…`, `aws_allow_http=true`, …); credentials come from the usual
+    /// `AWS_*`, `GOOGLE_*`, `AZURE_*` variables.
+    #[arg(long = "table-option", value_parser = parse_option)]
+    pub table_options: Vec<(String, String)>,
+    /// What to compute: the `monitoring` section of a ServingEndpoint, as JSON.
+    #[arg(long, env = "SLUICE_MONITOR_CONFIG")]
+    pub config: String,
+    /// Where the output tables go: `<prefix>_profile_metrics` and `<prefix>_drift_metrics`.
+    /// Defaults to the table's own location (beside it).
+    #[arg(long)]
+    pub output_prefix: Option<String>,
+    /// Local folder for staged rows and spilled sorts.
+    #[arg(long, default_value = "/tmp")]
+    pub work_dir: PathBuf,
+    /// Memory the queries may hold before they spill to `--work-dir`, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_limit_mib: usize,
+    /// Recompute every window, not only those with new rows.
+    #[arg(long)]
+    pub full: bool,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+impl MonitorArgs {
+    /// The parsed configuration.
+    pub fn monitoring(&self) -> Result<MonitoringConfig, MonitorError> {
+        serde_json::from_str(&self.config).map_err(|error| {
+            MonitorError::Config(format!("--config is not a monitoring section: {error}"))
+        })
+    }
+}
+
+/// Runs one refresh and prints its summary (JSON) on standard output.
+pub async fn run(args: MonitorArgs) -> Result<(), MonitorError> {
+    let summary = refresh(&args).await?;
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,630 @@
+//! One refresh: find the table's new files, stage the rows of the windows they touch (and
+//! their neighbours, which consecutive drift compares with), compute the profile and drift of
+//! those windows, write one file per window, then remember which files were read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sluice_crds::{FieldKind, Granularity};
+use sluice_store::TableStore;
+
+use crate::drift::{self, Reference};
+use crate::fields::{self, Field, Role};
+use crate::output::{self, DriftRecord};
+use crate::profile::{self, ProfileRow, Quality};
+use crate::source::{FileVersion, Table};
+use crate::sql::{Column, Integers, Scope, Texts, ident};
+use crate::stage::{self, REQUEST_COLUMNS};
+use crate::{MonitorArgs, MonitorError, window};
+
+/// Most values a slicing expression keeps.
+pub const SLICE_VALUES: usize = 100;
+const STATE: &str = "_sluice_monitor_state.json";
+
+/// What a refresh did (printed as JSON; the operator reports it in `status.monitoring`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// When it ran (RFC 3339).
+    pub refreshed_at: String,
+    /// Files of the table read for the first time (or changed).
+    pub new_files: usize,
+    /// Rows (requests) read.
+    pub rows_read: u64,
+    /// Instances profiled.
+    pub instances: u64,
+    /// Profile windows written, all granularities together.
+    pub windows_written: usize,
+    /// Drift windows written.
+    pub drift_windows_written: usize,
+    /// Where the tables are.
+    pub profile_table: String,
+    /// Where the tables are.
+    pub drift_table: String,
+}
+
+/// What the previous refresh read.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    config: String,
+    files: BTreeMap<String, FileVersion>,
+}
+
+struct Output {
+    store: TableStore,
+    uri: String,
+}
+
+impl Output {
+    fn open(uri: String, options: &[(String, String)]) -> Result<Self, MonitorError> {
+        let store = TableStore::open(&uri, options).map_err(|source| MonitorError::Store {
+            source: Box::new(source),
+        })?;
+        Ok(Self { store, uri })
+    }
+
+    fn location(&self, relative: &str) -> Path {
+        let (_, prefix) = self.store.parts();
+        prefix.parts().chain(Path::from(relative).parts()).collect()
+    }
+
+    async fn get(&self, relative: &str) -> Result<Option<bytes::Bytes>, MonitorError> {
+        let (store, _) = self.store.parts();
+        match store.get(&self.location(relative)).await {
+            Ok(found) => Ok(Some(
+                found.bytes().await.map_err(|source| self.error(source))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.error(source)),
+        }
+    }
+
+    async fn put(&self, relative: &str, bytes: bytes::Bytes) -> Result<(), MonitorError> {
+        let (store, _) = self.store.parts();
+        store
+            .put(&self.location(relative), PutPayload::from_bytes(bytes))
+            .await
+            .map(drop)
+            .map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: object_store::Error) -> MonitorError {
+        MonitorError::List {
+            uri: self.uri.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn context(args: &MonitorArgs) -> Result<SessionContext, MonitorError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(
+            args.memory_limit_mib * 1024 * 1024,
+        )))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![args.work_dir.clone()])),
+        )
+        .build_arc()?;
+    let mut config = SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// The columns profiled: the monitored fields, then the operational ones of each request.
+fn columns(fields: &[Field]) -> Vec<Column> {
+    let mut columns: Vec<Column> = fields
+        .iter()
+        .map(|field| Column {
+            name: field.name.clone(),
+            kind: field.kind,
+            per_request: false,
+            expression: ident(&field.name),
+        })
+        .collect();
+    for (name, kind, expression) in [
+        (
+            "status_code",
+            FieldKind::Categorical,
+            "CAST(status_code AS VARCHAR)",
+        ),
+        (
+            "execution_time_ms",
+            FieldKind::Numeric,
+            "CAST(execution_time_ms AS DOUBLE)",
+        ),
+        (
+            "input_token_count",
+            FieldKind::Numeric,
+            "CAST(input_token_count AS DOUBLE)",
+        ),
+        (
+            "output_token_count",
+            FieldKind::Numeric,
+            "CAST(output_token_count AS DOUBLE)",
+        ),
+    ] {
+        if !columns.iter().any(|column| column.name == name) {
+            columns.push(Column {
+                name: name.into(),
+                kind,
+                per_request: true,
+                expression: expression.into(),
+            });
+        }
+    }
+    columns
+}
+
+fn stage_query(relation: &str, available: &BTreeSet<String>, range: Option<(i64, i64)>) -> String {
+    let mut select = vec![
+        "timestamp_ms".to_string(),
+        "request".into(),
+        "response".into(),
+    ];
+    select.extend(
+        REQUEST_COLUMNS
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .filter(|name| available.contains(name)),
+    );
+    let filter = range.map_or_else(
+        || "timestamp_ms IS NOT NULL".to_string(),
+        |(from, to)| format!("timestamp_ms >= {from} AND timestamp_ms < {to}"),
+    );
+    format!(
+        "SELECT {} FROM {relation} WHERE {filter}",
+        select.join(", ")
+    )
+}
+
+async fn columns_of(
+    ctx: &SessionContext,
+    relation: &str,
+) -> Result<BTreeSet<String>, MonitorError> {
+    let table = ctx.table(relation).await?;
+    let names: BTreeSet<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| field.name().clone())
+        .collect();
+    for required in ["timestamp_ms", "request", "response"] {
+        if !names.contains(required) {
+            return Err(MonitorError::Schema(format!(
+                "{relation} has no `{required}` column: not an inference table"
+            )));
+        }
+    }
+    Ok(names)
+}
+
+fn parse_time(what: &str, text: &str) -> Result<i64, MonitorError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.timestamp_millis())
+        .map_err(|error| {
+            MonitorError::Config(format!(
+                "baseline.{what}: {text:?} is not an RFC 3339 time: {error}"
+            ))
+        })
+}
+
+/// The 100 most frequent values of a slicing expression in the staged rows.
+async fn slice_values(ctx: &SessionContext, expression: &str) -> Result<Vec<String>, MonitorError> {
+    let query = format!(
+        "SELECT v FROM (SELECT CAST(({expression}) AS VARCHAR) AS v, count(*) AS n FROM staged GROUP BY 1) WHERE v IS NOT NULL ORDER BY n DESC, v LIMIT {SLICE_VALUES}"
+    );
+    let mut out = Vec::new();
+    for batch in crate::sql::collect(ctx, &query).await? {
+        let values = Texts::of(&batch, "v")?;
+        out.extend((0..batch.num_rows()).filter_map(|row| values.get(row)));
+    }
+    Ok(out)
+}
+
+/// Runs one refresh.
+pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
+    let config = args.monitoring()?;
+    let fields = fields::fields(&config)?;
+    let granularities: Vec<Granularity> = if config.granularities.is_empty() {
+        vec![Granularity::Day]
+    } else {
+        config
+            .granularities
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let prefix = args
+        .output_prefix
+        .clone()
+        .unwrap_or_else(|| args.table.trim_end_matches('/').to_string());
+    let profile_out = Output::open(format!("{prefix}_profile_metrics"), &args.table_options)?;
+    let drift_out = Output::open(format!("{prefix}_drift_metrics"), &args.table_options)?;
+    let refreshed = chrono::Utc::now();
+    let mut summary = Summary {
+        refreshed_at: refreshed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        profile_table: profile_out.uri.clone(),
+        drift_table: drift_out.uri.clone(),
+        ..Default::default()
+    };
+    let config_text = serde_json::to_string(&config).unwrap_or_default();
+    let previous: State = match profile_out.get(STATE).await? {
+        Some(bytes) if !args.full => serde_json::from_slice(&bytes).unwrap_or_default(),
+        _ => State::default(),
+    };
+    let table = Table::list(&args.table, &args.table_options).await?;
+    let everything = previous.config != config_text;
+    let new: BTreeSet<String> = table
+        .files
+        .iter()
+        .filter(|(file, version)| everything || previous.files.get(*file) != Some(version))
+        .map(|(file, _)| file.clone())
+        .collect();
+    summary.new_files = new.len();
+    if new.is_empty() {
+        return Ok(summary);
+    }
+    std::fs::create_dir_all(&args.work_dir).map_err(|source| MonitorError::Io {
+        path: args.work_dir.clone(),
+        source,
+    })?;
+    let ctx = context(args)?;
+    table.register(&ctx, "payload_new", Some(&new)).await?;
+    table.register(&ctx, "payload", None).await?;
+    let available = columns_of(&ctx, "payload").await?;
+    // The time range of the new rows, per granularity widened to whole windows.
+    let bounds = crate::sql::collect(
+        &ctx,
+        "SELECT min(timestamp_ms) AS lo, max(timestamp_ms) AS hi FROM payload_new",
+    )
+    .await?;
+    let (lo, hi) = match bounds.first() {
+        Some(batch) => (
+            Integers::of(batch, "lo")?.get(0),
+            Integers::of(batch, "hi")?.get(0),
+        ),
+        None => (None, None),
+    };
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        save_state(&profile_out, config_text, table.files).await?;
+        return Ok(summary);
+    };
+    // Per granularity: the windows written [from, to) and the drift windows [from, next(to)).
+    let affected: Vec<(i64, i64)> = granularities
+        .iter()
+        .map(|g| {
+            (
+                window::start(*g, lo),
+                window::next(*g, window::start(*g, hi)),
+            )
+        })
+        .collect();
+    let stage_from = granularities
+        .iter()
+        .zip(&affected)
+        .map(|(g, (from, _))| window::previous(*g, *from))
+        .min()
+        .unwrap_or(lo);
+    let stage_to = granularities
+        .iter()
+        .zip(&affected)
+        .map(|(g, (_, to))| window::next(*g, *to))
+        .max()
+        .unwrap_or(hi + 1);
+
+    let work = WorkDir::create(&args.work_dir)?;
+    let staged_path = work.join("staged.parquet");
+    let staged = stage::stage(
+        &ctx,
+        &stage_query("payload", &available, Some((stage_from, stage_to))),
+        &fields,
+        &granularities,
+        &staged_path,
+    )
+    .await?;
+    summary.rows_read = staged.requests;
+    summary.instances = staged.instances;
+    ctx.register_parquet(
+        "staged",
+        staged_path.to_string_lossy().as_ref(),
+        Default::default(),
+    )
+    .await?;
+
+    let baseline = match &config.baseline {
+        Some(baseline) => {
+            let path = work.join("baseline.parquet");
+            let query = match (&baseline.table, &baseline.start, &baseline.end) {
+                (Some(uri), None, None) => {
+                    let baseline_table = Table::list(uri, &args.table_options).await?;
+                    if !baseline_table
+                        .register(&ctx, "baseline_payload", None)
+                        .await?
+                    {
+                        return Err(MonitorError::Config(format!(
+                            "baseline.table {uri:?} has no data files"
+                        )));
+                    }
+                    let columns = columns_of(&ctx, "baseline_payload").await?;
+                    stage_query("baseline_payload", &columns, None)
+                }
+                (None, Some(start), Some(end)) => stage_query(
+                    "payload",
+                    &available,
+                    Some((parse_time("start", start)?, parse_time("end", end)?)),
+                ),
+                _ => {
+                    return Err(MonitorError::Config(
+                        "baseline: set either table, or both start and end".into(),
+                    ));
+                }
+            };
+            stage::stage(&ctx, &query, &fields, &granularities, &path).await?;
+            ctx.register_parquet(
+                "baseline",
+                path.to_string_lossy().as_ref(),
+                Default::default(),
+            )
+            .await?;
+            true
+        }
+        None => false,
+    };
+
+    let columns = columns(&fields);
+    let quality = quality(&fields);
+    let mut slices: Vec<Option<(String, Vec<String>)>> = vec![None];
+    for expression in &config.slicing_exprs {
+        let expression = if fields.iter().any(|field| &field.name == expression) {
+            ident(expression)
+        } else {
+            expression.clone()
+        };
+        let values = slice_values(&ctx, &expression).await?;
+        slices.push(Some((expression, values)));
+    }
+    let refreshed_ms = refreshed.timestamp_millis();
+    let profile_schema = output::profile_schema(&config.custom_metrics);
+    let drift_schema = output::drift_schema();
+
+    if baseline {
+        let mut records = Vec::new();
+        for slice in &slices {
+            let rows = profile::profile(
+                &ctx,
+                &Scope::whole("baseline", slice.clone()),
+                &columns,
+                quality.as_ref(),
+                &config.custom_metrics,
+            )
+            .await?;
+            records.extend(rows.iter().map(|row| {
+                output::profile_record(
+                    "baseline",
+                    "BASELINE",
+                    row,
+                    &config.custom_metrics,
+                    refreshed_ms,
+                )
+            }));
+        }
+        profile_out
+            .put(
+                "baseline.parquet",
+                output::parquet(&profile_schema, &records)?,
+            )
+            .await?;
+    }
+
+    for (i, granularity) in granularities.iter().enumerate() {
+        let (from, to) = affected[i];
+        let drift_to = window::next(*granularity, to);
+        let profile_from = window::previous(*granularity, from);
+        let mut by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+        let mut drift_by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+        for slice in &slices {
+            let scope = Scope::windows_of("staged", i, (profile_from, drift_to), slice.clone());
+            let rows = profile::profile(
+                &ctx,
+                &scope,
+                &columns,
+                quality.as_ref(),
+                &config.custom_metrics,
+            )
+            .await?;
+            let index: BTreeMap<(i64, Option<String>, String), &ProfileRow> = rows
+                .iter()
+                .map(|row| {
+                    (
+                        (
+                            row.window_start,
+                            row.slice_value.clone(),
+                            row.column_name.clone(),
+                        ),
+                        row,
+                    )
+                })
+                .collect();
+            for row in rows
+                .iter()
+                .filter(|row| row.window_start >= from && row.window_start < to)
+            {
+                by_window
+                    .entry(row.window_start)
+                    .or_default()
+                    .push(output::profile_record(
+                        granularity.as_str(),
+                        "INPUT",
+                        row,
+                        &config.custom_metrics,
+                        refreshed_ms,
+                    ));
+            }
+            let drift_scope = Scope::windows_of("staged", i, (from, drift_to), slice.clone());
+            let consecutive =
+                drift::compare(&ctx, &drift_scope, i, &Reference::Previous, &columns).await?;
+            let baseline_rows = if baseline {
+                let rows = profile::profile(
+                    &ctx,
+                    &Scope::whole("baseline", slice.clone()),
+                    &columns,
+                    quality.as_ref(),
+                    &config.custom_metrics,
+                )
+                .await?;
+                Some((
+                    drift::compare(
+                        &ctx,
+                        &drift_scope,
+                        i,
+                        &Reference::Baseline("baseline"),
+                        &columns,
+                    )
+                    .await?,
+                    rows,
+                ))
+            } else {
+                None
+            };
+            let baseline_index: BTreeMap<(Option<String>, String), &ProfileRow> = baseline_rows
+                .as_ref()
+                .map(|(_, rows)| {
+                    rows.iter()
+                        .map(|row| ((row.slice_value.clone(), row.column_name.clone()), row))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for row in rows
+                .iter()
+                .filter(|row| row.window_start >= from && row.window_start < drift_to)
+            {
+                let key = (
+                    row.window_start,
+                    row.slice_value.clone(),
+                    row.column_name.clone(),
+                );
+                let previous_start = window::previous(*granularity, row.window_start);
+                if let Some(reference) = index.get(&(
+                    previous_start,
+                    row.slice_value.clone(),
+                    row.column_name.clone(),
+                )) {
+                    let record = DriftRecord {
+                        current: row,
+                        reference: Some(reference),
+                        window_cmp: (previous_start, row.window_start),
+                        drift_type: Reference::Previous.drift_type(),
+                        comparison: consecutive.get(&key),
+                    };
+                    drift_by_window.entry(row.window_start).or_default().push(
+                        output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                    );
+                }
+                if let Some((comparisons, _)) = &baseline_rows {
+                    let record = DriftRecord {
+                        current: row,
+                        reference: baseline_index
+                            .get(&(row.slice_value.clone(), row.column_name.clone()))
+                            .copied(),
+                        window_cmp: (0, 0),
+                        drift_type: Reference::Baseline("baseline").drift_type(),
+                        comparison: comparisons.get(&key),
+                    };
+                    drift_by_window.entry(row.window_start).or_default().push(
+                        output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                    );
+                }
+            }
+        }
+        for (start, records) in by_window {
+            let name = format!(
+                "{}/{}.parquet",
+                window::slug(*granularity),
+                window::file_stem(start)
+            );
+            profile_out
+                .put(&name, output::parquet(&profile_schema, &records)?)
+                .await?;
+            summary.windows_written += 1;
+        }
+        for (start, records) in drift_by_window {
+            let name = format!(
+                "{}/{}.parquet",
+                window::slug(*granularity),
+                window::file_stem(start)
+            );
+            drift_out
+                .put(&name, output::parquet(&drift_schema, &records)?)
+                .await?;
+            summary.drift_windows_written += 1;
+        }
+    }
+    drop(work);
+    save_state(&profile_out, config_text, table.files).await?;
+    Ok(summary)
+}
+
+fn quality(fields: &[Field]) -> Option<Quality> {
+    let prediction = fields.iter().find(|field| field.role == Role::Prediction)?;
+    let label = fields.iter().find(|field| field.role == Role::Label)?;
+    Some(Quality {
+        prediction: prediction.name.clone(),
+        label: label.name.clone(),
+        kind: prediction.kind,
+    })
+}
+
+/// The refresh's own folder under `--work-dir`, removed when the refresh ends, failed or not.
+struct WorkDir(std::path::PathBuf);
+
+impl WorkDir {
+    fn create(root: &std::path::Path) -> Result<Self, MonitorError> {
+        let path = root.join(format!(
+            "sluice-monitor-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
+        std::fs::create_dir_all(&path).map_err(|source| MonitorError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self(path))
+    }
+
+    fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn save_state(
+    out: &Output,
+    config: String,
+    files: BTreeMap<String, FileVersion>,
+) -> Result<(), MonitorError> {
+    let state = State { config, files };
+    out.put(
+        STATE,
+        bytes::Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),
+    )
+    .await
+}

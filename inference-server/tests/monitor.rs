@@ -1,0 +1,187 @@
+//! `inference-server monitor` against an independent oracle: `tests/monitor/oracle.py` (numpy,
+//! scipy and pyarrow in `.venv`) writes a synthetic inference table in the capture sidecar's
+//! layout — MLflow `dataframe_records` batches, two served entities, 3 % missing values, 5 %
+//! errors — with a drift injected at hour 4 (`amount` N(50, 10) → N(65, 10), a new merchant
+//! mix). The monitor's profile and drift tables, read back with pyarrow, must equal what numpy
+//! and scipy compute on the same rows: moments, extremes, null and zero shares, frequent items,
+//! accuracy and a custom metric exactly; t-digest quantiles within 2 % of rank; HyperLogLog
+//! distinct counts within 3 %; Kolmogorov–Smirnov statistic (`ks_2samp`) and its asymptotic
+//! p-value (`kstwobign`), Wasserstein (`wasserstein_distance`), PSI, chi-squared
+//! (`chi2_contingency`, no correction), total-variation, L-infinity and Jensen–Shannon
+//! (`jensenshannon`, base 2), for consecutive windows and against a baseline window, per slice.
+//! The drift is flagged at hour 4 and not before, and a second refresh after new rows rewrites
+//! only the windows those rows fall in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use sluice_tests::process::temp_dir;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
+
+const CONFIG: &str = r#"{
+  "granularities": ["1 hour", "1 day"],
+  "problemType": "classification",
+  "features": [{"name": "amount"}, {"name": "merchant", "kind": "categorical"}],
+  "prediction": {"name": "prediction"},
+  "label": {"name": "label"},
+  "slicingExprs": ["served_entity"],
+  "baseline": {"start": "2026-12-01T00:00:00Z", "end": "2026-12-01T03:00:00Z"},
+  "customMetrics": [{"name": "error_rate", "definition": "avg(CASE WHEN status_code >= 500 THEN 1.0 ELSE 0.0 END)"}]
+}"#;
+
+fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "run .ci/setup: it installs numpy, scipy and pyarrow in .venv"
+    );
+    python
+}
+
+fn oracle(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/monitor/oracle.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("oracle.py runs");
+    assert!(
+        out.status.success(),
+        "oracle.py {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn monitor(table: &Path, work: &Path) -> serde_json::Value {
+    let out = Command::new(BINARY)
+        .args(["monitor", "--table"])
+        .arg(table)
+        .args(["--config", CONFIG, "--work-dir"])
+        .arg(work)
+        .output()
+        .expect("the monitor runs");
+    assert!(
+        out.status.success(),
+        "monitor failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+/// Modification time of every file under `dir`, by path.
+fn files(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.insert(
+                path.clone(),
+                entry.metadata().and_then(|m| m.modified()).expect("mtime"),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
+    let root = temp_dir("monitor");
+    let table = root.join("fraud_payload");
+    let work = root.join("work");
+    let table_text = table.to_string_lossy().into_owned();
+    let profile = root.join("fraud_payload_profile_metrics");
+
+    oracle(&["make", &table_text, "1"]);
+    let first = monitor(&table, &work);
+    assert_eq!(first["newFiles"], 1, "{first}");
+    assert_eq!(first["rowsRead"], 480, "{first}");
+    // Hours 0-3, and their day.
+    assert_eq!(first["windowsWritten"], 5, "{first}");
+    let checked = oracle(&["check", &table_text, &table_text, "0,1,2"]);
+    assert!(checked.contains("\"checks\""), "{checked}");
+
+    let before = files(&profile);
+    // Nothing new: nothing read, nothing written.
+    let idle = monitor(&table, &work);
+    assert_eq!(
+        (idle["newFiles"].as_u64(), idle["windowsWritten"].as_u64()),
+        (Some(0), Some(0)),
+        "{idle}"
+    );
+    assert_eq!(files(&profile), before);
+
+    oracle(&["make", &table_text, "2"]);
+    let second = monitor(&table, &work);
+    assert_eq!(second["newFiles"], 1, "{second}");
+    // Hours 4 and 5, and the day they are in.
+    assert_eq!(second["windowsWritten"], 3, "{second}");
+    let after = files(&profile);
+    for (path, modified) in &before {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let rewritten = after[path] != *modified;
+        // The day the new rows are in, the read-files state and the baseline's profile (made
+        // again with each refresh that reads rows) change; the hours before stay as they were.
+        let expected = path.parent().unwrap().ends_with("1d")
+            || name.starts_with("_sluice")
+            || name == "baseline.parquet";
+        assert_eq!(
+            rewritten,
+            expected,
+            "{} rewritten: {rewritten}",
+            path.display()
+        );
+    }
+    assert!(
+        after
+            .keys()
+            .any(|path| path.ends_with("1h/20261201T0400Z.parquet"))
+    );
+    // Every statistic again over all six hours; the drift is flagged at hour 4, not before.
+    let checked = oracle(&["check", &table_text, &table_text, "0,1,2"]);
+    assert!(checked.contains("\"checks\""), "{checked}");
+    assert!(
+        std::fs::read_dir(&work)
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+            == 0,
+        "the work folder is left empty"
+    );
+}
+
+#[test]
+fn a_bad_configuration_names_the_field() {
+    let root = temp_dir("monitor-bad");
+    let out = Command::new(BINARY)
+        .args(["monitor", "--table"])
+        .arg(root.join("t"))
+        .args([
+            "--config",
+            r#"{"features": [{"name": "x", "path": "body.x"}]}"#,
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("x: path \"body.x\" must start with `request` or `response`"),
+        "{stderr}"
+    );
+    let out = Command::new(BINARY)
+        .args(["monitor", "--table"])
+        .arg(root.join("t"))
+        .args(["--config", r#"{"features": [{"name": "x"}], "customMetrics": [{"name": "m", "definition": "no_such_function(x)"}]}"#])
+        .output()
+        .expect("runs");
+    // An empty table: nothing to compute yet, so a bad metric is not found until rows exist.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
