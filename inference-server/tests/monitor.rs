@@ -29,7 +29,8 @@ const CONFIG: &str = r#"{
   "label": {"name": "label"},
   "slicingExprs": ["served_entity"],
   "baseline": {"start": "2026-12-01T00:00:00Z", "end": "2026-12-01T03:00:00Z"},
-  "customMetrics": [{"name": "error_rate", "definition": "avg(CASE WHEN status_code >= 500 THEN 1.0 ELSE 0.0 END)"}]
+  "customMetrics": [{"name": "error_rate", "definition": "avg(CASE WHEN status_code >= 500 THEN 1.0 ELSE 0.0 END)"}],
+  "alerts": [{"metric": "ksPvalue", "column": "amount", "threshold": 0.001}, {"metric": "jsDistance", "threshold": 0.2}]
 }"#;
 
 fn python() -> PathBuf {
@@ -57,11 +58,14 @@ fn oracle(args: &[&str]) -> String {
 }
 
 fn monitor(table: &Path, work: &Path) -> serde_json::Value {
+    let summary_file = work.with_extension("summary.json");
     let out = Command::new(BINARY)
         .args(["monitor", "--table"])
         .arg(table)
         .args(["--config", CONFIG, "--work-dir"])
         .arg(work)
+        .arg("--summary-file")
+        .arg(&summary_file)
         .output()
         .expect("the monitor runs");
     assert!(
@@ -69,7 +73,28 @@ fn monitor(table: &Path, work: &Path) -> serde_json::Value {
         "monitor failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).expect("the summary file"))
+            .expect("JSON");
+    assert_eq!(written, summary);
+    summary
+}
+
+/// `(metric, column, firing)` of each alert of a summary.
+fn alerts(summary: &serde_json::Value) -> Vec<(String, String, bool)> {
+    summary["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["metric"].as_str().unwrap_or_default().into(),
+                a["column"].as_str().unwrap_or_default().into(),
+                a["firing"] == true,
+            )
+        })
+        .collect()
 }
 
 /// Modification time of every file under `dir`, by path.
@@ -103,6 +128,14 @@ fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
     assert_eq!(first["rowsRead"], 480, "{first}");
     // Hours 0-3, and their day.
     assert_eq!(first["windowsWritten"], 5, "{first}");
+    // Hour 3 against the baseline (hours 0-2): the same distribution, no alert.
+    assert_eq!(
+        alerts(&first),
+        [
+            ("ksPvalue".into(), "amount".into(), false),
+            ("jsDistance".into(), "merchant".into(), false)
+        ]
+    );
     let checked = oracle(&["check", &table_text, &table_text, "0,1,2"]);
     assert!(checked.contains("\"checks\""), "{checked}");
 
@@ -121,6 +154,18 @@ fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
     assert_eq!(second["newFiles"], 1, "{second}");
     // Hours 4 and 5, and the day they are in.
     assert_eq!(second["windowsWritten"], 3, "{second}");
+    // Hour 5 against the baseline: both drifts fire.
+    assert_eq!(
+        second["alerts"][0]["window"], "2026-12-01T05:00:00Z",
+        "{second}"
+    );
+    assert_eq!(
+        alerts(&second),
+        [
+            ("ksPvalue".into(), "amount".into(), true),
+            ("jsDistance".into(), "merchant".into(), true)
+        ]
+    );
     let after = files(&profile);
     for (path, modified) in &before {
         let name = path.file_name().unwrap().to_string_lossy();

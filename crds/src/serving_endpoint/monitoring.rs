@@ -15,6 +15,12 @@ pub const MAX_MONITORED_FIELDS: usize = 64;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MonitoringConfig {
+    /// When the operator refreshes the tables: a Kubernetes CronJob schedule (five cron
+    /// fields, UTC). Defaults to hourly, `17 * * * *`. Setting the annotation
+    /// `serving.sluice.dev/refresh-monitoring` to a new value also refreshes once, at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 128))]
+    pub schedule: Option<String>,
     /// Time windows the metrics are computed over; each window of each granularity is one
     /// set of rows in the output tables. Defaults to `["1 day"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -56,6 +62,151 @@ pub struct MonitoringConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub custom_metrics: Vec<CustomMetric>,
+    /// Thresholds on the newest window's drift and quality values; one crossed sets the
+    /// endpoint's `Drifting` or `QualityDegraded` condition and sends a Warning event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub alerts: Vec<Alert>,
+}
+
+impl MonitoringConfig {
+    /// The part that decides what the tables hold: without the schedule and the alerts,
+    /// whose change needs no window computed again.
+    pub fn tables_part(&self) -> Self {
+        Self {
+            schedule: None,
+            alerts: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// One alert threshold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// The value watched.
+    pub metric: AlertMetric,
+    /// The monitored column it is watched on; every column when unset (quality metrics
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub column: Option<String>,
+    /// Distances alert above it; p-values and accuracy below it; errors above it.
+    pub threshold: f64,
+}
+
+/// A value an alert watches. Drift values are read from the newest window's comparison with
+/// the baseline when there is one, else with the window before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AlertMetric {
+    /// Jensen–Shannon distance (categorical), above the threshold.
+    #[default]
+    JsDistance,
+    /// Total variation distance (categorical), above.
+    TvDistance,
+    /// L-infinity distance (categorical), above.
+    LInfinityDistance,
+    /// Chi-squared p-value (categorical), below.
+    ChiSquaredPvalue,
+    /// Kolmogorov–Smirnov statistic (numeric), above.
+    KsStatistic,
+    /// Kolmogorov–Smirnov p-value (numeric), below.
+    KsPvalue,
+    /// Wasserstein distance (numeric), above.
+    WassersteinDistance,
+    /// Population stability index (numeric), above.
+    PopulationStabilityIndex,
+    /// Accuracy (classification with labels), below.
+    AccuracyScore,
+    /// Root mean squared error (regression with labels), above.
+    Rmse,
+    /// Mean absolute error (regression with labels), above.
+    Mae,
+}
+
+impl AlertMetric {
+    /// The condition an alert of this metric sets: `Drifting` or `QualityDegraded`.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Self::AccuracyScore | Self::Rmse | Self::Mae => "QualityDegraded",
+            _ => "Drifting",
+        }
+    }
+
+    /// Whether a value below the threshold (not above) crosses it.
+    pub fn alerts_below(self) -> bool {
+        matches!(
+            self,
+            Self::ChiSquaredPvalue | Self::KsPvalue | Self::AccuracyScore
+        )
+    }
+
+    /// Whether `value` crosses `threshold`.
+    pub fn crossed(self, value: f64, threshold: f64) -> bool {
+        if self.alerts_below() {
+            value < threshold
+        } else {
+            value > threshold
+        }
+    }
+}
+
+/// What one refresh did and found: printed by `inference-server monitor`, written to its
+/// termination message, and published by the operator as `status.monitoring`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringRefresh {
+    /// When it ran (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub refreshed_at: String,
+    /// Files of the inference table read for the first time (or changed since).
+    #[serde(default)]
+    pub new_files: u64,
+    /// Rows (requests) read.
+    #[serde(default)]
+    pub rows_read: u64,
+    /// Instances profiled (items of batch requests).
+    #[serde(default)]
+    pub instances: u64,
+    /// Profile windows written, all granularities together.
+    #[serde(default)]
+    pub windows_written: u64,
+    /// Drift windows written.
+    #[serde(default)]
+    pub drift_windows_written: u64,
+    /// The profile table.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub profile_table: String,
+    /// The drift table.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub drift_table: String,
+    /// Why the refresh failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The newest window's values the alerts watch, and which crossed their threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertState>,
+}
+
+/// One alert's newest value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertState {
+    /// The metric.
+    pub metric: AlertMetric,
+    /// The column (none for quality metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Start of the window the value is from (RFC 3339).
+    pub window: String,
+    /// The value.
+    pub value: f64,
+    /// The threshold.
+    pub threshold: f64,
+    /// Whether the value crossed it.
+    pub firing: bool,
 }
 
 /// The length of the time windows metrics are computed over, in the upstream spelling.

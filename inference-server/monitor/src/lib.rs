@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::Args;
 use sluice_crds::MonitoringConfig;
 
+pub mod alerts;
 pub mod drift;
 pub mod fields;
 pub mod output;
@@ -24,7 +25,7 @@ pub mod stage;
 pub mod stats;
 pub mod window;
 
-pub use refresh::{Summary, refresh};
+pub use refresh::refresh;
 
 /// Why a refresh failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +117,10 @@ pub struct MonitorArgs {
     /// Recompute every window, not only those with new rows.
     #[arg(long)]
     pub full: bool,
+    /// Also write the summary to this file (the operator passes `/dev/termination-log`, so
+    /// the refresh's pod status carries it).
+    #[arg(long)]
+    pub summary_file: Option<PathBuf>,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -133,9 +138,32 @@ impl MonitorArgs {
     }
 }
 
-/// Runs one refresh and prints its summary (JSON) on standard output.
+/// Runs one refresh and prints its summary (JSON) on standard output, and into
+/// `--summary-file`: a failed refresh's summary holds its error.
 pub async fn run(args: MonitorArgs) -> Result<(), MonitorError> {
-    let summary = refresh(&args).await?;
-    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-    Ok(())
+    let result = refresh(&args).await;
+    let summary = match &result {
+        Ok(summary) => summary.clone(),
+        Err(error) => sluice_crds::MonitoringRefresh {
+            refreshed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            error: Some(error.to_string()),
+            ..Default::default()
+        },
+    };
+    let text = serde_json::to_string(&summary).unwrap_or_default();
+    if let Some(path) = &args.summary_file {
+        // A termination message holds at most 4 KiB: the error is cut to fit.
+        let mut text = text.clone();
+        if text.len() > 4000 {
+            let mut cut = summary.clone();
+            cut.error = cut.error.map(|e| e.chars().take(2000).collect());
+            cut.alerts.truncate(8);
+            text = serde_json::to_string(&cut).unwrap_or_default();
+        }
+        std::fs::write(path, text).map_err(|source| MonitorError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    result.map(|_| println!("{text}"))
 }

@@ -12,7 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use sluice_crds::{FieldKind, Granularity};
+use sluice_crds::{FieldKind, Granularity, MonitoringRefresh as Summary};
 use sluice_store::TableStore;
 
 use crate::drift::{self, Reference};
@@ -27,28 +27,6 @@ use crate::{MonitorArgs, MonitorError, window};
 /// Most values a slicing expression keeps.
 pub const SLICE_VALUES: usize = 100;
 const STATE: &str = "_sluice_monitor_state.json";
-
-/// What a refresh did (printed as JSON; the operator reports it in `status.monitoring`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    /// When it ran (RFC 3339).
-    pub refreshed_at: String,
-    /// Files of the table read for the first time (or changed).
-    pub new_files: usize,
-    /// Rows (requests) read.
-    pub rows_read: u64,
-    /// Instances profiled.
-    pub instances: u64,
-    /// Profile windows written, all granularities together.
-    pub windows_written: usize,
-    /// Drift windows written.
-    pub drift_windows_written: usize,
-    /// Where the tables are.
-    pub profile_table: String,
-    /// Where the tables are.
-    pub drift_table: String,
-}
 
 /// What the previous refresh read.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -261,7 +239,7 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         drift_table: drift_out.uri.clone(),
         ..Default::default()
     };
-    let config_text = serde_json::to_string(&config).unwrap_or_default();
+    let config_text = serde_json::to_string(&config.tables_part()).unwrap_or_default();
     let previous: State = match profile_out.get(STATE).await? {
         Some(bytes) if !args.full => serde_json::from_slice(&bytes).unwrap_or_default(),
         _ => State::default(),
@@ -274,7 +252,7 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         .filter(|(file, version)| everything || previous.files.get(*file) != Some(version))
         .map(|(file, _)| file.clone())
         .collect();
-    summary.new_files = new.len();
+    summary.new_files = new.len() as u64;
     if new.is_empty() {
         return Ok(summary);
     }
@@ -430,6 +408,7 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
             .await?;
     }
 
+    let mut newest = None;
     for (i, granularity) in granularities.iter().enumerate() {
         let (from, to) = affected[i];
         let drift_to = window::next(*granularity, to);
@@ -500,6 +479,15 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
             } else {
                 None
             };
+            if i == 0 && slice.is_none() {
+                newest = newest_window(
+                    &rows,
+                    (from, to),
+                    baseline_rows
+                        .as_ref()
+                        .map_or(&consecutive, |(compared, _)| compared),
+                );
+            }
             let baseline_index: BTreeMap<(Option<String>, String), &ProfileRow> = baseline_rows
                 .as_ref()
                 .map(|(_, rows)| {
@@ -574,8 +562,39 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         }
     }
     drop(work);
+    if let Some(newest) = newest {
+        let window = chrono::DateTime::from_timestamp_millis(newest.window)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        summary.alerts = crate::alerts::states(&config.alerts, &newest, &window);
+    }
     save_state(&profile_out, config_text, table.files).await?;
     Ok(summary)
+}
+
+/// The newest window written (in `[from, to)`) with its comparisons and `:table` row.
+fn newest_window(
+    rows: &[ProfileRow],
+    (from, to): (i64, i64),
+    comparisons: &BTreeMap<drift::Key, drift::Comparison>,
+) -> Option<crate::alerts::Newest> {
+    let window = rows
+        .iter()
+        .map(|row| row.window_start)
+        .filter(|start| *start >= from && *start < to)
+        .max()?;
+    Some(crate::alerts::Newest {
+        window,
+        comparisons: comparisons
+            .iter()
+            .filter(|((start, slice, _), _)| *start == window && slice.is_none())
+            .map(|((_, _, column), comparison)| (column.clone(), comparison.clone()))
+            .collect(),
+        table: rows
+            .iter()
+            .find(|row| row.window_start == window && row.column_name == profile::TABLE)
+            .cloned(),
+    })
 }
 
 fn quality(fields: &[Field]) -> Option<Quality> {
