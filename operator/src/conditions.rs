@@ -110,6 +110,15 @@ reasons! {
     /// `InRegistry`: the registry deleted the mirrored version (also the Warning event's
     /// reason).
     DeletedInRegistry,
+    /// `Drifting`: every drift alert of the newest refresh is within its threshold.
+    NoDrift,
+    /// `Drifting`: a drift alert of the newest refresh crossed its threshold (also the
+    /// Warning event's reason).
+    DriftDetected,
+    /// `QualityDegraded`: every quality alert of the newest refresh is within its threshold.
+    QualityHolds,
+    /// `QualityDegraded`: a quality alert of the newest refresh crossed its threshold.
+    QualityBelowThreshold,
 }
 
 /// Condition status values.

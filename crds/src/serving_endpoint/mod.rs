@@ -61,6 +61,9 @@ pub const MAX_SERVED_ENTITIES: usize = 15;
     validation = Rule::new(concat!("!has(self.trafficConfig) || self.trafficConfig.routes.all(r, self.servedEntities.exists(e, e.name == ", cel_route_target!("r"), "))"))
         .message("trafficConfig.routes: every route must name a served entity of this endpoint")
         .field_path(".trafficConfig.routes"),
+    validation = Rule::new("!has(self.monitoring) || (has(self.autoCapture) && self.autoCapture.enabled)")
+        .message("monitoring reads the inference table: it needs autoCapture.enabled")
+        .field_path(".monitoring"),
     validation = Rule::new("!has(self.trafficConfig) || !has(self.trafficConfig.shadowRoutes) || self.trafficConfig.shadowRoutes.all(s, self.servedEntities.exists(e, e.name == s.servedEntityName))")
         .message("trafficConfig.shadowRoutes: every shadow route must name a served entity of this endpoint")
         .field_path(".trafficConfig.shadowRoutes"),
@@ -93,4 +96,10 @@ pub struct ServingEndpointSpec {
     /// Gateway policies: rate limits, usage tracking, guardrails and fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai_gateway: Option<AiGatewayConfig>,
+
+    /// Monitoring of the inference table (requires `autoCapture`): a CronJob refreshes
+    /// `<table>_profile_metrics` and `<table>_drift_metrics` beside the payload table, and
+    /// thresholds set the `Drifting` and `QualityDegraded` conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringConfig>,
 }

@@ -62,6 +62,11 @@ pub struct MonitoringConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub custom_metrics: Vec<CustomMetric>,
+    /// The ServiceAccount the refresh runs as (workload identity for the lake); defaults to
+    /// the first served entity's `serviceAccountName`, else the namespace's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
     /// Thresholds on the newest window's drift and quality values; one crossed sets the
     /// endpoint's `Drifting` or `QualityDegraded` condition and sends a Warning event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -70,11 +75,12 @@ pub struct MonitoringConfig {
 }
 
 impl MonitoringConfig {
-    /// The part that decides what the tables hold: without the schedule and the alerts,
+    /// The part that decides what the tables hold: without the schedule, identity and alerts,
     /// whose change needs no window computed again.
     pub fn tables_part(&self) -> Self {
         Self {
             schedule: None,
+            service_account_name: None,
             alerts: Vec::new(),
             ..self.clone()
         }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::{
-    CaptureOverflow, CaptureTableFormat, Engine, ExternalModel, ShadowRoute, WorkloadSize,
-    WorkloadType,
+    CaptureOverflow, CaptureTableFormat, Engine, ExternalModel, MonitoringRefresh, ShadowRoute,
+    WorkloadSize, WorkloadType,
 };
 
 /// Observed state of a ServingEndpoint.
@@ -37,6 +37,27 @@ pub struct ServingEndpointStatus {
     /// `Ready`, `ConfigUpdated`, `Degraded` and others, with reasons and messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The monitoring's CronJob and its newest refresh, when `spec.monitoring` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringStatus>,
+}
+
+/// The state of an endpoint's monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringStatus {
+    /// The CronJob that refreshes the tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
+    /// The Job of the newest finished refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    /// What the newest finished refresh did and found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<MonitoringRefresh>,
+    /// The value of the `serving.sluice.dev/refresh-monitoring` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_requested: Option<String>,
 }
 
 /// Endpoint readiness and update progress.

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        batch::v1::{CronJob, Job},
         core::v1::{Pod, Service},
         networking::v1::NetworkPolicy,
     },
@@ -17,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{
         Controller,
         controller::Action,
@@ -39,6 +40,7 @@ use super::{
     claims,
     desired::BuildContext,
     events::{EventReason, PlanEvent},
+    monitor,
     plan::{ChildState, Replicas, Wanted, after_apply, plan, previous_versions},
     pods::problems_by_child,
     requeue,
@@ -117,8 +119,12 @@ pub fn run(
         .owns(env.api::<Service>(), managed)
         // Entity pods: a pod that fails (image pull, crash loop, unschedulable) shows in the
         // endpoint's status within seconds, not at the rollout's progress deadline.
+        // And the monitoring's refresh pods: a finished refresh shows in `status.monitoring`.
         .watches_stream(caches.pods.subscribe(), |pod| {
-            let endpoint = pod.labels().get(LABEL_ENDPOINT)?;
+            let labels = pod.labels();
+            let endpoint = labels
+                .get(LABEL_ENDPOINT)
+                .or_else(|| labels.get(monitor::LABEL_MONITOR))?;
             Some(ObjectRef::<ServingEndpoint>::new(endpoint).within(&pod.namespace()?))
         })
         // A ModelVersion change (readiness, an alias move) re-resolves every endpoint of its
@@ -201,6 +207,20 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     let build_ctx = BuildContext::of(ep, &ctx.config, capture.as_ref(), usage.as_ref())
         .ok_or(Error::MissingField("metadata.uid"))?;
     let planned = plan(ep, resolved, &build_ctx, &children, Timestamp::now());
+    let of_monitor = |meta: &kube::api::ObjectMeta| {
+        in_namespace(meta)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(monitor::LABEL_MONITOR))
+                .is_some_and(|e| *e == name)
+    };
+    let monitoring = monitor::plan(
+        ep,
+        &build_ctx,
+        capture.as_ref(),
+        &snapshot(&ctx.pods, of_monitor),
+    );
 
     // A table on a claim, and a persistent spool, need their claims before the pods start.
     for wanted in &planned.claims {
@@ -222,14 +242,33 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
             }
         }
     }
-    let (status, refusal) = after_apply(ep, planned.status.clone(), &refused, Timestamp::now());
+    if let Err(refusal) = apply_monitoring(client, &ns, &monitoring).await? {
+        refused.push(refusal);
+    }
+    let (mut status, refusal) = after_apply(ep, planned.status.clone(), &refused, Timestamp::now());
+    status.monitoring = monitoring.status.clone();
+    let previous_conditions = ep
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions.extend(crate::conditions::merge(
+        previous_conditions,
+        &monitoring.conditions,
+        ep.metadata.generation,
+        Timestamp::now(),
+    ));
 
     // Status before pruning: the gateway stops routing to a child before it disappears.
     if ep.status.as_ref() != Some(&status) {
         write_status(client, &ns, &name, &status).await?;
         ctx.tracked.status_written();
     }
-    for event in refusal.iter().chain(&planned.events) {
+    for event in refusal
+        .iter()
+        .chain(&planned.events)
+        .chain(&monitoring.events)
+    {
         publish(&ctx.recorder, ep, event).await;
     }
     for child in &planned.prune {
@@ -257,6 +296,56 @@ async fn reconcile_endpoint(ep: &ServingEndpoint, ctx: &Context) -> Result<Actio
     } else {
         Action::requeue(Duration::from_secs(30))
     })
+}
+
+/// Applies the monitoring CronJob (or deletes it when monitoring was turned off) and creates a
+/// requested one-off refresh. A refusal by the API server is returned (`Ok(Err(..))`) for the
+/// `Applied` condition; other errors fail the reconcile.
+async fn apply_monitoring(
+    client: &kube::Client,
+    namespace: &str,
+    plan: &monitor::MonitorPlan,
+) -> Result<Result<(), String>, Error> {
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
+    if let Some(cronjob) = &plan.cronjob {
+        let name = cronjob.name_any();
+        let mut body = serde_json::to_value(cronjob).unwrap_or_default();
+        body["apiVersion"] = json!("batch/v1");
+        body["kind"] = json!("CronJob");
+        match cronjobs
+            .patch(
+                &name,
+                &PatchParams::apply(CHILD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) => return Ok(Err(format!("{name}: {}", e.message))),
+            Err(e) => return Err(kube_err(format!("applying CronJob {name}"))(e)),
+        }
+    }
+    if let Some(job) = &plan.manual {
+        let name = job.name_any();
+        match Api::<Job>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), job)
+            .await
+        {
+            // Created, or created before (the status lagged): one refresh either way.
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) => return Ok(Err(format!("{name}: {}", e.message))),
+            Err(e) => return Err(kube_err(format!("creating Job {name}"))(e)),
+        }
+    }
+    if let Some(name) = &plan.delete {
+        match cronjobs.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting CronJob {name}"))(e)),
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Applies one entity revision's objects, as planned, with server-side apply; replicas go to

@@ -487,7 +487,7 @@ fn capture_resources() -> ResourceRequirements {
     sized("100m", "128Mi", "1Gi")
 }
 
-fn sized(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+pub(crate) fn sized(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(cpu.into())),
@@ -502,7 +502,7 @@ fn sized(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
 }
 
 /// Non-root, read-only, no privileges: for Sluice's own containers.
-fn restricted() -> SecurityContext {
+pub(crate) fn restricted() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(65532),

@@ -26,6 +26,12 @@ pub enum EventReason {
     /// An entity's pods fail, with the reason as Kubernetes names it (`ImagePullBackOff`,
     /// `CrashLoopBackOff`, `Unschedulable`, …).
     EntityFailing(String),
+    /// A monitoring refresh failed.
+    MonitoringFailed,
+    /// A drift alert began firing.
+    DriftDetected,
+    /// A quality alert began firing.
+    QualityDegraded,
 }
 
 impl EventReason {
@@ -41,6 +47,9 @@ impl EventReason {
             Self::ApplyFailed => Reason::ApplyFailed.as_str(),
             Self::Pruned => "Pruned",
             Self::EntityFailing(reason) => reason,
+            Self::MonitoringFailed => "MonitoringFailed",
+            Self::DriftDetected => Reason::DriftDetected.as_str(),
+            Self::QualityDegraded => "QualityDegraded",
         }
     }
 
@@ -53,6 +62,9 @@ impl EventReason {
                 | Self::AliasConflict
                 | Self::ApplyFailed
                 | Self::EntityFailing(_)
+                | Self::MonitoringFailed
+                | Self::DriftDetected
+                | Self::QualityDegraded
         )
     }
 }

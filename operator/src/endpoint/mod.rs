@@ -7,6 +7,7 @@ pub mod claims;
 pub mod controller;
 pub mod desired;
 pub mod events;
+pub mod monitor;
 pub mod plan;
 pub mod pods;
 pub mod requeue;

@@ -327,6 +327,8 @@ pub fn plan(
         config: active,
         pending_config: pending,
         conditions: conditions::merge(previous_conditions, &conds, ep.metadata.generation, now),
+        // The controller sets it from the monitoring step.
+        monitoring: previous.monitoring.clone(),
     };
     let prune = children
         .iter()
