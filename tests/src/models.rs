@@ -23,3 +23,20 @@ pub async fn iris_on_claim(client: &Client, ns: &str) -> String {
     }
     format!("pvc://{CLAIM}/iris")
 }
+
+/// [`iris_on_claim`], then ModelVersion `iris-1` (model `iris`, version 1, ONNX, `predict`)
+/// naming it, applied as `test-user`.
+pub async fn iris_version_1(client: &Client, ns: &str) {
+    use kube::api::{Api, Patch, PatchParams};
+    let uri = iris_on_claim(client, ns).await;
+    Api::<sluice_crds::ModelVersion>::namespaced(client.clone(), ns)
+        .patch(
+            "iris-1",
+            &PatchParams::apply("test-user"),
+            &Patch::Apply(serde_json::json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
+                "metadata": {"name": "iris-1"},
+                "spec": {"model": "iris", "version": 1, "source": {"uri": uri}, "format": "onnx", "task": "predict"}})),
+        )
+        .await
+        .expect("model version iris-1");
+}

@@ -21,7 +21,7 @@ use sluice_tests::{
     cluster::{fresh_namespace, shared, shared_nodes},
     gateway::GatewayProcess,
     lake::{claim_folder, delete_and_drain, duckdb_row, parquet_table},
-    models::iris_on_claim,
+    models::{iris_on_claim, iris_version_1},
     object_store::S3Server,
     rbac, venv_tool,
 };
@@ -39,18 +39,8 @@ async fn captured_rows_land_on_the_default_lake_claim_and_duckdb_reads_them() {
     let operator = cp.start_operator();
     let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
 
-    let uri = iris_on_claim(&client, &ns).await;
+    iris_version_1(&client, &ns).await;
     let apply = PatchParams::apply("test-user");
-    let mvs: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
-    mvs.patch(
-        "iris-1",
-        &apply,
-        &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
-            "metadata": {"name": "iris-1"},
-            "spec": {"model": "iris", "version": 1, "source": {"uri": uri}, "format": "onnx", "task": "predict"}})),
-    )
-    .await
-    .expect("model version");
     let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
     endpoints
         .patch(

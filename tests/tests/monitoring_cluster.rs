@@ -15,12 +15,12 @@ use kube::{
     api::{ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use sluice_crds::{ModelVersion, ServingEndpoint};
+use sluice_crds::ServingEndpoint;
 use sluice_tests::{
     cluster::{fresh_namespace, shared, shared_nodes},
     gateway::GatewayProcess,
     lake::{claim_folder, duckdb_row, parquet_table},
-    models::iris_on_claim,
+    models::iris_version_1,
 };
 
 const REQUESTS: usize = 120;
@@ -75,18 +75,8 @@ async fn a_refresh_on_the_cluster_profiles_captured_rows_and_flags_drift() {
     let _operator = cp.start_operator();
     let logs = || format!("{}{}", cp.dump_logs(), nodes.kubelet.dump_logs());
 
-    let uri = iris_on_claim(&client, &ns).await;
+    iris_version_1(&client, &ns).await;
     let apply = PatchParams::apply("test-user");
-    Api::<ModelVersion>::namespaced(client.clone(), &ns)
-        .patch(
-            "iris-1",
-            &apply,
-            &Patch::Apply(json!({"apiVersion": "serving.sluice.dev/v1alpha1", "kind": "ModelVersion",
-                "metadata": {"name": "iris-1"},
-                "spec": {"model": "iris", "version": 1, "source": {"uri": uri}, "format": "onnx", "task": "predict"}})),
-        )
-        .await
-        .expect("model version");
     let endpoints: Api<ServingEndpoint> = Api::namespaced(client.clone(), &ns);
     let put = |monitoring: Option<Value>, refresh: Option<&str>| {
         let endpoints = endpoints.clone();

@@ -9,7 +9,7 @@ use datafusion::prelude::SessionContext;
 use sluice_crds::FieldKind;
 
 use crate::MonitorError;
-use crate::sql::{Column, Integers, Numbers, Scope, Texts, literal, present};
+use crate::sql::{Column, Integers, Keys, Numbers, Scope, literal, present};
 use crate::stats::{self, Test};
 
 /// Bins of the population stability index (equal width over both samples' range).
@@ -153,11 +153,7 @@ async fn numeric(
          FROM f GROUP BY cw, sv, col"
     );
     for batch in crate::sql::collect(ctx, &query).await? {
-        let (cw, sv, col) = (
-            Integers::of(&batch, "cw")?,
-            Texts::of(&batch, "sv")?,
-            Texts::of(&batch, "col")?,
-        );
+        let keys = Keys::of(&batch)?;
         let (na, nb, ks, wasserstein) = (
             Integers::of(&batch, "na")?,
             Integers::of(&batch, "nb")?,
@@ -170,13 +166,7 @@ async fn numeric(
                 nb.get(row).unwrap_or_default() as u64,
             );
             let statistic = ks.get(row).unwrap_or_default();
-            let entry = out
-                .entry((
-                    cw.get(row).unwrap_or_default(),
-                    sv.get(row),
-                    col.get(row).unwrap_or_default(),
-                ))
-                .or_default();
+            let entry = out.entry(keys.get(row)).or_default();
             entry.count = n;
             entry.reference_count = m;
             entry.ks_test = Some(Test {
@@ -199,20 +189,11 @@ async fn numeric(
     );
     let mut bins: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for batch in crate::sql::collect(ctx, &query).await? {
-        let (cw, sv, col, bin) = (
-            Integers::of(&batch, "cw")?,
-            Texts::of(&batch, "sv")?,
-            Texts::of(&batch, "col")?,
-            Integers::of(&batch, "bin")?,
-        );
+        let (keys, bin) = (Keys::of(&batch)?, Integers::of(&batch, "bin")?);
         let (ca, cb) = (Numbers::of(&batch, "ca")?, Numbers::of(&batch, "cb")?);
         for row in 0..batch.num_rows() {
             let entry = bins
-                .entry((
-                    cw.get(row).unwrap_or_default(),
-                    sv.get(row),
-                    col.get(row).unwrap_or_default(),
-                ))
+                .entry(keys.get(row))
                 .or_insert_with(|| (vec![0.0; PSI_BINS as usize], vec![0.0; PSI_BINS as usize]));
             let bin = bin
                 .get(row)
@@ -243,20 +224,10 @@ async fn categorical(
     );
     let mut counts: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for batch in crate::sql::collect(ctx, &query).await? {
-        let (cw, sv, col) = (
-            Integers::of(&batch, "cw")?,
-            Texts::of(&batch, "sv")?,
-            Texts::of(&batch, "col")?,
-        );
+        let keys = Keys::of(&batch)?;
         let (ca, cb) = (Numbers::of(&batch, "ca")?, Numbers::of(&batch, "cb")?);
         for row in 0..batch.num_rows() {
-            let entry = counts
-                .entry((
-                    cw.get(row).unwrap_or_default(),
-                    sv.get(row),
-                    col.get(row).unwrap_or_default(),
-                ))
-                .or_default();
+            let entry = counts.entry(keys.get(row)).or_default();
             entry.0.push(ca.get(row).unwrap_or_default());
             entry.1.push(cb.get(row).unwrap_or_default());
         }

@@ -73,6 +73,26 @@ impl Output {
             .map_err(|source| self.error(source))
     }
 
+    /// Writes one file per window (`<slug>/<start>.parquet`); how many were written.
+    async fn put_windows(
+        &self,
+        granularity: Granularity,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        windows: BTreeMap<i64, Vec<serde_json::Value>>,
+    ) -> Result<u64, MonitorError> {
+        let mut written = 0;
+        for (start, records) in windows {
+            let name = format!(
+                "{}/{}.parquet",
+                window::slug(granularity),
+                window::file_stem(start)
+            );
+            self.put(&name, output::parquet(schema, &records)?).await?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
     fn error(&self, source: object_store::Error) -> MonitorError {
         MonitorError::List {
             uri: self.uri.clone(),
@@ -538,28 +558,12 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
                 }
             }
         }
-        for (start, records) in by_window {
-            let name = format!(
-                "{}/{}.parquet",
-                window::slug(*granularity),
-                window::file_stem(start)
-            );
-            profile_out
-                .put(&name, output::parquet(&profile_schema, &records)?)
-                .await?;
-            summary.windows_written += 1;
-        }
-        for (start, records) in drift_by_window {
-            let name = format!(
-                "{}/{}.parquet",
-                window::slug(*granularity),
-                window::file_stem(start)
-            );
-            drift_out
-                .put(&name, output::parquet(&drift_schema, &records)?)
-                .await?;
-            summary.drift_windows_written += 1;
-        }
+        summary.windows_written += profile_out
+            .put_windows(*granularity, &profile_schema, by_window)
+            .await?;
+        summary.drift_windows_written += drift_out
+            .put_windows(*granularity, &drift_schema, drift_by_window)
+            .await?;
     }
     drop(work);
     if let Some(newest) = newest {

@@ -122,78 +122,89 @@ pub fn present(column: &Column) -> String {
     predicate
 }
 
-/// A result batch's column read as `f64` values (null where null).
-pub struct Numbers(Float64Array);
+/// A result batch's column, cast to one Arrow type and read by row (null where null).
+pub struct Values<A>(A);
+
+impl<A: Array + Clone + 'static> Values<A> {
+    fn cast(batch: &RecordBatch, name: &str, kind: &DataType) -> Result<Self, MonitorError> {
+        let array = batch.column_by_name(name).ok_or_else(|| {
+            MonitorError::Schema(format!("a query answered without column {name}"))
+        })?;
+        let array = cast(array, kind)?;
+        let typed = array.as_any().downcast_ref::<A>().cloned().ok_or_else(|| {
+            MonitorError::Schema(format!("column {name} is not {kind} after a cast"))
+        })?;
+        Ok(Self(typed))
+    }
+
+    fn valid(&self, row: usize) -> bool {
+        row < self.0.len() && self.0.is_valid(row)
+    }
+}
+
+/// A column read as `f64` values.
+pub type Numbers = Values<Float64Array>;
+/// A column read as `i64` values.
+pub type Integers = Values<Int64Array>;
+/// A column read as strings.
+pub type Texts = Values<StringArray>;
 
 impl Numbers {
     /// Column `name` of `batch`, cast to `f64`.
     pub fn of(batch: &RecordBatch, name: &str) -> Result<Self, MonitorError> {
-        let array = batch.column_by_name(name).ok_or_else(|| {
-            MonitorError::Schema(format!("a query answered without column {name}"))
-        })?;
-        let array = cast(array, &DataType::Float64)?;
-        Ok(Self(
-            array
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .cloned()
-                .unwrap_or_else(|| Float64Array::from(Vec::<f64>::new())),
-        ))
+        Self::cast(batch, name, &DataType::Float64)
     }
 
     /// The value at `row`.
     pub fn get(&self, row: usize) -> Option<f64> {
-        (row < self.0.len() && self.0.is_valid(row)).then(|| self.0.value(row))
+        self.valid(row).then(|| self.0.value(row))
     }
 }
-
-/// A result batch's column read as `i64` values.
-pub struct Integers(Int64Array);
 
 impl Integers {
     /// Column `name` of `batch`, cast to `i64`.
     pub fn of(batch: &RecordBatch, name: &str) -> Result<Self, MonitorError> {
-        let array = batch.column_by_name(name).ok_or_else(|| {
-            MonitorError::Schema(format!("a query answered without column {name}"))
-        })?;
-        let array = cast(array, &DataType::Int64)?;
-        Ok(Self(
-            array
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-                .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())),
-        ))
+        Self::cast(batch, name, &DataType::Int64)
     }
 
     /// The value at `row`.
     pub fn get(&self, row: usize) -> Option<i64> {
-        (row < self.0.len() && self.0.is_valid(row)).then(|| self.0.value(row))
+        self.valid(row).then(|| self.0.value(row))
     }
 }
-
-/// A result batch's column read as strings.
-pub struct Texts(StringArray);
 
 impl Texts {
     /// Column `name` of `batch`, cast to strings.
     pub fn of(batch: &RecordBatch, name: &str) -> Result<Self, MonitorError> {
-        let array = batch.column_by_name(name).ok_or_else(|| {
-            MonitorError::Schema(format!("a query answered without column {name}"))
-        })?;
-        let array = cast(array, &DataType::Utf8)?;
-        Ok(Self(
-            array
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .unwrap_or_else(|| StringArray::from(Vec::<String>::new())),
-        ))
+        Self::cast(batch, name, &DataType::Utf8)
     }
 
     /// The value at `row`.
     pub fn get(&self, row: usize) -> Option<String> {
-        (row < self.0.len() && self.0.is_valid(row)).then(|| self.0.value(row).to_string())
+        self.valid(row).then(|| self.0.value(row).to_string())
+    }
+}
+
+/// The `(cw, sv, col)` key columns of a drift query's answer.
+pub struct Keys(Integers, Texts, Texts);
+
+impl Keys {
+    /// The key columns of `batch`.
+    pub fn of(batch: &RecordBatch) -> Result<Self, MonitorError> {
+        Ok(Self(
+            Integers::of(batch, "cw")?,
+            Texts::of(batch, "sv")?,
+            Texts::of(batch, "col")?,
+        ))
+    }
+
+    /// The key at `row`: window start, slice value, column.
+    pub fn get(&self, row: usize) -> (i64, Option<String>, String) {
+        (
+            self.0.get(row).unwrap_or_default(),
+            self.1.get(row),
+            self.2.get(row).unwrap_or_default(),
+        )
     }
 }
 

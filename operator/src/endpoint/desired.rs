@@ -1010,7 +1010,7 @@ fn capture_container(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -1029,7 +1029,8 @@ mod tests {
             .remove(0)
     }
 
-    fn ctx(capture: Option<(&'static str, f64)>) -> BuildContext<'static> {
+    /// The context of endpoint `fraud` in namespace `ns`, with capture to `(table, fraction)`.
+    pub(crate) fn ctx(capture: Option<(&'static str, f64)>) -> BuildContext<'static> {
         let capture = capture.map(|(table_uri, sampling_fraction)| {
             &*Box::leak(Box::new(ResolvedCapture {
                 table_uri: table_uri.into(),

@@ -430,7 +430,6 @@ pub fn plan(
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::json;
     use sluice_crds::{AlertMetric, ServingEndpointStatus};
 
@@ -450,24 +449,7 @@ mod tests {
     }
 
     fn ctx() -> BuildContext<'static> {
-        BuildContext {
-            endpoint: "fraud",
-            namespace: "ns",
-            owner: OwnerReference {
-                api_version: "serving.sluice.dev/v1alpha1".into(),
-                kind: "ServingEndpoint".into(),
-                name: "fraud".into(),
-                uid: "u1".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-            data_plane_image: "ghcr.io/sluice-dev/inference-server:test",
-            progress_deadline_seconds: 600,
-            network_policy: None,
-            lake_volume: Box::leak(Box::default()),
-            capture: None,
-            usage: None,
-        }
+        crate::endpoint::desired::tests::ctx(None)
     }
 
     fn endpoint(
