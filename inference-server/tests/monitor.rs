@@ -10,7 +10,8 @@
 //! (`chi2_contingency`, no correction), total-variation, L-infinity and Jensen–Shannon
 //! (`jensenshannon`, base 2), for consecutive windows and against a baseline window, per slice.
 //! The drift is flagged at hour 4 and not before, and a second refresh after new rows rewrites
-//! only the windows those rows fall in.
+//! only the windows those rows fall in. The report page renders in headless Chromium with its
+//! plots drawn and the drifted columns first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -170,11 +171,12 @@ fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
     for (path, modified) in &before {
         let name = path.file_name().unwrap().to_string_lossy();
         let rewritten = after[path] != *modified;
-        // The day the new rows are in, the read-files state and the baseline's profile (made
-        // again with each refresh that reads rows) change; the hours before stay as they were.
+        // The day the new rows are in, the read-files state, the baseline's profile and the
+        // report (made again with each refresh that reads rows) change; the hours before stay as they were.
         let expected = path.parent().unwrap().ends_with("1d")
             || name.starts_with("_sluice")
-            || name == "baseline.parquet";
+            || name == "baseline.parquet"
+            || name == "report.html";
         assert_eq!(
             rewritten,
             expected,
@@ -190,12 +192,66 @@ fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
     // Every statistic again over all six hours; the drift is flagged at hour 4, not before.
     let checked = oracle(&["check", &table_text, &table_text, "0,1,2"]);
     assert!(checked.contains("\"checks\""), "{checked}");
+    report_renders(&profile.join("report.html"), &root);
     assert!(
         std::fs::read_dir(&work)
             .map(|entries| entries.count())
             .unwrap_or(0)
             == 0,
         "the work folder is left empty"
+    );
+}
+
+/// Opens the report in headless Chromium: its plots drew lines (the page's own layout-time
+/// count, `data-rendered`), the drift table lists a drifted column first, and a screenshot is
+/// taken (kept beside the tables for a person to look at).
+fn report_renders(report: &Path, root: &Path) {
+    let chromium = |args: &[&str]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(args)
+            .arg(format!("file://{}", report.display()))
+            .output()
+            .expect("chromium runs: run .ci/setup, it installs Debian's chromium");
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let rendered: usize = dom
+        .split("data-rendered=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the page did not count its plots: {dom}"));
+    // A profile and a drift plot for amount, merchant and prediction at least.
+    assert!(rendered >= 6, "{rendered} plots drew a line");
+    let first = dom
+        .split("<td>")
+        .nth(1)
+        .and_then(|cell| cell.split('<').next())
+        .unwrap_or_default();
+    assert!(
+        ["amount", "merchant", "prediction"].contains(&first),
+        "worst drift first, not {first:?}"
+    );
+    let shot = root.join("report.png");
+    chromium(&[
+        "--window-size=1400,2400",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 50_000,
+        "a screenshot of {size} bytes is a blank page"
     );
 }
 

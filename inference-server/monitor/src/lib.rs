@@ -6,7 +6,8 @@
 //!
 //! Modules: [`fields`] (where values are in a request), [`window`] (time windows), [`source`]
 //! (the table's live files), [`stage`] (unpacking), [`sql`], [`profile`], [`drift`], [`stats`]
-//! (p-values and distances), [`output`] (the tables' files), [`refresh`] (the whole step).
+//! (p-values and distances), [`output`] (the tables' files), [`report`] (the HTML page),
+//! [`refresh`] (the whole step).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,7 @@ pub mod fields;
 pub mod output;
 pub mod profile;
 pub mod refresh;
+pub mod report;
 pub mod source;
 pub mod sql;
 pub mod stage;

@@ -27,6 +27,8 @@ use crate::{MonitorArgs, MonitorError, window};
 /// Most values a slicing expression keeps.
 pub const SLICE_VALUES: usize = 100;
 const STATE: &str = "_sluice_monitor_state.json";
+/// The report's name in the profile table's folder.
+pub const REPORT: &str = "report.html";
 
 /// What the previous refresh read.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -566,6 +568,14 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
             .await?;
     }
     drop(work);
+    write_report(
+        &ctx,
+        &profile_out,
+        &drift_out,
+        &args.table_options,
+        &summary.refreshed_at,
+    )
+    .await?;
     if let Some(newest) = newest {
         let window = chrono::DateTime::from_timestamp_millis(newest.window)
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -599,6 +609,31 @@ fn newest_window(
             .find(|row| row.window_start == window && row.column_name == profile::TABLE)
             .cloned(),
     })
+}
+
+/// Writes `report.html` beside the profile table's windows, from every window of both tables.
+async fn write_report(
+    ctx: &SessionContext,
+    profile: &Output,
+    drift: &Output,
+    options: &[(String, String)],
+    refreshed_at: &str,
+) -> Result<(), MonitorError> {
+    for (name, out) in [("profile", profile), ("drift", drift)] {
+        if !Table::list(&out.uri, options)
+            .await?
+            .register(ctx, name, None)
+            .await?
+        {
+            return Ok(());
+        }
+    }
+    let title = format!(
+        "Monitoring of {}",
+        profile.uri.trim_end_matches("_profile_metrics")
+    );
+    let html = crate::report::render(ctx, &title, refreshed_at).await?;
+    profile.put(REPORT, bytes::Bytes::from(html)).await
 }
 
 fn quality(fields: &[Field]) -> Option<Quality> {
