@@ -36,17 +36,17 @@ for window, step in [("w_hour", 3_600_000), ("w_day", 86_400_000)]:
         con.execute(f"""
             SELECT {window}, {slice_value} AS sv, count(*), count(*) - count(amount), avg(amount), stddev_samp(amount),
                    min(amount), max(amount), {quantiles}, approx_count_distinct(amount)
-            FROM staged GROUP BY ALL""").fetchall()
+            FROM staged GROUP BY 1, 2""").fetchall()
         con.execute(f"""
             SELECT * FROM (SELECT {window}, {slice_value} AS sv, merchant, count(*) AS n,
                                   row_number() OVER (PARTITION BY {window}, {slice_value} ORDER BY count(*) DESC, merchant) AS r
-                           FROM staged GROUP BY ALL) WHERE r <= 10""").fetchall()
+                           FROM staged GROUP BY 1, 2, 3) WHERE r <= 10""").fetchall()
         con.execute(f"""
             WITH pairs AS (
                 SELECT {window} AS cw, {slice_value} AS sv, amount AS x, 1.0 AS a, 0.0 AS b FROM staged WHERE amount IS NOT NULL
                 UNION ALL
                 SELECT {window} + {step} AS cw, {slice_value} AS sv, amount AS x, 0.0, 1.0 FROM staged WHERE amount IS NOT NULL),
-            n AS (SELECT cw, sv, sum(a) AS na, sum(b) AS nb FROM pairs GROUP BY ALL),
+            n AS (SELECT cw, sv, sum(a) AS na, sum(b) AS nb FROM pairs GROUP BY 1, 2),
             cum AS (SELECT DISTINCT cw, sv, x,
                         sum(a) OVER (PARTITION BY cw, sv ORDER BY x RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS ca,
                         sum(b) OVER (PARTITION BY cw, sv ORDER BY x RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cb
@@ -55,9 +55,9 @@ for window, step in [("w_hour", 3_600_000), ("w_day", 86_400_000)]:
                          lead(d.x) OVER (PARTITION BY d.cw, d.sv ORDER BY d.x) AS nx
                   FROM cum d JOIN n ON d.cw = n.cw AND d.sv IS NOT DISTINCT FROM n.sv WHERE n.na > 0 AND n.nb > 0)
             SELECT cw, sv, max(abs(fa - fb)), sum(CASE WHEN nx IS NULL THEN 0 ELSE abs(fa - fb) * (nx - x) END)
-            FROM f GROUP BY ALL""").fetchall()
+            FROM f GROUP BY 1, 2""").fetchall()
         con.execute(f"""
             SELECT cw, sv, merchant, sum(a), sum(b) FROM (
                 SELECT {window} AS cw, {slice_value} AS sv, merchant, 1 AS a, 0 AS b FROM staged
-                UNION ALL SELECT {window} + {step}, {slice_value}, merchant, 0, 1 FROM staged) GROUP BY ALL""").fetchall()
+                UNION ALL SELECT {window} + {step}, {slice_value}, merchant, 0, 1 FROM staged) GROUP BY 1, 2, 3""").fetchall()
 print(f"duckdb_seconds {time.time() - start:.2f}")
