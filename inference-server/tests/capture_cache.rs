@@ -6,10 +6,9 @@
 
 mod capture_support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use capture_support::{BINARY, Sidecar, Upstream, duckdb, temp_dir};
+use capture_support::{Sidecar, StandaloneGateway, Upstream, duckdb, temp_dir};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,30 +23,13 @@ async fn a_cache_hit_is_a_row_marked_as_a_hit() {
         &[],
     )
     .await;
-    let dir = temp_dir("cache-gateway");
-    let manifest = dir.join("endpoints.yaml");
-    std::fs::write(
-        &manifest,
-        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n  aiGateway:\n    responseCache: {enabled: true}\n",
-    )
-    .unwrap();
-    let output = dir.join("stdout");
     let sidecar_addr = sidecar.base.trim_start_matches("http://").to_string();
-    let mut gateway = Command::new(BINARY)
-        .args(["gateway", "--standalone"])
-        .arg(&manifest)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--upstream", &format!("iris-1={sidecar_addr}")])
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .env("SLUICE_LOG", "warn")
-        .stdout(std::fs::File::create(&output).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let bound =
-        sluice_tests::process::announced(&output, &["gateway", "admin"], Duration::from_secs(30))
-            .await;
+    let gateway = StandaloneGateway::start(
+        "cache-gateway",
+        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n  aiGateway:\n    responseCache: {enabled: true}\n",
+        &[("iris-1", &sidecar_addr)],
+    )
+    .await;
     let client = reqwest::Client::new();
     let chat = json!({"model": "iris", "temperature": 0,
                       "messages": [{"role": "user", "content": "hi"}]});
@@ -57,8 +39,8 @@ async fn a_cache_hit_is_a_row_marked_as_a_hit() {
             capture_support::eventually(Duration::from_secs(20), "the gateway answers", || {
                 let request = client
                     .post(format!(
-                        "http://{}/serving-endpoints/v1/chat/completions",
-                        bound[0]
+                        "{}/serving-endpoints/v1/chat/completions",
+                        gateway.base
                     ))
                     .json(&chat);
                 async move {
@@ -109,6 +91,4 @@ async fn a_cache_hit_is_a_row_marked_as_a_hit() {
         json!([1]),
         "only the model's answer used anything"
     );
-    let _ = gateway.kill();
-    let _ = gateway.wait();
 }

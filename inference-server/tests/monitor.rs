@@ -4,11 +4,14 @@
 //! errors — with a drift injected at hour 4 (`amount` N(50, 10) → N(65, 10), a new merchant
 //! mix). The monitor's profile and drift tables, read back with pyarrow, must equal what numpy
 //! and scipy compute on the same rows: moments, extremes, null and zero shares, frequent items,
-//! accuracy and a custom metric exactly; t-digest quantiles within 2 % of rank; HyperLogLog
+//! accuracy, precision/recall/F1 (per class, macro, weighted) and a custom metric exactly; t-digest quantiles within 2 % of rank; HyperLogLog
 //! distinct counts within 3 %; Kolmogorov–Smirnov statistic (`ks_2samp`) and its asymptotic
 //! p-value (`kstwobign`), Wasserstein (`wasserstein_distance`), PSI, chi-squared
 //! (`chi2_contingency`, no correction), total-variation, L-infinity and Jensen–Shannon
 //! (`jensenshannon`, base 2), for consecutive windows and against a baseline window, per slice.
+//! Evidently's own stattests (`tests/monitor/evidently_check.py`, `.venv-evidently`) agree on
+//! the same rows where they compute the same quantity: JS and total-variation distance,
+//! normed Wasserstein.
 //! The drift is flagged at hour 4 and not before, and a second refresh after new rows rewrites
 //! only the windows those rows fall in. The report page renders in headless Chromium with its
 //! plots drawn and the drifted columns first.
@@ -43,19 +46,35 @@ fn python() -> PathBuf {
     python
 }
 
-fn oracle(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/monitor/oracle.py");
-    let out = Command::new(python())
-        .arg(script)
+fn run_script(python: &Path, script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/monitor")
+        .join(script);
+    let out = Command::new(python)
+        .arg(path)
         .args(args)
         .output()
-        .expect("oracle.py runs");
+        .unwrap_or_else(|e| panic!("{script} runs: {e}"));
     assert!(
         out.status.success(),
-        "oracle.py {args:?}:\n{}",
+        "{script} {args:?}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn oracle(args: &[&str]) -> String {
+    run_script(&python(), "oracle.py", args)
+}
+
+/// The drift rows against Evidently's own stattests (`.venv-evidently`).
+fn evidently(args: &[&str]) -> String {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-evidently/bin/python");
+    assert!(
+        python.exists(),
+        "run .ci/setup: it installs Evidently in .venv-evidently"
+    );
+    run_script(&python, "evidently_check.py", args)
 }
 
 fn monitor(table: &Path, work: &Path) -> serde_json::Value {
@@ -189,9 +208,48 @@ fn profile_and_drift_equal_numpy_and_scipy_and_refreshes_are_incremental() {
             .keys()
             .any(|path| path.ends_with("1h/20261201T0400Z.parquet"))
     );
+    // The newest window's drift, worst first, and its quality, for the operator's gauges.
+    let drift: Vec<(&str, &str)> = second["drift"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            (
+                v["metric"].as_str().unwrap_or_default(),
+                v["column"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        drift.contains(&("ksStatistic", "amount")) && drift.contains(&("jsDistance", "merchant")),
+        "{second}"
+    );
+    let values: Vec<f64> = second["drift"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["value"].as_f64())
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0] >= w[1]),
+        "worst first: {values:?}"
+    );
+    let quality: Vec<&str> = second["quality"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["metric"].as_str())
+        .collect();
+    assert_eq!(
+        quality,
+        ["accuracyScore", "precision", "recall", "f1Score"],
+        "{second}"
+    );
     // Every statistic again over all six hours; the drift is flagged at hour 4, not before.
     let checked = oracle(&["check", &table_text, &table_text, "0,1,2"]);
     assert!(checked.contains("\"checks\""), "{checked}");
+    let checked = evidently(&["check", &table_text, &table_text, "0,1,2"]);
+    assert!(checked.contains("\"evidently_checks\""), "{checked}");
     report_renders(&profile.join("report.html"), &root);
     assert!(
         std::fs::read_dir(&work)
@@ -270,7 +328,7 @@ fn a_bad_configuration_names_the_field() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("x: path \"body.x\" must start with `request` or `response`"),
+        stderr.contains("x: path \"body.x\" must start with `request`, `response` or `feedback.`"),
         "{stderr}"
     );
     let out = Command::new(BINARY)

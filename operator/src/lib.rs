@@ -15,6 +15,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod model_version;
+pub mod monitoring_metrics;
 pub mod registry;
 pub mod runtime;
 

@@ -219,6 +219,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let both = futures::future::join_all(env.per_namespace().into_iter().map(|env| {
             let mut caches = Caches::new(&env);
             synced.push((caches.endpoints.synced(), caches.models.synced()));
+            env.metrics.monitoring.watch(caches.endpoints.store());
             let versions = model_version::run(
                 env.clone(),
                 config.images.inference_server.clone(),

@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics, registered in a registry the caller passes in (never a
 //! global one). Labels are bounded: the controller, an error category, an HTTP verb. Object
-//! names never become labels.
+//! names never become labels, except in the monitoring gauges
+//! ([`crate::monitoring_metrics`]), whose series are one endpoint's model-quality signals.
 
 use std::time::Instant;
 
@@ -104,6 +105,8 @@ pub struct Metrics {
     status_writes: Family<ControllerLabels, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
+    /// The newest monitoring refresh of each endpoint.
+    pub monitoring: crate::monitoring_metrics::MonitoringGauges,
 }
 
 impl Metrics {
@@ -122,6 +125,7 @@ impl Metrics {
             status_writes: Family::default(),
             api_requests: Family::default(),
             leader: Gauge::default(),
+            monitoring: Default::default(),
         };
         // Every series exists from the start (at 0), so rates and absence alerts work before
         // the first reconcile or failure.
@@ -180,6 +184,7 @@ impl Metrics {
             "1 while this process holds the leader Lease (or runs without election)",
             metrics.leader.clone(),
         );
+        registry.register_collector(Box::new(metrics.monitoring.clone()));
         metrics
     }
 

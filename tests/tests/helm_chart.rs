@@ -1686,3 +1686,102 @@ fn rate_limit_budgets_are_shared_through_redis_or_split_by_replicas() {
         template(&[], &["gateway.rateLimits.failMode=maybe"]).expect_err("an unknown fail mode");
     assert!(refused.contains("failMode"), "{refused}");
 }
+
+/// The metric names a PromQL query reads, or why it does not parse.
+fn promql_metrics(query: &str) -> Result<BTreeSet<String>, String> {
+    use promql_parser::parser::Expr;
+    struct Names(BTreeSet<String>);
+    impl promql_parser::util::ExprVisitor for Names {
+        type Error = String;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+            match expr {
+                Expr::VectorSelector(vs) => self.0.extend(vs.name.clone()),
+                Expr::MatrixSelector(ms) => self.0.extend(ms.vs.name.clone()),
+                _ => {}
+            }
+            Ok(true)
+        }
+    }
+    let expr = promql_parser::parser::parse(query)?;
+    let mut names = Names(BTreeSet::new());
+    promql_parser::util::walk_expr(&mut names, &expr)?;
+    Ok(names.0)
+}
+
+/// The Prometheus objects work together: the ServiceMonitor keeps the series' own `namespace`
+/// and `endpoint` labels (`honorLabels`), every alert rule and dashboard query parses as PromQL
+/// (Grafana's `$__rate_interval` read as a duration), and every monitoring series they read is
+/// one the operator exports.
+#[test]
+fn prometheus_rules_and_dashboard_queries_parse_and_read_exported_series() {
+    let docs = render(
+        &[],
+        &[
+            "monitoring.serviceMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.grafanaDashboard.enabled=true",
+        ],
+    );
+    let monitor = of_kind(&docs, "ServiceMonitor");
+    assert_eq!(monitor.len(), 1);
+    let endpoints = monitor[0]["spec"]["endpoints"]
+        .as_array()
+        .expect("endpoints");
+    assert!(endpoints.len() >= 2, "gateway and operator: {endpoints:?}");
+    for endpoint in endpoints {
+        assert_eq!(endpoint["honorLabels"], true, "{endpoint}");
+    }
+
+    let mut queries = Vec::new();
+    for rule in of_kind(&docs, "PrometheusRule") {
+        for group in rule["spec"]["groups"].as_array().expect("groups") {
+            for rule in group["rules"].as_array().expect("rules") {
+                let name = rule["alert"].as_str().expect("alert").to_string();
+                queries.push((name, rule["expr"].as_str().expect("expr").to_string()));
+            }
+        }
+    }
+    let dashboard_map = of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|cm| cm["data"]["sluice.json"].is_string())
+        .expect("the dashboard ConfigMap");
+    let dashboard: Value =
+        serde_json::from_str(dashboard_map["data"]["sluice.json"].as_str().unwrap())
+            .expect("the dashboard is JSON");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or_default().to_string();
+            let expr = target["expr"].as_str().expect("expr");
+            queries.push((title, expr.replace("$__rate_interval", "5m")));
+        }
+    }
+    let exported: BTreeSet<String> = sluice_operator::monitoring_metrics::Gauge::ALL
+        .iter()
+        .map(|gauge| format!("sluice_operator_{}", gauge.name()))
+        .collect();
+    let mut read = BTreeSet::new();
+    for (name, query) in &queries {
+        let metrics = promql_metrics(query)
+            .unwrap_or_else(|e| panic!("{name}: {query:?} is not PromQL: {e}"));
+        for metric in metrics {
+            if metric.starts_with("sluice_operator_monitoring_") {
+                assert!(
+                    exported.contains(&metric),
+                    "{name} reads {metric}, which the operator does not export"
+                );
+                read.insert(metric);
+            }
+        }
+    }
+    for wanted in [
+        "sluice_operator_monitoring_alert_firing",
+        "sluice_operator_monitoring_drift",
+        "sluice_operator_monitoring_quality",
+        "sluice_operator_monitoring_last_refresh_failed",
+        "sluice_operator_monitoring_last_refresh_timestamp_seconds",
+    ] {
+        assert!(read.contains(wanted), "no rule or panel reads {wanted}");
+    }
+    // The parser refuses what Prometheus refuses.
+    assert!(promql_metrics("sum by (namespace (up)").is_err());
+}

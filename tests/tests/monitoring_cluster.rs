@@ -3,7 +3,9 @@
 //! and the refresh annotation runs it at once as a Job whose `inference-server monitor`
 //! container reads the table on the claim and writes the profile and drift tables beside it.
 //! `status.monitoring` shows what the refresh read (from its termination message); after
-//! drifted traffic the next refresh sets `Drifting` and sends a Warning event.
+//! drifted traffic the next refresh sets `Drifting` and sends a Warning event. Feedback posted
+//! through the gateway lands in the feedback table beside the payload table, and a refresh
+//! that reads its labels (`feedback.label`) sets `QualityDegraded`.
 
 use std::time::Duration;
 
@@ -109,21 +111,29 @@ async fn a_refresh_on_the_cluster_profiles_captured_rows_and_flags_drift() {
     let gateway = GatewayProcess::start(cp, &cp.kubeconfig, &ns).await;
     let http = reqwest::Client::new();
     let url = format!("{}/serving-endpoints/iris/invocations", gateway.base);
+    // Sends one request per width; the request ids the gateway answered with.
     let send = |widths: Vec<f64>| {
         let (http, url) = (http.clone(), url.clone());
         async move {
+            let mut ids = Vec::new();
             for width in widths {
                 let body = format!(r#"{{"inputs": [[6.7, 3.0, 5.2, {width}]]}}"#);
-                let status = http
+                let response = http
                     .post(&url)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()
                     .await
-                    .expect("request")
-                    .status();
-                assert_eq!(status, 200);
+                    .expect("request");
+                assert_eq!(response.status(), 200);
+                ids.push(
+                    response.headers()["x-request-id"]
+                        .to_str()
+                        .expect("an id")
+                        .to_string(),
+                );
             }
+            ids
         }
     };
     let folder = claim_folder(&client, &ns, "sluice-lake").await;
@@ -217,9 +227,9 @@ async fn a_refresh_on_the_cluster_profiles_captured_rows_and_flags_drift() {
     );
 
     // Wider petals: the next refresh flags the drift.
-    send(widths(2.5, REQUESTS)).await;
+    let drifted = send(widths(2.5, REQUESTS)).await;
     rows_landed(2 * REQUESTS).await;
-    put(Some(monitoring), Some("second")).await;
+    put(Some(monitoring.clone()), Some("second")).await;
     let drifting =
         sluice_tests::wait::eventually("Drifting", Duration::from_secs(240), logs, || async {
             let ep = endpoints.get("iris").await.ok()?;
@@ -249,4 +259,67 @@ async fn a_refresh_on_the_cluster_profiles_captured_rows_and_flags_drift() {
         },
     )
     .await;
+    // People say 20 of the drifted answers were wrong, through the gateway's feedback route;
+    // the capture sidecars write the feedback table beside the payload table, and the next
+    // refresh scores the answers against it: accuracy 0, `QualityDegraded`, and the quality
+    // in status (from which the operator's gauges are read).
+    for id in &drifted[..20] {
+        let response = http
+            .post(format!("{}/serving-endpoints/iris/feedback", gateway.base))
+            .json(&json!({"request_id": id, "label": "no-such-class", "comment": "wrong"}))
+            .send()
+            .await
+            .expect("feedback");
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    }
+    let feedback_dir = folder.join("ml/prod/iris_feedback");
+    let joined = format!(
+        "select count(*) from {} f join {table} p using (request_id)",
+        parquet_table(&feedback_dir)
+    );
+    sluice_tests::wait::eventually("20 feedback rows", Duration::from_secs(180), logs, || {
+        let written = has_parquet(&feedback_dir);
+        let joined = joined.clone();
+        async move {
+            if !written {
+                return None;
+            }
+            let found: usize = duckdb_row(&joined)
+                .trim_matches(|c| c == '(' || c == ')' || c == ',')
+                .parse()
+                .ok()?;
+            (found >= 20).then_some(())
+        }
+    })
+    .await;
+    let mut quality = monitoring;
+    quality["problemType"] = json!("classification");
+    quality["prediction"] = json!({"name": "prediction"});
+    quality["label"] = json!({"name": "label", "path": "feedback.label"});
+    quality["alerts"] = json!([{"metric": "accuracyScore", "threshold": 0.5}]);
+    put(Some(quality), Some("third")).await;
+    let degraded = sluice_tests::wait::eventually(
+        "QualityDegraded",
+        Duration::from_secs(240),
+        logs,
+        || async {
+            let ep = endpoints.get("iris").await.ok()?;
+            let status = ep.status?;
+            let condition = status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "QualityDegraded" && c.status == "True")?;
+            let refresh = status.monitoring?.last_refresh?;
+            Some((condition, refresh))
+        },
+    )
+    .await;
+    let (condition, refresh) = degraded;
+    assert_eq!(condition.reason, "QualityBelowThreshold", "{condition:?}");
+    let accuracy = refresh
+        .quality
+        .iter()
+        .find(|v| v.metric == sluice_crds::AlertMetric::AccuracyScore)
+        .map(|v| v.value);
+    assert_eq!(accuracy, Some(0.0), "{refresh:?}");
 }

@@ -14,10 +14,11 @@
 //! - [`claim`]: `pvc://<claim>/<path>` URIs and the volumes that show them to containers.
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`external`]: which external providers and settings the gateway calls, and where.
+//! - [`feedback`]: human feedback on a request, as clients post it and sidecars record it.
 //! - [`mlflow`]: how MLflow and Databricks names (AI Gateway endpoints, registered models,
 //!   served entities) become Kubernetes names.
 //! - [`record`]: how the gateway hands an exchange no pod answered (a cache hit, a provider's
-//!   answer) to a capture sidecar, so it still becomes a row.
+//!   answer) or a feedback to a capture sidecar, so it still becomes a row.
 //! - [`support`]: the accepted fields this version does not act on, refused by name.
 //! - [`usage`]: the admin price table and the cost of one request, for usage rows.
 //! - [`headers`]: the header names the gateway and the capture sidecar agree on, and the one
@@ -27,6 +28,7 @@ pub mod claim;
 pub mod config;
 pub mod demand;
 pub mod external;
+pub mod feedback;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod headers;

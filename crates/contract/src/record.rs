@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue};
 
 /// The request's length in bytes: the body holds the request, then the answer.
 pub const RECORD: &str = "x-sluice-record";
-/// Where the answer came from: `cache`, or `provider:<name>` ([`RecordOrigin`]).
+/// Where the answer came from: `cache`, `provider:<name>` or `feedback` ([`RecordOrigin`]).
 pub const RECORD_ORIGIN: &str = "x-sluice-record-origin";
 /// The answer's status code.
 pub const RECORD_STATUS: &str = "x-sluice-record-status";
@@ -37,6 +37,9 @@ pub enum RecordOrigin {
     /// An external model's provider (`openai`, `anthropic`, …): its token counts make the
     /// usage row.
     Provider(String),
+    /// Not an exchange: a person's feedback on an earlier request
+    /// ([`crate::feedback::Feedback`] as JSON is the whole body), for the feedback table.
+    Feedback,
 }
 
 impl RecordOrigin {
@@ -44,12 +47,14 @@ impl RecordOrigin {
         match self {
             Self::Cache => "cache".into(),
             Self::Provider(name) => format!("provider:{name}"),
+            Self::Feedback => "feedback".into(),
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
         match text.split_once(':') {
             None if text == "cache" => Some(Self::Cache),
+            None if text == "feedback" => Some(Self::Feedback),
             Some(("provider", name)) if !name.is_empty() => Some(Self::Provider(name.into())),
             _ => None,
         }
@@ -160,6 +165,7 @@ mod tests {
         for origin in [
             RecordOrigin::Cache,
             RecordOrigin::Provider("anthropic".into()),
+            RecordOrigin::Feedback,
         ] {
             let head = RecordHead {
                 request_len: 12,

@@ -532,6 +532,19 @@ fn lake_table(ep: &ServingEndpoint, config: &OperatorConfig, suffix: &str) -> St
     )
 }
 
+/// The table beside payload table `uri` with `suffix`: `<prefix>_feedback` for
+/// `<prefix>_payload`, or `<uri>_feedback` beside a table whose name does not end in
+/// `_payload`.
+pub fn table_beside(uri: &str, suffix: &str) -> String {
+    let uri = uri.trim_end_matches('/');
+    format!("{}{suffix}", uri.strip_suffix("_payload").unwrap_or(uri))
+}
+
+/// The feedback table of an endpoint that captures: beside its payload table.
+pub fn feedback_table(capture: &ResolvedCapture) -> String {
+    table_beside(&capture.table_uri, "_feedback")
+}
+
 /// The usage table of `ep` (`None` when usage tracking is off): beside the payload table,
 /// `<prefix>_usage` for `<prefix>_payload`, or `<uri>_usage` beside an explicit table URI
 /// that does not end in `_payload`; under the lake root when capture is off.
@@ -549,10 +562,7 @@ pub fn resolve_usage(
         .filter(|c| c.enabled)
         .and_then(|c| c.uri.as_deref());
     let table_uri = match explicit {
-        Some(uri) => {
-            let uri = uri.trim_end_matches('/');
-            format!("{}_usage", uri.strip_suffix("_payload").unwrap_or(uri))
-        }
+        Some(uri) => table_beside(uri, "_usage"),
         None => lake_table(ep, config, "_usage"),
     };
     Some(ResolvedUsageTracking { table_uri })
@@ -695,6 +705,8 @@ mod tests {
         );
         let off = endpoint("  servedEntities:\n  - {name: churn-7, model: churn, version: 7}");
         assert_eq!(resolve_usage(&off, &config), None);
+        let capture = resolve_capture(&explicit, &config).expect("capture on");
+        assert_eq!(feedback_table(&capture), "s3://lake/t/churn_feedback");
         let r =
             resolve(&off, &[version(7, &[], true)], &BTreeMap::new(), &config).expect("resolves");
         assert_eq!(r[0].usage_price, None, "no price without usage tracking");

@@ -130,14 +130,45 @@ pub enum AlertMetric {
     Rmse,
     /// Mean absolute error (regression with labels), above.
     Mae,
+    /// Precision, macro-averaged over classes (classification with labels), below.
+    Precision,
+    /// Recall, macro-averaged over classes (classification with labels), below.
+    Recall,
+    /// F1 score, macro-averaged over classes (classification with labels), below.
+    F1Score,
 }
 
 impl AlertMetric {
     /// The condition an alert of this metric sets: `Drifting` or `QualityDegraded`.
     pub fn condition(self) -> &'static str {
         match self {
-            Self::AccuracyScore | Self::Rmse | Self::Mae => "QualityDegraded",
+            Self::AccuracyScore
+            | Self::Rmse
+            | Self::Mae
+            | Self::Precision
+            | Self::Recall
+            | Self::F1Score => "QualityDegraded",
             _ => "Drifting",
+        }
+    }
+
+    /// The name as the spec spells it (the `metric` label of the operator's gauges).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JsDistance => "jsDistance",
+            Self::TvDistance => "tvDistance",
+            Self::LInfinityDistance => "lInfinityDistance",
+            Self::ChiSquaredPvalue => "chiSquaredPvalue",
+            Self::KsStatistic => "ksStatistic",
+            Self::KsPvalue => "ksPvalue",
+            Self::WassersteinDistance => "wassersteinDistance",
+            Self::PopulationStabilityIndex => "populationStabilityIndex",
+            Self::AccuracyScore => "accuracyScore",
+            Self::Rmse => "rmse",
+            Self::Mae => "mae",
+            Self::Precision => "precision",
+            Self::Recall => "recall",
+            Self::F1Score => "f1Score",
         }
     }
 
@@ -145,7 +176,12 @@ impl AlertMetric {
     pub fn alerts_below(self) -> bool {
         matches!(
             self,
-            Self::ChiSquaredPvalue | Self::KsPvalue | Self::AccuracyScore
+            Self::ChiSquaredPvalue
+                | Self::KsPvalue
+                | Self::AccuracyScore
+                | Self::Precision
+                | Self::Recall
+                | Self::F1Score
         )
     }
 
@@ -194,6 +230,33 @@ pub struct MonitoringRefresh {
     /// The newest window's values the alerts watch, and which crossed their threshold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertState>,
+    /// The newest window's drift of each monitored column (with the baseline when there is
+    /// one, else with the window before), worst first, at most [`MAX_DRIFT_VALUES`]: the
+    /// KS statistic of numeric columns, the JS distance of categorical ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<MonitoredValue>,
+    /// The newest window's model quality, when it has labels: `accuracyScore`, `precision`,
+    /// `recall` and `f1Score` (macro averages) of a classifier, `rmse` and `mae` of a
+    /// regression.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<MonitoredValue>,
+}
+
+/// Most drift values a refresh reports ([`MonitoringRefresh::drift`]): the summary travels in
+/// a termination message of at most 4 KiB.
+pub const MAX_DRIFT_VALUES: usize = 20;
+
+/// One value of the newest window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoredValue {
+    /// What it measures.
+    pub metric: AlertMetric,
+    /// The column (none for quality metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The value.
+    pub value: f64,
 }
 
 /// One alert's newest value.
@@ -298,11 +361,16 @@ pub struct MonitoredField {
     pub name: String,
     /// Where the value is: `request.` or `response.` followed by object keys and array
     /// indexes (`response.predictions[*].label`, `request.inputs.amount[*]`); `[*]` marks
-    /// the instances of a batch request, and at most one may appear.
+    /// the instances of a batch request, and at most one may appear. `feedback.label`,
+    /// `feedback.rating` or `feedback.comment` read the newest feedback posted about the
+    /// request (`POST /serving-endpoints/{name}/feedback`): a label from people instead of
+    /// one inside the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(request|response)(\.[^.\[\]]+|\[([0-9]+|\*)\])*$")
+        regex(
+            pattern = r"^((request|response)(\.[^.\[\]]+|\[([0-9]+|\*)\])*|feedback\.(label|rating|comment))$"
+        )
     )]
     pub path: Option<String>,
     /// `numeric` (default for features) or `categorical`; the prediction and label default

@@ -39,6 +39,11 @@ pub struct CaptureArgs {
     /// one row per request, sampled or not, with the caller, tokens, latency, status and cost.
     #[arg(long, env = "SLUICE_CAPTURE_USAGE_TABLE")]
     pub usage_table: Option<String>,
+    /// Where the feedback table lives (same forms as `--table`, same store options and
+    /// format): one row per feedback the gateway hands over
+    /// (`POST /serving-endpoints/{name}/feedback`).
+    #[arg(long, env = "SLUICE_CAPTURE_FEEDBACK_TABLE", requires = "table")]
+    pub feedback_table: Option<String>,
     /// The entity's price, for the usage rows' `cost`:
     /// `<currency>:input=<per 1k tokens>,output=<per 1k tokens>,second=<per second>`, each part
     /// optional (`USD:input=0.5,output=1.5`). Needs `--usage-table`.

@@ -71,6 +71,8 @@ pub struct RawExchange {
     pub usage: Option<MeteredUsage>,
     /// Mask personal data in the recorded answer (the endpoint's output guardrails act on it).
     pub mask_answer_pii: bool,
+    /// A feedback on an earlier request (a row of the feedback table only).
+    pub feedback: Option<sluice_contract::feedback::Feedback>,
 }
 
 impl RawExchange {
@@ -184,6 +186,7 @@ impl RawExchange {
             logging_error_codes: codes,
             usage_only: self.usage_only,
             usage,
+            feedback: self.feedback,
         }
     }
 }

@@ -90,6 +90,7 @@ fn proxy_on(
                 memory_bytes: 16 << 20,
             },
             usage,
+            feedback: true,
         },
         queue.clone(),
         metrics.clone(),
@@ -138,6 +139,59 @@ async fn post_to(
         parts.headers,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// The headers of a feedback record of `body`.
+fn feedback_head(body: &str) -> HeaderMap {
+    let head = sluice_contract::record::RecordHead {
+        request_len: body.len(),
+        origin: sluice_contract::record::RecordOrigin::Feedback,
+        status: 200,
+        content_type: None,
+        duration_ms: None,
+        incomplete: false,
+    };
+    let mut headers = HeaderMap::new();
+    head.write(&mut headers);
+    headers
+}
+
+fn pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.to_str().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_feedback_record_is_queued_for_the_feedback_table_whatever_the_sampling() {
+    // Sampling 0: no exchange is recorded, feedback still is.
+    let (router, queue) = proxy(model().await, 0.0);
+    let body = r#"{"request_id":"r-1","label":"fraud","rating":1.0}"#;
+    let head = feedback_head(body);
+    let mut headers = pairs(&head);
+    headers.extend([("x-request-id", "fb-7"), ("x-sluice-requester", "alice")]);
+    let (status, _, _) = post_to(router.clone(), "/sluice/feedback", &headers, body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let rows = queued(queue, Duration::from_secs(2)).await;
+    assert_eq!(rows.len(), 1);
+    let feedback = rows[0].feedback.as_ref().expect("a feedback");
+    assert_eq!(
+        (feedback.request_id.as_str(), feedback.label.as_deref()),
+        ("r-1", Some("fraud"))
+    );
+    assert_eq!(rows[0].request_id, "fb-7");
+    assert_eq!(rows[0].requester.as_deref(), Some("alice"));
+    let row = rows[0].clone().finish(&Default::default());
+    assert_eq!((row.request, row.response), (None, None), "no bodies");
+
+    // A body that is not a feedback is refused by name; nothing is queued.
+    let bad = r#"{"label":"fraud"}"#;
+    let head = feedback_head(bad);
+    let headers = pairs(&head);
+    let (status, _, answer) = post_to(router, "/sluice/feedback", &headers, bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer.to_string().contains("request_id"), "{answer}");
 }
 
 #[tokio::test]

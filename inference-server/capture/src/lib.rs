@@ -138,10 +138,15 @@ pub async fn run(
     let tables = Tables {
         payload: open(&args.table, TableKind::of::<PayloadRecord>())?,
         usage: open(&args.usage_table, TableKind::of::<UsageRecord>())?,
+        feedback: open(
+            &args.feedback_table,
+            TableKind::of::<table::feedback::FeedbackRecord>(),
+        )?,
     };
     tracing::info!(
         table = tables.payload.as_ref().map(ParquetTable::uri),
         usage_table = tables.usage.as_ref().map(ParquetTable::uri),
+        feedback_table = tables.feedback.as_ref().map(ParquetTable::uri),
         spool = %args.spool_dir.display(),
         instance = spool.instance(),
         waiting,
@@ -188,6 +193,7 @@ pub async fn run(
                 max_payload_bytes: args.max_payload_bytes,
                 memory_bytes: args.capture_memory_bytes,
             },
+            feedback: args.feedback_table.is_some(),
             usage: args.usage_table.is_some().then(|| UsageTracking {
                 labels: UsageLabels {
                     endpoint: args.endpoint.clone(),

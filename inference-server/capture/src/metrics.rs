@@ -125,6 +125,8 @@ pub struct CaptureMetrics {
     pub written: Counter,
     /// Rows in the usage table.
     pub usage_written: Counter,
+    /// Rows in the feedback table.
+    pub feedback_written: Counter,
     /// Requests served, by endpoint and entity (usage tracking on).
     pub usage_requests: Family<UsageLabels, Counter>,
     /// Input tokens the answers reported, by endpoint and entity.
@@ -179,6 +181,7 @@ impl Default for CaptureMetrics {
             captured: Counter::default(),
             written: Counter::default(),
             usage_written: Counter::default(),
+            feedback_written: Counter::default(),
             usage_requests: Family::default(),
             usage_input_tokens: Family::default(),
             usage_output_tokens: Family::default(),
@@ -232,6 +235,11 @@ impl CaptureMetrics {
             "usage_records_written",
             "Rows written to the usage table",
             metrics.usage_written.clone(),
+        );
+        registry.register(
+            "feedback_records_written",
+            "Rows written to the feedback table",
+            metrics.feedback_written.clone(),
         );
         registry.register(
             "usage_requests",
@@ -347,12 +355,13 @@ impl CaptureMetrics {
     pub fn segment_written(
         &self,
         files: &crate::table::SegmentFiles,
-        written: &[crate::table::Written; 2],
+        written: &[crate::table::Written; 3],
     ) {
         let rows = |files: &[crate::table::PartFile]| files.iter().map(|f| f.rows as u64).sum();
         for (files, written, counter) in [
             (&files.payload, &written[0], &self.written),
             (&files.usage, &written[1], &self.usage_written),
+            (&files.feedback, &written[2], &self.feedback_written),
         ] {
             if written.already_committed {
                 self.delta_skipped.inc();

@@ -429,7 +429,7 @@ impl UploadError {
 async fn prepare(
     spool: &Arc<Spool>,
     segment: &Segment,
-    tables: (bool, bool),
+    tables: table::TableSet,
 ) -> Result<(SegmentFiles, u64), UploadError> {
     let (spool, segment) = (spool.clone(), segment.clone());
     tokio::task::spawn_blocking(move || {

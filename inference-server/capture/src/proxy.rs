@@ -453,6 +453,8 @@ pub struct Proxy {
     block_timeout: Duration,
     /// Fraction of requests recorded in the payload table (0 without one).
     sampling_fraction: f64,
+    /// A feedback table is written.
+    feedback: bool,
     recorder: Arc<Recorder>,
     registry: Arc<Registry>,
     draining: AtomicBool,
@@ -475,6 +477,8 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Usage tracking, when on.
     pub usage: Option<UsageTracking>,
+    /// A feedback table is written (`--feedback-table`).
+    pub feedback: bool,
 }
 
 impl Proxy {
@@ -500,6 +504,7 @@ impl Proxy {
             upstream_timeout: config.upstream_timeout,
             block_timeout: config.block_timeout,
             sampling_fraction: config.sampling_fraction,
+            feedback: config.feedback,
             recorder: Arc::new(Recorder::new(queue, metrics, config.limits, config.usage)),
             registry,
             draining: AtomicBool::new(false),
@@ -659,6 +664,9 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
         Ok(head) => head,
         Err(error) => return ApiError::bad_request(error.to_string()).into_response(),
     };
+    if head.origin == RecordOrigin::Feedback {
+        return record_feedback(proxy, &parts.headers, &bytes[..head.request_len]).await;
+    }
     let cache_hit = head.origin == RecordOrigin::Cache;
     let sampled = proxy.sampled();
     // A provider's answer is metered for its usage row even when not sampled.
@@ -674,6 +682,7 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     match &head.origin {
         RecordOrigin::Cache => metadata.insert("cache".into(), "hit".into()),
         RecordOrigin::Provider(name) => metadata.insert("provider".into(), name.clone()),
+        RecordOrigin::Feedback => None,
     };
     let duration_ms = head
         .duration_ms
@@ -710,6 +719,36 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
         &[RESPONSE_INCOMPLETE]
     } else {
         &[]
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Records a feedback the gateway checked and handed over ([`sluice_contract::feedback`]):
+/// always (sampling is for requests), as a row of the feedback table; 204 once queued.
+async fn record_feedback(proxy: &Proxy, headers: &HeaderMap, body: &[u8]) -> Response {
+    if !proxy.feedback {
+        return ApiError::bad_request(
+            "this capture sidecar writes no feedback table (--feedback-table)",
+        )
+        .into_response();
+    }
+    let feedback = match sluice_contract::feedback::Feedback::parse(body) {
+        Ok(feedback) => feedback,
+        Err(error) => {
+            return ApiError::new(ErrorKind::InvalidParameterValue, error.to_string())
+                .into_response();
+        }
+    };
+    if let Some(refusal) = proxy.admit().await {
+        return refusal;
+    }
+    let id = request_id(headers);
+    proxy.recorder.record(RawExchange {
+        request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
+        requester: header_text(headers, &[REQUESTER_HEADER]),
+        timestamp_ms: now_ms(),
+        feedback: Some(feedback),
+        ..RawExchange::default()
     });
     StatusCode::NO_CONTENT.into_response()
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
@@ -906,4 +906,118 @@ async fn with_output_guardrails_on_personal_data_the_pod_is_told_to_mask_what_it
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(answer["pii_in_answers"], told, "{pii:?}");
     }
+}
+
+/// Posts `body` as feedback on endpoint `fraud`.
+async fn feedback(router: axum::Router, body: &str) -> (StatusCode, Value) {
+    let mut request = Request::post("/serving-endpoints/fraud/feedback")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("peer");
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = router.oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn feedback_is_handed_to_a_sidecar_as_a_record_and_bad_feedback_is_refused_by_field() {
+    // What the sidecar's port receives (the capture sidecar itself is tested with real
+    // processes in the inference-server tests).
+    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<(HeaderMap, Bytes)>();
+    let app = axum::Router::new().route(
+        "/sluice/feedback",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sent = sent.clone();
+            async move {
+                let _ = sent.send((headers, body));
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let sidecar = serve(app).await;
+    let captured = Policies {
+        captured: true,
+        ..Policies::default()
+    };
+    let (router, _) = governed(
+        vec![entity("a", vec![sidecar], None)],
+        vec![("a".into(), 100)],
+        Auth::open(),
+        captured.clone(),
+    );
+    let (status, answer) = feedback(
+        router.clone(),
+        r#"{"request_id": "r-1", "label": 1, "comment": "caught"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["request_id"], "r-1");
+    assert!(
+        answer["feedback_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    let (headers, body) = received.recv().await.expect("the sidecar got the record");
+    assert_eq!(headers["x-sluice-record-origin"], "feedback");
+    assert_eq!(headers["x-sluice-record"], body.len().to_string().as_str());
+    let sent: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        sent,
+        json!({"request_id": "r-1", "label": "1", "comment": "caught"})
+    );
+
+    for (body, named) in [
+        (r#"{"label": "x"}"#, "request_id"),
+        (r#"{"request_id": "r", "rating": "five"}"#, "rating"),
+        (r#"{"request_id": "r", "labell": "x"}"#, "labell"),
+        (r#"{"request_id": "r"}"#, "at least one"),
+        ("not json", "not a JSON object"),
+    ] {
+        let (status, answer) = feedback(router.clone(), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(named),
+            "{body}: {answer}"
+        );
+    }
+    assert!(
+        received.try_recv().is_err(),
+        "nothing refused reached the sidecar"
+    );
+
+    // An endpoint without capture has no feedback table.
+    let (router, _) = governed(
+        vec![entity("a", vec![sidecar], None)],
+        vec![("a".into(), 100)],
+        Auth::open(),
+        Policies::default(),
+    );
+    let (status, answer) = feedback(router, r#"{"request_id": "r", "rating": 1}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("autoCapture"),
+        "{answer}"
+    );
+
+    // No ready pod: 503 to retry, never a silent loss.
+    let (router, _) = governed(
+        vec![entity("a", Vec::new(), None)],
+        vec![("a".into(), 100)],
+        Auth::open(),
+        captured,
+    );
+    let (status, answer) = feedback(router, r#"{"request_id": "r", "rating": 1}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
 }

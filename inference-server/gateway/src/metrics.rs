@@ -283,6 +283,8 @@ pub enum RecordSource {
     Cache,
     /// An external model's provider.
     Provider,
+    /// A person's feedback.
+    Feedback,
 }
 
 impl RecordSource {
@@ -290,6 +292,28 @@ impl RecordSource {
         match self {
             Self::Cache => "cache",
             Self::Provider => "provider",
+            Self::Feedback => "feedback",
+        }
+    }
+}
+
+/// How one `POST /serving-endpoints/{name}/feedback` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackOutcome {
+    /// A capture sidecar took it.
+    Recorded,
+    /// Refused: a bad body, or an endpoint without capture (400/413).
+    Refused,
+    /// No sidecar took it (503, to retry).
+    Unavailable,
+}
+
+impl FeedbackOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
         }
     }
 }
@@ -342,6 +366,7 @@ pub struct GatewayMetrics {
     cache_bytes: Family<EndpointLabels, Gauge>,
     cache_evictions: Family<EndpointLabels, Counter>,
     unsent: Family<UnsentLabels, Counter>,
+    feedback: Family<UnsentLabels, Counter>,
     store_failures: [Counter; 3],
     fallbacks: Family<FallbackLabels, Counter>,
 }
@@ -445,6 +470,7 @@ impl GatewayMetrics {
             cache_bytes: Family::default(),
             cache_evictions: Family::default(),
             unsent: Family::default(),
+            feedback: Family::default(),
             store_failures: Default::default(),
             fallbacks: Family::default(),
         };
@@ -510,6 +536,11 @@ impl GatewayMetrics {
             "records_unsent",
             "Answers no pod gave (cache hits, external providers' answers) of endpoints with auto-capture or usage tracking that did not reach a capture sidecar to become table rows: no ready sidecar (a pod of the entity, or its recorder), too many records in flight, or the sidecar refused",
             metrics.unsent.clone(),
+        );
+        registry.register(
+            "feedback",
+            "Feedback posted to /serving-endpoints/{name}/feedback, by outcome (in the `origin` label): recorded (a capture sidecar took it), refused (400/413), unavailable (503: no sidecar took it)",
+            metrics.feedback.clone(),
         );
         registry.register(
             "fallbacks",
@@ -612,6 +643,17 @@ impl GatewayMetrics {
                 namespace: namespace.to_string(),
                 endpoint: endpoint.to_string(),
                 origin: origin.label(),
+            })
+            .inc();
+    }
+
+    /// Counts one feedback call.
+    pub fn feedback(&self, namespace: &str, endpoint: &str, outcome: FeedbackOutcome) {
+        self.feedback
+            .get_or_create(&UnsentLabels {
+                namespace: namespace.to_string(),
+                endpoint: endpoint.to_string(),
+                origin: outcome.label(),
             })
             .inc();
     }

@@ -50,7 +50,7 @@ use super::metrics::{
     AuthOutcome, CacheOutcome, EntityLabels, GatewayMetrics, HoldOutcome, IdleBody, ShadowOutcome,
 };
 use super::ratelimit::RateLimiter;
-use super::state::{EntityPool, LiveConfig, Lookup, State};
+use super::state::{EntityPool, LiveConfig, LiveEndpoint, Lookup, State, Table};
 use sluice_protocol::usage::{self, UsageChunkFilter};
 
 use super::record::{Recorded, Recorders, RecordingBody};
@@ -58,6 +58,23 @@ use sluice_contract::headers::{
     REQUEST_ID, SERVED_MODEL_NAME, names, new_request_id, strip_hop_by_hop,
 };
 use sluice_contract::record::{RecordHead, RecordOrigin};
+
+mod feedback;
+
+/// The endpoint `name` calls in `table` (`name`, or `namespace.name` where ambiguous), or
+/// the error saying why there is none.
+fn endpoint<'t>(table: &'t Table, name: &str) -> Result<&'t Arc<LiveEndpoint>, ApiError> {
+    table.get(name).map_err(|lookup| match lookup {
+        Lookup::Unknown => ApiError::new(
+            ErrorKind::NotFound,
+            format!("no serving endpoint named {name:?}"),
+        ),
+        Lookup::Ambiguous(namespaces) => ApiError::bad_request(format!(
+            "serving endpoint {name:?} exists in namespaces {}; call it as <namespace>.{name}",
+            namespaces.join(", ")
+        )),
+    })
+}
 
 /// `Retry-After` of a request shed by a global budget: budgets free up as requests finish.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -167,6 +184,10 @@ impl Proxy {
                 "/serving-endpoints/{name}/served-models/{entity}/invocations",
                 post(entity_invocations),
             )
+            .route(
+                "/serving-endpoints/{name}/feedback",
+                post(endpoint_feedback),
+            )
             .route("/endpoints/{name}/invocations", post(mlflow_invocations))
             .route("/serving-endpoints/v1/chat/completions", post(chat))
             .route("/serving-endpoints/v1/completions", post(completions))
@@ -275,29 +296,9 @@ impl Proxy {
             Err(error) => return self.fail("", "", error),
         };
         let table = self.state.table();
-        let endpoint = match table.get(&name) {
+        let endpoint = match endpoint(&table, &name) {
             Ok(endpoint) => endpoint,
-            Err(Lookup::Unknown) => {
-                return self.fail(
-                    "",
-                    "",
-                    ApiError::new(
-                        ErrorKind::NotFound,
-                        format!("no serving endpoint named {name:?}"),
-                    ),
-                );
-            }
-            Err(Lookup::Ambiguous(namespaces)) => {
-                return self.fail(
-                    "",
-                    "",
-                    ApiError::bad_request(format!(
-                        "serving endpoint {name:?} exists in namespaces {}; call it as \
-                         <namespace>.{name}",
-                        namespaces.join(", ")
-                    )),
-                );
-            }
+            Err(error) => return self.fail("", "", error),
         };
         let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
         if let Err(error) = self.auth.authorize(&caller, namespace, endpoint_name).await {
@@ -1718,6 +1719,16 @@ async fn endpoint_invocations(
     proxy
         .handle(Some(name), None, "/invocations", peer, request)
         .await
+}
+
+/// Human feedback on an earlier request of the endpoint ([`feedback`]).
+async fn endpoint_feedback(
+    AxumState(proxy): AxumState<Shared>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    proxy.feedback(name, peer, request).await
 }
 
 /// MLflow AI Gateway's route: the endpoint its MLflow name maps to

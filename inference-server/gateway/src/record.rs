@@ -70,23 +70,62 @@ impl Recorders {
         }
     }
 
-    /// Sends `answer` to a ready sidecar of `pool` as the record of `request`.
-    pub fn send(&self, pool: &EntityPool, request: &Recorded, answer: &[u8], mut head: RecordHead) {
+    /// Sends `answer` to a ready sidecar of `pool` as the record of `request`, in the
+    /// background.
+    pub fn send(&self, pool: &EntityPool, request: &Recorded, answer: &[u8], head: RecordHead) {
         let source = match head.origin {
             RecordOrigin::Cache => RecordSource::Cache,
             RecordOrigin::Provider(_) => RecordSource::Provider,
+            RecordOrigin::Feedback => RecordSource::Feedback,
         };
         let labels = pool.labels().clone();
         let metrics = self.metrics.clone();
         let unsent = move || metrics.record_unsent(&labels.namespace, &labels.endpoint, source);
-        let backend = {
-            let backends = pool.backends();
-            backend::pick(&backends, &[], &mut fastrand::Rng::new()).map(|b| b.addr)
-        };
-        let (Some(addr), Ok(permit)) = (backend, self.permits.clone().try_acquire_owned()) else {
-            tracing::debug!(entity = %pool.name, "a record could not be sent: no ready sidecar, or too many in flight");
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::debug!(entity = %pool.name, "a record could not be sent: too many in flight");
             unsent();
             return;
+        };
+        let Some(outgoing) = Self::outgoing(pool, request, answer, head) else {
+            tracing::debug!(entity = %pool.name, "a record could not be sent: no ready sidecar");
+            unsent();
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Delivery::Refused(why) = this.post(outgoing).await {
+                tracing::debug!(%why, "a sidecar did not take a record");
+                unsent();
+            }
+        });
+    }
+
+    /// Sends `answer` to a ready sidecar of `pool` as the record of `request`, and waits
+    /// for its answer (within the record timeout).
+    pub async fn deliver(
+        &self,
+        pool: &EntityPool,
+        request: &Recorded,
+        answer: &[u8],
+        head: RecordHead,
+    ) -> Delivery {
+        match Self::outgoing(pool, request, answer, head) {
+            Some(outgoing) => self.post(outgoing).await,
+            None => Delivery::Refused("no ready sidecar".into()),
+        }
+    }
+
+    /// The record's request to one ready sidecar of `pool`.
+    fn outgoing(
+        pool: &EntityPool,
+        request: &Recorded,
+        answer: &[u8],
+        mut head: RecordHead,
+    ) -> Option<hyper::Request<Full<Bytes>>> {
+        let addr = {
+            let backends = pool.backends();
+            backend::pick(&backends, &[], &mut fastrand::Rng::new()).map(|b| b.addr)?
         };
         head.request_len = request.body.len();
         let mut both = Vec::with_capacity(request.body.len() + answer.len());
@@ -101,22 +140,45 @@ impl Recorders {
             Some(request.peer),
         );
         head.write(outgoing.headers_mut());
-        let (client, timeout) = (self.client.clone(), self.timeout);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let recorded = tokio::time::timeout(timeout, async {
-                let response = client.request(outgoing).await.ok()?;
-                let ok = response.status().is_success();
-                response.into_body().collect().await.ok()?;
-                Some(ok)
-            })
-            .await;
-            if !matches!(recorded, Ok(Some(true))) {
-                tracing::debug!(%addr, "a sidecar did not take a record");
-                unsent();
-            }
-        });
+        Some(outgoing)
     }
+
+    async fn post(&self, outgoing: hyper::Request<Full<Bytes>>) -> Delivery {
+        let sent = tokio::time::timeout(self.timeout, async {
+            let response = self
+                .client
+                .request(outgoing)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+            }
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Delivery::Taken,
+            Ok(Err(why)) => Delivery::Refused(why),
+            Err(_) => Delivery::Refused(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+}
+
+/// Whether a sidecar took a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// It answered with a success.
+    Taken,
+    /// It could not be reached, refused it or did not answer in time: why.
+    Refused(String),
 }
 
 /// An external provider's answer on its way to the caller, kept (up to

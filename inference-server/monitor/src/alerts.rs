@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sluice_crds::{Alert, AlertMetric, AlertState};
+use sluice_crds::{Alert, AlertMetric, AlertState, MAX_DRIFT_VALUES, MonitoredValue};
 
 use crate::drift::Comparison;
 use crate::profile::ProfileRow;
@@ -28,7 +28,12 @@ fn drift_value(metric: AlertMetric, comparison: &Comparison) -> Option<f64> {
         AlertMetric::KsPvalue => comparison.ks_test.map(|test| test.pvalue),
         AlertMetric::WassersteinDistance => comparison.wasserstein_distance,
         AlertMetric::PopulationStabilityIndex => comparison.population_stability_index,
-        AlertMetric::AccuracyScore | AlertMetric::Rmse | AlertMetric::Mae => None,
+        AlertMetric::AccuracyScore
+        | AlertMetric::Rmse
+        | AlertMetric::Mae
+        | AlertMetric::Precision
+        | AlertMetric::Recall
+        | AlertMetric::F1Score => None,
     }
 }
 
@@ -37,6 +42,9 @@ fn quality_value(metric: AlertMetric, table: &ProfileRow) -> Option<f64> {
         AlertMetric::AccuracyScore => table.accuracy_score,
         AlertMetric::Rmse => table.rmse,
         AlertMetric::Mae => table.mae,
+        AlertMetric::Precision => table.classification.as_ref().map(|s| s.precision.macro_avg),
+        AlertMetric::Recall => table.classification.as_ref().map(|s| s.recall.macro_avg),
+        AlertMetric::F1Score => table.classification.as_ref().map(|s| s.f1_score.macro_avg),
         _ => None,
     }
 }
@@ -75,6 +83,58 @@ pub fn states(alerts: &[Alert], newest: &Newest, window: &str) -> Vec<AlertState
         .collect()
 }
 
+/// The newest window's drift of each column, worst first, at most [`MAX_DRIFT_VALUES`]: the
+/// KS statistic of numeric columns, the JS distance of categorical ones.
+pub fn drift_values(newest: &Newest) -> Vec<MonitoredValue> {
+    let mut values: Vec<MonitoredValue> = newest
+        .comparisons
+        .iter()
+        .filter_map(|(column, comparison)| {
+            let (metric, value) = match (comparison.ks_test, comparison.js_distance) {
+                (Some(test), _) => (AlertMetric::KsStatistic, test.statistic),
+                (None, Some(js)) => (AlertMetric::JsDistance, js),
+                (None, None) => return None,
+            };
+            Some(MonitoredValue {
+                metric,
+                column: Some(column.clone()),
+                value,
+            })
+        })
+        .collect();
+    values.sort_by(|a, b| {
+        b.value
+            .total_cmp(&a.value)
+            .then_with(|| a.column.cmp(&b.column))
+    });
+    values.truncate(MAX_DRIFT_VALUES);
+    values
+}
+
+/// The newest window's model quality values, when it has labels.
+pub fn quality_values(newest: &Newest) -> Vec<MonitoredValue> {
+    let Some(table) = &newest.table else {
+        return Vec::new();
+    };
+    [
+        AlertMetric::AccuracyScore,
+        AlertMetric::Precision,
+        AlertMetric::Recall,
+        AlertMetric::F1Score,
+        AlertMetric::Rmse,
+        AlertMetric::Mae,
+    ]
+    .into_iter()
+    .filter_map(|metric| {
+        Some(MonitoredValue {
+            metric,
+            column: None,
+            value: quality_value(metric, table)?,
+        })
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +160,26 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn drift_and_quality_values_of_the_newest_window() {
+        let drift = drift_values(&newest());
+        let seen: Vec<(AlertMetric, Option<&str>, f64)> = drift
+            .iter()
+            .map(|v| (v.metric, v.column.as_deref(), v.value))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (AlertMetric::KsStatistic, Some("amount"), 0.5),
+                (AlertMetric::JsDistance, Some("merchant"), 0.4),
+            ]
+        );
+        let quality = quality_values(&newest());
+        assert_eq!(quality.len(), 1);
+        assert_eq!(quality[0].metric, AlertMetric::AccuracyScore);
+        assert_eq!(quality[0].value, 0.7);
     }
 
     fn alert(metric: AlertMetric, column: Option<&str>, threshold: f64) -> Alert {

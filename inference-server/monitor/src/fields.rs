@@ -13,6 +13,9 @@ pub enum Body {
     Request,
     /// The recorded response (reassembled when streamed).
     Response,
+    /// The newest feedback on the request (`{label, rating, comment}`, from the feedback
+    /// table).
+    Feedback,
 }
 
 /// One step of a path.
@@ -89,12 +92,25 @@ fn parse_path(field: &str, path: &str) -> Result<Source, FieldError> {
         path: path.to_string(),
         problem,
     };
+    if let Some(key) = path.strip_prefix("feedback.") {
+        return match key {
+            "label" | "rating" | "comment" => Ok(Source::Path {
+                body: Body::Feedback,
+                steps: vec![Step::Key(key.to_string())],
+            }),
+            _ => Err(problem(
+                "reads feedback, which has only `label`, `rating` and `comment`",
+            )),
+        };
+    }
     let (body, mut rest) = if let Some(rest) = path.strip_prefix("request") {
         (Body::Request, rest)
     } else if let Some(rest) = path.strip_prefix("response") {
         (Body::Response, rest)
     } else {
-        return Err(problem("must start with `request` or `response`"));
+        return Err(problem(
+            "must start with `request`, `response` or `feedback.`",
+        ));
     };
     let mut steps = Vec::new();
     while !rest.is_empty() {
@@ -213,6 +229,19 @@ pub fn fields(config: &MonitoringConfig) -> Result<Vec<Field>, FieldError> {
         }
     }
     Ok(out)
+}
+
+/// Whether any field reads the feedback table.
+pub fn reads_feedback(fields: &[Field]) -> bool {
+    fields.iter().any(|field| {
+        matches!(
+            field.source,
+            Source::Path {
+                body: Body::Feedback,
+                ..
+            }
+        )
+    })
 }
 
 /// One value of one field of one instance.
@@ -373,6 +402,7 @@ pub fn instances(
     fields: &[Field],
     request: Option<&str>,
     response: Option<&str>,
+    feedback: Option<&Value>,
 ) -> Vec<Vec<Cell>> {
     let parse = |body: Option<&str>| body.and_then(|text| serde_json::from_str::<Value>(text).ok());
     let needs = |wanted: Body| {
@@ -395,10 +425,11 @@ pub fn instances(
     let found: Vec<Result<Found<'_>, Option<f64>>> = fields
         .iter()
         .map(|field| match &field.source {
-            Source::Path { body, steps } => Ok(match (body, &request, &response) {
-                (Body::Request, Some(root), _) | (Body::Response, _, Some(root)) => {
+            Source::Path { body, steps } => Ok(match (body, &request, &response, feedback) {
+                (Body::Request, Some(root), _, _) | (Body::Response, _, Some(root), _) => {
                     walk(root, steps)
                 }
+                (Body::Feedback, _, _, Some(root)) => walk(root, steps),
                 _ => Found::One(None),
             }),
             Source::MlflowColumn(name) => Ok(request
@@ -470,7 +501,7 @@ mod tests {
             r#"{"inputs": {"amount": [12.5, 3], "merchant": ["shop", 7]}}"#,
         ] {
             assert_eq!(
-                instances(&fields, Some(request), Some(response)),
+                instances(&fields, Some(request), Some(response), None),
                 expected,
                 "{request}"
             );
@@ -500,6 +531,7 @@ mod tests {
             &fields,
             Some(r#"{"rows": [{"x": 1}, {"x": null}, {"y": 2}], "meta": {"user": "ann"}}"#),
             Some(r#"{"out": [[0.5], [0.25]]}"#),
+            None,
         );
         assert_eq!(
             got,
@@ -511,9 +543,36 @@ mod tests {
         );
         // A body that is not JSON: one instance of nulls, nothing dropped.
         assert_eq!(
-            instances(&fields, Some("not json"), None),
+            instances(&fields, Some("not json"), None, None),
             vec![vec![Cell::Null]; 3]
         );
+    }
+
+    #[test]
+    fn feedback_fields_read_the_newest_feedback_in_every_instance() {
+        let fields = fields(&MonitoringConfig {
+            features: vec![field("amount", None, None)],
+            label: Some(field("label", Some("feedback.label"), None)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(reads_feedback(&fields));
+        let feedback = serde_json::json!({"label": "1", "rating": null});
+        let got = instances(
+            &fields,
+            Some(r#"{"dataframe_records": [{"amount": 3}, {"amount": 4}]}"#),
+            None,
+            Some(&feedback),
+        );
+        assert_eq!(got[1], vec![Cell::Text("1".into()); 2]);
+        // No feedback yet: a null label, the request still counted.
+        let got = instances(
+            &fields,
+            Some(r#"{"dataframe_records": [{"amount": 3}]}"#),
+            None,
+            None,
+        );
+        assert_eq!(got, vec![vec![Cell::Number(3.0)], vec![Cell::Null]]);
     }
 
     #[test]
@@ -529,6 +588,7 @@ mod tests {
                 r#"{"messages": [{"role": "user", "content": "héllo"}, {"role": "user", "content": [{"type": "text", "text": "ab"}]}]}"#,
             ),
             Some(r#"{"choices": [{"message": {"role": "assistant", "content": "four"}}]}"#),
+            None,
         );
         assert_eq!(got, vec![vec![Cell::Number(7.0)], vec![Cell::Number(4.0)]]);
     }
@@ -544,6 +604,7 @@ mod tests {
         assert!(bad("request.a[*].b[*]").contains("more than one"));
         assert!(bad("request.a[x]").contains("index"));
         assert!(bad("request..a").contains("empty key"));
+        assert!(bad("feedback.score").contains("only `label`, `rating` and `comment`"));
         assert_eq!(fields(&MonitoringConfig::default()), Err(FieldError::Empty));
         assert_eq!(
             fields(&config(vec![field("prediction", None, None)])),

@@ -5,7 +5,7 @@
 //! monitoring product.
 //!
 //! Modules: [`fields`] (where values are in a request), [`window`] (time windows), [`source`]
-//! (the table's live files), [`stage`] (unpacking), [`sql`], [`profile`], [`drift`], [`stats`]
+//! (the table's live files), [`stage`] (unpacking), [`sql`], [`profile`], [`classification`], [`drift`], [`stats`]
 //! (p-values and distances), [`output`] (the tables' files), [`report`] (the HTML page),
 //! [`refresh`] (the whole step).
 
@@ -15,6 +15,7 @@ use clap::Args;
 use sluice_crds::MonitoringConfig;
 
 pub mod alerts;
+pub mod classification;
 pub mod drift;
 pub mod fields;
 pub mod output;
@@ -106,6 +107,11 @@ pub struct MonitorArgs {
     /// What to compute: the `monitoring` section of a ServingEndpoint, as JSON.
     #[arg(long, env = "SLUICE_MONITOR_CONFIG")]
     pub config: String,
+    /// The endpoint's feedback table (`<prefix>_feedback`, Parquet or Delta): its newest
+    /// feedback per request is what `feedback.` paths read, and new feedback recomputes the
+    /// windows of the requests it is about.
+    #[arg(long)]
+    pub feedback_table: Option<String>,
     /// Where the output tables go: `<prefix>_profile_metrics` and `<prefix>_drift_metrics`.
     /// Defaults to the table's own location (beside it).
     #[arg(long)]
@@ -123,6 +129,29 @@ pub struct MonitorArgs {
     /// the refresh's pod status carries it).
     #[arg(long)]
     pub summary_file: Option<PathBuf>,
+}
+
+/// The summary as JSON within a termination message's 4 KiB: the error is cut, then the
+/// drift values and alerts are dropped from the least worrying end.
+fn fit_termination_message(summary: &sluice_crds::MonitoringRefresh) -> String {
+    const LIMIT: usize = 4000;
+    let mut cut = summary.clone();
+    let mut text = serde_json::to_string(&cut).unwrap_or_default();
+    if text.len() > LIMIT {
+        cut.error = cut.error.map(|e| e.chars().take(1500).collect());
+        text = serde_json::to_string(&cut).unwrap_or_default();
+    }
+    while text.len() > LIMIT && !(cut.drift.is_empty() && cut.alerts.is_empty()) {
+        if cut.drift.len() >= cut.alerts.len() {
+            cut.drift.pop();
+        } else {
+            // Firing alerts first, so the ones kept are those that matter.
+            cut.alerts.sort_by_key(|alert| !alert.firing);
+            cut.alerts.pop();
+        }
+        text = serde_json::to_string(&cut).unwrap_or_default();
+    }
+    text
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {
@@ -154,18 +183,43 @@ pub async fn run(args: MonitorArgs) -> Result<(), MonitorError> {
     };
     let text = serde_json::to_string(&summary).unwrap_or_default();
     if let Some(path) = &args.summary_file {
-        // A termination message holds at most 4 KiB: the error is cut to fit.
-        let mut text = text.clone();
-        if text.len() > 4000 {
-            let mut cut = summary.clone();
-            cut.error = cut.error.map(|e| e.chars().take(2000).collect());
-            cut.alerts.truncate(8);
-            text = serde_json::to_string(&cut).unwrap_or_default();
-        }
+        let text = fit_termination_message(&summary);
         std::fs::write(path, text).map_err(|source| MonitorError::Io {
             path: path.clone(),
             source,
         })?;
     }
     result.map(|_| println!("{text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_long_summary_fits_a_termination_message() {
+        let alert = sluice_crds::AlertState {
+            column: Some("c".repeat(100)),
+            window: "2026-12-06T10:00:00Z".into(),
+            ..Default::default()
+        };
+        let value = sluice_crds::MonitoredValue {
+            column: Some("c".repeat(100)),
+            ..Default::default()
+        };
+        let mut alerts = vec![alert.clone(); 30];
+        alerts[0].firing = true;
+        let summary = sluice_crds::MonitoringRefresh {
+            error: Some("e".repeat(5000)),
+            alerts,
+            drift: vec![value; 20],
+            ..Default::default()
+        };
+        let text = super::fit_termination_message(&summary);
+        assert!(text.len() <= 4000, "{}", text.len());
+        let back: sluice_crds::MonitoringRefresh = serde_json::from_str(&text).unwrap();
+        assert!(
+            back.alerts.iter().any(|a| a.firing),
+            "the firing alert is kept"
+        );
+        assert!(!back.drift.is_empty());
+    }
 }

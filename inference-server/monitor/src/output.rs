@@ -42,6 +42,36 @@ fn test(name: &str) -> Field {
     )
 }
 
+/// `{one_vs_all: map<class, value>, macro, weighted}`: precision, recall or F1.
+fn averaged(name: &str) -> Field {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![
+            Field::new("keys", DataType::Utf8, false),
+            Field::new("values", DataType::Float64, true),
+        ])),
+        false,
+    );
+    Field::new(
+        name,
+        DataType::Struct(Fields::from(vec![
+            Field::new("one_vs_all", DataType::Map(Arc::new(entries), false), true),
+            Field::new("macro", DataType::Float64, true),
+            Field::new("weighted", DataType::Float64, true),
+        ])),
+        true,
+    )
+}
+
+fn averaged_value(averaged: Option<&crate::classification::Averaged>) -> Value {
+    match averaged {
+        None => Value::Null,
+        Some(a) => {
+            json!({"one_vs_all": a.one_vs_all, "macro": a.macro_avg, "weighted": a.weighted})
+        }
+    }
+}
+
 fn float(name: &str) -> Field {
     Field::new(name, DataType::Float64, true)
 }
@@ -103,6 +133,11 @@ pub fn profile_schema(custom: &[CustomMetric]) -> SchemaRef {
         true,
     ));
     fields.extend([float("accuracy_score"), float("rmse"), float("mae")]);
+    fields.extend([
+        averaged("precision"),
+        averaged("recall"),
+        averaged("f1_score"),
+    ]);
     fields.extend(custom.iter().map(|metric| float(&metric.name)));
     fields.push(Field::new("refreshed_at", timestamp(), false));
     Arc::new(Schema::new(fields))
@@ -214,6 +249,9 @@ pub fn profile_record(
         "accuracy_score": row.accuracy_score,
         "rmse": row.rmse,
         "mae": row.mae,
+        "precision": averaged_value(row.classification.as_ref().map(|s| &s.precision)),
+        "recall": averaged_value(row.classification.as_ref().map(|s| &s.recall)),
+        "f1_score": averaged_value(row.classification.as_ref().map(|s| &s.f1_score)),
         "refreshed_at": refreshed_at,
     });
     if let Value::Object(fields) = fields {

@@ -68,6 +68,8 @@ pub struct ProfileRow {
     pub rmse: Option<f64>,
     /// Mean absolute error (`:table`, regression with labels).
     pub mae: Option<f64>,
+    /// Precision, recall and F1 (`:table`, classification with labels).
+    pub classification: Option<crate::classification::Scores>,
     /// Custom metrics, in configuration order (`:table`).
     pub custom: Vec<Option<f64>>,
 }
@@ -197,6 +199,12 @@ pub async fn profile(
     );
     let batches = crate::sql::collect(ctx, &query).await?;
     let frequent = frequent_items(ctx, scope, columns).await?;
+    let mut classification = match quality {
+        Some(quality) if quality.kind == FieldKind::Categorical => {
+            crate::classification::by_window(ctx, scope, quality).await?
+        }
+        _ => BTreeMap::new(),
+    };
     let slice_key = scope.slice.as_ref().map(|(key, _)| key.clone());
     let mut rows = Vec::new();
     for batch in &batches {
@@ -233,6 +241,8 @@ pub async fn profile(
                 accuracy_score: quality_columns.0.as_ref().and_then(|c| c.get(row)),
                 rmse: quality_columns.1.as_ref().and_then(|c| c.get(row)),
                 mae: quality_columns.2.as_ref().and_then(|c| c.get(row)),
+                classification: classification
+                    .remove(&(base.window_start, base.slice_value.clone())),
                 custom: custom_columns.iter().map(|c| c.get(row)).collect(),
                 ..base.clone()
             });

@@ -35,6 +35,9 @@ pub const REPORT: &str = "report.html";
 struct State {
     config: String,
     files: BTreeMap<String, FileVersion>,
+    /// The feedback table's files read.
+    #[serde(default)]
+    feedback_files: BTreeMap<String, FileVersion>,
 }
 
 struct Output {
@@ -167,6 +170,36 @@ fn columns(fields: &[Field]) -> Vec<Column> {
     columns
 }
 
+/// The newest non-null `label`, `rating` and `comment` of each request in table `feedback`.
+fn newest_feedback() -> String {
+    let newest = stage::FEEDBACK_FIELDS
+        .iter()
+        .map(|name| {
+            format!(
+                "last_value({name} ORDER BY feedback_time, feedback_id) FILTER (WHERE {name} IS NOT NULL) AS {}",
+                stage::feedback_column(name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT request_id AS __feedback_request_id, {newest} FROM feedback GROUP BY request_id"
+    )
+}
+
+/// The staging query: `stage_query`'s rows with the newest feedback of each request joined.
+fn with_feedback(query: &str) -> String {
+    let columns = stage::FEEDBACK_FIELDS
+        .iter()
+        .map(|name| format!("f.{}", stage::feedback_column(name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT p.*, {columns} FROM ({query}) p LEFT JOIN ({}) f ON p.request_id = f.__feedback_request_id",
+        newest_feedback()
+    )
+}
+
 fn stage_query(relation: &str, available: &BTreeSet<String>, range: Option<(i64, i64)>) -> String {
     let mut select = vec![
         "timestamp_ms".to_string(),
@@ -261,7 +294,20 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         drift_table: drift_out.uri.clone(),
         ..Default::default()
     };
-    let config_text = serde_json::to_string(&config.tables_part()).unwrap_or_default();
+    // The tables' contents depend on the feedback table too: naming another recomputes all.
+    let config_text = format!(
+        "{}{}",
+        serde_json::to_string(&config.tables_part()).unwrap_or_default(),
+        args.feedback_table
+            .as_deref()
+            .map(|uri| format!(" feedback={uri}"))
+            .unwrap_or_default()
+    );
+    if fields::reads_feedback(&fields) && args.feedback_table.is_none() {
+        return Err(MonitorError::Config(
+            "a field reads `feedback.`, but no --feedback-table is given".into(),
+        ));
+    }
     let previous: State = match profile_out.get(STATE).await? {
         Some(bytes) if !args.full => serde_json::from_slice(&bytes).unwrap_or_default(),
         _ => State::default(),
@@ -274,8 +320,22 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         .filter(|(file, version)| everything || previous.files.get(*file) != Some(version))
         .map(|(file, _)| file.clone())
         .collect();
-    summary.new_files = new.len() as u64;
-    if new.is_empty() {
+    let feedback = match &args.feedback_table {
+        Some(uri) => Some(Table::list(uri, &args.table_options).await?),
+        None => None,
+    };
+    let new_feedback: BTreeSet<String> = feedback
+        .iter()
+        .flat_map(|table| &table.files)
+        .filter(|(file, version)| everything || previous.feedback_files.get(*file) != Some(version))
+        .map(|(file, _)| file.clone())
+        .collect();
+    let feedback_files = feedback
+        .as_ref()
+        .map(|table| table.files.clone())
+        .unwrap_or_default();
+    summary.new_files = (new.len() + new_feedback.len()) as u64;
+    if new.is_empty() && new_feedback.is_empty() {
         return Ok(summary);
     }
     std::fs::create_dir_all(&args.work_dir).map_err(|source| MonitorError::Io {
@@ -283,26 +343,53 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         source,
     })?;
     let ctx = context(args)?;
-    table.register(&ctx, "payload_new", Some(&new)).await?;
-    table.register(&ctx, "payload", None).await?;
+    let has_new = table.register(&ctx, "payload_new", Some(&new)).await?;
+    if !table.register(&ctx, "payload", None).await? {
+        save_state(&profile_out, config_text, table.files, feedback_files).await?;
+        return Ok(summary);
+    }
     let available = columns_of(&ctx, "payload").await?;
-    // The time range of the new rows, per granularity widened to whole windows.
-    let bounds = crate::sql::collect(
-        &ctx,
-        "SELECT min(timestamp_ms) AS lo, max(timestamp_ms) AS hi FROM payload_new",
-    )
-    .await?;
-    let (lo, hi) = match bounds.first() {
-        Some(batch) => (
-            Integers::of(batch, "lo")?.get(0),
-            Integers::of(batch, "hi")?.get(0),
-        ),
-        None => (None, None),
+    let joined = match &feedback {
+        Some(feedback) => feedback.register(&ctx, "feedback", None).await?,
+        None => false,
     };
+    // The time range of the new rows, and of the requests new feedback is about; per
+    // granularity widened to whole windows.
+    let mut ranges = Vec::new();
+    if has_new {
+        ranges.push(
+            "SELECT min(timestamp_ms) AS lo, max(timestamp_ms) AS hi FROM payload_new".to_string(),
+        );
+    }
+    if let Some(feedback) = feedback
+        .as_ref()
+        .filter(|_| joined && !new_feedback.is_empty())
+    {
+        feedback
+            .register(&ctx, "feedback_new", Some(&new_feedback))
+            .await?;
+        ranges.push(
+            "SELECT min(p.timestamp_ms) AS lo, max(p.timestamp_ms) AS hi FROM payload p \
+             JOIN (SELECT DISTINCT request_id FROM feedback_new) f ON p.request_id = f.request_id"
+                .to_string(),
+        );
+    }
+    let (mut lo, mut hi) = (None::<i64>, None::<i64>);
+    for query in &ranges {
+        if let Some(batch) = crate::sql::collect(&ctx, query).await?.first() {
+            if let Some(low) = Integers::of(batch, "lo")?.get(0) {
+                lo = Some(lo.map_or(low, |lo| lo.min(low)));
+            }
+            if let Some(high) = Integers::of(batch, "hi")?.get(0) {
+                hi = Some(hi.map_or(high, |hi| hi.max(high)));
+            }
+        }
+    }
     let (Some(lo), Some(hi)) = (lo, hi) else {
-        save_state(&profile_out, config_text, table.files).await?;
+        save_state(&profile_out, config_text, table.files, feedback_files).await?;
         return Ok(summary);
     };
+    let staging = |query: String| if joined { with_feedback(&query) } else { query };
     // Per granularity: the windows written [from, to) and the drift windows [from, next(to)).
     let affected: Vec<(i64, i64)> = granularities
         .iter()
@@ -330,7 +417,11 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
     let staged_path = work.join("staged.parquet");
     let staged = stage::stage(
         &ctx,
-        &stage_query("payload", &available, Some((stage_from, stage_to))),
+        &staging(stage_query(
+            "payload",
+            &available,
+            Some((stage_from, stage_to)),
+        )),
         &fields,
         &granularities,
         &staged_path,
@@ -362,11 +453,11 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
                     let columns = columns_of(&ctx, "baseline_payload").await?;
                     stage_query("baseline_payload", &columns, None)
                 }
-                (None, Some(start), Some(end)) => stage_query(
+                (None, Some(start), Some(end)) => staging(stage_query(
                     "payload",
                     &available,
                     Some((parse_time("start", start)?, parse_time("end", end)?)),
-                ),
+                )),
                 _ => {
                     return Err(MonitorError::Config(
                         "baseline: set either table, or both start and end".into(),
@@ -401,6 +492,9 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
     let profile_schema = output::profile_schema(&config.custom_metrics);
     let drift_schema = output::drift_schema();
 
+    // The baseline's profile per slice: computed once, written to `baseline.parquet` and
+    // compared with every granularity's windows below.
+    let mut baseline_profiles: Vec<Vec<ProfileRow>> = Vec::new();
     if baseline {
         let mut records = Vec::new();
         for slice in &slices {
@@ -421,6 +515,7 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
                     refreshed_ms,
                 )
             }));
+            baseline_profiles.push(rows);
         }
         profile_out
             .put(
@@ -437,7 +532,7 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
         let profile_from = window::previous(*granularity, from);
         let mut by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
         let mut drift_by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
-        for slice in &slices {
+        for (s, slice) in slices.iter().enumerate() {
             let scope = Scope::windows_of("staged", i, (profile_from, drift_to), slice.clone());
             let rows = profile::profile(
                 &ctx,
@@ -478,16 +573,8 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
             let drift_scope = Scope::windows_of("staged", i, (from, drift_to), slice.clone());
             let consecutive =
                 drift::compare(&ctx, &drift_scope, i, &Reference::Previous, &columns).await?;
-            let baseline_rows = if baseline {
-                let rows = profile::profile(
-                    &ctx,
-                    &Scope::whole("baseline", slice.clone()),
-                    &columns,
-                    quality.as_ref(),
-                    &config.custom_metrics,
-                )
-                .await?;
-                Some((
+            let baseline_rows = match baseline_profiles.get(s) {
+                Some(rows) => Some((
                     drift::compare(
                         &ctx,
                         &drift_scope,
@@ -497,9 +584,8 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
                     )
                     .await?,
                     rows,
-                ))
-            } else {
-                None
+                )),
+                None => None,
             };
             if i == 0 && slice.is_none() {
                 newest = newest_window(
@@ -581,8 +667,10 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
         summary.alerts = crate::alerts::states(&config.alerts, &newest, &window);
+        summary.drift = crate::alerts::drift_values(&newest);
+        summary.quality = crate::alerts::quality_values(&newest);
     }
-    save_state(&profile_out, config_text, table.files).await?;
+    save_state(&profile_out, config_text, table.files, feedback_files).await?;
     Ok(summary)
 }
 
@@ -678,8 +766,13 @@ async fn save_state(
     out: &Output,
     config: String,
     files: BTreeMap<String, FileVersion>,
+    feedback_files: BTreeMap<String, FileVersion>,
 ) -> Result<(), MonitorError> {
-    let state = State { config, files };
+    let state = State {
+        config,
+        files,
+        feedback_files,
+    };
     out.put(
         STATE,
         bytes::Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),

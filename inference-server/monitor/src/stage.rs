@@ -33,6 +33,15 @@ pub const REQUEST_COLUMNS: [(&str, DataType); 7] = [
     ("output_token_count", DataType::Int64),
 ];
 
+/// The newest feedback's fields a staging query may join to each request, read by
+/// `feedback.` paths; the query names them with [`feedback_column`].
+pub const FEEDBACK_FIELDS: [&str; 3] = ["label", "rating", "comment"];
+
+/// The staging query's column of feedback field `name`.
+pub fn feedback_column(name: &str) -> String {
+    format!("__feedback_{name}")
+}
+
 /// Timestamp (ms) column of the staged rows.
 pub const TS: &str = "__ts";
 /// True on the first instance of each request (request-level metrics count requests).
@@ -142,6 +151,28 @@ fn unpack(
     let ts = column::<Int64Array>(batch, "timestamp_ms", &mut owned, &DataType::Int64)?.cloned();
     let request = column::<StringArray>(batch, "request", &mut owned, &DataType::Utf8)?.cloned();
     let response = column::<StringArray>(batch, "response", &mut owned, &DataType::Utf8)?.cloned();
+    let feedback_label = column::<StringArray>(
+        batch,
+        &feedback_column("label"),
+        &mut owned,
+        &DataType::Utf8,
+    )?
+    .cloned();
+    let feedback_rating = column::<datafusion::arrow::array::Float64Array>(
+        batch,
+        &feedback_column("rating"),
+        &mut owned,
+        &DataType::Float64,
+    )?
+    .cloned();
+    let feedback_comment = column::<StringArray>(
+        batch,
+        &feedback_column("comment"),
+        &mut owned,
+        &DataType::Utf8,
+    )?
+    .cloned();
+    let joined = feedback_label.is_some() || feedback_rating.is_some();
     let Some(ts) = ts else {
         return Err(MonitorError::Schema(
             "the table has no `timestamp_ms` column".into(),
@@ -180,7 +211,24 @@ fn unpack(
             continue;
         }
         let at = ts.value(row);
-        let cells = instances(fields, text(&request, row), text(&response, row));
+        // The newest feedback on the request, when the query joined it and there is one.
+        let feedback = joined.then(|| {
+            let rating = feedback_rating
+                .as_ref()
+                .filter(|array| array.is_valid(row))
+                .map(|array| array.value(row));
+            serde_json::json!({
+                "label": text(&feedback_label, row),
+                "rating": rating,
+                "comment": text(&feedback_comment, row),
+            })
+        });
+        let cells = instances(
+            fields,
+            text(&request, row),
+            text(&response, row),
+            feedback.as_ref(),
+        );
         let count = cells.first().map_or(1, Vec::len);
         for instance in 0..count {
             ts_out.append_value(at);

@@ -692,3 +692,52 @@ pub async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, S
     let length = response.bytes().await.unwrap().len();
     (status, id, length)
 }
+
+/// `inference-server gateway --standalone` on loopback ports over `manifest`, each entity
+/// routed to the address given (a capture sidecar); stopped when dropped, a failed test too.
+pub struct StandaloneGateway {
+    child: Child,
+    /// Base URL of the serving routes.
+    pub base: String,
+}
+
+impl StandaloneGateway {
+    /// Starts it and waits until it announced its ports.
+    pub async fn start(name: &str, manifest: &str, upstreams: &[(&str, &str)]) -> Self {
+        let dir = temp_dir(name);
+        let path = dir.join("endpoints.yaml");
+        std::fs::write(&path, manifest).expect("manifest");
+        let output = dir.join("stdout");
+        let mut command = Command::new(BINARY);
+        command
+            .args(["gateway", "--standalone"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--work-dir")
+            .arg(dir.join("work"))
+            .env("SLUICE_LOG", "warn")
+            .stdout(std::fs::File::create(&output).expect("stdout file"))
+            .stderr(Stdio::inherit());
+        for (entity, addr) in upstreams {
+            command.args(["--upstream", &format!("{entity}={addr}")]);
+        }
+        let child = command.spawn().expect("the gateway starts");
+        let bound = sluice_tests::process::announced(
+            &output,
+            &["gateway", "admin"],
+            Duration::from_secs(30),
+        )
+        .await;
+        Self {
+            child,
+            base: format!("http://{}", bound[0]),
+        }
+    }
+}
+
+impl Drop for StandaloneGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

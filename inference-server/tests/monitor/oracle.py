@@ -162,6 +162,30 @@ def numeric(current, reference):
     }
 
 
+def classification(truth, predicted):
+    """Precision, recall and F1 per class and averaged, as scikit-learn defines them."""
+    truth, predicted = np.array(truth), np.array(predicted)
+    classes = sorted(set(truth) | set(predicted))
+    support = np.array([np.sum(truth == c) for c in classes], dtype=float)
+    out = {}
+    per = {"precision": [], "recall": [], "f1_score": []}
+    for c in classes:
+        tp = float(np.sum((truth == c) & (predicted == c)))
+        p = tp / np.sum(predicted == c) if np.sum(predicted == c) else 0.0
+        r = tp / np.sum(truth == c) if np.sum(truth == c) else 0.0
+        per["precision"].append(p)
+        per["recall"].append(r)
+        per["f1_score"].append(2 * p * r / (p + r) if p + r else 0.0)
+    for name, values in per.items():
+        values = np.array(values)
+        out[name] = {
+            "one_vs_all": dict(zip(classes, values.tolist())),
+            "macro": float(values.mean()),
+            "weighted": float(np.sum(values * support) / support.sum()),
+        }
+    return out
+
+
 def check(table, prefix, baseline_hours):
     data = instances(table)
     profile = [r for r in rows_of(f"{prefix}_profile_metrics") if r["granularity"] == "1 hour"]
@@ -184,7 +208,15 @@ def check(table, prefix, baseline_hours):
             close(row["error_rate"], float(np.mean([d["status_code"] >= 500 for d in rows])), "error_rate")
             labelled = [d for d in rows if d["prediction"] is not None]
             close(row["accuracy_score"], float(np.mean([d["prediction"] == d["label"] for d in labelled])), "accuracy")
-            checks += 3
+            expected = classification([d["label"] for d in labelled], [d["prediction"] for d in labelled])
+            for name in ["precision", "recall", "f1_score"]:
+                ours = row[name]
+                assert dict(ours["one_vs_all"]).keys() == expected[name]["one_vs_all"].keys(), (name, ours)
+                for label, value in expected[name]["one_vs_all"].items():
+                    close(dict(ours["one_vs_all"])[label], value, f"{name} of {label}")
+                close(ours["macro"], expected[name]["macro"], f"{name} macro")
+                close(ours["weighted"], expected[name]["weighted"], f"{name} weighted")
+            checks += 3 + 3 * 4
         elif column == "amount":
             values = [d["amount"] for d in rows]
             present = np.array([v for v in values if v is not None])

@@ -278,6 +278,9 @@ fn sidecar_parts(
         };
         let tables = SidecarTables {
             payload: ctx.capture.map(|c| seen(&c.table_uri)),
+            feedback: ctx
+                .capture
+                .map(|c| seen(&sluice_contract::resolve::feedback_table(c))),
             usage: ctx.usage.map(|u| seen(&u.table_uri)),
         };
         let mut capture = capture_container(ctx, entity, runtime, &tables, model, version);
@@ -905,6 +908,8 @@ fn model_container(entity: &ResolvedEntity, rt: &ResolvedRuntime, front: bool) -
 struct SidecarTables {
     /// The payload table, when capture is on.
     payload: Option<String>,
+    /// The feedback table beside it.
+    feedback: Option<String>,
     /// The usage table, when usage tracking is on.
     usage: Option<String>,
 }
@@ -935,6 +940,9 @@ fn capture_container(
     }
     if let Some(table) = &tables.payload {
         args.extend(strings(&["--table", table]));
+    }
+    if let Some(table) = &tables.feedback {
+        args.extend(strings(&["--feedback-table", table]));
     }
     args.extend(strings(&[
         "--endpoint",

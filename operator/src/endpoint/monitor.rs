@@ -113,6 +113,10 @@ fn container(
     .iter()
     .map(ToString::to_string)
     .collect();
+    // The feedback table sits beside the payload table, on the same claim when it is one.
+    let feedback = sluice_contract::resolve::feedback_table(capture);
+    let feedback = ClaimUri::of(&feedback).map_or(feedback, |lake| lake.file_uri());
+    args.extend(["--feedback-table".into(), feedback]);
     args.extend(["--memory-limit-mib".into(), MEMORY_LIMIT_MIB.to_string()]);
     args.extend(["--summary-file".into(), "/dev/termination-log".into()]);
     for (key, value) in &capture.store_options {

@@ -2,6 +2,7 @@
 //!
 //! - [`record`]: one row ([`PayloadRecord`]), the Arrow schema, rows → Arrow batches.
 //! - [`usage`]: one row of the usage table beside it ([`usage::UsageRecord`]).
+//! - [`feedback`]: one row of the feedback table beside it ([`feedback::FeedbackRecord`]).
 //! - [`parquet`]: rows → one Parquet file.
 //! - [`delta`]: the optional Delta Lake log over the Parquet files.
 //! - [`spool`]: the capped on-disk log of rows waiting for the table.
@@ -17,6 +18,7 @@
 //! pyarrow read the folder as is.
 
 pub mod delta;
+pub mod feedback;
 pub mod parquet;
 pub mod record;
 pub mod spool;
@@ -29,6 +31,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use chrono::NaiveDate;
 use sluice_store::{StoreError, TableStore};
 
+use self::feedback::FeedbackRecord;
 use self::usage::UsageRecord;
 
 /// The rows of one kind of table: its schema and how rows become Arrow batches.
@@ -134,13 +137,26 @@ pub struct SegmentFiles {
     pub payload: Vec<PartFile>,
     /// Files of the usage table (every tracked exchange).
     pub usage: Vec<PartFile>,
+    /// Files of the feedback table (every feedback).
+    pub feedback: Vec<PartFile>,
 }
 
 impl SegmentFiles {
-    /// Files of both tables.
+    /// Files of every table.
     pub fn count(&self) -> usize {
-        self.payload.len() + self.usage.len()
+        self.payload.len() + self.usage.len() + self.feedback.len()
     }
+}
+
+/// Which tables a sidecar writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSet {
+    /// The payload table.
+    pub payload: bool,
+    /// The usage table.
+    pub usage: bool,
+    /// The feedback table.
+    pub feedback: bool,
 }
 
 /// Encodes `records` (one spool segment) as one file per day they span.
@@ -162,28 +178,37 @@ fn encode_days<R: TableRow>(
 }
 
 /// Encodes the rows of spool segment `seq` of `instance` for the tables written: the sampled
-/// exchanges for the payload table (when `payload`), the usage rows of every tracked exchange
-/// for the usage table (when `usage`); one file per day each spans. CPU work; callers on an
-/// async runtime run it on a blocking thread.
+/// exchanges for the payload table, the usage rows of every tracked exchange for the usage
+/// table, the feedback for the feedback table; one file per day each spans. CPU work; callers
+/// on an async runtime run it on a blocking thread.
 pub fn encode_segment(
     instance: &str,
     seq: u64,
     records: Vec<PayloadRecord>,
-    (payload, usage): (bool, bool),
+    tables: TableSet,
 ) -> Result<SegmentFiles, parquet::EncodeError> {
-    let usage_rows: Vec<UsageRecord> = if usage {
+    let usage_rows: Vec<UsageRecord> = if tables.usage {
         records.iter().filter_map(UsageRecord::of).collect()
     } else {
         Vec::new()
     };
-    let sampled: Vec<PayloadRecord> = if payload {
-        records.into_iter().filter(|r| !r.usage_only).collect()
+    let feedback_rows: Vec<FeedbackRecord> = if tables.feedback {
+        records.iter().filter_map(FeedbackRecord::of).collect()
+    } else {
+        Vec::new()
+    };
+    let sampled: Vec<PayloadRecord> = if tables.payload {
+        records
+            .into_iter()
+            .filter(|r| !r.usage_only && r.feedback.is_none())
+            .collect()
     } else {
         Vec::new()
     };
     Ok(SegmentFiles {
         payload: encode_days(instance, seq, sampled)?,
         usage: encode_days(instance, seq, usage_rows)?,
+        feedback: encode_days(instance, seq, feedback_rows)?,
     })
 }
 
@@ -260,19 +285,25 @@ impl ParquetTable {
     }
 }
 
-/// The tables a sidecar writes: the payload table, the usage table, or both.
+/// The tables a sidecar writes: the payload table, the usage table, the feedback table.
 #[derive(Clone, Debug)]
 pub struct Tables {
     /// The payload table (`--table`).
     pub payload: Option<ParquetTable>,
     /// The usage table (`--usage-table`).
     pub usage: Option<ParquetTable>,
+    /// The feedback table (`--feedback-table`).
+    pub feedback: Option<ParquetTable>,
 }
 
 impl Tables {
-    /// Which tables rows are encoded for: `(payload, usage)`.
-    pub fn written(&self) -> (bool, bool) {
-        (self.payload.is_some(), self.usage.is_some())
+    /// Which tables rows are encoded for.
+    pub fn written(&self) -> TableSet {
+        TableSet {
+            payload: self.payload.is_some(),
+            usage: self.usage.is_some(),
+            feedback: self.feedback.is_some(),
+        }
     }
 
     /// The same tables for the segments of another sidecar instance (see
@@ -289,19 +320,27 @@ impl Tables {
                 .as_ref()
                 .map(|t| t.for_instance(app_id))
                 .transpose()?,
+            feedback: self
+                .feedback
+                .as_ref()
+                .map(|t| t.for_instance(app_id))
+                .transpose()?,
         })
     }
 
     /// Writes segment `seq`'s files to each table (payload first). Idempotent like
     /// [`ParquetTable::write`]: after a failure the whole segment is written again, and what
     /// one table already has is replaced or skipped, never doubled.
-    pub async fn write(&self, seq: u64, files: &SegmentFiles) -> Result<[Written; 2], TableError> {
-        let mut written = [Written::default(); 2];
+    pub async fn write(&self, seq: u64, files: &SegmentFiles) -> Result<[Written; 3], TableError> {
+        let mut written = [Written::default(); 3];
         if let Some(table) = &self.payload {
             written[0] = table.write(seq, &files.payload).await?;
         }
         if let Some(table) = &self.usage {
             written[1] = table.write(seq, &files.usage).await?;
+        }
+        if let Some(table) = &self.feedback {
+            written[2] = table.write(seq, &files.feedback).await?;
         }
         Ok(written)
     }
@@ -318,6 +357,42 @@ mod tests {
             part_path(date, "ab12", 7),
             "date=2026-11-26/part-ab12-000000000007.parquet"
         );
+    }
+
+    #[test]
+    fn a_feedback_record_becomes_a_feedback_row_only() {
+        let exchange = PayloadRecord {
+            request_id: "r-1".into(),
+            request: Some("{}".into()),
+            usage: Some(Default::default()),
+            ..Default::default()
+        };
+        let feedback = PayloadRecord {
+            request_id: "fb-1".into(),
+            feedback: Some(sluice_contract::feedback::Feedback {
+                request_id: "r-1".into(),
+                label: Some("1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let all = TableSet {
+            payload: true,
+            usage: true,
+            feedback: true,
+        };
+        let files = encode_segment("i", 1, vec![exchange, feedback], all).unwrap();
+        let rows = |files: &[PartFile]| files.iter().map(|f| f.rows).sum::<usize>();
+        assert_eq!(
+            (
+                rows(&files.payload),
+                rows(&files.usage),
+                rows(&files.feedback)
+            ),
+            (1, 1, 1)
+        );
+        let none = encode_segment("i", 2, Vec::new(), all).unwrap();
+        assert_eq!(none.count(), 0);
     }
 
     #[test]

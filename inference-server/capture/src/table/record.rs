@@ -96,6 +96,10 @@ pub struct PayloadRecord {
     /// What its usage row adds, when usage is tracked. Not a column of the payload table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageFacts>,
+    /// A feedback on an earlier request: the record is a row of the feedback table only
+    /// (`request_id` is the feedback call's own). Not a column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<sluice_contract::feedback::Feedback>,
 }
 
 impl PayloadRecord {

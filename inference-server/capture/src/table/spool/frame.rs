@@ -10,6 +10,8 @@
 //! A frame cut short (a crash in the middle of a write) or whose checksum does not match is
 //! lost and counted: a damaged frame is skipped by its length, a frame cut short ends the
 //! file. Segments of older versions, JSON lines without the magic, are still read (see [`Format::of`]).
+//! A feedback record ends with its feedback (a `1` byte, then its fields); other records end
+//! after their usage, as frames written before feedback existed do.
 
 use std::collections::BTreeMap;
 
@@ -88,6 +90,13 @@ pub fn encode(record: &PayloadRecord, out: &mut Vec<u8>) {
             w.opt_str(usage.currency.as_deref());
         }
     }
+    if let Some(feedback) = &record.feedback {
+        w.bool(true);
+        w.str(&feedback.request_id);
+        w.opt_str(feedback.label.as_deref());
+        w.opt_f64(feedback.rating);
+        w.opt_str(feedback.comment.as_deref());
+    }
     let body = &out[start + 8..];
     let length = u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes();
     let checksum = crc32fast::hash(body).to_le_bytes();
@@ -131,6 +140,16 @@ pub fn decode(bytes: &[u8]) -> Result<(PayloadRecord, usize), FrameError> {
                 usage_context: r.map()?,
                 cost: r.opt_f64()?,
                 currency: r.opt_string()?,
+            })
+        } else {
+            None
+        },
+        feedback: if !r.0.is_empty() && r.bool()? {
+            Some(sluice_contract::feedback::Feedback {
+                request_id: r.string()?,
+                label: r.opt_string()?,
+                rating: r.opt_f64()?,
+                comment: r.opt_string()?,
             })
         } else {
             None
@@ -313,6 +332,7 @@ mod tests {
                 cost: Some(0.0125),
                 currency: None,
             }),
+            feedback: None,
         }
     }
 
@@ -324,6 +344,28 @@ mod tests {
         let (records, lost) = decode_all(&bytes);
         assert_eq!(lost, 0);
         assert_eq!(records, [full(), PayloadRecord::default()]);
+    }
+
+    #[test]
+    fn a_feedback_comes_back_and_frames_without_one_are_as_before() {
+        let mut before = Vec::new();
+        encode(&full(), &mut before);
+        let feedback = PayloadRecord {
+            feedback: Some(sluice_contract::feedback::Feedback {
+                request_id: "r-0".into(),
+                label: Some("fraud".into()),
+                rating: Some(-1.0),
+                comment: Some("wrong".into()),
+            }),
+            ..full()
+        };
+        let mut bytes = before.clone();
+        encode(&feedback, &mut bytes);
+        // A frame without feedback is byte for byte what older sidecars wrote.
+        assert_eq!(&bytes[..before.len()], &before[..]);
+        let (records, lost) = decode_all(&bytes);
+        assert_eq!(lost, 0);
+        assert_eq!(records, [full(), feedback]);
     }
 
     #[test]
