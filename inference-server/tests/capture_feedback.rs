@@ -182,6 +182,12 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
          where column_name = 'rating' and slice_key is null"
     ));
     assert_eq!(rating, json!([4, 2, 3.0]), "ratings 5 and 1: {rating}");
+    // The operational profile: the sidecar's time to each answer's first byte.
+    let first_byte = duckdb(&format!(
+        "select count, num_nulls, min >= 0 from read_parquet('{profile_glob}') \
+         where column_name = 'time_to_first_byte_ms' and slice_key is null"
+    ));
+    assert_eq!(first_byte, json!([4, 0, true]), "{first_byte}");
 
     // A late, wrong label for request 2: the next refresh reads only the new feedback file
     // and recomputes the window of the request it is about.

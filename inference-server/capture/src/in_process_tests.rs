@@ -225,6 +225,14 @@ async fn an_exchange_passes_through_and_is_recorded_with_the_callers_identity() 
     let row = &rows[0];
     assert_eq!(row.request_id, "req-7");
     assert_eq!(row.requester.as_deref(), Some("alice@example.com"));
+    assert!(
+        row.metadata
+            .get(crate::proxy::TIME_TO_FIRST_BYTE)
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .is_some_and(|ms| ms >= 0),
+        "{:?}",
+        row.metadata
+    );
     assert_eq!(
         row.metadata.get("requester_groups").map(String::as_str),
         Some("risk,ml")

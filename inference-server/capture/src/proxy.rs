@@ -176,6 +176,10 @@ impl Recorder {
     }
 }
 
+/// The `request_metadata` key of the milliseconds from the request to the first byte of the
+/// response body: for a streamed chat, the time to its first event (the first token).
+pub const TIME_TO_FIRST_BYTE: &str = "time_to_first_byte_ms";
+
 /// Which body a tap copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
@@ -197,6 +201,8 @@ struct ExchangeState {
     cache_hit: bool,
     /// How long the exchange took, when the gateway measured it (a record it sent).
     duration_ms: Option<i64>,
+    /// From the request to the response's first body byte (a stream's first event).
+    first_byte_ms: Option<i64>,
     finished: bool,
 }
 
@@ -221,6 +227,9 @@ impl Exchange {
         let mut state = self.lock();
         let state = &mut *state;
         if side == Side::Response && !data.is_empty() && !state.finished {
+            if !state.response_seen {
+                state.first_byte_ms = Some(self.started.elapsed().as_millis() as i64);
+            }
             state.response_seen = true;
             if let Some(meter) = state.meter.as_mut() {
                 meter.feed(data);
@@ -303,10 +312,16 @@ impl Exchange {
         let meter = state.meter.take();
         let cache_hit = state.cache_hit;
         let measured = state.duration_ms;
+        let first_byte = state.first_byte_ms;
         drop(state);
         self.recorder.live().remove(&self.id);
         raw.execution_time_ms =
             measured.unwrap_or_else(|| self.started.elapsed().as_millis() as i64);
+        // Measured here only for answers that passed through (a record's arrived whole).
+        if let Some(ms) = first_byte.filter(|_| measured.is_none()) {
+            raw.metadata
+                .insert(TIME_TO_FIRST_BYTE.into(), ms.to_string());
+        }
         raw.codes.extend(codes);
         if let Some(tracking) = self.recorder.usage.as_ref().filter(|_| !cache_hit) {
             let tokens = meter.and_then(UsageMeter::finish);

@@ -157,6 +157,11 @@ fn columns(fields: &[Field]) -> Vec<Column> {
             FieldKind::Numeric,
             "CAST(output_token_count AS DOUBLE)",
         ),
+        (
+            "time_to_first_byte_ms",
+            FieldKind::Numeric,
+            "CAST(time_to_first_byte_ms AS DOUBLE)",
+        ),
     ] {
         if !columns.iter().any(|column| column.name == name) {
             columns.push(Column {
@@ -212,6 +217,13 @@ fn stage_query(relation: &str, available: &BTreeSet<String>, range: Option<(i64,
             .map(|(name, _)| name.to_string())
             .filter(|name| available.contains(name)),
     );
+    // The capture sidecar's time to the answer's first byte (a stream's first token).
+    if available.contains("request_metadata") {
+        select.push(
+            "CAST(array_element(map_extract(request_metadata, 'time_to_first_byte_ms'), 1) AS BIGINT) AS time_to_first_byte_ms"
+                .into(),
+        );
+    }
     let filter = range.map_or_else(
         || "timestamp_ms IS NOT NULL".to_string(),
         |(from, to)| format!("timestamp_ms >= {from} AND timestamp_ms < {to}"),
