@@ -29,14 +29,20 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
     let sidecar_addr = sidecar.base.trim_start_matches("http://").to_string();
     let gateway = StandaloneGateway::start(
         "feedback-gateway",
-        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n",
+        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n  aiGateway: {guardrails: {input: {pii: {behavior: MASK}}}}\n",
         &[("iris-1", &sidecar_addr)],
     )
     .await;
     let client = reqwest::Client::new();
-    let chat = json!({"model": "iris", "messages": [{"role": "user", "content": "what is it?"}]});
     let mut ids = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
+        // One question holds an e-mail address: the input guardrail masks it.
+        let question = if i == 3 {
+            "what is it? ask ann@example.com"
+        } else {
+            "what is it?"
+        };
+        let chat = json!({"model": "iris", "messages": [{"role": "user", "content": question}]});
         let response =
             capture_support::eventually(Duration::from_secs(20), "the gateway answers", || {
                 let request = client
@@ -188,6 +194,17 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
          where column_name = 'time_to_first_byte_ms' and slice_key is null"
     ));
     assert_eq!(first_byte, json!([4, 0, true]), "{first_byte}");
+    // And the gateway's input guardrail verdicts.
+    let verdicts = duckdb(&format!(
+        "select count, num_nulls, frequent_items[1].item, frequent_items[1].count, \
+         frequent_items[2].item, frequent_items[2].count from read_parquet('{profile_glob}') \
+         where column_name = 'guardrails' and slice_key is null"
+    ));
+    assert_eq!(
+        verdicts,
+        json!([4, 0, "input=pass", 3, "input=masked:EMAIL_ADDRESS", 1]),
+        "{verdicts}"
+    );
 
     // A late, wrong label for request 2: the next refresh reads only the new feedback file
     // and recomputes the window of the request it is about.

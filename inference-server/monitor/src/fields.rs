@@ -38,6 +38,8 @@ enum Source {
     InputChars,
     /// Characters of the text it answered (choices' text or message content).
     OutputChars,
+    /// 1 when the model refused (a choice's `message.refusal`), else 0.
+    Refused,
 }
 
 /// A field the monitor profiles: its output column name, kind and source.
@@ -206,8 +208,9 @@ pub fn fields(config: &MonitoringConfig) -> Result<Vec<Field>, FieldError> {
         for (name, source) in [
             ("input_chars", Source::InputChars),
             ("output_chars", Source::OutputChars),
+            ("refusal", Source::Refused),
         ] {
-            if problem == ProblemType::Embeddings && source == Source::OutputChars {
+            if problem == ProblemType::Embeddings && source != Source::InputChars {
                 continue;
             }
             if !out.iter().any(|field| field.name == name) {
@@ -379,6 +382,19 @@ fn output_chars(response: &Value) -> Option<f64> {
     )
 }
 
+/// 1 when a choice of a chat answer is a refusal (OpenAI's `message.refusal`, kept by the
+/// capture sidecar when it reassembles a stream), 0 when none is; `None` for other answers.
+fn refused(response: &Value) -> Option<f64> {
+    let choices = response.get("choices")?.as_array()?;
+    let refusal = choices.iter().any(|choice| {
+        choice
+            .get("message")
+            .and_then(|message| message.get("refusal"))
+            .is_some_and(|refusal| refusal.as_str().is_some_and(|text| !text.is_empty()))
+    });
+    Some(f64::from(u8::from(refusal)))
+}
+
 fn cell(value: Option<&Value>, kind: FieldKind) -> Cell {
     match (value, kind) {
         (None | Some(Value::Null), _) => Cell::Null,
@@ -409,7 +425,7 @@ pub fn instances(
         fields.iter().any(|field| match &field.source {
             Source::Path { body, .. } => *body == wanted,
             Source::MlflowColumn(_) | Source::InputChars => wanted == Body::Request,
-            Source::OutputChars => wanted == Body::Response,
+            Source::OutputChars | Source::Refused => wanted == Body::Response,
         })
     };
     let request = if needs(Body::Request) {
@@ -437,6 +453,7 @@ pub fn instances(
                 .map_or(Found::One(None), |root| mlflow_column(root, name))),
             Source::InputChars => Err(request.as_ref().and_then(input_chars)),
             Source::OutputChars => Err(response.as_ref().and_then(output_chars)),
+            Source::Refused => Err(response.as_ref().and_then(refused)),
         })
         .collect();
     let count = found
@@ -590,7 +607,23 @@ mod tests {
             Some(r#"{"choices": [{"message": {"role": "assistant", "content": "four"}}]}"#),
             None,
         );
-        assert_eq!(got, vec![vec![Cell::Number(7.0)], vec![Cell::Number(4.0)]]);
+        assert_eq!(
+            got,
+            vec![
+                vec![Cell::Number(7.0)],
+                vec![Cell::Number(4.0)],
+                vec![Cell::Number(0.0)]
+            ]
+        );
+        let refusal = instances(
+            &fields,
+            Some(r#"{"messages": []}"#),
+            Some(
+                r#"{"choices": [{"message": {"role": "assistant", "content": null, "refusal": "I can't help with that."}}]}"#,
+            ),
+            None,
+        );
+        assert_eq!(refusal[2], vec![Cell::Number(1.0)]);
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn columns(fields: &[Field]) -> Vec<Column> {
             FieldKind::Numeric,
             "CAST(time_to_first_byte_ms AS DOUBLE)",
         ),
+        ("guardrails", FieldKind::Categorical, "guardrails"),
     ] {
         if !columns.iter().any(|column| column.name == name) {
             columns.push(Column {
@@ -217,10 +218,15 @@ fn stage_query(relation: &str, available: &BTreeSet<String>, range: Option<(i64,
             .map(|(name, _)| name.to_string())
             .filter(|name| available.contains(name)),
     );
-    // The capture sidecar's time to the answer's first byte (a stream's first token).
+    // From the capture sidecar's request facts: the time to the answer's first byte (a
+    // stream's first token), and the gateway's input guardrail verdict.
     if available.contains("request_metadata") {
         select.push(
             "CAST(array_element(map_extract(request_metadata, 'time_to_first_byte_ms'), 1) AS BIGINT) AS time_to_first_byte_ms"
+                .into(),
+        );
+        select.push(
+            "CAST(array_element(map_extract(request_metadata, 'guardrails'), 1) AS VARCHAR) AS guardrails"
                 .into(),
         );
     }

@@ -23,7 +23,7 @@ use crate::fields::{Cell, Field, instances};
 use crate::window;
 
 /// The request-level columns copied from the inference table into every instance.
-pub const REQUEST_COLUMNS: [(&str, DataType); 8] = [
+pub const REQUEST_COLUMNS: [(&str, DataType); 9] = [
     ("request_id", DataType::Utf8),
     ("served_entity", DataType::Utf8),
     ("model_version", DataType::Utf8),
@@ -32,6 +32,7 @@ pub const REQUEST_COLUMNS: [(&str, DataType); 8] = [
     ("input_token_count", DataType::Int64),
     ("output_token_count", DataType::Int64),
     ("time_to_first_byte_ms", DataType::Int64),
+    ("guardrails", DataType::Utf8),
 ];
 
 /// The newest feedback's fields a staging query may join to each request, read by
