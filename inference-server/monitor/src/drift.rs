@@ -99,7 +99,7 @@ fn pairs(
                 )
             }
             Reference::Baseline(relation) => format!(
-                "SELECT t.cw AS cw, {sv} AS sv, {name} AS col, {x} AS x, 0.0 AS a, 1.0 AS b FROM {relation} CROSS JOIN (SELECT DISTINCT {w} AS cw FROM {rel} WHERE {w} >= {from} AND {w} < {to}) AS t WHERE {present}{slice_filter}",
+                "SELECT t.cw AS cw, {sv} AS sv, {name} AS col, {x} AS x, 0.0 AS a, 1.0 AS b FROM (SELECT DISTINCT {w} AS cw FROM {rel} WHERE {w} >= {from} AND {w} < {to}) AS t CROSS JOIN {relation} WHERE {present}{slice_filter}",
                 sv = scope.slice_value(),
                 w = scope.window,
                 rel = scope.relation,
@@ -129,6 +129,9 @@ pub async fn compare(
 
 const PARTITION: &str = "PARTITION BY cw, sv, col";
 const JOIN: &str = "d.cw = n.cw AND (d.sv IS NOT DISTINCT FROM n.sv) AND d.col = n.col";
+// Every join below puts the small per-window side first: DataFusion builds its hash table from
+// the left input, and the rows side (one per value) must stream, not be held, to stay within
+// the memory limit.
 
 async fn numeric(
     ctx: &SessionContext,
@@ -147,7 +150,7 @@ async fn numeric(
                  FROM pairs),
          f AS (SELECT d.cw AS cw, d.sv AS sv, d.col AS col, d.x AS x, d.ca / n.na AS fa, d.cb / n.nb AS fb, n.na AS na, n.nb AS nb,
                    lead(d.x) OVER (PARTITION BY d.cw, d.sv, d.col ORDER BY d.x) AS nx
-               FROM cum d JOIN n ON {JOIN} WHERE n.na > 0 AND n.nb > 0)
+               FROM n JOIN cum d ON {JOIN} WHERE n.na > 0 AND n.nb > 0)
          SELECT cw, sv, col, max(na) AS na, max(nb) AS nb, max(abs(fa - fb)) AS ks,
                 sum(CASE WHEN nx IS NULL THEN 0.0 ELSE abs(fa - fb) * (nx - x) END) AS wasserstein
          FROM f GROUP BY cw, sv, col"
@@ -182,7 +185,7 @@ async fn numeric(
          SELECT p.cw AS cw, p.sv AS sv, p.col AS col,
                 CASE WHEN r.hi = r.lo THEN 0 ELSE least(CAST(floor((p.x - r.lo) / (r.hi - r.lo) * {PSI_BINS}) AS BIGINT), {last}) END AS bin,
                 sum(p.a) AS ca, sum(p.b) AS cb
-         FROM pairs p JOIN r ON p.cw = r.cw AND (p.sv IS NOT DISTINCT FROM r.sv) AND p.col = r.col
+         FROM r JOIN pairs p ON p.cw = r.cw AND (p.sv IS NOT DISTINCT FROM r.sv) AND p.col = r.col
          WHERE r.na > 0 AND r.nb > 0
          GROUP BY 1, 2, 3, 4",
         last = PSI_BINS - 1
@@ -219,7 +222,7 @@ async fn categorical(
         "WITH pairs AS ({pairs}),
          n AS (SELECT cw, sv, col FROM pairs GROUP BY cw, sv, col HAVING sum(a) > 0 AND sum(b) > 0)
          SELECT p.cw AS cw, p.sv AS sv, p.col AS col, p.x AS item, sum(p.a) AS ca, sum(p.b) AS cb
-         FROM pairs p JOIN n ON p.cw = n.cw AND (p.sv IS NOT DISTINCT FROM n.sv) AND p.col = n.col
+         FROM n JOIN pairs p ON p.cw = n.cw AND (p.sv IS NOT DISTINCT FROM n.sv) AND p.col = n.col
          GROUP BY 1, 2, 3, 4"
     );
     let mut counts: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
