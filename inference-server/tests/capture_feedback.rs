@@ -3,7 +3,8 @@
 //! sidecar in front of the model, which writes it to the feedback table beside the payload
 //! table. DuckDB joins the two on `request_id`; `inference-server monitor` then reads the
 //! newest label of each request from the feedback table (`feedback.label`) and scores the
-//! model's answers against it.
+//! model's answers against it. A request the input guardrail refuses is recorded too (masked),
+//! and the entity's price puts each request's cost in the operational profile.
 
 mod capture_support;
 
@@ -18,18 +19,27 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
     let upstream = Upstream::start().await;
     let root = temp_dir("feedback");
     let (payload, feedback) = (root.join("iris_payload"), root.join("iris_feedback"));
+    let usage = root.join("iris_usage");
     let sidecar = Sidecar::start(
         &upstream.addr.to_string(),
         payload.to_str().unwrap(),
         &temp_dir("feedback-spool"),
-        &["--feedback-table", feedback.to_str().unwrap()],
+        &[
+            "--feedback-table",
+            feedback.to_str().unwrap(),
+            "--usage-table",
+            usage.to_str().unwrap(),
+            // 11 tokens in, 5 out: 11 + 10 = 21 per answer.
+            "--usage-price",
+            "USD:input=1000,output=2000",
+        ],
         &[],
     )
     .await;
     let sidecar_addr = sidecar.base.trim_start_matches("http://").to_string();
     let gateway = StandaloneGateway::start(
         "feedback-gateway",
-        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n  aiGateway: {guardrails: {input: {pii: {behavior: MASK}}}}\n",
+        "apiVersion: serving.sluice.dev/v1alpha1\nkind: ServingEndpoint\nmetadata: {name: iris}\nspec:\n  servedEntities:\n  - {name: iris-1, model: iris, version: 1}\n  autoCapture: {enabled: true}\n  aiGateway: {guardrails: {input: {pii: {behavior: MASK}, invalidKeywords: [project falcon]}}}\n",
         &[("iris-1", &sidecar_addr)],
     )
     .await;
@@ -65,6 +75,23 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
         );
         response.bytes().await.unwrap();
     }
+    // A refused request still becomes a row: the refusal, the request masked.
+    let refused = client
+        .post(format!(
+            "{}/serving-endpoints/v1/chat/completions",
+            gateway.base
+        ))
+        .json(&json!({"model": "iris", "messages": [
+            {"role": "user", "content": "project falcon: mail bob@example.com"}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused_id = refused.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let answer = CHAT_WORDS.concat();
     let post = |body: Value| {
         let request = client
@@ -114,11 +141,34 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
     sidecar
         .wait_metric(
             "sluice_capture_records_written_total",
+            5.0,
+            Duration::from_secs(30),
+        )
+        .await;
+    sidecar
+        .wait_metric(
+            "sluice_capture_usage_records_written_total",
             4.0,
             Duration::from_secs(30),
         )
         .await;
     let payload_glob = format!("{}/*/*.parquet", payload.display());
+    let refusal = duckdb(&format!(
+        "select status_code, request_metadata['guardrails'], request_metadata['cost'], \
+         request like '%<EMAIL_ADDRESS>%' and request not like '%bob@%', \
+         response like '%project falcon%' \
+         from read_parquet('{payload_glob}') where request_id = '{refused_id}'"
+    ));
+    assert_eq!(
+        refusal,
+        json!([400, "input=refused", null, true, true]),
+        "the refusal is a row, its personal data masked, with no cost: {refusal}"
+    );
+    let usage_rows = duckdb(&format!(
+        "select count(*), sum(cost) from read_parquet('{}/*/*.parquet')",
+        usage.display()
+    ));
+    assert_eq!(usage_rows, json!([4, 84.0]), "no model ran for the refusal");
     let feedback_glob = format!("{}/*/*.parquet", feedback.display());
     let row = duckdb(&format!(
         "select count(*), count(distinct f.request_id), count(distinct feedback_id), \
@@ -181,30 +231,46 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
         ))
     };
     let summary = monitor();
-    assert_eq!(summary["rowsRead"], 4, "{summary}");
-    assert_eq!(table(), json!([4, 1.0]), "two labelled answers, both right");
+    assert_eq!(summary["rowsRead"], 5, "{summary}");
+    assert_eq!(table(), json!([5, 1.0]), "two labelled answers, both right");
     let rating = duckdb(&format!(
         "select count, num_nulls, avg from read_parquet('{profile_glob}') \
          where column_name = 'rating' and slice_key is null"
     ));
-    assert_eq!(rating, json!([4, 2, 3.0]), "ratings 5 and 1: {rating}");
-    // The operational profile: the sidecar's time to each answer's first byte.
+    assert_eq!(rating, json!([5, 3, 3.0]), "ratings 5 and 1: {rating}");
+    // The operational profile: the sidecar's time to each answer's first byte (none for the
+    // refusal, which no model answered).
     let first_byte = duckdb(&format!(
         "select count, num_nulls, min >= 0 from read_parquet('{profile_glob}') \
          where column_name = 'time_to_first_byte_ms' and slice_key is null"
     ));
-    assert_eq!(first_byte, json!([4, 0, true]), "{first_byte}");
-    // And the gateway's input guardrail verdicts.
+    assert_eq!(first_byte, json!([5, 1, true]), "{first_byte}");
+    // The gateway's input guardrail verdicts, the refusal among them.
     let verdicts = duckdb(&format!(
-        "select count, num_nulls, frequent_items[1].item, frequent_items[1].count, \
-         frequent_items[2].item, frequent_items[2].count from read_parquet('{profile_glob}') \
+        "select count, num_nulls, \
+         list_sort(list_transform(frequent_items, lambda x: x.item || ' #' || x.count)) \
+         from read_parquet('{profile_glob}') \
          where column_name = 'guardrails' and slice_key is null"
     ));
     assert_eq!(
         verdicts,
-        json!([4, 0, "input=pass", 3, "input=masked:EMAIL_ADDRESS", 1]),
+        json!([
+            5,
+            0,
+            [
+                "input=masked:EMAIL_ADDRESS #1",
+                "input=pass #3",
+                "input=refused #1"
+            ]
+        ]),
         "{verdicts}"
     );
+    // And what each answer cost at the entity's price.
+    let cost = duckdb(&format!(
+        "select count, num_nulls, avg, max from read_parquet('{profile_glob}') \
+         where column_name = 'cost' and slice_key is null"
+    ));
+    assert_eq!(cost, json!([5, 1, 21.0, 21.0]), "{cost}");
 
     // A late, wrong label for request 2: the next refresh reads only the new feedback file
     // and recomputes the window of the request it is about.
@@ -227,7 +293,7 @@ async fn feedback_becomes_rows_joinable_on_request_id_and_labels_for_the_monitor
         "{summary}"
     );
     let after = table();
-    assert_eq!(after[0], json!(4));
+    assert_eq!(after[0], json!(5));
     assert!(
         (after[1].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12,
         "two of three labelled answers right: {after}"

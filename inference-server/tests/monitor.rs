@@ -290,8 +290,12 @@ fn report_renders(report: &Path, root: &Path) {
         .and_then(|rest| rest.split('"').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the page did not count its plots: {dom}"));
-    // A profile and a drift plot for amount, merchant and prediction at least.
-    assert!(rendered >= 6, "{rendered} plots drew a line");
+    // A profile and a drift plot for amount, merchant and prediction at least, the quality
+    // scores (the table has labels) and the traffic.
+    assert!(rendered >= 8, "{rendered} plots drew a line");
+    for title in ["quality: scores against labels", "requests per window"] {
+        assert!(dom.contains(title), "no {title:?} plot");
+    }
     let first = dom
         .split("<td>")
         .nth(1)

@@ -15,6 +15,8 @@
 //! - [`demand`]: what a gateway's `GET /demand` answers and the autoscaler reads.
 //! - [`external`]: which external providers and settings the gateway calls, and where.
 //! - [`feedback`]: human feedback on a request, as clients post it and sidecars record it.
+//! - [`metadata`]: the `request_metadata` keys of an inference-table row that the capture
+//!   sidecar writes and the monitor reads.
 //! - [`mlflow`]: how MLflow and Databricks names (AI Gateway endpoints, registered models,
 //!   served entities) become Kubernetes names.
 //! - [`record`]: how the gateway hands an exchange no pod answered (a cache hit, a provider's
@@ -33,6 +35,7 @@ pub mod feedback;
 pub mod fixtures;
 pub mod headers;
 pub mod labels;
+pub mod metadata;
 pub mod mlflow;
 pub mod published;
 pub mod record;

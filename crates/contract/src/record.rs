@@ -1,7 +1,8 @@
 //! One exchange the gateway answered without a pod, sent to a capture sidecar afterwards so it
-//! still becomes a row of the inference table: a response-cache hit (no model ran), or a call
-//! to an external model's provider (the gateway called it; a *recorder*, the capture sidecar
-//! run alone with `--record-only`, writes the rows).
+//! still becomes a row of the inference table: a response-cache hit (no model ran), a request
+//! the input guardrail refused (no model ran either), or a call to an external model's
+//! provider (the gateway called it; a *recorder*, the capture sidecar run alone with
+//! `--record-only`, writes the rows).
 //!
 //! The record is one POST to the sidecar on the request's own path: the body is the request
 //! followed by the answer, and [`RecordHead`] in the headers says where one ends and how the
@@ -12,7 +13,8 @@ use http::{HeaderMap, HeaderValue};
 
 /// The request's length in bytes: the body holds the request, then the answer.
 pub const RECORD: &str = "x-sluice-record";
-/// Where the answer came from: `cache`, `provider:<name>` or `feedback` ([`RecordOrigin`]).
+/// Where the answer came from: `cache`, `guardrail`, `provider:<name>` or `feedback`
+/// ([`RecordOrigin`]).
 pub const RECORD_ORIGIN: &str = "x-sluice-record-origin";
 /// The answer's status code.
 pub const RECORD_STATUS: &str = "x-sluice-record-status";
@@ -34,6 +36,11 @@ pub const MAX_RECORDED_ANSWER_BYTES: usize = (1 << 20) + 1;
 pub enum RecordOrigin {
     /// The gateway's response cache: no model ran, so there is no usage row.
     Cache,
+    /// The gateway's input guardrail refused the request: no model ran, so there is no usage
+    /// row. The request is recorded with its personal data masked (whatever the endpoint's
+    /// PII setting: a request refused for carrying it must not leave it in the table), and
+    /// the answer is the refusal the caller got.
+    Guardrail,
     /// An external model's provider (`openai`, `anthropic`, …): its token counts make the
     /// usage row.
     Provider(String),
@@ -46,6 +53,7 @@ impl RecordOrigin {
     fn header(&self) -> String {
         match self {
             Self::Cache => "cache".into(),
+            Self::Guardrail => "guardrail".into(),
             Self::Provider(name) => format!("provider:{name}"),
             Self::Feedback => "feedback".into(),
         }
@@ -54,6 +62,7 @@ impl RecordOrigin {
     fn parse(text: &str) -> Option<Self> {
         match text.split_once(':') {
             None if text == "cache" => Some(Self::Cache),
+            None if text == "guardrail" => Some(Self::Guardrail),
             None if text == "feedback" => Some(Self::Feedback),
             Some(("provider", name)) if !name.is_empty() => Some(Self::Provider(name.into())),
             _ => None,
@@ -164,6 +173,7 @@ mod tests {
     fn a_head_reads_back_as_written() {
         for origin in [
             RecordOrigin::Cache,
+            RecordOrigin::Guardrail,
             RecordOrigin::Provider("anthropic".into()),
             RecordOrigin::Feedback,
         ] {

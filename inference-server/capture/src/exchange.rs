@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use sluice_contract::metadata as row_keys;
 use sluice_protocol::usage::TokenCounts;
 use sluice_protocol::{pii, sse};
 
@@ -153,6 +154,15 @@ impl RawExchange {
             currency: metered.cost.and(identity.currency.clone()),
         });
         let mut metadata = self.metadata;
+        // The cost beside the payload too, so the monitor's operational profile needs no join.
+        if let Some(usage) = &usage
+            && let Some(cost) = usage.cost
+        {
+            metadata.insert(row_keys::COST.into(), cost.to_string());
+            if let Some(currency) = &usage.currency {
+                metadata.insert(row_keys::CURRENCY.into(), currency.clone());
+            }
+        }
         let response = match response_masked {
             Some(Some(masked)) => {
                 metadata.insert("answer_pii".into(), "masked".into());
@@ -279,6 +289,14 @@ mod tests {
         };
         let row = raw.finish(&identity);
         assert_eq!(row.client_request_id.as_deref(), Some("7"));
+        assert_eq!(
+            (
+                row.request_metadata[row_keys::COST].as_str(),
+                row.request_metadata[row_keys::CURRENCY].as_str()
+            ),
+            ("0.5", "USD"),
+            "the cost beside the payload"
+        );
         assert_eq!((row.request, row.response), (None, None));
         assert_eq!(
             (row.input_token_count, row.output_token_count),

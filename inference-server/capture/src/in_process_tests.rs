@@ -227,7 +227,7 @@ async fn an_exchange_passes_through_and_is_recorded_with_the_callers_identity() 
     assert_eq!(row.requester.as_deref(), Some("alice@example.com"));
     assert!(
         row.metadata
-            .get(crate::proxy::TIME_TO_FIRST_BYTE)
+            .get(sluice_contract::metadata::TIME_TO_FIRST_BYTE_MS)
             .and_then(|ms| ms.parse::<i64>().ok())
             .is_some_and(|ms| ms >= 0),
         "{:?}",

@@ -51,6 +51,7 @@ use sluice_contract::headers::names::{
     REQUESTER as REQUESTER_HEADER, SHADOW as SHADOW_HEADER,
 };
 use sluice_contract::headers::strip_hop_by_hop;
+use sluice_contract::metadata as row_keys;
 use sluice_contract::record::{RECORD, RecordHead, RecordOrigin};
 /// Longest a readiness check of the model may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -176,10 +177,6 @@ impl Recorder {
     }
 }
 
-/// The `request_metadata` key of the milliseconds from the request to the first byte of the
-/// response body: for a streamed chat, the time to its first event (the first token).
-pub const TIME_TO_FIRST_BYTE: &str = "time_to_first_byte_ms";
-
 /// Which body a tap copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
@@ -197,12 +194,14 @@ struct ExchangeState {
     response_seen: bool,
     /// Reads the answer's token counts as it passes (usage tracking).
     meter: Option<UsageMeter>,
-    /// A cache hit: no model ran, so no usage row.
-    cache_hit: bool,
+    /// No model ran (a cache hit, a refused request): no usage row.
+    unmetered: bool,
     /// How long the exchange took, when the gateway measured it (a record it sent).
     duration_ms: Option<i64>,
     /// From the request to the response's first body byte (a stream's first event).
     first_byte_ms: Option<i64>,
+    /// A record the gateway sent: nothing passed through, so no time to a first byte.
+    recorded: bool,
     finished: bool,
 }
 
@@ -310,20 +309,20 @@ impl Exchange {
         let mut raw = std::mem::take(&mut state.raw);
         let reserved = std::mem::take(&mut state.reserved);
         let meter = state.meter.take();
-        let cache_hit = state.cache_hit;
+        let unmetered = state.unmetered;
         let measured = state.duration_ms;
-        let first_byte = state.first_byte_ms;
+        let first_byte = state.first_byte_ms.filter(|_| !state.recorded);
         drop(state);
         self.recorder.live().remove(&self.id);
         raw.execution_time_ms =
             measured.unwrap_or_else(|| self.started.elapsed().as_millis() as i64);
         // Measured here only for answers that passed through (a record's arrived whole).
-        if let Some(ms) = first_byte.filter(|_| measured.is_none()) {
+        if let Some(ms) = first_byte {
             raw.metadata
-                .insert(TIME_TO_FIRST_BYTE.into(), ms.to_string());
+                .insert(row_keys::TIME_TO_FIRST_BYTE_MS.into(), ms.to_string());
         }
         raw.codes.extend(codes);
-        if let Some(tracking) = self.recorder.usage.as_ref().filter(|_| !cache_hit) {
+        if let Some(tracking) = self.recorder.usage.as_ref().filter(|_| !unmetered) {
             let tokens = meter.and_then(UsageMeter::finish);
             let (input, output) = (tokens.and_then(|t| t.input), tokens.and_then(|t| t.output));
             let execution_ms = u64::try_from(raw.execution_time_ms).unwrap_or(0);
@@ -651,7 +650,7 @@ fn metadata(request: &axum::http::request::Parts) -> BTreeMap<String, String> {
     for (key, name) in [
         ("requester_groups", GROUPS_HEADER),
         ("api_key_id", KEY_ID_HEADER),
-        ("guardrails", GUARDRAILS_HEADER),
+        (row_keys::GUARDRAILS, GUARDRAILS_HEADER),
     ] {
         if let Some(value) = header_text(headers, &[name]) {
             metadata.insert(key.into(), value);
@@ -682,10 +681,11 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     if head.origin == RecordOrigin::Feedback {
         return record_feedback(proxy, &parts.headers, &bytes[..head.request_len]).await;
     }
-    let cache_hit = head.origin == RecordOrigin::Cache;
+    // No model ran for a cache hit or a refused request: no usage row, no tokens.
+    let unmetered = matches!(head.origin, RecordOrigin::Cache | RecordOrigin::Guardrail);
     let sampled = proxy.sampled();
     // A provider's answer is metered for its usage row even when not sampled.
-    let usage = !cache_hit && proxy.recorder.usage.is_some();
+    let usage = !unmetered && proxy.recorder.usage.is_some();
     if !sampled && !usage {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -696,6 +696,9 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     let mut metadata = metadata(&parts);
     match &head.origin {
         RecordOrigin::Cache => metadata.insert("cache".into(), "hit".into()),
+        RecordOrigin::Guardrail => {
+            metadata.insert(row_keys::GUARDRAILS.into(), row_keys::INPUT_REFUSED.into())
+        }
         RecordOrigin::Provider(name) => metadata.insert("provider".into(), name.clone()),
         RecordOrigin::Feedback => None,
     };
@@ -714,7 +717,8 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
     });
     {
         let mut state = exchange.lock();
-        state.cache_hit = cache_hit;
+        state.unmetered = unmetered;
+        state.recorded = true;
         state.duration_ms = duration_ms;
     }
     exchange.copy(Side::Request, &bytes[..head.request_len]);
@@ -726,7 +730,7 @@ async fn record_sent(proxy: &Proxy, request: Request) -> Response {
         StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK),
         &answer,
     );
-    if cache_hit {
+    if unmetered {
         exchange.lock().meter = None;
     }
     exchange.copy(Side::Response, &bytes[head.request_len..]);

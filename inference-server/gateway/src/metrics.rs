@@ -281,6 +281,8 @@ struct UnsentLabels {
 pub enum RecordSource {
     /// The response cache.
     Cache,
+    /// A request the input guardrail refused.
+    Guardrail,
     /// An external model's provider.
     Provider,
     /// A person's feedback.
@@ -291,6 +293,7 @@ impl RecordSource {
     fn label(self) -> &'static str {
         match self {
             Self::Cache => "cache",
+            Self::Guardrail => "guardrail",
             Self::Provider => "provider",
             Self::Feedback => "feedback",
         }
@@ -534,7 +537,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "records_unsent",
-            "Answers no pod gave (cache hits, external providers' answers) of endpoints with auto-capture or usage tracking that did not reach a capture sidecar to become table rows: no ready sidecar (a pod of the entity, or its recorder), too many records in flight, or the sidecar refused",
+            "Answers no pod gave (cache hits, input guardrail refusals, external providers' answers) of endpoints with auto-capture or usage tracking that did not reach a capture sidecar to become table rows: no ready sidecar (a pod of the entity, or its recorder), too many records in flight, or the sidecar refused",
             metrics.unsent.clone(),
         );
         registry.register(

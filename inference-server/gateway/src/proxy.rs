@@ -42,8 +42,8 @@ use super::cache::{self, CACHE_HEADER, Caches, Filling};
 use super::connections::{self, Failure, Lease};
 use super::external::{self, External, Keys};
 use super::fallback;
-use super::guardrails::Checks;
 use super::guardrails::output::{Outcome, StreamGuard};
+use super::guardrails::{self, Checks};
 use super::hold::HoldRefused;
 use super::metering::{Charge, Metering, TokenMeter};
 use super::metrics::{
@@ -343,7 +343,18 @@ impl Proxy {
                     self.state
                         .metrics()
                         .guardrail(namespace, endpoint_name, "input", "refused");
-                    return self.fail(namespace, endpoint_name, error);
+                    let request_id = parts
+                        .headers
+                        .get(&names::REQUEST_ID)
+                        .cloned()
+                        .unwrap_or_else(new_request_id);
+                    if endpoint.policies.captured {
+                        let refused = (&parts, body.bytes(), &error, upstream_path);
+                        self.record_refusal(config, entity.as_deref(), refused, &request_id, peer);
+                    }
+                    let mut refusal = self.fail(namespace, endpoint_name, error);
+                    refusal.headers_mut().insert(names::REQUEST_ID, request_id);
+                    return refusal;
                 }
                 Ok(verdict) => {
                     if let Ok(value) = HeaderValue::from_str(&verdict.header()) {
@@ -1039,6 +1050,43 @@ impl Proxy {
             incomplete: false,
         };
         self.recorders.send(pool, &request, &hit.body, head);
+    }
+
+    /// Sends a request the input guardrail refused to the capture sidecar of a ready pod of
+    /// the entity it would have gone to, with its personal data masked, so the refusal is a
+    /// row of the inference table too ([`RecordOrigin::Guardrail`]).
+    fn record_refusal(
+        &self,
+        config: &LiveConfig,
+        entity: Option<&str>,
+        (parts, body, error, upstream_path): (&Parts, &Bytes, &ApiError, &str),
+        request_id: &HeaderValue,
+        peer: SocketAddr,
+    ) {
+        let pool = match entity {
+            Some(entity) => config.entities.iter().find(|p| p.name == entity),
+            None => pick_entity(config, &mut fastrand::Rng::new()),
+        };
+        let Some(pool) = pool else {
+            return;
+        };
+        let request = Recorded {
+            parts: parts.clone(),
+            upstream_path: upstream_path.to_string(),
+            body: guardrails::masked(body).map_or_else(|| body.clone(), Bytes::from),
+            request_id: request_id.clone(),
+            peer,
+        };
+        let head = RecordHead {
+            request_len: 0,
+            origin: RecordOrigin::Guardrail,
+            status: error.kind.status().as_u16(),
+            content_type: Some(HeaderValue::from_static("application/json")),
+            duration_ms: None,
+            incomplete: false,
+        };
+        let answer = serde_json::to_vec(&error.body()).unwrap_or_default();
+        self.recorders.send(pool, &request, &answer, head);
     }
 
     /// Sends a shadow copy to an external entity's provider; its answer is counted and drained

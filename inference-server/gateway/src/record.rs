@@ -1,6 +1,7 @@
 //! Exchanges no pod answered, handed to a capture sidecar so they still become rows of the
 //! endpoint's tables ([`sluice_contract::record`]): a response-cache hit goes to a sidecar of
-//! the entity that first answered; an external provider's answer goes to the entity's
+//! the entity that first answered; a request the input guardrail refused, to a sidecar of the
+//! entity it would have gone to; an external provider's answer goes to the entity's
 //! recorder (a capture sidecar run alone, which the operator starts per external entity of an
 //! endpoint with capture or usage tracking).
 //!
@@ -75,6 +76,7 @@ impl Recorders {
     pub fn send(&self, pool: &EntityPool, request: &Recorded, answer: &[u8], head: RecordHead) {
         let source = match head.origin {
             RecordOrigin::Cache => RecordSource::Cache,
+            RecordOrigin::Guardrail => RecordSource::Guardrail,
             RecordOrigin::Provider(_) => RecordSource::Provider,
             RecordOrigin::Feedback => RecordSource::Feedback,
         };

@@ -12,6 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+use sluice_contract::metadata as row_keys;
 use sluice_crds::{FieldKind, Granularity, MonitoringRefresh as Summary};
 use sluice_store::TableStore;
 
@@ -158,11 +159,12 @@ fn columns(fields: &[Field]) -> Vec<Column> {
             "CAST(output_token_count AS DOUBLE)",
         ),
         (
-            "time_to_first_byte_ms",
+            row_keys::TIME_TO_FIRST_BYTE_MS,
             FieldKind::Numeric,
             "CAST(time_to_first_byte_ms AS DOUBLE)",
         ),
-        ("guardrails", FieldKind::Categorical, "guardrails"),
+        (row_keys::GUARDRAILS, FieldKind::Categorical, "guardrails"),
+        (row_keys::COST, FieldKind::Numeric, "cost"),
     ] {
         if !columns.iter().any(|column| column.name == name) {
             columns.push(Column {
@@ -219,16 +221,17 @@ fn stage_query(relation: &str, available: &BTreeSet<String>, range: Option<(i64,
             .filter(|name| available.contains(name)),
     );
     // From the capture sidecar's request facts: the time to the answer's first byte (a
-    // stream's first token), and the gateway's input guardrail verdict.
+    // stream's first token), the gateway's input guardrail verdict, and the request's cost.
     if available.contains("request_metadata") {
-        select.push(
-            "CAST(array_element(map_extract(request_metadata, 'time_to_first_byte_ms'), 1) AS BIGINT) AS time_to_first_byte_ms"
-                .into(),
-        );
-        select.push(
-            "CAST(array_element(map_extract(request_metadata, 'guardrails'), 1) AS VARCHAR) AS guardrails"
-                .into(),
-        );
+        for (key, kind) in [
+            (row_keys::TIME_TO_FIRST_BYTE_MS, "BIGINT"),
+            (row_keys::GUARDRAILS, "VARCHAR"),
+            (row_keys::COST, "DOUBLE"),
+        ] {
+            select.push(format!(
+                "CAST(array_element(map_extract(request_metadata, '{key}'), 1) AS {kind}) AS {key}"
+            ));
+        }
     }
     let filter = range.map_or_else(
         || "timestamp_ms IS NOT NULL".to_string(),

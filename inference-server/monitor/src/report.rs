@@ -1,5 +1,6 @@
 //! The report: one self-contained HTML page per refresh (`<table>_profile_metrics/report.html`)
-//! that a person would rather look at than read: the worst-drifting columns first, then each
+//! that a person would rather look at than read: the worst-drifting columns first, the model's
+//! quality (when labels, e.g. from feedback, exist) and the traffic over time, then each
 //! column's profile and drift over time as SVG plots, then the slices of the newest window.
 //! Read back from the output tables, so it covers every window, not only this refresh's.
 
@@ -284,6 +285,67 @@ async fn drift_series(
     Ok((out, worst))
 }
 
+/// The model's quality over time (scores in 0..1; errors of a regression) and the requests of
+/// each window, from the `:table` rows.
+async fn quality_series(
+    ctx: &SessionContext,
+    granularity: &str,
+) -> Result<[Vec<Series>; 3], MonitorError> {
+    let query = format!(
+        "SELECT CAST(\"window\".start AS BIGINT) AS w, CAST(count AS DOUBLE) AS requests,
+                accuracy_score, precision['macro'] AS precision_macro, recall['macro'] AS recall_macro,
+                f1_score['macro'] AS f1_macro, rmse, mae
+         FROM profile WHERE granularity = {} AND slice_key IS NULL AND column_name = ':table' ORDER BY w",
+        literal(granularity)
+    );
+    let named = |names: &[(&str, &str)]| -> Vec<(String, String, Series)> {
+        names
+            .iter()
+            .map(|(column, legend)| {
+                let series = Series {
+                    name: (*legend).into(),
+                    points: Vec::new(),
+                };
+                (column.to_string(), legend.to_string(), series)
+            })
+            .collect()
+    };
+    let mut groups = [
+        named(&[
+            ("accuracy_score", "accuracy"),
+            ("precision_macro", "precision (macro)"),
+            ("recall_macro", "recall (macro)"),
+            ("f1_macro", "F1 (macro)"),
+        ]),
+        named(&[("rmse", "RMSE"), ("mae", "MAE")]),
+        named(&[("requests", "requests")]),
+    ];
+    for batch in collect(ctx, &query).await? {
+        let w = Integers::of(&batch, "w")?;
+        for group in &mut groups {
+            for (column, _, series) in group.iter_mut() {
+                let values = Numbers::of(&batch, column)?;
+                for row in 0..batch.num_rows() {
+                    if let (Some(w), Some(value)) = (w.get(row), values.get(row)) {
+                        series.points.push((w, value));
+                    }
+                }
+            }
+        }
+    }
+    Ok(groups.map(|group| {
+        group
+            .into_iter()
+            .map(|(_, _, mut series)| {
+                let skip = series.points.len().saturating_sub(MAX_WINDOWS);
+                series.points.drain(..skip);
+                series
+            })
+            .filter(|series| !series.points.is_empty())
+            .collect()
+    }))
+}
+
 async fn slices(ctx: &SessionContext, granularity: &str) -> Result<String, MonitorError> {
     let query = format!(
         "WITH newest AS (SELECT max(\"window\".start) AS w FROM profile WHERE granularity = {g})
@@ -353,6 +415,20 @@ pub async fn render(
         );
     }
     body.push_str("</table>");
+    let [scores, errors, traffic] = quality_series(ctx, &granularity).await?;
+    if !scores.is_empty() || !errors.is_empty() {
+        body.push_str("<h2>Model quality</h2><div class=\"row\">");
+        if !scores.is_empty() {
+            body.push_str(&line_chart("quality: scores against labels", &scores));
+        }
+        if !errors.is_empty() {
+            body.push_str(&line_chart("quality: errors against labels", &errors));
+        }
+        body.push_str("</div>");
+    }
+    body.push_str("<h2>Traffic</h2><div class=\"row\">");
+    body.push_str(&line_chart("requests per window", &traffic));
+    body.push_str("</div>");
     // Columns in the order of their worst drift, then the rest.
     let mut order: Vec<&String> = Vec::new();
     for column in worst

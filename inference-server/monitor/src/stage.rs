@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, Schema
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
+use sluice_contract::metadata as row_keys;
 use sluice_crds::{FieldKind, Granularity};
 
 use crate::MonitorError;
@@ -23,7 +24,7 @@ use crate::fields::{Cell, Field, instances};
 use crate::window;
 
 /// The request-level columns copied from the inference table into every instance.
-pub const REQUEST_COLUMNS: [(&str, DataType); 9] = [
+pub const REQUEST_COLUMNS: [(&str, DataType); 10] = [
     ("request_id", DataType::Utf8),
     ("served_entity", DataType::Utf8),
     ("model_version", DataType::Utf8),
@@ -31,8 +32,9 @@ pub const REQUEST_COLUMNS: [(&str, DataType); 9] = [
     ("execution_time_ms", DataType::Int64),
     ("input_token_count", DataType::Int64),
     ("output_token_count", DataType::Int64),
-    ("time_to_first_byte_ms", DataType::Int64),
-    ("guardrails", DataType::Utf8),
+    (row_keys::TIME_TO_FIRST_BYTE_MS, DataType::Int64),
+    (row_keys::GUARDRAILS, DataType::Utf8),
+    (row_keys::COST, DataType::Float64),
 ];
 
 /// The newest feedback's fields a staging query may join to each request, read by

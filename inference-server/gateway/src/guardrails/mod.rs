@@ -171,6 +171,16 @@ fn mentions(text: &str, phrase: &str) -> bool {
     })
 }
 
+/// `body` with every finding of personal data masked (JSON string values, or the whole text),
+/// `None` when it holds none: how a refused request is recorded.
+pub fn masked(body: &[u8]) -> Option<Vec<u8>> {
+    let mask = Checks {
+        pii: PiiBehavior::MASK,
+        ..Checks::default()
+    };
+    mask.check("", body).ok().and_then(|verdict| verdict.body)
+}
+
 impl Checks {
     /// Checks a request `body` (JSON; other bodies are checked as text) for endpoint
     /// `endpoint`: the error to answer, or the verdict (with the masked body) to go on with.
@@ -270,6 +280,13 @@ mod tests {
         );
         assert_eq!(masked["max_tokens"], 5);
         assert_eq!(verdict.header(), "input=masked:EMAIL_ADDRESS,CREDIT_CARD");
+        // A refused request is recorded masked, whatever the endpoint's PII setting.
+        assert_eq!(super::masked(body), verdict.body);
+        assert_eq!(
+            super::masked(b"mail jo@x.org").as_deref(),
+            Some(&b"mail <EMAIL_ADDRESS>"[..])
+        );
+        assert_eq!(super::masked(br#"{"inputs": [[1, 2]]}"#), None);
     }
 
     #[test]
