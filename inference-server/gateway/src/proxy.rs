@@ -35,7 +35,7 @@ use sluice_protocol::error::error_chain;
 use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::Semaphore;
 
-use super::auth::{self, Auth, AuthError};
+use super::auth::{self, Auth, AuthError, Caller};
 use super::backend::{self, Backend, InFlight};
 use super::budget::{Budgets, BufferedBody, Reservation, Shed};
 use super::cache::{self, CACHE_HEADER, Caches, Filling};
@@ -199,6 +199,35 @@ impl Proxy {
     }
 
     /// Answers a refused caller (401, 403, or 503 when the API could not be asked).
+    /// Who is calling: authenticated, their credentials taken off (no pod sees a user's token
+    /// or key) and the verified identity set in place of any a client sent; else the refusal.
+    async fn caller_of(&self, headers: &mut HeaderMap) -> Result<Caller, Response> {
+        let caller = match self.auth.authenticate(headers).await {
+            Ok(caller) => caller,
+            Err(error) => return Err(self.refuse("", "", &error)),
+        };
+        if self.auth.enforced() {
+            headers.remove(header::AUTHORIZATION);
+        }
+        auth::strip_client_identity(headers);
+        auth::set_identity(headers, &caller.identity);
+        Ok(caller)
+    }
+
+    /// Whether `caller` may query endpoint `name` of `namespace` (counted); else the refusal.
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), Response> {
+        if let Err(error) = self.auth.authorize(caller, namespace, name).await {
+            return Err(self.refuse(namespace, name, &error));
+        }
+        self.state.metrics().auth(AuthOutcome::Allowed);
+        Ok(())
+    }
+
     fn refuse(&self, namespace: &str, endpoint: &str, error: &AuthError) -> Response {
         self.state.metrics().auth(error.outcome());
         tracing::debug!(namespace, endpoint, %error, "caller refused");
@@ -277,16 +306,10 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         // Who is calling, before the body is read; may they call this endpoint, once it is
         // known (an OpenAI route names it in the body).
-        let caller = match self.auth.authenticate(&parts.headers).await {
+        let caller = match self.caller_of(&mut parts.headers).await {
             Ok(caller) => caller,
-            Err(error) => return self.refuse("", "", &error),
+            Err(refusal) => return refusal,
         };
-        if self.auth.enforced() {
-            // The caller's credentials stay here: no pod sees a user's token or key.
-            parts.headers.remove(header::AUTHORIZATION);
-        }
-        auth::strip_client_identity(&mut parts.headers);
-        auth::set_identity(&mut parts.headers, &caller.identity);
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
             Err(error) => return self.fail("", "", error.into()),
@@ -301,10 +324,9 @@ impl Proxy {
             Err(error) => return self.fail("", "", error),
         };
         let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
-        if let Err(error) = self.auth.authorize(&caller, namespace, endpoint_name).await {
-            return self.refuse(namespace, endpoint_name, &error);
+        if let Err(refusal) = self.authorize(&caller, namespace, endpoint_name).await {
+            return refusal;
         }
-        self.state.metrics().auth(AuthOutcome::Allowed);
         let Some(config) = endpoint.config.as_ref() else {
             return self.fail(
                 namespace,

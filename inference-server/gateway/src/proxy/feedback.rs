@@ -19,8 +19,7 @@ use sluice_contract::record::{RecordHead, RecordOrigin};
 use sluice_protocol::error::{ApiError, ErrorKind};
 
 use super::Proxy;
-use crate::auth;
-use crate::metrics::{AuthOutcome, FeedbackOutcome};
+use crate::metrics::FeedbackOutcome;
 use crate::record::{Delivery, Recorded};
 
 /// The sidecars' route for feedback records.
@@ -47,25 +46,19 @@ impl Proxy {
         request: Request<Body>,
     ) -> Response {
         let (mut parts, body) = request.into_parts();
-        let caller = match self.auth.authenticate(&parts.headers).await {
+        let caller = match self.caller_of(&mut parts.headers).await {
             Ok(caller) => caller,
-            Err(error) => return self.refuse("", "", &error),
+            Err(refusal) => return refusal,
         };
-        if self.auth.enforced() {
-            parts.headers.remove(axum::http::header::AUTHORIZATION);
-        }
-        auth::strip_client_identity(&mut parts.headers);
-        auth::set_identity(&mut parts.headers, &caller.identity);
         let table = self.state.table();
         let endpoint = match super::endpoint(&table, &name) {
             Ok(endpoint) => endpoint,
             Err(error) => return self.fail("", "", error),
         };
         let (namespace, endpoint_name) = (endpoint.namespace.as_str(), endpoint.name.as_str());
-        if let Err(error) = self.auth.authorize(&caller, namespace, endpoint_name).await {
-            return self.refuse(namespace, endpoint_name, &error);
+        if let Err(refusal) = self.authorize(&caller, namespace, endpoint_name).await {
+            return refusal;
         }
-        self.state.metrics().auth(AuthOutcome::Allowed);
         let count = |outcome| {
             self.state
                 .metrics()
