@@ -365,11 +365,7 @@ impl Proxy {
                     self.state
                         .metrics()
                         .guardrail(namespace, endpoint_name, "input", "refused");
-                    let request_id = parts
-                        .headers
-                        .get(&names::REQUEST_ID)
-                        .cloned()
-                        .unwrap_or_else(new_request_id);
+                    let request_id = request_id_of(&parts.headers);
                     if endpoint.policies.captured {
                         let refused = (&parts, body.bytes(), &error, upstream_path);
                         self.record_refusal(config, entity.as_deref(), refused, &request_id, peer);
@@ -426,11 +422,7 @@ impl Proxy {
                 Ok(key) => match cache.get(&key, policy.ttl) {
                     Some(hit) => {
                         cache.count(CacheOutcome::Hit);
-                        let request_id = parts
-                            .headers
-                            .get(&names::REQUEST_ID)
-                            .cloned()
-                            .unwrap_or_else(new_request_id);
+                        let request_id = request_id_of(&parts.headers);
                         if endpoint.policies.captured {
                             let hit = (&parts, &body, &hit, upstream_path);
                             self.record_hit(config, hit, &request_id, peer);
@@ -630,11 +622,7 @@ impl Proxy {
         if held {
             self.hold(pool).await?;
         }
-        let request_id = parts
-            .headers
-            .get(&names::REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(new_request_id);
+        let request_id = request_id_of(&parts.headers);
         let deadline = tokio::time::Instant::now() + self.config.request_timeout;
         // Built once: a pod that refuses the connection hands it back for the next one.
         let mut request = pod_request(
@@ -734,11 +722,7 @@ impl Proxy {
             recorded,
         } = outgoing;
         let started = Instant::now();
-        let request_id = parts
-            .headers
-            .get(&names::REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(new_request_id);
+        let request_id = request_id_of(&parts.headers);
         let guard = RequestGuard::external(pool);
         let answered = self
             .ask_provider(pool, entity, upstream_path, body.bytes())
@@ -1190,11 +1174,7 @@ impl Proxy {
                 upstream_path,
                 parts,
                 body.bytes().clone(),
-                &parts
-                    .headers
-                    .get(&names::REQUEST_ID)
-                    .cloned()
-                    .unwrap_or_else(new_request_id),
+                &request_id_of(&parts.headers),
                 None,
             );
             request
@@ -1580,6 +1560,14 @@ struct Answer<'a> {
 /// Most bytes of an answer read whole for the output guardrails, at least (a larger
 /// `--max-body-bytes` raises it).
 const MIN_CHECKED_ANSWER_BYTES: usize = 16 << 20;
+
+/// The request's id: the one it came with, else a new one.
+fn request_id_of(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&names::REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
 
 /// Whether an answer is read whole by the output guardrails: JSON or text.
 fn is_textual(headers: &HeaderMap) -> bool {

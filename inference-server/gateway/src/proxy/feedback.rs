@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
 use sluice_contract::feedback::{Feedback, MAX_FEEDBACK_BYTES};
-use sluice_contract::headers::{names, new_request_id};
+use sluice_contract::headers::names;
 use sluice_contract::record::{RecordHead, RecordOrigin};
 use sluice_protocol::error::{ApiError, ErrorKind};
 
@@ -135,11 +135,7 @@ impl Proxy {
                 .with_retry_after(std::time::Duration::from_secs(5)),
             );
         };
-        let request_id = parts
-            .headers
-            .get(&names::REQUEST_ID)
-            .cloned()
-            .unwrap_or_else(new_request_id);
+        let request_id = super::request_id_of(&parts.headers);
         let body = axum::body::Bytes::from(feedback.to_json());
         let head = RecordHead {
             request_len: body.len(),
