@@ -14,6 +14,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use sluice_contract::metadata as row_keys;
@@ -101,6 +102,12 @@ fn column<'a, T: 'static>(
         .and_then(|array| array.as_any().downcast_ref::<T>()))
 }
 
+/// Rows of a row group of the staged file. A row group is buffered whole while it is written,
+/// and each query fetches a group's column chunks whole while it reads them, both outside
+/// DataFusion's memory pool: small groups keep that memory small whatever the table's size
+/// (Parquet's default, a million rows, took hundreds of MB).
+const STAGE_ROW_GROUP_ROWS: usize = 64 * 1024;
+
 /// What one staging pass read and wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Staged {
@@ -124,7 +131,10 @@ pub async fn stage(
         path: out.to_path_buf(),
         source,
     })?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+    let properties = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(STAGE_ROW_GROUP_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))?;
     let mut stream = ctx.sql(query).await?.execute_stream().await?;
     let mut staged = Staged::default();
     while let Some(batch) = stream.next().await {
