@@ -84,6 +84,9 @@ fn monitor(table: &Path, work: &Path) -> serde_json::Value {
         .arg(table)
         .args(["--config", CONFIG, "--work-dir"])
         .arg(work)
+        // Runs of about two hours: every statistic below is then computed over several
+        // queries per refresh, as on a table too large for one.
+        .args(["--rows-per-query", "500"])
         .arg("--summary-file")
         .arg(&summary_file)
         .output()

@@ -122,6 +122,12 @@ pub struct MonitorArgs {
     /// Memory the queries may hold before they spill to `--work-dir`, in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory_limit_mib: usize,
+    /// Most staged instances one profile or drift query covers: the windows of a refresh are
+    /// computed in runs of whole windows of about this many instances, so a query's sorts
+    /// (and the spill files they merge) stay the same size however large the table is. One
+    /// window is never split.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub rows_per_query: u64,
     /// Recompute every window, not only those with new rows.
     #[arg(long)]
     pub full: bool,

@@ -548,131 +548,136 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
 
     let mut newest = None;
     for (i, granularity) in granularities.iter().enumerate() {
-        let (from, to) = affected[i];
-        let drift_to = window::next(*granularity, to);
-        let profile_from = window::previous(*granularity, from);
-        let mut by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
-        let mut drift_by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
-        for (s, slice) in slices.iter().enumerate() {
-            let scope = Scope::windows_of("staged", i, (profile_from, drift_to), slice.clone());
-            let rows = profile::profile(
-                &ctx,
-                &scope,
-                &columns,
-                quality.as_ref(),
-                &config.custom_metrics,
-            )
-            .await?;
-            let index: BTreeMap<(i64, Option<String>, String), &ProfileRow> = rows
-                .iter()
-                .map(|row| {
-                    (
+        let (first, end) = affected[i];
+        let last_drift_to = window::next(*granularity, end);
+        for (from, to) in runs(&ctx, i, (first, end), args.rows_per_query).await? {
+            // A run's drift rows reach one window past it only at the end: that window's previous
+            // one changed; otherwise the next run covers it.
+            let drift_to = if to == end { last_drift_to } else { to };
+            let profile_from = window::previous(*granularity, from);
+            let mut by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+            let mut drift_by_window: BTreeMap<i64, Vec<serde_json::Value>> = BTreeMap::new();
+            for (s, slice) in slices.iter().enumerate() {
+                let scope = Scope::windows_of("staged", i, (profile_from, drift_to), slice.clone());
+                let rows = profile::profile(
+                    &ctx,
+                    &scope,
+                    &columns,
+                    quality.as_ref(),
+                    &config.custom_metrics,
+                )
+                .await?;
+                let index: BTreeMap<(i64, Option<String>, String), &ProfileRow> = rows
+                    .iter()
+                    .map(|row| {
                         (
-                            row.window_start,
-                            row.slice_value.clone(),
-                            row.column_name.clone(),
-                        ),
-                        row,
-                    )
-                })
-                .collect();
-            for row in rows
-                .iter()
-                .filter(|row| row.window_start >= from && row.window_start < to)
-            {
-                by_window
-                    .entry(row.window_start)
-                    .or_default()
-                    .push(output::profile_record(
-                        granularity.as_str(),
-                        "INPUT",
-                        row,
-                        &config.custom_metrics,
-                        refreshed_ms,
-                    ));
-            }
-            let drift_scope = Scope::windows_of("staged", i, (from, drift_to), slice.clone());
-            let consecutive =
-                drift::compare(&ctx, &drift_scope, i, &Reference::Previous, &columns).await?;
-            let baseline_rows = match baseline_profiles.get(s) {
-                Some(rows) => Some((
-                    drift::compare(
-                        &ctx,
-                        &drift_scope,
-                        i,
-                        &Reference::Baseline("baseline"),
-                        &columns,
-                    )
-                    .await?,
-                    rows,
-                )),
-                None => None,
-            };
-            if i == 0 && slice.is_none() {
-                newest = newest_window(
-                    &rows,
-                    (from, to),
-                    baseline_rows
-                        .as_ref()
-                        .map_or(&consecutive, |(compared, _)| compared),
-                );
-            }
-            let baseline_index: BTreeMap<(Option<String>, String), &ProfileRow> = baseline_rows
-                .as_ref()
-                .map(|(_, rows)| {
-                    rows.iter()
-                        .map(|row| ((row.slice_value.clone(), row.column_name.clone()), row))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for row in rows
-                .iter()
-                .filter(|row| row.window_start >= from && row.window_start < drift_to)
-            {
-                let key = (
-                    row.window_start,
-                    row.slice_value.clone(),
-                    row.column_name.clone(),
-                );
-                let previous_start = window::previous(*granularity, row.window_start);
-                if let Some(reference) = index.get(&(
-                    previous_start,
-                    row.slice_value.clone(),
-                    row.column_name.clone(),
-                )) {
-                    let record = DriftRecord {
-                        current: row,
-                        reference: Some(reference),
-                        window_cmp: (previous_start, row.window_start),
-                        drift_type: Reference::Previous.drift_type(),
-                        comparison: consecutive.get(&key),
-                    };
-                    drift_by_window.entry(row.window_start).or_default().push(
-                        output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                            (
+                                row.window_start,
+                                row.slice_value.clone(),
+                                row.column_name.clone(),
+                            ),
+                            row,
+                        )
+                    })
+                    .collect();
+                for row in rows
+                    .iter()
+                    .filter(|row| row.window_start >= from && row.window_start < to)
+                {
+                    by_window
+                        .entry(row.window_start)
+                        .or_default()
+                        .push(output::profile_record(
+                            granularity.as_str(),
+                            "INPUT",
+                            row,
+                            &config.custom_metrics,
+                            refreshed_ms,
+                        ));
+                }
+                let drift_scope = Scope::windows_of("staged", i, (from, drift_to), slice.clone());
+                let consecutive =
+                    drift::compare(&ctx, &drift_scope, i, &Reference::Previous, &columns).await?;
+                let baseline_rows = match baseline_profiles.get(s) {
+                    Some(rows) => Some((
+                        drift::compare(
+                            &ctx,
+                            &drift_scope,
+                            i,
+                            &Reference::Baseline("baseline"),
+                            &columns,
+                        )
+                        .await?,
+                        rows,
+                    )),
+                    None => None,
+                };
+                if i == 0 && slice.is_none() && to == end {
+                    newest = newest_window(
+                        &rows,
+                        (from, to),
+                        baseline_rows
+                            .as_ref()
+                            .map_or(&consecutive, |(compared, _)| compared),
                     );
                 }
-                if let Some((comparisons, _)) = &baseline_rows {
-                    let record = DriftRecord {
-                        current: row,
-                        reference: baseline_index
-                            .get(&(row.slice_value.clone(), row.column_name.clone()))
-                            .copied(),
-                        window_cmp: (0, 0),
-                        drift_type: Reference::Baseline("baseline").drift_type(),
-                        comparison: comparisons.get(&key),
-                    };
-                    drift_by_window.entry(row.window_start).or_default().push(
-                        output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                let baseline_index: BTreeMap<(Option<String>, String), &ProfileRow> = baseline_rows
+                    .as_ref()
+                    .map(|(_, rows)| {
+                        rows.iter()
+                            .map(|row| ((row.slice_value.clone(), row.column_name.clone()), row))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for row in rows
+                    .iter()
+                    .filter(|row| row.window_start >= from && row.window_start < drift_to)
+                {
+                    let key = (
+                        row.window_start,
+                        row.slice_value.clone(),
+                        row.column_name.clone(),
                     );
+                    let previous_start = window::previous(*granularity, row.window_start);
+                    if let Some(reference) = index.get(&(
+                        previous_start,
+                        row.slice_value.clone(),
+                        row.column_name.clone(),
+                    )) {
+                        let record = DriftRecord {
+                            current: row,
+                            reference: Some(reference),
+                            window_cmp: (previous_start, row.window_start),
+                            drift_type: Reference::Previous.drift_type(),
+                            comparison: consecutive.get(&key),
+                        };
+                        drift_by_window.entry(row.window_start).or_default().push(
+                            output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                        );
+                    }
+                    if let Some((comparisons, _)) = &baseline_rows {
+                        let record = DriftRecord {
+                            current: row,
+                            reference: baseline_index
+                                .get(&(row.slice_value.clone(), row.column_name.clone()))
+                                .copied(),
+                            window_cmp: (0, 0),
+                            drift_type: Reference::Baseline("baseline").drift_type(),
+                            comparison: comparisons.get(&key),
+                        };
+                        drift_by_window.entry(row.window_start).or_default().push(
+                            output::drift_record(granularity.as_str(), &record, refreshed_ms),
+                        );
+                    }
                 }
             }
+            summary.windows_written += profile_out
+                .put_windows(*granularity, &profile_schema, by_window)
+                .await?;
+            summary.drift_windows_written += drift_out
+                .put_windows(*granularity, &drift_schema, drift_by_window)
+                .await?;
         }
-        summary.windows_written += profile_out
-            .put_windows(*granularity, &profile_schema, by_window)
-            .await?;
-        summary.drift_windows_written += drift_out
-            .put_windows(*granularity, &drift_schema, drift_by_window)
-            .await?;
     }
     drop(work);
     write_report(
@@ -693,6 +698,48 @@ pub async fn refresh(args: &MonitorArgs) -> Result<Summary, MonitorError> {
     }
     save_state(&profile_out, config_text, table.files, feedback_files).await?;
     Ok(summary)
+}
+
+/// The windows `[first, end)` of the granularity at index `i` cut into runs `[from, to)` of
+/// whole windows holding about `rows` staged instances each (a window with more is a run
+/// alone), in time order, covering the whole range.
+async fn runs(
+    ctx: &SessionContext,
+    i: usize,
+    (first, end): (i64, i64),
+    rows: u64,
+) -> Result<Vec<(i64, i64)>, MonitorError> {
+    let w = stage::window_column(i);
+    let query = format!(
+        "SELECT {w} AS w, count(*) AS n FROM staged WHERE {w} >= {first} AND {w} < {end} GROUP BY 1 ORDER BY 1"
+    );
+    let mut counts = Vec::new();
+    for batch in crate::sql::collect(ctx, &query).await? {
+        let (w, n) = (Integers::of(&batch, "w")?, Integers::of(&batch, "n")?);
+        for row in 0..batch.num_rows() {
+            if let Some(w) = w.get(row) {
+                counts.push((w, n.get(row).unwrap_or_default().max(0) as u64));
+            }
+        }
+    }
+    Ok(cut_runs(&counts, (first, end), rows))
+}
+
+/// [`runs`]' pure step over the instances of each window that has some, in time order.
+fn cut_runs(counts: &[(i64, u64)], (first, end): (i64, i64), rows: u64) -> Vec<(i64, i64)> {
+    let mut runs = Vec::new();
+    let (mut from, mut held) = (first, 0u64);
+    for &(window, n) in counts {
+        if held > 0 && held + n > rows {
+            runs.push((from, window));
+            (from, held) = (window, 0);
+        }
+        held += n;
+    }
+    if from < end {
+        runs.push((from, end));
+    }
+    runs
 }
 
 /// The newest window written (in `[from, to)`) with its comparisons and `:table` row.
@@ -799,4 +846,21 @@ async fn save_state(
         bytes::Bytes::from(serde_json::to_vec(&state).unwrap_or_default()),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_runs;
+
+    #[test]
+    fn runs_hold_whole_windows_up_to_the_rows_and_cover_the_range() {
+        let counts = [(0, 300), (10, 300), (20, 300), (40, 900), (50, 10)];
+        assert_eq!(
+            cut_runs(&counts, (0, 60), 600),
+            [(0, 20), (20, 40), (40, 50), (50, 60)],
+            "a window over the rows is a run alone; an empty one (30) stays in a run"
+        );
+        assert_eq!(cut_runs(&counts, (0, 60), 1 << 20), [(0, 60)]);
+        assert_eq!(cut_runs(&[], (0, 60), 10), [(0, 60)]);
+    }
 }
