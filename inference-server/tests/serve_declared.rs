@@ -408,13 +408,6 @@ fn folders_that_do_not_fit_what_is_declared_end_the_process_with_the_reason() {
     );
     assert_exit(
         1,
-        &[("model.gguf", b"GGUF")],
-        &["--declared-format", "gguf"],
-        &[],
-        &["has no `tokenizer.json`", "GGUF metadata"],
-    );
-    assert_exit(
-        1,
         &[("model.safetensors", b"{}"), ("tokenizer.json", b"{}")],
         &["--declared-format", "safetensors"],
         &[],

@@ -425,6 +425,28 @@ async fn bad_requests_get_reasons_and_the_server_stays_up() {
             "REQUEST_TOO_LARGE",
             "1024 bytes",
         ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": messages(), "tools": [{"type": "function",
+                   "function": {"name": "f"}}]}),
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "`tools` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": messages(), "response_format": {"type": "json_object"}}),
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "`response_format` is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "frequency_penalty": 1.5}),
+            400,
+            "INVALID_PARAMETER_VALUE",
+            "`frequency_penalty` is not supported",
+        ),
         ("/v2/chat", json!({}), 404, "ENDPOINT_NOT_FOUND", "/v2/chat"),
     ];
     for (path, body, status, code, needle) in cases {

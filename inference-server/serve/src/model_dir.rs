@@ -7,7 +7,7 @@
 //! 2. Otherwise `sluice-model.yaml`: format, task, signature (the ModelVersion CRD's structure),
 //!    files and, for prompt models, the template and its upstream.
 //! 3. Otherwise a bare folder, described by what the ModelVersion declares ([`Declared`]): its
-//!    format picks the files (the single `*.onnx`; the single `*.gguf` with `tokenizer.json`; a
+//!    format picks the files (the single `*.onnx`; the single `*.gguf`, with a `tokenizer.json` if one is beside it; a
 //!    Hugging Face checkpoint), its task the runtime.
 //!
 //! A declared format must agree with a manifest that is present; a declared signature stands in
@@ -46,7 +46,7 @@ pub enum ModelDirError {
     /// Neither manifest is there, and no format was declared.
     #[error(
         "{dir} has neither an `{MLMODEL_FILE}` nor a `{SLUICE_MANIFEST_FILE}` file, and no \
-         format was declared; a bare folder (one `*.onnx`, one `*.gguf` with `tokenizer.json`, \
+         format was declared; a bare folder (one `*.onnx`, one `*.gguf`, \
          or a Hugging Face checkpoint) is served when the ModelVersion's format and task \
          describe it (--declared-format/SLUICE_MODEL_FORMAT, \
          --declared-task/SLUICE_MODEL_TASK)"
@@ -342,16 +342,11 @@ fn read_bare(
                 "llm/v1/chat and llm/v1/completions",
             )?;
             let model = single_file(dir, format, &present, "gguf", "")?;
-            let tokenizer = required_file(
-                dir,
-                format,
-                "tokenizer.json",
-                "the builtin runtime needs one beside the GGUF file (it does not read the \
-                 tokenizer from the GGUF metadata)",
-            )?;
+            // A `tokenizer.json` beside the file wins over the GGUF metadata's vocabulary.
+            let tokenizer = Some(dir.join("tokenizer.json")).filter(|path| path.is_file());
             let files = ModelFiles {
                 model: Some(model),
-                tokenizer: Some(tokenizer),
+                tokenizer,
                 ..ModelFiles::default()
             };
             (RuntimeKind::CausalLm, task, files)
@@ -998,7 +993,7 @@ signature:
     }
 
     #[test]
-    fn a_bare_gguf_file_needs_its_tokenizer_and_a_generation_task() {
+    fn a_bare_gguf_file_serves_alone_or_with_its_tokenizer_for_generation_tasks() {
         let dir = dir_with(&[("tiny.Q8_0.gguf", "GGUF"), ("tokenizer.json", "{}")]);
         let spec = read(&dir, &declared(ModelFormat::Gguf, None)).unwrap();
         assert_eq!(
@@ -1021,18 +1016,11 @@ signature:
                 "{error}"
             );
         }
+        assert_eq!(spec.files.tokenizer, Some(dir.join("tokenizer.json")));
+        // Alone, the file's own vocabulary is its tokenizer (read when the weights load).
         let alone = dir_with(&[("model.gguf", "GGUF")]);
-        let error = read(&alone, &declared(ModelFormat::Gguf, None)).unwrap_err();
-        assert!(
-            matches!(
-                error,
-                ModelDirError::MissingFile {
-                    file: "tokenizer.json",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        let spec = read(&alone, &declared(ModelFormat::Gguf, None)).unwrap();
+        assert_eq!(spec.files.tokenizer, None);
     }
 
     #[test]

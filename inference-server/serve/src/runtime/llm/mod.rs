@@ -2,6 +2,8 @@
 //! weights of either, answering chat and text completions, streamed or whole.
 //!
 //! - [`weights`]: loading the model, tokenizer, chat template and end-of-sequence tokens.
+//! - [`gguf_vocab`]: the tokenizer a GGUF file carries in its metadata.
+//! - [`unsupported`]: request fields that would change the answer and are refused by name.
 //! - [`template`]: the chat template (minijinja).
 //! - [`decode`]: sampling parameters and the incremental detokenizer with stop sequences.
 //! - [`scheduler`]: the generation worker, which advances the running sequences in turn.
@@ -10,8 +12,10 @@
 //! as one OpenAI body or as `chat.completion.chunk` / `text_completion` server-sent events.
 
 mod decode;
+mod gguf_vocab;
 mod scheduler;
 mod template;
+mod unsupported;
 mod weights;
 
 use std::sync::Arc;
@@ -205,6 +209,7 @@ impl LlmModel {
 
     /// `/v1/chat/completions`: the messages through the chat template, then generation.
     pub async fn chat(&self, request: ChatRequest) -> Result<Reply<ChatResponse>, ApiError> {
+        unsupported::refuse(&request.extra, unsupported::Route::Chat)?;
         let prompt = self.weights.template.render(&request.messages)?;
         // Templates print the special tokens themselves (as `apply_chat_template` does).
         let tokens = self.tokenize(&prompt, false)?;
@@ -240,6 +245,7 @@ impl LlmModel {
         &self,
         request: CompletionRequest,
     ) -> Result<Reply<CompletionResponse>, ApiError> {
+        unsupported::refuse(&request.extra, unsupported::Route::Completions)?;
         let prompts = request.prompt.into_vec();
         if prompts.is_empty() {
             return Err(ApiError::invalid(

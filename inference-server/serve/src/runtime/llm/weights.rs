@@ -1,5 +1,6 @@
 //! Loading a causal language model: the weights (Llama or Qwen2 from safetensors, or GGUF
-//! quantised weights of either), its tokenizer, chat template and end-of-sequence tokens.
+//! quantised weights of either), its tokenizer (`tokenizer.json`, or a GGUF file's own
+//! vocabulary: [`gguf_vocab`]), chat template and end-of-sequence tokens.
 //!
 //! The loaded [`Weights`] are shared and never run themselves; every request gets its own
 //! [`Sequence`] model, a cheap copy whose tensors point at the same weights and which owns the
@@ -18,6 +19,7 @@ use candle_transformers::models::{llama, quantized_llama, quantized_qwen2, qwen2
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::gguf_vocab;
 use super::template::{self, ChatTemplate, TemplateSource};
 use crate::model_dir::ModelSpec;
 use crate::runtime::LoadError;
@@ -107,53 +109,78 @@ impl Weights {
         let root = model_path
             .parent()
             .map_or_else(|| spec.dir.clone(), Path::to_path_buf);
-        let tokenizer_path = spec
-            .files
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| root.join("tokenizer.json"));
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|error| {
-            invalid(
-                &tokenizer_path,
-                format!("not a Hugging Face tokenizer.json: {error}"),
-            )
-        })?;
-        let tokenizer_root = tokenizer_path
-            .parent()
-            .map_or_else(|| root.clone(), Path::to_path_buf);
+        let gguf = if is_gguf(&model_path)? {
+            Some(read_gguf(&model_path)?)
+        } else {
+            None
+        };
+        // The named tokenizer, else `tokenizer.json` beside the weights, else (GGUF only) the
+        // vocabulary in the file's metadata.
+        let tokenizer_path = spec.files.tokenizer.clone().or_else(|| {
+            let beside = root.join("tokenizer.json");
+            let from_metadata = gguf
+                .as_ref()
+                .is_some_and(|(content, _)| gguf_vocab::has_vocab(&content.metadata));
+            (!from_metadata || beside.is_file()).then_some(beside)
+        });
+        let (tokenizer, tokenizer_root, vocab_tokens) = match (&tokenizer_path, &gguf) {
+            (Some(path), _) => {
+                let tokenizer = Tokenizer::from_file(path).map_err(|error| {
+                    invalid(path, format!("not a Hugging Face tokenizer.json: {error}"))
+                })?;
+                let parent = path
+                    .parent()
+                    .map_or_else(|| root.clone(), Path::to_path_buf);
+                (tokenizer, parent, None)
+            }
+            (None, Some((content, _))) => {
+                let vocab = gguf_vocab::read(&content.metadata)
+                    .map_err(|error| invalid(&model_path, error.to_string()))?;
+                let special = (vocab.bos_token, vocab.eos_token, vocab.end_of_generation);
+                (vocab.tokenizer, root.clone(), Some(special))
+            }
+            (None, None) => {
+                return Err(invalid(&model_path, "no tokenizer".to_string()));
+            }
+        };
         let tokenizer_config =
             read_json(&tokenizer_root.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
 
         let mut eos = BTreeSet::new();
         let mut gguf_template = None;
-        let (architecture, context, kind) = if is_gguf(&model_path)? {
-            {
-                let gguf = load_gguf(&model_path)?;
-                eos.extend(gguf.eos);
-                gguf_template = gguf.chat_template;
-                (gguf.architecture, gguf.context, gguf.kind)
-            }
+        let (architecture, context, kind) = if let Some((content, reader)) = gguf {
+            let gguf = load_gguf(&model_path, content, reader)?;
+            eos.extend(gguf.eos);
+            gguf_template = gguf.chat_template;
+            (gguf.architecture, gguf.context, gguf.kind)
         } else {
-            {
-                let config_path = spec
-                    .files
-                    .config
-                    .clone()
-                    .unwrap_or_else(|| root.join("config.json"));
-                let config = read_json(&config_path)?.ok_or_else(|| LoadError::Read {
-                    path: config_path.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })?;
-                eos.extend(token_ids(config.get("eos_token_id")));
-                if let Some(generation) = read_json(&root.join("generation_config.json"))? {
-                    eos.extend(token_ids(generation.get("eos_token_id")));
-                }
-                load_safetensors(&model_path, &config_path, &config)?
+            let config_path = spec
+                .files
+                .config
+                .clone()
+                .unwrap_or_else(|| root.join("config.json"));
+            let config = read_json(&config_path)?.ok_or_else(|| LoadError::Read {
+                path: config_path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+            eos.extend(token_ids(config.get("eos_token_id")));
+            if let Some(generation) = read_json(&root.join("generation_config.json"))? {
+                eos.extend(token_ids(generation.get("eos_token_id")));
             }
+            load_safetensors(&model_path, &config_path, &config)?
         };
-        if let Some(id) = template::special_token(&tokenizer_config, "eos_token")
-            .and_then(|token| tokenizer.token_to_id(&token))
-        {
+        // The special tokens a template prints: tokenizer_config.json's, else the GGUF
+        // vocabulary's.
+        let special = |key: &str, from_vocab: Option<&String>| {
+            template::special_token(&tokenizer_config, key)
+                .or_else(|| from_vocab.cloned())
+                .unwrap_or_default()
+        };
+        let (vocab_bos, vocab_eos, vocab_ends) = vocab_tokens.unwrap_or_default();
+        eos.extend(vocab_ends);
+        let bos_token = special("bos_token", vocab_bos.as_ref());
+        let eos_token = special("eos_token", vocab_eos.as_ref());
+        if let Some(id) = tokenizer.token_to_id(&eos_token) {
             eos.insert(id);
         }
 
@@ -162,6 +189,7 @@ impl Weights {
             &[tokenizer_root, root, spec.dir.clone()],
             &tokenizer_config,
             gguf_template,
+            (bos_token, eos_token),
         )?;
         tracing::info!(
             kind,
@@ -200,7 +228,9 @@ struct Gguf {
     chat_template: Option<String>,
 }
 
-fn load_gguf(path: &Path) -> Result<Gguf, LoadError> {
+/// A GGUF file's header (metadata and tensor index), and the open file its tensors are read
+/// from.
+fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>), LoadError> {
     let file = File::open(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
@@ -208,6 +238,14 @@ fn load_gguf(path: &Path) -> Result<Gguf, LoadError> {
     let mut reader = BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader)
         .map_err(|error| invalid(path, format!("not a GGUF file: {error}")))?;
+    Ok((content, reader))
+}
+
+fn load_gguf(
+    path: &Path,
+    content: gguf_file::Content,
+    mut reader: BufReader<File>,
+) -> Result<Gguf, LoadError> {
     let text = |key: &str| {
         content
             .metadata
@@ -340,10 +378,10 @@ fn chat_template(
     roots: &[PathBuf],
     tokenizer_config: &Value,
     gguf_template: Option<String>,
+    (bos_token, eos_token): (String, String),
 ) -> Result<ChatTemplate, LoadError> {
-    let special = |key| template::special_token(tokenizer_config, key).unwrap_or_default();
     let compile = |source: String, from: TemplateSource, path: &Path| {
-        ChatTemplate::new(source, special("bos_token"), special("eos_token"), from)
+        ChatTemplate::new(source, bos_token.clone(), eos_token.clone(), from)
             .map_err(|message| invalid(path, message))
     };
     if let Some(path) = named {
