@@ -203,6 +203,9 @@ pub struct ChatChoice {
     pub index: u32,
     /// The generated message.
     pub message: ChatMessage,
+    /// Log-probabilities of the answer's tokens, when asked for (`{"content": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
     /// `stop`, `length`, ...
     pub finish_reason: Option<String>,
 }
@@ -232,7 +235,7 @@ pub struct CompletionChoice {
     pub index: u32,
     /// The generated text.
     pub text: String,
-    /// Always null: log probabilities are not served.
+    /// Log-probabilities of the answer's tokens, when asked for; else null.
     pub logprobs: Option<Value>,
     /// `stop`, `length`, ...
     pub finish_reason: Option<String>,

@@ -4,13 +4,14 @@ llama-cpp-python (built from source into .venv-llama by .ci/setup).
     .venv-llama/bin/python oracle.py MODEL.gguf < answers.json > verdicts.json
 
 answers.json: {"cases": [{"prompt": "..." | "messages": [...], "text": "<our answer>",
-                          "finish_reason": "stop" | "length"}, ...]}
+                          "tokens": [<our token ids>], "finish_reason": "stop" | "length"}]}
 
 For each case the prompt is tokenized as llama-cpp-python's own `create_completion` and
 `create_chat_completion` do (the chat through the file's chat template with its Jinja
-formatter), and our answer is tokenized after it. llama.cpp then runs prompt + answer in one
-pass with the logits of every position kept (teacher forcing) and judges each of our tokens:
-its own greedy choice, or how far below its choice it scored (the margin, in logits). An
+formatter); our answer's tokens follow it (without "tokens", our text tokenized again).
+llama.cpp then runs prompt + answer in one pass with the logits of every position kept
+(teacher forcing) and judges each of our tokens: its own greedy choice, or how far below its
+choice it scored (the margin, in logits), and its log-probability of our token. An
 answer that ended with "stop" is judged at the next position too: llama.cpp must pick an
 end-of-generation token there. Its free-running greedy answer is printed as well.
 
@@ -22,6 +23,7 @@ import json
 import sys
 
 import llama_cpp
+import numpy
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -60,7 +62,9 @@ def main() -> None:
         else:
             add_bos = vocab.add_bos_token()
             prompt = llm.tokenize(case["prompt"].encode(), add_bos=add_bos, special=True)
-        answer = llm.tokenize(case["text"].encode(), add_bos=False, special=False)
+        answer = case.get("tokens")
+        if answer is None:
+            answer = llm.tokenize(case["text"].encode(), add_bos=False, special=False)
         round_trip = llm.detokenize(answer).decode(errors="replace") == case["text"]
 
         llm.reset()
@@ -70,11 +74,14 @@ def main() -> None:
         for index, token in enumerate(answer):
             logits = scores[len(prompt) - 1 + index]
             best = int(logits.argmax())
+            top = float(logits[best])
+            log_sum = top + float(numpy.log(numpy.exp(logits - top).sum()))
             tokens.append(
                 {
                     "ours": vocab.token_get_text(token),
                     "theirs": vocab.token_get_text(best),
                     "margin": float(logits[best] - logits[token]),
+                    "logprob": float(logits[token]) - log_sum,
                 }
             )
         ended = None

@@ -26,6 +26,8 @@ pub struct GenerationParams {
     pub seed: u64,
     /// Text that ends the generation (not included in the answer).
     pub stop: Vec<String>,
+    /// Report each token's log-probability and this many alternatives (`logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 impl GenerationParams {
@@ -90,6 +92,7 @@ impl GenerationParams {
             top_p,
             seed: sampling.seed.unwrap_or_else(|| fastrand::u64(..)),
             stop,
+            logprobs: None,
         })
     }
 

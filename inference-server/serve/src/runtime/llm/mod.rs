@@ -4,6 +4,7 @@
 //! - [`weights`]: loading the model, tokenizer, chat template and end-of-sequence tokens.
 //! - [`gguf_vocab`]: the tokenizer a GGUF file carries in its metadata.
 //! - [`unsupported`]: request fields that would change the answer and are refused by name.
+//! - [`logprobs`]: log-probabilities of generated tokens.
 //! - [`template`]: the chat template (minijinja).
 //! - [`decode`]: sampling parameters and the incremental detokenizer with stop sequences.
 //! - [`scheduler`]: the generation worker, which advances the running sequences in turn.
@@ -13,6 +14,7 @@
 
 mod decode;
 mod gguf_vocab;
+mod logprobs;
 mod scheduler;
 mod template;
 mod unsupported;
@@ -34,7 +36,9 @@ use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::mpsc;
 
 use self::decode::GenerationParams;
+use self::logprobs::{Asked, TokenLogprob};
 use self::scheduler::{Event, FinishReason, Job, Scheduler};
+use self::unsupported::Route;
 use self::weights::Weights;
 use super::{LoadContext, LoadError, Reply};
 use crate::model_dir::{ModelSignature, ModelSpec};
@@ -59,6 +63,8 @@ struct Generated {
     text: String,
     reason: FinishReason,
     completion_tokens: usize,
+    /// Each token's log-probability, when asked for.
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// What the streams of chat and completions differ in: how a piece of text, the end of a
@@ -180,6 +186,17 @@ fn completion_choice(index: u32, text: String, reason: Option<FinishReason>) -> 
     }
 }
 
+/// Log-probabilities are answered whole, not streamed (yet): a streamed request asking for
+/// them is refused rather than answered without them.
+fn refuse_streamed_logprobs(asked: Option<Asked>) -> Result<(), ApiError> {
+    match asked {
+        Some(_) => Err(ApiError::invalid(
+            "`logprobs` is answered only without `stream`; leave one of them out",
+        )),
+        None => Ok(()),
+    }
+}
+
 impl LlmModel {
     /// Loads the weights on a blocking thread and starts the generation worker.
     pub async fn load(spec: &ModelSpec, context: &LoadContext) -> Result<Self, LoadError> {
@@ -209,19 +226,24 @@ impl LlmModel {
 
     /// `/v1/chat/completions`: the messages through the chat template, then generation.
     pub async fn chat(&self, request: ChatRequest) -> Result<Reply<ChatResponse>, ApiError> {
-        unsupported::refuse(&request.extra, unsupported::Route::Chat)?;
+        unsupported::refuse(&request.extra)?;
+        let asked = logprobs::asked(&request.extra, Route::Chat)?;
         let prompt = self.weights.template.render(&request.messages)?;
         // Templates print the special tokens themselves (as `apply_chat_template` does).
         let tokens = self.tokenize(&prompt, false)?;
         if request.sampling.stream {
+            refuse_streamed_logprobs(asked)?;
             let header = self.header("chatcmpl");
             return self
                 .stream(tokens, &request.sampling, ChatChunks(header))
                 .await
                 .map(Reply::Stream);
         }
-        let choices = self.generate_choices(&tokens, &request.sampling).await?;
+        let choices = self
+            .generate_choices(&tokens, &request.sampling, asked)
+            .await?;
         let usage = usage_of(tokens.len(), &choices);
+        let tokenizer = &self.weights.tokenizer;
         Ok(Reply::Full(ChatResponse {
             id: completion_id("chatcmpl"),
             object: "chat.completion".to_string(),
@@ -232,6 +254,7 @@ impl LlmModel {
                 .zip(0..)
                 .map(|(choice, index)| ChatChoice {
                     index,
+                    logprobs: asked.map(|asked| logprobs::chat(&choice.logprobs, tokenizer, asked)),
                     message: ChatMessage::text("assistant", choice.text),
                     finish_reason: Some(choice.reason.as_str().to_string()),
                 })
@@ -245,7 +268,8 @@ impl LlmModel {
         &self,
         request: CompletionRequest,
     ) -> Result<Reply<CompletionResponse>, ApiError> {
-        unsupported::refuse(&request.extra, unsupported::Route::Completions)?;
+        unsupported::refuse(&request.extra)?;
+        let asked = logprobs::asked(&request.extra, Route::Completions)?;
         let prompts = request.prompt.into_vec();
         if prompts.is_empty() {
             return Err(ApiError::invalid(
@@ -253,6 +277,7 @@ impl LlmModel {
             ));
         }
         if request.sampling.stream {
+            refuse_streamed_logprobs(asked)?;
             let [prompt] = prompts.as_slice() else {
                 return Err(ApiError::invalid(format!(
                     "a streamed completion takes one prompt; this request has {}",
@@ -268,7 +293,9 @@ impl LlmModel {
         }
         let calls = prompts.iter().map(|prompt| async {
             let tokens = self.tokenize(prompt, true)?;
-            let choices = self.generate_choices(&tokens, &request.sampling).await?;
+            let choices = self
+                .generate_choices(&tokens, &request.sampling, asked)
+                .await?;
             Ok::<_, ApiError>((tokens.len(), choices))
         });
         let answers = futures::future::try_join_all(calls).await?;
@@ -286,7 +313,15 @@ impl LlmModel {
             choices: choices
                 .into_iter()
                 .zip(0..)
-                .map(|(choice, index)| completion_choice(index, choice.text, Some(choice.reason)))
+                .map(|(choice, index)| {
+                    let logprobs = asked.map(|asked| {
+                        logprobs::completion(&choice.logprobs, &self.weights.tokenizer, asked)
+                    });
+                    CompletionChoice {
+                        logprobs,
+                        ..completion_choice(index, choice.text, Some(choice.reason))
+                    }
+                })
                 .collect(),
             usage,
         }))
@@ -390,6 +425,7 @@ impl LlmModel {
         &self,
         tokens: &[u32],
         sampling: &Sampling,
+        asked: Option<Asked>,
     ) -> Result<Vec<Generated>, ApiError> {
         let n = sampling.n.unwrap_or(1);
         if !(1..=MAX_CHOICES).contains(&n) {
@@ -397,7 +433,8 @@ impl LlmModel {
                 "`n` is {n}; it must be 1 to {MAX_CHOICES}"
             )));
         }
-        let params = self.params(sampling, tokens.len())?;
+        let mut params = self.params(sampling, tokens.len())?;
+        params.logprobs = asked.map(|asked| asked.top);
         let calls = (0..u64::from(n)).map(|choice| {
             let params = params.with_seed(params.seed.wrapping_add(choice));
             self.generate(tokens.to_vec(), params)
@@ -413,9 +450,11 @@ impl LlmModel {
     ) -> Result<Generated, ApiError> {
         let mut events = self.submit(prompt, params)?;
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = events.recv().await {
             match event {
                 Event::Started { .. } => {}
+                Event::Token(logprob) => logprobs.push(logprob),
                 Event::Text(piece) => text.push_str(&piece),
                 Event::Finished {
                     reason,
@@ -425,6 +464,7 @@ impl LlmModel {
                         text,
                         reason,
                         completion_tokens,
+                        logprobs,
                     });
                 }
                 Event::Failed(error) => return Err(error),
@@ -486,7 +526,7 @@ impl LlmModel {
                         out.push(sse_error(&error));
                         keep = false;
                     }
-                    Some(Event::Started { .. }) => {}
+                    Some(Event::Started { .. } | Event::Token(_)) => {}
                     None => {
                         out.push(sse_error(&ApiError::new(
                             ErrorKind::Internal,

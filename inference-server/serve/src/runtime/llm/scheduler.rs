@@ -18,6 +18,7 @@ use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::mpsc;
 
 use super::decode::{Delta, GenerationParams, TextStream};
+use super::logprobs::{self, TokenLogprob};
 use super::weights::{Sequence, Weights};
 use crate::metrics::ServeMetrics;
 
@@ -43,8 +44,8 @@ impl FinishReason {
     }
 }
 
-/// What a running generation tells its caller, in order: `Started`, any number of `Text`,
-/// then `Finished` or `Failed`.
+/// What a running generation tells its caller, in order: `Started`, any number of `Token`
+/// and `Text`, then `Finished` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
     /// The sequence got a slot; its prompt is this many tokens.
@@ -52,6 +53,9 @@ pub enum Event {
         /// Prompt tokens.
         prompt_tokens: usize,
     },
+    /// A generated token's log-probability (only when the job asked), sent before the text
+    /// it makes.
+    Token(TokenLogprob),
     /// More text.
     Text(String),
     /// The end.
@@ -164,6 +168,8 @@ struct Running {
     generated: usize,
     text: TextStream,
     sampler: LogitsProcessor,
+    /// Alternatives to report per token, when log-probabilities are asked for.
+    logprobs: Option<usize>,
     max_tokens: usize,
     deadline: Instant,
     started: Instant,
@@ -200,6 +206,7 @@ impl Running {
             generated: 0,
             text: TextStream::new(job.params.stop.clone()),
             sampler: job.params.sampler(),
+            logprobs: job.params.logprobs,
             max_tokens: job.params.max_tokens,
             deadline: job.deadline,
             started: Instant::now(),
@@ -227,8 +234,15 @@ impl Running {
         let next = self
             .model
             .forward(&self.pending, self.position)
-            .and_then(|logits| self.sampler.sample(&logits));
-        let next = match next {
+            .and_then(|logits| {
+                let next = self.sampler.sample(&logits)?;
+                let logprob = match self.logprobs {
+                    Some(top) => Some(logprobs::of(&logits.to_vec1::<f32>()?, next, top)),
+                    None => None,
+                };
+                Ok((next, logprob))
+            });
+        let (next, logprob) = match next {
             Ok(next) => next,
             Err(error) => {
                 return self.fail(ApiError::internal(format!(
@@ -242,6 +256,11 @@ impl Running {
         }
         self.generated += 1;
         metrics.observe_tokens(0, 1);
+        if let Some(logprob) = logprob
+            && self.events.send(Event::Token(logprob)).is_err()
+        {
+            return false;
+        }
         match self.text.push(&weights.tokenizer, next) {
             Ok(Delta::Text(text)) => {
                 if !text.is_empty() && self.events.send(Event::Text(text)).is_err() {

@@ -3,14 +3,14 @@
 //! OpenAI clients send a field only when their caller sets it, so a field that changes what
 //! the model answers (tool calls, a response format, penalties, log-probabilities …) and is
 //! not implemented must be a 400 naming it, never silently ignored. A field at its no-effect
-//! value (`tool_choice: "none"`, `response_format: {"type": "text"}`, a penalty of 0,
-//! `logprobs: false`) is accepted. Fields that do not change the answer (`user`, `metadata`,
+//! value (`tool_choice: "none"`, `response_format: {"type": "text"}`, a penalty of 0) is
+//! accepted. Fields that do not change the answer (`user`, `metadata`,
 //! `store` …) and fields unknown here are left alone.
 
 use serde_json::{Map, Value};
 use sluice_protocol::ApiError;
 
-/// Which route the fields came with: a few fields exist on one only.
+/// Which route the fields came with: a few fields differ between them (`logprobs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// `/v1/chat/completions`.
@@ -21,7 +21,7 @@ pub enum Route {
 
 /// Whether `value` is the no-effect value of `field`; `None` for a field this module does not
 /// judge.
-fn inert(field: &str, value: &Value, route: Route) -> Option<bool> {
+fn inert(field: &str, value: &Value) -> Option<bool> {
     let zero = |value: &Value| value.is_null() || value.as_f64() == Some(0.0);
     let empty = |value: &Value| {
         value.is_null()
@@ -38,12 +38,6 @@ fn inert(field: &str, value: &Value, route: Route) -> Option<bool> {
         "repetition_penalty" => value.is_null() || value.as_f64() == Some(1.0),
         "top_k" => value.is_null() || matches!(value.as_i64(), Some(-1 | 0)),
         "min_p" => zero(value),
-        // Chat: a boolean; completions: how many alternatives per token.
-        "logprobs" => match route {
-            Route::Chat => value.is_null() || value == false,
-            Route::Completions => zero(value),
-        },
-        "top_logprobs" => zero(value),
         "echo" => value.is_null() || value == false,
         "suffix" => value.is_null() || value == "",
         "best_of" => value.is_null() || value.as_u64() == Some(1),
@@ -55,9 +49,9 @@ fn inert(field: &str, value: &Value, route: Route) -> Option<bool> {
 
 /// The first field of `extra` that would change the answer and is not implemented, as a 400
 /// naming it.
-pub fn refuse(extra: &Map<String, Value>, route: Route) -> Result<(), ApiError> {
+pub fn refuse(extra: &Map<String, Value>) -> Result<(), ApiError> {
     for (field, value) in extra {
-        if inert(field, value, route) == Some(false) {
+        if inert(field, value) == Some(false) {
             return Err(ApiError::invalid(format!(
                 "`{field}` is not supported by the builtin language-model runtime (got \
                  {value}); leave it out, or serve the model on an engine that implements it"
@@ -73,8 +67,8 @@ mod tests {
 
     use super::*;
 
-    fn check(body: Value, route: Route) -> Result<(), String> {
-        refuse(body.as_object().unwrap(), route).map_err(|error| error.message)
+    fn check(body: Value) -> Result<(), String> {
+        refuse(body.as_object().unwrap()).map_err(|error| error.message)
     }
 
     #[test]
@@ -87,29 +81,25 @@ mod tests {
                 "response_format",
             ),
             (json!({"presence_penalty": 0.5}), "presence_penalty"),
-            (json!({"logprobs": true}), "logprobs"),
             (json!({"top_k": 40}), "top_k"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
         ] {
-            let error = check(body, Route::Chat).unwrap_err();
+            let error = check(body).unwrap_err();
             assert!(error.contains(&format!("`{field}`")), "{error}");
         }
-        let error = check(json!({"echo": true}), Route::Completions).unwrap_err();
+        let error = check(json!({"echo": true})).unwrap_err();
         assert!(error.contains("`echo`"), "{error}");
-        let error = check(json!({"logprobs": 2}), Route::Completions).unwrap_err();
-        assert!(error.contains("`logprobs`"), "{error}");
     }
 
     #[test]
     fn no_effect_values_and_harmless_fields_pass() {
         let body = json!({
             "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
-            "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": false,
-            "top_logprobs": 0, "user": "u-1", "metadata": {"team": "a"}, "store": false,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "user": "u-1", "metadata": {"team": "a"}, "store": false,
             "some_vendor_field": 3,
         });
-        assert_eq!(check(body, Route::Chat), Ok(()));
-        let body = json!({"logprobs": null, "echo": false, "best_of": 1, "suffix": ""});
-        assert_eq!(check(body, Route::Completions), Ok(()));
+        assert_eq!(check(body), Ok(()));
+        let body = json!({"echo": false, "best_of": 1, "suffix": ""});
+        assert_eq!(check(body), Ok(()));
     }
 }
