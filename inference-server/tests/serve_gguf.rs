@@ -352,3 +352,184 @@ async fn the_quantisations_people_use_answer_as_llama_cpp_does() {
     }
     report("all quantisations", &total, true);
 }
+
+/// JSON mode (`response_format: {"type": "json_object"}`): whatever the model would rather
+/// say, a finished answer is one JSON object, greedy or sampled, whole or streamed, through
+/// both routes; cut by `max_tokens` it ends with `length`. Without the constraint the same
+/// model answers these questions in prose. With a `json_schema` every finished answer
+/// validates against it (Python's `jsonschema` checks).
+#[tokio::test]
+async fn json_mode_and_schemas_answer_what_parses_and_validates() {
+    let model = model_file();
+    let dir = common::model_dir("smollm2-json", &[]);
+    std::os::unix::fs::symlink(&model, dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(&dir, &["--declared-format", "gguf"]).await;
+    server.wait_ready().await;
+    let json_object = json!({"type": "json_object"});
+    let questions = [
+        "Describe a cat with its name and age as JSON.",
+        "List three fruits and their colours.",
+        "What is the capital of France?",
+    ];
+    let parse = |text: &str| -> Value {
+        let value: Value = serde_json::from_str(text)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {text:?}"));
+        assert!(value.is_object(), "not an object: {text}");
+        value
+    };
+    let mut prose = 0;
+    let mut finished = 0;
+    for (index, question) in questions.iter().enumerate() {
+        let messages = json!([{"role": "user", "content": question}]);
+        // Free text first: the model does not answer in JSON on its own.
+        let body = json!({"messages": messages, "max_tokens": 48, "temperature": 0});
+        let (status, free) = server.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{free}");
+        let free = free["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        prose += usize::from(serde_json::from_str::<Value>(&free).is_err());
+
+        for (temperature, seed) in [(0.0, 0), (0.7, index as u64)] {
+            let body = json!({"messages": messages, "max_tokens": 200,
+                              "temperature": temperature, "top_p": 0.8, "seed": seed,
+                              "response_format": json_object});
+            let (status, answer) = server.post_json("/v1/chat/completions", &body).await;
+            assert_eq!(status, 200, "{answer}");
+            let choice = &answer["choices"][0];
+            let text = choice["message"]["content"].as_str().unwrap();
+            // Greedy answers close their object; a sampled one may ramble past max_tokens
+            // (then `length`, as OpenAI's), but whatever finishes parses.
+            if temperature == 0.0 || choice["finish_reason"] == "stop" {
+                assert_eq!(choice["finish_reason"], "stop", "{answer}");
+                parse(text);
+                finished += 1;
+            } else {
+                assert_eq!(choice["finish_reason"], "length", "{answer}");
+                assert!(text.trim_start().starts_with('{'), "{text:?}");
+            }
+        }
+    }
+    assert!(finished >= 4, "only {finished} of 6 JSON answers finished");
+    assert!(
+        prose >= 2,
+        "the model answered in JSON without being made to"
+    );
+
+    // Completions, streamed.
+    let body = json!({"prompt": "A person record: ", "max_tokens": 200, "temperature": 0,
+                      "response_format": json_object, "stream": true});
+    let response = server
+        .client
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = response.text().await.unwrap();
+    let mut text = String::new();
+    let mut finish = Value::Null;
+    for data in events
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+    {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        if let Some(choice) = chunk["choices"].get(0) {
+            text.push_str(choice["text"].as_str().unwrap_or_default());
+            if !choice["finish_reason"].is_null() {
+                finish = choice["finish_reason"].clone();
+            }
+        }
+    }
+    assert_eq!(finish, "stop", "{events}");
+    parse(&text);
+
+    // Cut short: `length`, and what there is is the start of an object.
+    let body = json!({"messages": [{"role": "user", "content": questions[0]}],
+                      "max_tokens": 3, "temperature": 0, "response_format": json_object});
+    let (status, answer) = server.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+    let start = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(start.trim_start().starts_with('{'), "{start:?}");
+
+    // A schema: every finished answer validates (checked by Python's `jsonschema`).
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "colour": {"enum": ["black", "white", "ginger"]},
+            "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+            "owner": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/person"}]}
+        },
+        "required": ["name", "age", "colour"],
+        "additionalProperties": false,
+        "$defs": {"person": {"type": "object", "properties": {"name": {"type": "string"}},
+                             "required": ["name"], "additionalProperties": false}}
+    });
+    let format = json!({"type": "json_schema",
+                        "json_schema": {"name": "cat", "schema": schema, "strict": true}});
+    let mut finished = 0;
+    for (temperature, seed) in [(0.0, 0), (0.7, 1), (0.7, 2)] {
+        let body = json!({"messages": [{"role": "user", "content": questions[0]}],
+                          "max_tokens": 200, "temperature": temperature, "top_p": 0.8,
+                          "seed": seed, "response_format": format});
+        let (status, answer) = server.post_json("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let choice = &answer["choices"][0];
+        if temperature == 0.0 || choice["finish_reason"] == "stop" {
+            assert_eq!(choice["finish_reason"], "stop", "{answer}");
+            let value = parse(choice["message"]["content"].as_str().unwrap());
+            validate(&value, &schema);
+            finished += 1;
+        }
+    }
+    assert!(
+        finished >= 2,
+        "only {finished} of 3 schema answers finished"
+    );
+
+    // What a schema says that cannot be enforced is named; so is an unknown format.
+    let messages = json!([{"role": "user", "content": "x"}]);
+    for (format, needle) in [
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"s": {"type": "string", "pattern": "^a"}}}}}),
+            "`response_format.json_schema.schema.properties.s.pattern`",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+            "schema` is missing",
+        ),
+        (json!({"type": "xml"}), "`response_format.type` `xml`"),
+    ] {
+        let body = json!({"messages": messages, "response_format": format});
+        let (status, answer) = server.post_json("/v1/chat/completions", &body).await;
+        common::assert_error(status, &answer, 400, "INVALID_PARAMETER_VALUE", needle);
+    }
+}
+
+/// Validates `value` against `schema` with Python's `jsonschema` (from `.venv`).
+fn validate(value: &Value, schema: &Value) {
+    let python = sluice_tests::venv_tool("python");
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, jsonschema; \
+             jsonschema.validate(json.loads(sys.argv[1]), json.loads(sys.argv[2]))",
+        ])
+        .arg(value.to_string())
+        .arg(schema.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{value} does not validate: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

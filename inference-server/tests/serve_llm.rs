@@ -435,10 +435,10 @@ async fn bad_requests_get_reasons_and_the_server_stays_up() {
         ),
         (
             "/v1/chat/completions",
-            json!({"messages": messages(), "response_format": {"type": "json_object"}}),
+            json!({"messages": messages(), "response_format": {"type": "grammar"}}),
             400,
             "INVALID_PARAMETER_VALUE",
-            "`response_format` is not supported",
+            "`response_format.type` `grammar` is not supported",
         ),
         (
             "/v1/completions",

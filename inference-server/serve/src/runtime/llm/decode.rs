@@ -8,6 +8,8 @@ use tokenizers::Tokenizer;
 use sluice_protocol::ApiError;
 use sluice_protocol::openai::Sampling;
 
+use super::json_mode::ResponseFormat;
+
 /// Tokens generated when a request names no `max_tokens` (fewer if the context is shorter).
 pub const DEFAULT_MAX_TOKENS: usize = 1024;
 /// Most stop sequences one request may give (OpenAI's limit).
@@ -28,6 +30,8 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Report each token's log-probability and this many alternatives (`logprobs`).
     pub logprobs: Option<usize>,
+    /// Constrain the answer to a format (`response_format`).
+    pub format: Option<ResponseFormat>,
 }
 
 impl GenerationParams {
@@ -93,6 +97,7 @@ impl GenerationParams {
             seed: sampling.seed.unwrap_or_else(|| fastrand::u64(..)),
             stop,
             logprobs: None,
+            format: None,
         })
     }
 
@@ -104,9 +109,14 @@ impl GenerationParams {
         }
     }
 
+    /// Whether decoding is greedy (temperature 0).
+    pub fn greedy(&self) -> bool {
+        self.temperature < 1e-6
+    }
+
     /// The sampler these parameters describe.
     pub fn sampler(&self) -> LogitsProcessor {
-        let sampling = if self.temperature < 1e-6 {
+        let sampling = if self.greedy() {
             Sampler::ArgMax
         } else if self.top_p < 1.0 {
             Sampler::TopP {

@@ -5,6 +5,8 @@
 //! - [`gguf_vocab`]: the tokenizer a GGUF file carries in its metadata.
 //! - [`unsupported`]: request fields that would change the answer and are refused by name.
 //! - [`logprobs`]: log-probabilities of generated tokens.
+//! - [`json_mode`]: `response_format` (`json_object`, `json_schema`) by constrained decoding;
+//!   [`json_schema`] compiles a schema into its recognizer.
 //! - [`template`]: the chat template (minijinja).
 //! - [`decode`]: sampling parameters and the incremental detokenizer with stop sequences.
 //! - [`scheduler`]: the generation worker, which advances the running sequences in turn.
@@ -14,6 +16,8 @@
 
 mod decode;
 mod gguf_vocab;
+mod json_mode;
+mod json_schema;
 mod logprobs;
 mod scheduler;
 mod template;
@@ -36,6 +40,7 @@ use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::mpsc;
 
 use self::decode::GenerationParams;
+use self::json_mode::ResponseFormat;
 use self::logprobs::{Asked, TokenLogprob};
 use self::scheduler::{Event, FinishReason, Job, Scheduler};
 use self::unsupported::Route;
@@ -228,6 +233,7 @@ impl LlmModel {
     pub async fn chat(&self, request: ChatRequest) -> Result<Reply<ChatResponse>, ApiError> {
         unsupported::refuse(&request.extra)?;
         let asked = logprobs::asked(&request.extra, Route::Chat)?;
+        let format = json_mode::response_format(&request.extra)?;
         let prompt = self.weights.template.render(&request.messages)?;
         // Templates print the special tokens themselves (as `apply_chat_template` does).
         let tokens = self.tokenize(&prompt, false)?;
@@ -235,12 +241,12 @@ impl LlmModel {
             refuse_streamed_logprobs(asked)?;
             let header = self.header("chatcmpl");
             return self
-                .stream(tokens, &request.sampling, ChatChunks(header))
+                .stream(tokens, &request.sampling, format, ChatChunks(header))
                 .await
                 .map(Reply::Stream);
         }
         let choices = self
-            .generate_choices(&tokens, &request.sampling, asked)
+            .generate_choices(&tokens, &request.sampling, asked, format)
             .await?;
         let usage = usage_of(tokens.len(), &choices);
         let tokenizer = &self.weights.tokenizer;
@@ -270,6 +276,7 @@ impl LlmModel {
     ) -> Result<Reply<CompletionResponse>, ApiError> {
         unsupported::refuse(&request.extra)?;
         let asked = logprobs::asked(&request.extra, Route::Completions)?;
+        let format = json_mode::response_format(&request.extra)?;
         let prompts = request.prompt.into_vec();
         if prompts.is_empty() {
             return Err(ApiError::invalid(
@@ -287,14 +294,14 @@ impl LlmModel {
             let tokens = self.tokenize(prompt, true)?;
             let header = self.header("cmpl");
             return self
-                .stream(tokens, &request.sampling, CompletionChunks(header))
+                .stream(tokens, &request.sampling, format, CompletionChunks(header))
                 .await
                 .map(Reply::Stream);
         }
         let calls = prompts.iter().map(|prompt| async {
             let tokens = self.tokenize(prompt, true)?;
             let choices = self
-                .generate_choices(&tokens, &request.sampling, asked)
+                .generate_choices(&tokens, &request.sampling, asked, format.clone())
                 .await?;
             Ok::<_, ApiError>((tokens.len(), choices))
         });
@@ -426,6 +433,7 @@ impl LlmModel {
         tokens: &[u32],
         sampling: &Sampling,
         asked: Option<Asked>,
+        format: Option<ResponseFormat>,
     ) -> Result<Vec<Generated>, ApiError> {
         let n = sampling.n.unwrap_or(1);
         if !(1..=MAX_CHOICES).contains(&n) {
@@ -435,6 +443,7 @@ impl LlmModel {
         }
         let mut params = self.params(sampling, tokens.len())?;
         params.logprobs = asked.map(|asked| asked.top);
+        params.format = format;
         let calls = (0..u64::from(n)).map(|choice| {
             let params = params.with_seed(params.seed.wrapping_add(choice));
             self.generate(tokens.to_vec(), params)
@@ -482,6 +491,7 @@ impl LlmModel {
         &self,
         tokens: Vec<u32>,
         sampling: &Sampling,
+        format: Option<ResponseFormat>,
         shape: impl ChunkShape,
     ) -> Result<BoxStream<'static, Result<bytes::Bytes, std::io::Error>>, ApiError> {
         if sampling.n.is_some_and(|n| n != 1) {
@@ -490,7 +500,8 @@ impl LlmModel {
             ));
         }
         let include_usage = sampling.include_usage();
-        let params = self.params(sampling, tokens.len())?;
+        let mut params = self.params(sampling, tokens.len())?;
+        params.format = format;
         let mut events = self.submit(tokens, params)?;
         let prompt_tokens = match events.recv().await {
             Some(Event::Started { prompt_tokens }) => prompt_tokens,

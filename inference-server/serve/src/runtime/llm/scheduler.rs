@@ -13,11 +13,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 use sluice_protocol::{ApiError, ErrorKind};
 use tokio::sync::mpsc;
 
 use super::decode::{Delta, GenerationParams, TextStream};
+use super::json_mode::JsonConstraint;
 use super::logprobs::{self, TokenLogprob};
 use super::weights::{Sequence, Weights};
 use crate::metrics::ServeMetrics;
@@ -170,6 +172,9 @@ struct Running {
     sampler: LogitsProcessor,
     /// Alternatives to report per token, when log-probabilities are asked for.
     logprobs: Option<usize>,
+    /// JSON mode's constraint, when the answer must be a JSON object.
+    json: Option<JsonConstraint>,
+    greedy: bool,
     max_tokens: usize,
     deadline: Instant,
     started: Instant,
@@ -207,6 +212,8 @@ impl Running {
             text: TextStream::new(job.params.stop.clone()),
             sampler: job.params.sampler(),
             logprobs: job.params.logprobs,
+            json: job.params.format.as_ref().map(JsonConstraint::new),
+            greedy: job.params.greedy(),
             max_tokens: job.params.max_tokens,
             deadline: job.deadline,
             started: Instant::now(),
@@ -234,16 +241,15 @@ impl Running {
         let next = self
             .model
             .forward(&self.pending, self.position)
-            .and_then(|logits| {
-                let next = self.sampler.sample(&logits)?;
-                let logprob = match self.logprobs {
-                    Some(top) => Some(logprobs::of(&logits.to_vec1::<f32>()?, next, top)),
-                    None => None,
-                };
-                Ok((next, logprob))
-            });
+            .and_then(|logits| self.choose(weights, logits));
         let (next, logprob) = match next {
-            Ok(next) => next,
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                return self.fail(ApiError::internal(format!(
+                    "no token can continue the JSON answer after {} tokens",
+                    self.generated
+                )));
+            }
             Err(error) => {
                 return self.fail(ApiError::internal(format!(
                     "the model failed during generation: {error}"
@@ -275,11 +281,50 @@ impl Running {
             }
             Err(message) => return self.fail(ApiError::internal(message)),
         }
+        if let Some(json) = &mut self.json {
+            json.advance(weights.json_vocabulary(), next);
+            if json.is_done() {
+                return self.finish(weights, FinishReason::Stop);
+            }
+        }
         if self.generated >= self.max_tokens {
             return self.finish(weights, FinishReason::Length);
         }
         self.pending = vec![next];
         true
+    }
+
+    /// The next token from the step's logits (masked in JSON mode, where `None` means no
+    /// token fits) and, when asked, its log-probability in the model's own distribution.
+    fn choose(
+        &mut self,
+        weights: &Weights,
+        logits: Tensor,
+    ) -> candle_core::Result<Option<(u32, Option<TokenLogprob>)>> {
+        let (next, raw) = match &self.json {
+            None => (self.sampler.sample(&logits)?, None),
+            Some(json) => {
+                let raw = logits.to_vec1::<f32>()?;
+                let mut masked = raw.clone();
+                // The answer ends when its object closes, never at an end-of-sequence token.
+                for &eos in &weights.eos {
+                    if let Some(logit) = masked.get_mut(eos as usize) {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+                if !json.mask(weights.json_vocabulary(), &mut masked, self.greedy) {
+                    return Ok(None);
+                }
+                let masked = Tensor::new(masked, logits.device())?;
+                (self.sampler.sample(&masked)?, Some(raw))
+            }
+        };
+        let logprob = match (self.logprobs, raw) {
+            (None, _) => None,
+            (Some(top), Some(raw)) => Some(logprobs::of(&raw, next, top)),
+            (Some(top), None) => Some(logprobs::of(&logits.to_vec1::<f32>()?, next, top)),
+        };
+        Ok(Some((next, logprob)))
     }
 
     /// Sends the text held back so far, then ends.

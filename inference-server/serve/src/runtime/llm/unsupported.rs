@@ -3,8 +3,8 @@
 //! OpenAI clients send a field only when their caller sets it, so a field that changes what
 //! the model answers (tool calls, a response format, penalties, log-probabilities …) and is
 //! not implemented must be a 400 naming it, never silently ignored. A field at its no-effect
-//! value (`tool_choice: "none"`, `response_format: {"type": "text"}`, a penalty of 0) is
-//! accepted. Fields that do not change the answer (`user`, `metadata`,
+//! value (`tool_choice: "none"`, a penalty of 0) is accepted. (`response_format` and
+//! `logprobs` are read by [`super::json_mode`] and [`super::logprobs`].) Fields that do not change the answer (`user`, `metadata`,
 //! `store` …) and fields unknown here are left alone.
 
 use serde_json::{Map, Value};
@@ -31,9 +31,6 @@ fn inert(field: &str, value: &Value) -> Option<bool> {
     Some(match field {
         "tools" | "functions" | "logit_bias" => empty(value),
         "tool_choice" | "function_call" => value.is_null() || value == "none",
-        "response_format" => {
-            value.is_null() || value.get("type").is_some_and(|kind| kind == "text")
-        }
         "presence_penalty" | "frequency_penalty" => zero(value),
         "repetition_penalty" => value.is_null() || value.as_f64() == Some(1.0),
         "top_k" => value.is_null() || matches!(value.as_i64(), Some(-1 | 0)),
@@ -76,10 +73,6 @@ mod tests {
         for (body, field) in [
             (json!({"tools": [{"type": "function"}]}), "tools"),
             (json!({"tool_choice": "required"}), "tool_choice"),
-            (
-                json!({"response_format": {"type": "json_object"}}),
-                "response_format",
-            ),
             (json!({"presence_penalty": 0.5}), "presence_penalty"),
             (json!({"top_k": 40}), "top_k"),
             (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
@@ -94,7 +87,7 @@ mod tests {
     #[test]
     fn no_effect_values_and_harmless_fields_pass() {
         let body = json!({
-            "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+            "tools": [], "tool_choice": "none",
             "presence_penalty": 0, "frequency_penalty": 0.0, "user": "u-1", "metadata": {"team": "a"}, "store": false,
             "some_vendor_field": 3,
         });

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::gguf_vocab;
+use super::json_mode::Vocabulary;
 use super::template::{self, ChatTemplate, TemplateSource};
 use crate::model_dir::ModelSpec;
 use crate::runtime::LoadError;
@@ -57,6 +58,8 @@ pub struct Weights {
     pub eos: BTreeSet<u32>,
     /// Most tokens (prompt plus generated) one sequence may hold.
     pub context: usize,
+    /// Every token's bytes, for JSON mode; read on first use.
+    json_vocabulary: OnceLock<Vocabulary>,
 }
 
 /// One request's model: shares the weights, owns its cache.
@@ -204,7 +207,14 @@ impl Weights {
             template,
             eos,
             context,
+            json_vocabulary: OnceLock::new(),
         })
+    }
+
+    /// Every token's bytes, for JSON mode (read from the tokenizer the first time).
+    pub fn json_vocabulary(&self) -> &Vocabulary {
+        self.json_vocabulary
+            .get_or_init(|| Vocabulary::of(&self.tokenizer))
     }
 }
 
